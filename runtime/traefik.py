@@ -1,0 +1,193 @@
+"""Traefik static configuration and a small process runner.
+
+The static config is generated here (not templated in shell) so deploy/host-setup.sh, the
+tests and the benches all run Traefik with the *same* configuration: a file provider that
+watches a directory moorage owns, one HTTP entrypoint, and no API/dashboard at all. The
+only other listener is the `ping` health endpoint, bound to loopback.
+
+    python -m runtime.traefik --http-address :80 --dynamic-dir DIR > traefik.yml
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+WEB_ENTRYPOINT = "web"
+WEBSECURE_ENTRYPOINT = "websecure"
+PING_ENTRYPOINT = "ping"
+
+
+@dataclass(frozen=True)
+class TraefikStaticOptions:
+    dynamic_dir: Path
+    http_address: str = ":80"
+    # Loopback only: the ping endpoint is the one non-ingress listener Traefik gets.
+    ping_address: str = "127.0.0.1:8082"
+    # Traefik waits this long after a provider event before applying it; 2s is its default.
+    throttle: str = "500ms"
+    log_level: str = "INFO"
+    # Production TLS: set an ACME e-mail to add a :443 entrypoint + resolver `acme_resolver`.
+    acme_email: str | None = None
+    acme_storage: Path | None = None
+    https_address: str = ":443"
+    acme_resolver: str = "letsencrypt"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def static_config(opts: TraefikStaticOptions) -> dict[str, Any]:
+    """Build the static config as a dict (rendered to YAML by `render_static_config`)."""
+    # Drop request headers whose names alias another (X_Auth_User for X-Auth-User): WSGI/CGI
+    # backends would read them as the header Traefik manages (Traefik security advisory).
+    ingress_http = {"aliasHeadersStrategy": "delete"}
+    entrypoints: dict[str, Any] = {
+        WEB_ENTRYPOINT: {"address": opts.http_address, "http": dict(ingress_http)},
+        PING_ENTRYPOINT: {"address": opts.ping_address},
+    }
+    cfg: dict[str, Any] = {
+        "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
+        "log": {"level": opts.log_level, "noColor": True},
+        "entryPoints": entrypoints,
+        "providers": {
+            "providersThrottleDuration": opts.throttle,
+            "file": {"directory": str(opts.dynamic_dir), "watch": True},
+        },
+        "ping": {"entryPoint": PING_ENTRYPOINT},
+        # No `api` key: the API and dashboard are disabled, never exposed (DESIGN pitfalls).
+    }
+    if opts.acme_email:
+        entrypoints[WEBSECURE_ENTRYPOINT] = {"address": opts.https_address, "http": dict(ingress_http)}
+        storage = opts.acme_storage or opts.dynamic_dir.parent / "acme.json"
+        cfg["certificatesResolvers"] = {
+            opts.acme_resolver: {
+                "acme": {
+                    "email": opts.acme_email,
+                    "storage": str(storage),
+                    "httpChallenge": {"entryPoint": WEB_ENTRYPOINT},
+                }
+            }
+        }
+    cfg.update(opts.extra)
+    return cfg
+
+
+def render_static_config(opts: TraefikStaticOptions) -> str:
+    return yaml.safe_dump(static_config(opts), sort_keys=True)
+
+
+def ping(ping_address: str, timeout: float = 1.0) -> bool:
+    """True when Traefik's loopback ping endpoint answers OK."""
+    import httpx  # lazy: host-setup renders configs with only pyyaml installed
+
+    host, _, port = ping_address.rpartition(":")
+    try:
+        r = httpx.get(f"http://{host or '127.0.0.1'}:{port}/ping", timeout=timeout)
+    except httpx.HTTPError:
+        return False
+    return r.status_code == 200
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def find_traefik_binary() -> str:
+    """`traefik` on PATH, else the tools venv host-setup.sh installs."""
+    found = shutil.which("traefik") or "/opt/moorage/tools/bin/traefik"
+    if not os.access(found, os.X_OK):
+        raise FileNotFoundError("traefik binary not found: run `bash deploy/host-setup.sh` as root")
+    return found
+
+
+class TraefikProcess:
+    """A Traefik child process on loopback ports with its own dynamic dir (tests, benches, dev)."""
+
+    def __init__(self, dynamic_dir: Path | None = None, throttle: str = "500ms") -> None:
+        self._tmp = tempfile.mkdtemp(prefix="moorage-traefik-")
+        self.dynamic_dir = dynamic_dir or Path(self._tmp) / "dynamic"
+        self.dynamic_dir.mkdir(parents=True, exist_ok=True)
+        self.http_port = free_loopback_port()
+        self.opts = TraefikStaticOptions(
+            dynamic_dir=self.dynamic_dir,
+            http_address=f"127.0.0.1:{self.http_port}",
+            ping_address=f"127.0.0.1:{free_loopback_port()}",
+            throttle=throttle,
+        )
+        self.config_path = Path(self._tmp) / "traefik.yml"
+        self.log_path = Path(self._tmp) / "traefik.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout: float = 20.0) -> "TraefikProcess":
+        self.config_path.write_text(render_static_config(self.opts))
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                [find_traefik_binary(), f"--configFile={self.config_path}"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"traefik exited early:\n{self.log_path.read_text()[-2000:]}")
+            if ping(self.opts.ping_address):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"traefik did not answer ping within {timeout}s")
+
+    def stop(self) -> None:
+        if self._proc and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> "TraefikProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Render moorage's Traefik static config (YAML).")
+    p.add_argument("--dynamic-dir", required=True, type=Path)
+    p.add_argument("--http-address", default=":80")
+    p.add_argument("--ping-address", default="127.0.0.1:8082")
+    p.add_argument("--throttle", default="500ms")
+    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--acme-email", default=None)
+    p.add_argument("--acme-storage", default=None, type=Path)
+    p.add_argument("--https-address", default=":443")
+    a = p.parse_args(argv)
+    opts = TraefikStaticOptions(
+        dynamic_dir=a.dynamic_dir, http_address=a.http_address, ping_address=a.ping_address,
+        throttle=a.throttle, log_level=a.log_level, acme_email=a.acme_email or None,
+        acme_storage=a.acme_storage, https_address=a.https_address,
+    )
+    sys.stdout.write(render_static_config(opts))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

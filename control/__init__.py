@@ -1,0 +1,1 @@
+"""moorage control plane: the HTTP API, the rules, and the state."""

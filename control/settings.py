@@ -1,0 +1,93 @@
+"""Typed settings, read once from ``MOORAGE_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class SettingsError(ValueError):
+    """A MOORAGE_* variable holds a value that cannot be used."""
+
+
+def default_data_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/moorage")
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "moorage"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = field(default_factory=default_data_dir)
+    database_url: str = ""  # empty: SQLite file in data_dir
+    host: str = "127.0.0.1"
+    port: int = 7800
+    base_domain: str = "moorage.localhost"
+    master_key_file: Path | None = None  # AES keyring for secrets (agent-safety layer)
+    require_operator_key: bool = False  # refuse to start until `moorage admin bootstrap` ran
+    log_level: str = "info"
+    log_format: str = "json"  # json | console
+    key_last_used_resolution_s: int = 60  # how stale `last_used_at` may be, to spare writes
+
+    def __post_init__(self) -> None:
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'moorage.db'}")
+        if self.log_format not in {"json", "console"}:
+            raise SettingsError("MOORAGE_LOG_FORMAT must be 'json' or 'console'")
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for name, kind in _FIELDS.items():
+            raw = env.get(f"MOORAGE_{name.upper()}")
+            if raw is None:
+                continue
+            values[name] = _parse(name, raw, kind)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+_FIELDS: dict[str, type] = {
+    "data_dir": Path,
+    "database_url": str,
+    "host": str,
+    "port": int,
+    "base_domain": str,
+    "master_key_file": Path,
+    "require_operator_key": bool,
+    "log_level": str,
+    "log_format": str,
+    "key_last_used_resolution_s": int,
+}
+
+
+def _parse(name: str, raw: str, kind: type) -> object:
+    var = f"MOORAGE_{name.upper()}"
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise SettingsError(f"{var} must be true or false, got {raw!r}")
+    if kind is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise SettingsError(f"{var} must be an integer, got {raw!r}") from None
+    if kind is Path:
+        return Path(raw).expanduser()
+    return raw

@@ -1,0 +1,1 @@
+"""Repositories: queries in one place, rows in, records out."""

@@ -1,0 +1,30 @@
+"""Keyset pagination over time-ordered ids."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import Select
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from control.store.records import Page
+
+T = TypeVar("T")
+
+
+def paginate(
+    session: Session,
+    query: Select[Any],
+    id_column: InstrumentedAttribute[str],
+    to_record: Callable[[Any], T],
+    *,
+    limit: int,
+    cursor: str | None,
+) -> Page[T]:
+    if cursor:
+        query = query.where(id_column > cursor)
+    rows = session.scalars(query.order_by(id_column).limit(limit + 1)).all()
+    items = [to_record(row) for row in rows[:limit]]
+    next_cursor = rows[limit - 1].id if len(rows) > limit else None
+    return Page(items=items, next_cursor=next_cursor)

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from control.store.models import AppRow, TenantRow
+from control.store.records import Page, Tenant
+from control.store.repositories.paging import paginate
+
+
+def to_tenant(row: TenantRow) -> Tenant:
+    return Tenant(
+        id=row.id,
+        name=row.name,
+        display_name=row.display_name,
+        status=row.status,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+class TenantRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, *, id: str, name: str, display_name: str) -> Tenant:
+        row = TenantRow(id=id, name=name, display_name=display_name, status="active")
+        self.session.add(row)
+        self.session.flush()
+        return to_tenant(row)
+
+    def get(self, tenant_id: str) -> Tenant | None:
+        row = self.session.get(TenantRow, tenant_id)
+        return None if row is None else to_tenant(row)
+
+    def name_taken(self, name: str) -> bool:
+        return self.session.scalar(select(TenantRow.id).where(TenantRow.name == name)) is not None
+
+    def list(self, *, limit: int, cursor: str | None) -> Page[Tenant]:
+        return paginate(self.session, select(TenantRow), TenantRow.id, to_tenant, limit=limit, cursor=cursor)
+
+    def set_status(self, tenant_id: str, status: str) -> Tenant | None:
+        row = self.session.get(TenantRow, tenant_id)
+        if row is None:
+            return None
+        row.status = status
+        self.session.flush()
+        return to_tenant(row)
+
+    def count_apps(self, tenant_id: str) -> int:
+        return self.session.scalar(select(func.count()).where(AppRow.tenant_id == tenant_id)) or 0
+
+    def delete(self, tenant_id: str) -> bool:
+        row = self.session.get(TenantRow, tenant_id)
+        if row is None:
+            return False
+        self.session.delete(row)
+        self.session.flush()
+        return True

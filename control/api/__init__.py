@@ -1,0 +1,1 @@
+"""HTTP layer: one module per resource, plus the cross-cutting pieces (auth, problems)."""

@@ -1,0 +1,59 @@
+"""Authentication (Bearer API key) and the one guard that checks every route's access.
+
+Each handler declares ``opt["access"]``: a tenant scope (``read``, ``deploy``, ...),
+``operator`` or ``any-key``; ``public=True`` skips authentication entirely.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio.to_thread
+from litestar.connection import ASGIConnection
+from litestar.handlers import BaseRouteHandler
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+
+from control.domain.errors import Forbidden, Unauthenticated
+from control.domain.keys import KeyService
+from control.security.principal import Principal
+from control.security.scopes import ANY_KEY_ACCESS, OPERATOR_ACCESS
+
+PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/openapi"]  # also covers /openapi.json
+
+
+def bearer_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    header = connection.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
+    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
+        keys: KeyService = connection.app.state.services.keys
+        principal = await anyio.to_thread.run_sync(keys.authenticate, bearer_token(connection))
+        return AuthenticationResult(user=principal, auth=principal.key_id)
+
+
+def access_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    access = handler.opt.get("access")
+    if handler.opt.get("public") or access is None:
+        return
+    principal = connection.scope.get("user")
+    if not isinstance(principal, Principal):  # a protected handler reached without authentication
+        raise Unauthenticated("This call needs an API key: send 'Authorization: Bearer mrg_live_...'.")
+    if access == ANY_KEY_ACCESS:
+        return
+    if access == OPERATOR_ACCESS:
+        if not principal.is_operator:
+            raise Forbidden("This call needs an operator key.", code="operator-required")
+        return
+    if principal.is_operator:
+        raise Forbidden(
+            "Operator keys manage the platform, not a tenant's resources. Use a key issued to the tenant.",
+            code="tenant-key-required",
+        )
+    if not principal.allows(access):
+        raise Forbidden(
+            f"This call needs the '{access}' scope; key {principal.key_id} has {sorted(principal.scopes)}.",
+            code="insufficient-scope",
+        )

@@ -1,0 +1,172 @@
+"""RFC 9457 problem details for every error the API can answer with.
+
+``type`` is a stable relative URI (``/problems/<code>``) and ``code`` the same slug, so
+agents can branch on either; ``detail`` says what to do next; ``request_id`` ties the
+answer to the server's log lines. Stack traces never leave the server.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+import msgspec
+import structlog
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
+
+from control.api.request_context import request_id_of
+from control.domain.errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    Invalid,
+    NotFound,
+    Unauthenticated,
+)
+
+PROBLEM_JSON = "application/problem+json"
+log = structlog.get_logger("moorage.api")
+
+
+class FieldError(msgspec.Struct):
+    field: str
+    message: str
+
+
+class Problem(msgspec.Struct, omit_defaults=True):
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str
+    instance: str = ""
+    request_id: str = ""
+    errors: list[FieldError] = []
+
+
+_STATUS_OF: list[tuple[type[DomainError], int]] = [
+    (NotFound, 404),
+    (Conflict, 409),
+    (Invalid, 422),
+    (Unauthenticated, 401),
+    (Forbidden, 403),
+]
+
+_CODE_OF_STATUS = {
+    400: "malformed-request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    409: "conflict",
+    413: "payload-too-large",
+    415: "unsupported-media-type",
+    422: "validation-failed",
+    429: "rate-limited",
+    500: "internal-error",
+    503: "unavailable",
+}
+
+_DETAIL_OF_STATUS = {
+    404: "No such endpoint. The API is described at GET /openapi.json.",
+    405: "This endpoint does not accept that method; see the Allow header.",
+    500: "The server failed unexpectedly. Retry later; if it persists, report the request_id.",
+}
+
+
+def problem_response(
+    request: Request[Any, Any, Any],
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    title: str | None = None,
+    errors: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[Problem]:
+    problem = Problem(
+        type=f"/problems/{code}",
+        title=title or HTTPStatus(status).phrase,
+        status=status,
+        code=code,
+        detail=detail,
+        instance=request.url.path,
+        request_id=request_id_of(request.scope),
+        errors=[FieldError(**e) for e in errors or []],
+    )
+    return Response(problem, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def domain_error_handler(request: Request[Any, Any, Any], exc: DomainError) -> Response[Problem]:
+    status = next((s for kind, s in _STATUS_OF if isinstance(exc, kind)), 400)
+    errors = exc.extra.get("errors")
+    headers = {"WWW-Authenticate": 'Bearer realm="moorage"'} if status == 401 else None
+    return problem_response(request, status, exc.code, exc.detail, title=exc.title, errors=errors, headers=headers)
+
+
+def validation_error_handler(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Problem]:
+    # Litestar reports body/query mismatches here. Undecodable JSON has no field to
+    # point at (400); a decodable body of the wrong shape names its fields (422).
+    items = exc.extra if isinstance(exc.extra, list) else []
+    errors = [
+        {"field": str(item.get("key") or item.get("source") or "body"), "message": str(item.get("message", ""))}
+        for item in items
+        if isinstance(item, dict)
+    ]
+    malformed = not errors or any("malformed" in e["message"].lower() for e in errors)
+    if malformed:
+        detail = "The request body is not valid JSON. Send a JSON object matching the schema in GET /openapi.json."
+        return problem_response(request, 400, "malformed-request", detail, errors=errors)
+    fields = ", ".join(e["field"] for e in errors)
+    detail = f"The request does not match the schema (fields: {fields}). Fix them and retry."
+    return problem_response(request, 422, "validation-failed", detail, errors=errors)
+
+
+def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Problem]:
+    status = exc.status_code
+    code = _CODE_OF_STATUS.get(status, "error")
+    detail = _DETAIL_OF_STATUS.get(status) or str(exc.detail)
+    return problem_response(request, status, code, detail, headers=dict(exc.headers or {}))
+
+
+def unhandled_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+    log.error("unhandled_exception", path=request.url.path, exc_info=exc)
+    return problem_response(request, 500, "internal-error", _DETAIL_OF_STATUS[500])
+
+
+EXCEPTION_HANDLERS = {
+    DomainError: domain_error_handler,
+    ValidationException: validation_error_handler,
+    HTTPException: http_error_handler,
+    Exception: unhandled_error_handler,
+}
+
+_DESCRIPTIONS = {
+    400: "Malformed request",
+    401: "Missing, invalid, revoked or expired API key",
+    403: "Key lacks the scope, or the tenant is suspended",
+    404: "Not found (another tenant's resources are always 404)",
+    409: "Conflicts with current state",
+    422: "Well-formed but invalid input; `errors` names the fields",
+    429: "Rate limited; retry after `Retry-After` seconds",
+    500: "Unexpected server error",
+    503: "A dependency is unavailable; retry after `Retry-After` seconds",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI entries documenting the problem+json answers a handler can give."""
+    return {
+        status: ResponseSpec(
+            data_container=Problem,
+            media_type=PROBLEM_JSON,
+            description=_DESCRIPTIONS.get(status, HTTPStatus(status).phrase),
+            generate_examples=False,
+        )
+        for status in sorted({*statuses, 500})
+    }
+
+
+__all__ = ["EXCEPTION_HANDLERS", "PROBLEM_JSON", "Problem", "problem_response", "problem_responses", "MediaType"]

@@ -1,0 +1,48 @@
+"""Wire shapes shared by several resources."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+from control.store.records import ApiKey
+
+
+class KeyOut(msgspec.Struct):
+    id: str
+    tenant_id: str | None
+    name: str
+    scopes: list[str]
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> KeyOut:
+        return cls(
+            id=key.id,
+            tenant_id=key.tenant_id,
+            name=key.name,
+            scopes=list(key.scopes),
+            created_at=key.created_at,
+            expires_at=key.expires_at,
+            revoked_at=key.revoked_at,
+            last_used_at=key.last_used_at,
+        )
+
+
+class KeyCreated(KeyOut):
+    token: str = msgspec.field(name="token")  # the only time the secret is ever returned
+
+
+class KeyCreate(msgspec.Struct, forbid_unknown_fields=True):
+    scopes: list[str]
+    name: str = msgspec.field(default="")
+    expires_at: datetime | None = None
+
+
+class KeyList(msgspec.Struct):
+    items: list[KeyOut]
+    next_cursor: str | None

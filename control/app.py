@@ -1,0 +1,83 @@
+"""The app factory: ``control.app:create_app(settings)`` wires everything together."""
+
+from __future__ import annotations
+
+import structlog
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.middleware.base import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+from control import __doc__ as _doc
+from control.api.apps import AppController
+from control.api.auth import PUBLIC_PATHS, ApiKeyAuthentication, access_guard
+from control.api.health import healthz, readyz
+from control.api.keys import KeyController, whoami
+from control.api.problems import EXCEPTION_HANDLERS
+from control.api.spec import openapi_document
+from control.api.request_context import RequestContext
+from control.api.tenants import TenantController
+from control.logging import configure_logging
+from control.services import Services
+from control.settings import Settings
+from control.store import migrate
+
+log = structlog.get_logger("moorage.app")
+VERSION = "0.1.0"
+
+
+class StartupRefused(RuntimeError):
+    """The server must not start in its current state; the message says why."""
+
+
+def _openapi() -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title="moorage",
+        version=VERSION,
+        description=(_doc or "").strip() + " Errors are RFC 9457 application/problem+json.",
+        path="/openapi",
+        render_plugins=[JsonRenderPlugin(path=["/openapi.json", "/"]), YamlRenderPlugin(path="/openapi.yaml")],
+        components=Components(
+            security_schemes={
+                "ApiKey": SecurityScheme(
+                    type="http", scheme="bearer", description="API key: `Authorization: Bearer mrg_live_...`"
+                )
+            }
+        ),
+        use_handler_docstrings=True,
+    )
+
+
+def create_app(settings: Settings | None = None, *, services: Services | None = None) -> Litestar:
+    settings = settings or Settings.from_env()
+    configure_logging(settings.log_level, settings.log_format)
+    services = services or Services.build(settings)
+
+    def on_startup() -> None:
+        migrate.upgrade(services.db.engine)
+        if settings.require_operator_key and not services.keys.has_operator_key():
+            raise StartupRefused("No operator key exists. Run `moorage admin bootstrap` first.")
+        log.info("started", database=services.db.engine.url.render_as_string(hide_password=True))
+
+    app = Litestar(
+        route_handlers=[openapi_document, healthz, readyz, whoami, TenantController, KeyController, AppController],
+        dependencies={
+            "tenants": Provide(lambda: services.tenants, use_cache=True, sync_to_thread=False),
+            "keys": Provide(lambda: services.keys, use_cache=True, sync_to_thread=False),
+            "apps": Provide(lambda: services.apps, use_cache=True, sync_to_thread=False),
+        },
+        middleware=[DefineMiddleware(ApiKeyAuthentication, exclude=PUBLIC_PATHS, exclude_from_auth_key="public")],
+        guards=[access_guard],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        openapi_config=_openapi(),
+        on_startup=[on_startup],
+        on_shutdown=[services.db.dispose],
+        logging_config=None,
+        debug=False,
+    )
+    app.state.services = services
+    # Outermost, so answers made before routing (404, 405) get a request id too.
+    app.asgi_handler = RequestContext(app.asgi_handler)
+    return app

@@ -1,0 +1,1 @@
+"""The ``moorage`` command: server-side commands here; the API client joins later."""

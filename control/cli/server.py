@@ -1,0 +1,48 @@
+"""``moorage serve`` and ``moorage migrate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from control.settings import Settings
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    serve = commands.add_parser("serve", help="run the control plane (HTTP API)")
+    serve.add_argument("--host", help="bind address (default MOORAGE_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default MOORAGE_PORT or 7800)")
+    serve.set_defaults(run=run_serve)
+
+    migrate = commands.add_parser("migrate", help="apply database migrations and exit")
+    migrate.set_defaults(run=run_migrate)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from control.app import create_app
+
+    settings = Settings.from_env()
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = settings.with_overrides(**overrides)
+    app = create_app(settings)
+    # No global write/keep-alive deadline that would cut long log streams.
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, timeout_graceful_shutdown=10)
+    return 0
+
+
+def run_migrate(_args: argparse.Namespace) -> int:
+    from control.logging import configure_logging
+    from control.store import migrate
+    from control.store.database import Database
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, settings.log_format)
+    db = Database(settings.database_url)
+    try:
+        migrate.upgrade(db.engine)
+        print(json.dumps({"migrated": True, "revision": migrate.current_revision(db.engine)}))
+    finally:
+        db.dispose()
+    return 0

@@ -1,0 +1,1 @@
+"""The rules: tenants, keys, apps. No HTTP, no Docker; state through repositories."""

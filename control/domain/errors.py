@@ -1,0 +1,56 @@
+"""Domain failures. Each has a stable ``code``; the API layer maps them to HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DomainError(Exception):
+    code = "error"
+    title = "Request failed"
+
+    def __init__(self, detail: str, *, code: str | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code:
+            self.code = code
+        self.extra = extra
+
+
+class NotFound(DomainError):
+    code = "not-found"
+    title = "Not found"
+
+    @classmethod
+    def of(cls, kind: str, ref: str) -> NotFound:
+        return cls(f"No {kind} '{ref}' exists for this caller. List them with GET on the collection.")
+
+
+class Conflict(DomainError):
+    code = "conflict"
+    title = "Conflict with current state"
+
+
+class Invalid(DomainError):
+    """Well-formed input that breaks a rule; ``errors`` says which fields."""
+
+    code = "validation-failed"
+    title = "Invalid request"
+
+    def __init__(self, detail: str, errors: list[dict[str, str]] | None = None, **extra: Any) -> None:
+        super().__init__(detail, errors=errors or [], **extra)
+
+
+class Unauthenticated(DomainError):
+    code = "unauthenticated"
+    title = "Authentication required"
+
+
+class Forbidden(DomainError):
+    code = "forbidden"
+    title = "Not allowed"
+
+
+class TenantSuspended(Forbidden):
+    code = "tenant-suspended"
+    title = "Tenant suspended"

@@ -1,0 +1,145 @@
+"""API keys: issue (secret shown once), list, revoke, authenticate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from control.domain.errors import Conflict, Forbidden, Invalid, NotFound, TenantSuspended, Unauthenticated
+from control.security.principal import Principal
+from control.security.scopes import TENANT_SCOPES, Scope
+from control.security.tokens import issue_token, parse_key_id, token_matches
+from control.store.database import Database
+from control.store.records import ApiKey, Page
+from control.store.repositories.api_keys import ApiKeyRepository
+from control.store.repositories.tenants import TenantRepository
+from control.store.types import utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    key: ApiKey
+    token: str
+
+
+_BAD_TOKEN = "The API key is missing or not valid. Send 'Authorization: Bearer mrg_live_...'."
+
+
+class KeyService:
+    def __init__(self, db: Database, *, last_used_resolution: timedelta = timedelta(seconds=60)) -> None:
+        self.db = db
+        self.last_used_resolution = last_used_resolution
+
+    def bootstrap_operator(self, name: str = "bootstrap", *, another: bool = False) -> IssuedKey:
+        with self.db.write() as session:
+            keys = ApiKeyRepository(session)
+            if keys.any_operator_key() and not another:
+                raise Conflict(
+                    "An operator key already exists. Use it, or pass --another to mint one more.",
+                    code="already-bootstrapped",
+                )
+            return self._add(keys, None, name, [Scope.OPERATOR], None, None)
+
+    def has_operator_key(self) -> bool:
+        with self.db.read() as session:
+            return ApiKeyRepository(session).any_operator_key()
+
+    def issue(
+        self,
+        issuer: Principal,
+        tenant_id: str,
+        *,
+        name: str,
+        scopes: list[str],
+        expires_at: datetime | None,
+    ) -> IssuedKey:
+        unknown = sorted(set(scopes) - TENANT_SCOPES)
+        if not scopes or unknown:
+            raise Invalid(
+                f"'scopes' must be a non-empty subset of {sorted(TENANT_SCOPES)}; unknown: {unknown}.",
+                errors=[{"field": "scopes", "message": f"allowed: {sorted(TENANT_SCOPES)}"}],
+            )
+        if expires_at is not None and expires_at <= utcnow():
+            raise Invalid(
+                "'expires_at' must be in the future.",
+                errors=[{"field": "expires_at", "message": "must be in the future"}],
+            )
+        with self.db.write() as session:
+            if TenantRepository(session).get(tenant_id) is None:
+                raise NotFound.of("tenant", tenant_id)
+            return self._add(ApiKeyRepository(session), tenant_id, name, scopes, issuer.key_id, expires_at)
+
+    def _add(
+        self,
+        keys: ApiKeyRepository,
+        tenant_id: str | None,
+        name: str,
+        scopes: list[str],
+        created_by: str | None,
+        expires_at: datetime | None,
+    ) -> IssuedKey:
+        issued = issue_token()
+        key = keys.add(
+            id=issued.key_id,
+            tenant_id=tenant_id,
+            name=name,
+            secret_hash=issued.secret_hash,
+            scopes=[str(s) for s in scopes],
+            created_by=created_by,
+            expires_at=expires_at,
+        )
+        return IssuedKey(key=key, token=issued.token)
+
+    def list(self, tenant_id: str, *, limit: int, cursor: str | None) -> Page[ApiKey]:
+        with self.db.read() as session:
+            return ApiKeyRepository(session).list(tenant_id=tenant_id, limit=limit, cursor=cursor)
+
+    def get(self, tenant_id: str, key_id: str) -> ApiKey:
+        with self.db.read() as session:
+            key = ApiKeyRepository(session).get(key_id)
+        if key is None or key.tenant_id != tenant_id:
+            raise NotFound.of("key", key_id)
+        return key
+
+    def revoke(self, tenant_id: str, key_id: str) -> ApiKey:
+        with self.db.write() as session:
+            keys = ApiKeyRepository(session)
+            key = keys.get(key_id)
+            if key is None or key.tenant_id != tenant_id:
+                raise NotFound.of("key", key_id)
+            revoked = keys.revoke(key_id, utcnow())
+            assert revoked is not None
+            return revoked
+
+    def authenticate(self, token: str | None) -> Principal:
+        """The caller behind ``token``, or a clear reason why not (never which part was wrong)."""
+        key_id = parse_key_id(token or "")
+        if token is None or key_id is None:
+            raise Unauthenticated(_BAD_TOKEN)
+        with self.db.read() as session:
+            key = ApiKeyRepository(session).get(key_id)
+            tenant = None if key is None or key.tenant_id is None else TenantRepository(session).get(key.tenant_id)
+        if key is None or not token_matches(token, key.secret_hash):
+            raise Unauthenticated(_BAD_TOKEN)
+        now = utcnow()
+        if key.revoked_at is not None:
+            raise Unauthenticated(f"API key {key.id} was revoked. Ask an admin for a new key.", code="key-revoked")
+        if key.expires_at is not None and key.expires_at <= now:
+            raise Unauthenticated(f"API key {key.id} has expired. Ask an admin for a new key.", code="key-expired")
+        if tenant is not None and tenant.is_suspended:
+            raise TenantSuspended(
+                f"Tenant '{tenant.name}' is suspended; every call with its keys is refused. Contact the operator."
+            )
+        if key.last_used_at is None or now - key.last_used_at >= self.last_used_resolution:
+            with self.db.write() as session:
+                ApiKeyRepository(session).touch(key.id, now)
+        return Principal.of(key.id, key.tenant_id, key.scopes)
+
+
+def require_tenant(principal: Principal) -> str:
+    if principal.tenant_id is None:
+        raise Forbidden(
+            "Operator keys manage the platform, not a tenant's resources. Use a key issued to the tenant.",
+            code="tenant-key-required",
+        )
+    return principal.tenant_id

@@ -1,0 +1,54 @@
+"""Tenants: created, suspended and removed by operators."""
+
+from __future__ import annotations
+
+from control.domain.errors import Conflict, NotFound
+from control.domain.names import check_dns_label
+from control.ids import new_id
+from control.store.database import Database
+from control.store.records import Page, Tenant
+from control.store.repositories.tenants import TenantRepository
+
+
+class TenantService:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def create(self, name: str, display_name: str = "") -> Tenant:
+        check_dns_label("name", name)
+        with self.db.write() as session:
+            tenants = TenantRepository(session)
+            if tenants.name_taken(name):
+                raise Conflict(f"A tenant named '{name}' already exists; pick another name.", code="name-taken")
+            return tenants.add(id=new_id("ten"), name=name, display_name=display_name or name)
+
+    def get(self, tenant_id: str) -> Tenant:
+        with self.db.read() as session:
+            tenant = TenantRepository(session).get(tenant_id)
+        if tenant is None:
+            raise NotFound.of("tenant", tenant_id)
+        return tenant
+
+    def list(self, *, limit: int, cursor: str | None) -> Page[Tenant]:
+        with self.db.read() as session:
+            return TenantRepository(session).list(limit=limit, cursor=cursor)
+
+    def set_status(self, tenant_id: str, status: str) -> Tenant:
+        with self.db.write() as session:
+            tenant = TenantRepository(session).set_status(tenant_id, status)
+        if tenant is None:
+            raise NotFound.of("tenant", tenant_id)
+        return tenant
+
+    def delete(self, tenant_id: str) -> None:
+        with self.db.write() as session:
+            tenants = TenantRepository(session)
+            if tenants.get(tenant_id) is None:
+                raise NotFound.of("tenant", tenant_id)
+            apps = tenants.count_apps(tenant_id)
+            if apps:
+                raise Conflict(
+                    f"Tenant still owns {apps} app(s); delete them first so nothing is lost by accident.",
+                    code="tenant-not-empty",
+                )
+            tenants.delete(tenant_id)

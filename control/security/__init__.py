@@ -1,0 +1,1 @@
+"""Key material and access rules: API key tokens, scopes."""

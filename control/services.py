@@ -1,0 +1,32 @@
+"""The domain services one process shares, built once from settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from control.domain.apps import AppService
+from control.domain.keys import KeyService
+from control.domain.tenants import TenantService
+from control.settings import Settings
+from control.store.database import Database
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    db: Database
+    tenants: TenantService
+    keys: KeyService
+    apps: AppService
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        db = Database(settings.database_url)
+        return cls(
+            settings=settings,
+            db=db,
+            tenants=TenantService(db),
+            keys=KeyService(db, last_used_resolution=timedelta(seconds=settings.key_last_used_resolution_s)),
+            apps=AppService(db),
+        )

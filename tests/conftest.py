@@ -1,0 +1,84 @@
+"""Fixtures shared by every test: a real control plane on a real SQLite file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from litestar import Litestar
+from litestar.testing import TestClient
+
+from control.app import create_app
+from control.settings import Settings
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", base_domain="apps.test", log_level="info")
+
+
+@pytest.fixture
+def app(settings: Settings) -> Litestar:
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app: Litestar) -> Iterator[TestClient[Litestar]]:
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@dataclass
+class Caller:
+    """One API key's view of the API."""
+
+    client: TestClient[Litestar]
+    token: str
+    key_id: str = ""
+    tenant_id: str | None = None
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.token}", **kwargs.pop("headers", {})}
+        return self.client.request(method, path, headers=headers, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", path, **kwargs)
+
+    def patch(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("PATCH", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("DELETE", path, **kwargs)
+
+
+@pytest.fixture
+def operator(app: Litestar, client: TestClient[Litestar]) -> Caller:
+    issued = app.state.services.keys.bootstrap_operator("test-operator")
+    return Caller(client, issued.token, issued.key.id)
+
+
+@pytest.fixture
+def new_tenant(operator: Caller):
+    """Factory: a tenant plus a key with the given scopes."""
+
+    def make(name: str, scopes: list[str] | None = None) -> Caller:
+        tenant = operator.post("/v1/tenants", json={"name": name})
+        assert tenant.status_code == 201, tenant.text
+        tenant_id = tenant.json()["id"]
+        key = operator.post(f"/v1/tenants/{tenant_id}/keys", json={"scopes": scopes or ["admin"], "name": "test"})
+        assert key.status_code == 201, key.text
+        return Caller(operator.client, key.json()["token"], key.json()["id"], tenant_id)
+
+    return make
+
+
+@pytest.fixture
+def tenant(new_tenant) -> Caller:
+    return new_tenant("acme", ["admin", "inference"])

@@ -1,0 +1,64 @@
+"""Health endpoints and the OpenAPI document the API is described by."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from control.security.scopes import ANY_KEY_ACCESS, OPERATOR_ACCESS, TENANT_SCOPES
+
+
+def test_healthz_and_readyz(client) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["database"] == "ok"
+
+
+def test_readyz_reports_a_broken_database(app, client) -> None:
+    db = app.state.services.db
+    data_dir = Path(db.engine.url.database).parent
+    db.dispose()
+    shutil.rmtree(data_dir)
+    data_dir.write_text("a file where the data directory was")  # SQLite can no longer open it
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["database"].startswith("failing")
+
+
+@pytest.fixture
+def spec(client) -> dict:
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    return response.json()
+
+
+def test_openapi_31_documents_every_operation(spec: dict, app) -> None:
+    assert spec["openapi"].startswith("3.1")
+    assert "ApiKey" in spec["components"]["securitySchemes"]
+    documented = {(path, method.upper()) for path, item in spec["paths"].items() for method in item}
+    for route in app.routes:
+        if not route.path.startswith("/v1"):
+            continue
+        for method in route.methods - {"OPTIONS"}:
+            path = route.path.replace(":str", "")
+            assert (path, method) in documented, f"{method} {path} missing from OpenAPI"
+            operation = spec["paths"][path][method.lower()]
+            assert operation.get("summary"), f"{method} {path} has no summary"
+            assert operation.get("security") == [{"ApiKey": []}]
+            for status in ("401", "403", "500"):
+                content = operation["responses"][status]["content"]
+                assert "application/problem+json" in content, f"{method} {path} {status}"
+
+
+def test_every_v1_route_declares_who_may_call_it(app) -> None:
+    allowed = {*TENANT_SCOPES, OPERATOR_ACCESS, ANY_KEY_ACCESS}
+    for route in app.routes:
+        if not route.path.startswith("/v1"):
+            continue
+        for handler in route.route_handlers:
+            if "OPTIONS" in handler.http_methods and len(handler.http_methods) == 1:
+                continue
+            assert handler.opt.get("access") in allowed, f"{route.path} {handler.http_methods}"

@@ -1,0 +1,115 @@
+"""One isolated bridge network per tenant.
+
+Docker isolates user-defined bridge networks from each other (its DOCKER-ISOLATION iptables
+chains drop forwarding between bridges), so a tenant's containers reach each other by name
+but never another tenant's. The host itself sits on every bridge (the gateway address), which
+is how a host-run Traefik reaches containers by IP; a containerised Traefik is attached to
+each tenant network instead (`settings.traefik_container`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import docker.errors
+from docker.models.networks import Network
+
+from runtime import labels as L
+from runtime.docker_engine import DockerEngine
+from runtime.resilience import guarded
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    id: str
+    name: str
+    tenant: str
+    subnet: str | None
+    internal: bool
+
+
+def _info(net: Network) -> NetworkInfo:
+    attrs = net.attrs
+    configs = (attrs.get("IPAM") or {}).get("Config") or [{}]
+    return NetworkInfo(id=net.id or "", name=net.name or "", tenant=attrs["Labels"].get(L.TENANT, ""),
+                       subnet=configs[0].get("Subnet"), internal=bool(attrs.get("Internal")))
+
+
+class TenantNetworks:
+    def __init__(self, engine: DockerEngine) -> None:
+        self.engine = engine
+        self.guard = engine.guard
+        self.settings = engine.settings
+
+    def name_for(self, tenant: str) -> str:
+        return f"{self.settings.tenant_network_prefix}{L.dns_label(tenant, 'tenant')}"
+
+    @guarded(idempotent=True)
+    def get(self, tenant: str) -> NetworkInfo | None:
+        nets = self.engine.client.networks.list(names=[self.name_for(tenant)],
+                                                filters={"label": L.selector(tenant=tenant)})
+        # `names` matches substrings; keep the exact one.
+        exact = [n for n in nets if n.name == self.name_for(tenant)]
+        return _info(self.engine.client.networks.get(exact[0].id)) if exact else None
+
+    @guarded(idempotent=False)
+    def _create(self, tenant: str) -> NetworkInfo:
+        net = self.engine.client.networks.create(
+            self.name_for(tenant), driver="bridge", check_duplicate=True,
+            internal=self.settings.tenant_networks_internal,
+            labels=L.moorage_labels(tenant, role="network"),
+            # Same-tenant traffic allowed; cross-tenant traffic is blocked between bridges.
+            options={"com.docker.network.bridge.enable_icc": "true"},
+        )
+        return _info(self.engine.client.networks.get(net.id))
+
+    def ensure(self, tenant: str) -> NetworkInfo:
+        """Create the tenant's network if missing (idempotent; safe under concurrent callers)."""
+        info = self.get(tenant)
+        if info is None:
+            try:
+                info = self._create(tenant)
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # 409: a concurrent caller created it first
+                    raise
+                info = self.get(tenant)
+                assert info is not None
+        if self.settings.traefik_container:
+            self.attach(tenant, self.settings.traefik_container)
+        return info
+
+    @guarded(idempotent=True)
+    def attach(self, tenant: str, container: str) -> None:
+        """Connect a shared container (a containerised Traefik) to the tenant's network."""
+        net = self.engine.client.networks.get(self.name_for(tenant))
+        net.reload()
+        attached = {c.get("Name") for c in (net.attrs.get("Containers") or {}).values()}
+        if container not in attached:
+            try:
+                net.connect(container)
+            except docker.errors.APIError as exc:
+                if "already exists" not in str(exc):
+                    raise
+
+    @guarded(idempotent=True)
+    def remove(self, tenant: str) -> bool:
+        """Remove the tenant's network; detaches the shared Traefik container first."""
+        try:
+            net = self.engine.client.networks.get(self.name_for(tenant))
+        except docker.errors.NotFound:
+            return False
+        if self.settings.traefik_container:
+            try:
+                net.disconnect(self.settings.traefik_container, force=True)
+            except docker.errors.APIError:
+                pass  # not attached
+        try:
+            net.remove()
+        except docker.errors.NotFound:
+            return False
+        return True
+
+    @guarded(idempotent=True)
+    def list(self) -> list[NetworkInfo]:
+        nets = self.engine.client.networks.list(filters={"label": L.selector(role="network")})
+        return [_info(self.engine.client.networks.get(n.id)) for n in nets]

@@ -44,7 +44,7 @@ def run_bootstrap(args: argparse.Namespace) -> int:
     from control.store import migrate
 
     settings = Settings.from_env()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging("warning", settings.log_format)  # stdout carries the result
     services = Services.build(settings)
     try:
         migrate.upgrade(services.db.engine)

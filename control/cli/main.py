@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def emit(payload: dict[str, Any], stream: Any = None) -> None:
-    print(json.dumps(payload, indent=2, default=str), file=stream or sys.stdout)
+    # One line: agents read the last line of stderr as the error.
+    print(json.dumps(payload, default=str), file=stream or sys.stdout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,7 +38,7 @@ def run_migrate(_args: argparse.Namespace) -> int:
     from control.store.database import Database
 
     settings = Settings.from_env()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging("warning", settings.log_format)  # stdout carries the result
     db = Database(settings.database_url)
     try:
         migrate.upgrade(db.engine)

@@ -1,0 +1,90 @@
+"""Strict tenant isolation, checked over the live route table.
+
+Every route under /v1 that addresses a tenant resource by path parameter is called by
+tenant B with tenant A's identifiers (ids and names): the answer must be 404, and A's
+data must be unchanged. New routes are covered automatically; a route with a path
+parameter this file cannot fill makes the test fail, so it is never skipped silently.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from control.app import create_app
+from control.security.scopes import TENANT_SCOPES
+from control.settings import Settings
+from tests.conftest import Caller
+
+_PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")
+
+# Bodies valid enough to reach the handler, so that 404 (not 422) is what B sees.
+SAMPLE_BODIES: dict[tuple[str, str], Any] = {
+    ("PATCH", "/v1/apps/{app}"): {"description": "changed by B"},
+    ("PUT", "/v1/apps/{app}/env"): {"vars": {"FROM_B": "x"}},
+    ("PATCH", "/v1/apps/{app}/env"): {"vars": {"FROM_B": "x"}},
+    ("PUT", "/v1/apps/{app}/env/{name}"): {"value": "from-b"},
+}
+
+
+def _tenant_routes() -> list[tuple[str, str]]:
+    app = create_app(Settings(data_dir=Path(tempfile.mkdtemp(prefix="moorage-routes-"))))
+    found = []
+    for route in app.routes:
+        for handler in route.route_handlers:
+            if handler.opt.get("access") not in TENANT_SCOPES or not _PARAM.search(route.path):
+                continue
+            for method in sorted(handler.http_methods - {"OPTIONS", "HEAD"}):
+                found.append((method, _PARAM.sub(r"{\1}", route.path)))
+    return found
+
+
+TENANT_ROUTES = _tenant_routes()
+
+
+def test_the_route_table_was_read() -> None:
+    assert ("GET", "/v1/apps/{app}") in TENANT_ROUTES
+    assert ("DELETE", "/v1/keys/{key_id}") in TENANT_ROUTES
+
+
+@pytest.fixture
+def tenants(new_tenant) -> tuple[Caller, Caller, dict[str, list[str]]]:
+    alpha = new_tenant("alpha", sorted(TENANT_SCOPES))
+    beta = new_tenant("beta", sorted(TENANT_SCOPES))
+    app = alpha.post("/v1/apps", json={"name": "secret-app"}).json()
+    beta.post("/v1/apps", json={"name": "beta-app"})
+    alpha.request("PUT", f"/v1/apps/{app['id']}/env/API_TOKEN", json={"value": "alpha-only"})
+    # Each path parameter, filled with A's real identifiers: by id and by name.
+    values = {
+        "app": [app["id"], app["name"]],
+        "key_id": [alpha.key_id],
+        "name": ["API_TOKEN"],
+    }
+    return alpha, beta, values
+
+
+def _fill(path: str, values: dict[str, list[str]]) -> list[str]:
+    params = _PARAM.findall(path)
+    missing = [p for p in params if p not in values]
+    assert not missing, f"test_isolation cannot fill {missing} in {path}: add A's resource to the fixture"
+    paths = [path]
+    for param in params:
+        paths = [p.replace("{" + param + "}", v) for p in paths for v in values[param]]
+    return paths
+
+
+@pytest.mark.parametrize(("method", "template"), TENANT_ROUTES, ids=[f"{m} {p}" for m, p in TENANT_ROUTES])
+def test_other_tenants_resources_are_404(tenants, method: str, template: str) -> None:
+    alpha, beta, values = tenants
+    before = alpha.get("/v1/apps/secret-app").json()
+    for path in _fill(template, values):
+        body = SAMPLE_BODIES.get((method, template), {} if method in {"POST", "PUT", "PATCH"} else None)
+        response = beta.request(method, path, json=body)
+        assert response.status_code == 404, f"{method} {path} as tenant B: {response.status_code} {response.text}"
+        assert response.headers["content-type"].startswith("application/problem+json")
+    assert alpha.get("/v1/apps/secret-app").json() == before  # nothing of A's changed
+    assert alpha.get("/v1/whoami").status_code == 200  # A's key still works

@@ -21,7 +21,7 @@ ensure_venv() {
   fi
   say "installing moorage and its test dependencies (pip)"
   "$venv/bin/python" -m pip install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-  "$venv/bin/python" -m pip install --quiet -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
+  "$venv/bin/python" -m pip install --quiet -e '.[test,inference-cpu]' 2>&1 | grep -v '^WARNING: Location' || true
   "$venv/bin/python" -c 'import control, runtime' || { say "install failed"; exit 1; }
   echo "$want" >"$stamp"
 }

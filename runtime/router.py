@@ -8,6 +8,7 @@ sees the old file or the new one. Temp files end in `.tmp`, an extension Traefik
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,9 +43,12 @@ class AppRoute:
     middlewares: Sequence[str] = field(default_factory=tuple)
 
 
+_HOST_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
 def _is_hostname(host: str) -> bool:
-    parts = host.split(".")
-    return len(host) <= 253 and all(p and len(p) <= 63 and p.replace("-", "").isalnum() for p in parts)
+    """Strict: the name is spliced into a Traefik rule, so nothing but DNS labels gets in."""
+    return len(host) <= 253 and all(_HOST_LABEL.fullmatch(p) for p in host.split("."))
 
 
 class Router:

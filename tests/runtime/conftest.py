@@ -7,6 +7,7 @@ per-run label and unique tenant names, and is removed at teardown.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,18 +32,21 @@ def run_id() -> str:
 
 @pytest.fixture(scope="session")
 def runtime_settings(tmp_path_factory: pytest.TempPathFactory) -> RuntimeSettings:
-    return RuntimeSettings(base_domain="apps.test", breaker_reset_timeout=5.0,
+    return RuntimeSettings(docker_url=os.environ.get("MOORAGE_DOCKER_URL", RuntimeSettings.docker_url),
+                           base_domain="apps.test", breaker_reset_timeout=5.0,
                            traefik_dynamic_dir=tmp_path_factory.mktemp("dynamic"))
 
 
 @pytest.fixture(scope="session")
 def engine(runtime_settings: RuntimeSettings) -> Iterator[DockerEngine]:
     eng = DockerEngine(runtime_settings, registry=BreakerRegistry())
+    problem = None
     try:
         eng.ping()
-    except Exception as exc:
-        pytest.fail(f"Docker engine unavailable at {runtime_settings.docker_url} ({exc}): {SETUP_HINT}",
-                    pytrace=False)
+    except Exception as exc:  # failed outside the handler: one clear line, no chained traceback
+        problem = f"Docker engine unavailable at {runtime_settings.docker_url} ({exc}): {SETUP_HINT}"
+    if problem:
+        pytest.fail(problem, pytrace=False)
     health = eng.health()
     if not health.ok:
         pytest.fail(f"Docker engine not ready: {health.error}: {SETUP_HINT}", pytrace=False)

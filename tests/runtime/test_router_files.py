@@ -1,0 +1,107 @@
+"""Route files and the Traefik static config (no Docker needed)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+from runtime.resilience import BreakerRegistry
+from runtime.router import AppRoute, Backend, Router, atomic_write
+from runtime.settings import RuntimeSettings
+from runtime.traefik import TraefikStaticOptions, render_static_config, static_config
+
+
+def router(tmp_path: Path, **kw: object) -> Router:
+    s = RuntimeSettings(base_domain="apps.example.com", traefik_dynamic_dir=tmp_path, **kw)  # type: ignore[arg-type]
+    return Router(s, registry=BreakerRegistry())
+
+
+def test_one_file_per_app_with_host_rule_and_service(tmp_path: Path) -> None:
+    r = router(tmp_path)
+    path = r.write(AppRoute("acme", "web", [Backend("172.18.0.5", 8000), Backend("172.18.0.6", 8000)],
+                            extra_hosts=["www.acme.com"], health_path="/healthz"))
+    assert path == tmp_path / "acme--web.yml"
+    cfg = yaml.safe_load(path.read_text())
+    router_cfg = cfg["http"]["routers"]["acme--web"]
+    assert router_cfg["rule"] == "Host(`web.acme.apps.example.com`) || Host(`www.acme.com`)"
+    assert router_cfg["entryPoints"] == ["web"] and "tls" not in router_cfg
+    lb = cfg["http"]["services"]["acme--web"]["loadBalancer"]
+    assert lb["servers"] == [{"url": "http://172.18.0.5:8000"}, {"url": "http://172.18.0.6:8000"}]
+    assert lb["healthCheck"]["path"] == "/healthz"
+    assert r.list() == ["acme--web"]
+    assert r.remove("acme", "web") and not path.exists()
+    assert not r.remove("acme", "web")
+    assert r.list() == []
+
+
+def test_tls_cert_resolver_is_pluggable(tmp_path: Path) -> None:
+    r = router(tmp_path, tls_cert_resolver="letsencrypt", traefik_entrypoints=("websecure",))
+    cfg = yaml.safe_load(r.write(AppRoute("acme", "web", [Backend("10.0.0.2", 80)])).read_text())
+    assert cfg["http"]["routers"]["acme--web"]["tls"] == {"certResolver": "letsencrypt"}
+    assert cfg["http"]["routers"]["acme--web"]["entryPoints"] == ["websecure"]
+
+
+@pytest.mark.parametrize("host", ["evil`) || Host(`x", "a b.com", "-bad-.com", "x" * 300])
+def test_injection_into_rule_refused(tmp_path: Path, host: str) -> None:
+    with pytest.raises(ValueError):
+        router(tmp_path).write(AppRoute("acme", "web", [Backend("10.0.0.2", 80)], extra_hosts=[host]))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_names_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        router(tmp_path).write(AppRoute("../etc", "web", [Backend("10.0.0.2", 80)]))
+    with pytest.raises(ValueError):
+        router(tmp_path).write(AppRoute("acme", "web", []))
+
+
+def test_atomic_write_readers_never_see_partial_files(tmp_path: Path) -> None:
+    target = tmp_path / "app.yml"
+    bodies = ["a" * 200_000 + "\n", "b" * 300_000 + "\n"]
+    atomic_write(target, bodies[0])
+    seen: set[str] = set()
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            seen.add(target.read_text())
+
+    t = threading.Thread(target=reader)
+    t.start()
+    for i in range(200):
+        atomic_write(target, bodies[i % 2])
+    stop.set()
+    t.join()
+    assert seen <= set(bodies)
+    assert [p.name for p in tmp_path.iterdir()] == ["app.yml"], "temp files left behind"
+    assert oct(os.stat(target).st_mode & 0o777) == "0o644"
+
+
+def test_failed_write_leaves_old_file_and_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "app.yml"
+    atomic_write(target, "old\n")
+
+    def broken_replace(src: str, dst: str) -> None:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        atomic_write(target, "new\n")
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["app.yml"]
+
+
+def test_static_config_never_exposes_api(tmp_path: Path) -> None:
+    cfg = static_config(TraefikStaticOptions(dynamic_dir=tmp_path))
+    assert "api" not in cfg
+    assert cfg["entryPoints"]["ping"]["address"].startswith("127.0.0.1:")
+    assert cfg["providers"]["file"] == {"directory": str(tmp_path), "watch": True}
+    assert cfg["entryPoints"]["web"]["http"]["aliasHeadersStrategy"] == "delete"
+    acme = static_config(TraefikStaticOptions(dynamic_dir=tmp_path, acme_email="ops@example.com"))
+    assert acme["entryPoints"]["websecure"]["address"] == ":443"
+    assert acme["certificatesResolvers"]["letsencrypt"]["acme"]["httpChallenge"] == {"entryPoint": "web"}
+    assert yaml.safe_load(render_static_config(TraefikStaticOptions(dynamic_dir=tmp_path))) == cfg

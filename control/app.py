@@ -13,6 +13,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from control import __doc__ as _doc
 from control.api.apps import AppController
 from control.api.auth import PUBLIC_PATHS, ApiKeyAuthentication, access_guard
+from control.api.env import EnvController
 from control.api.health import healthz, readyz
 from control.api.keys import KeyController, whoami
 from control.api.problems import EXCEPTION_HANDLERS
@@ -20,6 +21,7 @@ from control.api.spec import openapi_document
 from control.api.request_context import RequestContext
 from control.api.tenants import TenantController
 from control.logging import configure_logging
+from control.security.master_keys import MasterKeyError
 from control.services import Services
 from control.settings import Settings
 from control.store import migrate
@@ -59,14 +61,19 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         migrate.upgrade(services.db.engine)
         if settings.require_operator_key and not services.keys.has_operator_key():
             raise StartupRefused("No operator key exists. Run `moorage admin bootstrap` first.")
+        try:  # fail at start, not on the first secret, when the master keys are unusable
+            services.keyring.current()
+        except MasterKeyError as exc:
+            raise StartupRefused(str(exc)) from None
         log.info("started", database=services.db.engine.url.render_as_string(hide_password=True))
 
     app = Litestar(
-        route_handlers=[openapi_document, healthz, readyz, whoami, TenantController, KeyController, AppController],
+        route_handlers=[openapi_document, healthz, readyz, whoami, TenantController, KeyController, AppController, EnvController],
         dependencies={
             "tenants": Provide(lambda: services.tenants, use_cache=True, sync_to_thread=False),
             "keys": Provide(lambda: services.keys, use_cache=True, sync_to_thread=False),
             "apps": Provide(lambda: services.apps, use_cache=True, sync_to_thread=False),
+            "env_vars": Provide(lambda: services.env_vars, use_cache=True, sync_to_thread=False),
         },
         middleware=[DefineMiddleware(ApiKeyAuthentication, exclude=PUBLIC_PATHS, exclude_from_auth_key="public")],
         guards=[access_guard],

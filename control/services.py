@@ -6,8 +6,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from control.domain.apps import AppService
+from control.domain.env import EnvService
 from control.domain.keys import KeyService
 from control.domain.tenants import TenantService
+from control.security.keyring import ReloadingKeyring
+from control.security.master_keys import KeySource
 from control.settings import Settings
 from control.store.database import Database
 
@@ -19,14 +22,19 @@ class Services:
     tenants: TenantService
     keys: KeyService
     apps: AppService
+    keyring: ReloadingKeyring  # loads lazily: commands that never touch secrets never create a key
+    env_vars: EnvService
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
         db = Database(settings.database_url)
+        keyring = ReloadingKeyring(KeySource.of(settings))
         return cls(
             settings=settings,
             db=db,
             tenants=TenantService(db),
             keys=KeyService(db, last_used_resolution=timedelta(seconds=settings.key_last_used_resolution_s)),
             apps=AppService(db),
+            keyring=keyring,
+            env_vars=EnvService(db, keyring),
         )

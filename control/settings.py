@@ -30,6 +30,8 @@ class Settings:
     port: int = 7800
     base_domain: str = "moorage.localhost"
     master_key_file: Path | None = None  # AES keyring for secrets (agent-safety layer)
+    # KEY_ID:BASE64 entries, first active; wins over the file. repr=False: never printed.
+    master_keys: str = field(default="", repr=False)
     require_operator_key: bool = False  # refuse to start until `moorage admin bootstrap` ran
     log_level: str = "info"
     log_format: str = "json"  # json | console
@@ -67,6 +69,7 @@ _FIELDS: dict[str, type] = {
     "port": int,
     "base_domain": str,
     "master_key_file": Path,
+    "master_keys": str,
     "require_operator_key": bool,
     "log_level": str,
     "log_format": str,

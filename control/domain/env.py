@@ -1,0 +1,230 @@
+"""An app's environment variables: sealed at rest, revealed only on request, resolved
+in memory for deploys, and resealed under a new master key on rotation.
+
+Writes are all-or-nothing: every name and value is checked before the one write
+transaction starts, and a write that changes anything bumps ``apps.env_version`` once
+(a deploy pins the env version it used). A variable's own ``version`` counts its changes;
+writing the same value and flag again is not a change.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import structlog
+
+from control.domain.errors import DomainError, Invalid, NotFound
+from control.security.keyring import KeyringError, ReloadingKeyring, UnknownMasterKey, owner_aad
+from control.store.database import Database
+from control.store.repositories.env_vars import EnvApp, EnvVarRepository, KeyUsageRepository, StoredEnvVar
+
+NAME_RULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_NAME_CHARS = 255
+MAX_VALUE_BYTES = 64 * 1024
+MAX_VARS_PER_APP = 200
+# PORT is set from the app's `port`; MOORAGE_* is the platform's namespace in containers.
+RESERVED_NAMES = frozenset({"PORT"})
+RESERVED_PREFIX = "MOORAGE_"
+log = structlog.get_logger("moorage.env")
+
+
+class SecretUnreadable(DomainError):
+    """A stored value could not be opened. Fails closed; says which variable and why,
+    never the value. ``status`` is 503 when a key is missing (an operator can load it),
+    500 when the stored bytes fail authentication (altered or moved)."""
+
+    title = "Stored secret cannot be decrypted"
+
+    def __init__(self, var: StoredEnvVar, error: KeyringError) -> None:
+        missing = isinstance(error, UnknownMasterKey)
+        self.status = 503 if missing else 500
+        detail = (
+            f"Env var '{var.name}' is sealed under master key '{var.master_key_id}', which this server does not hold. "
+            "An operator must load that key (MOORAGE_MASTER_KEY_FILE / MOORAGE_MASTER_KEYS)."
+            if missing
+            else f"Env var '{var.name}' failed its integrity check ({error.reason}); it was altered or moved. "
+            "Set it again to replace it, and report the request_id to the operator."
+        )
+        super().__init__(detail, code="master-key-unavailable" if missing else "secret-integrity-failure")
+
+
+@dataclass(frozen=True, slots=True)
+class EnvValue:
+    value: str = field(repr=False)
+    secret: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class EnvVar:
+    name: str
+    version: int
+    secret: bool
+    created_at: datetime
+    updated_at: datetime
+    value: str | None = field(default=None, repr=False)  # only when revealed
+
+
+@dataclass(frozen=True, slots=True)
+class EnvSet:
+    app_id: str
+    app_name: str
+    env_version: int
+    vars: list[EnvVar]
+
+
+@dataclass(frozen=True, slots=True)
+class ResealBatch:
+    resealed: int
+    failed: list[dict[str, str]]  # id, name, master_key_id, reason: never a value
+    last_id: str | None  # None when there was nothing left to look at
+
+
+def _problems(name: str, value: EnvValue | None, name_field: str, value_field: str) -> list[dict[str, str]]:
+    errors = []
+    if len(name) > MAX_NAME_CHARS or not NAME_RULE.match(name):
+        errors.append({"field": name_field, "message": f"names match {NAME_RULE.pattern}, at most {MAX_NAME_CHARS} characters"})
+    elif name in RESERVED_NAMES or name.upper().startswith(RESERVED_PREFIX):
+        errors.append({"field": name_field, "message": f"reserved: {sorted(RESERVED_NAMES)} and {RESERVED_PREFIX}* are set by the platform"})
+    if value is not None:
+        if "\0" in value.value:
+            errors.append({"field": value_field, "message": "values cannot contain NUL characters"})
+        elif len(value.value.encode()) > MAX_VALUE_BYTES:
+            errors.append({"field": value_field, "message": f"values are at most {MAX_VALUE_BYTES} bytes (UTF-8)"})
+    return errors
+
+
+def check_vars(changes: dict[str, EnvValue | None], *, single: bool = False) -> None:
+    """All problems at once, each naming its field (``vars.NAME``, or ``name``/``value``)."""
+    errors = [
+        e
+        for name, value in changes.items()
+        for e in (_problems(name, value, "name", "value") if single else _problems(name, value, *[f"vars.{name[:80]}"] * 2))
+    ]
+    if errors:
+        fields = ", ".join(e["field"] for e in errors)
+        raise Invalid(f"Invalid env vars ({fields}); nothing was changed. Fix them and retry.", errors=errors)
+
+
+class EnvService:
+    def __init__(self, db: Database, keyring: ReloadingKeyring) -> None:
+        self.db = db
+        self.keyring = keyring
+
+    def _app(self, repo: EnvVarRepository, ref: str) -> EnvApp:
+        app = repo.app(ref)
+        if app is None:
+            raise NotFound.of("app", ref)
+        return app
+
+    def _open(self, var: StoredEnvVar) -> str:
+        try:
+            return self.keyring.open(var.ciphertext, owner_aad(var.tenant_id, var.app_id, var.name))
+        except KeyringError as exc:
+            log.error("env_var_unreadable", env_var_id=var.id, name=var.name, master_key_id=var.master_key_id, reason=exc.reason)
+            raise SecretUnreadable(var, exc) from None
+
+    def _view(self, app: EnvApp, stored: list[StoredEnvVar], *, reveal: bool) -> EnvSet:
+        items = [
+            EnvVar(v.name, v.version, v.secret, v.created_at, v.updated_at, self._open(v) if reveal else None)
+            for v in stored
+        ]
+        return EnvSet(app.id, app.name, app.env_version, items)
+
+    def list(self, tenant_id: str, app_ref: str, *, reveal: bool = False) -> EnvSet:
+        with self.db.read() as session:
+            repo = EnvVarRepository(session, tenant_id)
+            app = self._app(repo, app_ref)
+            stored = repo.list(app.id)
+        return self._view(app, stored, reveal=reveal)
+
+    def resolve(self, tenant_id: str, app_id: str) -> dict[str, str]:
+        """Plaintext env for a deploy, in memory only; any unreadable value fails the whole call."""
+        env = self.list(tenant_id, app_id, reveal=True)
+        return {v.name: v.value for v in env.vars if v.value is not None}
+
+    def replace(self, tenant_id: str, app_ref: str, desired: dict[str, EnvValue]) -> EnvSet:
+        return self._write(tenant_id, app_ref, dict(desired), replace_all=True)
+
+    def merge(self, tenant_id: str, app_ref: str, changes: dict[str, EnvValue | None]) -> EnvSet:
+        return self._write(tenant_id, app_ref, changes, replace_all=False)
+
+    def set(self, tenant_id: str, app_ref: str, name: str, value: EnvValue) -> EnvVar:
+        check_vars({name: value}, single=True)
+        env = self._write(tenant_id, app_ref, {name: value}, replace_all=False)
+        return next(v for v in env.vars if v.name == name)
+
+    def unset(self, tenant_id: str, app_ref: str, name: str) -> None:
+        with self.db.write() as session:
+            repo = EnvVarRepository(session, tenant_id)
+            app = self._app(repo, app_ref)
+            if not any(v.name == name for v in repo.list(app.id)):
+                raise NotFound.of("env var", name)
+            repo.remove(app.id, [name])
+            repo.bump_env_version(app.id)
+
+    def _unchanged(self, var: StoredEnvVar, wanted: EnvValue) -> bool:
+        if var.secret != wanted.secret:
+            return False
+        try:
+            return self.keyring.open(var.ciphertext, owner_aad(var.tenant_id, var.app_id, var.name)) == wanted.value
+        except KeyringError:
+            return False  # an unreadable value is replaced: writing it again is the repair
+
+    def _write(self, tenant_id: str, app_ref: str, changes: dict[str, EnvValue | None], *, replace_all: bool) -> EnvSet:
+        check_vars(changes)
+        with self.db.write() as session:
+            repo = EnvVarRepository(session, tenant_id)
+            app = self._app(repo, app_ref)
+            existing = {v.name: v for v in repo.list(app.id)}
+            removed = [n for n in existing if (replace_all and n not in changes) or (n in changes and changes[n] is None)]
+            final_count = len(set(existing) - set(removed) | {n for n, v in changes.items() if v is not None})
+            if final_count > MAX_VARS_PER_APP:
+                raise Invalid(
+                    f"An app holds at most {MAX_VARS_PER_APP} env vars; this change would leave {final_count}. Nothing was changed.",
+                    errors=[{"field": "vars", "message": f"at most {MAX_VARS_PER_APP} per app"}],
+                )
+            changed = bool(removed)
+            repo.remove(app.id, removed)
+            for name, wanted in changes.items():
+                if wanted is None or (name in existing and self._unchanged(existing[name], wanted)):
+                    continue
+                sealed = self.keyring.seal(wanted.value, owner_aad(tenant_id, app.id, name))
+                if name in existing:
+                    repo.overwrite(existing[name].id, ciphertext=sealed.blob, master_key_id=sealed.key_id, secret=wanted.secret)
+                else:
+                    repo.insert(app.id, name, ciphertext=sealed.blob, master_key_id=sealed.key_id, secret=wanted.secret)
+                changed = True
+            if changed:
+                app = EnvApp(app.id, app.tenant_id, app.name, repo.bump_env_version(app.id))
+            session.flush()
+            stored = repo.list(app.id)
+        return self._view(app, stored, reveal=False)
+
+    # -- master-key rotation (operator tooling) --------------------------------------
+
+    def key_usage(self) -> dict[str, int]:
+        with self.db.read() as session:
+            return KeyUsageRepository(session).count_by_key()
+
+    def reseal_batch(self, *, after_id: str = "", limit: int = 100) -> ResealBatch:
+        """Reseal up to ``limit`` values not under the active key, in one short write
+        transaction, so the API keeps serving between batches. Values that fail to open
+        are reported and skipped (``after_id`` moves past them), never rewritten."""
+        keyring = self.keyring.current()
+        failed: list[dict[str, str]] = []
+        resealed = 0
+        with self.db.write() as session:
+            usage = KeyUsageRepository(session)
+            batch = usage.batch_not_under(keyring.active_id, after_id=after_id, limit=limit)
+            for var in batch:
+                aad = owner_aad(var.tenant_id, var.app_id, var.name)
+                try:
+                    plaintext = self.keyring.open(var.ciphertext, aad)
+                except KeyringError as exc:
+                    failed.append({"id": var.id, "name": var.name, "master_key_id": var.master_key_id, "reason": exc.reason})
+                    continue
+                sealed = keyring.seal(plaintext, aad)
+                resealed += usage.reseal(var, ciphertext=sealed.blob, master_key_id=sealed.key_id)
+        return ResealBatch(resealed, failed, batch[-1].id if batch else None)

@@ -1,0 +1,136 @@
+"""Environment variables as stored: sealed blobs, never plaintext."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from control.ids import new_id
+from control.store.models import AppRow, EnvVarRow
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEnvVar:
+    id: str
+    tenant_id: str
+    app_id: str
+    name: str
+    ciphertext: bytes
+    master_key_id: str
+    version: int
+    secret: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class EnvApp:
+    """The app an env set belongs to, and how often that set changed."""
+
+    id: str
+    tenant_id: str
+    name: str
+    env_version: int
+
+
+def to_stored(row: EnvVarRow) -> StoredEnvVar:
+    return StoredEnvVar(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        app_id=row.app_id,
+        name=row.name,
+        ciphertext=row.ciphertext,
+        master_key_id=row.master_key_id,
+        version=row.version,
+        secret=row.secret,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+class EnvVarRepository:
+    """One tenant's env vars: every query carries the tenant id, whatever the caller passes."""
+
+    def __init__(self, session: Session, tenant_id: str) -> None:
+        self.session = session
+        self.tenant_id = tenant_id
+
+    def app(self, ref: str) -> EnvApp | None:
+        column = AppRow.id if ref.startswith("app_") else AppRow.name
+        row = self.session.scalar(select(AppRow).where(AppRow.tenant_id == self.tenant_id, column == ref))
+        return None if row is None else EnvApp(row.id, row.tenant_id, row.name, row.env_version)
+
+    def list(self, app_id: str) -> list[StoredEnvVar]:
+        query = select(EnvVarRow).where(EnvVarRow.tenant_id == self.tenant_id, EnvVarRow.app_id == app_id)
+        return [to_stored(row) for row in self.session.scalars(query.order_by(EnvVarRow.name))]
+
+    def insert(self, app_id: str, name: str, *, ciphertext: bytes, master_key_id: str, secret: bool) -> None:
+        self.session.add(
+            EnvVarRow(
+                id=new_id("env"),
+                tenant_id=self.tenant_id,
+                app_id=app_id,
+                name=name,
+                ciphertext=ciphertext,
+                master_key_id=master_key_id,
+                version=1,
+                secret=secret,
+            )
+        )
+
+    def overwrite(self, var_id: str, *, ciphertext: bytes, master_key_id: str, secret: bool) -> None:
+        self.session.execute(
+            update(EnvVarRow)
+            .where(EnvVarRow.id == var_id, EnvVarRow.tenant_id == self.tenant_id)
+            .values(ciphertext=ciphertext, master_key_id=master_key_id, secret=secret, version=EnvVarRow.version + 1)
+        )
+
+    def remove(self, app_id: str, names: list[str]) -> None:
+        if names:
+            self.session.execute(
+                delete(EnvVarRow).where(
+                    EnvVarRow.tenant_id == self.tenant_id, EnvVarRow.app_id == app_id, EnvVarRow.name.in_(names)
+                )
+            )
+
+    def bump_env_version(self, app_id: str) -> int:
+        self.session.execute(
+            update(AppRow)
+            .where(AppRow.id == app_id, AppRow.tenant_id == self.tenant_id)
+            .values(env_version=AppRow.env_version + 1)
+        )
+        version = self.session.scalar(select(AppRow.env_version).where(AppRow.id == app_id))
+        return int(version or 0)
+
+
+class KeyUsageRepository:
+    """Across all tenants, for master-key rotation only (operator tooling, no API)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def count_by_key(self) -> dict[str, int]:
+        query = select(EnvVarRow.master_key_id, func.count()).group_by(EnvVarRow.master_key_id)
+        return {key_id: int(count) for key_id, count in self.session.execute(query)}
+
+    def batch_not_under(self, key_id: str, *, after_id: str, limit: int) -> list[StoredEnvVar]:
+        query = (
+            select(EnvVarRow)
+            .where(EnvVarRow.master_key_id != key_id, EnvVarRow.id > after_id)
+            .order_by(EnvVarRow.id)
+            .limit(limit)
+        )
+        return [to_stored(row) for row in self.session.scalars(query)]
+
+    def reseal(self, var: StoredEnvVar, *, ciphertext: bytes, master_key_id: str) -> bool:
+        """Swap the blob only if nobody changed the row since it was read; keep its
+        version and updated_at, since the value itself did not change."""
+        result = self.session.execute(
+            update(EnvVarRow)
+            .where(EnvVarRow.id == var.id, EnvVarRow.ciphertext == var.ciphertext)
+            .values(ciphertext=ciphertext, master_key_id=master_key_id, updated_at=var.updated_at)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]

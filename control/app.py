@@ -15,6 +15,7 @@ from control.api.apps import AppController
 from control.api.auth import PUBLIC_PATHS, ApiKeyAuthentication, access_guard
 from control.api.env import EnvController
 from control.api.health import healthz, readyz
+from control.api.idempotency import IdempotencyMiddleware, idempotency_sweeper
 from control.api.keys import KeyController, whoami
 from control.api.problems import EXCEPTION_HANDLERS
 from control.api.spec import openapi_document
@@ -75,12 +76,17 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             "apps": Provide(lambda: services.apps, use_cache=True, sync_to_thread=False),
             "env_vars": Provide(lambda: services.env_vars, use_cache=True, sync_to_thread=False),
         },
-        middleware=[DefineMiddleware(ApiKeyAuthentication, exclude=PUBLIC_PATHS, exclude_from_auth_key="public")],
+        # In this order: who is calling, have we answered this before.
+        middleware=[
+            DefineMiddleware(ApiKeyAuthentication, exclude=PUBLIC_PATHS, exclude_from_auth_key="public"),
+            IdempotencyMiddleware,
+        ],
         guards=[access_guard],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         openapi_config=_openapi(),
         on_startup=[on_startup],
         on_shutdown=[services.db.dispose],
+        lifespan=[idempotency_sweeper(services.idempotency, settings.idempotency_purge_interval_s)],
         logging_config=None,
         debug=False,
     )

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from control.domain.apps import AppService
 from control.domain.env import EnvService
+from control.domain.idempotency import IdempotencyService
 from control.domain.keys import KeyService
 from control.domain.tenants import TenantService
 from control.security.keyring import ReloadingKeyring
@@ -22,6 +23,7 @@ class Services:
     tenants: TenantService
     keys: KeyService
     apps: AppService
+    idempotency: IdempotencyService
     keyring: ReloadingKeyring  # loads lazily: commands that never touch secrets never create a key
     env_vars: EnvService
 
@@ -35,6 +37,11 @@ class Services:
             tenants=TenantService(db),
             keys=KeyService(db, last_used_resolution=timedelta(seconds=settings.key_last_used_resolution_s)),
             apps=AppService(db),
+            idempotency=IdempotencyService(
+                db,
+                retention=timedelta(seconds=settings.idempotency_retention_s),
+                lease=timedelta(seconds=settings.idempotency_lease_s),
+            ),
             keyring=keyring,
             env_vars=EnvService(db, keyring),
         )

@@ -36,6 +36,14 @@ class Settings:
     log_level: str = "info"
     log_format: str = "json"  # json | console
     key_last_used_resolution_s: int = 60  # how stale `last_used_at` may be, to spare writes
+    idempotency_retention_s: int = 86400  # how long a stored response can be replayed (24 h)
+    idempotency_lease_s: int = 60  # in-flight lock; after it lapses (a crash) a retry takes over
+    idempotency_purge_interval_s: int = 300  # background sweep of expired records
+    rate_limit_window_s: int = 60  # the `w` of every rate-limit policy
+    rate_limit_key_quota: int = 120  # requests per window per API key (operator keys too)
+    rate_limit_tenant_quota: int = 600  # requests per window per tenant, all its keys together
+    rate_limit_cache_ttl_s: int = 5  # how long per-tenant overrides are cached per process
+    metrics_public: bool = False  # serve GET /metrics without an operator key
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -74,6 +82,14 @@ _FIELDS: dict[str, type] = {
     "log_level": str,
     "log_format": str,
     "key_last_used_resolution_s": int,
+    "idempotency_retention_s": int,
+    "idempotency_lease_s": int,
+    "idempotency_purge_interval_s": int,
+    "rate_limit_window_s": int,
+    "rate_limit_key_quota": int,
+    "rate_limit_tenant_quota": int,
+    "rate_limit_cache_ttl_s": int,
+    "metrics_public": bool,
 }
 
 

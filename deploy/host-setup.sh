@@ -35,7 +35,7 @@ DOCKER=/usr/bin/docker   # Debian's client; another `docker` earlier on PATH may
 
 CHANGES=()
 STARTED=$SECONDS
-log() { printf '[host-setup] %s\n' "$*"; }
+log() { printf '[host-setup] %3ss %s\n' "$((SECONDS - STARTED))" "$*"; }
 changed() { CHANGES+=("$1"); log "changed: $1"; }
 die() { printf '[host-setup] ERROR: %s\n' "$*" >&2; exit 1; }
 have_systemd() { [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; }

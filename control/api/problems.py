@@ -7,6 +7,7 @@ answer to the server's log lines. Stack traces never leave the server.
 
 from __future__ import annotations
 
+import math
 from http import HTTPStatus
 from typing import Any
 
@@ -15,6 +16,7 @@ import structlog
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.types import Receive, Scope, Send
 
 from control.api.request_context import request_id_of
 from control.domain.errors import (
@@ -25,6 +27,7 @@ from control.domain.errors import (
     NotFound,
     Unauthenticated,
 )
+from runtime.resilience import CircuitOpenError
 
 PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger("moorage.api")
@@ -131,6 +134,37 @@ def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> R
     return problem_response(request, status, code, detail, headers=dict(exc.headers or {}))
 
 
+def retry_after_header(seconds: float) -> str:
+    """Whole seconds, rounded up and at least 1: a client that waits that long is not early."""
+    return str(max(1, math.ceil(seconds)))
+
+
+def circuit_open_handler(request: Request[Any, Any, Any], exc: CircuitOpenError) -> Response[Problem]:
+    detail = (
+        f"The dependency '{exc.name}' is unavailable (its circuit breaker is open), so the request was not "
+        "carried out. Retry after the Retry-After seconds; GET /readyz lists each dependency's state."
+    )
+    headers = {"Retry-After": retry_after_header(exc.retry_after)}
+    return problem_response(request, 503, "dependency-unavailable", detail, title="Dependency unavailable", headers=headers)
+
+
+async def send_problem(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """Answer with a problem straight from an ASGI middleware (no exception round trip, so
+    the middlewares around it still see and decorate the response)."""
+    request: Request[Any, Any, Any] = Request(scope, receive, send)
+    response = problem_response(request, status, code, detail, headers=headers)
+    await response.to_asgi_response(app=None, request=request)(scope, receive, send)
+
+
 def unhandled_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
     log.error("unhandled_exception", path=request.url.path, exc_info=exc)
     return problem_response(request, 500, "internal-error", _DETAIL_OF_STATUS[500])
@@ -138,6 +172,7 @@ def unhandled_error_handler(request: Request[Any, Any, Any], exc: Exception) -> 
 
 EXCEPTION_HANDLERS = {
     DomainError: domain_error_handler,
+    CircuitOpenError: circuit_open_handler,
     ValidationException: validation_error_handler,
     HTTPException: http_error_handler,
     Exception: unhandled_error_handler,
@@ -148,8 +183,8 @@ _DESCRIPTIONS = {
     401: "Missing, invalid, revoked or expired API key",
     403: "Key lacks the scope, or the tenant is suspended",
     404: "Not found (another tenant's resources are always 404)",
-    409: "Conflicts with current state",
-    422: "Well-formed but invalid input; `errors` names the fields",
+    409: "Conflicts with current state, or the same Idempotency-Key is still in flight (`Retry-After`)",
+    422: "Well-formed but invalid input (`errors` names the fields), or an Idempotency-Key reused for a different request",
     429: "Rate limited; retry after `Retry-After` seconds",
     500: "Unexpected server error",
     503: "A dependency is unavailable; retry after `Retry-After` seconds",
@@ -169,4 +204,13 @@ def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
     }
 
 
-__all__ = ["EXCEPTION_HANDLERS", "PROBLEM_JSON", "Problem", "problem_response", "problem_responses", "MediaType"]
+__all__ = [
+    "EXCEPTION_HANDLERS",
+    "PROBLEM_JSON",
+    "MediaType",
+    "Problem",
+    "problem_response",
+    "problem_responses",
+    "retry_after_header",
+    "send_problem",
+]

@@ -1,0 +1,234 @@
+"""Idempotency-Key on POST/PUT/PATCH/DELETE: HTTP glue around ``domain.idempotency``.
+
+Sits after authentication (the key is scoped to ``scope["user"]``) and after the rate
+limiter. It buffers the request body (to fingerprint it, then feeds it to the app again),
+and buffers the response so that it is stored *before* the client sees it: a client
+that got an answer can always get the same answer again. Mutating endpoints do not
+stream (long operations answer 202 and are polled), so buffering costs little.
+
+Kept for replay: status, body and the headers in ``KEPT_HEADERS``; everything else
+(request id, rate-limit headers) is fresh on every answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import structlog
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from control.api.problems import retry_after_header, send_problem
+from control.domain.idempotency import (
+    KEY_RULE,
+    Claimed,
+    IdempotencyService,
+    InFlight,
+    KeyReused,
+    Replay,
+    fingerprint,
+    parse_key,
+)
+from control.security.principal import Principal
+from control.store.repositories.idempotency import StoredResponse
+
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+HEADER = b"idempotency-key"
+REPLAYED_HEADER = b"idempotent-replayed"
+KEPT_HEADERS = frozenset({b"content-type", b"location", b"content-location", b"etag", b"last-modified", b"link"})
+MAX_BODY_BYTES = 10 * 1024 * 1024  # Litestar's own default request limit
+MAX_STORED_BYTES = 1024 * 1024  # larger answers are passed on but not kept (the key is released)
+log = structlog.get_logger("moorage.idempotency")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _metric(scope: Scope, outcome: str) -> None:
+    metrics = getattr(scope["app"].state, "metrics", None)
+    if metrics is not None:
+        metrics.idempotency(outcome)
+
+
+class _ClientGone(Exception):
+    pass
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or None when it exceeds ``MAX_BODY_BYTES``."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replaying_receive(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # after the body: wait for a disconnect, as the server would
+
+    return replay
+
+
+class _Captured:
+    """The app's response, held back until it has been stored."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = bytearray()
+        self.complete = False
+
+    async def send(self, message: Message) -> None:
+        self.messages.append(message)
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.headers = list(message.get("headers", []))
+        elif message["type"] == "http.response.body":
+            self.body += message.get("body", b"")
+            self.complete = not message.get("more_body", False)
+
+    def storable(self) -> StoredResponse | None:
+        if not self.complete or self.status >= 500 or len(self.body) > MAX_STORED_BYTES:
+            return None
+        kept = tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in self.headers if n.lower() in KEPT_HEADERS)
+        return StoredResponse(self.status, kept, bytes(self.body))
+
+
+class IdempotencyMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw_key = _header(scope, HEADER) if scope["type"] == "http" and scope["method"] in MUTATING else None
+        principal = scope.get("user")
+        if raw_key is None or not isinstance(principal, Principal):
+            await self.app(scope, receive, send)
+            return
+        key = parse_key(raw_key)
+        if key is None:
+            _metric(scope, "invalid_key")
+            detail = f"The Idempotency-Key header must be {KEY_RULE}. Send a new, valid key."
+            await send_problem(scope, receive, send, 400, "idempotency-key-invalid", detail)
+            return
+        try:
+            body = await _read_body(receive)
+        except _ClientGone:
+            return  # nothing claimed yet, nobody to answer
+        if body is None:
+            await send_problem(scope, receive, send, 413, "payload-too-large", "The request body is too large.")
+            return
+        service: IdempotencyService = scope["app"].state.services.idempotency
+        query = scope.get("query_string", b"").decode("latin-1")
+        request_fingerprint = fingerprint(scope["method"], scope["path"], query, body)
+        outcome = await anyio.to_thread.run_sync(
+            service.claim, principal.key_id, principal.tenant_id, key, request_fingerprint
+        )
+        if isinstance(outcome, Replay):
+            _metric(scope, "replayed")
+            await _send_replay(outcome.response, send)
+        elif isinstance(outcome, KeyReused):
+            _metric(scope, "key_reused")
+            detail = (
+                "This Idempotency-Key was already used for a different request (method, path, query or body "
+                "differ). Use a new key for a new request; resend the exact same request to get its answer."
+            )
+            await send_problem(scope, receive, send, 422, "idempotency-key-reused", detail)
+        elif isinstance(outcome, InFlight):
+            _metric(scope, "in_flight")
+            detail = (
+                "A request with this Idempotency-Key is still being processed. Retry after Retry-After seconds "
+                f"to get its answer (if it was lost, the key frees up within {outcome.lease_left_s:.0f} s)."
+            )
+            headers = {"Retry-After": retry_after_header(min(1.0, outcome.lease_left_s))}
+            await send_problem(scope, receive, send, 409, "idempotency-key-in-flight", detail, headers=headers)
+        else:
+            if outcome.taken_over:
+                _metric(scope, "taken_over")
+                log.warning("idempotency_lease_taken_over", key_id=principal.key_id, record_id=outcome.record_id)
+            await self._run(scope, _replaying_receive(body, receive), send, service, outcome)
+
+    async def _run(self, scope: Scope, receive: Receive, send: Send, service: IdempotencyService, claim: Claimed) -> None:
+        captured = _Captured()
+        try:
+            await self.app(scope, receive, captured.send)
+        finally:
+            # Settle even when cancelled (client gone): a finished answer is kept, anything
+            # else frees the key at once instead of leaving it to the lease.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_settle, service, claim, captured.storable())
+        _metric(scope, "stored" if captured.storable() else "released")
+        for message in captured.messages:
+            await send(message)
+
+
+def _settle(service: IdempotencyService, claim: Claimed, response: StoredResponse | None) -> None:
+    kept = service.complete(claim, response) if response is not None else service.release(claim)
+    if not kept:
+        log.warning("idempotency_lease_lost", record_id=claim.record_id)
+
+
+async def _send_replay(response: StoredResponse, send: Send) -> None:
+    headers: list[tuple[bytes, bytes]] = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in response.headers]
+    if response.status not in (204, 304):
+        headers.append((b"content-length", str(len(response.body)).encode()))
+    headers.append((REPLAYED_HEADER, b"true"))
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body, "more_body": False})
+
+
+async def purge_expired_forever(service: IdempotencyService, interval_s: float) -> None:
+    """Background sweep; a claim also replaces an expired row with the same key on the spot."""
+    while True:
+        await anyio.sleep(interval_s)  # first sweep after one interval: migrations run at startup
+        try:
+            purged = await anyio.to_thread.run_sync(service.purge_expired)
+            if purged:
+                log.info("idempotency_purged", records=purged)
+        except Exception as exc:  # a failed sweep must not end the loop; the next one retries
+            log.warning("idempotency_purge_failed", error=type(exc).__name__)
+
+
+def idempotency_sweeper(service: IdempotencyService, interval_s: float) -> Callable[[Any], AbstractAsyncContextManager[None]]:
+    """A Litestar lifespan manager running ``purge_expired_forever`` while the app runs."""
+
+    @asynccontextmanager
+    async def sweeping(_app: Any) -> AsyncIterator[None]:
+        # A plain task, not a task group: a startup failure must surface as itself, not
+        # wrapped in an ExceptionGroup.
+        task = asyncio.get_running_loop().create_task(purge_expired_forever(service, interval_s))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return sweeping
+
+
+__all__ = ["IdempotencyMiddleware", "idempotency_sweeper", "purge_expired_forever"]

@@ -1,0 +1,150 @@
+"""Idempotency-Key rules (draft-ietf-httpapi-idempotency-key-header): key format, request
+fingerprint, and the claim / complete / release cycle of one key.
+
+Decisions:
+- Keys are scoped per API key (the tenant is recorded too): two callers never share one.
+- The fingerprint covers method, path, the query string with its parameters sorted, and the
+  body *bytes*. JSON is not canonicalised: a retry is expected to resend the same bytes, so
+  re-ordering a body's keys or changing its whitespace counts as a different request (422).
+- A claim holds a lease; a process that dies mid-request leaves the key locked only until the
+  lease lapses, then a retry takes it over. Responses 5xx are not kept (the lease is released
+  so a retry runs again); 2xx-4xx are kept for ``retention`` and replayed byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from urllib.parse import parse_qsl, urlencode
+
+from control.store.database import Database
+from control.store.repositories.idempotency import COMPLETED, IdempotencyRepository, StoredResponse
+from control.store.types import utcnow
+
+MAX_KEY_LENGTH = 255
+_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
+KEY_RULE = "1 to 255 printable ASCII characters (a UUID is a good choice)"
+
+
+def parse_key(raw: str) -> str | None:
+    """The key, or None if malformed. A quoted value (an RFC 8941 sf-string, as the draft
+    writes it) and the bare value name the same key."""
+    value = raw.strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    return value if _KEY.match(value) and value.strip() else None
+
+
+def normalise_query(query: str) -> str:
+    return urlencode(sorted(parse_qsl(query, keep_blank_values=True)))
+
+
+def fingerprint(method: str, path: str, query: str, body: bytes) -> str:
+    """SHA-256 over length-prefixed parts, so no two different requests share an encoding."""
+    digest = hashlib.sha256()
+    for part in (method.upper().encode(), path.encode("utf-8", "surrogatepass"), normalise_query(query).encode(), body):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    record_id: int
+    lease: datetime  # the fencing token for complete/release
+    taken_over: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    response: StoredResponse
+
+
+@dataclass(frozen=True, slots=True)
+class KeyReused:
+    """Same key, different request: a client bug, never retried into success."""
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    lease_left_s: float
+
+
+Outcome = Claimed | Replay | KeyReused | InFlight
+
+
+class IdempotencyService:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        retention: timedelta,
+        lease: timedelta,
+        now: Callable[[], datetime] = utcnow,
+    ) -> None:
+        if retention <= timedelta(0) or lease <= timedelta(0):
+            raise ValueError("idempotency retention and lease must be positive")
+        self.db = db
+        self.retention = retention
+        self.lease = lease
+        self.now = now
+
+    def claim(self, api_key_id: str, tenant_id: str | None, key: str, request_fingerprint: str) -> Outcome:
+        # BEGIN IMMEDIATE: concurrent duplicates queue on the write lock, and the first
+        # INSERT wins through the unique constraint.
+        with self.db.write() as session:
+            records = IdempotencyRepository(session)
+            now = self.now()
+
+            def insert() -> Claimed | None:
+                row = records.try_insert(
+                    api_key_id=api_key_id,
+                    tenant_id=tenant_id,
+                    idempotency_key=key,
+                    fingerprint=request_fingerprint,
+                    lease_expires_at=now + self.lease,
+                    expires_at=now + self.retention,
+                )
+                return None if row is None else Claimed(row.id, now + self.lease, taken_over=False)
+
+            if claimed := insert():
+                return claimed
+            existing = records.get(api_key_id, key)
+            if existing is None or existing.expires_at <= now:  # expired: purge it here, then claim
+                if existing is not None:
+                    records.delete(existing.id)
+                claimed = insert()
+                assert claimed is not None  # we hold the write lock
+                return claimed
+            if existing.fingerprint != request_fingerprint:
+                return KeyReused()
+            if existing.state == COMPLETED and existing.response is not None:
+                return Replay(existing.response)
+            lease = existing.lease_expires_at
+            if lease is not None and lease > now:
+                return InFlight((lease - now).total_seconds())
+            # The owner died (or stalled past its lease): take the key over.
+            new_lease = now + self.lease
+            if not records.take_over(existing.id, lease, new_lease):
+                return InFlight(self.lease.total_seconds())
+            return Claimed(existing.id, new_lease, taken_over=True)
+
+    def complete(self, claim: Claimed, response: StoredResponse) -> bool:
+        """Keep the response for replay; False if our lease was taken over meanwhile."""
+        with self.db.write() as session:
+            return IdempotencyRepository(session).complete(
+                claim.record_id, claim.lease, response, self.now() + self.retention
+            )
+
+    def release(self, claim: Claimed) -> bool:
+        """Forget the key so a retry runs the request again (5xx, crash, cancellation)."""
+        with self.db.write() as session:
+            return IdempotencyRepository(session).release(claim.record_id, claim.lease)
+
+    def purge_expired(self) -> int:
+        with self.db.write() as session:
+            return IdempotencyRepository(session).purge_expired(self.now())
+

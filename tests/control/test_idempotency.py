@@ -1,0 +1,251 @@
+"""Idempotency-Key over the real app and a real SQLite file: replay, reuse, in flight,
+lease take-over, retention, what is and is not stored."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+import pytest
+from litestar import post
+from sqlalchemy import func, select, update
+
+from control.api.idempotency import purge_expired_forever
+from control.domain.idempotency import Claimed, InFlight, fingerprint
+from control.store.models import AppRow, IdempotencyRecordRow
+from control.store.repositories.idempotency import StoredResponse
+from tests.conftest import Caller
+from tests.control.test_problems import assert_problem
+
+
+def _key(value: str) -> dict[str, str]:
+    return {"Idempotency-Key": value}
+
+
+def _rows(app: Any) -> list[IdempotencyRecordRow]:
+    with app.state.services.db.read() as session:
+        return list(session.scalars(select(IdempotencyRecordRow)))
+
+
+def _app_count(app: Any) -> int:
+    with app.state.services.db.read() as session:
+        return session.scalar(select(func.count()).select_from(AppRow)) or 0
+
+
+def test_same_key_same_request_replays_byte_for_byte(app, tenant: Caller) -> None:
+    first = tenant.post("/v1/apps", json={"name": "web", "port": 9000}, headers=_key("k-1"))
+    assert first.status_code == 201 and "idempotent-replayed" not in first.headers
+    again = tenant.post("/v1/apps", json={"name": "web", "port": 9000}, headers=_key("k-1"))
+    assert again.status_code == 201
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.content == first.content
+    assert again.headers["content-type"] == first.headers["content-type"]
+    assert again.headers["x-request-id"] != first.headers["x-request-id"]  # fresh per answer
+    assert _app_count(app) == 1
+    [row] = _rows(app)
+    assert (row.state, row.api_key_id, row.tenant_id, row.response_status) == (
+        "completed", tenant.key_id, tenant.tenant_id, 201
+    )
+    assert row.fingerprint == fingerprint("POST", "/v1/apps", "", first.request.content)
+
+
+def test_same_key_different_request_is_422(tenant: Caller) -> None:
+    assert tenant.post("/v1/apps", json={"name": "web"}, headers=_key("k-2")).status_code == 201
+    for method, path, body in [
+        ("POST", "/v1/apps", {"name": "other"}),  # body differs
+        ("POST", "/v1/keys", {"name": "web"}),  # path differs
+        ("PATCH", "/v1/apps/web", {"port": 1}),  # method and path differ
+    ]:
+        response = tenant.request(method, path, json=body, headers=_key("k-2"))
+        assert_problem(response, 422, "idempotency-key-reused")
+    # Query parameters count too, in any order.
+    assert tenant.post("/v1/apps?a=1&b=2", json={"name": "q"}, headers=_key("k-q")).status_code == 201
+    replay = tenant.post("/v1/apps?b=2&a=1", json={"name": "q"}, headers=_key("k-q"))
+    assert replay.headers.get("idempotent-replayed") == "true"
+    assert_problem(tenant.post("/v1/apps?a=1", json={"name": "q"}, headers=_key("k-q")), 422, "idempotency-key-reused")
+
+
+def test_json_key_order_is_significant(tenant: Caller) -> None:
+    body_a = b'{"name": "web", "port": 9000}'
+    body_b = b'{"port": 9000, "name": "web"}'
+    json_header = {"content-type": "application/json", **_key("k-order")}
+    assert tenant.post("/v1/apps", content=body_a, headers=json_header).status_code == 201
+    assert_problem(tenant.post("/v1/apps", content=body_b, headers=json_header), 422, "idempotency-key-reused")
+
+
+def test_keys_are_scoped_per_api_key(operator: Caller, tenant: Caller) -> None:
+    other = operator.post(f"/v1/tenants/{tenant.tenant_id}/keys", json={"scopes": ["deploy"]}).json()
+    second = Caller(tenant.client, other["token"], other["id"], tenant.tenant_id)
+    assert tenant.post("/v1/apps", json={"name": "web"}, headers=_key("shared")).status_code == 201
+    # Same key string, another API key: not a replay; the request really runs (and conflicts).
+    assert_problem(second.post("/v1/apps", json={"name": "web"}, headers=_key("shared")), 409, "name-taken")
+
+
+def test_without_a_key_requests_just_run(tenant: Caller) -> None:
+    assert tenant.post("/v1/apps", json={"name": "web"}).status_code == 201
+    assert_problem(tenant.post("/v1/apps", json={"name": "web"}), 409, "name-taken")
+
+
+def test_safe_methods_ignore_the_key(app, tenant: Caller) -> None:
+    response = tenant.get("/v1/apps", headers=_key("k-get"))
+    assert response.status_code == 200 and "idempotent-replayed" not in response.headers
+    assert _rows(app) == []
+
+
+@pytest.mark.parametrize(
+    "value", ["", '""', "a" * 256, "tab\there", "new\x7fline", "caf\xe9"], ids=["empty", "empty-quoted", "too-long", "tab", "del", "latin1"]
+)
+def test_malformed_keys_are_400(app, tenant: Caller, value: str) -> None:
+    response = tenant.post("/v1/apps", json={"name": "web"}, headers={"Idempotency-Key": value.encode("latin-1")})
+    body = assert_problem(response, 400, "idempotency-key-invalid")
+    assert "printable ASCII" in body["detail"]
+    assert _app_count(app) == 0 and _rows(app) == []
+
+
+def test_quoted_and_bare_keys_are_the_same_key(tenant: Caller) -> None:
+    assert tenant.post("/v1/apps", json={"name": "web"}, headers=_key('"sf-string"')).status_code == 201
+    replay = tenant.post("/v1/apps", json={"name": "web"}, headers=_key("sf-string"))
+    assert replay.headers["idempotent-replayed"] == "true"
+    long_ok = tenant.post("/v1/apps", json={"name": "web2"}, headers=_key("x" * 255))
+    assert long_ok.status_code == 201
+
+
+def test_4xx_answers_are_stored_and_replayed(app, tenant: Caller) -> None:
+    bad = tenant.post("/v1/apps", json={"name": "Not A Label"}, headers=_key("k-4xx"))
+    assert_problem(bad, 422, "validation-failed")
+    replay = tenant.post("/v1/apps", json={"name": "Not A Label"}, headers=_key("k-4xx"))
+    assert replay.status_code == 422 and replay.headers["idempotent-replayed"] == "true"
+    assert replay.content == bad.content  # including the first answer's request_id: it is a replay
+
+
+def test_delete_is_replayed_not_404(app, tenant: Caller) -> None:
+    assert tenant.post("/v1/apps", json={"name": "web"}).status_code == 201
+    gone = tenant.delete("/v1/apps/web", headers=_key("k-del"))
+    assert gone.status_code == 204
+    again = tenant.delete("/v1/apps/web", headers=_key("k-del"))
+    assert again.status_code == 204 and again.headers["idempotent-replayed"] == "true"
+    assert "content-length" not in again.headers or again.headers["content-length"] == "0"
+
+
+def test_5xx_is_not_stored_and_a_retry_runs_again(app, tenant: Caller) -> None:
+    calls: list[int] = []
+
+    @post("/v1/test-flaky", opt={"access": "deploy"}, status_code=201, sync_to_thread=False)
+    def flaky() -> dict[str, int]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("first attempt fails")
+        return {"attempt": len(calls)}
+
+    app.register(flaky)
+    assert_problem(tenant.post("/v1/test-flaky", json={}, headers=_key("k-5xx")), 500, "internal-error")
+    assert _rows(app) == []  # the lease was released, nothing kept
+    retry = tenant.post("/v1/test-flaky", json={}, headers=_key("k-5xx"))
+    assert retry.status_code == 201 and retry.json() == {"attempt": 2}
+    replay = tenant.post("/v1/test-flaky", json={}, headers=_key("k-5xx"))
+    assert replay.json() == {"attempt": 2} and replay.headers["idempotent-replayed"] == "true"
+    assert len(calls) == 2
+
+
+def _claim_as(app: Any, caller: Caller, key: str, body: bytes) -> Claimed:
+    service = app.state.services.idempotency
+    outcome = service.claim(caller.key_id, caller.tenant_id, key, fingerprint("POST", "/v1/apps", "", body))
+    assert isinstance(outcome, Claimed)
+    return outcome
+
+
+def test_in_flight_key_is_409_with_retry_after(app, tenant: Caller) -> None:
+    body = b'{"name":"web"}'
+    _claim_as(app, tenant, "k-busy", body)  # another worker is processing it right now
+    response = tenant.post("/v1/apps", content=body, headers={"content-type": "application/json", **_key("k-busy")})
+    problem = assert_problem(response, 409, "idempotency-key-in-flight")
+    assert int(response.headers["retry-after"]) >= 1
+    assert "Retry-After" in problem["detail"]
+    assert _app_count(app) == 0
+
+
+def test_expired_lease_is_taken_over_by_a_retry(app, tenant: Caller) -> None:
+    """A worker claimed the key and died: after the lease lapses, a retry runs the request."""
+    body = b'{"name":"web"}'
+    crashed = _claim_as(app, tenant, "k-crash", body)
+    with app.state.services.db.write() as session:  # let the lease run out
+        session.execute(
+            update(IdempotencyRecordRow).values(lease_expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    headers = {"content-type": "application/json", **_key("k-crash")}
+    retry = tenant.post("/v1/apps", content=body, headers=headers)
+    assert retry.status_code == 201 and "idempotent-replayed" not in retry.headers
+    assert _app_count(app) == 1
+    assert tenant.post("/v1/apps", content=body, headers=headers).headers["idempotent-replayed"] == "true"
+    # The dead worker, should it wake up, can neither overwrite nor delete its successor's answer.
+    services = app.state.services
+    assert services.idempotency.complete(crashed, StoredResponse(500, (), b"stale")) is False
+    assert services.idempotency.release(crashed) is False
+    [row] = _rows(app)
+    assert row.state == "completed" and row.response_body == retry.content
+
+
+def test_lease_taken_over_in_the_service_directly(app, tenant: Caller) -> None:
+    service = app.state.services.idempotency
+    first = _claim_as(app, tenant, "k-lease", b"{}")
+    second = service.claim(tenant.key_id, tenant.tenant_id, "k-lease", fingerprint("POST", "/v1/apps", "", b"{}"))
+    assert isinstance(second, InFlight) and 0 < second.lease_left_s <= service.lease.total_seconds()
+    service.now = lambda: datetime.now(UTC) + service.lease + timedelta(seconds=1)
+    taken = service.claim(tenant.key_id, tenant.tenant_id, "k-lease", fingerprint("POST", "/v1/apps", "", b"{}"))
+    assert isinstance(taken, Claimed) and taken.taken_over and taken.record_id == first.record_id
+    assert service.complete(taken, StoredResponse(201, (("content-type", "application/json"),), b"{}")) is True
+
+
+def test_expired_records_are_replaced_and_purged(app, tenant: Caller) -> None:
+    assert tenant.post("/v1/apps", json={"name": "web"}, headers=_key("k-old")).status_code == 201
+    assert tenant.post("/v1/apps", json={"name": "web2"}, headers=_key("k-old2")).status_code == 201
+    with app.state.services.db.write() as session:  # a day passes
+        session.execute(update(IdempotencyRecordRow).values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+    # An expired key is simply new again: this request runs (and meets the app made earlier).
+    assert_problem(tenant.post("/v1/apps", json={"name": "web"}, headers=_key("k-old")), 409, "name-taken")
+    assert len(_rows(app)) == 2
+    assert app.state.services.idempotency.purge_expired() == 1  # k-old2; k-old holds a fresh record
+    assert [r.idempotency_key for r in _rows(app)] == ["k-old"]
+
+
+def test_background_sweep_purges(app, tenant: Caller) -> None:
+    assert tenant.post("/v1/apps", json={"name": "web"}, headers=_key("k-sweep")).status_code == 201
+    with app.state.services.db.write() as session:
+        session.execute(update(IdempotencyRecordRow).values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+
+    async def sweep_briefly() -> None:
+        with anyio.move_on_after(1.0):
+            await purge_expired_forever(app.state.services.idempotency, 0.05)
+
+    anyio.run(sweep_briefly)
+    assert _rows(app) == []
+
+
+def test_retention_comes_from_settings(tmp_path) -> None:
+    from control.services import Services
+    from control.settings import Settings
+
+    settings = Settings(data_dir=tmp_path, idempotency_retention_s=7, idempotency_lease_s=3)
+    services = Services.build(settings)
+    assert services.idempotency.retention == timedelta(seconds=7)
+    assert services.idempotency.lease == timedelta(seconds=3)
+    env = Settings.from_env({"MOORAGE_IDEMPOTENCY_RETENTION_S": "60", "MOORAGE_DATA_DIR": str(tmp_path)})
+    assert env.idempotency_retention_s == 60
+    services.db.dispose()
+
+
+def test_openapi_documents_the_header_on_every_mutating_operation(client) -> None:
+    spec = client.get("/openapi.json").json()
+    mutating = 0
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            names = {p["name"] for p in operation.get("parameters", []) if p["in"] == "header"}
+            if method in {"post", "put", "patch", "delete"}:
+                mutating += 1
+                assert "Idempotency-Key" in names, f"{method} {path}"
+                assert {"409", "422", "429"} <= operation["responses"].keys(), f"{method} {path}"
+            elif path.startswith("/v1"):
+                assert "Idempotency-Key" not in names
+                assert "429" in operation["responses"], f"{method} {path}"
+    assert mutating >= 8

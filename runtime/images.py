@@ -8,7 +8,7 @@ Builds use the classic builder API over the docker SDK. Every image moorage buil
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +72,7 @@ class Images:
     def build_stream(self, context_dir: Path, tag: str, *, tenant: str, app: str,
                      release: str | None = None, dockerfile: str | None = None,
                      buildargs: Mapping[str, str] | None = None,
-                     timeout: float | None = None) -> Iterator[str]:
+                     timeout: float | None = None) -> Generator[str, None, str]:
         """Yield build log lines as they arrive; returns (StopIteration.value) the image id.
         Raises BuildError on a failed step and BuildTimeout past the deadline (closing the
         stream makes dockerd cancel the build)."""
@@ -149,13 +149,14 @@ class Images:
         in_use = {c.attrs.get("Image") for c in client.containers.list(all=True)}
         removed: list[str] = []
         for img in client.images.list(filters={"label": L.selector(**labels)}):
-            if img.id in in_use or img.id in keep or keep.intersection(img.tags):
+            img_id = str(img.id)
+            if img_id in in_use or img_id in keep or keep.intersection(img.tags):
                 continue
             try:
-                client.images.remove(img.id, force=False)
+                client.images.remove(img_id, force=False)
             except docker.errors.APIError as exc:  # 409: in use by a container created meanwhile
                 if exc.status_code not in (404, 409):
                     raise
                 continue
-            removed.append(img.id)
+            removed.append(img_id)
         return removed

@@ -50,7 +50,7 @@ class TenantNetworks:
                                                 filters={"label": L.selector(tenant=tenant)})
         # `names` matches substrings; keep the exact one.
         exact = [n for n in nets if n.name == self.name_for(tenant)]
-        return _info(self.engine.client.networks.get(exact[0].id)) if exact else None
+        return _info(self.engine.client.networks.get(str(exact[0].id))) if exact else None
 
     @guarded(idempotent=False)
     def _create(self, tenant: str) -> NetworkInfo:
@@ -61,7 +61,7 @@ class TenantNetworks:
             # Same-tenant traffic allowed; cross-tenant traffic is blocked between bridges.
             options={"com.docker.network.bridge.enable_icc": "true"},
         )
-        return _info(self.engine.client.networks.get(net.id))
+        return _info(self.engine.client.networks.get(str(net.id)))
 
     def ensure(self, tenant: str) -> NetworkInfo:
         """Create the tenant's network if missing (idempotent; safe under concurrent callers)."""
@@ -112,4 +112,4 @@ class TenantNetworks:
     @guarded(idempotent=True)
     def list(self) -> list[NetworkInfo]:
         nets = self.engine.client.networks.list(filters={"label": L.selector(role="network")})
-        return [_info(self.engine.client.networks.get(n.id)) for n in nets]
+        return [_info(self.engine.client.networks.get(str(n.id))) for n in nets]

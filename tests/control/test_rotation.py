@@ -1,0 +1,195 @@
+"""Master-key rotation through the real CLI, against the database a running app serves."""
+
+from __future__ import annotations
+
+import json
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, update
+
+from control.cli.main import main
+from control.domain.apps import AppService
+from control.domain.env import EnvValue
+from control.domain.tenants import TenantService
+from control.security.master_keys import generate_master_key, parse_keys
+from control.services import Services
+from control.settings import Settings
+from control.store import migrate
+from control.store.models import EnvVarRow
+from tests.conftest import Caller
+from tests.control.test_problems import assert_problem
+
+ENV = "/v1/apps/web/env"
+
+
+@pytest.fixture
+def data_dir(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The CLI reads MOORAGE_* like a real operator shell, pointed at the app's data dir."""
+    monkeypatch.setenv("MOORAGE_DATA_DIR", str(settings.data_dir))
+    monkeypatch.delenv("MOORAGE_MASTER_KEYS", raising=False)
+    monkeypatch.delenv("MOORAGE_MASTER_KEY_FILE", raising=False)
+    return settings.data_dir
+
+
+@pytest.fixture
+def web(tenant: Caller, data_dir: Path) -> Caller:
+    assert tenant.post("/v1/apps", json={"name": "web"}).status_code == 201
+    values = {f"VAR_{i:02d}": f"value-{i}-ü" for i in range(20)}
+    assert tenant.request("PUT", ENV, json={"vars": values}).status_code == 200
+    return tenant
+
+
+def revealed(caller: Caller) -> dict[str, str]:
+    response = caller.get(ENV, params={"reveal": "true"})
+    assert response.status_code == 200, response.text
+    return {v["name"]: v["value"] for v in response.json()["vars"]}
+
+
+def key_ids(data_dir: Path) -> list[str]:
+    return [k.id for k in parse_keys((data_dir / "master.keys").read_text(), origin="test")]
+
+
+def rows_per_key(app) -> dict[str, int]:
+    with app.state.services.db.read() as session:
+        query = select(EnvVarRow.master_key_id, func.count()).group_by(EnvVarRow.master_key_id)
+        return dict(session.execute(query).all())
+
+
+def cli(capsys, *argv: str) -> tuple[int, dict]:
+    code = main(["admin", *argv])
+    captured = capsys.readouterr()
+    stream = captured.out if code in (0, 1) and captured.out.strip() else captured.err
+    return code, json.loads(stream.strip().splitlines()[-1])
+
+
+def test_rotation_reseals_everything_while_the_app_keeps_serving(app, web: Caller, data_dir: Path, capsys) -> None:
+    before = revealed(web)
+    [old] = key_ids(data_dir)
+    assert rows_per_key(app) == {old: 20}
+
+    reads: list[dict[str, str]] = []
+    done = threading.Event()
+
+    def rotate() -> None:
+        try:
+            assert main(["admin", "rotate-key", "--batch-size", "2"]) == 0
+        finally:
+            done.set()
+
+    rotation = threading.Thread(target=rotate)
+    rotation.start()
+    while not done.is_set() and len(reads) < 60:  # stay well inside the per-key rate limit
+        reads.append(revealed(web))  # served from rows under the old key, the new, or both
+    rotation.join()
+    out, err = capsys.readouterr()
+    summary = json.loads(out.strip().splitlines()[-1])
+    progress = [json.loads(line) for line in err.splitlines() if line.startswith('{"batch"')]
+
+    new = summary["active_key"]
+    assert key_ids(data_dir) == [new, old] and summary["added_key"] == new
+    assert summary["resealed"] == 20 and summary["failed"] == [] and summary["retirable"] == [old]
+    assert [p["batch"] for p in progress] == list(range(1, 11)) and progress[-1]["resealed"] == 20
+    assert all(read == before for read in reads)
+    assert rows_per_key(app) == {new: 20}  # every row, by the column rotation queries use
+    assert revealed(web) == before  # the running app picked the new key up without a restart
+    web.request("PUT", f"{ENV}/LATER", json={"value": "after rotation"})
+    assert rows_per_key(app) == {new: 21}  # and seals new values under it
+
+    code, retired = cli(capsys, "retire-key", old)
+    assert code == 0 and retired["retired"] == old
+    assert key_ids(data_dir) == [new]
+    assert stat.S_IMODE((data_dir / "master.keys").stat().st_mode) == 0o600
+    assert revealed(web) == {**before, "LATER": "after rotation"}
+
+
+def test_retirement_is_refused_while_any_value_uses_the_key(app, web: Caller, data_dir: Path, capsys) -> None:
+    [old] = key_ids(data_dir)
+    code, refused = cli(capsys, "retire-key", old)
+    assert (code, refused["error"]) == (3, "key-active")
+
+    with app.state.services.db.write() as session:  # one value altered on disk
+        row = session.scalars(select(EnvVarRow).where(EnvVarRow.name == "VAR_07")).one()
+        session.execute(update(EnvVarRow).where(EnvVarRow.id == row.id).values(ciphertext=row.ciphertext[:-1] + b"\0"))
+    code, summary = cli(capsys, "rotate-key")
+    assert code == 1 and summary["resealed"] == 19
+    assert [(f["name"], f["reason"]) for f in summary["failed"]] == [("VAR_07", "authentication-failed")]
+    assert "value" not in json.dumps(summary["failed"])
+    new = summary["active_key"]
+    assert summary["retirable"] == [] and summary["values_per_key"] == {new: 19, old: 1}
+
+    code, refused = cli(capsys, "rotate-key", "--retire", old)
+    assert (code, refused["error"]) == (3, "key-in-use") and "1 value" in refused["detail"]
+    assert key_ids(data_dir) == [new, old]
+
+    assert web.request("PUT", f"{ENV}/VAR_07", json={"value": "set again"}).status_code == 200  # the repair
+    code, summary = cli(capsys, "rotate-key", "--reencrypt-only")
+    assert code == 0 and summary["resealed"] == 0 and summary["added_key"] is None and summary["retirable"] == [old]
+    assert cli(capsys, "retire-key", old)[0] == 0
+    assert revealed(web)["VAR_07"] == "set again"
+    code, missing = cli(capsys, "retire-key", old)
+    assert (code, missing["error"]) == (1, "key-not-found")
+
+
+def test_rotation_to_a_key_from_a_file(web: Caller, data_dir: Path, capsys, tmp_path: Path) -> None:
+    new_file = tmp_path / "next.keys"
+    code, generated = cli(capsys, "generate-master-key", "--id", "next-2027", "--output-file", str(new_file))
+    assert code == 0 and generated == {"key_id": "next-2027", "written_to": str(new_file)}
+    assert stat.S_IMODE(new_file.stat().st_mode) == 0o600
+    assert cli(capsys, "generate-master-key", "--output-file", str(new_file))[1]["error"] == "file-exists"
+
+    code, summary = cli(capsys, "rotate-key", "--new-key-file", str(new_file), "--batch-size", "50")
+    assert code == 0 and summary["active_key"] == "next-2027" and summary["resealed"] == 20
+    code, again = cli(capsys, "rotate-key", "--new-key-file", str(new_file))
+    assert (code, again["error"]) == (3, "key-exists")
+    code, usage = cli(capsys, "master-keys")
+    assert usage["keys"][0] == {"id": "next-2027", "active": True, "values": 20}
+    assert usage["keys"][1]["values"] == 0 and usage["values_under_unknown_keys"] == {}
+    assert cli(capsys, "rotate-key", "--new-key-file", str(tmp_path / "absent"))[1]["error"] == "file-not-found"
+    assert cli(capsys, "rotate-key", "--batch-size", "0")[1]["error"] == "usage"
+
+
+def test_generated_keys_print_once_and_ids_are_checked(capsys) -> None:
+    code, printed = cli(capsys, "generate-master-key")
+    assert code == 0 and parse_keys(printed["line"], origin="cli")[0].id == printed["key_id"]
+    code, refused = cli(capsys, "generate-master-key", "--id", "no spaces")
+    assert (code, refused["error"]) == (2, "invalid-key-id")
+
+
+def test_keys_from_the_environment_rotate_with_reencrypt_only(data_dir: Path, monkeypatch, capsys) -> None:
+    first, second = generate_master_key("env-1"), generate_master_key("env-2")
+    monkeypatch.setenv("MOORAGE_MASTER_KEYS", first.line())
+    services = Services.build(Settings.from_env())
+    migrate.upgrade(services.db.engine)
+    tenant = TenantService(services.db).create("envkeys")
+    app = AppService(services.db).create(tenant.id, "web")
+    services.env_vars.replace(tenant.id, "web", {"A": EnvValue("a"), "B": EnvValue("b")})
+    services.db.dispose()
+
+    code, refused = cli(capsys, "rotate-key")
+    assert (code, refused["error"]) == (2, "keys-from-environment")
+    monkeypatch.setenv("MOORAGE_MASTER_KEYS", f"{second.line()},{first.line()}")  # the operator's restart
+    code, summary = cli(capsys, "rotate-key", "--reencrypt-only")
+    assert code == 0 and summary["resealed"] == 2 and summary["retirable"] == ["env-1"]
+    code, retired = cli(capsys, "retire-key", "env-1")
+    assert code == 0 and retired["removed_from"] is None and "MOORAGE_MASTER_KEYS" in retired["note"]
+
+    monkeypatch.setenv("MOORAGE_MASTER_KEYS", second.line())  # env-1 gone: everything still opens
+    services = Services.build(Settings.from_env())
+    assert services.env_vars.resolve(tenant.id, app.id) == {"A": "a", "B": "b"}
+    services.db.dispose()
+    assert not (data_dir / "master.keys").exists()  # keys from the environment never touch the disk
+
+
+def test_an_app_missing_the_new_key_fails_closed(app, web: Caller, data_dir: Path, capsys, tmp_path: Path) -> None:
+    """A second server still configured with only the old key file gets 503, not garbage."""
+    old_file = tmp_path / "old.keys"
+    old_file.write_text((data_dir / "master.keys").read_text())
+    assert cli(capsys, "rotate-key")[0] == 0
+    stale = Services.build(Settings(data_dir=data_dir, master_key_file=old_file))
+    with pytest.raises(Exception, match="does not hold"):
+        stale.env_vars.resolve(web.tenant_id, web.get("/v1/apps/web").json()["id"])
+    stale.db.dispose()
+    assert_problem(web.get("/v1/apps/nope/env"), 404, "not-found")

@@ -78,3 +78,27 @@ def test_tenant_network_is_idempotent_and_labelled(networks: TenantNetworks, eng
         assert networks.remove(tenant)
     assert networks.get(tenant) is None
     assert not networks.remove(tenant)
+
+
+def test_containerised_traefik_is_attached_to_tenant_networks(engine: DockerEngine) -> None:
+    """With `traefik_container` set, ensure() attaches it (a stand-in sleeper plays Traefik)."""
+    from dataclasses import replace
+
+    from runtime.docker_engine import DockerEngine as Engine
+    from runtime.resilience import BreakerRegistry
+
+    stand_in = f"moorage-test-{RUN_ID}-traefik-stand-in"
+    c = engine.client.containers.run("moorage/busybox:latest", ["sleep", "60"], name=stand_in,
+                                     detach=True, labels={RUN_LABEL: RUN_ID}, runtime="runsc")
+    eng = Engine(replace(engine.settings, traefik_container=stand_in), client=engine.client,
+                 registry=BreakerRegistry())
+    nets = TenantNetworks(eng)
+    tenant = tenant_name("tfk")
+    try:
+        net = nets.ensure(tenant)
+        nets.ensure(tenant)  # idempotent: attaching twice is fine
+        c.reload()
+        assert net.name in c.attrs["NetworkSettings"]["Networks"]
+        assert nets.remove(tenant)  # detaches first, then removes
+    finally:
+        c.remove(force=True)

@@ -18,6 +18,7 @@ from control.api.health import healthz, readyz
 from control.api.idempotency import IdempotencyMiddleware, idempotency_sweeper
 from control.api.keys import KeyController, whoami
 from control.api.problems import EXCEPTION_HANDLERS
+from control.api.rate_limits import RateLimitMiddleware
 from control.api.spec import openapi_document
 from control.api.request_context import RequestContext
 from control.api.tenants import TenantController
@@ -74,11 +75,13 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             "tenants": Provide(lambda: services.tenants, use_cache=True, sync_to_thread=False),
             "keys": Provide(lambda: services.keys, use_cache=True, sync_to_thread=False),
             "apps": Provide(lambda: services.apps, use_cache=True, sync_to_thread=False),
+            "limits": Provide(lambda: services.limits, use_cache=True, sync_to_thread=False),
             "env_vars": Provide(lambda: services.env_vars, use_cache=True, sync_to_thread=False),
         },
-        # In this order: who is calling, have we answered this before.
+        # In this order: who is calling, may they call now, have we answered this before.
         middleware=[
             DefineMiddleware(ApiKeyAuthentication, exclude=PUBLIC_PATHS, exclude_from_auth_key="public"),
+            RateLimitMiddleware,
             IdempotencyMiddleware,
         ],
         guards=[access_guard],

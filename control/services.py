@@ -9,9 +9,11 @@ from control.domain.apps import AppService
 from control.domain.env import EnvService
 from control.domain.idempotency import IdempotencyService
 from control.domain.keys import KeyService
+from control.domain.limits import Defaults, LimitsService
 from control.domain.tenants import TenantService
 from control.security.keyring import ReloadingKeyring
 from control.security.master_keys import KeySource
+from control.security.rate_limit import SlidingWindowLimiter
 from control.settings import Settings
 from control.store.database import Database
 
@@ -24,6 +26,8 @@ class Services:
     keys: KeyService
     apps: AppService
     idempotency: IdempotencyService
+    limits: LimitsService
+    rate_limiter: SlidingWindowLimiter  # in memory: per process
     keyring: ReloadingKeyring  # loads lazily: commands that never touch secrets never create a key
     env_vars: EnvService
 
@@ -42,6 +46,12 @@ class Services:
                 retention=timedelta(seconds=settings.idempotency_retention_s),
                 lease=timedelta(seconds=settings.idempotency_lease_s),
             ),
+            limits=LimitsService(
+                db,
+                Defaults(settings.rate_limit_key_quota, settings.rate_limit_tenant_quota, settings.rate_limit_window_s),
+                cache_ttl=settings.rate_limit_cache_ttl_s,
+            ),
+            rate_limiter=SlidingWindowLimiter(),
             keyring=keyring,
             env_vars=EnvService(db, keyring),
         )

@@ -14,9 +14,11 @@ from litestar import Controller, Request
 from control.api.endpoints import Cursor, Limit, endpoint
 from control.api.schemas import KeyCreate, KeyCreated, KeyList, KeyOut
 from control.domain.keys import KeyService
+from control.domain.limits import LimitsService, TenantLimits
 from control.domain.tenants import TenantService
 from control.security.scopes import OPERATOR_ACCESS
 from control.store.records import Tenant
+from control.store.repositories.limits import LimitOverrides
 
 
 class TenantCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -47,6 +49,37 @@ class TenantOut(msgspec.Struct):
 class TenantList(msgspec.Struct):
     items: list[TenantOut]
     next_cursor: str | None
+
+
+Quota = Annotated[
+    int | None,
+    msgspec.Meta(description="Requests per rate-limit window (1-1000000); null: the platform default"),
+]
+
+
+class LimitsIn(msgspec.Struct, forbid_unknown_fields=True):
+    """A full replacement of the tenant's overrides: a field left out returns to the default."""
+
+    tenant_quota: Quota = None
+    key_quota: Quota = None
+
+
+class LimitsOut(msgspec.Struct):
+    tenant_id: str
+    window_s: Annotated[int, msgspec.Meta(description="Length of every rate-limit window, in seconds")]
+    tenant_quota: Annotated[int, msgspec.Meta(description="Effective: requests per window for all the tenant's keys")]
+    key_quota: Annotated[int, msgspec.Meta(description="Effective: requests per window for each of its keys")]
+    overrides: LimitsIn
+
+    @classmethod
+    def of(cls, limits: TenantLimits) -> LimitsOut:
+        return cls(
+            tenant_id=limits.tenant_id,
+            window_s=limits.defaults.window_s,
+            tenant_quota=limits.tenant_quota,
+            key_quota=limits.key_quota,
+            overrides=LimitsIn(limits.overrides.tenant_quota, limits.overrides.key_quota),
+        )
 
 
 class TenantController(Controller):
@@ -109,3 +142,15 @@ class TenantController(Controller):
     )
     def revoke_key(self, keys: NamedDependency[KeyService], tenant_id: FromPath[str], key_id: FromPath[str]) -> None:
         keys.revoke(tenant_id, key_id)
+
+    @endpoint("GET", "/{tenant_id:str}/limits", access=OPERATOR_ACCESS, errors=(404,), summary="Get a tenant's rate limits")
+    def get_limits(self, limits: NamedDependency[LimitsService], tenant_id: FromPath[str]) -> LimitsOut:
+        return LimitsOut.of(limits.get(tenant_id))
+
+    @endpoint("PUT", "/{tenant_id:str}/limits", access=OPERATOR_ACCESS, errors=(404,), summary="Set a tenant's rate limits")
+    def put_limits(
+        self, limits: NamedDependency[LimitsService], tenant_id: FromPath[str], data: JSONBody[LimitsIn]
+    ) -> LimitsOut:
+        """Replaces the tenant's overrides; takes effect at once in this process (others within
+        `rate_limit_cache_ttl_s`)."""
+        return LimitsOut.of(limits.set(tenant_id, LimitOverrides(data.tenant_quota, data.key_quota)))

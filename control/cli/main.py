@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from control.cli import admin, server
+from inference import cli as inference_cli
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CONFLICT = 0, 1, 2, 3
 
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     server.register(commands)
     admin.register(commands)
+    inference_cli.register(commands)
     return parser
 
 

@@ -17,6 +17,7 @@ from control.api.env import EnvController
 from control.api.health import healthz, readyz
 from control.api.idempotency import IdempotencyMiddleware, idempotency_sweeper
 from control.api.keys import KeyController, whoami
+from control.api.metrics import HttpMetrics, Metrics, metrics_handler
 from control.api.problems import EXCEPTION_HANDLERS
 from control.api.rate_limits import RateLimitMiddleware
 from control.api.spec import openapi_document
@@ -70,7 +71,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         log.info("started", database=services.db.engine.url.render_as_string(hide_password=True))
 
     app = Litestar(
-        route_handlers=[openapi_document, healthz, readyz, whoami, TenantController, KeyController, AppController, EnvController],
+        route_handlers=[openapi_document, healthz, readyz, metrics_handler(public=settings.metrics_public), whoami, TenantController, KeyController, AppController, EnvController],
         dependencies={
             "tenants": Provide(lambda: services.tenants, use_cache=True, sync_to_thread=False),
             "keys": Provide(lambda: services.keys, use_cache=True, sync_to_thread=False),
@@ -94,6 +95,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         debug=False,
     )
     app.state.services = services
+    app.state.metrics = metrics = Metrics(services.breakers)
     # Outermost, so answers made before routing (404, 405) get a request id too.
-    app.asgi_handler = RequestContext(app.asgi_handler)
+    app.asgi_handler = RequestContext(HttpMetrics(app.asgi_handler, metrics))
     return app

@@ -16,6 +16,7 @@ from control.security.master_keys import KeySource
 from control.security.rate_limit import SlidingWindowLimiter
 from control.settings import Settings
 from control.store.database import Database
+from runtime.resilience import BreakerRegistry, default_registry
 
 
 @dataclass(frozen=True)
@@ -28,11 +29,12 @@ class Services:
     idempotency: IdempotencyService
     limits: LimitsService
     rate_limiter: SlidingWindowLimiter  # in memory: per process
+    breakers: BreakerRegistry  # every circuit breaker, for /readyz and /metrics
     keyring: ReloadingKeyring  # loads lazily: commands that never touch secrets never create a key
     env_vars: EnvService
 
     @classmethod
-    def build(cls, settings: Settings) -> Services:
+    def build(cls, settings: Settings, *, breakers: BreakerRegistry | None = None) -> Services:
         db = Database(settings.database_url)
         keyring = ReloadingKeyring(KeySource.of(settings))
         return cls(
@@ -52,6 +54,7 @@ class Services:
                 cache_ttl=settings.rate_limit_cache_ttl_s,
             ),
             rate_limiter=SlidingWindowLimiter(),
+            breakers=default_registry if breakers is None else breakers,
             keyring=keyring,
             env_vars=EnvService(db, keyring),
         )

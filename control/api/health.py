@@ -1,8 +1,16 @@
-"""Liveness and readiness: no authentication, cheap, for supervisors and load balancers."""
+"""Liveness and readiness: no authentication, cheap, for supervisors and load balancers.
+
+Readiness is 503 only when the database, the control plane's own store, fails: then no
+request can be served. Circuit breakers (Docker, builders, inference nodes) are reported
+under ``breakers`` and an open one makes ``status`` "degraded", still 200: those
+dependencies are shared by every instance, so taking this one out of rotation would only
+stop the reads and tenant/key management that still work; calls that need the broken
+dependency answer 503 ``dependency-unavailable`` with Retry-After on their own.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, get
@@ -15,8 +23,9 @@ class Health(msgspec.Struct):
 
 
 class Readiness(msgspec.Struct):
-    status: str
+    status: Annotated[str, msgspec.Meta(description="ready | degraded (a breaker is not closed) | not-ready")]
     checks: dict[str, str]
+    breakers: Annotated[dict[str, str], msgspec.Meta(description="breaker name -> closed | half_open | open")] = {}
 
 
 @get("/healthz", opt={"public": True}, summary="Process is alive", tags=["health"])
@@ -39,11 +48,11 @@ def readyz(request: Request[Any, Any, Any]) -> Response[Readiness]:
         checks["database"] = "ok"
     except Exception as exc:  # readiness reports, it does not raise
         checks["database"] = f"failing: {type(exc).__name__}"
+    breakers = {snap.name: snap.state.value for snap in request.app.state.services.breakers.snapshot()}
     ready = all(value == "ok" for value in checks.values())
-    return Response(
-        Readiness(status="ready" if ready else "not-ready", checks=checks),
-        status_code=200 if ready else 503,
-    )
+    degraded = any(state != "closed" for state in breakers.values())
+    status = "not-ready" if not ready else "degraded" if degraded else "ready"
+    return Response(Readiness(status=status, checks=checks, breakers=breakers), status_code=200 if ready else 503)
 
 
 __all__ = ["Problem", "healthz", "readyz"]

@@ -1,0 +1,133 @@
+"""``GET /metrics``: Prometheus text format, one CollectorRegistry per app instance.
+
+Requests are labelled by route *template* (``/v1/apps/{app}``), never the raw path, so
+label cardinality stays bounded; unrouted requests (404/405) share ``route="unmatched"``.
+Breaker states are read from the registry at scrape time (0 closed, 1 half-open, 2 open).
+
+Access: an operator key, unless ``MOORAGE_METRICS_PUBLIC=true`` (then anyone who can
+reach the bind address may scrape; the default bind is loopback).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from litestar import Request, Response, get
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from control.api.problems import problem_responses
+from control.security.scopes import OPERATOR_ACCESS
+from runtime.resilience import BreakerRegistry, BreakerState
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+BREAKER_STATE_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+class _BreakerCollector(Collector):
+    def __init__(self, breakers: BreakerRegistry) -> None:
+        self.breakers = breakers
+
+    def collect(self) -> Iterator[Any]:
+        state = GaugeMetricFamily(
+            "moorage_circuit_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open", labels=["breaker"]
+        )
+        opened = CounterMetricFamily(
+            "moorage_circuit_breaker_opened", "Times the breaker opened since the process started", labels=["breaker"]
+        )
+        for snap in self.breakers.snapshot():
+            state.add_metric([snap.name], BREAKER_STATE_VALUE[snap.state])
+            opened.add_metric([snap.name], snap.opened_total)
+        yield state
+        yield opened
+
+
+class Metrics:
+    def __init__(self, breakers: BreakerRegistry) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "moorage_http_requests", "HTTP requests answered", ["method", "route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "moorage_http_request_duration_seconds",
+            "Time to answer an HTTP request",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.rate_limit_rejections = Counter(
+            "moorage_rate_limit_rejections", "Requests refused with 429, by the policy that refused", ["limit"],
+            registry=self.registry,
+        )
+        self.idempotency_outcomes = Counter(
+            "moorage_idempotency_outcomes",
+            "Idempotency-Key handling: stored, released (5xx), replayed, in_flight (409), key_reused (422), "
+            "invalid_key (400), taken_over (expired lease)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.registry.register(_BreakerCollector(breakers))
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        method = method if method in _METHODS else "OTHER"
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route, str(status)).observe(seconds)
+
+    def rate_limited(self, limit: str) -> None:
+        self.rate_limit_rejections.labels(limit).inc()
+
+    def idempotency(self, outcome: str) -> None:
+        self.idempotency_outcomes.labels(outcome).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class HttpMetrics:
+    """Wraps the whole app (inside RequestContext) so 404/405 answered by the router count too."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            route = scope.get("path_template") or "unmatched"
+            self.metrics.observe(scope["method"], route, status, time.perf_counter() - started)
+
+
+def metrics_handler(*, public: bool) -> Any:
+    """The /metrics route: operator-only unless ``public``."""
+    opt: dict[str, Any] = {"public": True} if public else {"access": OPERATOR_ACCESS}
+
+    @get(
+        "/metrics",
+        opt=opt,
+        summary="Prometheus metrics",
+        description="Prometheus text exposition format. Needs an operator key unless MOORAGE_METRICS_PUBLIC=true.",
+        tags=["health"],
+        media_type=CONTENT_TYPE_LATEST,
+        responses=problem_responses(401, 403, 429) if not public else None,
+        security=None if public else [{"ApiKey": []}],
+    )
+    async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+        return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return metrics

@@ -12,6 +12,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from control import __doc__ as _doc
 from control.api.apps import AppController
+from control.api.audit import AuditTrail, operator_audit, tenant_audit
 from control.api.auth import PUBLIC_PATHS, ApiKeyAuthentication, access_guard
 from control.api.env import EnvController
 from control.api.health import healthz, readyz
@@ -71,13 +72,14 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         log.info("started", database=services.db.engine.url.render_as_string(hide_password=True))
 
     app = Litestar(
-        route_handlers=[openapi_document, healthz, readyz, metrics_handler(public=settings.metrics_public), whoami, TenantController, KeyController, AppController, EnvController],
+        route_handlers=[openapi_document, healthz, readyz, metrics_handler(public=settings.metrics_public), whoami, TenantController, KeyController, AppController, EnvController, tenant_audit, operator_audit],
         dependencies={
             "tenants": Provide(lambda: services.tenants, use_cache=True, sync_to_thread=False),
             "keys": Provide(lambda: services.keys, use_cache=True, sync_to_thread=False),
             "apps": Provide(lambda: services.apps, use_cache=True, sync_to_thread=False),
             "limits": Provide(lambda: services.limits, use_cache=True, sync_to_thread=False),
             "env_vars": Provide(lambda: services.env_vars, use_cache=True, sync_to_thread=False),
+            "audit": Provide(lambda: services.audit, use_cache=True, sync_to_thread=False),
         },
         # In this order: who is calling, may they call now, have we answered this before.
         middleware=[
@@ -97,5 +99,6 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     app.state.services = services
     app.state.metrics = metrics = Metrics(services.breakers)
     # Outermost, so answers made before routing (404, 405) get a request id too.
-    app.asgi_handler = RequestContext(HttpMetrics(app.asgi_handler, metrics))
+    # Audit inside the request context (it reads the request id), outside routing (it sees every status).
+    app.asgi_handler = RequestContext(HttpMetrics(AuditTrail(app.asgi_handler, services.audit), metrics))
     return app

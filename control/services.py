@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from control.domain.apps import AppService
+from control.domain.audit import AuditService
 from control.domain.env import EnvService
 from control.domain.idempotency import IdempotencyService
 from control.domain.keys import KeyService
@@ -32,6 +33,7 @@ class Services:
     breakers: BreakerRegistry  # every circuit breaker, for /readyz and /metrics
     keyring: ReloadingKeyring  # loads lazily: commands that never touch secrets never create a key
     env_vars: EnvService
+    audit: AuditService
 
     @classmethod
     def build(cls, settings: Settings, *, breakers: BreakerRegistry | None = None) -> Services:
@@ -57,4 +59,5 @@ class Services:
             breakers=default_registry if breakers is None else breakers,
             keyring=keyring,
             env_vars=EnvService(db, keyring),
+            audit=AuditService(db),
         )

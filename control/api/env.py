@@ -19,6 +19,7 @@ from litestar import Controller, Request, Response
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 
+from control.api.audit import mark_audited
 from control.api.endpoints import endpoint
 from control.api.problems import Problem, problem_response
 from control.domain.env import EnvService, EnvSet, EnvValue, EnvVar, SecretUnreadable
@@ -27,7 +28,6 @@ from control.domain.keys import require_tenant
 from control.security.principal import Principal
 from control.security.scopes import Scope
 
-AUDIT_READ = "audit_read"  # scope["state"] flag: record this read in the audit log
 Reveal = QueryParameter(description="Include values. Needs the `admin` scope (403 otherwise); audited.", required=False)
 
 
@@ -118,7 +118,7 @@ class EnvController(Controller):
                 f"Revealing values needs the 'admin' scope; key {request.user.key_id} has {sorted(request.user.scopes)}.",
                 code="insufficient-scope",
             )
-        request.scope.setdefault("state", {})[AUDIT_READ] = True  # type: ignore[typeddict-item]
+        mark_audited(request, "?reveal=true")  # who saw which secrets is part of the trail
         return EnvRevealed.of(env_vars.list(tenant_id, app, reveal=True))
 
     @endpoint("PUT", access=Scope.DEPLOY, errors=(404,), summary="Replace an app's whole env set")

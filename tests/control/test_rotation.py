@@ -112,7 +112,7 @@ def test_retirement_is_refused_while_any_value_uses_the_key(app, web: Caller, da
 
     with app.state.services.db.write() as session:  # one value altered on disk
         row = session.scalars(select(EnvVarRow).where(EnvVarRow.name == "VAR_07")).one()
-        session.execute(update(EnvVarRow).where(EnvVarRow.id == row.id).values(ciphertext=row.ciphertext[:-1] + b"\0"))
+        session.execute(update(EnvVarRow).where(EnvVarRow.id == row.id).values(ciphertext=row.ciphertext[:-1] + bytes([row.ciphertext[-1] ^ 1])))
     code, summary = cli(capsys, "rotate-key")
     assert code == 1 and summary["resealed"] == 19
     assert [(f["name"], f["reason"]) for f in summary["failed"]] == [("VAR_07", "authentication-failed")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -88,7 +89,7 @@ class EnvVarRepository:
             .values(ciphertext=ciphertext, master_key_id=master_key_id, secret=secret, version=EnvVarRow.version + 1)
         )
 
-    def remove(self, app_id: str, names: list[str]) -> None:
+    def remove(self, app_id: str, names: Sequence[str]) -> None:
         if names:
             self.session.execute(
                 delete(EnvVarRow).where(

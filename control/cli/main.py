@@ -1,5 +1,6 @@
-"""``moorage`` entry point. Every command prints JSON on stdout; errors go to stderr
-as JSON with a non-zero exit code (2 usage, 3 conflict, 1 anything else)."""
+"""``moorage`` entry point: server commands (serve, migrate, admin, model, node) and the
+API client commands (whoami, apps, env, ...). Results go to stdout; an error is one JSON
+line on stderr and a documented exit code (control/cli/client/exit_codes.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from control.cli import admin, server
+from control.cli.client import commands as client_commands
+from control.cli.client import config as client_config
+from control.cli.client.http import ApiClient, ApiError
 from inference import cli as inference_cli
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CONFLICT = 0, 1, 2, 3
@@ -21,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.register(commands)
     admin.register(commands)
     inference_cli.register(commands)
+    client_commands.register(commands)
     return parser
 
 
@@ -29,8 +34,36 @@ def emit(payload: dict[str, Any], stream: Any = None) -> None:
     print(json.dumps(payload, default=str), file=stream or sys.stdout)
 
 
+def _run_api_command(args: argparse.Namespace) -> int:
+    try:
+        config = client_config.resolve(args.url, args.api_key, args.profile)
+    except client_config.ConfigError as exc:
+        emit({"error": "config", "detail": str(exc)}, sys.stderr)
+        return EXIT_USAGE
+    api = ApiClient(config, retry_for_s=args.retry_for)
+    try:
+        return int(args.api(args, api) or EXIT_OK)
+    except ApiError as exc:
+        problem = exc.problem
+        emit(
+            {
+                "error": problem.get("code", "unavailable" if not exc.status else "error"),
+                "status": exc.status or None,
+                "detail": str(exc),
+                "request_id": problem.get("request_id"),
+                **({"errors": problem["errors"]} if problem.get("errors") else {}),
+            },
+            sys.stderr,
+        )
+        return exc.exit_code
+    finally:
+        api.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "api"):
+        return _run_api_command(args)
     try:
         return int(args.run(args) or EXIT_OK)
     except admin.CommandError as exc:

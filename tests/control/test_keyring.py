@@ -83,7 +83,10 @@ def test_same_id_different_key_fails_closed() -> None:
         Keyring([impostor]).open(sealed.blob, AAD)
 
 
-@pytest.mark.parametrize("blob", [b"", b"\x01", b"\x02\x05key-a" + b"\0" * 40, b"\x01\x05key-a" + b"\0" * 10, b"\x01\x00"])
+@pytest.mark.parametrize(
+    "blob",
+    [b"", b"\x01", b"\x02\x05key-a" + b"\0" * 40, b"\x01\x05key-a" + b"\0" * 10, b"\x01\x00", b"\x01\x01\xff" + b"\0" * 28],
+)
 def test_malformed_blobs_fail_closed(blob: bytes) -> None:
     with pytest.raises(MalformedBlob):
         Keyring([KEY_A]).open(blob, AAD)
@@ -116,7 +119,7 @@ def test_key_file_format_first_key_is_active(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     keys = parse_keys(path.read_text(), origin="test")
     assert [k.id for k in keys] == ["key-a", "key-b"] and keys[0].material == KEY_A.material
-    env_style = f"{KEY_B.line()},{KEY_A.line()}"
+    env_style = f"{KEY_B.line()}, {KEY_A.line()},\n\n"
     assert Keyring(parse_keys(env_style, origin="env")).active_id == "key-b"
 
 

@@ -151,6 +151,14 @@ def test_rotation_to_a_key_from_a_file(web: Caller, data_dir: Path, capsys, tmp_
     assert cli(capsys, "rotate-key", "--batch-size", "0")[1]["error"] == "usage"
 
 
+def test_an_unreadable_key_file_stops_the_commands(data_dir: Path, capsys) -> None:
+    data_dir.mkdir(parents=True)
+    (data_dir / "master.keys").write_text("not a key\n")
+    for command in (["rotate-key"], ["master-keys"], ["retire-key", "x"]):
+        code, refused = cli(capsys, *command)
+        assert (code, refused["error"]) == (1, "master-keys-unusable") and "KEY_ID:BASE64" in refused["detail"]
+
+
 def test_generated_keys_print_once_and_ids_are_checked(capsys) -> None:
     code, printed = cli(capsys, "generate-master-key")
     assert code == 0 and parse_keys(printed["line"], origin="cli")[0].id == printed["key_id"]

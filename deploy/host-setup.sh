@@ -31,6 +31,9 @@ BUSYBOX_IMAGE="${MOORAGE_BUSYBOX_IMAGE:-moorage/busybox:latest}"
 PYTHON_IMAGE="${MOORAGE_PYTHON_IMAGE:-moorage/python:3-bookworm}"
 DEBIAN_SUITE="${MOORAGE_DEBIAN_SUITE:-bookworm}"
 DEBIAN_MIRROR="${MOORAGE_DEBIAN_MIRROR:-}"
+BUILD_SERVICE_IMAGES="${MOORAGE_BUILD_SERVICE_IMAGES:-1}"
+POSTGRES_IMAGE="${MOORAGE_POSTGRES_IMAGE:-moorage/postgres:15}"
+REDIS_IMAGE="${MOORAGE_REDIS_IMAGE:-moorage/redis:7}"
 DOCKER=/usr/bin/docker   # Debian's client; another `docker` earlier on PATH may be any version
 
 CHANGES=()
@@ -191,6 +194,31 @@ else
   "$DOCKER" import "${IMPORT_ENV[@]}" --change 'CMD ["python3"]' \
     --change 'LABEL moorage.base-image=python' "$tarball" "$PYTHON_IMAGE" >/dev/null
   changed "imported $PYTHON_IMAGE"
+fi
+
+# --- 5b. Managed-database service images (FROM the python image; apt inside the build) ---
+# Rebuilt only when deploy/images/<engine>/ changes: its content hash is an image label.
+source_hash() { (cd "$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16; }
+build_service_image() {  # tag, context dir
+  local tag=$1 dir=$2 hash current
+  hash="$(source_hash "$dir")"
+  current="$("$DOCKER" image inspect -f '{{index .Config.Labels "moorage.image-source"}}' "$tag" 2>/dev/null || true)"
+  if [[ "$current" == "$hash" ]]; then
+    log "image present: $tag (source $hash)"; return
+  fi
+  local build_log="$LOG_DIR/build-${tag//[\/:]/-}.log"
+  log "building $tag from $dir, ~1-2 min the first time (log: $build_log)"
+  "$DOCKER" build --pull=false --label "moorage.image-source=$hash" -t "$tag" "$dir" \
+    >"$build_log" 2>&1 || die "docker build of $tag failed, see $build_log"
+  changed "built $tag"
+}
+if [[ "$BUILD_SERVICE_IMAGES" != 1 ]]; then
+  log "skipping $POSTGRES_IMAGE and $REDIS_IMAGE (MOORAGE_BUILD_SERVICE_IMAGES=$BUILD_SERVICE_IMAGES)"
+elif ! image_exists "$PYTHON_IMAGE"; then
+  log "skipping $POSTGRES_IMAGE and $REDIS_IMAGE: they build FROM $PYTHON_IMAGE, which is absent"
+else
+  build_service_image "$POSTGRES_IMAGE" "$REPO_DIR/deploy/images/postgres"
+  build_service_image "$REDIS_IMAGE" "$REPO_DIR/deploy/images/redis"
 fi
 
 # --- 6. Traefik: static config + service ------------------------------------------------

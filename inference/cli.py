@@ -75,8 +75,6 @@ def run_node(args: argparse.Namespace) -> int:
     from inference.node import NodeOptions, engine_command
     from inference.node import run_node as run
 
-    configure_logging("info", "json")  # logs on stderr; the final status on stdout
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health probe otherwise
     try:
         options = NodeOptions(
             engine=args.engine,
@@ -91,6 +89,8 @@ def run_node(args: argparse.Namespace) -> int:
         engine_command(options)  # refuse bad options before anything starts
     except (OSError, ValueError) as exc:
         raise CommandError(str(exc), code="invalid_node_options", exit_code=2) from exc
+    configure_logging("info", "json")  # logs on stderr; the final status on stdout
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health probe otherwise
     status = run(options)
     print(json.dumps(status.to_dict(), default=str))
     return 1 if status.state is EngineState.FAILED else 0

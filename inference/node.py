@@ -6,7 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inference.engine.commands import EngineCommand, EngineName, transformers_command, vllm_command
+from inference.engine.commands import (
+    EngineCommand,
+    EngineName,
+    transformers_command,
+    vllm_command,
+)
 from inference.engine.policy import SupervisorPolicy
 from inference.engine.status import LogHeartbeatSink, NodeStatus
 from inference.engine.supervisor import EngineSupervisor

@@ -55,6 +55,7 @@ class EngineSupervisor:
         self._exit_reason: str | None = None  # why the current engine is being let go
         self._heartbeat_lock = threading.Lock()  # beats go out in the order states were seen
         self._threads: list[threading.Thread] = []
+        self._drained = False
 
     # ---- public ----
 
@@ -106,8 +107,9 @@ class EngineSupervisor:
     def drain(self) -> NodeStatus:
         """Stop accepting (state DRAINING, heartbeat says so), let in-flight requests finish
         within the grace period, then stop the engine (SIGTERM, SIGKILL after a timeout)."""
-        if not self._threads:
+        if not self._threads or self._drained:
             return self.status()
+        self._drained = True
         failed = self._state is EngineState.FAILED
         self._log.info("drain_start", grace_s=self.policy.drain_grace_s)
         started = time.monotonic()
@@ -243,7 +245,7 @@ class EngineSupervisor:
         try:
             with self._heartbeat_lock:
                 self._heartbeat.send_heartbeat(self.status())
-        except Exception as exc:  # a lost heartbeat must never take the engine down
+        except Exception as exc:  # noqa: BLE001 (a lost heartbeat must never take the engine down)
             self._log.warning("heartbeat_failed", error=str(exc))
 
 

@@ -31,7 +31,7 @@ def tensor_shapes(model_dir: str | Path) -> Iterator[tuple[str, tuple[int, ...]]
 
     for path in safetensors_files(model_dir):
         with safe_open(str(path), framework="pt") as handle:
-            for key in handle.keys():
+            for key in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
                 yield key, tuple(handle.get_slice(key).get_shape())
 
 

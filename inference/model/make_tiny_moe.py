@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from inference.model.training_text import training_documents
 from inference.model.tiny_config import TinyMoeShape
 from inference.model.tokenizer import train_tokenizer
 from inference.model.train import TrainingResult, token_stream, train
+from inference.model.training_text import training_documents
 
 MANIFEST = "moorage-model.json"
 

@@ -32,7 +32,7 @@ class TinyMoeShape:
         from transformers import Qwen3MoeConfig
 
         self.validate()
-        return Qwen3MoeConfig(
+        return Qwen3MoeConfig(  # type: ignore[call-arg]  # head_dim is accepted via **kwargs
             vocab_size=self.vocab_size,
             hidden_size=self.hidden,
             intermediate_size=self.hidden * 2,  # unused: every layer is sparse

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from inference.model.chat_template import CHATML_TEMPLATE, END_OF_TEXT, IM_END, SPECIAL_TOKENS
+from inference.model.chat_template import (
+    CHATML_TEMPLATE,
+    END_OF_TEXT,
+    IM_END,
+    SPECIAL_TOKENS,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast

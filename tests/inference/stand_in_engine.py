@@ -30,7 +30,7 @@ def main() -> None:
     args = parser.parse_args()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             if self.path == "/health" and not args.never_healthy:
                 self._reply(200, b'{"status":"ok"}')
             elif self.path == "/metrics":

@@ -3,8 +3,12 @@ small parsers behind NodeStatus (nvidia-smi, vLLM in-flight gauges, backoff)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
+from control.cli.main import main
 from inference.engine.bind import UnsafeBindAddress, check_bind_host
 from inference.engine.commands import transformers_command, vllm_command
 from inference.engine.gpu import GpuMemory, parse_nvidia_smi
@@ -83,3 +87,15 @@ def test_nvidia_smi_and_vllm_gauges_parse() -> None:
 def test_backoff_grows_exponentially_to_a_cap() -> None:
     policy = SupervisorPolicy(backoff_initial_s=1, backoff_factor=2, backoff_max_s=5)
     assert [policy.backoff(n) for n in range(1, 6)] == [1, 2, 4, 5, 5]
+
+
+def test_node_run_refuses_unsafe_options_before_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    base = ["node", "run", "--engine", "transformers", "--model", str(tmp_path), "--port", "9"]
+    assert main([*base, "--host", "0.0.0.0"]) == 2
+    error = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert error["error"] == "invalid_node_options" and "0.0.0.0" in error["detail"]
+    assert main([*base, "--served-model-name", "tiny"]) == 2  # transformers serve cannot rename
+    assert main(["node", "run", "--engine", "vllm", "--model", str(tmp_path / "missing")]) == 2

@@ -12,6 +12,9 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from control import __doc__ as _doc
 from control.api.apps import AppController
+from control.api.deployments import DeploymentController
+from control.api.logs import LogController
+from control.api.releases import ReleaseController
 from control.api.audit import AuditTrail, operator_audit, tenant_audit
 from control.api.auth import PUBLIC_PATHS, ApiKeyAuthentication, access_guard
 from control.api.env import EnvController
@@ -72,13 +75,15 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         log.info("started", database=services.db.engine.url.render_as_string(hide_password=True))
 
     app = Litestar(
-        route_handlers=[openapi_document, healthz, readyz, metrics_handler(public=settings.metrics_public), whoami, TenantController, KeyController, AppController, EnvController, tenant_audit, operator_audit],
+        route_handlers=[openapi_document, healthz, readyz, metrics_handler(public=settings.metrics_public), whoami, TenantController, KeyController, AppController, EnvController, tenant_audit, operator_audit, DeploymentController, ReleaseController, LogController],
         dependencies={
             "tenants": Provide(lambda: services.tenants, use_cache=True, sync_to_thread=False),
             "keys": Provide(lambda: services.keys, use_cache=True, sync_to_thread=False),
             "apps": Provide(lambda: services.apps, use_cache=True, sync_to_thread=False),
             "limits": Provide(lambda: services.limits, use_cache=True, sync_to_thread=False),
             "env_vars": Provide(lambda: services.env_vars, use_cache=True, sync_to_thread=False),
+            "deployments": Provide(lambda: services.deploys.deployments, use_cache=True, sync_to_thread=False),
+            "releases": Provide(lambda: services.deploys.releases, use_cache=True, sync_to_thread=False),
             "audit": Provide(lambda: services.audit, use_cache=True, sync_to_thread=False),
         },
         # In this order: who is calling, may they call now, have we answered this before.
@@ -90,8 +95,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         guards=[access_guard],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         openapi_config=_openapi(),
-        on_startup=[on_startup],
-        on_shutdown=[services.db.dispose],
+        on_startup=[on_startup, services.deploys.start],  # job workers + reconciler, after migrations
+        on_shutdown=[services.deploys.stop, services.db.dispose],
         lifespan=[idempotency_sweeper(services.idempotency, settings.idempotency_purge_interval_s)],
         logging_config=None,
         debug=False,

@@ -12,6 +12,7 @@ from control.domain.idempotency import IdempotencyService
 from control.domain.keys import KeyService
 from control.domain.limits import Defaults, LimitsService
 from control.domain.tenants import TenantService
+from control.jobs.wiring import Deploys
 from control.security.keyring import ReloadingKeyring
 from control.security.master_keys import KeySource
 from control.security.rate_limit import SlidingWindowLimiter
@@ -34,11 +35,13 @@ class Services:
     keyring: ReloadingKeyring  # loads lazily: commands that never touch secrets never create a key
     env_vars: EnvService
     audit: AuditService
+    deploys: Deploys  # deployments, releases, job workers, reconciler (issue #5)
 
     @classmethod
     def build(cls, settings: Settings, *, breakers: BreakerRegistry | None = None) -> Services:
         db = Database(settings.database_url)
         keyring = ReloadingKeyring(KeySource.of(settings))
+        env_vars = EnvService(db, keyring)
         return cls(
             settings=settings,
             db=db,
@@ -58,6 +61,7 @@ class Services:
             rate_limiter=SlidingWindowLimiter(),
             breakers=default_registry if breakers is None else breakers,
             keyring=keyring,
-            env_vars=EnvService(db, keyring),
+            env_vars=env_vars,
             audit=AuditService(db),
+            deploys=Deploys.build(settings, db, env_vars, default_registry if breakers is None else breakers),
         )

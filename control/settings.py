@@ -44,6 +44,25 @@ class Settings:
     rate_limit_tenant_quota: int = 600  # requests per window per tenant, all its keys together
     rate_limit_cache_ttl_s: int = 5  # how long per-tenant overrides are cached per process
     metrics_public: bool = False  # serve GET /metrics without an operator key
+    # Deployments (issue #5): build, release, run, reconcile.
+    build_timeout_s: int = 900  # a build running longer is stopped and the deployment fails
+    build_memory_bytes: int = 2 * 1024 * 1024 * 1024  # memory limit of each build step
+    max_upload_bytes: int = 100 * 1024 * 1024  # source archive as uploaded (gzip)
+    max_source_bytes: int = 500 * 1024 * 1024  # source tree once extracted or cloned
+    git_timeout_s: int = 120  # a git clone taking longer fails the deployment
+    job_workers: int = 2  # worker threads in this process (0: enqueue only)
+    deploys_per_tenant: int = 1  # jobs of one tenant running at once
+    job_lease_s: int = 30  # a worker silent this long is presumed dead; its job is retried
+    job_max_attempts: int = 2  # runs of one job, retries after a crash included
+    health_timeout_s: int = 60  # a new release must pass its health check within this
+    swap_drain_ms: int = 1000  # after Traefik serves the new release, before the old one stops
+    route_verify_timeout_s: int = 10  # how long to wait to see Traefik serve the new release
+    reconcile_interval_s: int = 30  # 0 disables the reconciler
+    traefik_dynamic_dir: Path = Path("/var/lib/moorage/traefik/dynamic")  # as deploy/host-setup.sh
+    traefik_url: str = "http://127.0.0.1:80"  # Traefik's HTTP entrypoint, to verify new routes
+    docker_url: str = "unix:///var/run/docker.sock"
+    docker_runtime: str = "runsc"  # the OCI runtime app containers get (must be registered in dockerd)
+    nixpacks_bin: str = "nixpacks"  # the Nixpacks CLI (name on PATH or a path)
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -90,6 +109,24 @@ _FIELDS: dict[str, type] = {
     "rate_limit_tenant_quota": int,
     "rate_limit_cache_ttl_s": int,
     "metrics_public": bool,
+    "build_timeout_s": int,
+    "build_memory_bytes": int,
+    "max_upload_bytes": int,
+    "max_source_bytes": int,
+    "git_timeout_s": int,
+    "job_workers": int,
+    "deploys_per_tenant": int,
+    "job_lease_s": int,
+    "job_max_attempts": int,
+    "health_timeout_s": int,
+    "swap_drain_ms": int,
+    "route_verify_timeout_s": int,
+    "reconcile_interval_s": int,
+    "traefik_dynamic_dir": Path,
+    "traefik_url": str,
+    "docker_url": str,
+    "docker_runtime": str,
+    "nixpacks_bin": str,
 }
 
 

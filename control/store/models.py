@@ -128,3 +128,88 @@ class AuditEventRow(Base):
     request_id: Mapped[str] = mapped_column(String(128))
     outcome: Mapped[int] = mapped_column(Integer)  # HTTP status
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# --- deployments (issue #5) ---------------------------------------------------------------
+
+
+class DeploymentRow(Timestamps, Base):
+    """One attempt to put source (or an earlier release's image) into production.
+
+    ``transitions`` is a JSON list of ``{"status", "at", "reason"?}``: every state change,
+    in order, so the whole history survives restarts."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (Index("ix_deployments_app", "app_id", "id"), Index("ix_deployments_status", "status"))
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16))
+    source_kind: Mapped[str] = mapped_column(String(16))  # archive | git | rollback
+    source: Mapped[str] = mapped_column(Text, default="{}")  # JSON: git url/ref, or the release rolled back to
+    builder: Mapped[str | None] = mapped_column(String(16))  # the builder actually used
+    release_id: Mapped[str | None] = mapped_column(String(40))
+    image: Mapped[str | None] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    log_path: Mapped[str | None] = mapped_column(String(500))  # build log file under the data dir
+    timings: Mapped[str] = mapped_column(Text, default="{}")  # JSON: seconds per step
+    transitions: Mapped[str] = mapped_column(Text, default="[]")
+
+
+class ReleaseRow(Base):
+    """Immutable: what ran (image) with which configuration. Numbered per app (v1, v2, ...)."""
+
+    __tablename__ = "releases"
+    __table_args__ = (UniqueConstraint("app_id", "number"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    deployment_id: Mapped[str] = mapped_column(String(40))
+    image_id: Mapped[str] = mapped_column(String(200))
+    image_tag: Mapped[str] = mapped_column(String(200))
+    env_version: Mapped[int] = mapped_column(Integer)
+    port: Mapped[int] = mapped_column(Integer)
+    health_check_path: Mapped[str] = mapped_column(String(200))
+    rollback_of: Mapped[str | None] = mapped_column(String(40))  # release id whose image this reuses
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AppRuntimeRow(Base):
+    """Desired state the reconciler enforces: the release an app should be running, and
+    the container that currently runs it."""
+
+    __tablename__ = "app_runtimes"
+
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    release_id: Mapped[str] = mapped_column(ForeignKey("releases.id", ondelete="CASCADE"))
+    container_id: Mapped[str] = mapped_column(String(80))
+    container_name: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class JobRow(Base):
+    """Durable work queue. A worker holds a job through a lease it renews (heartbeat); a
+    lease that lapses means the worker died, and the job is retried or failed."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_claimable", "state", "run_after"), Index("ix_jobs_tenant_state", "tenant_id", "state"))
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    tenant_id: Mapped[str | None] = mapped_column(String(40))  # for per-tenant concurrency
+    subject_id: Mapped[str] = mapped_column(String(40), index=True)  # e.g. the deployment id
+    state: Mapped[str] = mapped_column(String(16))  # queued | running | succeeded | failed | cancelled
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=2)
+    run_after: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(80))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

@@ -28,6 +28,8 @@ SAMPLE_BODIES: dict[tuple[str, str], Any] = {
     ("PUT", "/v1/apps/{app}/env"): {"vars": {"FROM_B": "x"}},
     ("PATCH", "/v1/apps/{app}/env"): {"vars": {"FROM_B": "x"}},
     ("PUT", "/v1/apps/{app}/env/{name}"): {"value": "from-b"},
+    ("POST", "/v1/apps/{app}/deployments"): {"git": {"url": "file:///nonexistent/from-b", "ref": "main"}},
+    ("POST", "/v1/apps/{app}/rollback"): {"release": "v1"},
 }
 
 
@@ -58,11 +60,14 @@ def tenants(new_tenant) -> tuple[Caller, Caller, dict[str, list[str]]]:
     app = alpha.post("/v1/apps", json={"name": "secret-app"}).json()
     beta.post("/v1/apps", json={"name": "beta-app"})
     alpha.request("PUT", f"/v1/apps/{app['id']}/env/API_TOKEN", json={"value": "alpha-only"})
+    deployment = alpha.post(f"/v1/apps/{app['id']}/deployments", json={"git": {"url": "file:///nonexistent/repo", "ref": "main"}})
+    assert deployment.status_code == 202, deployment.text
     # Each path parameter, filled with A's real identifiers: by id and by name.
     values = {
         "app": [app["id"], app["name"]],
         "key_id": [alpha.key_id],
         "name": ["API_TOKEN"],
+        "deployment": [deployment.json()["id"]],
     }
     return alpha, beta, values
 

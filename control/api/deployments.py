@@ -1,0 +1,190 @@
+"""Deployments of an app (``/v1/apps/{app}/deployments``).
+
+``POST`` takes either the source as a gzip-compressed tar archive (``Content-Type:
+application/gzip``, the raw archive as the body; streamed to disk, at most
+``MOORAGE_MAX_UPLOAD_BYTES``, then safely extracted) or ``application/json``
+``{"git": {"url": "https://... | file://...", "ref": "main"}}``. It answers 202 with the
+deployment to poll (and ``Location``); its log streams at ``.../{deployment}/logs``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime
+from typing import Annotated, Any
+
+import anyio
+import anyio.to_thread
+import msgspec
+from litestar import Controller, Request, Response
+from litestar.di import NamedDependency
+from litestar.params import FromPath
+
+from control.api.endpoints import Cursor, Limit, endpoint
+from control.api.problems import Problem, problem_response
+from control.api.streaming import async_endpoint
+from control.domain.deployments import DeploymentService, check_git_source
+from control.domain.keys import require_tenant
+from control.domain.releases import ReleaseService
+from control.security.principal import Principal
+from control.security.scopes import Scope
+from control.settings import Settings
+from control.store.repositories.deployments import Deployment
+from runtime.archive import ArchiveRejected, ExtractLimits, extract_tar_gz
+
+GZIP_TYPES = frozenset({"application/gzip", "application/x-gzip", "application/x-tar+gzip", "application/tar+gzip"})
+MAX_JSON_BYTES = 64 * 1024
+
+
+class GitSource(msgspec.Struct, forbid_unknown_fields=True):
+    url: Annotated[str, msgspec.Meta(description="https:// or file:// repository URL (no credentials)")]
+    ref: Annotated[str, msgspec.Meta(description="branch, tag or commit")] = "main"
+
+
+class GitDeploy(msgspec.Struct, forbid_unknown_fields=True):
+    git: GitSource
+
+
+class Transition(msgspec.Struct, omit_defaults=True):
+    status: str
+    at: str
+    reason: str | None = None
+
+
+class DeploymentOut(msgspec.Struct):
+    id: str
+    app_id: str
+    status: Annotated[str, msgspec.Meta(description="queued | building | releasing | running | failed | cancelled")]
+    source: dict[str, Any]
+    builder: str | None
+    release: Annotated[str | None, msgspec.Meta(description="the release this deployment made (v1, v2, ...)")]
+    image: str | None
+    reason: Annotated[str | None, msgspec.Meta(description="why it failed or was cancelled")]
+    cancel_requested: bool
+    timings: Annotated[dict[str, float], msgspec.Meta(description="seconds: build_s, start_s, health_s, route_s")]
+    transitions: list[Transition]
+    created_at: datetime
+    updated_at: datetime
+    logs_url: str
+
+    @classmethod
+    def of(cls, d: Deployment, release_name: str | None) -> DeploymentOut:
+        return cls(
+            id=d.id, app_id=d.app_id, status=d.status, source={"kind": d.source_kind, **{k: v for k, v in d.source.items() if k != "release_id"}},
+            builder=d.builder, release=release_name, image=d.image, reason=d.reason, cancel_requested=d.cancel_requested,
+            timings=d.timings, transitions=[msgspec.convert(t, Transition) for t in d.transitions],
+            created_at=d.created_at, updated_at=d.updated_at, logs_url=f"/v1/apps/{d.app_id}/deployments/{d.id}/logs",
+        )
+
+
+class DeploymentList(msgspec.Struct):
+    items: list[DeploymentOut]
+    next_cursor: str | None
+
+
+def deployment_out(d: Deployment, releases: ReleaseService) -> DeploymentOut:
+    release = releases.get(d.release_id) if d.release_id else None
+    return DeploymentOut.of(d, release.name if release else None)
+
+
+def accepted(d: DeploymentOut) -> Response[DeploymentOut]:
+    return Response(d, status_code=202, headers={"Location": f"/v1/apps/{d.app_id}/deployments/{d.id}"})
+
+
+class UploadTooLarge(Exception):
+    pass
+
+
+async def _save_upload(request: Request[Any, Any, Any], target: Any, limit: int) -> None:
+    size = 0
+    async with await anyio.open_file(target, "wb") as f:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise UploadTooLarge
+            await f.write(chunk)
+
+
+class DeploymentController(Controller):
+    path = "/v1/apps/{app:str}/deployments"
+    tags = ["deployments"]
+
+    @async_endpoint("POST", "/", access=Scope.DEPLOY, errors=(404, 413, 415), status_code=202, request_max_body_size=None,
+                    summary="Deploy: upload a tar.gz (application/gzip) or JSON {git: {url, ref}}")
+    async def create(self, request: Request[Any, Principal, Any], app: FromPath[str]) -> Response[DeploymentOut] | Response[Problem]:
+        services = request.app.state.services
+        deployments: DeploymentService = services.deploys.deployments
+        settings: Settings = services.settings
+        tenant_id = require_tenant(request.user)
+        target = await anyio.to_thread.run_sync(deployments.app, tenant_id, app)  # 404 before reading any body
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type == "application/json":
+            return await self._from_git(request, deployments, services.deploys.releases, tenant_id, target)
+        if content_type not in GZIP_TYPES:
+            detail = "Send the source as a tar.gz body with Content-Type: application/gzip, or JSON {\"git\": {\"url\": ..., \"ref\": ...}}."
+            return problem_response(request, 415, "unsupported-media-type", detail)
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes:
+            return problem_response(request, 413, "payload-too-large", f"Source archives are at most {settings.max_upload_bytes} bytes; trim the upload (e.g. exclude build outputs).")
+        deployment_id = deployments.new_id()
+        workdir = deployments.workdir(deployment_id)
+        workdir.mkdir(parents=True, exist_ok=True)
+        upload = workdir / "upload.tar.gz"
+        try:
+            await _save_upload(request, upload, settings.max_upload_bytes)
+            limits = ExtractLimits(max_bytes=settings.max_source_bytes)
+            await anyio.to_thread.run_sync(extract_tar_gz, upload, workdir / "src", limits)
+        except UploadTooLarge:
+            shutil.rmtree(workdir, ignore_errors=True)
+            return problem_response(request, 413, "payload-too-large", f"Source archives are at most {settings.max_upload_bytes} bytes; trim the upload (e.g. exclude build outputs).")
+        except ArchiveRejected as exc:
+            shutil.rmtree(workdir, ignore_errors=True)
+            return problem_response(request, 422, "archive-rejected", f"The source archive was refused: {exc}. Nothing was deployed; fix the archive and upload again.")
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        upload.unlink(missing_ok=True)
+        created = await anyio.to_thread.run_sync(deployments.create, tenant_id, target, deployment_id, "archive", {})
+        return accepted(deployment_out(created, services.deploys.releases))
+
+    async def _from_git(self, request: Request[Any, Any, Any], deployments: DeploymentService, releases: ReleaseService,
+                        tenant_id: str, target: Any) -> Response[Any]:
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_JSON_BYTES:
+                return problem_response(request, 413, "payload-too-large", "A JSON deployment request is at most 64 KiB.")
+        try:
+            data = msgspec.json.decode(body, type=GitDeploy)
+        except msgspec.ValidationError as exc:
+            return problem_response(request, 422, "validation-failed", f"The request does not match the schema: {exc}. Send {{\"git\": {{\"url\": ..., \"ref\": ...}}}}.")
+        except msgspec.DecodeError:
+            return problem_response(request, 400, "malformed-request", "The request body is not valid JSON.")
+        check_git_source(data.git.url, data.git.ref)
+        deployment_id = deployments.new_id()
+        source = {"url": data.git.url, "ref": data.git.ref}
+        created = await anyio.to_thread.run_sync(deployments.create, tenant_id, target, deployment_id, "git", source)
+        return accepted(deployment_out(created, releases))
+
+    @endpoint("GET", "/", access=Scope.READ, errors=(404,), summary="List an app's deployments (oldest first)")
+    def list(
+        self, request: Request[Any, Principal, Any], deployments: NamedDependency[DeploymentService], releases: NamedDependency[ReleaseService],
+        app: FromPath[str], limit: Annotated[int, Limit] = 50, cursor: Annotated[str | None, Cursor] = None,
+    ) -> DeploymentList:
+        page = deployments.list(require_tenant(request.user), app, limit=limit, cursor=cursor)
+        return DeploymentList(items=[deployment_out(d, releases) for d in page.items], next_cursor=page.next_cursor)
+
+    @endpoint("GET", "/{deployment:str}", access=Scope.READ, errors=(404,), summary="Get a deployment (poll its status)")
+    def get(
+        self, request: Request[Any, Principal, Any], deployments: NamedDependency[DeploymentService], releases: NamedDependency[ReleaseService],
+        app: FromPath[str], deployment: FromPath[str],
+    ) -> DeploymentOut:
+        return deployment_out(deployments.get(require_tenant(request.user), app, deployment), releases)
+
+    @endpoint("POST", "/{deployment:str}/cancel", access=Scope.DEPLOY, errors=(404,), status_code=202,
+              summary="Cancel a deployment (at once if queued, else at its next step)")
+    def cancel(
+        self, request: Request[Any, Principal, Any], deployments: NamedDependency[DeploymentService], releases: NamedDependency[ReleaseService],
+        app: FromPath[str], deployment: FromPath[str],
+    ) -> DeploymentOut:
+        return deployment_out(deployments.cancel(require_tenant(request.user), app, deployment), releases)

@@ -1,0 +1,134 @@
+"""Log streams: a deployment's build log and an app's runtime log, as text or SSE.
+
+``follow=true`` answers ``text/event-stream``: ``event: log`` per line, a keep-alive
+comment every 15 s while nothing happens, and (build logs) a final ``event: status`` whose
+data is ``{"status", "reason", "release"}``. Streams carry their own keep-alive; the
+server has no global write deadline that would cut them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio.to_thread
+from litestar import Controller, Request, Response
+from litestar.params import FromPath, QueryParameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+
+from control.api.streaming import KEEPALIVE_S, async_endpoint, keepalive
+from control.domain.deployments import DeploymentService
+from control.domain.errors import Conflict
+from control.domain.keys import require_tenant
+from control.domain.releases import ReleaseService
+from control.jobs.build_log import read_from
+from control.jobs.runtime import AppRuntime
+from control.security.principal import Principal
+from control.security.scopes import Scope
+
+Follow = QueryParameter(description="Stream (SSE) until the end instead of returning the text so far.", required=False)
+Tail = QueryParameter(ge=0, le=10000, description="Runtime log lines from before now to start with.", required=False)
+POLL_S = 0.25
+
+
+async def _build_events(deployments: DeploymentService, releases: ReleaseService, deployment_id: str, path: Path) -> AsyncIterator[ServerSentEventMessage]:
+    offset, quiet_since = 0, time.monotonic()
+    while True:
+        text, offset = await anyio.to_thread.run_sync(read_from, path, offset)
+        for line in text.splitlines():
+            yield ServerSentEventMessage(data=line, event="log")
+        if text:
+            quiet_since = time.monotonic()
+        deployment = await anyio.to_thread.run_sync(deployments.load, deployment_id)
+        if deployment is None or deployment.is_terminal:
+            text, offset = await anyio.to_thread.run_sync(read_from, path, offset)
+            for line in text.splitlines():
+                yield ServerSentEventMessage(data=line, event="log")
+            release = releases.get(deployment.release_id) if deployment and deployment.release_id else None
+            final = {"status": deployment.status if deployment else "gone", "reason": deployment.reason if deployment else None,
+                     "release": release.name if release else None}
+            yield ServerSentEventMessage(data=json.dumps(final), event="status")
+            return
+        if time.monotonic() - quiet_since >= KEEPALIVE_S:
+            quiet_since = time.monotonic()
+            yield keepalive()
+        await asyncio.sleep(POLL_S)
+
+
+async def _container_events(runtime: AppRuntime, container_id: str, tail: int) -> AsyncIterator[ServerSentEventMessage]:
+    """A thread reads Docker's log stream (blocking) into a queue; closing the stream when
+    the client goes away unblocks that thread."""
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+    stream = await anyio.to_thread.run_sync(runtime.containers._log_stream, container_id, tail)
+    closed = threading.Event()
+
+    def pump() -> None:
+        buf = b""
+        try:
+            for chunk in stream:
+                buf += chunk
+                *complete, buf = buf.split(b"\n")
+                for line in complete:
+                    loop.call_soon_threadsafe(lines.put_nowait, line.decode("utf-8", "replace"))
+        except Exception:  # closed under us (client gone) or the container went away
+            pass
+        finally:
+            if not closed.is_set():
+                loop.call_soon_threadsafe(lines.put_nowait, None)
+
+    threading.Thread(target=pump, name="moorage-log-pump", daemon=True).start()
+    try:
+        while True:
+            try:
+                line = await asyncio.wait_for(lines.get(), timeout=KEEPALIVE_S)
+            except TimeoutError:
+                yield keepalive()
+                continue
+            if line is None:
+                yield ServerSentEventMessage(data=json.dumps({"status": "stream-ended"}), event="status")
+                return
+            yield ServerSentEventMessage(data=line, event="log")
+    finally:
+        closed.set()
+        stream.close()
+
+
+class LogController(Controller):
+    path = "/v1/apps/{app:str}"
+    tags = ["logs"]
+
+    @async_endpoint("GET", "/deployments/{deployment:str}/logs", access=Scope.READ, errors=(404,),
+                    summary="A deployment's build log (text, or SSE with follow=true)")
+    async def build_log(
+        self, request: Request[Any, Principal, Any], app: FromPath[str], deployment: FromPath[str],
+        follow: Annotated[bool, Follow] = False,
+    ) -> Response[str] | ServerSentEvent:
+        services = request.app.state.services
+        found = await anyio.to_thread.run_sync(services.deploys.deployments.get, require_tenant(request.user), app, deployment)
+        path = Path(found.log_path or services.deploys.deployments.log_path(found.id))
+        if not follow:
+            text, _ = await anyio.to_thread.run_sync(read_from, path, 0)
+            return Response(text, media_type="text/plain; charset=utf-8")
+        return ServerSentEvent(_build_events(services.deploys.deployments, services.deploys.releases, found.id, path))
+
+    @async_endpoint("GET", "/logs", access=Scope.READ, errors=(404, 503),
+                    summary="The running app's log (text, or SSE with follow=true)")
+    async def runtime_log(
+        self, request: Request[Any, Principal, Any], app: FromPath[str], follow: Annotated[bool, Follow] = False,
+        tail: Annotated[int, Tail] = 100,
+    ) -> Response[str] | ServerSentEvent:
+        services = request.app.state.services
+        target = await anyio.to_thread.run_sync(services.deploys.deployments.app, require_tenant(request.user), app)
+        desired = await anyio.to_thread.run_sync(services.deploys.releases.desired, target.id)
+        if not desired:
+            raise Conflict(f"App '{target.name}' has no running release; deploy it first.", code="app-not-running")
+        container_id = desired[0].container_id
+        if not follow:
+            lines = await anyio.to_thread.run_sync(services.deploys.runtime.containers.logs, container_id, tail)
+            return Response("\n".join(lines) + ("\n" if lines else ""), media_type="text/plain; charset=utf-8")
+        return ServerSentEvent(_container_events(services.deploys.runtime, container_id, tail))

@@ -1,0 +1,171 @@
+"""Deployments: accept source (archive or git), queue the job, record every state change.
+
+The job itself (build, release, swap) runs in ``control.jobs.deploy``; this service owns
+the rules: which source is acceptable, the state machine, cancellation.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from control.domain.deployment_states import Status, check_transition
+from control.domain.errors import Conflict, Invalid, NotFound
+from control.ids import new_id
+from control.jobs.queue import JobQueue
+from control.store.database import Database
+from control.store.models import DeploymentRow
+from control.store.records import App, Page
+from control.store.repositories.apps import AppRepository
+from control.store.repositories.deployments import Deployment, DeploymentRepository, to_deployment
+from control.store.types import utcnow
+
+DEPLOY_JOB = "deploy"
+GIT_SCHEMES = ("https", "file")
+
+
+def check_git_source(url: str, ref: str) -> None:
+    parsed = urlparse(url)
+    scheme = parsed.scheme
+    errors = []
+    if parsed.username or parsed.password:  # they would be stored and shown with the deployment
+        errors.append({"field": "git.url", "message": "credentials in the URL are not accepted; use a public or file:// repository"})
+    if scheme not in GIT_SCHEMES:
+        errors.append({"field": "git.url", "message": f"only {', '.join(s + '://' for s in GIT_SCHEMES)} URLs are allowed"})
+    if not ref or ref.startswith("-") or any(c.isspace() for c in ref) or len(ref) > 255:
+        errors.append({"field": "git.ref", "message": "a branch, tag or commit (no spaces, not starting with '-')"})
+    if errors:
+        raise Invalid("The git source is not acceptable: " + "; ".join(e["message"] for e in errors) + ".", errors=errors)
+
+
+class DeploymentService:
+    def __init__(self, db: Database, queue: JobQueue, data_dir: Path, *, max_attempts: int = 2) -> None:
+        self.db = db
+        self.queue = queue
+        self.root = data_dir / "deployments"
+        self.max_attempts = max_attempts
+
+    # -- files ------------------------------------------------------------------------
+    def workdir(self, deployment_id: str) -> Path:
+        return self.root / deployment_id
+
+    def log_path(self, deployment_id: str) -> Path:
+        return self.workdir(deployment_id) / "build.log"
+
+    def discard_source(self, deployment_id: str) -> None:
+        """After a terminal state: the source and build scratch go, the log stays."""
+        for name in ("src", "nixpacks-out", "upload.tar.gz"):
+            path = self.workdir(deployment_id) / name
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+    # -- creation ---------------------------------------------------------------------
+    def app(self, tenant_id: str, app_ref: str) -> App:
+        with self.db.read() as session:
+            app = AppRepository(session, tenant_id).get(app_ref)
+        if app is None:
+            raise NotFound.of("app", app_ref)
+        return app
+
+    def new_id(self) -> str:
+        return new_id("dep")
+
+    def create(self, tenant_id: str, app: App, deployment_id: str, source_kind: str, source: dict[str, Any]) -> Deployment:
+        log = self.log_path(deployment_id)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.touch()
+        with self.db.write() as session:
+            deployment = DeploymentRepository(session, tenant_id).add(
+                id=deployment_id, app_id=app.id, source_kind=source_kind, source=source, log_path=str(log)
+            )
+            self.queue.enqueue(session, DEPLOY_JOB, deployment_id, tenant_id=tenant_id, max_attempts=self.max_attempts)
+        return deployment
+
+    # -- reading ----------------------------------------------------------------------
+    def get(self, tenant_id: str, app_ref: str, deployment_id: str) -> Deployment:
+        app = self.app(tenant_id, app_ref)
+        with self.db.read() as session:
+            deployment = DeploymentRepository(session, tenant_id).get(deployment_id, app.id)
+        if deployment is None:
+            raise NotFound.of("deployment", deployment_id)
+        return deployment
+
+    def list(self, tenant_id: str, app_ref: str, *, limit: int, cursor: str | None) -> Page[Deployment]:
+        app = self.app(tenant_id, app_ref)
+        with self.db.read() as session:
+            return DeploymentRepository(session, tenant_id).list(app.id, limit=limit, cursor=cursor)
+
+    def load(self, deployment_id: str) -> Deployment | None:
+        """Platform-internal (workers): no tenant scope."""
+        with self.db.read() as session:
+            return DeploymentRepository(session, None).get(deployment_id)
+
+    def active(self, app_id: str | None = None) -> list[Deployment]:
+        with self.db.read() as session:
+            return DeploymentRepository(session, None).active(app_id)
+
+    # -- changes ----------------------------------------------------------------------
+    def transition(self, deployment_id: str, to: Status, *, reason: str | None = None, **fields: Any) -> Deployment:
+        with self.db.write() as session:
+            row = DeploymentRepository(session, None).row(deployment_id)
+            if row is None:
+                raise NotFound.of("deployment", deployment_id)
+            _apply(row, to, reason, fields)
+            session.flush()
+            return to_deployment(row)
+
+    def fail_if_active(self, deployment_id: str, reason: str) -> None:
+        """For a job given up on (its worker died too often): never leave it 'building'."""
+        with self.db.write() as session:
+            row = DeploymentRepository(session, None).row(deployment_id)
+            if row is not None and Status(row.status) not in (Status.RUNNING, Status.FAILED, Status.CANCELLED):
+                _apply(row, Status.FAILED, reason, {})
+
+    def cancel(self, tenant_id: str, app_ref: str, deployment_id: str) -> Deployment:
+        app = self.app(tenant_id, app_ref)
+        with self.db.write() as session:
+            repo = DeploymentRepository(session, tenant_id)
+            row = repo.row(deployment_id, app.id)
+            if row is None:
+                raise NotFound.of("deployment", deployment_id)
+            if Status(row.status) in (Status.RUNNING, Status.FAILED, Status.CANCELLED):
+                raise Conflict(f"Deployment {deployment_id} already ended ('{row.status}'); nothing to cancel.", code="deployment-finished")
+            row.cancel_requested = True
+            if row.status == Status.QUEUED:  # no worker has it yet: cancel on the spot
+                self.queue.cancel_queued(session, deployment_id)
+                _apply(row, Status.CANCELLED, "cancelled before it started", {})
+            session.flush()
+            return to_deployment(row)
+
+    def cancel_requested(self, deployment_id: str) -> bool:
+        deployment = self.load(deployment_id)
+        return deployment is None or deployment.cancel_requested
+
+    def update(self, deployment_id: str, **fields: Any) -> None:
+        """Fields that are not a state change (the release made by this deployment)."""
+        with self.db.write() as session:
+            row = DeploymentRepository(session, None).row(deployment_id)
+            if row is not None:
+                for name, value in fields.items():
+                    setattr(row, name, value)
+
+    def record_timing(self, deployment_id: str, **seconds: float) -> None:
+        with self.db.write() as session:
+            row = DeploymentRepository(session, None).row(deployment_id)
+            if row is not None:
+                row.timings = json.dumps({**json.loads(row.timings or "{}"), **{k: round(v, 3) for k, v in seconds.items()}})
+
+
+def _apply(row: DeploymentRow, to: Status, reason: str | None, fields: dict[str, Any]) -> None:
+    check_transition(row.status, to)
+    entry: dict[str, Any] = {"status": str(to), "at": utcnow().isoformat()}
+    if reason:
+        entry["reason"] = reason
+    row.transitions = json.dumps([*json.loads(row.transitions or "[]"), entry])
+    row.status = str(to)
+    if to in (Status.FAILED, Status.CANCELLED) and reason:
+        row.reason = reason
+    for name, value in fields.items():
+        setattr(row, name, value)

@@ -1,0 +1,93 @@
+"""Releases: immutable records of what ran (image + env version + config snapshot),
+numbered per app (``v1``, ``v2``...), and the app's current release (desired state)."""
+
+from __future__ import annotations
+
+import re
+
+from control.domain.errors import Invalid, NotFound
+from control.ids import new_id
+from control.store.database import Database
+from control.store.records import App, Page
+from control.store.repositories.apps import AppRepository
+from control.store.repositories.releases import AppRuntimeRepository, DesiredApp, Release, ReleaseRepository
+
+_NAME = re.compile(r"^v([1-9][0-9]{0,8})$")
+
+
+def release_number(name: str) -> int:
+    match = _NAME.match(name)
+    if match is None:
+        raise Invalid(
+            f"'release' must be a release name like 'v1'; got {name!r}.",
+            errors=[{"field": "release", "message": "a release name: v1, v2, ..."}],
+        )
+    return int(match.group(1))
+
+
+class ReleaseService:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def _app(self, tenant_id: str, app_ref: str) -> App:
+        with self.db.read() as session:
+            app = AppRepository(session, tenant_id).get(app_ref)
+        if app is None:
+            raise NotFound.of("app", app_ref)
+        return app
+
+    def list(self, tenant_id: str, app_ref: str, *, limit: int, cursor: str | None) -> tuple[Page[Release], str | None]:
+        app = self._app(tenant_id, app_ref)
+        with self.db.read() as session:
+            page = ReleaseRepository(session, tenant_id).list(app.id, limit=limit, cursor=cursor)
+            return page, AppRuntimeRepository(session).current_release_id(app.id)
+
+    def by_name(self, tenant_id: str, app_ref: str, name: str) -> Release:
+        number = release_number(name)
+        app = self._app(tenant_id, app_ref)
+        with self.db.read() as session:
+            release = ReleaseRepository(session, tenant_id).by_number(app.id, number)
+        if release is None:
+            raise NotFound.of("release", name)
+        return release
+
+    def get(self, release_id: str) -> Release | None:
+        with self.db.read() as session:
+            return ReleaseRepository(session, None).get(release_id)
+
+    def for_deployment(self, deployment_id: str) -> Release | None:
+        with self.db.read() as session:
+            return ReleaseRepository(session, None).by_deployment(deployment_id)
+
+    def create(self, *, tenant_id: str, app_id: str, deployment_id: str, image_id: str, image_tag: str,
+               env_version: int, port: int, health_check_path: str, rollback_of: str | None = None) -> Release:
+        """One release per deployment: a retried job gets the release it already made."""
+        with self.db.write() as session:
+            repo = ReleaseRepository(session, None)
+            existing = repo.by_deployment(deployment_id)
+            if existing is not None:
+                return existing
+            return repo.add(
+                id=new_id("rel"), tenant_id=tenant_id, app_id=app_id, deployment_id=deployment_id, image_id=image_id,
+                image_tag=image_tag, env_version=env_version, port=port, health_check_path=health_check_path,
+                rollback_of=rollback_of,
+            )
+
+    def make_current(self, release: Release, container_id: str, container_name: str) -> None:
+        with self.db.write() as session:
+            AppRuntimeRepository(session).set(
+                app_id=release.app_id, tenant_id=release.tenant_id, release_id=release.id,
+                container_id=container_id, container_name=container_name,
+            )
+
+    def set_container(self, app_id: str, container_id: str, container_name: str) -> None:
+        with self.db.write() as session:
+            AppRuntimeRepository(session).set_container(app_id, container_id, container_name)
+
+    def desired(self, app_id: str | None = None) -> list[DesiredApp]:
+        with self.db.read() as session:
+            return AppRuntimeRepository(session).desired(app_id)
+
+    def any_desired(self) -> bool:
+        with self.db.read() as session:
+            return AppRuntimeRepository(session).any_exist()

@@ -1,0 +1,1 @@
+"""Durable background work: a job queue in the database and the workers that run it."""

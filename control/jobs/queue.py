@@ -1,0 +1,114 @@
+"""The durable job queue: state, attempts, lease + heartbeat, run_after, per-tenant limits.
+
+A worker claims a job by taking a lease (``lease_s``) and renews it while it runs. If the
+process dies, the lease lapses; ``recover_expired`` (run by every worker pool, on start and
+periodically) then puts the job back in the queue (``attempts < max_attempts``) or fails it
+for good and tells the job's owner why (``on_give_up``), so nothing stays "running" forever.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+from sqlalchemy.orm import Session
+
+from control.ids import new_id
+from control.store.database import Database
+from control.store.repositories.jobs import Job, JobRepository
+from control.store.types import utcnow
+
+log = structlog.get_logger("moorage.jobs")
+GiveUp = Callable[[Job, str], None]
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    lease_s: float = 30.0
+    per_tenant: int = 1  # jobs of one tenant running at once
+    retry_backoff_s: float = 2.0  # delay before a job whose worker died runs again
+
+
+class JobQueue:
+    def __init__(self, db: Database, config: QueueConfig = QueueConfig(), *, clock: Callable[[], datetime] = utcnow) -> None:
+        self.db = db
+        self.config = config
+        self.clock = clock
+        self.wakeup = threading.Event()  # set on enqueue: idle workers in this process start at once
+        self.on_give_up: dict[str, GiveUp] = {}
+
+    @property
+    def lease(self) -> timedelta:
+        return timedelta(seconds=self.config.lease_s)
+
+    def enqueue(self, session: Session, kind: str, subject_id: str, *, tenant_id: str | None, max_attempts: int = 2) -> Job:
+        """Inside the caller's write transaction: the job exists iff its subject does."""
+        job = JobRepository(session).add(
+            id=new_id("job"), kind=kind, tenant_id=tenant_id, subject_id=subject_id, max_attempts=max_attempts, now=self.clock()
+        )
+        self.wakeup.set()
+        return job
+
+    def has_work(self) -> bool:
+        with self.db.read() as session:
+            return JobRepository(session).has_claimable(self.clock())
+
+    def claim(self, owner: str) -> Job | None:
+        with self.db.write() as session:
+            return JobRepository(session).claim(owner, now=self.clock(), lease=self.lease, per_tenant=self.config.per_tenant)
+
+    def heartbeat(self, job: Job, owner: str) -> bool:
+        with self.db.write() as session:
+            return JobRepository(session).heartbeat(job.id, owner, now=self.clock(), lease=self.lease)
+
+    def finish(self, job: Job, owner: str, state: str, error: str | None = None) -> bool:
+        with self.db.write() as session:
+            return JobRepository(session).finish(job.id, owner, state, error)
+
+    def retry_later(self, job: Job, owner: str, error: str, delay_s: float) -> bool:
+        """Back in the queue if attempts remain (True), else failed (False)."""
+        if job.attempts >= job.max_attempts:
+            self.finish(job, owner, "failed", error)
+            return False
+        with self.db.write() as session:
+            JobRepository(session).requeue(job.id, owner, run_after=self.clock() + timedelta(seconds=delay_s), error=error)
+        return True
+
+    def cancel_queued(self, session: Session, subject_id: str) -> int:
+        return JobRepository(session).cancel_queued(subject_id)
+
+    def get(self, job_id: str) -> Job | None:
+        with self.db.read() as session:
+            return JobRepository(session).get(job_id)
+
+    def recover_expired(self) -> list[tuple[Job, bool]]:
+        """Jobs whose worker stopped heartbeating: requeued (False) or given up (True)."""
+        now = self.clock()
+        outcomes: list[tuple[Job, bool]] = []
+        with self.db.read() as session:  # the common case, nothing expired, takes no write lock
+            if not JobRepository(session).expired(now):
+                return outcomes
+        with self.db.write() as session:
+            for row in JobRepository(session).expired(now):
+                give_up = row.attempts >= row.max_attempts
+                reason = (
+                    f"the worker running it stopped (lease expired) on attempt {row.attempts} of {row.max_attempts}"
+                )
+                row.lease_owner, row.lease_expires_at, row.last_error = None, None, reason
+                if give_up:
+                    row.state = "failed"
+                else:
+                    row.state, row.run_after = "queued", now + timedelta(seconds=self.config.retry_backoff_s)
+                session.flush()
+                outcomes.append((JobRepository(session).get(row.id), give_up))  # type: ignore[arg-type]
+        for job, give_up in outcomes:
+            log.warning("job_lease_expired", job_id=job.id, kind=job.kind, attempts=job.attempts, gave_up=give_up)
+            hook = self.on_give_up.get(job.kind)
+            if give_up and hook is not None:
+                hook(job, job.last_error or "lease expired")
+        if outcomes:
+            self.wakeup.set()
+        return outcomes

@@ -1,0 +1,130 @@
+"""Worker threads that run queued jobs in the control-plane process.
+
+Threads, not asyncio tasks: builds and container calls are blocking SDK calls. Each running
+job gets a heartbeat thread renewing its lease; a handler asks ``ctx.lease_lost`` between
+steps and stops if another worker has taken the job over.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from control.jobs.queue import JobQueue
+from control.store.repositories.jobs import Job
+
+log = structlog.get_logger("moorage.jobs")
+
+
+class RetryLater(Exception):
+    """A transient failure (a dependency is down): run the job again after ``delay_s``."""
+
+    def __init__(self, reason: str, delay_s: float = 5.0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay_s = delay_s
+
+
+@dataclass
+class JobContext:
+    job: Job
+    owner: str
+    lease_lost: threading.Event = field(default_factory=threading.Event)
+
+
+Handler = Callable[[Job, JobContext], None]
+
+
+class WorkerPool:
+    def __init__(self, queue: JobQueue, handlers: dict[str, Handler], *, count: int = 2, poll_s: float = 0.5,
+                 recover_every_s: float = 5.0) -> None:
+        self.queue = queue
+        self.handlers = handlers
+        self.count = count
+        self.poll_s = poll_s
+        self.recover_every_s = recover_every_s
+        self.process_id = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._recover()  # on start: whatever a crashed process left running gets a verdict now or at lease end
+        for n in range(self.count):
+            thread = threading.Thread(target=self._loop, args=(f"{self.process_id}:w{n}",), name=f"moorage-worker-{n}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        if self.count:
+            recoverer = threading.Thread(target=self._recover_loop, name="moorage-job-recovery", daemon=True)
+            recoverer.start()
+            self._threads.append(recoverer)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self.queue.wakeup.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads.clear()
+
+    def _recover(self) -> None:
+        try:
+            self.queue.recover_expired()
+        except Exception as exc:  # a failed sweep must not kill the pool; the next one retries
+            log.warning("job_recovery_failed", error=f"{type(exc).__name__}: {exc}")
+
+    def _recover_loop(self) -> None:
+        while not self._stop.wait(self.recover_every_s):
+            self._recover()
+
+    def _loop(self, owner: str) -> None:
+        while not self._stop.is_set():
+            try:
+                job = self.queue.claim(owner) if self.queue.has_work() else None
+            except Exception as exc:
+                log.warning("job_claim_failed", error=f"{type(exc).__name__}: {exc}")
+                job = None
+            if job is None:
+                self.queue.wakeup.wait(self.poll_s)
+                self.queue.wakeup.clear()
+                continue
+            self.run_one(job, owner)
+
+    def run_one(self, job: Job, owner: str) -> None:
+        ctx = JobContext(job, owner)
+        beating = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(ctx, beating), daemon=True)
+        beat.start()
+        bound = structlog.contextvars.bound_contextvars(job_id=job.id, kind=job.kind, tenant_id=job.tenant_id)
+        with bound:
+            try:
+                self.handlers[job.kind](job, ctx)
+            except RetryLater as exc:
+                requeued = self.queue.retry_later(job, owner, exc.reason, exc.delay_s)
+                log.warning("job_retry_later", reason=exc.reason, requeued=requeued)
+                if not requeued and (hook := self.queue.on_give_up.get(job.kind)):
+                    hook(job, exc.reason)
+            except Exception as exc:
+                log.error("job_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+                self.queue.finish(job, owner, "failed", f"{type(exc).__name__}: {exc}")
+                if hook := self.queue.on_give_up.get(job.kind):
+                    hook(job, f"internal error: {type(exc).__name__}")
+            else:
+                self.queue.finish(job, owner, "succeeded")
+            finally:
+                beating.set()
+                beat.join(5)
+
+    def _heartbeat(self, ctx: JobContext, done: threading.Event) -> None:
+        interval = max(0.2, self.queue.config.lease_s / 3)
+        while not done.wait(interval):
+            try:
+                if not self.queue.heartbeat(ctx.job, ctx.owner):
+                    ctx.lease_lost.set()
+                    return
+            except Exception as exc:  # a missed beat is survivable; the lease has slack
+                log.warning("job_heartbeat_failed", error=f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,1 @@
+"""Drives actual state (Docker containers, Traefik route files) to desired state (the database)."""

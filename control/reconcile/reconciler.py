@@ -1,0 +1,166 @@
+"""The reconciler: on start and every ``interval_s``, for each app with a current release:
+
+- its container is missing → recreate it from the release (env resolved in memory);
+- its container is not running → start it again, with exponential backoff per app so a
+  crash-looping app is not hammered;
+- its route file is missing or stale (e.g. the container's IP changed) → rewrite it;
+
+and remove *orphans*: app containers carrying moorage's labels **and this control plane's
+instance id** that no desired state and no in-progress deployment accounts for. Containers
+without those labels are never touched. Apps with a deployment in flight are skipped (the
+swap owns them until it finishes).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import docker.errors
+import structlog
+
+from control.domain.deployments import DeploymentService
+from control.domain.env import EnvService
+from control.domain.releases import ReleaseService
+from control.jobs.locks import AppLocks
+from control.jobs.runtime import AppRuntime
+from control.store.repositories.releases import DesiredApp
+from runtime import labels as L
+
+log = structlog.get_logger("moorage.reconcile")
+MAX_BACKOFF_S = 300.0
+
+
+@dataclass
+class Report:
+    actions: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    skipped: bool = False
+
+
+@dataclass
+class _Backoff:
+    failures: int = 0
+    next_at: float = 0.0
+
+
+class Reconciler:
+    def __init__(self, releases: ReleaseService, deployments: DeploymentService, env_vars: EnvService, runtime: AppRuntime,
+                 locks: AppLocks, *, interval_s: float, base_backoff_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.releases = releases
+        self.deployments = deployments
+        self.env_vars = env_vars
+        self.runtime = runtime
+        self.locks = locks
+        self.interval_s = interval_s
+        self.base_backoff_s = base_backoff_s
+        self.clock = clock
+        self._backoff: dict[str, _Backoff] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- one pass -------------------------------------------------------------------------
+    def run_once(self) -> Report:
+        report = Report()
+        # Nothing was ever started by this instance (no instance id yet): nothing to compare,
+        # and no reason to talk to Docker at all.
+        if not (self.runtime.settings.data_dir / "instance-id").exists():
+            report.skipped = True
+            return report
+        active = self.deployments.active()
+        busy_apps = {d.app_id for d in active}
+        for desired in self.releases.desired():
+            if desired.app_id in busy_apps:
+                continue
+            with self.locks.try_hold(desired.app_id) as held:
+                if held:
+                    self._guarded(report, desired.app_name, lambda d=desired: self._converge(d, report))  # type: ignore[misc]
+        self._guarded(report, "orphans", lambda: self._remove_orphans(report))
+        if report.actions:
+            log.info("reconciled", actions=report.actions)
+        return report
+
+    def _guarded(self, report: Report, what: str, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except Exception as exc:  # one app's trouble must not stop the pass for the others
+            report.errors.append(f"{what}: {type(exc).__name__}: {exc}")
+            log.warning("reconcile_failed", target=what, error=f"{type(exc).__name__}: {exc}")
+
+    def _converge(self, d: DesiredApp, report: Report) -> None:
+        rt, containers = self.runtime, self.runtime.containers
+        try:
+            info = containers.inspect(d.container_id)
+        except docker.errors.NotFound:
+            info = None
+        backoff = self._backoff.setdefault(d.app_id, _Backoff())
+        if info is not None and info.status == "running":
+            backoff.failures = 0
+        else:
+            if self.clock() < backoff.next_at:
+                return
+            backoff.failures += 1
+            backoff.next_at = self.clock() + min(MAX_BACKOFF_S, self.base_backoff_s * 2 ** (backoff.failures - 1))
+            if info is None:
+                info = self._recreate(d)
+                report.actions.append(f"recreated {d.tenant_name}/{d.app_name} ({d.release.name})")
+            else:
+                info = containers.start(info.id)
+                report.actions.append(f"restarted {d.tenant_name}/{d.app_name} ({d.release.name})")
+        ip = rt.ip_of(info, d.tenant_name)
+        if not rt.route_is(d.tenant_name, d.app_name, ip, d.release.port, d.release.name):
+            rt.write_route(d.tenant_name, d.app_name, ip, d.release.port, d.release.name)
+            report.actions.append(f"route rewritten {d.tenant_name}/{d.app_name} -> {ip}")
+
+    def _recreate(self, d: DesiredApp):  # type: ignore[no-untyped-def]
+        env = self.env_vars.list(d.tenant_id, d.app_id, reveal=True)
+        values = {v.name: v.value for v in env.vars if v.value is not None} | {"PORT": str(d.release.port)}
+        info, _ = self.runtime.start_app(tenant=d.tenant_name, app=d.app_name, release=d.release.name,
+                                         image=d.release.image_id, env=values, name=d.container_name)
+        self.releases.set_container(d.app_id, info.id, d.container_name)
+        return info
+
+    def _remove_orphans(self, report: Report) -> None:
+        # Containers first, then the database: a container listed here was created before
+        # these reads, so its deployment is either still active or already recorded.
+        owned = self.runtime.owned_apps()
+        active = self.deployments.active()
+        active_ids, busy_apps = {d.id for d in active}, {d.app_id for d in active}
+        desired = self.releases.desired()
+        wanted = {d.container_id for d in desired}
+        app_ids = {(d.tenant_name, d.app_name): d.app_id for d in desired}
+        for container in owned:
+            if container.id in wanted or any(container.name.endswith(dep) for dep in active_ids):
+                continue
+            app_id = app_ids.get((container.labels.get(L.TENANT, ""), container.labels.get(L.APP, "")))
+            if app_id in busy_apps:
+                continue  # a swap in progress stops its old container itself
+            with self.locks.try_hold(app_id or container.id) as held:
+                if held:
+                    self.runtime.containers.remove(container.id, force=True)
+                    report.actions.append(f"removed orphan {container.name}")
+
+    # -- the loop -------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.interval_s <= 0 or self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="moorage-reconciler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self.run_once()
+            except Exception as exc:
+                log.warning("reconcile_pass_failed", error=f"{type(exc).__name__}: {exc}")
+            if self._stop.wait(self.interval_s):
+                return

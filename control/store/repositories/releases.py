@@ -1,0 +1,130 @@
+"""Releases (immutable, numbered per app) and app runtimes (the desired state)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from control.store.models import AppRow, AppRuntimeRow, ReleaseRow, TenantRow
+from control.store.records import Page
+from control.store.repositories.paging import paginate
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    id: str
+    tenant_id: str
+    app_id: str
+    number: int
+    deployment_id: str
+    image_id: str
+    image_tag: str
+    env_version: int
+    port: int
+    health_check_path: str
+    rollback_of: str | None
+    created_at: datetime
+
+    @property
+    def name(self) -> str:
+        return f"v{self.number}"
+
+
+def to_release(row: ReleaseRow) -> Release:
+    return Release(
+        id=row.id, tenant_id=row.tenant_id, app_id=row.app_id, number=row.number,
+        deployment_id=row.deployment_id, image_id=row.image_id, image_tag=row.image_tag,
+        env_version=row.env_version, port=row.port, health_check_path=row.health_check_path,
+        rollback_of=row.rollback_of, created_at=row.created_at,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredApp:
+    """One app the reconciler must keep running: its names, release and container."""
+
+    tenant_id: str
+    tenant_name: str
+    app_id: str
+    app_name: str
+    release: Release
+    container_id: str
+    container_name: str
+
+
+class ReleaseRepository:
+    def __init__(self, session: Session, tenant_id: str | None) -> None:
+        self.session = session
+        self.tenant_id = tenant_id
+
+    def _query(self, app_id: str):  # type: ignore[no-untyped-def]
+        query = select(ReleaseRow).where(ReleaseRow.app_id == app_id)
+        return query if self.tenant_id is None else query.where(ReleaseRow.tenant_id == self.tenant_id)
+
+    def get(self, release_id: str) -> Release | None:
+        row = self.session.get(ReleaseRow, release_id)
+        if row is None or (self.tenant_id is not None and row.tenant_id != self.tenant_id):
+            return None
+        return to_release(row)
+
+    def by_number(self, app_id: str, number: int) -> Release | None:
+        row = self.session.scalar(self._query(app_id).where(ReleaseRow.number == number))
+        return None if row is None else to_release(row)
+
+    def by_deployment(self, deployment_id: str) -> Release | None:
+        row = self.session.scalar(select(ReleaseRow).where(ReleaseRow.deployment_id == deployment_id))
+        return None if row is None else to_release(row)
+
+    def add(self, *, id: str, tenant_id: str, app_id: str, **fields: object) -> Release:
+        # Numbering inside the write transaction (BEGIN IMMEDIATE): no two releases share a number.
+        last = self.session.scalar(select(func.max(ReleaseRow.number)).where(ReleaseRow.app_id == app_id))
+        row = ReleaseRow(id=id, tenant_id=tenant_id, app_id=app_id, number=(last or 0) + 1, **fields)
+        self.session.add(row)
+        self.session.flush()
+        return to_release(row)
+
+    def list(self, app_id: str, *, limit: int, cursor: str | None) -> Page[Release]:
+        return paginate(self.session, self._query(app_id), ReleaseRow.id, to_release, limit=limit, cursor=cursor)
+
+
+class AppRuntimeRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def current_release_id(self, app_id: str) -> str | None:
+        row = self.session.get(AppRuntimeRow, app_id)
+        return None if row is None else row.release_id
+
+    def set(self, *, app_id: str, tenant_id: str, release_id: str, container_id: str, container_name: str) -> None:
+        row = self.session.get(AppRuntimeRow, app_id)
+        if row is None:
+            row = AppRuntimeRow(app_id=app_id, tenant_id=tenant_id)
+            self.session.add(row)
+        row.release_id, row.container_id, row.container_name = release_id, container_id, container_name
+        self.session.flush()
+
+    def set_container(self, app_id: str, container_id: str, container_name: str) -> None:
+        row = self.session.get(AppRuntimeRow, app_id)
+        if row is not None:
+            row.container_id, row.container_name = container_id, container_name
+            self.session.flush()
+
+    def desired(self, app_id: str | None = None) -> list[DesiredApp]:
+        query = (
+            select(AppRuntimeRow, ReleaseRow, AppRow.name, TenantRow.name)
+            .join(ReleaseRow, ReleaseRow.id == AppRuntimeRow.release_id)
+            .join(AppRow, AppRow.id == AppRuntimeRow.app_id)
+            .join(TenantRow, TenantRow.id == AppRuntimeRow.tenant_id)
+        )
+        if app_id is not None:
+            query = query.where(AppRuntimeRow.app_id == app_id)
+        return [
+            DesiredApp(rt.tenant_id, tenant_name, rt.app_id, app_name, to_release(rel), rt.container_id, rt.container_name)
+            for rt, rel, app_name, tenant_name in self.session.execute(query)
+        ]
+
+    def any_exist(self) -> bool:
+        return self.session.scalar(select(AppRuntimeRow.app_id).limit(1)) is not None

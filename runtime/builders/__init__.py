@@ -1,0 +1,14 @@
+"""Builders turn a source tree into an image. One protocol, two implementations:
+``dockerfile`` (the app's own Dockerfile) and ``nixpacks`` (the Nixpacks CLI generates one).
+``select_builder`` resolves the app's ``builder`` field (``auto``: Dockerfile if present)."""
+
+from runtime.builders.base import (
+    BuildCancelled,
+    Builder,
+    BuilderUnavailable,
+    BuildRequest,
+    BuiltImage,
+    select_builder,
+)
+
+__all__ = ["BuildCancelled", "BuildRequest", "Builder", "BuilderUnavailable", "BuiltImage", "select_builder"]

@@ -1,0 +1,53 @@
+"""The Builder protocol and what every builder shares."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+class BuilderUnavailable(RuntimeError):
+    """The builder cannot run on this host (e.g. the nixpacks CLI is not installed); the
+    message says how to fix it."""
+
+
+class BuildCancelled(RuntimeError):
+    """The caller asked to stop; the build stream was closed (dockerd stops the build)."""
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    source: Path  # the extracted/cloned source tree
+    tag: str
+    tenant: str
+    app: str
+    timeout: float
+    on_line: Callable[[str], None] = lambda line: None
+    cancelled: Callable[[], bool] = lambda: False
+    work_dir: Path | None = None  # scratch space (nixpacks' --out), default: next to source
+    release: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    image_id: str
+    tag: str
+    builder: str
+
+
+class Builder(Protocol):
+    name: str
+
+    def build(self, request: BuildRequest) -> BuiltImage: ...
+
+
+def select_builder(choice: str, source: Path) -> str:
+    """``auto``: the app's Dockerfile when it has one, else Nixpacks."""
+    if choice in ("dockerfile", "nixpacks"):
+        return choice
+    if choice != "auto":
+        raise ValueError(f"unknown builder {choice!r}")
+    return "dockerfile" if (source / "Dockerfile").is_file() else "nixpacks"

@@ -1,0 +1,39 @@
+"""Build the app's own Dockerfile with the docker SDK (``runtime.images``), streaming each
+log line to the request's sink and closing the stream when the caller cancels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runtime.builders.base import BuildCancelled, BuildRequest, BuiltImage
+from runtime.images import BuildError, Images
+
+
+class DockerfileBuilder:
+    name = "dockerfile"
+
+    def __init__(self, images: Images) -> None:
+        self.images = images
+
+    def build(self, request: BuildRequest) -> BuiltImage:
+        dockerfile = request.source / "Dockerfile"
+        if not dockerfile.is_file():
+            raise BuildError("the source has no Dockerfile at its root; add one or use the nixpacks builder", [])
+        return self.build_context(request, request.source, "Dockerfile")
+
+    def build_context(self, request: BuildRequest, context: Path, dockerfile: str) -> BuiltImage:
+        stream = self.images.build_stream(
+            context, request.tag, tenant=request.tenant, app=request.app, release=request.release,
+            dockerfile=dockerfile, timeout=request.timeout,
+        )
+        try:
+            while True:
+                try:
+                    line = next(stream)
+                except StopIteration as done:
+                    return BuiltImage(image_id=str(done.value), tag=request.tag, builder=self.name)
+                request.on_line(line)
+                if request.cancelled():
+                    raise BuildCancelled("the build was cancelled")
+        finally:
+            stream.close()  # closes the HTTP stream: dockerd stops the build

@@ -1,0 +1,59 @@
+"""HTTP health checks of a freshly started container, and of a route through Traefik.
+
+Not behind a circuit breaker on purpose: a tenant's app failing its check says nothing
+about a shared dependency, and must not open a breaker for every other tenant.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+
+@dataclass(frozen=True)
+class HealthResult:
+    ok: bool
+    detail: str  # the last answer or error, for the deployment's reason
+    elapsed: float
+
+
+def wait_healthy(url: str, *, timeout: float, alive: Callable[[], bool] = lambda: True,
+                 interval: float = 0.2, host: str | None = None) -> HealthResult:
+    """Poll ``url`` until it answers 2xx/3xx, ``alive()`` turns false (the container exited)
+    or ``timeout`` passes."""
+    started = time.monotonic()
+    last = "no answer yet"
+    checked_alive = started
+    headers = {"Host": host} if host else None
+    with httpx.Client(timeout=min(2.0, timeout), follow_redirects=False) as client:
+        while (elapsed := time.monotonic() - started) < timeout:
+            try:
+                answer = client.get(url, headers=headers)
+                if 200 <= answer.status_code < 400:
+                    return HealthResult(True, f"HTTP {answer.status_code}", elapsed)
+                last = f"HTTP {answer.status_code}"
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__}: {exc}"[:200]
+            if time.monotonic() - checked_alive >= 1.0:
+                checked_alive = time.monotonic()
+                if not alive():
+                    return HealthResult(False, f"the container exited ({last})", time.monotonic() - started)
+            time.sleep(interval)
+    return HealthResult(False, last, time.monotonic() - started)
+
+
+def wait_header(url: str, host: str, header: str, value: str, *, timeout: float, interval: float = 0.1) -> float | None:
+    """Seconds until ``url`` (Traefik) answers for ``host`` with ``header: value``; None on timeout."""
+    started = time.monotonic()
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() - started < timeout:
+            try:
+                if client.get(url, headers={"Host": host}).headers.get(header) == value:
+                    return time.monotonic() - started
+            except httpx.HTTPError:
+                pass
+            time.sleep(interval)
+    return None

@@ -1,0 +1,135 @@
+"""The durable job queue: claims, per-tenant concurrency, lease expiry and recovery, bounded
+attempts, and a worker pool that finishes what a dead worker left behind."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from control.jobs.queue import JobQueue, QueueConfig
+from control.jobs.workers import JobContext, RetryLater, WorkerPool
+from control.store import migrate
+from control.store.database import Database
+from control.store.repositories.jobs import Job
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    database = Database(f"sqlite:///{tmp_path / 'q.db'}")
+    migrate.upgrade(database.engine)
+    return database
+
+
+def _enqueue(queue: JobQueue, subject: str, tenant: str = "ten_a", max_attempts: int = 2) -> Job:
+    with queue.db.write() as session:
+        return queue.enqueue(session, "deploy", subject, tenant_id=tenant, max_attempts=max_attempts)
+
+
+def test_claim_takes_the_oldest_and_sets_a_lease(db: Database) -> None:
+    clock = Clock()
+    queue = JobQueue(db, QueueConfig(lease_s=30, per_tenant=5), clock=clock)
+    first = _enqueue(queue, "dep_1")
+    _enqueue(queue, "dep_2")
+    job = queue.claim("w1")
+    assert job is not None and job.id == first.id and job.state == "running" and job.attempts == 1
+    assert job.lease_owner == "w1" and job.lease_expires_at == clock.now + timedelta(seconds=30)
+
+
+def test_per_tenant_concurrency_lets_other_tenants_go_first(db: Database) -> None:
+    queue = JobQueue(db, QueueConfig(per_tenant=1), clock=Clock())
+    _enqueue(queue, "dep_a1", "ten_a")
+    _enqueue(queue, "dep_a2", "ten_a")
+    _enqueue(queue, "dep_b1", "ten_b")
+    taken = [queue.claim("w1"), queue.claim("w2"), queue.claim("w3")]
+    assert [j.subject_id if j else None for j in taken] == ["dep_a1", "dep_b1", None]
+    assert queue.finish(taken[0], "w1", "succeeded")  # type: ignore[arg-type]
+    nxt = queue.claim("w3")
+    assert nxt is not None and nxt.subject_id == "dep_a2"
+
+
+def test_heartbeat_extends_the_lease_and_only_the_owner_may(db: Database) -> None:
+    clock = Clock()
+    queue = JobQueue(db, QueueConfig(lease_s=10), clock=clock)
+    _enqueue(queue, "dep_1")
+    job = queue.claim("w1")
+    assert job is not None
+    clock.advance(8)
+    assert queue.heartbeat(job, "w1")
+    assert not queue.heartbeat(job, "someone-else")
+    clock.advance(8)  # 16 s after the claim, 8 after the beat: still leased
+    assert queue.recover_expired() == []
+
+
+def test_an_expired_lease_is_retried_then_given_up_with_a_reason(db: Database) -> None:
+    clock = Clock()
+    queue = JobQueue(db, QueueConfig(lease_s=10, retry_backoff_s=2), clock=clock)
+    gave_up: list[tuple[str, str]] = []
+    queue.on_give_up["deploy"] = lambda job, reason: gave_up.append((job.subject_id, reason))
+    _enqueue(queue, "dep_1", max_attempts=2)
+    assert queue.claim("dead-worker") is not None
+    clock.advance(11)  # the worker died: no heartbeat
+    [(job, given_up)] = queue.recover_expired()
+    assert not given_up and job.state == "queued" and "lease expired" in (job.last_error or "")
+    assert queue.claim("w2") is None  # run_after: backoff first
+    clock.advance(2)
+    again = queue.claim("w2")
+    assert again is not None and again.attempts == 2
+    clock.advance(11)  # died again: attempts are bounded
+    [(job, given_up)] = queue.recover_expired()
+    assert given_up and job.state == "failed"
+    assert gave_up == [("dep_1", job.last_error)] and "attempt 2 of 2" in gave_up[0][1]
+    assert queue.claim("w3") is None  # nothing left running or queued: never stuck
+
+
+def test_a_lost_lease_cannot_finish_the_job(db: Database) -> None:
+    clock = Clock()
+    queue = JobQueue(db, QueueConfig(lease_s=10, retry_backoff_s=0), clock=clock)
+    _enqueue(queue, "dep_1", max_attempts=3)
+    slow = queue.claim("slow")
+    clock.advance(11)
+    queue.recover_expired()
+    fresh = queue.claim("fresh")
+    assert slow is not None and fresh is not None
+    assert not queue.finish(slow, "slow", "succeeded")  # the late worker's verdict is ignored
+    assert queue.finish(fresh, "fresh", "succeeded")
+
+
+def test_worker_pool_runs_jobs_retries_later_and_recovers_dead_workers(db: Database) -> None:
+    queue = JobQueue(db, QueueConfig(lease_s=1, retry_backoff_s=0, per_tenant=2))
+    ran: list[tuple[str, int]] = []
+    done = threading.Event()
+
+    def handler(job: Job, ctx: JobContext) -> None:
+        ran.append((job.subject_id, job.attempts))
+        if job.subject_id == "flaky" and job.attempts == 1:
+            raise RetryLater("dependency down", delay_s=0)
+        if len(ran) >= 3:
+            done.set()
+
+    # A job a crashed process left running, lease already lapsed: the pool picks it up.
+    _enqueue(queue, "orphaned", max_attempts=2)
+    assert queue.claim("crashed-process") is not None
+    time.sleep(1.1)
+    _enqueue(queue, "flaky", max_attempts=2)
+    pool = WorkerPool(queue, {"deploy": handler}, count=2, poll_s=0.05, recover_every_s=0.2)
+    pool.start()
+    try:
+        assert done.wait(10), ran
+    finally:
+        pool.stop()
+    assert sorted(ran) == [("flaky", 1), ("flaky", 2), ("orphaned", 2)]

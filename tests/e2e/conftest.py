@@ -1,0 +1,102 @@
+"""End-to-end fixtures: the real control plane (in-process, its workers and reconciler
+running) against the real Docker engine, runsc and a test Traefik on a loopback port.
+Everything created carries the run's unique tenant name and is removed at teardown."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import docker.errors
+import httpx
+import pytest
+from litestar import Litestar
+from litestar.testing import TestClient
+
+from control.app import create_app
+from control.settings import Settings
+from runtime.traefik import TraefikProcess
+from tests.conftest import Caller
+from tests.runtime.helpers import PYTHON, RUN_ID, SETUP_HINT
+
+TERMINAL = {"running", "failed", "cancelled"}
+
+
+def cleanup_tenant(tenant: str) -> None:
+    client = docker.from_env()
+    for c in client.containers.list(all=True, filters={"label": f"moorage.tenant={tenant}"}):
+        c.remove(force=True, v=True)
+    for n in client.networks.list(names=[f"moorage-t-{tenant}"]):
+        if n.name == f"moorage-t-{tenant}":
+            n.remove()
+    for i in client.images.list(filters={"label": f"moorage.tenant={tenant}"}):
+        try:
+            client.images.remove(i.id, force=True)
+        except docker.errors.APIError:
+            pass
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def traefik() -> Iterator[TraefikProcess]:
+    try:
+        docker.from_env().images.get(PYTHON)
+    except Exception as exc:
+        pytest.fail(f"Docker or {PYTHON} unavailable ({exc}): {SETUP_HINT}", pytrace=False)
+    try:
+        proc = TraefikProcess().start()
+    except (FileNotFoundError, RuntimeError, TimeoutError) as exc:
+        pytest.fail(f"could not start Traefik ({exc}): {SETUP_HINT}", pytrace=False)
+    yield proc
+    proc.stop()
+
+
+def e2e_settings(data_dir: Path, traefik: TraefikProcess, **overrides: object) -> Settings:
+    base = dict(
+        data_dir=data_dir, base_domain="apps.test", traefik_dynamic_dir=traefik.dynamic_dir, traefik_url=traefik.url,
+        reconcile_interval_s=2, health_timeout_s=20, swap_drain_ms=500, build_timeout_s=300, job_lease_s=10,
+    )
+    return Settings(**{**base, **overrides})  # type: ignore[arg-type]
+
+
+class Platform:
+    def __init__(self, app: Litestar, client: TestClient[Litestar], tenant: Caller, tenant_name: str, traefik: TraefikProcess) -> None:
+        self.app, self.client, self.tenant, self.tenant_name, self.traefik = app, client, tenant, tenant_name, traefik
+
+    def host(self, app: str) -> str:
+        return f"{app}.{self.tenant_name}.apps.test"
+
+    def deploy(self, app: str, archive: bytes) -> str:
+        r = self.tenant.post(f"/v1/apps/{app}/deployments", content=archive, headers={"Content-Type": "application/gzip"})
+        assert r.status_code == 202, r.text
+        return r.json()["id"]
+
+    def wait(self, app: str, deployment: str, timeout: float = 180) -> dict:
+        deadline = time.monotonic() + timeout
+        body: dict = {}
+        while time.monotonic() < deadline:
+            body = self.tenant.get(f"/v1/apps/{app}/deployments/{deployment}").json()
+            if body["status"] in TERMINAL:
+                return body
+            time.sleep(0.2)
+        raise AssertionError(f"deployment never finished: {body}")
+
+    def get(self, app: str, timeout: float = 2.0) -> httpx.Response:
+        return httpx.get(self.traefik.url + "/", headers={"Host": self.host(app)}, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def platform(traefik: TraefikProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    tenant_name = f"e2e-{RUN_ID}"
+    app = create_app(e2e_settings(tmp_path_factory.mktemp("e2e-data"), traefik))
+    try:
+        with TestClient(app, raise_server_exceptions=False, timeout=120) as client:
+            issued = app.state.services.keys.bootstrap_operator("e2e")
+            operator = Caller(client, issued.token)
+            tenant = operator.post("/v1/tenants", json={"name": tenant_name}).json()
+            key = operator.post(f"/v1/tenants/{tenant['id']}/keys", json={"scopes": ["admin"], "name": "e2e"}).json()
+            yield Platform(app, client, Caller(client, key["token"], key["id"], tenant["id"]), tenant_name, traefik)
+    finally:
+        cleanup_tenant(tenant_name)

@@ -23,7 +23,7 @@ from control.api.problems import problem_responses
 
 _DECORATORS = {"GET": get, "POST": post, "PATCH": patch, "PUT": put, "DELETE": delete}
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-SECURITY = [{"ApiKey": []}]
+SECURITY: list[dict[str, list[str]]] = [{"ApiKey": []}]
 
 IDEMPOTENCY_KEY = ParameterSpec(
     name="Idempotency-Key",

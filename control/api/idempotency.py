@@ -16,12 +16,21 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.to_thread
 import structlog
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import (
+    ASGIApp,
+    HTTPRequestEvent,
+    HTTPScope,
+    Message,
+    Receive,
+    ReceiveMessage,
+    Scope,
+    Send,
+)
 
 from control.api.problems import retry_after_header, send_problem
 from control.domain.idempotency import (
@@ -71,23 +80,25 @@ async def _read_body(receive: Receive) -> bytes | None:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise _ClientGone
-        chunk = message.get("body", b"")
+        event = cast("HTTPRequestEvent", message)
+        chunk = event.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY_BYTES:
             return None
         chunks.append(chunk)
-        if not message.get("more_body", False):
+        if not event.get("more_body", False):
             return b"".join(chunks)
 
 
 def _replaying_receive(body: bytes, receive: Receive) -> Receive:
     sent = False
 
-    async def replay() -> Message:
+    async def replay() -> ReceiveMessage:
         nonlocal sent
         if not sent:
             sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
+            event: HTTPRequestEvent = {"type": "http.request", "body": body, "more_body": False}
+            return event
         return await receive()  # after the body: wait for a disconnect, as the server would
 
     return replay
@@ -124,9 +135,12 @@ class IdempotencyMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        raw_key = _header(scope, HEADER) if scope["type"] == "http" and scope["method"] in MUTATING else None
         principal = scope.get("user")
-        if raw_key is None or not isinstance(principal, Principal):
+        if scope["type"] != "http" or cast("HTTPScope", scope)["method"] not in MUTATING or not isinstance(principal, Principal):
+            await self.app(scope, receive, send)
+            return
+        raw_key = _header(scope, HEADER)
+        if raw_key is None:  # the header is optional: without it the request simply runs
             await self.app(scope, receive, send)
             return
         key = parse_key(raw_key)
@@ -144,7 +158,7 @@ class IdempotencyMiddleware:
             return
         service: IdempotencyService = scope["app"].state.services.idempotency
         query = scope.get("query_string", b"").decode("latin-1")
-        request_fingerprint = fingerprint(scope["method"], scope["path"], query, body)
+        request_fingerprint = fingerprint(cast("HTTPScope", scope)["method"], scope["path"], query, body)
         outcome = await anyio.to_thread.run_sync(
             service.claim, principal.key_id, principal.tenant_id, key, request_fingerprint
         )
@@ -209,7 +223,7 @@ async def purge_expired_forever(service: IdempotencyService, interval_s: float) 
             purged = await anyio.to_thread.run_sync(service.purge_expired)
             if purged:
                 log.info("idempotency_purged", records=purged)
-        except Exception as exc:  # a failed sweep must not end the loop; the next one retries
+        except Exception as exc:  # noqa: BLE001 - a failed sweep must not end the loop; the next retries
             log.warning("idempotency_purge_failed", error=type(exc).__name__)
 
 

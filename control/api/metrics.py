@@ -12,11 +12,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from litestar import Request, Response, get
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -97,6 +103,7 @@ class HttpMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        method = cast("HTTPScope", scope)["method"]
         started = time.perf_counter()
         status = 500
 
@@ -110,7 +117,7 @@ class HttpMetrics:
             await self.app(scope, receive, send_and_record)
         finally:
             route = scope.get("path_template") or "unmatched"
-            self.metrics.observe(scope["method"], route, status, time.perf_counter() - started)
+            self.metrics.observe(method, route, status, time.perf_counter() - started)
 
 
 def metrics_handler(*, public: bool) -> Any:

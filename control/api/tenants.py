@@ -6,10 +6,9 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
+from litestar import Controller, Request
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
-from litestar import Controller, Request
-
 
 from control.api.endpoints import Cursor, Limit, endpoint
 from control.api.schemas import KeyCreate, KeyCreated, KeyList, KeyOut

@@ -21,7 +21,11 @@ from datetime import datetime, timedelta
 from urllib.parse import parse_qsl, urlencode
 
 from control.store.database import Database
-from control.store.repositories.idempotency import COMPLETED, IdempotencyRepository, StoredResponse
+from control.store.repositories.idempotency import (
+    COMPLETED,
+    IdempotencyRepository,
+    StoredResponse,
+)
 from control.store.types import utcnow
 
 MAX_KEY_LENGTH = 255

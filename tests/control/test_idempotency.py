@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
-import pytest
 from litestar import post
 from sqlalchemy import func, select, update
 
@@ -93,13 +92,14 @@ def test_safe_methods_ignore_the_key(app, tenant: Caller) -> None:
     assert _rows(app) == []
 
 
-@pytest.mark.parametrize(
-    "value", ["", '""', "a" * 256, "tab\there", "new\x7fline", "caf\xe9"], ids=["empty", "empty-quoted", "too-long", "tab", "del", "latin1"]
-)
-def test_malformed_keys_are_400(app, tenant: Caller, value: str) -> None:
-    response = tenant.post("/v1/apps", json={"name": "web"}, headers={"Idempotency-Key": value.encode("latin-1")})
-    body = assert_problem(response, 400, "idempotency-key-invalid")
-    assert "printable ASCII" in body["detail"]
+MALFORMED_KEYS = ["", '""', "a" * 256, "tab\there", "new\x7fline", "caf\xe9", "  "]
+
+
+def test_malformed_keys_are_400(app, tenant: Caller) -> None:
+    for value in MALFORMED_KEYS:
+        response = tenant.post("/v1/apps", json={"name": "web"}, headers={"Idempotency-Key": value.encode("latin-1")})
+        body = assert_problem(response, 400, "idempotency-key-invalid")
+        assert "printable ASCII" in body["detail"], value
     assert _app_count(app) == 0 and _rows(app) == []
 
 
@@ -215,8 +215,8 @@ def test_background_sweep_purges(app, tenant: Caller) -> None:
         session.execute(update(IdempotencyRecordRow).values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
 
     async def sweep_briefly() -> None:
-        with anyio.move_on_after(1.0):
-            await purge_expired_forever(app.state.services.idempotency, 0.05)
+        with anyio.move_on_after(0.3):  # several sweeps at 20 ms intervals
+            await purge_expired_forever(app.state.services.idempotency, 0.02)
 
     anyio.run(sweep_briefly)
     assert _rows(app) == []

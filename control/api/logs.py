@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import anyio.to_thread
+import docker.errors
 from litestar import Controller, Request, Response
 from litestar.params import FromPath, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
@@ -128,7 +129,11 @@ class LogController(Controller):
         if not desired:
             raise Conflict(f"App '{target.name}' has no running release; deploy it first.", code="app-not-running")
         container_id = desired[0].container_id
-        if not follow:
-            lines = await anyio.to_thread.run_sync(services.deploys.runtime.containers.logs, container_id, tail)
-            return Response("\n".join(lines) + ("\n" if lines else ""), media_type="text/plain; charset=utf-8")
-        return ServerSentEvent(_container_events(services.deploys.runtime, container_id, tail))
+        try:
+            if not follow:
+                lines = await anyio.to_thread.run_sync(services.deploys.runtime.containers.logs, container_id, tail)
+                return Response("\n".join(lines) + ("\n" if lines else ""), media_type="text/plain; charset=utf-8")
+            return ServerSentEvent(_container_events(services.deploys.runtime, container_id, tail))
+        except docker.errors.NotFound:
+            raise Conflict(f"App '{target.name}' has no container right now; the reconciler is recreating it. Retry shortly.",
+                           code="app-not-running") from None

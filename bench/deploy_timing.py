@@ -1,0 +1,96 @@
+"""Deploy timing: POST of a source archive -> first 200 through a real Traefik, for a
+*cached* build (the same source was built once before), split into the deployment's own
+step timings: build / start (container create+start under runsc) / health (until the app's
+health check passes) / route (route file written -> Traefik serves the release). "queue" is
+the rest (202 answer, job pickup, env resolution, DB writes).
+
+Runs the real control plane in-process (workers + reconciler) with its own Traefik on
+loopback ports; each run deploys a fresh app so the first 200 is unambiguous.
+
+    .venv/bin/python bench/deploy_timing.py [-n 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+from litestar.testing import TestClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from control.app import create_app  # noqa: E402
+from control.logging import configure_logging  # noqa: E402
+from control.settings import Settings  # noqa: E402
+from runtime.traefik import TraefikProcess  # noqa: E402
+from tests.e2e.apps import source, tar_gz  # noqa: E402
+from tests.e2e.conftest import cleanup_tenant  # noqa: E402
+
+STEPS = ("build_s", "start_s", "health_s", "route_s")
+
+
+def first_200(url: str, host: str, timeout: float = 120.0) -> float:
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            try:
+                if client.get(url, headers={"Host": host}).status_code == 200:
+                    return time.perf_counter()
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.01)
+    raise TimeoutError(f"{host} never answered 200")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", type=int, default=3, help="measured runs (after one warm-up build)")
+    args = parser.parse_args()
+    tenant = f"bench-{uuid.uuid4().hex[:6]}"
+    archive = tar_gz(source("bench"))
+    rows: list[dict[str, float]] = []
+    with TraefikProcess() as traefik:
+        settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="moorage-bench-")), base_domain="apps.test",
+                            traefik_dynamic_dir=traefik.dynamic_dir, traefik_url=traefik.url, log_level="warning")
+        app = create_app(settings)
+        configure_logging("warning", "json")
+        try:
+            with TestClient(app, timeout=300) as client:
+                op = {"Authorization": f"Bearer {app.state.services.keys.bootstrap_operator('bench').token}"}
+                tid = client.post("/v1/tenants", json={"name": tenant}, headers=op).json()["id"]
+                token = client.post(f"/v1/tenants/{tid}/keys", json={"scopes": ["admin"]}, headers=op).json()["token"]
+                auth = {"Authorization": f"Bearer {token}"}
+                for run in range(args.n + 1):  # run 0 warms the build cache
+                    name = f"app{run}"
+                    client.post("/v1/apps", json={"name": name}, headers=auth)
+                    started = time.perf_counter()
+                    r = client.post(f"/v1/apps/{name}/deployments", content=archive, headers={**auth, "Content-Type": "application/gzip"})
+                    assert r.status_code == 202, r.text
+                    served = first_200(traefik.url + "/", f"{name}.{tenant}.apps.test")
+                    while (body := client.get(f"/v1/apps/{name}/deployments/{r.json()['id']}", headers=auth).json())["status"] != "running":
+                        assert body["status"] in ("queued", "building", "releasing"), body
+                        time.sleep(0.05)
+                    row = {"total_s": served - started, **{k: body["timings"][k] for k in STEPS}}
+                    row["queue_s"] = row["total_s"] - sum(row[k] for k in STEPS)
+                    label = "warm-up (uncached)" if run == 0 else f"run {run}"
+                    print(f"{label:>20}: " + "  ".join(f"{k}={v:.3f}" for k, v in row.items()), flush=True)
+                    if run:
+                        rows.append(row)
+        finally:
+            cleanup_tenant(tenant)
+    med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    print(f"{'median':>20}: " + "  ".join(f"{k}={v:.3f}" for k, v in med.items()))
+    print(f"SUMMARY: cached deploy POST -> first 200 via Traefik median {med['total_s']:.2f}s over {len(rows)} runs "
+          f"(build {med['build_s']:.2f}s, start {med['start_s']:.2f}s, health {med['health_s']:.2f}s, "
+          f"route {med['route_s']:.2f}s, queue/other {med['queue_s']:.2f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -249,3 +249,54 @@ def test_openapi_documents_the_header_on_every_mutating_operation(client) -> Non
                 assert "Idempotency-Key" not in names
                 assert "429" in operation["responses"], f"{method} {path}"
     assert mutating >= 8
+
+
+def test_oversized_request_body_is_413_and_claims_nothing(app, tenant: Caller) -> None:
+    from control.api.idempotency import MAX_BODY_BYTES
+
+    body = b"x" * (MAX_BODY_BYTES + 1)
+    response = tenant.post("/v1/apps", content=body, headers={"content-type": "application/json", **_key("k-big")})
+    assert_problem(response, 413, "payload-too-large")
+    assert _rows(app) == []
+
+
+def test_answers_too_large_to_keep_are_passed_on_and_released(app, tenant: Caller) -> None:
+    from control.api.idempotency import MAX_STORED_BYTES
+
+    calls: list[int] = []
+
+    @post("/v1/test-huge", opt={"access": "deploy"}, status_code=200, sync_to_thread=False)
+    def huge() -> dict[str, str]:
+        calls.append(1)
+        return {"blob": "y" * (MAX_STORED_BYTES + 1)}
+
+    app.register(huge)
+    first = tenant.post("/v1/test-huge", json={}, headers=_key("k-huge"))
+    assert first.status_code == 200 and len(first.content) > MAX_STORED_BYTES
+    second = tenant.post("/v1/test-huge", json={}, headers=_key("k-huge"))
+    assert second.status_code == 200 and "idempotent-replayed" not in second.headers
+    assert len(calls) == 2 and _rows(app) == []  # not kept: a retry runs again, as after a 5xx
+
+
+def test_a_failing_sweep_does_not_end_the_loop(tmp_path) -> None:
+    from control.domain.idempotency import IdempotencyService
+    from control.store.database import Database
+
+    unmigrated = Database(f"sqlite:///{tmp_path / 'empty.db'}")  # no idempotency table: every sweep fails
+    service = IdempotencyService(unmigrated, retention=timedelta(hours=1), lease=timedelta(seconds=5))
+    failures: list[int] = []
+    original = service.purge_expired
+
+    def counting_purge() -> int:
+        failures.append(1)
+        return original()
+
+    service.purge_expired = counting_purge  # type: ignore[method-assign]
+
+    async def sweep_briefly() -> None:
+        with anyio.move_on_after(0.2):
+            await purge_expired_forever(service, 0.02)
+
+    anyio.run(sweep_briefly)
+    assert len(failures) >= 2  # it kept going after the first failure
+    unmigrated.dispose()

@@ -193,3 +193,18 @@ def test_overrides_are_cached_briefly_and_dropped_on_change(app, operator: Calle
     operator.request("PUT", f"/v1/tenants/{principal_tenant}/limits", json={"tenant_quota": 50})
     assert principal_tenant not in limits._cache
     assert _params(tenant.get("/v1/whoami").headers["ratelimit-policy"])["tenant"]["q"] == 50
+
+
+def test_overrides_from_elsewhere_apply_after_the_cache_ttl(app, tenant: Caller) -> None:
+    """Another process changed the tenant's limits: this one sees it within the TTL."""
+    from control.store.repositories.limits import LimitOverrides, TenantLimitsRepository
+
+    limits = app.state.services.limits
+    now = [0.0]
+    limits._clock = lambda: now[0]
+    assert _params(tenant.get("/v1/whoami").headers["ratelimit-policy"])["tenant"]["q"] == TENANT_QUOTA
+    with app.state.services.db.write() as session:  # written behind this process's back
+        TenantLimitsRepository(session).put(tenant.tenant_id, LimitOverrides(tenant_quota=42, key_quota=None))
+    assert _params(tenant.get("/v1/whoami").headers["ratelimit-policy"])["tenant"]["q"] == TENANT_QUOTA
+    now[0] += limits.cache_ttl
+    assert _params(tenant.get("/v1/whoami").headers["ratelimit-policy"])["tenant"]["q"] == 42

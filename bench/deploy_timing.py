@@ -25,12 +25,12 @@ from litestar.testing import TestClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from control.app import create_app  # noqa: E402
-from control.logging import configure_logging  # noqa: E402
-from control.settings import Settings  # noqa: E402
-from runtime.traefik import TraefikProcess  # noqa: E402
-from tests.e2e.apps import source, tar_gz  # noqa: E402
-from tests.e2e.conftest import cleanup_tenant  # noqa: E402
+from control.app import create_app
+from control.logging import configure_logging
+from control.settings import Settings
+from runtime.traefik import TraefikProcess
+from tests.e2e.apps import source, tar_gz
+from tests.e2e.conftest import cleanup_tenant
 
 STEPS = ("build_s", "start_s", "health_s", "route_s")
 

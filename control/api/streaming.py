@@ -9,7 +9,12 @@ from typing import Any
 from litestar import get, post
 from litestar.response import ServerSentEventMessage
 
-from control.api.endpoints import MUTATING, RATE_LIMIT_HEADERS, SECURITY, IdempotentOperation
+from control.api.endpoints import (
+    MUTATING,
+    RATE_LIMIT_HEADERS,
+    SECURITY,
+    IdempotentOperation,
+)
 from control.api.problems import problem_responses
 
 KEEPALIVE_S = 15.0  # an SSE comment this often keeps proxies from closing an idle stream

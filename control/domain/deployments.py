@@ -20,7 +20,11 @@ from control.store.database import Database
 from control.store.models import DeploymentRow
 from control.store.records import App, Page
 from control.store.repositories.apps import AppRepository
-from control.store.repositories.deployments import Deployment, DeploymentRepository, to_deployment
+from control.store.repositories.deployments import (
+    Deployment,
+    DeploymentRepository,
+    to_deployment,
+)
 from control.store.types import utcnow
 
 DEPLOY_JOB = "deploy"

@@ -10,7 +10,12 @@ from control.ids import new_id
 from control.store.database import Database
 from control.store.records import App, Page
 from control.store.repositories.apps import AppRepository
-from control.store.repositories.releases import AppRuntimeRepository, DesiredApp, Release, ReleaseRepository
+from control.store.repositories.releases import (
+    AppRuntimeRepository,
+    DesiredApp,
+    Release,
+    ReleaseRepository,
+)
 
 _NAME = re.compile(r"^v([1-9][0-9]{0,8})$")
 

@@ -27,7 +27,12 @@ from control.settings import Settings
 from control.store.records import App
 from control.store.repositories.deployments import Deployment
 from control.store.repositories.jobs import Job
-from runtime.builders import BuildCancelled, BuilderUnavailable, BuildRequest, select_builder
+from runtime.builders import (
+    BuildCancelled,
+    BuilderUnavailable,
+    BuildRequest,
+    select_builder,
+)
 from runtime.builders.dockerfile import DockerfileBuilder
 from runtime.builders.nixpacks import NixpacksBuilder
 from runtime.images import BuildError, BuildTimeout

@@ -11,7 +11,12 @@ import threading
 import time
 from pathlib import Path
 
-from runtime.builders.base import BuildCancelled, BuilderUnavailable, BuildRequest, BuiltImage
+from runtime.builders.base import (
+    BuildCancelled,
+    BuilderUnavailable,
+    BuildRequest,
+    BuiltImage,
+)
 from runtime.builders.dockerfile import DockerfileBuilder
 from runtime.images import BuildError, BuildTimeout, Images
 

@@ -6,7 +6,13 @@ import time
 
 import pytest
 
-from control.domain.deployment_states import TERMINAL, TRANSITIONS, InvalidTransition, Status, check_transition
+from control.domain.deployment_states import (
+    TERMINAL,
+    TRANSITIONS,
+    InvalidTransition,
+    Status,
+    check_transition,
+)
 from tests.conftest import Caller
 
 

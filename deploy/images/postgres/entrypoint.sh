@@ -3,6 +3,9 @@
 # Never echoes POSTGRES_PASSWORD: it goes to initdb through a 0600 file that is removed.
 set -euo pipefail
 
+# Any other command (a psql client container, a shell) runs as given: same image, no server.
+if [[ $# -gt 0 && $1 != -* ]]; then exec "$@"; fi
+
 : "${PGDATA:?}" "${POSTGRES_USER:?}" "${POSTGRES_DB:?}"
 [[ $(id -u) != 0 ]] || { echo "moorage-postgres: refusing to run as root" >&2; exit 1; }
 

@@ -3,6 +3,9 @@
 # in the foreground as the redis user.
 set -euo pipefail
 
+# Any other command (a redis-cli client container, a shell) runs as given: same image, no server.
+if [[ $# -gt 0 && $1 != -* ]]; then exec "$@"; fi
+
 [[ $(id -u) != 0 ]] || { echo "moorage-redis: refusing to run as root" >&2; exit 1; }
 [[ -n "${REDIS_PASSWORD:-}" ]] || { echo "moorage-redis: REDIS_PASSWORD is required" >&2; exit 1; }
 
@@ -23,5 +26,6 @@ logfile ""
 maxmemory ${REDIS_MAXMEMORY:-0}
 maxmemory-policy ${REDIS_MAXMEMORY_POLICY:-noeviction}
 CONF
-printf 'requirepass "%s"\n' "${REDIS_PASSWORD//\"/\\\"}" >>"$conf"
+pw=${REDIS_PASSWORD//\\/\\\\}   # a quoted config string: escape \ then "
+printf 'requirepass "%s"\n' "${pw//\"/\\\"}" >>"$conf"
 exec redis-server "$conf" "$@"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +15,28 @@ from litestar.testing import TestClient
 
 from control.app import create_app
 from control.settings import Settings
+from control.store import migrate
+from control.store.database import Database
+
+
+@pytest.fixture(scope="session")
+def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database at the head revision, made once; each test starts from a copy."""
+    path = tmp_path_factory.mktemp("template") / "moorage.db"
+    db = Database(f"sqlite:///{path}")
+    migrate.upgrade(db.engine)
+    with db.engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.dispose()
+    return path
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", base_domain="apps.test", log_level="info")
+def settings(tmp_path: Path, migrated_database: Path) -> Settings:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o700)
+    shutil.copyfile(migrated_database, data_dir / "moorage.db")  # startup migrations find it at head
+    return Settings(data_dir=data_dir, base_domain="apps.test", log_level="info")
 
 
 @pytest.fixture

@@ -63,7 +63,7 @@ class RequestContext:
                 user = scope.get("user")
                 access_log.info(
                     "request",
-                    method=scope["method"],
+                    method=scope.get("method", "GET"),  # http scopes only reach here
                     path=scope["path"],
                     status=status,
                     duration_ms=round((time.perf_counter() - started) * 1000, 2),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from typing import get_args, get_type_hints
 from pathlib import Path
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -63,12 +64,30 @@ class Settings:
     docker_url: str = "unix:///var/run/docker.sock"
     docker_runtime: str = "runsc"  # the OCI runtime app containers get (must be registered in dockerd)
     nixpacks_bin: str = "nixpacks"  # the Nixpacks CLI (name on PATH or a path)
+    # Inference (issue #7): nodes, gateway, per-tenant quotas (operators override per tenant).
+    inference_node_stale_s: int = 30  # a node silent this long is unhealthy (heartbeat every 10 s)
+    inference_requests_per_minute: int = 60  # per tenant
+    inference_tokens_per_minute: int = 200_000  # per tenant; reserved prompt estimate + max_tokens
+    inference_token_budget: int = 10_000_000  # per tenant per budget period (prompt + completion)
+    inference_budget_period: str = "month"  # day | month (UTC calendar)
+    inference_default_max_tokens: int = 1024  # set on requests that name none: bounds the reservation
+    inference_breaker_failures: int = 3  # consecutive failures that open a node's breaker
+    inference_breaker_reset_s: int = 30  # open breaker: seconds before a trial request
+    inference_connect_timeout_s: int = 5
+    inference_read_timeout_s: int = 300  # longest silence from an engine (first token included)
+    inference_max_connections: int = 200  # upstream connection pool, all nodes together
 
     def __post_init__(self) -> None:
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'moorage.db'}")
         if self.log_format not in {"json", "console"}:
             raise SettingsError("MOORAGE_LOG_FORMAT must be 'json' or 'console'")
+        if self.inference_budget_period not in {"day", "month"}:
+            raise SettingsError("MOORAGE_INFERENCE_BUDGET_PERIOD must be 'day' or 'month'")
+        for item in fields(self):  # counts, sizes and durations: a negative one is always a mistake
+            value = getattr(self, item.name)
+            if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+                raise SettingsError(f"MOORAGE_{item.name.upper()} must not be negative, got {value}")
 
     @property
     def is_sqlite(self) -> bool:
@@ -81,7 +100,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
-        for name, kind in _FIELDS.items():
+        for name, kind in _env_fields().items():
             raw = env.get(f"MOORAGE_{name.upper()}")
             if raw is None:
                 continue
@@ -89,45 +108,17 @@ class Settings:
         return cls(**values)  # type: ignore[arg-type]
 
 
-_FIELDS: dict[str, type] = {
-    "data_dir": Path,
-    "database_url": str,
-    "host": str,
-    "port": int,
-    "base_domain": str,
-    "master_key_file": Path,
-    "master_keys": str,
-    "require_operator_key": bool,
-    "log_level": str,
-    "log_format": str,
-    "key_last_used_resolution_s": int,
-    "idempotency_retention_s": int,
-    "idempotency_lease_s": int,
-    "idempotency_purge_interval_s": int,
-    "rate_limit_window_s": int,
-    "rate_limit_key_quota": int,
-    "rate_limit_tenant_quota": int,
-    "rate_limit_cache_ttl_s": int,
-    "metrics_public": bool,
-    "build_timeout_s": int,
-    "build_memory_bytes": int,
-    "max_upload_bytes": int,
-    "max_source_bytes": int,
-    "git_timeout_s": int,
-    "job_workers": int,
-    "deploys_per_tenant": int,
-    "job_lease_s": int,
-    "job_max_attempts": int,
-    "health_timeout_s": int,
-    "swap_drain_ms": int,
-    "route_verify_timeout_s": int,
-    "reconcile_interval_s": int,
-    "traefik_dynamic_dir": Path,
-    "traefik_url": str,
-    "docker_url": str,
-    "docker_runtime": str,
-    "nixpacks_bin": str,
-}
+def _env_fields() -> dict[str, type]:
+    """Every field is a MOORAGE_<NAME> variable; its annotation says how to parse it."""
+    hints = get_type_hints(Settings)
+    kinds: dict[str, type] = {}
+    for item in fields(Settings):
+        kind = hints[item.name]
+        args = [a for a in get_args(kind) if a is not type(None)]  # `Path | None` parses as Path
+        kinds[item.name] = args[0] if args else kind
+    return kinds
+
+
 
 
 def _parse(name: str, raw: str, kind: type) -> object:

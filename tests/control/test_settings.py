@@ -28,3 +28,17 @@ def test_values_are_typed() -> None:
 def test_bad_values_say_which_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name if name != "MOORAGE_LOG_FORMAT" else "MOORAGE_LOG_FORMAT"):
         Settings.from_env({name: value})
+
+
+def test_every_field_is_a_moorage_variable() -> None:
+    from dataclasses import fields
+
+    settings = Settings.from_env({f"MOORAGE_{f.name.upper()}": "7" for f in fields(Settings) if f.name == "port"})
+    assert settings.port == 7
+    settings = Settings.from_env({"MOORAGE_TRAEFIK_DYNAMIC_DIR": "/tmp/dyn", "MOORAGE_METRICS_PUBLIC": "on"})
+    assert settings.traefik_dynamic_dir == Path("/tmp/dyn") and settings.metrics_public is True
+
+
+def test_negative_numbers_are_refused() -> None:
+    with pytest.raises(SettingsError, match="MOORAGE_JOB_WORKERS must not be negative"):
+        Settings.from_env({"MOORAGE_JOB_WORKERS": "-1"})

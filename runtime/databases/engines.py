@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
+from runtime.settings import Limits
+
 POSTGRES = "postgres"
 REDIS = "redis"
 
@@ -31,6 +33,10 @@ class EngineFacts:
     data_path: str  # the named volume's mount point
     uid: int  # the image's non-root user (fixed in deploy/images/<engine>/Dockerfile)
     scheme: str
+    # Used when the caller's policy sets none. Under runsc the sandbox's own threads count
+    # against the pids cgroup: an idle Postgres already holds ~230, so the app default (256)
+    # lets a CREATE DATABASE or a few `docker exec`s kill the sandbox (seen here).
+    limits: Limits = field(default_factory=Limits)
 
     def env(self, creds: Credentials) -> dict[str, str]:
         """Container environment the image's entrypoint reads (docker keeps it off argv)."""
@@ -52,9 +58,11 @@ class EngineFacts:
 
 ENGINES: Mapping[str, EngineFacts] = {
     POSTGRES: EngineFacts(name=POSTGRES, image="moorage/postgres:15", port=5432,
-                          data_path="/var/lib/postgresql/data", uid=999, scheme="postgres"),
+                          data_path="/var/lib/postgresql/data", uid=999, scheme="postgres",
+                          limits=Limits(memory_bytes=512 * 2**20, nano_cpus=1_000_000_000, pids=1024)),
     REDIS: EngineFacts(name=REDIS, image="moorage/redis:7", port=6379, data_path="/data",
-                       uid=999, scheme="redis"),
+                       uid=999, scheme="redis",
+                       limits=Limits(memory_bytes=256 * 2**20, nano_cpus=500_000_000, pids=512)),
 }
 
 # Unix socket inside the Postgres container: local connections are trusted there, so the

@@ -5,6 +5,7 @@ limits, dropped capabilities, the tenant's network), reachable under one in-netw
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -152,8 +153,17 @@ class Databases:
             raise ServiceImageMissing(f"image {image} is missing: {SETUP_HINT}")
         volume = self.ensure_volume(spec)
         bound = log.bind(tenant=spec.tenant, database=spec.name, engine=spec.engine)
+        existing = self.find(spec.tenant, spec.name)
+        if existing is not None:  # a retried or reconciled call: bring the same one up
+            bound.info("database.exists", container=existing.container_name)
+            self.containers.start(existing.container_id)
+            self.wait_healthy(existing, spec.credentials, timeout=timeout)
+            return existing
         bound.info("database.provisioning", volume=volume, hostname=spec.hostname, network=spec.network)
-        info = self.containers.run(self.container_spec(spec, volume), policy or SandboxPolicy())
+        policy = policy or SandboxPolicy()
+        if policy.limits is None:  # the engine's floor, not the app default (see EngineFacts.limits)
+            policy = dataclasses.replace(policy, limits=spec.facts.limits)
+        info = self.containers.run(self.container_spec(spec, volume), policy)
         instance = DatabaseInstance(tenant=spec.tenant, name=spec.name, engine=spec.engine,
                                     container_id=info.id, container_name=info.name, volume=volume,
                                     hostname=spec.hostname, network=spec.network)
@@ -171,13 +181,16 @@ class Databases:
         it exits or the deadline passes (with the health check's last output, redacted)."""
         started = time.monotonic()
         secrets = creds.secrets() if creds else ()
+        restarts: int | None = None
         while True:
             info = self.containers.inspect(instance.container_id)
             state = info.attrs.get("State") or {}
             health = (state.get("Health") or {}).get("Status")
             if health == "healthy":
                 return time.monotonic() - started
-            if info.status in ("exited", "dead"):
+            restarts = info.attrs.get("RestartCount", 0) if restarts is None else restarts
+            # The restart policy would hide a crash loop until the deadline: fail on the first.
+            if info.status in ("exited", "dead") or info.attrs.get("RestartCount", 0) > restarts:
                 tail = "\n".join(self.containers.logs(instance.container_id, tail=20))
                 raise DatabaseNotHealthy(
                     f"{instance.engine} {instance.name} exited with code {info.exit_code}: "
@@ -205,7 +218,13 @@ class Databases:
         return self.wait_healthy(instance, timeout=timeout)
 
     def remove(self, instance: DatabaseInstance, *, purge_volume: bool = False) -> None:
-        """Remove the container; the data volume stays unless `purge_volume`."""
+        """Stop cleanly (a forced remove is a SIGKILL: Redis would lose writes since its last
+        snapshot), remove the container; the data volume stays unless `purge_volume`."""
+        if not purge_volume:
+            try:
+                self.stop(instance)
+            except docker.errors.NotFound:
+                pass
         self.containers.remove(instance.container_id, force=True)
         if purge_volume:
             self.remove_volume(instance.volume)

@@ -7,9 +7,10 @@ removed here by that label.
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,30 +106,38 @@ def db_env_fixture(engine: DockerEngine, containers: Containers, networks: Tenan
     a_net, b_net = networks.ensure(a).name, networks.ensure(b).name
     databases = Databases(engine, containers)
     made: list[ContainerInfo] = []
-    instances: list[DatabaseInstance] = []
     try:
         pg_creds, redis_creds = new_credentials("orders"), new_credentials("0")
         labels = {RUN_LABEL: RUN_ID}
-        instances.append(databases.provision(DatabaseSpec(a, "orders", POSTGRES, a_net, pg_creds, labels=labels),
-                                             timeout=180))
-        instances.append(databases.provision(DatabaseSpec(a, "cache", REDIS, a_net, redis_creds, labels=labels),
-                                             timeout=180))
+        pg = databases.provision(DatabaseSpec(a, "orders", POSTGRES, a_net, pg_creds, labels=labels), timeout=180)
+        cache = databases.provision(DatabaseSpec(a, "cache", REDIS, a_net, redis_creds, labels=labels), timeout=180)
         made += [run(containers, sleeper(a, "web", a_net)), run(containers, sleeper(b, "web", b_net)),
                  run(containers, spec(a, "psql", a_net, image=ENGINES[POSTGRES].image, command=["sleep", "900"])),
                  run(containers, spec(a, "rcli", a_net, image=ENGINES[REDIS].image, command=["sleep", "900"]))]
-        yield DbEnv(a=a, b=b, a_net=a_net, b_net=b_net, pg=instances[0], pg_creds=pg_creds,
-                    redis=instances[1], redis_creds=redis_creds, a_app=made[0], b_app=made[1],
+        yield DbEnv(a=a, b=b, a_net=a_net, b_net=b_net, pg=pg, pg_creds=pg_creds,
+                    redis=cache, redis_creds=redis_creds, a_app=made[0], b_app=made[1],
                     pg_client=made[2], redis_client=made[3], databases=databases,
                     backups=Backups(engine, databases), logs=log_capture)
     finally:
-        for c in made:
-            containers.remove(c.id, force=True)
-        for inst in instances:
-            databases.remove(inst, purge_volume=True)
-        for vol in engine.client.volumes.list(filters={"label": f"{RUN_LABEL}={RUN_ID}"}):
-            try:
-                vol.remove(force=True)
-            except docker.errors.APIError:
-                pass
-        networks.remove(a)
-        networks.remove(b)
+        _teardown(engine, containers, networks, databases, made, (a, b))
+
+
+def _teardown(engine: DockerEngine, containers: Containers, networks: TenantNetworks,
+              databases: Databases, made: list[ContainerInfo], tenants: tuple[str, str]) -> None:
+    """Every step runs even if one fails (a leftover volume must not survive a failed test);
+    the first error is raised at the end."""
+    steps: list[Callable[[], object]] = [functools.partial(containers.remove, c.id, force=True) for c in made]
+    # Tests may replace an instance (re-provision): look them up rather than keep a list.
+    steps += [functools.partial(databases.remove, inst, purge_volume=True)
+              for inst in databases.list(tenants[0])]
+    steps.append(lambda: [v.remove(force=True) for v in
+                          engine.client.volumes.list(filters={"label": f"{RUN_LABEL}={RUN_ID}"})])
+    steps += [functools.partial(networks.remove, t) for t in tenants]
+    errors: list[Exception] = []
+    for step in steps:
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 (collected, the first is re-raised)
+            errors.append(exc)
+    if errors:
+        raise errors[0]

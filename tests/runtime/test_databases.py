@@ -11,15 +11,24 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from runtime.containers import ContainerInfo
-from runtime.databases import BackupIntegrityError, redact_text
+from runtime.databases import (
+    BackupIntegrityError,
+    Credentials,
+    DatabaseNotHealthy,
+    DatabaseSpec,
+    redact_text,
+)
 from runtime.databases.backup import checksum_path
+from runtime.databases.engines import REDIS
 from tests.runtime.db_fixtures import DbEnv, db_env_fixture, log_capture_fixture
+from tests.runtime.helpers import RUN_ID, RUN_LABEL
 
 __all__ = ["db_env_fixture", "log_capture_fixture"]  # fixtures, used by name
 
@@ -88,7 +97,8 @@ def test_database_containers_are_sandboxed_on_the_tenant_network(db_env: DbEnv) 
         info = db_env.databases.containers.inspect(inst.container_id)
         host = info.attrs["HostConfig"]
         assert info.runtime == "runsc"
-        assert host["CapDrop"] == ["ALL"] and host["Memory"] > 0 and host["PidsLimit"] > 0
+        assert host["CapDrop"] == ["ALL"] and host["Memory"] == inst.facts.limits.memory_bytes
+        assert host["PidsLimit"] == inst.facts.limits.pids and host["NanoCpus"] > 0
         assert list(info.ip_addresses) == [db_env.a_net]  # only the tenant network
         assert not host.get("PortBindings")  # never published on the host
         assert info.attrs["Config"]["User"] == "999"
@@ -175,6 +185,28 @@ def test_redis_backup_and_restore(db_env: DbEnv, tmp_path: Path, monkeypatch: py
     db_env.backups.restore(db_env.redis, db_env.redis_creds, result.path)
     assert redis(db_env, "GET", "cargo") == "rum"
     assert redis(db_env, "LRANGE", "manifest", "0", "-1").split() == ["a", "b", "c"]
+
+
+# --- lifecycle: retried provision, data kept across remove, crash reported fast -----------
+
+def test_provision_again_reuses_and_volume_keeps_data(db_env: DbEnv) -> None:
+    redis(db_env, "SET", "durable", "yes")
+    spec = DatabaseSpec(db_env.a, "cache", REDIS, db_env.a_net, db_env.redis_creds,
+                        labels={RUN_LABEL: RUN_ID})
+    assert db_env.databases.provision(spec, timeout=180).container_id == db_env.redis.container_id
+    db_env.databases.remove(db_env.redis)  # container gone (Redis saves on SIGTERM), volume kept
+    db_env.redis = db_env.databases.provision(spec, timeout=180)
+    assert redis(db_env, "GET", "durable") == "yes"
+
+
+def test_a_database_that_cannot_start_fails_fast(db_env: DbEnv) -> None:
+    spec = DatabaseSpec(db_env.a, "broken", REDIS, db_env.a_net, Credentials(password=""),
+                        labels={RUN_LABEL: RUN_ID})
+    started = time.monotonic()
+    with pytest.raises(DatabaseNotHealthy, match="REDIS_PASSWORD is required"):
+        db_env.databases.provision(spec, timeout=180)
+    assert time.monotonic() - started < 60  # the crash, not the deadline, ended the wait
+    assert db_env.databases.find(db_env.a, "broken") is None  # nothing half-made
 
 
 # --- 4. credentials never logged (runs after provision, backups and restores above) ------

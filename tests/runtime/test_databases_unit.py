@@ -92,10 +92,11 @@ def test_database_container_gets_the_sandbox_and_the_tenant_network() -> None:
     settings = RuntimeSettings()
     dbs = Databases(DockerEngine(settings, registry=BreakerRegistry()))  # no request made
     spec = DatabaseSpec("acme", "orders", "postgres", "moorage-t-acme", CREDS)
-    kwargs = create_kwargs(dbs.container_spec(spec, "moorage-db-acme-orders"), SandboxPolicy(), settings)
+    policy = SandboxPolicy(limits=engine_facts("postgres").limits)
+    kwargs = create_kwargs(dbs.container_spec(spec, "moorage-db-acme-orders"), policy, settings)
     assert kwargs["runtime"] == "runsc" and kwargs["cap_drop"] == ["ALL"]
     assert kwargs["network"] == "moorage-t-acme" and kwargs["user"] == "999"
-    assert kwargs["mem_limit"] == settings.default_limits.memory_bytes
+    assert kwargs["mem_limit"] == 512 * 2**20 and kwargs["pids_limit"] == 1024
     assert kwargs["volumes"] == {"moorage-db-acme-orders": {"bind": "/var/lib/postgresql/data", "mode": "rw"}}
     assert kwargs["labels"]["moorage.tenant"] == "acme" and kwargs["labels"]["moorage.role"] == "database"
     assert kwargs["labels"]["db.moorage/engine"] == "postgres"

@@ -207,7 +207,7 @@ build_service_image() {  # tag, context dir
     log "image present: $tag (source $hash)"; return
   fi
   local build_log="$LOG_DIR/build-${tag//[\/:]/-}.log"
-  log "building $tag from $dir, ~1-2 min the first time (log: $build_log)"
+  log "building $tag from $dir, about a minute the first time (log: $build_log)"
   "$DOCKER" build --pull=false --label "moorage.image-source=$hash" -t "$tag" "$dir" \
     >"$build_log" 2>&1 || die "docker build of $tag failed, see $build_log"
   changed "built $tag"

@@ -18,6 +18,12 @@ from control.api.releases import ReleaseController
 from control.api.audit import AuditTrail, operator_audit, tenant_audit
 from control.api.auth import PUBLIC_PATHS, ApiKeyAuthentication, access_guard
 from control.api.env import EnvController
+from control.api.gateway import GATEWAY_ROUTES, Upstream
+from control.api.inference_limits import INFERENCE_LIMIT_ROUTES
+from control.api.inference_metrics import InferenceMetrics
+from control.api.node_auth import NODE_TOKEN_SCHEME
+from control.api.nodes import NODE_ROUTES
+from control.api.usage import USAGE_ROUTES
 from control.api.health import healthz, readyz
 from control.api.idempotency import IdempotencyMiddleware, idempotency_sweeper
 from control.api.keys import KeyController, whoami
@@ -52,7 +58,8 @@ def _openapi() -> OpenAPIConfig:
             security_schemes={
                 "ApiKey": SecurityScheme(
                     type="http", scheme="bearer", description="API key: `Authorization: Bearer mrg_live_...`"
-                )
+                ),
+                "NodeToken": NODE_TOKEN_SCHEME,
             }
         ),
         use_handler_docstrings=True,
@@ -63,6 +70,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
     services = services or Services.build(settings)
+    upstream = Upstream(settings)  # pooled connections to inference nodes, opened in the serving loop
 
     def on_startup() -> None:
         migrate.upgrade(services.db.engine)
@@ -75,7 +83,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         log.info("started", database=services.db.engine.url.render_as_string(hide_password=True))
 
     app = Litestar(
-        route_handlers=[openapi_document, healthz, readyz, metrics_handler(public=settings.metrics_public), whoami, TenantController, KeyController, AppController, EnvController, tenant_audit, operator_audit, DeploymentController, ReleaseController, LogController],
+        route_handlers=[openapi_document, healthz, readyz, metrics_handler(public=settings.metrics_public), whoami, TenantController, KeyController, AppController, EnvController, tenant_audit, operator_audit, DeploymentController, ReleaseController, LogController, *NODE_ROUTES, *GATEWAY_ROUTES, *USAGE_ROUTES, *INFERENCE_LIMIT_ROUTES],
         dependencies={
             "tenants": Provide(lambda: services.tenants, use_cache=True, sync_to_thread=False),
             "keys": Provide(lambda: services.keys, use_cache=True, sync_to_thread=False),
@@ -96,13 +104,15 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         openapi_config=_openapi(),
         on_startup=[on_startup, services.deploys.start],  # job workers + reconciler, after migrations
-        on_shutdown=[services.deploys.stop, services.db.dispose],
+        on_shutdown=[services.deploys.stop, upstream.aclose, services.db.dispose],
         lifespan=[idempotency_sweeper(services.idempotency, settings.idempotency_purge_interval_s)],
         logging_config=None,
         debug=False,
     )
     app.state.services = services
     app.state.metrics = metrics = Metrics(services.breakers)
+    app.state.upstream = upstream
+    app.state.inference_metrics = InferenceMetrics(metrics.registry, services.inference)
     # Outermost, so answers made before routing (404, 405) get a request id too.
     # Audit inside the request context (it reads the request id), outside routing (it sees every status).
     app.asgi_handler = RequestContext(HttpMetrics(AuditTrail(app.asgi_handler, services.audit), metrics))

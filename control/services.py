@@ -9,6 +9,7 @@ from control.domain.apps import AppService
 from control.domain.audit import AuditService
 from control.domain.env import EnvService
 from control.domain.idempotency import IdempotencyService
+from control.domain.inference import Inference
 from control.domain.keys import KeyService
 from control.domain.limits import Defaults, LimitsService
 from control.domain.tenants import TenantService
@@ -36,6 +37,7 @@ class Services:
     env_vars: EnvService
     audit: AuditService
     deploys: Deploys  # deployments, releases, job workers, reconciler (issue #5)
+    inference: Inference  # nodes, gateway routing, quotas, usage (issue #7)
 
     @classmethod
     def build(cls, settings: Settings, *, breakers: BreakerRegistry | None = None) -> Services:
@@ -64,4 +66,5 @@ class Services:
             env_vars=env_vars,
             audit=AuditService(db),
             deploys=Deploys.build(settings, db, env_vars, default_registry if breakers is None else breakers),
+            inference=Inference.build(settings, db, default_registry if breakers is None else breakers),
         )

@@ -213,3 +213,65 @@ class JobRow(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+# --- inference (issue #7) -----------------------------------------------------------------
+
+
+class InferenceNodeRow(Timestamps, Base):
+    """An enrolled inference node: its token hash, the operator's drain flag and what its
+    last registration/heartbeat said (``report``: JSON of the dynamic part)."""
+
+    __tablename__ = "inference_nodes"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str | None] = mapped_column(String(40))
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # DELETE: the token stops working
+    draining: Mapped[bool] = mapped_column(Boolean, default=False)  # operator: route nothing new here
+    registered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    engine: Mapped[str] = mapped_column(String(32), default="")
+    base_url: Mapped[str] = mapped_column(String(300), default="")
+    state: Mapped[str] = mapped_column(String(16), default="enrolled")  # the engine state last reported
+    models: Mapped[str] = mapped_column(Text, default="[]")  # JSON [{"name", "engine_model"}]
+    report: Mapped[str] = mapped_column(Text, default="{}")  # JSON: in flight, GPUs, expert load, ...
+
+
+class InferenceUsageRow(Base):
+    """One gateway request. No foreign key: usage is billing data and outlives tenants."""
+
+    __tablename__ = "inference_usage"
+    __table_args__ = (Index("ix_inference_usage_tenant", "tenant_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    api_key_id: Mapped[str] = mapped_column(String(40))
+    request_id: Mapped[str] = mapped_column(String(128))
+    model: Mapped[str] = mapped_column(String(200))
+    node_id: Mapped[str | None] = mapped_column(String(40))
+    endpoint: Mapped[str] = mapped_column(String(32))  # chat.completions | completions
+    stream: Mapped[bool] = mapped_column(Boolean)
+    status: Mapped[str] = mapped_column(String(16))  # ok | error | rejected | cancelled
+    http_status: Mapped[int] = mapped_column(Integer)
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    reserved_tokens: Mapped[int] = mapped_column(Integer)
+    usage_reported: Mapped[bool] = mapped_column(Boolean)  # False: the engine said nothing, estimated
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    ttft_ms: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class TenantInferenceLimitsRow(Base):
+    """Per-tenant inference quota overrides set by operators; NULL means the platform default."""
+
+    __tablename__ = "tenant_inference_limits"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer)
+    tokens_per_minute: Mapped[int | None] = mapped_column(Integer)
+    token_budget: Mapped[int | None] = mapped_column(Integer)
+    budget_period: Mapped[str | None] = mapped_column(String(8))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

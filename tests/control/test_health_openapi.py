@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from control.api.node_auth import NODE_ACCESS
 from control.security.scopes import ANY_KEY_ACCESS, OPERATOR_ACCESS, TENANT_SCOPES
 
 
@@ -47,14 +48,15 @@ def test_openapi_31_documents_every_operation(spec: dict, app) -> None:
             assert (path, method) in documented, f"{method} {path} missing from OpenAPI"
             operation = spec["paths"][path][method.lower()]
             assert operation.get("summary"), f"{method} {path} has no summary"
-            assert operation.get("security") == [{"ApiKey": []}]
+            node_route = any(h.opt.get("access") == NODE_ACCESS for h in route.route_handlers)  # inference nodes
+            assert operation.get("security") == [{"NodeToken" if node_route else "ApiKey": []}]
             for status in ("401", "403", "500"):
                 content = operation["responses"][status]["content"]
                 assert "application/problem+json" in content, f"{method} {path} {status}"
 
 
 def test_every_v1_route_declares_who_may_call_it(app) -> None:
-    allowed = {*TENANT_SCOPES, OPERATOR_ACCESS, ANY_KEY_ACCESS}
+    allowed = {*TENANT_SCOPES, OPERATOR_ACCESS, ANY_KEY_ACCESS, NODE_ACCESS}
     for route in app.routes:
         if not route.path.startswith("/v1"):
             continue

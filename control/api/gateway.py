@@ -1,0 +1,249 @@
+"""The OpenAI-compatible gateway: ``GET /v1/models``, ``POST /v1/chat/completions``,
+``POST /v1/completions`` for tenant keys with the ``inference`` scope.
+
+Point an OpenAI client at ``<control plane>/v1`` with a tenant key. The request body is
+OpenAI's, passed through; the gateway fills in what the node's engine expects as
+``model``, sets ``max_tokens`` (``inference_default_max_tokens``) when the request names
+none, and on streams asks for usage itself. Admission reserves prompt estimate +
+max_tokens against the tenant's quotas (429 ``inference-rate-limited`` /
+``inference-quota-exceeded``, with Retry-After); the end of the request settles it with
+the engine's reported usage and writes a usage row (GET /v1/usage).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import anyio.to_thread
+import msgspec
+import structlog
+from litestar import Request, Response
+from litestar.params import Body
+from litestar.response import Stream
+
+from control.api.gateway_proxy import Answer, Call, Outcome, Upstream, UpstreamFailed, open_answer, relay
+from control.api.problems import problem_response, retry_after_header
+from control.api.request_context import request_id_of
+from control.api.streaming import async_endpoint
+from control.domain.errors import Invalid
+from control.domain.inference import Inference
+from control.domain.inference_quota import QuotaExceeded, Reservation, estimate_prompt_tokens
+from control.ids import new_id
+from control.security.principal import Principal
+from control.security.scopes import Scope
+from control.store.repositories.usage import UsageRecord
+from control.store.types import utcnow
+
+log = structlog.get_logger("moorage.gateway")
+NO_NODE_RETRY_S = 5.0
+OpenAIBody = Annotated[
+    dict[str, Any],
+    Body(description="OpenAI's request body, passed through to the engine. `model`: a name from GET /v1/models."),
+]
+
+
+class ModelOut(msgspec.Struct):
+    id: str
+    object: str = "model"
+    created: int = 0
+    owned_by: str = "moorage"
+
+
+class ModelList(msgspec.Struct):
+    data: list[ModelOut]
+    object: str = "list"
+
+
+@async_endpoint("GET", "/v1/models", access=Scope.INFERENCE, summary="Models served by healthy nodes (OpenAI list)", tags=["inference"])
+async def list_models(request: Request[Any, Principal, Any]) -> ModelList:
+    names = await anyio.to_thread.run_sync(_inference(request).nodes.models)
+    return ModelList(data=[ModelOut(id=name) for name in names])
+
+
+@async_endpoint(
+    "POST", "/v1/chat/completions", access=Scope.INFERENCE, errors=(404, 502, 503),
+    summary="Chat completion (OpenAI-compatible; `stream: true` for SSE)", tags=["inference"], status_code=200,
+)  # fmt: skip
+async def chat_completions(request: Request[Any, Principal, Any], data: OpenAIBody) -> Response[Any]:
+    return await _proxy(request, data, "chat.completions", "/v1/chat/completions")
+
+
+@async_endpoint(
+    "POST", "/v1/completions", access=Scope.INFERENCE, errors=(404, 502, 503),
+    summary="Text completion (OpenAI-compatible; `stream: true` for SSE)", tags=["inference"], status_code=200,
+)  # fmt: skip
+async def completions(request: Request[Any, Principal, Any], data: OpenAIBody) -> Response[Any]:
+    return await _proxy(request, data, "completions", "/v1/completions")
+
+
+def _inference(request: Request[Any, Any, Any]) -> Inference:
+    return request.app.state.services.inference  # type: ignore[no-any-return]
+
+
+def _field_error(name: str, message: str) -> Invalid:
+    return Invalid(f"'{name}' {message}.", errors=[{"field": name, "message": message}])
+
+
+def _positive_int(data: dict[str, Any], name: str) -> int | None:
+    value = data.get(name)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise _field_error(name, "must be a positive integer")
+    return value
+
+
+def _prepare(data: dict[str, Any], endpoint: str, default_max_tokens: int) -> tuple[Call, int]:
+    """The upstream call and the tokens to reserve."""
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise _field_error("model", "is required: a name from GET /v1/models")
+    if endpoint == "chat.completions" and (not isinstance(data.get("messages"), list) or not data["messages"]):
+        raise _field_error("messages", "must be a non-empty list")
+    if endpoint == "completions" and not data.get("prompt"):
+        raise _field_error("prompt", "is required")
+    stream = data.get("stream", False)
+    if not isinstance(stream, bool):
+        raise _field_error("stream", "must be true or false")
+    body = dict(data)
+    max_tokens = _positive_int(data, "max_completion_tokens") or _positive_int(data, "max_tokens")
+    if max_tokens is None:  # an unbounded request cannot be reserved for
+        max_tokens = body["max_tokens"] = default_max_tokens
+    choices = _positive_int(data, "n") or 1
+    options = data.get("stream_options")
+    wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+    if stream:
+        body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    path = "/v1/chat/completions" if endpoint == "chat.completions" else "/v1/completions"
+    call = Call(endpoint, path, model, body, stream, wants_usage, request_id="")
+    return call, estimate_prompt_tokens(data) + max_tokens * choices
+
+
+async def _proxy(request: Request[Any, Principal, Any], data: dict[str, Any], endpoint: str, path: str) -> Response[Any]:
+    inference = _inference(request)
+    services = request.app.state.services
+    call, reserve_tokens = _prepare(data, endpoint, services.settings.inference_default_max_tokens)
+    call.request_id = request_id_of(request.scope)
+    serving, routable = await anyio.to_thread.run_sync(_candidates, inference, call.model)
+    if not serving:
+        detail = f"No node serves the model '{call.model}'. GET /v1/models lists the models available."
+        return problem_response(request, 404, "inference-model-not-found", detail)
+    if not routable:
+        detail = (
+            f"No healthy node serves '{call.model}' right now ({len(serving)} registered, none routable). "
+            "Retry after Retry-After seconds."
+        )
+        return _unavailable(request, detail, NO_NODE_RETRY_S)
+    tenant_id, key_id = request.user.tenant_id, request.user.key_id
+    assert tenant_id is not None  # the access guard admits tenant keys only
+    try:
+        reservation = await anyio.to_thread.run_sync(inference.quota.reserve, tenant_id, reserve_tokens)
+    except QuotaExceeded as exc:
+        return problem_response(
+            request, 429, exc.code, exc.detail, title="Inference quota", headers={"Retry-After": retry_after_header(exc.retry_after_s)}
+        )
+    outcome = Outcome()
+    finished = False
+
+    async def finish(result: Outcome) -> None:
+        nonlocal finished
+        if not finished:
+            finished = True
+            await _settle(request, inference, call, reservation, result, tenant_id, key_id)
+
+    try:
+        try:
+            answer = await open_answer(request.app.state.upstream, inference.router, call, routable)
+        except UpstreamFailed as exc:
+            await finish(outcome)
+            retry = inference.router.retry_after(exc.tried) if exc.tried else NO_NODE_RETRY_S
+            return _unavailable(request, f"No node serving '{call.model}' answered; nothing was generated.", retry)
+        outcome.node_id = answer.node.id
+        if answer.response is not None:
+            headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            return Stream(relay(answer, call, inference.router, outcome, finish), media_type="text/event-stream", headers=headers)
+        content = _final_body(answer, call, outcome)
+        await finish(outcome)
+        return Response(content, status_code=answer.status_code, media_type="application/json")
+    except BaseException as exc:
+        if not isinstance(exc, Exception):  # cancelled: the client went away
+            outcome.status, outcome.http_status = "cancelled", 499
+        with anyio.CancelScope(shield=True):
+            await finish(outcome)
+        raise
+
+
+def _candidates(inference: Inference, model: str) -> tuple[list[Any], list[Any]]:
+    return inference.nodes.serving(model), inference.nodes.routable(model)
+
+
+def _unavailable(request: Request[Any, Any, Any], detail: str, retry_after_s: float) -> Response[Any]:
+    headers = {"Retry-After": retry_after_header(retry_after_s)}
+    return problem_response(request, 503, "inference-unavailable", detail, title="Inference unavailable", headers=headers)
+
+
+def _final_body(answer: Answer, call: Call, outcome: Outcome) -> bytes:
+    outcome.http_status = answer.status_code
+    outcome.ended = time.perf_counter()
+    if answer.status_code != 200:
+        outcome.status = "rejected"  # the engine refused the request (4xx): passed through as is
+        return answer.content
+    try:
+        completion = msgspec.json.decode(answer.content)
+    except msgspec.DecodeError:
+        outcome.status = "error"
+        return answer.content
+    outcome.status = "ok"
+    if isinstance(completion, dict):
+        outcome.usage = completion.get("usage") if isinstance(completion.get("usage"), dict) else None
+        completion["model"] = call.model
+    return msgspec.json.encode(completion)
+
+
+async def _settle(
+    request: Request[Any, Any, Any],
+    inference: Inference,
+    call: Call,
+    reservation: Reservation,
+    outcome: Outcome,
+    tenant_id: str,
+    key_id: str,
+) -> None:
+    ended = outcome.ended or time.perf_counter()
+    usage = outcome.usage or {}
+    reported = isinstance(usage.get("prompt_tokens"), int) and isinstance(usage.get("completion_tokens"), int)
+    if reported:
+        prompt, completion = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
+    elif outcome.content_events:  # broken or abandoned stream: estimate what was generated
+        prompt, completion = estimate_prompt_tokens(call.body), outcome.content_events
+    else:
+        prompt, completion = 0, 0
+    record = UsageRecord(
+        id=new_id("use"),
+        tenant_id=tenant_id,
+        api_key_id=key_id,
+        request_id=call.request_id,
+        model=call.model,
+        node_id=outcome.node_id,
+        endpoint=call.endpoint,
+        stream=call.stream,
+        status=outcome.status,
+        http_status=outcome.http_status,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        reserved_tokens=reservation.tokens,
+        usage_reported=reported,
+        latency_ms=round((ended - call.started) * 1000),
+        ttft_ms=None if outcome.ttft_s is None else round(outcome.ttft_s * 1000),
+        created_at=utcnow(),
+    )
+    try:
+        await anyio.to_thread.run_sync(inference.quota.settle, reservation, record)
+    except Exception as exc:  # the answer is already out; never break it, but say so loudly
+        log.error("inference_usage_write_failed", request_id=call.request_id, error=type(exc).__name__)
+    observer = getattr(request.app.state, "inference_metrics", None)
+    if observer is not None:
+        observer.observe(record)
+
+
+GATEWAY_ROUTES = [list_models, chat_completions, completions]
+__all__ = ["GATEWAY_ROUTES", "Upstream"]

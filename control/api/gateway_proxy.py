@@ -1,0 +1,245 @@
+"""The gateway's upstream side: pick a node, send the request, fail over, relay.
+
+Failover happens only while the client has seen nothing: a connect failure, a timeout
+or a 5xx (or, when streaming, a stream that breaks before its first event) records a
+failure on that node's breaker and the next node is tried. Once the first event has gone
+to the client, a broken stream ends with an error event (``data: {"error": {...}}``,
+no ``[DONE]``) and the breaker records the failure.
+
+Streams are relayed event by event (each is re-encoded: ``model`` becomes the public
+name, and the usage the gateway asked for is removed when the client did not ask), with
+a keep-alive comment when the engine is silent, and always end with ``data: [DONE]``
+(``transformers serve`` omits it). Nothing is buffered beyond one event.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx
+import msgspec
+import structlog
+
+from control.api.gateway_sse import DONE, KEEPALIVE, error_event, event, sse_data, with_keepalive
+from control.domain.gateway_routing import NodeRouter
+from control.settings import Settings
+from control.store.repositories.nodes import Node, ServedModel
+from runtime.resilience import CircuitOpenError
+
+KEEPALIVE_S = 15.0
+log = structlog.get_logger("moorage.gateway")
+
+
+class Upstream:
+    """One pooled httpx.AsyncClient to every node, created in the serving event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.timeout = httpx.Timeout(
+            connect=settings.inference_connect_timeout_s,
+            read=settings.inference_read_timeout_s,  # also bounds the wait for the first token
+            write=30.0,
+            pool=10.0,
+        )
+        self.limits = httpx.Limits(
+            max_connections=settings.inference_max_connections,
+            max_keepalive_connections=min(50, settings.inference_max_connections),
+        )
+        self._client: httpx.AsyncClient | None = None
+
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self.timeout, limits=self.limits)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+@dataclass
+class Call:
+    """One tenant request on its way through the gateway."""
+
+    endpoint: str  # chat.completions | completions
+    path: str  # /v1/chat/completions | /v1/completions
+    model: str  # public name
+    body: dict[str, Any]  # what goes upstream, `model` filled in per node
+    stream: bool
+    client_wants_usage: bool
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class Outcome:
+    """What happened, for the usage row and metrics."""
+
+    node_id: str | None = None
+    status: str = "error"  # ok | error | rejected | cancelled
+    http_status: int = 503
+    usage: dict[str, Any] | None = None
+    content_events: int = 0
+    finished: bool = False  # a finish_reason or [DONE] was seen
+    ttft_s: float | None = None
+    ended: float | None = None
+
+
+@dataclass
+class Answer:
+    """A non-streamed answer, or the first event of a stream and the open response."""
+
+    node: Node
+    status_code: int
+    content: bytes = b""
+    response: httpx.Response | None = None
+    events: AsyncIterator[str] | None = None
+    first: str | None = None
+
+
+class UpstreamFailed(Exception):
+    """Every node was tried (or skipped: breaker open) and none answered."""
+
+    def __init__(self, tried: list[str]) -> None:
+        super().__init__(f"no node answered (tried {len(tried)})")
+        self.tried = tried
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, (httpx.HTTPError, StopAsyncIteration, msgspec.DecodeError))
+
+
+async def open_answer(
+    upstream: Upstream, router: NodeRouter, call: Call, candidates: list[tuple[Node, ServedModel]]
+) -> Answer:
+    """Send ``call`` to the first node that answers; the caller owns the returned stream.
+    For a stream, the node's in-flight count and breaker verdict stay open until the relay ends."""
+    client = upstream.client()
+    tried: list[str] = []
+    for node_id, (node, served) in router.order([(n.id, (n, m)) for n, m in candidates]):
+        breaker = router.breaker(node_id)
+        try:
+            breaker.before_call()
+        except CircuitOpenError:
+            continue
+        tried.append(node_id)
+        router.begin(node_id)
+        committed = False
+        try:
+            request = client.build_request("POST", node.base_url + call.path, json={**call.body, "model": served.engine_model})
+            response = await client.send(request, stream=True)
+            if response.status_code >= 500:
+                await response.aclose()
+                raise httpx.HTTPStatusError(f"engine answered {response.status_code}", request=request, response=response)
+            if not call.stream or response.status_code != 200:
+                try:
+                    content = await response.aread()
+                finally:
+                    await response.aclose()
+                breaker.record_success()  # 2xx or 4xx: the engine is up and answered
+                return Answer(node, response.status_code, content=content)
+            events = sse_data(response)
+            try:
+                first = await events.__anext__()  # failover is still possible until this is relayed
+            except BaseException:
+                await response.aclose()
+                raise
+            committed = True
+            return Answer(node, 200, response=response, events=events, first=first)
+        except Exception as exc:
+            if not _is_transient(exc):
+                breaker.release()
+                raise
+            breaker.record_failure()
+            log.warning("inference_node_failed", node_id=node_id, error=type(exc).__name__, detail=str(exc)[:200])
+        except BaseException:  # cancelled: the client left; no verdict on the node
+            breaker.release()
+            raise
+        finally:
+            if not committed:  # a stream's relay ends it
+                router.end(node_id)
+    raise UpstreamFailed(tried)
+
+
+def rewrite_chunk(data: str, call: Call, outcome: Outcome) -> bytes | None:
+    """One engine event as the client should see it (None: drop it)."""
+    chunk = msgspec.json.decode(data)
+    if not isinstance(chunk, dict):
+        raise msgspec.DecodeError("stream event is not a JSON object")
+    if "error" in chunk:
+        raise EngineStreamError(str(chunk["error"])[:500])
+    if chunk.get("usage"):
+        outcome.usage = chunk["usage"]
+        if not call.client_wants_usage:
+            if not chunk.get("choices"):
+                return None  # the usage-only chunk the gateway asked for
+            del chunk["usage"]
+    if "model" in chunk:
+        chunk["model"] = call.model
+    for choice in chunk.get("choices") or ():
+        if choice.get("finish_reason"):
+            outcome.finished = True
+        delta = choice.get("delta") or {}
+        if delta.get("content") or choice.get("text"):
+            outcome.content_events += 1
+            if outcome.ttft_s is None:
+                outcome.ttft_s = time.perf_counter() - call.started
+            break
+    return event(chunk)
+
+
+class EngineStreamError(Exception):
+    """The engine sent an error event in the middle of a stream."""
+
+
+async def relay(
+    answer: Answer,
+    call: Call,
+    router: NodeRouter,
+    outcome: Outcome,
+    finish: Callable[[Outcome], Awaitable[None]],
+) -> AsyncIterator[bytes]:
+    """The client's SSE stream. ``finish`` (settlement, usage row, metrics) runs exactly
+    once whatever happens: end, engine failure, or the client hanging up."""
+    assert answer.response is not None and answer.events is not None and answer.first is not None
+    breaker = router.breaker(answer.node.id)
+    verdict: Callable[[], None] = breaker.release
+    try:
+        first = rewrite_chunk(answer.first, call, outcome)
+        if first is not None:
+            yield first
+        async for data in with_keepalive(answer.events, KEEPALIVE_S):
+            if data is None:
+                yield KEEPALIVE
+            elif data.strip() == "[DONE]":
+                outcome.finished = True
+                break
+            elif (out := rewrite_chunk(data, call, outcome)) is not None:
+                yield out
+        if not outcome.finished:  # closed before a finish_reason: the engine died between two events
+            raise EngineStreamError("the stream ended before a finish_reason")
+        outcome.status, outcome.http_status, verdict = "ok", 200, breaker.record_success
+        yield DONE
+    except (httpx.HTTPError, msgspec.DecodeError, EngineStreamError) as exc:
+        outcome.status, outcome.http_status, verdict = "error", 502, breaker.record_failure
+        log.warning("inference_stream_broken", node_id=answer.node.id, error=type(exc).__name__, detail=str(exc)[:200])
+        yield error_event(
+            "The inference node failed in the middle of the response; what was streamed is incomplete. Retry the request.",
+            code="inference-stream-interrupted",
+            request_id=call.request_id,
+        )
+    except BaseException:
+        if outcome.status != "ok":
+            outcome.status, outcome.http_status = "cancelled", 499  # the client went away
+        raise
+    finally:
+        outcome.ended = time.perf_counter()
+        verdict()
+        router.end(answer.node.id)
+        with anyio.CancelScope(shield=True):
+            await answer.response.aclose()
+            await finish(outcome)

@@ -1,0 +1,134 @@
+"""Inference nodes: operators enroll, list, drain and delete them; nodes register and
+heartbeat with their own token (see ``node_auth``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from litestar import Controller, Request, post
+from litestar.params import FromPath, JSONBody
+
+from control.api.endpoints import endpoint
+from control.api.node_auth import NODE_ACCESS, NODE_SECURITY, authenticated_node, node_token_guard
+from control.api.node_schemas import NodeAck, NodeCreate, NodeEnrolled, NodeList, NodeOut, NodeReport
+from control.api.problems import problem_responses
+from control.domain.inference import Inference
+from control.domain.nodes import NodeRegistration
+from control.security.scopes import OPERATOR_ACCESS
+from control.store.repositories.nodes import Node
+
+
+def _inference(request: Request[Any, Any, Any]) -> Inference:
+    return request.app.state.services.inference  # type: ignore[no-any-return]
+
+
+def node_out(inference: Inference, node: Node) -> NodeOut:
+    return NodeOut.of(
+        node,
+        status=inference.nodes.health(node),
+        gateway_in_flight=inference.router.in_flight(node.id),
+        breaker=inference.router.breaker_state(node.id),
+    )
+
+
+class NodeController(Controller):
+    path = "/v1/nodes"
+    tags = ["inference nodes (operator)"]
+
+    @endpoint("POST", access=OPERATOR_ACCESS, summary="Enroll an inference node (its token is shown once)", status_code=201)
+    def enroll(self, request: Request[Any, Any, Any], data: JSONBody[NodeCreate]) -> NodeEnrolled:
+        inference = _inference(request)
+        enrolled = inference.nodes.enroll(data.name, request.user.key_id)
+        return NodeEnrolled(node=node_out(inference, enrolled.node), token=enrolled.token)
+
+    @endpoint("GET", access=OPERATOR_ACCESS, summary="List inference nodes and their health")
+    def list(self, request: Request[Any, Any, Any]) -> NodeList:
+        inference = _inference(request)
+        return NodeList(items=[node_out(inference, n) for n in inference.nodes.list()])
+
+    @endpoint("GET", "/{node:str}", access=OPERATOR_ACCESS, errors=(404,), summary="Get an inference node")
+    def get(self, request: Request[Any, Any, Any], node: FromPath[str]) -> NodeOut:
+        inference = _inference(request)
+        return node_out(inference, inference.nodes.get(node))
+
+    @endpoint(
+        "POST", "/{node:str}/drain", access=OPERATOR_ACCESS, errors=(404,), summary="Stop routing new requests to a node",
+        status_code=200,
+    )  # fmt: skip
+    def drain(self, request: Request[Any, Any, Any], node: FromPath[str]) -> NodeOut:
+        """Requests already running finish; the node stays enrolled and keeps heartbeating."""
+        inference = _inference(request)
+        return node_out(inference, inference.nodes.set_draining(node, True))
+
+    @endpoint(
+        "POST", "/{node:str}/resume", access=OPERATOR_ACCESS, errors=(404,), summary="Route to a drained node again",
+        status_code=200,
+    )  # fmt: skip
+    def resume(self, request: Request[Any, Any, Any], node: FromPath[str]) -> NodeOut:
+        inference = _inference(request)
+        return node_out(inference, inference.nodes.set_draining(node, False))
+
+    @endpoint("DELETE", "/{node:str}", access=OPERATOR_ACCESS, errors=(404,), summary="Delete a node (revokes its token)")
+    def remove(self, request: Request[Any, Any, Any], node: FromPath[str]) -> None:
+        _inference(request).nodes.delete(node)
+
+
+def node_endpoint(path: str, *, summary: str, description: str) -> Callable[[Callable[..., Any]], Any]:
+    """A route only inference nodes call: node token, no API key (see node_auth)."""
+    return post(
+        path,
+        opt={"public": True, "access": NODE_ACCESS},
+        guards=[node_token_guard],
+        security=NODE_SECURITY,
+        responses=problem_responses(400, 401, 403, 409, 422),
+        summary=summary,
+        description=description,
+        tags=["inference nodes (node agent)"],
+        status_code=200,
+        sync_to_thread=True,
+    )
+
+
+def _registration(report: NodeReport) -> NodeRegistration:
+    return NodeRegistration(
+        state=report.state,
+        report=report.dynamic(),
+        engine=report.engine,
+        base_url=report.base_url,
+        models=report.served_models(),
+    )
+
+
+def _ack(inference: Inference, node: Node) -> NodeAck:
+    return NodeAck(
+        id=node.id,
+        status=inference.nodes.health(node),
+        draining=node.draining,
+        stale_after_s=int(inference.nodes.stale_after.total_seconds()),
+    )
+
+
+@node_endpoint(
+    "/v1/nodes/register",
+    summary="A node registers: engine, base URL, models served",
+    description="Called by `moorage node run` with its node token when it starts (and again if the control plane "
+    "forgot it). `models[].name` is the public name tenants use; `engine_model` what the engine expects.",
+)
+def register_node(request: Request[Any, Any, Any], data: JSONBody[NodeReport]) -> NodeAck:
+    inference = _inference(request)
+    return _ack(inference, inference.nodes.register(authenticated_node(request), _registration(data)))
+
+
+@node_endpoint(
+    "/v1/nodes/{node:str}/heartbeat",
+    summary="A node's heartbeat: engine state, requests in flight, GPU memory, expert load",
+    description="A node whose last heartbeat is older than `stale_after_s` is not routed to. 409 "
+    "`node-not-registered`: register first.",
+)
+def node_heartbeat(request: Request[Any, Any, Any], node: FromPath[str], data: JSONBody[NodeReport]) -> NodeAck:
+    inference = _inference(request)
+    return _ack(inference, inference.nodes.heartbeat(authenticated_node(request), _registration(data)))
+
+
+NODE_ROUTES = [NodeController, register_node, node_heartbeat]

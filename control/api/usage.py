@@ -1,0 +1,163 @@
+"""Inference usage: ``GET /v1/usage`` (a tenant's own) and ``GET /v1/operator/usage``.
+
+Aggregated by day (UTC) and model with totals; ``detail=true`` adds the per-request rows
+(paged with ``limit``/``cursor``). Token counts are what the engine reported; a request
+whose engine said nothing (a broken stream) carries an estimate, flagged
+``usage_reported: false``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request
+from litestar.params import QueryParameter
+
+from control.api.endpoints import Cursor, Limit, endpoint
+from control.domain.inference import Inference
+from control.domain.keys import require_tenant
+from control.domain.usage import UsageSummary, day_window
+from control.security.principal import Principal
+from control.security.scopes import OPERATOR_ACCESS, Scope
+from control.store.repositories.usage import UsageRecord
+
+Since = QueryParameter(description="First day (UTC, YYYY-MM-DD); default: 30 days before `until`.", required=False)
+Until = QueryParameter(description="Last day, inclusive (UTC, YYYY-MM-DD); default: today.", required=False)
+Detail = QueryParameter(description="Also return the per-request rows (paged).", required=False)
+TenantFilter = QueryParameter(description="Only this tenant.", required=False)
+
+
+class UsageBucketOut(msgspec.Struct, omit_defaults=True):
+    day: str
+    model: str
+    requests: int
+    errors: Annotated[int, msgspec.Meta(description="Requests that did not end `ok`")]
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    tenant_id: str | None = None  # operator view only
+
+
+class UsageTotalsOut(msgspec.Struct):
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class UsageRowOut(msgspec.Struct):
+    id: str
+    tenant_id: str
+    api_key_id: str
+    request_id: str
+    model: str
+    node_id: str | None
+    endpoint: str
+    stream: bool
+    status: Annotated[str, msgspec.Meta(description="ok | error | rejected (engine 4xx) | cancelled (client left)")]
+    http_status: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    reserved_tokens: Annotated[int, msgspec.Meta(description="Reserved at admission: prompt estimate + max_tokens")]
+    usage_reported: Annotated[bool, msgspec.Meta(description="false: the engine reported nothing; tokens estimated")]
+    latency_ms: int
+    ttft_ms: Annotated[int | None, msgspec.Meta(description="Time to the first token (streams only)")]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, record: UsageRecord) -> UsageRowOut:
+        fields = {name: getattr(record, name) for name in cls.__struct_fields__ if name != "total_tokens"}
+        return cls(**fields, total_tokens=record.total_tokens)
+
+
+class UsageOut(msgspec.Struct):
+    since: date
+    until: date
+    items: Annotated[list[UsageBucketOut], msgspec.Meta(description="Per day and model")]
+    totals: UsageTotalsOut
+    rows: list[UsageRowOut] | None = None
+    next_cursor: str | None = None
+
+
+def _inference(request: Request[Any, Any, Any]) -> Inference:
+    return request.app.state.services.inference  # type: ignore[no-any-return]
+
+
+def _report(
+    inference: Inference,
+    tenant_id: str | None,
+    since: date | None,
+    until: date | None,
+    *,
+    detail: bool,
+    limit: int,
+    cursor: str | None,
+    per_tenant: bool,
+) -> UsageOut:
+    first, last = day_window(since, until, datetime.now(UTC).date())
+    summary: UsageSummary = inference.usage.summary(tenant_id, first, last)
+    items = [
+        UsageBucketOut(
+            day=b.day,
+            model=b.model,
+            requests=b.requests,
+            errors=b.errors,
+            prompt_tokens=b.prompt_tokens,
+            completion_tokens=b.completion_tokens,
+            total_tokens=b.prompt_tokens + b.completion_tokens,
+            tenant_id=b.tenant_id if per_tenant else None,
+        )
+        for b in summary.buckets
+    ]
+    t = summary.totals
+    out = UsageOut(
+        since=first,
+        until=last,
+        items=items,
+        totals=UsageTotalsOut(t.requests, t.errors, t.prompt_tokens, t.completion_tokens, t.total_tokens),
+    )
+    if detail:
+        page = inference.usage.rows(tenant_id, first, last, limit=limit, cursor=cursor)
+        out.rows = [UsageRowOut.of(r) for r in page.items]
+        out.next_cursor = page.next_cursor
+    return out
+
+
+@endpoint("GET", "/v1/usage", access=Scope.INFERENCE, summary="Your tenant's inference usage by day and model", tags=["inference"])
+def tenant_usage(
+    request: Request[Any, Principal, Any],
+    since: Annotated[date | None, Since] = None,
+    until: Annotated[date | None, Until] = None,
+    detail: Annotated[bool, Detail] = False,
+    limit: Annotated[int, Limit] = 50,
+    cursor: Annotated[str | None, Cursor] = None,
+) -> UsageOut:
+    tenant_id = require_tenant(request.user)  # never None here: None would mean every tenant
+    return _report(
+        _inference(request), tenant_id, since, until, detail=detail, limit=limit, cursor=cursor, per_tenant=False
+    )
+
+
+@endpoint(
+    "GET", "/v1/operator/usage", access=OPERATOR_ACCESS, summary="Every tenant's inference usage by day, tenant and model",
+    tags=["inference (operator)"],
+)  # fmt: skip
+def operator_usage(
+    request: Request[Any, Principal, Any],
+    tenant_id: Annotated[str | None, TenantFilter] = None,
+    since: Annotated[date | None, Since] = None,
+    until: Annotated[date | None, Until] = None,
+    detail: Annotated[bool, Detail] = False,
+    limit: Annotated[int, Limit] = 50,
+    cursor: Annotated[str | None, Cursor] = None,
+) -> UsageOut:
+    return _report(
+        _inference(request), tenant_id, since, until, detail=detail, limit=limit, cursor=cursor, per_tenant=True
+    )
+
+
+USAGE_ROUTES = [tenant_usage, operator_usage]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 
 
@@ -39,6 +40,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     run.add_argument("--max-model-len", type=int, default=4096)
     run.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     run.add_argument("--allow-public-bind", action="store_true", help="permit 0.0.0.0/public (unauthenticated engine!)")
+    run.add_argument("--control-url", help="control plane URL: register and heartbeat there (else: log only)")
+    run.add_argument("--node-token", help="node token from POST /v1/nodes (default: $MOORAGE_NODE_TOKEN)")
+    run.add_argument("--public-model-name", help="model name tenants use (default: served name or directory name)")
+    run.add_argument("--heartbeat-interval", type=float, default=10.0, help="seconds between heartbeats")
+    run.add_argument("--expert-probe", nargs="+", metavar="TEXT", help="route TEXT at start; report expert load")
     run.set_defaults(run=run_node)
 
 
@@ -85,8 +91,20 @@ def run_node(args: argparse.Namespace) -> int:
             max_model_len=args.max_model_len,
             gpu_memory_utilization=args.gpu_memory_utilization,
             allow_public_bind=args.allow_public_bind,
+            control_url=args.control_url,
+            # The environment keeps the token out of `ps`; the flag is there for convenience.
+            node_token=args.node_token or os.environ.get("MOORAGE_NODE_TOKEN"),
+            public_model_name=args.public_model_name,
+            heartbeat_interval_s=args.heartbeat_interval,
+            expert_probe=tuple(args.expert_probe or ()),
         )
         engine_command(options)  # refuse bad options before anything starts
+        if options.control_url:
+            from inference.heartbeat_http import node_id_of
+
+            if not options.node_token:
+                raise ValueError("--control-url needs a node token: --node-token or MOORAGE_NODE_TOKEN")
+            node_id_of(options.node_token)  # a malformed token fails here, not on the first heartbeat
     except (OSError, ValueError) as exc:
         raise CommandError(str(exc), code="invalid_node_options", exit_code=2) from exc
     configure_logging("info", "json")  # logs on stderr; the final status on stdout

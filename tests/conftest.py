@@ -34,8 +34,9 @@ def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def settings(tmp_path: Path, migrated_database: Path) -> Settings:
     data_dir = tmp_path / "data"
-    data_dir.mkdir(mode=0o700)
-    shutil.copyfile(migrated_database, data_dir / "moorage.db")  # startup migrations find it at head
+    data_dir.mkdir(mode=0o700, exist_ok=True)
+    if not (data_dir / "moorage.db").exists():
+        shutil.copyfile(migrated_database, data_dir / "moorage.db")  # startup migrations find it at head
     return Settings(data_dir=data_dir, base_domain="apps.test", log_level="info")
 
 

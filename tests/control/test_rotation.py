@@ -152,7 +152,7 @@ def test_rotation_to_a_key_from_a_file(web: Caller, data_dir: Path, capsys, tmp_
 
 
 def test_an_unreadable_key_file_stops_the_commands(data_dir: Path, capsys) -> None:
-    data_dir.mkdir(parents=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "master.keys").write_text("not a key\n")
     for command in (["rotate-key"], ["master-keys"], ["retire-key", "x"]):
         code, refused = cli(capsys, *command)

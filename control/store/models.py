@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from control.store.types import JSONList, UTCDateTime, utcnow
@@ -274,4 +274,91 @@ class TenantInferenceLimitsRow(Base):
     tokens_per_minute: Mapped[int | None] = mapped_column(Integer)
     token_budget: Mapped[int | None] = mapped_column(Integer)
     budget_period: Mapped[str | None] = mapped_column(String(8))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+# --- managed databases (issue #6) ---------------------------------------------------------
+
+
+class DatabaseRow(Timestamps, Base):
+    """A tenant's managed Postgres/Redis. The row outlives the container: after DELETE it
+    stays ``deleted`` (name reserved, volume kept) until ``purge_after``, then goes."""
+
+    __tablename__ = "databases"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"), Index("ix_databases_tenant", "tenant_id", "id"))
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))
+    engine: Mapped[str] = mapped_column(String(16))  # postgres | redis
+    status: Mapped[str] = mapped_column(String(16))  # provisioning | available | failed | deleting | deleted
+    reason: Mapped[str | None] = mapped_column(Text)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    backup_retention: Mapped[int | None] = mapped_column(Integer)  # NULL: the platform default
+    db_user: Mapped[str] = mapped_column(String(63))
+    db_name: Mapped[str] = mapped_column(String(63))
+    # AES-256-GCM; AAD binds tenant id, database id and the field name.
+    password_ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    master_key_id: Mapped[str] = mapped_column(String(64), index=True)
+    container_id: Mapped[str | None] = mapped_column(String(80))
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    purge_after: Mapped[datetime | None] = mapped_column(UTCDateTime)  # the volume is kept until then
+
+
+class DatabaseLinkRow(Base):
+    """An app's link to a database: the URL lands in ``env_name`` at the app's next release."""
+
+    __tablename__ = "database_links"
+    __table_args__ = (UniqueConstraint("app_id", "env_name"), UniqueConstraint("database_id", "app_id"))
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    database_id: Mapped[str] = mapped_column(ForeignKey("databases.id", ondelete="CASCADE"))
+    env_name: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DatabaseBackupRow(Base):
+    """One backup file under ``<data_dir>/backups/<tenant id>/<database id>/``."""
+
+    __tablename__ = "database_backups"
+    __table_args__ = (Index("ix_database_backups_database", "database_id", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    database_id: Mapped[str] = mapped_column(ForeignKey("databases.id", ondelete="CASCADE"))
+    engine: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))  # pending | running | succeeded | failed
+    reason: Mapped[str | None] = mapped_column(Text)
+    file_name: Mapped[str | None] = mapped_column(String(200))
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))  # the reference: a sidecar can be rewritten with the file
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class DatabaseRestoreRow(Base):
+    """A restore of one backup into a database of the same engine (the same one or another)."""
+
+    __tablename__ = "database_restores"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    backup_id: Mapped[str] = mapped_column(ForeignKey("database_backups.id", ondelete="CASCADE"), index=True)
+    target_id: Mapped[str] = mapped_column(ForeignKey("databases.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16))  # pending | running | succeeded | failed
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class TenantDatabaseLimitsRow(Base):
+    """Per-tenant managed-database quotas set by operators; NULL means the platform default."""
+
+    __tablename__ = "tenant_database_limits"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    max_databases: Mapped[int | None] = mapped_column(Integer)
+    max_memory_mb: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

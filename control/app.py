@@ -12,6 +12,8 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from control import __doc__ as _doc
 from control.api.apps import AppController
+from control.api.backups import BackupController
+from control.api.databases import DATABASE_LIMIT_ROUTES, DatabaseController
 from control.api.deployments import DeploymentController
 from control.api.logs import LogController
 from control.api.releases import ReleaseController
@@ -27,6 +29,7 @@ from control.api.usage import USAGE_ROUTES
 from control.api.health import healthz, readyz
 from control.api.idempotency import IdempotencyMiddleware, idempotency_sweeper
 from control.api.keys import KeyController, whoami
+from control.api.links import LinkController
 from control.api.metrics import HttpMetrics, Metrics, metrics_handler
 from control.api.problems import EXCEPTION_HANDLERS
 from control.api.rate_limits import RateLimitMiddleware
@@ -83,7 +86,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         log.info("started", database=services.db.engine.url.render_as_string(hide_password=True))
 
     app = Litestar(
-        route_handlers=[openapi_document, healthz, readyz, metrics_handler(public=settings.metrics_public), whoami, TenantController, KeyController, AppController, EnvController, tenant_audit, operator_audit, DeploymentController, ReleaseController, LogController, *NODE_ROUTES, *GATEWAY_ROUTES, *USAGE_ROUTES, *INFERENCE_LIMIT_ROUTES],
+        route_handlers=[openapi_document, healthz, readyz, metrics_handler(public=settings.metrics_public), whoami, TenantController, KeyController, AppController, EnvController, tenant_audit, operator_audit, DeploymentController, ReleaseController, LogController, *NODE_ROUTES, *GATEWAY_ROUTES, *USAGE_ROUTES, *INFERENCE_LIMIT_ROUTES, DatabaseController, BackupController, LinkController, *DATABASE_LIMIT_ROUTES],
         dependencies={
             "tenants": Provide(lambda: services.tenants, use_cache=True, sync_to_thread=False),
             "keys": Provide(lambda: services.keys, use_cache=True, sync_to_thread=False),
@@ -103,8 +106,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         guards=[access_guard],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         openapi_config=_openapi(),
-        on_startup=[on_startup, services.deploys.start],  # job workers + reconciler, after migrations
-        on_shutdown=[services.deploys.stop, upstream.aclose, services.db.dispose],
+        on_startup=[on_startup, services.deploys.start, services.databases.start],  # job workers + reconciler, after migrations
+        on_shutdown=[services.databases.stop, services.deploys.stop, upstream.aclose, services.db.dispose],
         lifespan=[idempotency_sweeper(services.idempotency, settings.idempotency_purge_interval_s)],
         logging_config=None,
         debug=False,

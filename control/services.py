@@ -11,8 +11,10 @@ from control.domain.env import EnvService
 from control.domain.idempotency import IdempotencyService
 from control.domain.inference import Inference
 from control.domain.keys import KeyService
+from control.domain.links import LinkService
 from control.domain.limits import Defaults, LimitsService
 from control.domain.tenants import TenantService
+from control.jobs.database_wiring import ManagedDatabases
 from control.jobs.wiring import Deploys
 from control.security.keyring import ReloadingKeyring
 from control.security.master_keys import KeySource
@@ -38,12 +40,15 @@ class Services:
     audit: AuditService
     deploys: Deploys  # deployments, releases, job workers, reconciler (issue #5)
     inference: Inference  # nodes, gateway routing, quotas, usage (issue #7)
+    databases: ManagedDatabases  # managed Postgres/Redis, links, backups (issue #6)
 
     @classmethod
     def build(cls, settings: Settings, *, breakers: BreakerRegistry | None = None) -> Services:
         db = Database(settings.database_url)
         keyring = ReloadingKeyring(KeySource.of(settings))
         env_vars = EnvService(db, keyring)
+        links = LinkService(db, keyring)  # the deploy pipeline resolves database links at container start
+        deploys = Deploys.build(settings, db, env_vars, default_registry if breakers is None else breakers, links=links)
         return cls(
             settings=settings,
             db=db,
@@ -65,6 +70,7 @@ class Services:
             keyring=keyring,
             env_vars=env_vars,
             audit=AuditService(db),
-            deploys=Deploys.build(settings, db, env_vars, default_registry if breakers is None else breakers),
+            deploys=deploys,
             inference=Inference.build(settings, db, default_registry if breakers is None else breakers),
+            databases=ManagedDatabases.build(settings, db, keyring, links, deploys),
         )

@@ -76,6 +76,13 @@ class Settings:
     inference_connect_timeout_s: int = 5
     inference_read_timeout_s: int = 300  # longest silence from an engine (first token included)
     inference_max_connections: int = 200  # upstream connection pool, all nodes together
+    # Managed databases (issue #6): per-tenant quotas (operators override), backups, deletion grace.
+    database_max_per_tenant: int = 5  # databases a tenant may run (provisioning or available)
+    database_max_memory_mb: int = 2048  # container memory of all of a tenant's databases together
+    database_backup_retention: int = 7  # newest backups kept per database unless it sets its own
+    database_volume_grace_s: int = 7 * 86400  # a deleted database's volume is kept this long
+    database_purge_interval_s: int = 3600  # sweep for volumes past their grace (0 disables)
+    database_provision_timeout_s: int = 180  # a database not healthy by then fails
 
     def __post_init__(self) -> None:
         if not self.database_url:

@@ -15,7 +15,9 @@ import structlog
 
 from control.domain.deployment_states import Status
 from control.domain.deployments import DeploymentService
+from control.domain.databases import CredentialsUnreadable
 from control.domain.env import EnvService, SecretUnreadable
+from control.domain.links import LinkService
 from control.domain.releases import ReleaseService
 from control.jobs.build_log import BuildLog
 from control.jobs.locks import AppLocks
@@ -59,6 +61,7 @@ class DeployPipeline:
     env_vars: EnvService
     runtime: AppRuntime
     locks: AppLocks
+    links: LinkService | None = None  # managed databases: URLs resolved at container start
 
     def __call__(self, job: Job, ctx: JobContext) -> None:
         dep = self.deployments.load(job.subject_id)
@@ -164,15 +167,16 @@ class DeployPipeline:
         health_path = target.health_check_path if target else app.health_check_path
         try:
             env = self.env_vars.list(dep.tenant_id, app.id, reveal=True)
-        except SecretUnreadable as exc:
+            linked = self.links.resolve(dep.tenant_id, app.id) if self.links else {}  # a link wins over a same-named var
+        except (SecretUnreadable, CredentialsUnreadable) as exc:
             raise Failed(exc.detail) from None
-        values = {v.name: v.value for v in env.vars if v.value is not None} | {"PORT": str(port)}
+        values = {v.name: v.value for v in env.vars if v.value is not None} | linked | {"PORT": str(port)}
         release = self.releases.create(
             tenant_id=dep.tenant_id, app_id=app.id, deployment_id=dep.id, image_id=image, image_tag=tag,
             env_version=env.env_version, port=port, health_check_path=health_path,
             rollback_of=target.id if target else None,
         )
-        out.step(f"release {release.name}: env version {env.env_version} ({len(env.vars)} vars), port {port}")
+        out.step(f"release {release.name}: env version {env.env_version} ({len(env.vars)} vars, {len(linked)} database links), port {port}")
         self.deployments.update(dep.id, release_id=release.id)
         self._check(dep.id, ctx)
         plan = SwapPlan(tenant=tenant, app=app.name, deployment_id=dep.id, release=release, env=values)

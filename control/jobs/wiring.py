@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from control.domain.deployments import DEPLOY_JOB, DeploymentService
 from control.domain.env import EnvService
+from control.domain.links import LinkService
 from control.domain.releases import ReleaseService
 from control.jobs.deploy import DeployPipeline
 from control.jobs.locks import AppLocks
@@ -30,16 +31,18 @@ class Deploys:
     reconciler: Reconciler
 
     @classmethod
-    def build(cls, settings: Settings, db: Database, env_vars: EnvService, breakers: BreakerRegistry) -> Deploys:
+    def build(cls, settings: Settings, db: Database, env_vars: EnvService, breakers: BreakerRegistry,
+              links: LinkService | None = None) -> Deploys:
         queue = JobQueue(db, QueueConfig(lease_s=float(settings.job_lease_s), per_tenant=settings.deploys_per_tenant))
         deployments = DeploymentService(db, queue, settings.data_dir, max_attempts=settings.job_max_attempts)
         releases = ReleaseService(db)
         runtime = AppRuntime(settings, breakers)
         locks = AppLocks()
-        pipeline = DeployPipeline(settings, deployments, releases, env_vars, runtime, locks)
+        pipeline = DeployPipeline(settings, deployments, releases, env_vars, runtime, locks, links)
         queue.on_give_up[DEPLOY_JOB] = pipeline.give_up
         workers = WorkerPool(queue, {DEPLOY_JOB: pipeline}, count=settings.job_workers)
-        reconciler = Reconciler(releases, deployments, env_vars, runtime, locks, interval_s=float(settings.reconcile_interval_s))
+        reconciler = Reconciler(releases, deployments, env_vars, runtime, locks, interval_s=float(settings.reconcile_interval_s),
+                                links=links)
         return cls(deployments, releases, queue, runtime, workers, reconciler)
 
     def start(self) -> None:

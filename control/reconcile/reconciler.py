@@ -23,6 +23,7 @@ import structlog
 
 from control.domain.deployments import DeploymentService
 from control.domain.env import EnvService
+from control.domain.links import LinkService
 from control.domain.releases import ReleaseService
 from control.jobs.locks import AppLocks
 from control.jobs.runtime import AppRuntime
@@ -48,12 +49,14 @@ class _Backoff:
 
 class Reconciler:
     def __init__(self, releases: ReleaseService, deployments: DeploymentService, env_vars: EnvService, runtime: AppRuntime,
-                 locks: AppLocks, *, interval_s: float, base_backoff_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 locks: AppLocks, *, interval_s: float, base_backoff_s: float = 1.0, clock: Callable[[], float] = time.monotonic,
+                 links: LinkService | None = None) -> None:
         self.releases = releases
         self.deployments = deployments
         self.env_vars = env_vars
         self.runtime = runtime
         self.locks = locks
+        self.links = links
         self.interval_s = interval_s
         self.base_backoff_s = base_backoff_s
         self.clock = clock
@@ -116,7 +119,8 @@ class Reconciler:
 
     def _recreate(self, d: DesiredApp):  # type: ignore[no-untyped-def]
         env = self.env_vars.list(d.tenant_id, d.app_id, reveal=True)
-        values = {v.name: v.value for v in env.vars if v.value is not None} | {"PORT": str(d.release.port)}
+        linked = self.links.resolve(d.tenant_id, d.app_id) if self.links else {}  # database links, as the deploy did
+        values = {v.name: v.value for v in env.vars if v.value is not None} | linked | {"PORT": str(d.release.port)}
         info, _ = self.runtime.start_app(tenant=d.tenant_name, app=d.app_name, release=d.release.name,
                                          image=d.release.image_id, env=values, name=d.container_name)
         self.releases.set_container(d.app_id, info.id, d.container_name)

@@ -30,7 +30,15 @@ SAMPLE_BODIES: dict[tuple[str, str], Any] = {
     ("PUT", "/v1/apps/{app}/env/{name}"): {"value": "from-b"},
     ("POST", "/v1/apps/{app}/deployments"): {"git": {"url": "file:///nonexistent/from-b", "ref": "main"}},
     ("POST", "/v1/apps/{app}/rollback"): {"release": "v1"},
+    ("POST", "/v1/apps/{app}/links"): {"database": "secret-db"},
+    ("POST", "/v1/databases/{db}/backups/{backup}/restore"): {"target": "secret-db"},
 }
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    # No job workers: A's database below must not really be provisioned on this host.
+    return settings.with_overrides(job_workers=0)
 
 
 def _tenant_routes() -> list[tuple[str, str]]:
@@ -62,12 +70,24 @@ def tenants(new_tenant) -> tuple[Caller, Caller, dict[str, list[str]]]:
     alpha.request("PUT", f"/v1/apps/{app['id']}/env/API_TOKEN", json={"value": "alpha-only"})
     deployment = alpha.post(f"/v1/apps/{app['id']}/deployments", json={"git": {"url": "file:///nonexistent/repo", "ref": "main"}})
     assert deployment.status_code == 202, deployment.text
+    database = alpha.post("/v1/databases", json={"name": "secret-db", "engine": "postgres"}).json()
+    managed = alpha.client.app.state.services.databases  # what the jobs would record, without Docker
+    managed.databases.mark(database["id"], "available", expect=("provisioning",))
+    backup = alpha.post(f"/v1/databases/{database['id']}/backups").json()
+    managed.backups.mark(backup["id"], "succeeded", file_name=f"{backup['id']}.pgdump", size=1, sha256="0" * 64)
+    restore = alpha.post(f"/v1/databases/{database['id']}/backups/{backup['id']}/restore", json={})
+    link = alpha.post(f"/v1/apps/{app['id']}/links", json={"database": "secret-db"})
+    assert restore.status_code == 202 and link.status_code == 201, (restore.text, link.text)
     # Each path parameter, filled with A's real identifiers: by id and by name.
     values = {
         "app": [app["id"], app["name"]],
         "key_id": [alpha.key_id],
         "name": ["API_TOKEN"],
         "deployment": [deployment.json()["id"]],
+        "db": [database["id"], database["name"]],
+        "backup": [backup["id"]],
+        "restore": [restore.json()["id"]],
+        "link": [link.json()["id"]],
     }
     return alpha, beta, values
 

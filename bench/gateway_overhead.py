@@ -25,12 +25,12 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inference.engine.commands import transformers_command  # noqa: E402
-from inference.engine.policy import SupervisorPolicy  # noqa: E402
-from inference.engine.supervisor import EngineSupervisor  # noqa: E402
-from inference.heartbeat_http import HttpHeartbeatSink  # noqa: E402
-from tests.inference.gateway_helpers import control_plane  # noqa: E402
-from tests.inference.helpers import free_port  # noqa: E402
+from inference.engine.commands import transformers_command
+from inference.engine.policy import SupervisorPolicy
+from inference.engine.supervisor import EngineSupervisor
+from inference.heartbeat_http import HttpHeartbeatSink
+from tests.inference.gateway_helpers import control_plane
+from tests.inference.helpers import free_port
 
 PROMPTS = [
     "What is a deployment?",
@@ -88,7 +88,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp, control_plane(Path(tmp), log_level="warning") as platform:
         configure_logging("warning", "json")
-        node_id, token = platform.enroll("bench")
+        _node_id, token = platform.enroll("bench")
         command = transformers_command(model_dir, port=free_port())
         sink = HttpHeartbeatSink(platform.url, token, public_model="tiny-moe")
         supervisor = EngineSupervisor(command, SupervisorPolicy(health_timeout_s=300, heartbeat_interval_s=2), heartbeat=sink, gpu_probe=lambda: None)

@@ -22,13 +22,25 @@ from litestar import Request, Response
 from litestar.params import Body
 from litestar.response import Stream
 
-from control.api.gateway_proxy import Answer, Call, Outcome, Upstream, UpstreamFailed, open_answer, relay
+from control.api.gateway_proxy import (
+    Answer,
+    Call,
+    Outcome,
+    Upstream,
+    UpstreamFailed,
+    open_answer,
+    relay,
+)
 from control.api.problems import problem_response, retry_after_header
 from control.api.request_context import request_id_of
 from control.api.streaming import async_endpoint
 from control.domain.errors import Invalid
 from control.domain.inference import Inference
-from control.domain.inference_quota import QuotaExceeded, Reservation, estimate_prompt_tokens
+from control.domain.inference_quota import (
+    QuotaExceeded,
+    Reservation,
+    estimate_prompt_tokens,
+)
 from control.ids import new_id
 from control.security.principal import Principal
 from control.security.scopes import Scope
@@ -238,7 +250,7 @@ async def _settle(
     )
     try:
         await anyio.to_thread.run_sync(inference.quota.settle, reservation, record)
-    except Exception as exc:  # the answer is already out; never break it, but say so loudly
+    except Exception as exc:  # noqa: BLE001 (the answer is already out; never break it, but say so loudly)
         log.error("inference_usage_write_failed", request_id=call.request_id, error=type(exc).__name__)
     observer = getattr(request.app.state, "inference_metrics", None)
     if observer is not None:

@@ -24,7 +24,14 @@ import httpx
 import msgspec
 import structlog
 
-from control.api.gateway_sse import DONE, KEEPALIVE, error_event, event, sse_data, with_keepalive
+from control.api.gateway_sse import (
+    DONE,
+    KEEPALIVE,
+    error_event,
+    event,
+    sse_data,
+    with_keepalive,
+)
 from control.domain.gateway_routing import NodeRouter
 from control.settings import Settings
 from control.store.repositories.nodes import Node, ServedModel

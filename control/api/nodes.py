@@ -10,8 +10,20 @@ from litestar import Controller, Request, post
 from litestar.params import FromPath, JSONBody
 
 from control.api.endpoints import endpoint
-from control.api.node_auth import NODE_ACCESS, NODE_SECURITY, authenticated_node, node_token_guard
-from control.api.node_schemas import NodeAck, NodeCreate, NodeEnrolled, NodeList, NodeOut, NodeReport
+from control.api.node_auth import (
+    NODE_ACCESS,
+    NODE_SECURITY,
+    authenticated_node,
+    node_token_guard,
+)
+from control.api.node_schemas import (
+    NodeAck,
+    NodeCreate,
+    NodeEnrolled,
+    NodeList,
+    NodeOut,
+    NodeReport,
+)
 from control.api.problems import problem_responses
 from control.domain.inference import Inference
 from control.domain.nodes import NodeRegistration
@@ -45,7 +57,7 @@ class NodeController(Controller):
     @endpoint("GET", access=OPERATOR_ACCESS, summary="List inference nodes and their health")
     def list(self, request: Request[Any, Any, Any]) -> NodeList:
         inference = _inference(request)
-        return NodeList(items=[node_out(inference, n) for n in inference.nodes.list()])
+        return NodeList(items=[node_out(inference, n) for n in inference.nodes.live()])
 
     @endpoint("GET", "/{node:str}", access=OPERATOR_ACCESS, errors=(404,), summary="Get an inference node")
     def get(self, request: Request[Any, Any, Any], node: FromPath[str]) -> NodeOut:

@@ -11,7 +11,10 @@ from dataclasses import dataclass
 
 from control.domain.errors import Invalid, NotFound
 from control.store.database import Database
-from control.store.repositories.inference_limits import InferenceLimitsRepository, InferenceOverrides
+from control.store.repositories.inference_limits import (
+    InferenceLimitsRepository,
+    InferenceOverrides,
+)
 from control.store.repositories.tenants import TenantRepository
 
 PERIODS = ("day", "month")

@@ -18,7 +18,13 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from control.domain.errors import Conflict, Forbidden, Invalid, NotFound, Unauthenticated
+from control.domain.errors import (
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    Unauthenticated,
+)
 from control.security.node_tokens import issue_node_token, parse_node_id, token_matches
 from control.store.database import Database
 from control.store.repositories.nodes import Node, NodeRepository, ServedModel
@@ -105,7 +111,7 @@ class NodeService:
         self._changed()
         return EnrolledNode(node, issued.token)
 
-    def list(self) -> list[Node]:
+    def live(self) -> list[Node]:
         with self.db.read() as session:
             return NodeRepository(session).live()
 
@@ -198,7 +204,7 @@ class NodeService:
         with self._lock:
             if self._cache is not None and self._cache[0] > now:
                 return self._cache[1]
-        nodes = self.list()
+        nodes = self.live()
         with self._lock:
             self._cache = (now + self.cache_ttl_s, nodes)
         return nodes

@@ -9,10 +9,14 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.inference.gateway_helpers import Platform, control_plane, sse_events, stand_in_engine
+from tests.inference.gateway_helpers import (
+    Platform,
+    control_plane,
+    sse_events,
+    stand_in_engine,
+)
 
 
 @pytest.fixture

@@ -21,13 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from inference.engine.policy import SupervisorPolicy
 from inference.engine.supervisor import EngineSupervisor
 from inference.heartbeat_http import HttpHeartbeatSink
-from tests.inference.gateway_helpers import Platform, control_plane, sse_events, stand_in_openai_command
+from tests.inference.gateway_helpers import (
+    Platform,
+    control_plane,
+    sse_events,
+    stand_in_openai_command,
+)
 from tests.inference.helpers import free_port
 
 pytestmark = pytest.mark.slow

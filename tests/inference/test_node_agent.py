@@ -13,7 +13,11 @@ import pytest
 from inference.engine.policy import SupervisorPolicy
 from inference.engine.supervisor import EngineSupervisor
 from inference.heartbeat_http import HttpHeartbeatSink, node_id_of
-from tests.inference.gateway_helpers import Platform, control_plane, stand_in_openai_command
+from tests.inference.gateway_helpers import (
+    Platform,
+    control_plane,
+    stand_in_openai_command,
+)
 
 FAST = SupervisorPolicy(health_timeout_s=20, health_interval_s=0.05, heartbeat_interval_s=0.2, drain_grace_s=2, terminate_timeout_s=2)
 
@@ -55,6 +59,6 @@ def test_token_shape_is_checked_before_anything_starts(tmp_path: Path) -> None:
     (model / "config.json").write_text("{}")
     base = [sys.executable, "-m", "control.cli.main", "node", "run", "--engine", "transformers", "--model", str(model)]
     for extra in (["--control-url", "http://127.0.0.1:1"], ["--control-url", "http://127.0.0.1:1", "--node-token", "nope"]):
-        result = subprocess.run(base + extra, capture_output=True, text=True, timeout=60, env={"PATH": ""})
+        result = subprocess.run(base + extra, check=False, capture_output=True, text=True, timeout=60, env={"PATH": ""})
         assert result.returncode == 2, result.stderr
         assert "invalid_node_options" in result.stdout + result.stderr

@@ -75,7 +75,7 @@ def test_missing_or_bad_node_tokens_are_401(operator: Caller, token: str | None)
 
 
 def test_api_keys_and_node_tokens_do_not_mix(operator: Caller, tenant: Caller) -> None:
-    node_id, token = _node(operator)
+    _node_id, token = _node(operator)
     for key in (operator.token, tenant.token):  # an API key is no node token ...
         assert _as_node(operator.client, key, "/v1/nodes/register", REPORT).status_code == 401
     as_key = operator.client.get("/v1/nodes", headers={"Authorization": f"Bearer {token}"})
@@ -94,7 +94,7 @@ def test_a_deleted_node_token_is_revoked(operator: Caller) -> None:
 
 
 def test_a_node_speaks_only_for_itself(operator: Caller) -> None:
-    first, token = _node(operator, "a")
+    _first, token = _node(operator, "a")
     second, _ = _node(operator, "b")
     _as_node(operator.client, token, "/v1/nodes/register", REPORT)
     response = _as_node(operator.client, token, f"/v1/nodes/{second}/heartbeat", {"state": "healthy"})

@@ -139,15 +139,17 @@ class DatabaseJobs:
         if database is None or database.status != Status.PROVISIONING:
             return
         with self.locks.hold(database.id), self._transient():
+            secrets: tuple[str, ...] = ()
             try:
                 creds = self.databases.credentials(database)
+                secrets = creds.secrets()
                 tenant = self._tenant(database)
                 spec = DatabaseSpec(tenant, database.name, database.engine, self.runtime.network(tenant), creds,
                                     labels={ID_LABEL: database.id})
                 instance = self.runtime.databases.provision(spec, self.runtime.policy(database), timeout=self.provision_timeout_s)
             except (DatabaseError, CredentialsUnreadable, docker.errors.APIError) as exc:
                 # Runtime errors are redacted already; Docker's own are masked here to be sure.
-                reason = redact_text(_reason(exc), creds.secrets() if "creds" in locals() else ())
+                reason = redact_text(_reason(exc), secrets)
                 self.databases.mark(database.id, Status.FAILED, expect=(Status.PROVISIONING,), reason=reason)
                 log.warning("database_failed", database_id=database.id, reason=reason)
                 return

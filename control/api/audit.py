@@ -45,6 +45,9 @@ def mark_audited(request: Request[Any, Any, Any], action_suffix: str) -> None:
 
 
 def _action(scope: HTTPScope) -> str | None:
+    handler = scope.get("route_handler")
+    if handler is not None and handler.opt.get("audited") is False:
+        return None
     method = scope["method"]
     suffix = scope.get("state", {}).get(_AUDITED_READ)
     if method not in MUTATING and suffix is None:

@@ -20,9 +20,8 @@ from litestar import Controller, Request, Response
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
-from control.api.endpoints import Cursor, Limit, endpoint
+from control.api.endpoints import Cursor, Limit, endpoint, route
 from control.api.problems import Problem, problem_response
-from control.api.streaming import async_endpoint
 from control.domain.deployments import DeploymentService, check_git_source
 from control.domain.keys import require_tenant
 from control.domain.releases import ReleaseService
@@ -109,7 +108,7 @@ class DeploymentController(Controller):
     path = "/v1/apps/{app:str}/deployments"
     tags = ["deployments"]
 
-    @async_endpoint("POST", "/", access=Scope.DEPLOY, errors=(404, 413, 415), status_code=202, request_max_body_size=None,
+    @route("POST", "/", access=Scope.DEPLOY, errors=(404, 413, 415), status_code=202, request_max_body_size=None,
                     summary="Deploy: upload a tar.gz (application/gzip) or JSON {git: {url, ref}}")
     async def create(self, request: Request[Any, Principal, Any], app: FromPath[str]) -> Response[DeploymentOut] | Response[Problem]:
         services = request.app.state.services

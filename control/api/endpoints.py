@@ -63,26 +63,33 @@ Limit = QueryParameter(ge=1, le=200, description="Page size (1-200).")
 Cursor = QueryParameter(description="Opaque cursor from a previous page's `next_cursor`.", required=False)
 
 
-def endpoint(
+def route(
     method: str,
     path: str = "/",
     *,
     access: str,
     errors: tuple[int, ...] = (),
     summary: str,
+    audited: bool = True,
     **kwargs: Any,
 ) -> Callable[[Callable[..., Any]], Any]:
+    """Declare an async handler. ``audited=False`` keeps a high-volume, non-mutating POST
+    (gateway completions, node heartbeats) out of the audit log; usage rows record those."""
     mutating = method in MUTATING
     statuses = (400, 401, 403, 422, 429, *((409,) if mutating else ()), *errors)
     if mutating:
         kwargs.setdefault("operation_class", IdempotentOperation)
     return _DECORATORS[method](
         path,
-        opt={"access": str(access)},
+        opt={"access": str(access), "audited": audited},
         responses=problem_responses(*statuses),
         response_headers=RATE_LIMIT_HEADERS,
         security=SECURITY,
         summary=summary,
-        sync_to_thread=True,
         **kwargs,
     )
+
+
+def endpoint(method: str, path: str = "/", **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
+    """Declare a sync handler (blocking SQLite work): it runs in a worker thread."""
+    return route(method, path, sync_to_thread=True, **kwargs)

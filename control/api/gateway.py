@@ -31,9 +31,9 @@ from control.api.gateway_proxy import (
     open_answer,
     relay,
 )
+from control.api.endpoints import route
 from control.api.problems import problem_response, retry_after_header
 from control.api.request_context import request_id_of
-from control.api.streaming import async_endpoint
 from control.domain.errors import Invalid
 from control.domain.inference import Inference
 from control.domain.inference_quota import (
@@ -67,22 +67,22 @@ class ModelList(msgspec.Struct):
     object: str = "list"
 
 
-@async_endpoint("GET", "/v1/models", access=Scope.INFERENCE, summary="Models served by healthy nodes (OpenAI list)", tags=["inference"])
+@route("GET", "/v1/models", access=Scope.INFERENCE, summary="Models served by healthy nodes (OpenAI list)", tags=["inference"])
 async def list_models(request: Request[Any, Principal, Any]) -> ModelList:
     names = await anyio.to_thread.run_sync(_inference(request).nodes.models)
     return ModelList(data=[ModelOut(id=name) for name in names])
 
 
-@async_endpoint(
-    "POST", "/v1/chat/completions", access=Scope.INFERENCE, errors=(404, 502, 503),
+@route(
+    "POST", "/v1/chat/completions", access=Scope.INFERENCE, errors=(404, 502, 503), audited=False,
     summary="Chat completion (OpenAI-compatible; `stream: true` for SSE)", tags=["inference"], status_code=200,
 )  # fmt: skip
 async def chat_completions(request: Request[Any, Principal, Any], data: OpenAIBody) -> Response[Any]:
     return await _proxy(request, data, "chat.completions", "/v1/chat/completions")
 
 
-@async_endpoint(
-    "POST", "/v1/completions", access=Scope.INFERENCE, errors=(404, 502, 503),
+@route(
+    "POST", "/v1/completions", access=Scope.INFERENCE, errors=(404, 502, 503), audited=False,
     summary="Text completion (OpenAI-compatible; `stream: true` for SSE)", tags=["inference"], status_code=200,
 )  # fmt: skip
 async def completions(request: Request[Any, Principal, Any], data: OpenAIBody) -> Response[Any]:

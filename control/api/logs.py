@@ -21,7 +21,8 @@ from litestar import Controller, Request, Response
 from litestar.params import FromPath, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from control.api.streaming import KEEPALIVE_S, async_endpoint, keepalive
+from control.api.endpoints import route
+from control.api.streaming import KEEPALIVE_S, keepalive
 from control.domain.deployments import DeploymentService
 from control.domain.errors import Conflict
 from control.domain.keys import require_tenant
@@ -103,7 +104,7 @@ class LogController(Controller):
     path = "/v1/apps/{app:str}"
     tags = ["logs"]
 
-    @async_endpoint("GET", "/deployments/{deployment:str}/logs", access=Scope.READ, errors=(404,),
+    @route("GET", "/deployments/{deployment:str}/logs", access=Scope.READ, errors=(404,),
                     summary="A deployment's build log (text, or SSE with follow=true)")
     async def build_log(
         self, request: Request[Any, Principal, Any], app: FromPath[str], deployment: FromPath[str],
@@ -117,7 +118,7 @@ class LogController(Controller):
             return Response(text, media_type="text/plain; charset=utf-8")
         return ServerSentEvent(_build_events(services.deploys.deployments, services.deploys.releases, found.id, path))
 
-    @async_endpoint("GET", "/logs", access=Scope.READ, errors=(404, 503),
+    @route("GET", "/logs", access=Scope.READ, errors=(404, 503),
                     summary="The running app's log (text, or SSE with follow=true)")
     async def runtime_log(
         self, request: Request[Any, Principal, Any], app: FromPath[str], follow: Annotated[bool, Follow] = False,

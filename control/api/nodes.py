@@ -86,11 +86,13 @@ class NodeController(Controller):
         _inference(request).nodes.delete(node)
 
 
-def node_endpoint(path: str, *, summary: str, description: str) -> Callable[[Callable[..., Any]], Any]:
+def node_endpoint(
+    path: str, *, summary: str, description: str, audited: bool = True
+) -> Callable[[Callable[..., Any]], Any]:
     """A route only inference nodes call: node token, no API key (see node_auth)."""
     return post(
         path,
-        opt={"public": True, "access": NODE_ACCESS},
+        opt={"public": True, "access": NODE_ACCESS, "audited": audited},
         guards=[node_token_guard],
         security=NODE_SECURITY,
         responses=problem_responses(400, 401, 403, 409, 422),
@@ -137,6 +139,7 @@ def register_node(request: Request[Any, Any, Any], data: JSONBody[NodeReport]) -
     summary="A node's heartbeat: engine state, requests in flight, GPU memory, expert load",
     description="A node whose last heartbeat is older than `stale_after_s` is not routed to. 409 "
     "`node-not-registered`: register first.",
+    audited=False,  # every 10 s per node: the node's own row records its latest state
 )
 def node_heartbeat(request: Request[Any, Any, Any], node: FromPath[str], data: JSONBody[NodeReport]) -> NodeAck:
     inference = _inference(request)

@@ -162,3 +162,22 @@ def test_a_failing_audit_write_never_breaks_the_response(app, tenant: Caller) ->
     assert tenant.get("/v1/apps/still-works").status_code == 200
     logs = captured.getvalue()
     assert "audit_write_failed" in logs and "POST /v1/apps" in logs
+
+
+def test_high_volume_non_mutating_posts_stay_out_of_the_log(operator: Caller, tenant: Caller) -> None:
+    # Gateway completions are recorded as usage rows, node heartbeats as the node's state.
+    assert tenant.post("/v1/chat/completions", json={"model": "m", "messages": []}).status_code in (404, 422, 503)
+    enrolled = operator.post("/v1/nodes", json={"name": "gpu-1"})
+    assert enrolled.status_code == 201, enrolled.text
+    node_id, node_auth = enrolled.json()["node"]["id"], {"Authorization": f"Bearer {enrolled.json()['token']}"}
+    model = {"name": "tiny", "engine_model": "/models/tiny"}
+    report = {"state": "healthy", "engine": "transformers", "base_url": "http://127.0.0.1:9", "models": [model]}
+    registered = tenant.client.post("/v1/nodes/register", headers=node_auth, json=report)
+    assert registered.status_code == 200, registered.text
+    for _ in range(3):
+        beat = tenant.client.post(f"/v1/nodes/{node_id}/heartbeat", headers=node_auth, json={"state": "healthy"})
+        assert beat.status_code == 200, beat.text
+    tenant.post("/v1/apps", json={"name": "audited"})
+    actions = [e["action"] for e in operator.get("/v1/operator/audit").json()["items"]]
+    assert {"POST /v1/apps", "POST /v1/nodes", "POST /v1/nodes/register"} <= set(actions)
+    assert not [a for a in actions if "completions" in a or "heartbeat" in a]

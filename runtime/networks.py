@@ -9,6 +9,8 @@ each tenant network instead (`settings.traefik_container`).
 
 from __future__ import annotations
 
+import threading
+
 from dataclasses import dataclass
 
 import docker.errors
@@ -63,8 +65,24 @@ class TenantNetworks:
         )
         return _info(self.engine.client.networks.get(str(net.id)))
 
+    # Docker's check_duplicate is best effort: two creates racing can both succeed and leave
+    # two networks with one name. Creation is serialised per tenant within this process.
+    _creating: dict[str, threading.Lock] = {}
+    _creating_guard = threading.Lock()
+
+    def _lock_for(self, tenant: str) -> threading.Lock:
+        with self._creating_guard:
+            return self._creating.setdefault(self.name_for(tenant), threading.Lock())
+
     def ensure(self, tenant: str) -> NetworkInfo:
         """Create the tenant's network if missing (idempotent; safe under concurrent callers)."""
+        with self._lock_for(tenant):
+            info = self._ensure_exists(tenant)
+        if self.settings.traefik_container:
+            self.attach(tenant, self.settings.traefik_container)
+        return info
+
+    def _ensure_exists(self, tenant: str) -> NetworkInfo:
         info = self.get(tenant)
         if info is None:
             try:
@@ -74,8 +92,6 @@ class TenantNetworks:
                     raise
                 info = self.get(tenant)
                 assert info is not None
-        if self.settings.traefik_container:
-            self.attach(tenant, self.settings.traefik_container)
         return info
 
     @guarded(idempotent=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,20 @@ def test_tenant_network_is_idempotent_and_labelled(networks: TenantNetworks, eng
         assert networks.remove(tenant)
     assert networks.get(tenant) is None
     assert not networks.remove(tenant)
+
+
+def test_concurrent_ensure_makes_one_network(networks: TenantNetworks, engine: DockerEngine) -> None:
+    # Regression: a deploy and a database job of a new tenant raced and made two networks.
+    tenant = tenant_name("race")
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        made = list(pool.map(lambda _: networks.ensure(tenant).id, range(6)))
+    try:
+        same_name = [n for n in engine.client.networks.list(names=[networks.name_for(tenant)])
+                     if n.name == networks.name_for(tenant)]
+        assert len(same_name) == 1 and set(made) == {same_name[0].id}
+    finally:
+        for net in engine.client.networks.list(names=[networks.name_for(tenant)]):
+            net.remove()
 
 
 def test_containerised_traefik_is_attached_to_tenant_networks(engine: DockerEngine) -> None:

@@ -45,10 +45,12 @@ class TenantService:
             tenants = TenantRepository(session)
             if tenants.get(tenant_id) is None:
                 raise NotFound.of("tenant", tenant_id)
-            apps = tenants.count_apps(tenant_id)
-            if apps:
+            owned = {kind: n for kind, n in tenants.owned(tenant_id).items() if n}
+            if owned:
+                listed = ", ".join(f"{n} {kind}(s)" for kind, n in owned.items())
                 raise Conflict(
-                    f"Tenant still owns {apps} app(s); delete them first so nothing is lost by accident.",
+                    f"Tenant still owns {listed}; delete them first (databases with ?purge=true) so "
+                    "nothing is lost or left running by accident.",
                     code="tenant-not-empty",
                 )
             tenants.delete(tenant_id)

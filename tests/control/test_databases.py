@@ -296,3 +296,14 @@ def test_the_sweep_purges_only_volumes_past_their_grace(app: Litestar, tenant: C
     assert tenant.get("/v1/databases/recent").json()["status"] == "deleted"
     assert fake.fake_databases.volumes == {"moorage-db-acme-recent"}
     assert services.jobs.sweep() == []
+
+
+def test_a_tenant_with_databases_cannot_be_deleted_until_they_are_purged(
+    app: Litestar, tenant: Caller, operator: Caller, fake: FakeRuntime
+) -> None:
+    db = create(tenant, app, name="keep")
+    refused = operator.delete(f"/v1/tenants/{tenant.tenant_id}")
+    assert refused.status_code == 409 and "1 database(s)" in refused.json()["detail"]
+    assert tenant.delete(f"/v1/databases/{db['id']}?purge=true").status_code == 202
+    run_jobs(app)
+    assert operator.delete(f"/v1/tenants/{tenant.tenant_id}").status_code == 204

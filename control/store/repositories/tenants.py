@@ -3,7 +3,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from control.store.models import AppRow, TenantRow
+from control.store.models import AppRow, DatabaseRow, TenantRow
 from control.store.records import Page, Tenant
 from control.store.repositories.paging import paginate
 
@@ -47,8 +47,12 @@ class TenantRepository:
         self.session.flush()
         return to_tenant(row)
 
-    def count_apps(self, tenant_id: str) -> int:
-        return self.session.scalar(select(func.count()).where(AppRow.tenant_id == tenant_id)) or 0
+    def owned(self, tenant_id: str) -> dict[str, int]:
+        """What the tenant still owns that has life outside this database (containers, volumes)."""
+        counts = {}
+        for kind, model in (("app", AppRow), ("database", DatabaseRow)):
+            counts[kind] = self.session.scalar(select(func.count()).where(model.tenant_id == tenant_id)) or 0
+        return counts
 
     def delete(self, tenant_id: str) -> bool:
         row = self.session.get(TenantRow, tenant_id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import structlog
 from litestar import Litestar
 from litestar.di import Provide
@@ -11,31 +13,17 @@ from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from control import __doc__ as _doc
-from control.api.apps import AppController
-from control.api.backups import BackupController
-from control.api.databases import DATABASE_LIMIT_ROUTES, DatabaseController
-from control.api.deployments import DeploymentController
-from control.api.logs import LogController
-from control.api.releases import ReleaseController
-from control.api.audit import AuditTrail, operator_audit, tenant_audit
+from control.api.audit import AuditTrail
 from control.api.auth import PUBLIC_PATHS, ApiKeyAuthentication, access_guard
-from control.api.env import EnvController
-from control.api.gateway import GATEWAY_ROUTES, Upstream
-from control.api.inference_limits import INFERENCE_LIMIT_ROUTES
-from control.api.inference_metrics import InferenceMetrics
-from control.api.node_auth import NODE_TOKEN_SCHEME
-from control.api.nodes import NODE_ROUTES
-from control.api.usage import USAGE_ROUTES
-from control.api.health import healthz, readyz
+from control.api.gateway import Upstream
 from control.api.idempotency import IdempotencyMiddleware, idempotency_sweeper
-from control.api.keys import KeyController, whoami
-from control.api.links import LinkController
-from control.api.metrics import HttpMetrics, Metrics, metrics_handler
+from control.api.inference_metrics import InferenceMetrics
+from control.api.metrics import HttpMetrics, Metrics
+from control.api.node_auth import NODE_TOKEN_SCHEME
 from control.api.problems import EXCEPTION_HANDLERS
 from control.api.rate_limits import RateLimitMiddleware
-from control.api.spec import openapi_document
 from control.api.request_context import RequestContext
-from control.api.tenants import TenantController
+from control.api.routes import route_handlers
 from control.logging import configure_logging
 from control.security.master_keys import MasterKeyError
 from control.services import Services
@@ -69,6 +57,10 @@ def _openapi() -> OpenAPIConfig:
     )
 
 
+def _constant(value: object) -> Callable[[], object]:
+    return lambda: value
+
+
 def create_app(settings: Settings | None = None, *, services: Services | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
@@ -86,17 +78,9 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         log.info("started", database=services.db.engine.url.render_as_string(hide_password=True))
 
     app = Litestar(
-        route_handlers=[openapi_document, healthz, readyz, metrics_handler(public=settings.metrics_public), whoami, TenantController, KeyController, AppController, EnvController, tenant_audit, operator_audit, DeploymentController, ReleaseController, LogController, *NODE_ROUTES, *GATEWAY_ROUTES, *USAGE_ROUTES, *INFERENCE_LIMIT_ROUTES, DatabaseController, BackupController, LinkController, *DATABASE_LIMIT_ROUTES],
-        dependencies={
-            "tenants": Provide(lambda: services.tenants, use_cache=True, sync_to_thread=False),
-            "keys": Provide(lambda: services.keys, use_cache=True, sync_to_thread=False),
-            "apps": Provide(lambda: services.apps, use_cache=True, sync_to_thread=False),
-            "limits": Provide(lambda: services.limits, use_cache=True, sync_to_thread=False),
-            "env_vars": Provide(lambda: services.env_vars, use_cache=True, sync_to_thread=False),
-            "deployments": Provide(lambda: services.deploys.deployments, use_cache=True, sync_to_thread=False),
-            "releases": Provide(lambda: services.deploys.releases, use_cache=True, sync_to_thread=False),
-            "audit": Provide(lambda: services.audit, use_cache=True, sync_to_thread=False),
-        },
+        route_handlers=route_handlers(settings),
+        dependencies={name: Provide(_constant(service), use_cache=True, sync_to_thread=False)
+                      for name, service in services.injectable().items()},
         # In this order: who is calling, may they call now, have we answered this before.
         middleware=[
             DefineMiddleware(ApiKeyAuthentication, exclude=PUBLIC_PATHS, exclude_from_auth_key="public"),

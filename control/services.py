@@ -11,8 +11,8 @@ from control.domain.env import EnvService
 from control.domain.idempotency import IdempotencyService
 from control.domain.inference import Inference
 from control.domain.keys import KeyService
-from control.domain.links import LinkService
 from control.domain.limits import Defaults, LimitsService
+from control.domain.links import LinkService
 from control.domain.tenants import TenantService
 from control.jobs.database_wiring import ManagedDatabases
 from control.jobs.wiring import Deploys
@@ -41,6 +41,19 @@ class Services:
     deploys: Deploys  # deployments, releases, job workers, reconciler (issue #5)
     inference: Inference  # nodes, gateway routing, quotas, usage (issue #7)
     databases: ManagedDatabases  # managed Postgres/Redis, links, backups (issue #6)
+
+    def injectable(self) -> dict[str, object]:
+        """What handlers receive by parameter name (``tenants: NamedDependency[TenantService]``)."""
+        return {
+            "tenants": self.tenants,
+            "keys": self.keys,
+            "apps": self.apps,
+            "limits": self.limits,
+            "env_vars": self.env_vars,
+            "deployments": self.deploys.deployments,
+            "releases": self.deploys.releases,
+            "audit": self.audit,
+        }
 
     @classmethod
     def build(cls, settings: Settings, *, breakers: BreakerRegistry | None = None) -> Services:

@@ -24,6 +24,7 @@ from control.security.master_keys import (
 from control.settings import Settings
 
 if TYPE_CHECKING:
+    from control.domain.rotation import RotationService
     from control.services import Services
 
 
@@ -48,7 +49,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     generate.add_argument("--output-file", type=Path, help="write a new key file (mode 0600) instead of printing the key")
     generate.set_defaults(run=run_generate_master_key)
 
-    rotate = sub.add_parser("rotate-key", help="add a new active master key and reseal every env var under it")
+    rotate = sub.add_parser("rotate-key", help="add a new active master key and reseal every sealed value under it")
     rotate.add_argument("--new-key-file", type=Path, help="take the new key from this file instead of generating one")
     rotate.add_argument("--reencrypt-only", action="store_true", help="add no key; reseal under the current active key")
     rotate.add_argument("--batch-size", type=int, default=200, help="values per write transaction (default 200)")
@@ -173,6 +174,12 @@ def _add_active_key(source: KeySource, new_key_file: Path | None) -> MasterKey:
     return new
 
 
+def _rotation(services: Services) -> RotationService:
+    from control.domain.rotation import RotationService
+
+    return RotationService(services.db, services.keyring)
+
+
 def run_rotate_key(args: argparse.Namespace) -> int:
     if args.retire:
         return run_retire_key(args)
@@ -182,23 +189,26 @@ def run_rotate_key(args: argparse.Namespace) -> int:
     with _key_file_lock(source), _services() as services:
         added = None if args.reencrypt_only else _add_active_key(source, args.new_key_file)
         active = services.keyring.reload().active_id
-        resealed, failed, after_id, batches = 0, [], "", 0
-        while True:
-            batch = services.env_vars.reseal_batch(after_id=after_id, limit=args.batch_size)
-            if batch.last_id is None:
-                break
-            batches += 1
-            resealed += batch.resealed
-            failed += batch.failed
-            after_id = batch.last_id
-            print(json.dumps({"batch": batches, "resealed": resealed, "failed": len(failed)}), file=sys.stderr, flush=True)
-        usage = services.env_vars.key_usage()
+        rotation = _rotation(services)
+        resealed, failed, batches = 0, [], 0
+        for column in rotation.columns:  # every sealed column, one short write transaction per batch
+            after_id = ""
+            while (batch := rotation.reseal_batch(column, after_id=after_id, limit=args.batch_size)).last_id is not None:
+                batches += 1
+                resealed += batch.resealed
+                failed += batch.failed
+                after_id = batch.last_id
+                progress = {"batch": batches, "column": column.label, "resealed": resealed, "failed": len(failed)}
+                print(json.dumps(progress), file=sys.stderr, flush=True)
+        per_column = rotation.usage_by_column()
+        usage = rotation.key_usage()
     print(json.dumps({
         "active_key": active,
         "added_key": added.id if added else None,
         "resealed": resealed,
         "failed": failed,
         "values_per_key": usage,
+        "values_per_column": per_column,
         "retirable": [k for k in services.keyring.current().key_ids if k != active and not usage.get(k)],
         "next": "moorage admin retire-key KEY_ID for each retirable key" if not failed else
         "Some values could not be opened (altered or missing key): set them again, then rerun.",
@@ -215,10 +225,13 @@ def run_retire_key(args: argparse.Namespace) -> int:
             raise CommandError(f"No master key {key_id!r} in {source.describe()}.", code="key-not-found")
         if keys[0].id == key_id:
             raise CommandError(f"{key_id!r} is the active key; rotate to a new one first.", code="key-active", exit_code=3)
-        in_use = services.env_vars.key_usage().get(key_id, 0)
-        if in_use:
+        # Every sealed column counts: a key some database password still needs must stay.
+        users = {label: n for label, per_key in _rotation(services).usage_by_column().items() if (n := per_key.get(key_id, 0))}
+        if users:
+            where = ", ".join(f"{label}: {n}" for label, n in users.items())
             raise CommandError(
-                f"{in_use} value(s) are still sealed under {key_id!r}; run `moorage admin rotate-key --reencrypt-only` first.",
+                f"{sum(users.values())} value(s) are still sealed under {key_id!r} ({where}); "
+                "run `moorage admin rotate-key --reencrypt-only` first.",
                 code="key-in-use",
                 exit_code=3,
             )
@@ -238,8 +251,12 @@ def run_master_keys(_args: argparse.Namespace) -> int:
     source = KeySource.of(Settings.from_env())
     with _services() as services:
         keyring = services.keyring.current()
-        usage = services.env_vars.key_usage()
+        rotation = _rotation(services)
+        per_column = rotation.usage_by_column()
+        usage = rotation.key_usage()
     keys = [{"id": k, "active": k == keyring.active_id, "values": usage.get(k, 0)} for k in keyring.key_ids]
     unknown = {k: n for k, n in usage.items() if k not in keyring.key_ids}
-    print(json.dumps({"source": source.describe(), "keys": keys, "values_under_unknown_keys": unknown}))
+    print(json.dumps({
+        "source": source.describe(), "keys": keys, "values_per_column": per_column, "values_under_unknown_keys": unknown,
+    }))
     return 0

@@ -1,5 +1,5 @@
 """An app's environment variables: sealed at rest, revealed only on request, resolved
-in memory for deploys, and resealed under a new master key on rotation.
+in memory for deploys, and resealed under a new master key on rotation (``control.domain.rotation``).
 
 Writes are all-or-nothing: every name and value is checked before the one write
 transaction starts, and a write that changes anything bumps ``apps.env_version`` once
@@ -18,7 +18,7 @@ import structlog
 from control.domain.errors import DomainError, Invalid, NotFound
 from control.security.keyring import KeyringError, ReloadingKeyring, UnknownMasterKey, owner_aad
 from control.store.database import Database
-from control.store.repositories.env_vars import EnvApp, EnvVarRepository, KeyUsageRepository, StoredEnvVar
+from control.store.repositories.env_vars import EnvApp, EnvVarRepository, StoredEnvVar
 
 NAME_RULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_NAME_CHARS = 255
@@ -74,11 +74,9 @@ class EnvSet:
     vars: list[EnvVar]
 
 
-@dataclass(frozen=True, slots=True)
-class ResealBatch:
-    resealed: int
-    failed: list[dict[str, str]]  # id, name, master_key_id, reason: never a value
-    last_id: str | None  # None when there was nothing left to look at
+def value_aad(tenant_id: str, app_id: str, name: str) -> bytes:
+    """Binds a value to its tenant, app and name (rotation reseals with this too)."""
+    return owner_aad(tenant_id, app_id, name)
 
 
 def _problems(name: str, value: EnvValue | None, name_field: str, value_field: str) -> list[dict[str, str]]:
@@ -120,7 +118,7 @@ class EnvService:
 
     def _open(self, var: StoredEnvVar) -> str:
         try:
-            return self.keyring.open(var.ciphertext, owner_aad(var.tenant_id, var.app_id, var.name))
+            return self.keyring.open(var.ciphertext, value_aad(var.tenant_id, var.app_id, var.name))
         except KeyringError as exc:
             log.error("env_var_unreadable", env_var_id=var.id, name=var.name, master_key_id=var.master_key_id, reason=exc.reason)
             raise SecretUnreadable(var, exc) from None
@@ -168,7 +166,7 @@ class EnvService:
         if var.secret != wanted.secret:
             return False
         try:
-            return self.keyring.open(var.ciphertext, owner_aad(var.tenant_id, var.app_id, var.name)) == wanted.value
+            return self.keyring.open(var.ciphertext, value_aad(var.tenant_id, var.app_id, var.name)) == wanted.value
         except KeyringError:
             return False  # an unreadable value is replaced: writing it again is the repair
 
@@ -190,7 +188,7 @@ class EnvService:
             for name, wanted in changes.items():
                 if wanted is None or (name in existing and self._unchanged(existing[name], wanted)):
                     continue
-                sealed = self.keyring.seal(wanted.value, owner_aad(tenant_id, app.id, name))
+                sealed = self.keyring.seal(wanted.value, value_aad(tenant_id, app.id, name))
                 if name in existing:
                     repo.overwrite(existing[name].id, ciphertext=sealed.blob, master_key_id=sealed.key_id, secret=wanted.secret)
                 else:
@@ -201,30 +199,3 @@ class EnvService:
             session.flush()
             stored = repo.list(app.id)
         return self._view(app, stored, reveal=False)
-
-    # -- master-key rotation (operator tooling) --------------------------------------
-
-    def key_usage(self) -> dict[str, int]:
-        with self.db.read() as session:
-            return KeyUsageRepository(session).count_by_key()
-
-    def reseal_batch(self, *, after_id: str = "", limit: int = 100) -> ResealBatch:
-        """Reseal up to ``limit`` values not under the active key, in one short write
-        transaction, so the API keeps serving between batches. Values that fail to open
-        are reported and skipped (``after_id`` moves past them), never rewritten."""
-        keyring = self.keyring.current()
-        failed: list[dict[str, str]] = []
-        resealed = 0
-        with self.db.write() as session:
-            usage = KeyUsageRepository(session)
-            batch = usage.batch_not_under(keyring.active_id, after_id=after_id, limit=limit)
-            for var in batch:
-                aad = owner_aad(var.tenant_id, var.app_id, var.name)
-                try:
-                    plaintext = self.keyring.open(var.ciphertext, aad)
-                except KeyringError as exc:
-                    failed.append({"id": var.id, "name": var.name, "master_key_id": var.master_key_id, "reason": exc.reason})
-                    continue
-                sealed = keyring.seal(plaintext, aad)
-                resealed += usage.reseal(var, ciphertext=sealed.blob, master_key_id=sealed.key_id)
-        return ResealBatch(resealed, failed, batch[-1].id if batch else None)

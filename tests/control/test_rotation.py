@@ -13,16 +13,22 @@ from sqlalchemy import func, select, update
 from control.cli.main import main
 from control.domain.apps import AppService
 from control.domain.env import EnvValue
+from control.domain.rotation import SEALED_COLUMNS, RotationService
 from control.domain.tenants import TenantService
-from control.security.master_keys import generate_master_key, parse_keys
+from control.security.master_keys import generate_master_key, parse_keys, write_key_file
 from control.services import Services
 from control.settings import Settings
 from control.store import migrate
-from control.store.models import EnvVarRow
+from control.store.models import Base, DatabaseRow, EnvVarRow
 from tests.conftest import Caller
 from tests.control.test_problems import assert_problem
 
 ENV = "/v1/apps/web/env"
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.with_overrides(job_workers=0)  # database rows only: no provisioning against Docker
 
 
 @pytest.fixture
@@ -201,3 +207,103 @@ def test_an_app_missing_the_new_key_fails_closed(app, web: Caller, data_dir: Pat
         stale.env_vars.resolve(web.tenant_id, web.get("/v1/apps/web").json()["id"])
     stale.db.dispose()
     assert_problem(web.get("/v1/apps/nope/env"), 404, "not-found")
+
+
+# --- every sealed column, not only env vars ----------------------------------------------
+ENV_COLUMN, DB_COLUMN = "env_vars.ciphertext", "databases.password_ciphertext"
+
+
+def database_urls(app, tenant_id: str) -> dict[str, str]:
+    """Each database's connection URL, as the domain opens it (it holds the password)."""
+    service = app.state.services.databases.databases
+    return {name: service.connection(tenant_id, name)[1] for name in ("orders", "cache")}
+
+
+@pytest.fixture
+def databases(app, web: Caller) -> Caller:
+    service = app.state.services.databases.databases
+    service.create(web.tenant_id, "orders", "postgres")
+    service.create(web.tenant_id, "cache", "redis")
+    return web
+
+
+def db_rows_per_key(app) -> dict[str, int]:
+    with app.state.services.db.read() as session:
+        query = select(DatabaseRow.master_key_id, func.count()).group_by(DatabaseRow.master_key_id)
+        return dict(session.execute(query).all())
+
+
+def test_rotation_reseals_database_credentials_too(app, databases: Caller, data_dir: Path, capsys) -> None:
+    [old] = key_ids(data_dir)
+    env_before, urls_before = revealed(databases), database_urls(app, databases.tenant_id)
+    with app.state.services.db.read() as session:
+        stamps = dict(session.execute(select(DatabaseRow.id, DatabaseRow.updated_at)).all())
+
+    code, usage = cli(capsys, "master-keys")
+    assert code == 0 and usage["keys"] == [{"id": old, "active": True, "values": 22}]
+    assert usage["values_per_column"] == {ENV_COLUMN: {old: 20}, DB_COLUMN: {old: 2}}
+
+    assert main(["admin", "rotate-key", "--batch-size", "3"]) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out.strip().splitlines()[-1])
+    progress = [json.loads(line) for line in err.splitlines() if line.startswith('{"batch"')]
+    new = summary["active_key"]
+    assert summary["resealed"] == 22 and summary["failed"] == [] and summary["retirable"] == [old]
+    assert summary["values_per_key"] == {new: 22}
+    assert summary["values_per_column"] == {ENV_COLUMN: {new: 20}, DB_COLUMN: {new: 2}}
+    assert [p["column"] for p in progress] == [ENV_COLUMN] * 7 + [DB_COLUMN]  # 20 = 6x3 + 2; then 2
+    assert rows_per_key(app) == {new: 20} and db_rows_per_key(app) == {new: 2}
+
+    assert cli(capsys, "retire-key", old)[0] == 0  # old key gone: every value must open without it
+    assert revealed(databases) == env_before
+    assert database_urls(app, databases.tenant_id) == urls_before
+    with app.state.services.db.read() as session:  # the password did not change, so neither did the row
+        assert dict(session.execute(select(DatabaseRow.id, DatabaseRow.updated_at)).all()) == stamps
+        assert all(not blob.startswith(bytes([1, len(old)]) + old.encode())
+                   for blob in session.scalars(select(DatabaseRow.password_ciphertext)))
+
+
+def test_retirement_is_refused_while_only_a_database_password_uses_the_key(app, databases: Caller, data_dir: Path, capsys) -> None:
+    [old] = key_ids(data_dir)
+    urls = database_urls(app, databases.tenant_id)
+    new = generate_master_key("next")
+    write_key_file(data_dir / "master.keys", [new, *parse_keys((data_dir / "master.keys").read_text(), origin="test")])
+    services = app.state.services
+    env_only = RotationService(services.db, services.keyring, tuple(c for c in SEALED_COLUMNS if c.label == ENV_COLUMN))
+    env_only.reseal_batch(env_only.columns[0], limit=100)  # what rotation used to cover
+    assert rows_per_key(app) == {"next": 20} and db_rows_per_key(app) == {old: 2}
+
+    code, refused = cli(capsys, "retire-key", old)
+    assert (code, refused["error"]) == (3, "key-in-use")
+    assert "2 value(s)" in refused["detail"] and f"{DB_COLUMN}: 2" in refused["detail"] and ENV_COLUMN not in refused["detail"]
+    assert key_ids(data_dir) == ["next", old]
+    code, usage = cli(capsys, "master-keys")
+    assert usage["keys"] == [{"id": "next", "active": True, "values": 20}, {"id": old, "active": False, "values": 2}]
+
+    code, summary = cli(capsys, "rotate-key", "--reencrypt-only")
+    assert code == 0 and summary["resealed"] == 2 and summary["retirable"] == [old]
+    assert cli(capsys, "retire-key", old)[0] == 0 and key_ids(data_dir) == ["next"]
+    assert database_urls(app, databases.tenant_id) == urls
+
+
+def test_an_altered_database_password_is_reported_never_rewritten(app, databases: Caller, data_dir: Path, capsys) -> None:
+    with app.state.services.db.write() as session:
+        row = session.scalars(select(DatabaseRow).where(DatabaseRow.name == "cache")).one()
+        altered = row.password_ciphertext[:-1] + bytes([row.password_ciphertext[-1] ^ 1])
+        row.password_ciphertext = altered
+    code, summary = cli(capsys, "rotate-key")
+    assert code == 1 and summary["resealed"] == 21
+    [failure] = summary["failed"]
+    assert (failure["column"], failure["name"], failure["reason"]) == (DB_COLUMN, "cache", "authentication-failed")
+    with app.state.services.db.read() as session:
+        assert session.scalars(select(DatabaseRow.password_ciphertext).where(DatabaseRow.name == "cache")).one() == altered
+
+
+def test_every_master_key_id_column_is_a_registered_sealed_column() -> None:
+    """The next table that stores sealed values must join SEALED_COLUMNS, or rotation and
+    retire-key would not see it."""
+    registered = {(c.master_key_id.table.name, c.ciphertext.key) for c in SEALED_COLUMNS}
+    tables = {name for name, table in Base.metadata.tables.items() if "master_key_id" in table.c}
+    assert {name for name, _ in registered} == tables
+    for column in SEALED_COLUMNS:  # blob and key id in the same table as the row id
+        assert column.id.table is column.ciphertext.table is column.master_key_id.table

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from control.ids import new_id
@@ -105,33 +105,3 @@ class EnvVarRepository:
         )
         version = self.session.scalar(select(AppRow.env_version).where(AppRow.id == app_id))
         return int(version or 0)
-
-
-class KeyUsageRepository:
-    """Across all tenants, for master-key rotation only (operator tooling, no API)."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def count_by_key(self) -> dict[str, int]:
-        query = select(EnvVarRow.master_key_id, func.count()).group_by(EnvVarRow.master_key_id)
-        return {key_id: int(count) for key_id, count in self.session.execute(query)}
-
-    def batch_not_under(self, key_id: str, *, after_id: str, limit: int) -> list[StoredEnvVar]:
-        query = (
-            select(EnvVarRow)
-            .where(EnvVarRow.master_key_id != key_id, EnvVarRow.id > after_id)
-            .order_by(EnvVarRow.id)
-            .limit(limit)
-        )
-        return [to_stored(row) for row in self.session.scalars(query)]
-
-    def reseal(self, var: StoredEnvVar, *, ciphertext: bytes, master_key_id: str) -> bool:
-        """Swap the blob only if nobody changed the row since it was read; keep its
-        version and updated_at, since the value itself did not change."""
-        result = self.session.execute(
-            update(EnvVarRow)
-            .where(EnvVarRow.id == var.id, EnvVarRow.ciphertext == var.ciphertext)
-            .values(ciphertext=ciphertext, master_key_id=master_key_id, updated_at=var.updated_at)
-        )
-        return bool(result.rowcount)  # type: ignore[attr-defined]

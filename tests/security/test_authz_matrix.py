@@ -1,0 +1,181 @@
+"""Authorization matrix over the live route table: every endpoint × every kind of caller.
+
+Callers: no key, a revoked key, tenant keys holding exactly one scope (read, deploy,
+admin, inference), an operator key, a node token, and a key of *another* tenant with
+every scope. Each route's ``opt["access"]`` says which of them may call it:
+
+* allowed            → the call is carried out or refused for a reason other than
+                       identity (2xx, or a 4xx that is neither 401 nor 403; never 5xx);
+* wrong scope        → 403 ``insufficient-scope``; tenant route with an operator key →
+                       403 ``tenant-key-required``; operator route with a tenant key →
+                       403 ``operator-required``;
+* no / revoked key   → 401; node routes refuse every API key with 401;
+* another tenant's   → 404 for every tenant route that names a resource in its path.
+
+Every refusal is ``application/problem+json``. Routes come from ``create_app``'s table,
+so new endpoints are covered automatically; a route whose access value this file does
+not know fails the test instead of being skipped.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from control.api.auth import PUBLIC_PATHS
+from control.api.node_auth import NODE_ACCESS
+from control.app import create_app
+from control.security.scopes import ANY_KEY_ACCESS, OPERATOR_ACCESS, TENANT_SCOPES, Scope, effective
+from control.settings import Settings
+from tests.conftest import Caller
+
+_PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")
+PUBLIC = "public"  # no access declared: a route under PUBLIC_PATHS (health, OpenAPI)
+# Bodies valid enough to get past validation, so the other tenant meets the lookup (404).
+SAMPLE_BODIES: dict[tuple[str, str], Any] = {
+    ("PATCH", "/v1/apps/{app}"): {"description": "changed"},
+    ("PUT", "/v1/apps/{app}/env"): {"vars": {"CHANGED": "x"}},
+    ("PATCH", "/v1/apps/{app}/env"): {"vars": {"CHANGED": "x"}},
+    ("PUT", "/v1/apps/{app}/env/{name}"): {"value": "changed"},
+    ("POST", "/v1/apps/{app}/deployments"): {"git": {"url": "file:///nonexistent/other", "ref": "main"}},
+    ("POST", "/v1/apps/{app}/rollback"): {"release": "v1"},
+    ("POST", "/v1/apps/{app}/links"): {"database": "alpha-db"},
+}
+KNOWN_ACCESS = {PUBLIC, OPERATOR_ACCESS, ANY_KEY_ACCESS, NODE_ACCESS, *TENANT_SCOPES}
+SINGLE_SCOPE_CALLERS = [Scope.READ, Scope.DEPLOY, Scope.ADMIN, Scope.INFERENCE]
+CALLERS = ["no-key", "revoked-key", "other-tenant", *SINGLE_SCOPE_CALLERS, "operator", "node"]
+
+
+def _access_of(path: str, opt: dict[str, Any]) -> str:
+    access = opt.get("access")
+    if access is None and (opt.get("public") or any(re.match(p, path) for p in PUBLIC_PATHS)):
+        return PUBLIC
+    return str(access)
+
+
+def _routes() -> list[tuple[str, str, str]]:
+    app = create_app(Settings(data_dir=Path(tempfile.mkdtemp(prefix="moorage-authz-"))))
+    found = []
+    for route in app.routes:
+        for handler in route.route_handlers:
+            for method in sorted(handler.http_methods - {"OPTIONS", "HEAD"}):
+                found.append((method, _PARAM.sub(r"{\1}", route.path), _access_of(route.path, handler.opt)))
+    return sorted(set(found), key=lambda r: (r[1], r[0]))
+
+
+ROUTES = _routes()
+
+
+def test_every_route_declares_a_known_access() -> None:
+    unknown = [(m, p, a) for m, p, a in ROUTES if a not in KNOWN_ACCESS]
+    assert not unknown, f"routes with an access value the authz matrix does not know: {unknown}"
+    assert len(ROUTES) > 50 and {a for *_, a in ROUTES} >= {PUBLIC, OPERATOR_ACCESS, NODE_ACCESS, *TENANT_SCOPES}
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.with_overrides(job_workers=0, reconcile_interval_s=0)  # nothing really deployed
+
+
+@pytest.fixture
+def world(operator: Caller, new_tenant) -> tuple[dict[str, Caller | None], dict[str, list[str]]]:
+    """Tenant alpha with one key per scope and one of every resource; beta with every scope."""
+    alpha = new_tenant("alpha", ["admin"])
+    callers: dict[str, Caller | None] = {Scope.ADMIN: alpha, "operator": operator, "no-key": None}
+    for scope in (Scope.READ, Scope.DEPLOY, Scope.INFERENCE):
+        key = operator.post(f"/v1/tenants/{alpha.tenant_id}/keys", json={"scopes": [scope], "name": scope}).json()
+        callers[scope] = Caller(operator.client, key["token"], key["id"], alpha.tenant_id)
+    victim = operator.post(f"/v1/tenants/{alpha.tenant_id}/keys", json={"scopes": ["read"], "name": "victim"}).json()
+    revoked = operator.post(f"/v1/tenants/{alpha.tenant_id}/keys", json={"scopes": ["admin"], "name": "revoked"}).json()
+    assert operator.delete(f"/v1/tenants/{alpha.tenant_id}/keys/{revoked['id']}").status_code in (200, 204)
+    callers["revoked-key"] = Caller(operator.client, revoked["token"], revoked["id"], alpha.tenant_id)
+    callers["other-tenant"] = new_tenant("beta", sorted(TENANT_SCOPES))
+
+    app = alpha.post("/v1/apps", json={"name": "alpha-app"}).json()
+    alpha.request("PUT", f"/v1/apps/{app['id']}/env/API_TOKEN", json={"value": "alpha-only"})
+    deployment = alpha.post(f"/v1/apps/{app['id']}/deployments", json={"git": {"url": "file:///nonexistent/repo", "ref": "main"}})
+    database = alpha.post("/v1/databases", json={"name": "alpha-db", "engine": "postgres"}).json()
+    managed = alpha.client.app.state.services.databases  # what the jobs would record, without Docker
+    managed.databases.mark(database["id"], "available", expect=("provisioning",))
+    backup = alpha.post(f"/v1/databases/{database['id']}/backups").json()
+    managed.backups.mark(backup["id"], "succeeded", file_name=f"{backup['id']}.pgdump", size=1, sha256="0" * 64)
+    restore = alpha.post(f"/v1/databases/{database['id']}/backups/{backup['id']}/restore", json={})
+    link = alpha.post(f"/v1/apps/{app['id']}/links", json={"database": "alpha-db"})
+    node = operator.post("/v1/nodes", json={"name": "gpu-1"})
+    assert deployment.status_code == 202 and restore.status_code == 202, (deployment.text, restore.text)
+    assert link.status_code == 201 and node.status_code == 201, (link.text, node.text)
+    callers["node"] = Caller(operator.client, node.json()["token"])
+    values = {
+        "app": app["id"], "name": "API_TOKEN", "deployment": deployment.json()["id"], "db": database["id"],
+        "backup": backup["id"], "restore": restore.json()["id"], "link": link.json()["id"],
+        "key_id": victim["id"], "tenant_id": alpha.tenant_id, "node": node.json()["node"]["id"], "path": "openapi.json",
+    }
+    return callers, values
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    missing = [p for p in _PARAM.findall(template) if p not in values]
+    assert not missing, f"the authz matrix cannot fill {missing} in {template}: add the resource to the world fixture"
+    return _PARAM.sub(lambda m: values[m.group(1)], template)
+
+
+def expected(access: str, caller: str, has_params: bool) -> tuple[str, int | None, str | None]:
+    """('allowed', None, None) or ('refused', status, code or None)."""
+    if access == PUBLIC:
+        return ("allowed", None, None)
+    if access == NODE_ACCESS:
+        return ("allowed", None, None) if caller == "node" else ("refused", 401, None)
+    if caller in ("no-key", "revoked-key", "node"):  # a node token is no API key
+        return ("refused", 401, None)
+    if access == ANY_KEY_ACCESS:
+        return ("allowed", None, None)
+    if access == OPERATOR_ACCESS:
+        return ("allowed", None, None) if caller == "operator" else ("refused", 403, "operator-required")
+    # a tenant scope
+    if caller == "operator":
+        return ("refused", 403, "tenant-key-required")
+    if caller == "other-tenant":
+        return ("refused", 404, None) if has_params else ("allowed", None, None)
+    if access in effective([caller]):
+        return ("allowed", None, None)
+    return ("refused", 403, "insufficient-scope")
+
+
+@pytest.mark.parametrize(("method", "template", "access"), ROUTES, ids=[f"{m} {p}" for m, p, _ in ROUTES])
+def test_route_answers_every_caller_as_its_access_says(world, method: str, template: str, access: str) -> None:
+    assert access in KNOWN_ACCESS, f"{method} {template}: unknown access {access!r}"
+    callers, values = world
+    path = _fill(template, values)
+    has_params = bool(_PARAM.search(template))
+    client = callers["operator"].client  # type: ignore[union-attr]
+    body = SAMPLE_BODIES.get((method, template), {} if method in {"POST", "PUT", "PATCH"} else None)
+    wrong = []
+    for name in CALLERS:  # operator and node last: their calls may delete the tenant or the node
+        caller = callers[name]
+        headers = {"Authorization": f"Bearer {caller.token}"} if caller else {}
+        response = client.request(method, path, headers=headers, json=body)
+        outcome, status, code = expected(access, name, has_params)
+        problem = response.headers.get("content-type", "").startswith("application/problem+json")
+        got = f"{response.status_code} {response.text[:200]}"
+        if response.status_code >= 500:
+            wrong.append(f"{name}: server error {got}")
+        elif outcome == "allowed" and response.status_code in (401, 403):
+            wrong.append(f"{name}: should be allowed, got {got}")
+        elif outcome == "refused" and (response.status_code != status or (code and response.json().get("code") != code)):
+            wrong.append(f"{name}: expected {status} {code or ''}, got {got}")
+        elif response.status_code >= 400 and not problem:
+            wrong.append(f"{name}: {response.status_code} without application/problem+json")
+    assert not wrong, f"{method} {path} (access {access}):\n" + "\n".join(wrong)
+
+
+def test_the_matrix_knows_what_it_expects() -> None:
+    """The expectations themselves, for the scope lattice (admin ⊇ deploy ⊇ read; inference alone)."""
+    assert expected("read", Scope.ADMIN, False)[0] == "allowed"
+    assert expected("admin", Scope.DEPLOY, False) == ("refused", 403, "insufficient-scope")
+    assert expected("read", Scope.INFERENCE, False) == ("refused", 403, "insufficient-scope")
+    assert expected("inference", Scope.ADMIN, False) == ("refused", 403, "insufficient-scope")
+    assert expected("deploy", "other-tenant", True) == ("refused", 404, None)

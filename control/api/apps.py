@@ -6,9 +6,9 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
+from litestar import Controller, Request
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
-from litestar import Controller, Request
 
 from control.api.endpoints import Cursor, Limit, endpoint
 from control.domain.apps import AppService
@@ -45,9 +45,10 @@ class AppOut(msgspec.Struct):
     builder: str
     created_at: datetime
     updated_at: datetime
+    url: Annotated[str, msgspec.Meta(description="where the app answers once deployed: http://<app>.<tenant>.<base-domain>")] = ""
 
     @classmethod
-    def of(cls, app: App) -> AppOut:
+    def of(cls, app: App, apps_domain: str = "") -> AppOut:
         return cls(
             id=app.id,
             name=app.name,
@@ -57,6 +58,7 @@ class AppOut(msgspec.Struct):
             builder=app.builder,
             created_at=app.created_at,
             updated_at=app.updated_at,
+            url=f"http://{app.name}.{apps_domain}" if apps_domain else "",
         )
 
 
@@ -71,6 +73,12 @@ def _tenant(request: Request[Any, Principal, Any]) -> str:
     return tenant_id
 
 
+def _apps_domain(request: Request[Any, Principal, Any]) -> str:
+    """``<tenant>.<base-domain>``: the suffix of every app's hostname (as the router writes it)."""
+    services = request.app.state.services
+    return f"{services.tenants.get(_tenant(request)).name}.{services.settings.base_domain}"
+
+
 class AppController(Controller):
     path = "/v1/apps"
     tags = ["apps"]
@@ -78,7 +86,7 @@ class AppController(Controller):
     @endpoint("POST", access=Scope.DEPLOY, errors=(409,), summary="Create an app", status_code=201)
     def create(self, request: Request[Any, Principal, Any], apps: NamedDependency[AppService], data: JSONBody[AppCreate]) -> AppOut:
         fields = msgspec.structs.asdict(data)
-        return AppOut.of(apps.create(_tenant(request), fields.pop("name"), **fields))
+        return AppOut.of(apps.create(_tenant(request), fields.pop("name"), **fields), _apps_domain(request))
 
     @endpoint("GET", access=Scope.READ, summary="List apps")
     def list(
@@ -89,16 +97,17 @@ class AppController(Controller):
         cursor: Annotated[str | None, Cursor] = None,
     ) -> AppList:
         page = apps.list(_tenant(request), limit=limit, cursor=cursor)
-        return AppList(items=[AppOut.of(a) for a in page.items], next_cursor=page.next_cursor)
+        domain = _apps_domain(request)
+        return AppList(items=[AppOut.of(a, domain) for a in page.items], next_cursor=page.next_cursor)
 
     @endpoint("GET", "/{app:str}", access=Scope.READ, errors=(404,), summary="Get an app by id or name")
     def get(self, request: Request[Any, Principal, Any], apps: NamedDependency[AppService], app: FromPath[str]) -> AppOut:
-        return AppOut.of(apps.get(_tenant(request), app))
+        return AppOut.of(apps.get(_tenant(request), app), _apps_domain(request))
 
     @endpoint("PATCH", "/{app:str}", access=Scope.DEPLOY, errors=(404,), summary="Change an app's settings")
     def update(self, request: Request[Any, Principal, Any], apps: NamedDependency[AppService], app: FromPath[str], data: JSONBody[AppPatch]) -> AppOut:
         changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
-        return AppOut.of(apps.update(_tenant(request), app, **changes))
+        return AppOut.of(apps.update(_tenant(request), app, **changes), _apps_domain(request))
 
     @endpoint("DELETE", "/{app:str}", access=Scope.DEPLOY, errors=(404,), summary="Delete an app")
     def remove(self, request: Request[Any, Principal, Any], apps: NamedDependency[AppService], app: FromPath[str]) -> None:

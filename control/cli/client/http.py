@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
 
 from control.cli.client import exit_codes
 from control.cli.client.config import ClientConfig
@@ -81,27 +89,37 @@ class ApiClient:
     def close(self) -> None:
         self._http.close()
 
-    def request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None) -> Any:
-        headers = {"Idempotency-Key": f"cli-{uuid.uuid4()}"} if method in MUTATING else {}
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        idempotent: bool = True,
+    ) -> Any:
+        """``idempotent=False`` sends no Idempotency-Key and retries only answers the
+        server gave before doing anything (429/503), never a lost connection: with no key
+        a resent request could create a second resource."""
+        headers = dict(headers or {})
+        if method in MUTATING and idempotent:
+            headers["Idempotency-Key"] = f"cli-{uuid.uuid4()}"
 
-        def wait(state: RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            hinted = exc.retry_after if isinstance(exc, _Retryable) else None
-            backoff = _BACKOFF(state)
-            seconds = hinted if hinted is not None else backoff
-            self._notify(f"moorage: {exc}; retrying in {seconds:.1f}s")
-            return seconds
+        def retryable(exc: BaseException) -> bool:
+            return isinstance(exc, _Retryable) and (idempotent or exc.error.status in (429, 503))
 
         retrying = Retrying(
-            retry=retry_if_exception(lambda exc: isinstance(exc, _Retryable)),
-            wait=wait,
+            retry=retry_if_exception(retryable),
+            wait=self._wait,
             stop=stop_after_delay(self.retry_for_s),
             reraise=True,
         )
         try:
             for attempt in retrying:
                 with attempt:
-                    return self._once(method, path, json=json, params=params, headers=headers)
+                    return self._once(method, path, json=json, params=params, content=content, headers=headers)
         except _Retryable as exc:
             raise exc.error from None
         raise AssertionError("unreachable")  # pragma: no cover
@@ -118,7 +136,57 @@ class ApiClient:
             raise ApiError(response.status_code, _problem(response))
         if response.status_code == 204 or not response.content:
             return None
+        if "json" not in response.headers.get("content-type", "json"):
+            return response.text  # plain-text logs
         return response.json()
+
+    @contextmanager
+    def stream(self, path: str, *, method: str = "GET", json: Any = None, **params: Any) -> Iterator[httpx.Response]:
+        """A long answer (SSE): opening it is retried; the body has no read timeout
+        because the server sends its own keep-alives. A streamed POST carries no
+        Idempotency-Key (the server would buffer the whole answer to store it), so it is
+        retried only on 429/503, never on a lost connection."""
+        query = {k: v for k, v in params.items() if v is not None}
+
+        def retryable(exc: BaseException) -> bool:
+            return isinstance(exc, _Retryable) and (method == "GET" or exc.error.status in (429, 503))
+
+        retrying = Retrying(retry=retry_if_exception(retryable), wait=self._wait,
+                            stop=stop_after_delay(self.retry_for_s), reraise=True)
+        try:
+            for attempt in retrying:
+                with attempt:
+                    response = self._open(method, path, query, json)
+        except _Retryable as exc:
+            raise exc.error from None
+        try:
+            yield response
+        finally:
+            response.close()
+
+    def _open(self, method: str, path: str, query: dict[str, Any], json: Any) -> httpx.Response:
+        timeout = httpx.Timeout(30.0, read=None)
+        request = self._http.build_request(method, path, params=query, json=json, timeout=timeout)
+        try:
+            response = self._http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            error = ApiError(0, {"title": "unreachable", "detail": f"cannot reach {self._http.base_url}: {exc}"})
+            raise _Retryable(error, None) from None
+        if response.status_code >= 400:
+            response.read()
+            response.close()
+            error = ApiError(response.status_code, _problem(response))
+            if response.status_code in RETRYABLE_STATUS:
+                raise _Retryable(error, _retry_after(response))
+            raise error
+        return response
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        hinted = exc.retry_after if isinstance(exc, _Retryable) else None
+        seconds = hinted if hinted is not None else _BACKOFF(state)
+        self._notify(f"moorage: {exc}; retrying in {seconds:.1f}s")
+        return seconds
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})

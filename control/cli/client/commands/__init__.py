@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import argparse
 
-from control.cli.client.commands import apps, env, identity
+from control.cli.client.commands import (
+    apps,
+    databases,
+    deploy,
+    env,
+    identity,
+    inference,
+    logs,
+    releases,
+    skills,
+)
 
-MODULES = (identity, apps, env)
+MODULES = (identity, apps, env, deploy, releases, logs, databases, inference, skills)
 
 
 def common_options() -> argparse.ArgumentParser:

@@ -1,0 +1,53 @@
+"""``moorage status``, ``releases`` and ``rollback``.
+
+``status --json``: ``{"app": <App>, "release": <Release current>|null, "deployment": <latest Deployment>|null}``.
+``releases --json``: ``[<Release>, ...]`` oldest first. ``rollback --json``: as ``deploy``."""
+
+from __future__ import annotations
+
+import argparse
+
+from control.cli.client.commands.deploy import finish
+from control.cli.client.http import ApiClient
+from control.cli.client.render import emit
+
+COLUMNS = ("name", "current", "deployment_id", "rollback_of", "created_at")
+
+
+def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    status = commands.add_parser("status", parents=[common], help="an app, its current release and latest deployment")
+    status.add_argument("app", help="app name or id")
+    status.set_defaults(api=run_status)
+
+    releases = commands.add_parser("releases", parents=[common], help="list an app's releases")
+    releases.add_argument("app", help="app name or id")
+    releases.set_defaults(api=run_releases)
+
+    rollback = commands.add_parser("rollback", parents=[common], help="roll back to an earlier release")
+    rollback.add_argument("app", help="app name or id")
+    rollback.add_argument("--release", required=True, metavar="vN", help="the release to go back to, e.g. v1")
+    rollback.add_argument("--wait", action="store_true", help="follow the rollback until running or failed")
+    rollback.set_defaults(api=run_rollback)
+
+
+def run_status(args: argparse.Namespace, api: ApiClient) -> int:
+    app = api.get(f"/v1/apps/{args.app}")
+    current = next((r for r in api.paginate(f"/v1/apps/{args.app}/releases") if r["current"]), None)
+    deployments = api.paginate(f"/v1/apps/{args.app}/deployments")
+    latest = deployments[-1] if deployments else None
+    if args.json:
+        emit({"app": app, "release": current, "deployment": latest}, as_json=True)
+    else:
+        emit({"app": app["name"], "url": app["url"], "release": current and current["name"],
+              "deployment": latest and f"{latest['id']} {latest['status']}", "reason": latest and latest["reason"]}, as_json=False)
+    return 0
+
+
+def run_releases(args: argparse.Namespace, api: ApiClient) -> int:
+    emit(api.paginate(f"/v1/apps/{args.app}/releases"), as_json=args.json, columns=COLUMNS)
+    return 0
+
+
+def run_rollback(args: argparse.Namespace, api: ApiClient) -> int:
+    deployment = api.post(f"/v1/apps/{args.app}/rollback", {"release": args.release})
+    return finish(args, api, args.app, deployment)

@@ -1,0 +1,75 @@
+"""The new CLI commands against a real server (no Docker: job workers off, so deployments
+stay queued): JSON shapes, the app URL field (GET/POST /v1/apps), bounded logs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from control.cli.client.commands import logs as logs_command
+from control.cli.main import main
+from control.security.principal import Principal
+from control.settings import Settings
+from tests.live_server import free_port, serving
+
+
+@pytest.fixture
+def tenant_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    settings = Settings(data_dir=tmp_path / "data", port=free_port(), base_domain="apps.test", job_workers=0, reconcile_interval_s=0)
+    with serving(settings) as (url, app):
+        services = app.state.services
+        tenant = services.tenants.create("acme")
+        operator = services.keys.bootstrap_operator("op").key
+        issued = services.keys.issue(Principal.of(operator.id, None, operator.scopes), tenant.id, name="cli", scopes=["admin"], expires_at=None)
+        monkeypatch.setenv("MOORAGE_URL", url)
+        monkeypatch.setenv("MOORAGE_API_KEY", issued.token)
+        monkeypatch.setenv("MOORAGE_CONFIG", "/nonexistent/profiles.toml")
+        yield url
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, object]:
+    code = main([*argv, "--json"])
+    out = capsys.readouterr().out
+    return code, json.loads(out) if out.strip() else None
+
+
+def test_app_url_deploy_status_releases_logs(tenant_env: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, app = run_json(capsys, "apps", "create", "web")
+    assert code == 0 and app["url"] == "http://web.acme.apps.test"  # type: ignore[index]
+    src = tmp_path / "web"
+    (src / ".git").mkdir(parents=True)
+    (src / ".git" / "HEAD").write_text("ref")
+    (src / "app.py").write_text("print('hi')\n")
+    code, deployed = run_json(capsys, "deploy", str(src))
+    assert code == 0 and deployed["app"] == "web" and deployed["url"] == "http://web.acme.apps.test"  # type: ignore[index]
+    assert deployed["deployment"]["status"] == "queued"  # type: ignore[index]
+    code, status = run_json(capsys, "status", "web")
+    assert status["app"]["name"] == "web" and status["release"] is None  # type: ignore[index]
+    assert status["deployment"]["id"] == deployed["deployment"]["id"]  # type: ignore[index]
+    assert run_json(capsys, "releases", "web") == (0, [])
+    code, log = run_json(capsys, "logs", "web", "--deployment", deployed["deployment"]["id"])  # type: ignore[index]
+    assert code == 0 and log["source"] == "build" and log["truncated"] is False  # type: ignore[index]
+    assert main(["rollback", "web", "--release", "v9", "--json"]) == 4  # no such release
+
+
+def test_db_commands_shapes(tenant_env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, db = run_json(capsys, "db", "create", "main", "--engine", "postgres")
+    assert code == 0 and db["status"] == "provisioning" and "password" not in json.dumps(db)  # type: ignore[index]
+    code, listed = run_json(capsys, "db", "list")
+    assert [d["name"] for d in listed] == ["main"]  # type: ignore[union-attr]
+    run_json(capsys, "apps", "create", "api")
+    code, link = run_json(capsys, "db", "link", "main", "--app", "api")
+    assert code == 0 and link["env_name"] == "DATABASE_URL"  # type: ignore[index]
+    code, gone = run_json(capsys, "db", "unlink", "main", "--app", "api")
+    assert gone == {"unlinked": link["id"], "app": "api", "database": "main"}  # type: ignore[index]
+    assert main(["db", "unlink", "main", "--app", "api", "--json"]) == 4
+
+
+def test_logs_are_bounded_with_the_full_text_in_a_file() -> None:
+    text = "\n".join(f"line {i}" for i in range(500))
+    lines, truncated, full = logs_command.bounded(text, "web")
+    assert truncated and len(lines) == logs_command.MAX_LINES and lines[-1] == "line 499"
+    assert full and Path(full).read_text() == text

@@ -48,7 +48,10 @@ class RealNode:
     key: str
 
     def node(self) -> dict[str, Any]:
-        return self.platform.call("GET", f"/v1/nodes/{self.node_id}").json()  # type: ignore[no-any-return]
+        # A slow restart under load can outlast the operator key's rate budget: wait it out.
+        while (response := self.platform.call("GET", f"/v1/nodes/{self.node_id}")).status_code == 429:
+            time.sleep(float(response.headers.get("retry-after", "1")))
+        return response.json()  # type: ignore[no-any-return]
 
     def wait(self, predicate: Any, timeout: float, what: str) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -58,7 +61,7 @@ class RealNode:
                 return node
             assert self.process.poll() is None, f"node agent exited while waiting for {what}"
             assert time.monotonic() < deadline, f"timed out waiting for {what}: {node['status']} {node['report']}"
-            time.sleep(0.25)
+            time.sleep(1.0)
 
     def usage_by_request(self) -> dict[str, dict[str, Any]]:
         rows = self.platform.call("GET", "/v1/usage?detail=true&limit=200", self.key).json()["rows"]

@@ -57,6 +57,8 @@ def e2e_settings(data_dir: Path, traefik: TraefikProcess, **overrides: object) -
     base = dict(
         data_dir=data_dir, base_domain="apps.test", traefik_dynamic_dir=traefik.dynamic_dir, traefik_url=traefik.url,
         reconcile_interval_s=2, health_timeout_s=20, swap_drain_ms=500, build_timeout_s=300, job_lease_s=10,
+        # API rate limits are tested in tests/control; here they would only throttle polling loops.
+        rate_limit_key_quota=100_000, rate_limit_tenant_quota=100_000,
     )
     return Settings(**{**base, **overrides})  # type: ignore[arg-type]
 

@@ -114,6 +114,8 @@ class Platform:
 
 @contextmanager
 def control_plane(tmp_path: Path, **overrides: Any) -> Iterator[Platform]:
+    # API rate limits are tested in tests/control; here they would only throttle polling loops.
+    overrides = {"rate_limit_key_quota": 100_000, "rate_limit_tenant_quota": 100_000, **overrides}
     settings = Settings(
         data_dir=tmp_path / "cp", port=free_cp_port(), base_domain="apps.test", job_workers=0, reconcile_interval_s=0,
         **overrides,

@@ -15,6 +15,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from control import __doc__ as _doc
 from control.api.audit import AuditTrail
 from control.api.auth import PUBLIC_PATHS, ApiKeyAuthentication, access_guard
+from control.api.http_limits import BodyTimeout, HeaderLimit
 from control.api.gateway import Upstream
 from control.api.idempotency import IdempotencyMiddleware, idempotency_sweeper
 from control.api.inference_metrics import InferenceMetrics
@@ -102,5 +103,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     app.state.inference_metrics = InferenceMetrics(metrics.registry, services.inference)
     # Outermost, so answers made before routing (404, 405) get a request id too.
     # Audit inside the request context (it reads the request id), outside routing (it sees every status).
-    app.asgi_handler = RequestContext(HttpMetrics(AuditTrail(app.asgi_handler, services.audit), metrics))
+    # Body timeouts innermost: their 408 is raised inside Litestar, so it becomes a problem answer.
+    timed = BodyTimeout(app.asgi_handler, total_s=settings.request_body_timeout_s, idle_s=settings.request_body_idle_timeout_s)
+    limited = HeaderLimit(timed, max_bytes=settings.max_header_bytes)
+    app.asgi_handler = RequestContext(HttpMetrics(AuditTrail(limited, services.audit), metrics))
     return app

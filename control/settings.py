@@ -44,6 +44,9 @@ class Settings:
     rate_limit_key_quota: int = 120  # requests per window per API key (operator keys too)
     rate_limit_tenant_quota: int = 600  # requests per window per tenant, all its keys together
     rate_limit_cache_ttl_s: int = 5  # how long per-tenant overrides are cached per process
+    max_header_bytes: int = 32 * 1024  # all request header lines together; more is 431 (0: uvicorn's own limit)
+    request_body_timeout_s: int = 300  # a request body must arrive within this (0: no limit)
+    request_body_idle_timeout_s: int = 30  # ... with no gap longer than this (slow-body clients)
     metrics_public: bool = False  # serve GET /metrics without an operator key
     # Deployments (issue #5): build, release, run, reconcile.
     build_timeout_s: int = 900  # a build running longer is stopped and the deployment fails

@@ -63,6 +63,8 @@ _CODE_OF_STATUS = {
     403: "forbidden",
     404: "not-found",
     405: "method-not-allowed",
+    408: "request-timeout",
+    431: "request-header-fields-too-large",
     409: "conflict",
     413: "payload-too-large",
     415: "unsupported-media-type",

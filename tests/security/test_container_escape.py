@@ -1,0 +1,191 @@
+"""Escape probes from INSIDE a tenant container, as moorage runs it (runsc, tenant network,
+the default sandbox policy): what an attacker who owns the app's process can reach.
+
+* no Docker socket at /var/run/docker.sock or /run/docker.sock;
+* no host service bound to loopback: neither via the tenant bridge's gateway IP nor via
+  127.0.0.1 (the container's own loopback, its own network namespace);
+* no other tenant's container; no metadata-style address (169.254.169.254:80 fails fast:
+  an expected failure on this host, see the test);
+* no capabilities (CapEff 0), no-new-privileges set, and a read-only root filesystem
+  when the policy asks for one (only the bounded /tmp is writable).
+
+Host services bound to 0.0.0.0 ARE reachable through the gateway IP (documented in
+docs/operations.md, and shown here so a change in that is noticed): bind host services
+to 127.0.0.1 or firewall the bridges.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from runtime.containers import ContainerInfo, Containers
+from runtime.docker_engine import DockerEngine
+from runtime.networks import TenantNetworks
+from runtime.sandbox import SandboxPolicy
+from tests.runtime.conftest import containers, engine, networks, run_id, runtime_settings  # noqa: F401 (fixtures)
+from tests.runtime.helpers import PYTHON, httpd, run, spec, tenant_name
+
+pytestmark = pytest.mark.docker
+
+PROBE = r"""
+import json, os, socket, sys, time
+def connect(host, port, timeout=3):
+    started = time.monotonic()
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return {"reached": True, "s": round(time.monotonic() - started, 2)}
+    except OSError as e:
+        return {"reached": False, "error": type(e).__name__, "s": round(time.monotonic() - started, 2)}
+status = dict(line.split(":\t", 1) for line in open("/proc/self/status").read().splitlines() if ":\t" in line)
+def writable(path):
+    try:
+        with open(path, "w") as f:
+            f.write("x")
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
+def prctl_no_new_privs():
+    import ctypes
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(39, 0, 0, 0, 0)  # PR_GET_NO_NEW_PRIVS
+    except Exception as e:
+        return repr(e)
+targets = json.loads(sys.argv[1])
+print(json.dumps({
+    "sockets": {p: os.path.exists(p) for p in ("/var/run/docker.sock", "/run/docker.sock")},
+    "connect": {name: connect(host, port) for name, (host, port) in targets.items()},
+    "cap_eff": status.get("CapEff", "").strip(), "cap_bnd": status.get("CapBnd", "").strip(),
+    "no_new_privs": status.get("NoNewPrivs", "").strip(), "prctl_no_new_privs": prctl_no_new_privs(),
+    "uid": os.getuid(),
+    "root_writable": writable("/probe-root"), "etc_writable": writable("/etc/probe"), "tmp_writable": writable("/tmp/probe"),
+}))
+"""
+
+
+@dataclass
+class Setup:
+    client: ContainerInfo
+    read_only_client: ContainerInfo
+    other: ContainerInfo
+    other_net: str
+    gateway: str
+    loopback_port: int
+    wildcard_port: int
+
+
+def _listener(host: str) -> tuple[socket.socket, int]:
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind((host, 0))
+    server.listen(16)
+
+    def accept_forever() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+                conn.close()
+            except OSError:
+                return
+
+    threading.Thread(target=accept_forever, daemon=True).start()
+    return server, server.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def setup(engine: DockerEngine, containers: Containers, networks: TenantNetworks) -> Iterator[Setup]:  # noqa: F811
+    a, b = tenant_name("esc-a"), tenant_name("esc-b")
+    a_net, b_net = networks.ensure(a).name, networks.ensure(b).name
+    gateway = engine.client.networks.get(a_net).attrs["IPAM"]["Config"][0]["Gateway"]
+    loopback, loopback_port = _listener("127.0.0.1")  # like `moorage serve` (host 127.0.0.1 by default)
+    wildcard, wildcard_port = _listener("0.0.0.0")
+    made = [
+        run(containers, httpd(b, "api", b_net, "tenant-b-secret")),
+        run(containers, spec(a, "client", a_net, image=PYTHON, command=["sleep", "600"])),
+        run(containers, spec(a, "ro-client", a_net, image=PYTHON, command=["sleep", "600"]),
+            SandboxPolicy(read_only_rootfs=True)),
+    ]
+    try:
+        yield Setup(client=made[1], read_only_client=made[2], other=made[0], other_net=b_net, gateway=gateway,
+                    loopback_port=loopback_port, wildcard_port=wildcard_port)
+    finally:
+        loopback.close()
+        wildcard.close()
+        for c in made:
+            containers.remove(c.id, force=True)
+        networks.remove(a)
+        networks.remove(b)
+
+
+def probe(containers: Containers, client: ContainerInfo, targets: dict[str, tuple[str, int]]) -> dict:  # noqa: F811
+    result = containers.exec(client.id, ["python3", "-c", PROBE, json.dumps(targets)])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def seen(setup: Setup, containers: Containers) -> dict:  # noqa: F811
+    return probe(containers, setup.client, {
+        "host-loopback-via-gateway": (setup.gateway, setup.loopback_port),
+        "own-loopback": ("127.0.0.1", setup.loopback_port),
+        "other-tenant": (setup.other.ip_on(setup.other_net), 8080),
+        "metadata": ("169.254.169.254", 80),
+        "metadata-ecs": ("169.254.170.2", 80),
+        "test-net": ("203.0.113.7", 80),  # RFC 5737: no host can exist there (control for egress interception)
+        "host-wildcard-via-gateway": (setup.gateway, setup.wildcard_port),
+    })
+
+
+def test_docker_socket_is_absent(seen: dict) -> None:
+    assert seen["sockets"] == {"/var/run/docker.sock": False, "/run/docker.sock": False}
+
+
+def test_host_services_on_loopback_are_unreachable(seen: dict) -> None:
+    assert not seen["connect"]["host-loopback-via-gateway"]["reached"], seen["connect"]
+    assert not seen["connect"]["own-loopback"]["reached"], seen["connect"]
+
+
+def test_other_tenants_container_is_unreachable(seen: dict) -> None:
+    assert not seen["connect"]["other-tenant"]["reached"], seen["connect"]
+
+
+def test_metadata_addresses_are_unreachable(seen: dict) -> None:
+    probes = {name: seen["connect"][name] for name in ("metadata", "metadata-ecs")}
+    if any(p["reached"] for p in probes.values()):
+        # FINDING (docs/operations.md, "Security posture"): moorage does not filter tenant
+        # egress to link-local addresses; Docker's NAT forwards it. On this host every outbound
+        # TCP connect is accepted by the environment's egress proxy (the RFC 5737 control
+        # address "connects" too), so a metadata service would be reachable from apps. The fix
+        # is a host rule (iptables -I DOCKER-USER -d 169.254.0.0/16 -j DROP) in
+        # deploy/host-setup.sh, not applied on this shared host: an expected failure until then.
+        pytest.xfail(f"tenant containers connect to metadata addresses {probes}; control {seen['connect']['test-net']}")
+    assert all(p["s"] <= 3.5 for p in probes.values()), probes  # refused or timed out quickly
+
+
+def test_host_services_on_all_interfaces_are_reachable_via_the_gateway(seen: dict) -> None:
+    """The documented caveat (docs/operations.md): a 0.0.0.0 bind is reachable from apps."""
+    assert seen["connect"]["host-wildcard-via-gateway"]["reached"], seen["connect"]
+
+
+def test_no_capabilities_and_no_new_privileges(seen: dict, setup: Setup, engine: DockerEngine) -> None:  # noqa: F811
+    assert int(seen["cap_eff"], 16) == 0 and int(seen["cap_bnd"], 16) == 0, seen
+    # gVisor's /proc/self/status has no NoNewPrivs line; ask the kernel (gVisor's) directly.
+    assert seen["no_new_privs"] in ("1", "") and seen["prctl_no_new_privs"] == 1, seen
+    host_config = engine.client.containers.get(setup.client.id).attrs["HostConfig"]
+    assert "no-new-privileges:true" in (host_config.get("SecurityOpt") or []), host_config.get("SecurityOpt")
+    assert host_config.get("Runtime") == "runsc" and host_config.get("CapDrop") == ["ALL"], host_config
+
+
+def test_read_only_root_when_the_policy_asks(setup: Setup, containers: Containers) -> None:  # noqa: F811
+    writable = probe(containers, setup.client, {})
+    assert writable["root_writable"]  # the default policy: a writable (ephemeral) root
+    read_only = probe(containers, setup.read_only_client, {})
+    assert not read_only["root_writable"] and not read_only["etc_writable"], read_only
+    assert read_only["tmp_writable"], read_only  # the bounded tmpfs
+    assert int(read_only["cap_eff"], 16) == 0 and read_only["sockets"] == writable["sockets"]

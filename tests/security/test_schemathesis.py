@@ -51,7 +51,7 @@ MAX_EXAMPLES = 6
 # 503 is how moorage says "a dependency is down, retry later" (e.g. no inference node is
 # enrolled here). It is allowed only as that documented problem, with Retry-After.
 STATUSES: Counter[int] = Counter()
-DEPENDENCY_CODES = {"dependency-unavailable", "no-healthy-node", "no-node-available", "model-unavailable"}
+DEPENDENCY_CODES = {"dependency-unavailable", "inference-unavailable"}
 
 
 @pytest.fixture(scope="module")

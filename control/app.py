@@ -15,8 +15,8 @@ from litestar.openapi.spec import Components, SecurityScheme
 from control import __doc__ as _doc
 from control.api.audit import AuditTrail
 from control.api.auth import PUBLIC_PATHS, ApiKeyAuthentication, access_guard
-from control.api.http_limits import BodyTimeout, HeaderLimit
 from control.api.gateway import Upstream
+from control.api.http_limits import BodyTimeout, HeaderLimit
 from control.api.idempotency import IdempotencyMiddleware, idempotency_sweeper
 from control.api.inference_metrics import InferenceMetrics
 from control.api.metrics import HttpMetrics, Metrics

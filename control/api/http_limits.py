@@ -21,7 +21,14 @@ from typing import cast
 
 import anyio
 from litestar.exceptions import HTTPException
-from litestar.types import ASGIApp, HTTPRequestEvent, Receive, ReceiveMessage, Scope, Send
+from litestar.types import (
+    ASGIApp,
+    HTTPRequestEvent,
+    Receive,
+    ReceiveMessage,
+    Scope,
+    Send,
+)
 
 from control.api.problems import send_problem
 

@@ -29,7 +29,13 @@ import pytest
 from control.api.auth import PUBLIC_PATHS
 from control.api.node_auth import NODE_ACCESS
 from control.app import create_app
-from control.security.scopes import ANY_KEY_ACCESS, OPERATOR_ACCESS, TENANT_SCOPES, Scope, effective
+from control.security.scopes import (
+    ANY_KEY_ACCESS,
+    OPERATOR_ACCESS,
+    TENANT_SCOPES,
+    Scope,
+    effective,
+)
 from control.settings import Settings
 from tests.conftest import Caller
 

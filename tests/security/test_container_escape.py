@@ -28,7 +28,13 @@ from runtime.containers import ContainerInfo, Containers
 from runtime.docker_engine import DockerEngine
 from runtime.networks import TenantNetworks
 from runtime.sandbox import SandboxPolicy
-from tests.runtime.conftest import containers, engine, networks, run_id, runtime_settings  # noqa: F401 (fixtures)
+from tests.runtime.conftest import (  # noqa: F401 (fixtures)
+    containers,
+    engine,
+    networks,
+    run_id,
+    runtime_settings,
+)
 from tests.runtime.helpers import PYTHON, httpd, run, spec, tenant_name
 
 pytestmark = pytest.mark.docker

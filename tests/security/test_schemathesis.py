@@ -21,9 +21,9 @@ job workers and the reconciler are off, so nothing is really deployed or provisi
 from __future__ import annotations
 
 import re
-from collections import Counter
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,8 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings as hypothesis_settings
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,

@@ -143,6 +143,18 @@ done
 "$DOCKER" info --format '{{json .Runtimes}}' | grep -q '"runsc"' || die "dockerd does not list runsc"
 log "dockerd $("$DOCKER" version --format '{{.Server.Version}}') answers; runtimes: $("$DOCKER" info --format '{{range $k, $v := .Runtimes}}{{$k}} {{end}}')"
 
+# --- 4b. No tenant egress to link-local addresses (cloud metadata services) -------------
+# Docker forwards container traffic to 169.254.0.0/16 like any other; a metadata service
+# there hands out host credentials. DOCKER-USER is the chain Docker leaves to operators.
+if [[ "${MOORAGE_BLOCK_LINK_LOCAL:-1}" == 1 ]]; then
+  if iptables -C DOCKER-USER -d 169.254.0.0/16 -j DROP 2>/dev/null; then
+    log "link-local egress from containers already dropped (DOCKER-USER)"
+  else
+    iptables -I DOCKER-USER -d 169.254.0.0/16 -j DROP || die "could not add the DOCKER-USER link-local rule"
+    changed "drop container egress to 169.254.0.0/16 (DOCKER-USER)"
+  fi
+fi
+
 # --- 5. Base images, built locally (no registry) ----------------------------------------
 image_exists() { "$DOCKER" image inspect "$1" >/dev/null 2>&1; }
 IMPORT_ENV=(--change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'

@@ -162,16 +162,12 @@ def test_other_tenants_container_is_unreachable(seen: dict) -> None:
 
 
 def test_metadata_addresses_are_unreachable(seen: dict) -> None:
+    # deploy/host-setup.sh drops container egress to 169.254.0.0/16 in DOCKER-USER. Without that
+    # rule these connect (on this host even the RFC 5737 control address "connects": the
+    # environment's egress proxy accepts every outbound TCP connect), so this can fail.
     probes = {name: seen["connect"][name] for name in ("metadata", "metadata-ecs")}
-    if any(p["reached"] for p in probes.values()):
-        # FINDING (docs/operations.md, "Security posture"): moorage does not filter tenant
-        # egress to link-local addresses; Docker's NAT forwards it. On this host every outbound
-        # TCP connect is accepted by the environment's egress proxy (the RFC 5737 control
-        # address "connects" too), so a metadata service would be reachable from apps. The fix
-        # is a host rule (iptables -I DOCKER-USER -d 169.254.0.0/16 -j DROP) in
-        # deploy/host-setup.sh, not applied on this shared host: an expected failure until then.
-        pytest.xfail(f"tenant containers connect to metadata addresses {probes}; control {seen['connect']['test-net']}")
-    assert all(p["s"] <= 3.5 for p in probes.values()), probes  # refused or timed out quickly
+    assert not any(p["reached"] for p in probes.values()), probes
+    assert all(p["s"] <= 3.5 for p in probes.values()), probes  # dropped or refused quickly
 
 
 def test_host_services_on_all_interfaces_are_reachable_via_the_gateway(seen: dict) -> None:

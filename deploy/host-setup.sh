@@ -147,10 +147,10 @@ log "dockerd $("$DOCKER" version --format '{{.Server.Version}}') answers; runtim
 # Docker forwards container traffic to 169.254.0.0/16 like any other; a metadata service
 # there hands out host credentials. DOCKER-USER is the chain Docker leaves to operators.
 if [[ "${MOORAGE_BLOCK_LINK_LOCAL:-1}" == 1 ]]; then
-  if iptables -C DOCKER-USER -d 169.254.0.0/16 -j DROP 2>/dev/null; then
+  if iptables -w -C DOCKER-USER -d 169.254.0.0/16 -j DROP 2>/dev/null; then
     log "link-local egress from containers already dropped (DOCKER-USER)"
   else
-    iptables -I DOCKER-USER -d 169.254.0.0/16 -j DROP || die "could not add the DOCKER-USER link-local rule"
+    iptables -w -I DOCKER-USER -d 169.254.0.0/16 -j DROP || die "could not add the DOCKER-USER link-local rule"
     changed "drop container egress to 169.254.0.0/16 (DOCKER-USER)"
   fi
 fi

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import httpx
 import pytest
 
 from control.cli.main import main
+from tests.live_server import free_port
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_migrate_reports_the_revision(data_dir: Path, capsys) -> None:
 
 def test_server_can_require_an_operator_key(tmp_path: Path) -> None:
     env = {**os.environ, "MOORAGE_DATA_DIR": str(tmp_path), "MOORAGE_REQUIRE_OPERATOR_KEY": "true"}
-    env["MOORAGE_PORT"] = str(_free_port())
+    env["MOORAGE_PORT"] = str(free_port())
     refused = subprocess.run(
         [sys.executable, "-m", "control.cli.main", "serve"], env=env, capture_output=True, text=True, timeout=60
     )
@@ -52,14 +52,8 @@ def test_server_can_require_an_operator_key(tmp_path: Path) -> None:
     assert "moorage admin bootstrap" in refused.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_moorage_serve_answers_health_and_openapi(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MOORAGE_DATA_DIR": str(tmp_path), "MOORAGE_PORT": str(port)}
     server = subprocess.Popen(
         [sys.executable, "-m", "control.cli.main", "serve"], env=env, stderr=subprocess.PIPE, text=True

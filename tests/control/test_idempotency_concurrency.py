@@ -3,54 +3,25 @@ real sockets, one SQLite file); then the server restarts and the answer is still
 
 from __future__ import annotations
 
-import socket
 import threading
-import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import uvicorn
 from litestar.testing import TestClient
 from sqlalchemy import func, select
 
 from control.app import create_app
 from control.settings import Settings
 from control.store.models import AppRow, IdempotencyRecordRow
+from tests.live_server import free_port, serving
 
 PARALLEL = 20
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextmanager
-def serving(settings: Settings) -> Iterator[tuple[str, object]]:
-    """``moorage serve`` in a thread: the same app factory and uvicorn, on a free loopback port."""
-    app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_config=None, lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{settings.port}", app
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-
-
 def test_parallel_duplicates_create_exactly_one_app_and_survive_a_restart(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "data", port=_free_port(), base_domain="apps.test")
+    settings = Settings(data_dir=tmp_path / "data", port=free_port(), base_domain="apps.test")
     body = {"name": "racer", "port": 9000}
     with serving(settings) as (base, app):
         operator_token = app.state.services.keys.bootstrap_operator("race-op").token  # type: ignore[attr-defined]

@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from control.domain.errors import Conflict, Forbidden, Invalid, NotFound, TenantSuspended, Unauthenticated
+from control.domain.errors import (
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    TenantSuspended,
+    Unauthenticated,
+)
 from control.security.principal import Principal
 from control.security.scopes import TENANT_SCOPES, Scope
 from control.security.tokens import issue_token, parse_key_id, token_matches
@@ -80,7 +87,7 @@ class KeyService:
     ) -> IssuedKey:
         issued = issue_token()
         key = keys.add(
-            id=issued.key_id,
+            id=issued.id,
             tenant_id=tenant_id,
             name=name,
             secret_hash=issued.secret_hash,

@@ -106,7 +106,7 @@ class NodeService:
         issued = issue_node_token()
         with self.db.write() as session:
             node = NodeRepository(session).add(
-                id=issued.node_id, name=name, secret_hash=issued.secret_hash, created_by=created_by
+                id=issued.id, name=name, secret_hash=issued.secret_hash, created_by=created_by
             )
         self._changed()
         return EnrolledNode(node, issued.token)

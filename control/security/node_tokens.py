@@ -8,34 +8,11 @@ whole 256-bit token; see ``tokens``).
 
 from __future__ import annotations
 
-import re
-import secrets
-from dataclasses import dataclass
+from control.security.tokens import IssuedToken, TokenKind, token_matches
 
-from control.ids import new_id
-from control.security.tokens import hash_token, token_matches
+NODE_TOKEN = TokenKind("mrg_node_", "node")
+PREFIX = NODE_TOKEN.prefix
+issue_node_token = NODE_TOKEN.issue
+parse_node_id = NODE_TOKEN.parse_id
 
-PREFIX = "mrg_node_"
-_TOKEN_RE = re.compile(r"^mrg_node_(node_[0-9a-z]{26})_([A-Za-z0-9_-]{43})$")
-
-
-@dataclass(frozen=True, slots=True)
-class IssuedNodeToken:
-    node_id: str
-    token: str  # shown once, never stored
-    secret_hash: str
-
-
-def issue_node_token() -> IssuedNodeToken:
-    node_id = new_id("node")
-    token = f"{PREFIX}{node_id}_{secrets.token_urlsafe(32)}"
-    return IssuedNodeToken(node_id=node_id, token=token, secret_hash=hash_token(token))
-
-
-def parse_node_id(token: str) -> str | None:
-    """The node id inside a well-formed node token, else None (no lookup for garbage)."""
-    match = _TOKEN_RE.match(token)
-    return match.group(1) if match else None
-
-
-__all__ = ["PREFIX", "IssuedNodeToken", "issue_node_token", "parse_node_id", "token_matches"]
+__all__ = ["PREFIX", "IssuedToken", "issue_node_token", "parse_node_id", "token_matches"]

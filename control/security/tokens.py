@@ -1,9 +1,9 @@
-"""API key tokens: ``mrg_live_<id>_<secret>``.
+"""Bearer tokens: ``<prefix><id>_<secret>``, e.g. API keys ``mrg_live_key_..._...``.
 
-The id is public (it names the key in listings and audit lines); the secret is 256
-random bits. Only SHA-256 of the whole token is stored: for a token of that entropy a
+The id is public (it names the key or node in listings and audit lines); the secret is
+256 random bits. Only SHA-256 of the whole token is stored: for a token of that entropy a
 plain hash is as strong as a slow KDF and costs microseconds per request. It is not
-keyed with the secrets master key, so rotating that key never invalidates API keys.
+keyed with the secrets master key, so rotating that key never invalidates tokens.
 """
 
 from __future__ import annotations
@@ -12,17 +12,14 @@ import hashlib
 import hmac
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from control.ids import new_id
-
-PREFIX = "mrg_live_"
-_TOKEN_RE = re.compile(r"^mrg_live_(key_[0-9a-z]{26})_([A-Za-z0-9_-]{43})$")
 
 
 @dataclass(frozen=True, slots=True)
 class IssuedToken:
-    key_id: str
+    id: str
     token: str  # shown once, never stored
     secret_hash: str
 
@@ -31,17 +28,34 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def issue_token() -> IssuedToken:
-    key_id = new_id("key")
-    token = f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
-    return IssuedToken(key_id=key_id, token=token, secret_hash=hash_token(token))
-
-
-def parse_key_id(token: str) -> str | None:
-    """The key id inside a well-formed token, else None (no lookup for garbage)."""
-    match = _TOKEN_RE.match(token)
-    return match.group(1) if match else None
-
-
 def token_matches(token: str, secret_hash: str) -> bool:
     return hmac.compare_digest(hash_token(token), secret_hash)
+
+
+@dataclass(frozen=True)
+class TokenKind:
+    """One kind of token; kinds differ in prefix so one can never pass for another."""
+
+    prefix: str  # "mrg_live_"
+    id_prefix: str  # "key": ids look like key_01...
+    _pattern: re.Pattern[str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        pattern = rf"^{re.escape(self.prefix)}({self.id_prefix}_[0-9a-z]{{26}})_([A-Za-z0-9_-]{{43}})$"
+        object.__setattr__(self, "_pattern", re.compile(pattern))
+
+    def issue(self) -> IssuedToken:
+        token_id = new_id(self.id_prefix)
+        token = f"{self.prefix}{token_id}_{secrets.token_urlsafe(32)}"
+        return IssuedToken(id=token_id, token=token, secret_hash=hash_token(token))
+
+    def parse_id(self, token: str) -> str | None:
+        """The id inside a well-formed token, else None (no lookup for garbage)."""
+        match = self._pattern.match(token)
+        return match.group(1) if match else None
+
+
+API_KEY = TokenKind("mrg_live_", "key")
+PREFIX = API_KEY.prefix
+issue_token = API_KEY.issue
+parse_key_id = API_KEY.parse_id

@@ -25,6 +25,8 @@ from litestar.testing import TestClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from probes import first_200  # bench/ is on sys.path when a bench runs as a script
+
 from control.app import create_app
 from control.logging import configure_logging
 from control.settings import Settings
@@ -33,19 +35,6 @@ from tests.e2e.apps import source, tar_gz
 from tests.e2e.conftest import cleanup_tenant
 
 STEPS = ("build_s", "start_s", "health_s", "route_s")
-
-
-def first_200(url: str, host: str, timeout: float = 120.0) -> float:
-    deadline = time.monotonic() + timeout
-    with httpx.Client(timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            try:
-                if client.get(url, headers={"Host": host}).status_code == 200:
-                    return time.perf_counter()
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.01)
-    raise TimeoutError(f"{host} never answered 200")
 
 
 def main() -> int:
@@ -72,7 +61,8 @@ def main() -> int:
                     started = time.perf_counter()
                     r = client.post(f"/v1/apps/{name}/deployments", content=archive, headers={**auth, "Content-Type": "application/gzip"})
                     assert r.status_code == 202, r.text
-                    served = first_200(traefik.url + "/", f"{name}.{tenant}.apps.test")
+                    with httpx.Client(timeout=2.0) as probe:
+                        served = first_200(probe, traefik.url + "/", f"{name}.{tenant}.apps.test", timeout=120.0, interval=0.01)
                     while (body := client.get(f"/v1/apps/{name}/deployments/{r.json()['id']}", headers=auth).json())["status"] != "running":
                         assert body["status"] in ("queued", "building", "releasing"), body
                         time.sleep(0.05)

@@ -15,6 +15,7 @@ import time
 import uuid
 
 import httpx
+from probes import first_200  # bench/ is on sys.path when a bench runs as a script
 
 from runtime.containers import Containers
 from runtime.docker_engine import DockerEngine
@@ -25,18 +26,6 @@ from runtime.settings import RuntimeSettings
 from runtime.traefik import TraefikProcess
 
 SERVE = ["sh", "-c", "mkdir -p /srv && echo ok > /srv/index.html && exec python3 -m http.server -d /srv 8000"]
-
-
-def first_200(client: httpx.Client, url: str, host: str, timeout: float = 30.0) -> float:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if client.get(url, headers={"Host": host}).status_code == 200:
-                return time.perf_counter()
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.002)
-    raise TimeoutError(f"{host} never answered 200")
 
 
 def main() -> int:
@@ -61,7 +50,7 @@ def main() -> int:
                     time.sleep(0.7)  # let the previous reload settle so samples are independent
                     t0 = time.perf_counter()
                     router.write(AppRoute(tenant, app, [b]))
-                    delay = first_200(client, traefik.url + "/", router.hostname(tenant, app)) - t0
+                    delay = first_200(client, traefik.url + "/", router.hostname(tenant, app), timeout=30.0) - t0
                     if i:  # the first one warms Traefik's transport; discarded
                         delays.append(delay)
         finally:

@@ -58,6 +58,7 @@ class Settings:
     deploys_per_tenant: int = 1  # jobs of one tenant running at once
     job_lease_s: int = 30  # a worker silent this long is presumed dead; its job is retried
     job_max_attempts: int = 2  # runs of one job, retries after a crash included
+    job_dependency_wait_s: int = 600  # a job waiting for a dependency that is down (Docker) fails after this long
     health_timeout_s: int = 60  # a new release must pass its health check within this
     swap_drain_ms: int = 1000  # after Traefik serves the new release, before the old one stops
     route_verify_timeout_s: int = 10  # how long to wait to see Traefik serve the new release

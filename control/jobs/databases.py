@@ -35,8 +35,9 @@ from control.domain.databases import (
 )
 from control.domain.tenants import TenantService
 from control.jobs.locks import AppLocks
+from control.jobs.outages import as_outage
 from control.jobs.runtime import AppRuntime
-from control.jobs.workers import Handler, JobContext, RetryLater
+from control.jobs.workers import Handler, JobContext
 from control.store.repositories.databases import Database
 from control.store.repositories.jobs import Job
 from runtime.databases import (
@@ -49,7 +50,6 @@ from runtime.databases import (
 )
 from runtime.databases.engines import Credentials, engine_facts
 from runtime.databases.redaction import redact_text
-from runtime.resilience import CircuitOpenError
 from runtime.sandbox import SandboxPolicy
 
 log = structlog.get_logger("moorage.jobs.databases")
@@ -130,8 +130,11 @@ class DatabaseJobs:
     def _transient(self) -> Iterator[None]:
         try:
             yield
-        except CircuitOpenError as exc:
-            raise RetryLater(f"dependency '{exc.name}' unavailable (circuit open)", delay_s=max(1.0, exc.retry_after)) from None
+        except Exception as exc:
+            outage = as_outage(exc)
+            if outage is None:
+                raise
+            raise outage from None
 
     # -- provision -------------------------------------------------------------------------
     def provision(self, job: Job, ctx: JobContext) -> None:

@@ -1,8 +1,9 @@
 """The ``deploy`` job: source → build → release → health-gated swap → running.
 
-Each step re-reads the cancel flag. A retried job (its worker died) starts over: the
-Docker layer cache makes the rebuild cheap, the release made by the first attempt is
-reused, and a leftover container of the same name is replaced.
+Each step re-reads the cancel flag. A retried job (its worker died, or Docker went away
+mid-step: ``control.jobs.outages``) starts over: the Docker layer cache makes the rebuild
+cheap, the release made by the first attempt is reused, and a leftover container of the
+same name is replaced.
 """
 
 from __future__ import annotations
@@ -13,18 +14,19 @@ from pathlib import Path
 
 import structlog
 
+from control.domain.databases import CredentialsUnreadable
 from control.domain.deployment_states import Status
 from control.domain.deployments import DeploymentService
-from control.domain.databases import CredentialsUnreadable
 from control.domain.env import EnvService, SecretUnreadable
 from control.domain.links import LinkService
 from control.domain.releases import ReleaseService
 from control.jobs.build_log import BuildLog
 from control.jobs.locks import AppLocks
+from control.jobs.outages import as_outage
 from control.jobs.runtime import AppRuntime
 from control.jobs.source import SourceError, clone
 from control.jobs.swap import SwapCancelled, SwapFailed, SwapPlan, swap
-from control.jobs.workers import JobContext, RetryLater
+from control.jobs.workers import JobContext
 from control.settings import Settings
 from control.store.records import App
 from control.store.repositories.deployments import Deployment
@@ -38,7 +40,6 @@ from runtime.builders import (
 from runtime.builders.dockerfile import DockerfileBuilder
 from runtime.builders.nixpacks import NixpacksBuilder
 from runtime.images import BuildError, BuildTimeout
-from runtime.resilience import CircuitOpenError
 
 log = structlog.get_logger("moorage.deploy")
 
@@ -81,9 +82,12 @@ class DeployPipeline:
         except Failed as exc:
             out.step(f"failed: {exc.reason}")
             self.deployments.transition(dep.id, Status.FAILED, reason=exc.reason)
-        except CircuitOpenError as exc:
-            out.step(f"'{exc.name}' is unavailable (circuit open); will retry")
-            raise RetryLater(f"dependency '{exc.name}' unavailable (circuit open)", delay_s=max(1.0, exc.retry_after)) from None
+        except Exception as exc:
+            outage = as_outage(exc)
+            if outage is None:
+                raise
+            out.step(f"{outage.reason}; starting over in {outage.delay_s:.0f}s")
+            raise outage from None
         finally:
             done = self.deployments.load(dep.id)
             if done is None or done.is_terminal:

@@ -30,6 +30,7 @@ class QueueConfig:
     lease_s: float = 30.0
     per_tenant: int = 1  # jobs of one tenant running at once
     retry_backoff_s: float = 2.0  # delay before a job whose worker died runs again
+    dependency_wait_s: float = 600.0  # since the job was created, how long it may wait for a dependency
 
 
 class JobQueue:
@@ -69,12 +70,15 @@ class JobQueue:
             return JobRepository(session).finish(job.id, owner, state, error)
 
     def retry_later(self, job: Job, owner: str, error: str, delay_s: float) -> bool:
-        """Back in the queue if attempts remain (True), else failed (False)."""
-        if job.attempts >= job.max_attempts:
+        """A dependency is down: back in the queue (True) without using up an attempt, as
+        attempts count crashes, not outages; failed (False) once the job would have waited
+        longer than ``dependency_wait_s`` since it was created."""
+        run_after = self.clock() + timedelta(seconds=delay_s)
+        if run_after - job.created_at > timedelta(seconds=self.config.dependency_wait_s):
             self.finish(job, owner, "failed", error)
             return False
         with self.db.write() as session:
-            JobRepository(session).requeue(job.id, owner, run_after=self.clock() + timedelta(seconds=delay_s), error=error)
+            JobRepository(session).requeue(job.id, owner, run_after=run_after, error=error, refund_attempt=True)
         return True
 
     def cancel_queued(self, session: Session, subject_id: str) -> int:

@@ -33,7 +33,8 @@ class Deploys:
     @classmethod
     def build(cls, settings: Settings, db: Database, env_vars: EnvService, breakers: BreakerRegistry,
               links: LinkService | None = None) -> Deploys:
-        queue = JobQueue(db, QueueConfig(lease_s=float(settings.job_lease_s), per_tenant=settings.deploys_per_tenant))
+        queue = JobQueue(db, QueueConfig(lease_s=float(settings.job_lease_s), per_tenant=settings.deploys_per_tenant,
+                                        dependency_wait_s=float(settings.job_dependency_wait_s)))
         deployments = DeploymentService(db, queue, settings.data_dir, max_attempts=settings.job_max_attempts)
         releases = ReleaseService(db)
         runtime = AppRuntime(settings, breakers)

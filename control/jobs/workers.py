@@ -22,7 +22,8 @@ log = structlog.get_logger("moorage.jobs")
 
 
 class RetryLater(Exception):
-    """A transient failure (a dependency is down): run the job again after ``delay_s``."""
+    """A dependency is down: run the job again after ``delay_s``. Waiting does not use up one
+    of the job's attempts; the queue bounds it in time instead (``dependency_wait_s``)."""
 
     def __init__(self, reason: str, delay_s: float = 5.0) -> None:
         super().__init__(reason)

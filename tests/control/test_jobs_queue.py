@@ -116,7 +116,7 @@ def test_worker_pool_runs_jobs_retries_later_and_recovers_dead_workers(db: Datab
 
     def handler(job: Job, ctx: JobContext) -> None:
         ran.append((job.subject_id, job.attempts))
-        if job.subject_id == "flaky" and job.attempts == 1:
+        if job.subject_id == "flaky" and len([r for r in ran if r[0] == "flaky"]) == 1:
             raise RetryLater("dependency down", delay_s=0)
         if len(ran) >= 3:
             done.set()
@@ -132,4 +132,22 @@ def test_worker_pool_runs_jobs_retries_later_and_recovers_dead_workers(db: Datab
         assert done.wait(10), ran
     finally:
         pool.stop()
-    assert sorted(ran) == [("flaky", 1), ("flaky", 2), ("orphaned", 2)]
+    # Waiting for a dependency used no attempt: the rerun is still attempt 1.
+    assert sorted(ran) == [("flaky", 1), ("flaky", 1), ("orphaned", 2)]
+
+
+def test_retry_later_keeps_the_attempt_but_gives_up_after_the_dependency_wait(db: Database) -> None:
+    clock = Clock()
+    queue = JobQueue(db, QueueConfig(dependency_wait_s=60), clock=clock)
+    created = _enqueue(queue, "dep_1", max_attempts=1)
+    for _ in range(5):  # an outage longer than max_attempts runs: still queued, attempts unchanged
+        job = queue.claim("w")
+        assert job is not None and job.attempts == 1
+        assert queue.retry_later(job, "w", "docker down", delay_s=10)
+        assert queue.get(created.id).state == "queued"  # type: ignore[union-attr]
+        clock.advance(10)
+    job = queue.claim("w")
+    assert job is not None
+    assert not queue.retry_later(job, "w", "docker down", delay_s=20)  # 50 s waited + 20 > 60
+    failed = queue.get(created.id)
+    assert failed is not None and failed.state == "failed" and failed.last_error == "docker down"

@@ -25,6 +25,7 @@ class Job:
     lease_owner: str | None
     lease_expires_at: datetime | None
     last_error: str | None
+    created_at: datetime
 
 
 def to_job(row: JobRow) -> Job:
@@ -32,6 +33,7 @@ def to_job(row: JobRow) -> Job:
         id=row.id, kind=row.kind, tenant_id=row.tenant_id, subject_id=row.subject_id, state=row.state,
         attempts=row.attempts, max_attempts=row.max_attempts, run_after=row.run_after,
         lease_owner=row.lease_owner, lease_expires_at=row.lease_expires_at, last_error=row.last_error,
+        created_at=row.created_at,
     )
 
 
@@ -92,11 +94,13 @@ class JobRepository:
         row.state, row.last_error, row.lease_owner, row.lease_expires_at = state, error, None, None
         return True
 
-    def requeue(self, job_id: str, owner: str, *, run_after: datetime, error: str) -> bool:
+    def requeue(self, job_id: str, owner: str, *, run_after: datetime, error: str, refund_attempt: bool = False) -> bool:
         row = self._owned(job_id, owner)
         if row is None:
             return False
         row.state, row.run_after, row.last_error, row.lease_owner, row.lease_expires_at = "queued", run_after, error, None, None
+        if refund_attempt:
+            row.attempts -= 1
         return True
 
     def expired(self, now: datetime) -> list[JobRow]:

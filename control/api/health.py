@@ -2,15 +2,18 @@
 
 Readiness is 503 only when the database, the control plane's own store, fails: then no
 request can be served. Circuit breakers (Docker, builders, inference nodes) are reported
-under ``breakers`` and an open one makes ``status`` "degraded", still 200: those
-dependencies are shared by every instance, so taking this one out of rotation would only
-stop the reads and tenant/key management that still work; calls that need the broken
-dependency answer 503 ``dependency-unavailable`` with Retry-After on their own.
+under ``breakers`` and the ingress (Traefik's entrypoint, ``traefik_url``) under
+``checks.router``; an open breaker or an unreachable router makes ``status`` "degraded",
+still 200: those dependencies are shared by every instance, so taking this one out of
+rotation would only stop the reads and tenant/key management that still work; calls that
+need the broken dependency answer 503 ``dependency-unavailable`` with Retry-After on their own.
 """
 
 from __future__ import annotations
 
+import socket
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import msgspec
 from litestar import Request, Response, get
@@ -23,7 +26,7 @@ class Health(msgspec.Struct):
 
 
 class Readiness(msgspec.Struct):
-    status: Annotated[str, msgspec.Meta(description="ready | degraded (a breaker is not closed) | not-ready")]
+    status: Annotated[str, msgspec.Meta(description="ready | degraded (a breaker is not closed or the router is unreachable) | not-ready")]
     checks: dict[str, str]
     breakers: Annotated[dict[str, str], msgspec.Meta(description="breaker name -> closed | half_open | open")] = {}
 
@@ -48,11 +51,23 @@ def readyz(request: Request[Any, Any, Any]) -> Response[Readiness]:
         checks["database"] = "ok"
     except Exception as exc:  # readiness reports, it does not raise
         checks["database"] = f"failing: {type(exc).__name__}"
+    checks["router"] = _router_check(request.app.state.services.settings.traefik_url)
     breakers = {snap.name: snap.state.value for snap in request.app.state.services.breakers.snapshot()}
-    ready = all(value == "ok" for value in checks.values())
-    degraded = any(state != "closed" for state in breakers.values())
+    ready = checks["database"] == "ok"
+    degraded = checks["router"] != "ok" or any(state != "closed" for state in breakers.values())
     status = "not-ready" if not ready else "degraded" if degraded else "ready"
     return Response(Readiness(status=status, checks=checks, breakers=breakers), status_code=200 if ready else 503)
+
+
+def _router_check(url: str, timeout: float = 0.5) -> str:
+    """Does Traefik's entrypoint accept connections? Apps are unreachable while it does not."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "127.0.0.1", port), timeout=timeout).close()
+    except OSError as exc:
+        return f"unreachable: {type(exc).__name__} at {parts.hostname}:{port}; apps cannot be reached until it is back"
+    return "ok"
 
 
 __all__ = ["Problem", "healthz", "readyz"]

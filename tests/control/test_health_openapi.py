@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import shutil
+import socket
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from litestar.testing import TestClient
 
 from control.api.node_auth import NODE_ACCESS
+from control.app import create_app
 from control.security.scopes import ANY_KEY_ACCESS, OPERATOR_ACCESS, TENANT_SCOPES
+from tests.live_server import free_port
 
 
 def test_healthz_and_readyz(client) -> None:
@@ -16,6 +21,18 @@ def test_healthz_and_readyz(client) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["checks"]["database"] == "ok"
+
+
+def test_readyz_reports_an_unreachable_router_as_degraded(settings) -> None:
+    port = free_port()  # nothing listens there: Traefik is down
+    with TestClient(create_app(replace(settings, traefik_url=f"http://127.0.0.1:{port}"))) as client:
+        down = client.get("/readyz")
+        assert down.status_code == 200  # the API still serves; apps are unreachable meanwhile
+        assert down.json()["status"] == "degraded"
+        assert down.json()["checks"]["router"].startswith(f"unreachable: ConnectionRefusedError at 127.0.0.1:{port}")
+        with socket.create_server(("127.0.0.1", port)):
+            back = client.get("/readyz").json()
+        assert back["checks"]["router"] == "ok" and back["status"] == "ready"
 
 
 def test_readyz_reports_a_broken_database(app, client) -> None:

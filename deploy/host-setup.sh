@@ -83,7 +83,7 @@ if [[ "$(readlink /usr/local/bin/traefik 2>/dev/null)" != "$TOOLS_DIR/bin/traefi
   changed "linked /usr/local/bin/traefik"
 fi
 
-# --- 3. Register runsc in daemon.json (merge, never clobber) ---------------------------
+# --- 3. daemon.json: register runsc, enable live-restore (merge, never clobber) --------
 mkdir -p "$(dirname "$DAEMON_JSON")"
 daemon_json_status=0
 /usr/bin/python3 - "$DAEMON_JSON" "$RUNSC_PATH" "$DOCKER_DEFAULT_RUNTIME" $RUNSC_ARGS <<'PY' || daemon_json_status=$?
@@ -96,6 +96,8 @@ except FileNotFoundError:
     cfg = {}
 before = json.dumps(cfg, sort_keys=True)
 cfg.setdefault("runtimes", {})["runsc"] = {"path": runsc, "runtimeArgs": args}
+# Containers keep running while dockerd restarts (upgrades, crashes); reloadable by SIGHUP.
+cfg.setdefault("live-restore", True)
 if default_runtime:
     cfg["default-runtime"] = default_runtime
 if json.dumps(cfg, sort_keys=True) == before:
@@ -108,8 +110,8 @@ os.replace(tmp, path)
 sys.exit(10)
 PY
 case $daemon_json_status in
-  0) log "runsc already registered in $DAEMON_JSON (args: ${RUNSC_ARGS:-none})" ;;
-  10) changed "registered runsc in $DAEMON_JSON (args: ${RUNSC_ARGS:-none})" ;;
+  0) log "runsc (args: ${RUNSC_ARGS:-none}) and live-restore already set in $DAEMON_JSON" ;;
+  10) changed "registered runsc (args: ${RUNSC_ARGS:-none}) and live-restore in $DAEMON_JSON" ;;
   *) die "could not update $DAEMON_JSON" ;;
 esac
 
@@ -126,7 +128,7 @@ if have_systemd; then
   fi
 elif pid_alive "$DOCKERD_PIDFILE"; then
   if ((daemon_json_status == 10)); then
-    kill -HUP "$(cat "$DOCKERD_PIDFILE")"   # runtimes are reloadable without a restart
+    kill -HUP "$(cat "$DOCKERD_PIDFILE")"   # runtimes and live-restore reload without a restart
     changed "reloaded dockerd (SIGHUP)"
   fi
 else

@@ -27,6 +27,7 @@ from control.domain.errors import (
     NotFound,
     Unauthenticated,
 )
+from runtime.failures import is_connect_failure
 from runtime.resilience import CircuitOpenError
 
 PROBLEM_JSON = "application/problem+json"
@@ -167,7 +168,19 @@ async def send_problem(
     await response.to_asgi_response(app=None, request=request)(scope, receive, send)
 
 
+UNREACHABLE_RETRY_S = 5
+
+
 def unhandled_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+    if is_connect_failure(exc):  # a dependency is down and its breaker has not opened (yet)
+        log.warning("dependency_unreachable", path=request.url.path, error=type(exc).__name__)
+        detail = (
+            "A dependency this request needs (the Docker engine, Traefik or an inference node) is not accepting "
+            "connections, so the request could not be completed. Retry after the Retry-After seconds with the same "
+            "Idempotency-Key; GET /readyz lists each dependency's state."
+        )
+        return problem_response(request, 503, "dependency-unavailable", detail, title="Dependency unavailable",
+                                headers={"Retry-After": str(UNREACHABLE_RETRY_S)})
     log.error("unhandled_exception", path=request.url.path, exc_info=exc)
     return problem_response(request, 500, "internal-error", _DETAIL_OF_STATUS[500])
 

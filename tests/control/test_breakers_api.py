@@ -112,8 +112,10 @@ def test_open_breaker_answers_503_and_writes_nothing(
     assert client.get("/readyz").json()["breakers"] == {"probe-dependency": "closed"}
     assert _breaker_metric(operator) == {"probe-dependency": 0.0}
 
-    for _ in range(2):  # the dependency refuses: the failures count toward the threshold
-        assert_problem(tenant.post("/v1/test-dependency", json={}, headers=headers), 500, "internal-error")
+    for _ in range(2):  # the dependency refuses: a clear 503 already, and the failures count toward the threshold
+        unreachable = tenant.post("/v1/test-dependency", json={}, headers=headers)
+        assert "not accepting connections" in assert_problem(unreachable, 503, "dependency-unavailable")["detail"]
+        assert unreachable.headers["retry-after"] == "5"
     assert len(attempts) == 2
     clock.now += 10
     refused = tenant.post("/v1/test-dependency", json={}, headers=headers)

@@ -8,6 +8,8 @@ in the same burst, to show a replay never makes a second deployment. Then it che
 (one deployment per app, all running), the jobs' overlap (never more at once than the
 worker count, nor per tenant than the per-tenant limit), Docker (one container per app)
 and Traefik (each app answers 200 with its own version). Exit status 1 on any discrepancy.
+Settings are the platform defaults or MOORAGE_* from the environment (the database is always
+the bench's own SQLite file).
 
     .venv/bin/python bench/concurrent_deploys.py [--tenants 5] [--per-tenant 4] [--workers N] [--tenant-jobs N]
 """
@@ -43,7 +45,7 @@ from tests.live_server import free_port, serving
 
 STEPS = ("build_s", "start_s", "health_s", "route_s")
 TERMINAL = {"running", "failed", "cancelled"}
-PLATFORM = Settings()
+PLATFORM = Settings.from_env()
 
 
 @dataclass
@@ -258,12 +260,13 @@ def main() -> int:
     out = Outcome()
     data_dir = Path(tempfile.mkdtemp(prefix="moorage-bench-"))
     with TraefikProcess() as traefik:
-        # Platform defaults throughout, except: API rate limits (120/min per key) would only
-        # throttle this bench's own polling (they have their own tests and bench).
-        settings = Settings(data_dir=data_dir, port=free_port(), base_domain="apps.test", log_level="warning",
-                            traefik_dynamic_dir=traefik.dynamic_dir, traefik_url=traefik.url,
-                            job_workers=args.workers, deploys_per_tenant=args.tenant_jobs,
-                            rate_limit_key_quota=100_000, rate_limit_tenant_quota=100_000)
+        # Platform defaults (or MOORAGE_* from the environment) except: API rate limits (120/min
+        # per key) would only throttle this bench's own polling (they have their own tests and bench).
+        settings = Settings.from_env().with_overrides(
+            data_dir=data_dir, database_url="", port=free_port(), base_domain="apps.test", log_level="warning",
+            traefik_dynamic_dir=traefik.dynamic_dir, traefik_url=traefik.url,
+            job_workers=args.workers, deploys_per_tenant=args.tenant_jobs,
+            rate_limit_key_quota=100_000, rate_limit_tenant_quota=100_000)
         print(f"{total} deployments ({args.tenants} tenants x {args.per_tenant} apps): job_workers={settings.job_workers} "
               f"deploys_per_tenant={settings.deploys_per_tenant} (platform defaults {PLATFORM.job_workers} and "
               f"{PLATFORM.deploys_per_tenant}), health_timeout_s={settings.health_timeout_s}, "

@@ -20,6 +20,7 @@ from control.domain.deployments import DeploymentService
 from control.domain.env import EnvService, SecretUnreadable
 from control.domain.links import LinkService
 from control.domain.releases import ReleaseService
+from control.jobs.build_leftovers import noting_step_containers, remove_leftovers
 from control.jobs.build_log import BuildLog
 from control.jobs.locks import AppLocks
 from control.jobs.outages import as_outage
@@ -91,11 +92,18 @@ class DeployPipeline:
         finally:
             done = self.deployments.load(dep.id)
             if done is None or done.is_terminal:
-                self.deployments.discard_source(dep.id)
+                self._clean_up(dep.id)
 
     def give_up(self, job: Job, reason: str) -> None:
         self.deployments.fail_if_active(job.subject_id, f"gave up after {job.attempts} attempt(s): {reason}")
-        self.deployments.discard_source(job.subject_id)
+        self._clean_up(job.subject_id)
+
+    def _clean_up(self, deployment_id: str) -> None:
+        self.deployments.discard_source(deployment_id)
+        try:
+            remove_leftovers(self.deployments.workdir(deployment_id), self.runtime.containers)
+        except Exception as exc:  # Docker down: the note stays; nothing else depends on it
+            log.warning("build_leftovers_not_removed", deployment_id=deployment_id, error=f"{type(exc).__name__}: {exc}")
 
     # -- steps --------------------------------------------------------------------------
     def _names(self, dep: Deployment) -> tuple[App, str]:
@@ -113,6 +121,8 @@ class DeployPipeline:
     def _build(self, dep: Deployment, job: Job, app: App, tenant: str, out: BuildLog, ctx: JobContext) -> tuple[str, str]:
         self.deployments.transition(dep.id, Status.BUILDING, reason=f"attempt {job.attempts}" if job.attempts > 1 else None)
         workdir = self.deployments.workdir(dep.id)
+        if removed := remove_leftovers(workdir, self.runtime.containers):
+            out.step(f"removed {len(removed)} step container(s) the interrupted attempt left: {', '.join(removed)}")
         src = workdir / "src"
         if dep.source_kind == "git":
             out.step(f"cloning {dep.source['url']} at {dep.source['ref']}")
@@ -137,7 +147,7 @@ class DeployPipeline:
 
         started = time.monotonic()
         request = BuildRequest(source=src, tag=tag, tenant=tenant, app=app.name, timeout=float(self.settings.build_timeout_s),
-                               on_line=out.line, cancelled=cancelled, work_dir=workdir)
+                               on_line=noting_step_containers(workdir, out.line), cancelled=cancelled, work_dir=workdir)
         try:
             built = builder.build(request)
         except BuilderUnavailable as exc:

@@ -162,6 +162,13 @@ class TraefikProcess:
                 self._proc.wait()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
+    def crash(self) -> None:
+        """SIGKILL Traefik and keep its files, as a crash would; ``start()`` brings it back on
+        the same ports (fault tests)."""
+        if self._proc and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
     def __enter__(self) -> "TraefikProcess":
         return self.start()
 

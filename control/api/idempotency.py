@@ -44,6 +44,7 @@ from control.domain.idempotency import (
     parse_key,
 )
 from control.security.principal import Principal
+from control.store import claim_fence
 from control.store.repositories.idempotency import StoredResponse
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -189,7 +190,15 @@ class IdempotencyMiddleware:
     async def _run(self, scope: Scope, receive: Receive, send: Send, service: IdempotencyService, claim: Claimed) -> None:
         captured = _Captured()
         try:
-            await self.app(scope, receive, captured.send)
+            if claim.effects is not None:  # the attempt that died had committed its writes: never twice
+                _metric(scope, "answer_lost")
+                await send_problem(scope, receive, captured.send, 409, "idempotent-answer-lost", _answer_lost(claim.effects))
+            else:
+                fence = claim_fence.held.set(claim_fence.Fence(claim.record_id, claim.lease))
+                try:
+                    await self.app(scope, receive, captured.send)
+                finally:
+                    claim_fence.held.reset(fence)
         finally:
             # Settle even when cancelled (client gone): a finished answer is kept, anything
             # else frees the key at once instead of leaving it to the lease.
@@ -198,6 +207,15 @@ class IdempotencyMiddleware:
         _metric(scope, "stored" if captured.storable() else "released")
         for message in captured.messages:
             await send(message)
+
+
+def _answer_lost(effects: tuple[str, ...]) -> str:
+    done = f" It created: {', '.join(effects)}." if effects else ""
+    return (
+        "An earlier attempt of this exact request was carried out, but the server stopped before its answer was "
+        f"stored, so that answer is lost.{done} The request was not run again, as that would do it twice: look "
+        "the result up with GET. Send a new Idempotency-Key only to do it once more."
+    )
 
 
 def _settle(service: IdempotencyService, claim: Claimed, response: StoredResponse | None) -> None:

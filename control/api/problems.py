@@ -27,6 +27,7 @@ from control.domain.errors import (
     NotFound,
     Unauthenticated,
 )
+from control.store.claim_fence import LeaseLost
 from runtime.failures import is_connect_failure
 from runtime.resilience import CircuitOpenError
 
@@ -185,8 +186,17 @@ def unhandled_error_handler(request: Request[Any, Any, Any], exc: Exception) -> 
     return problem_response(request, 500, "internal-error", _DETAIL_OF_STATUS[500])
 
 
+def lease_lost_handler(request: Request[Any, Any, Any], exc: LeaseLost) -> Response[Problem]:
+    detail = (
+        "This request ran past its Idempotency-Key lease and a retry with the same key took the key over, so "
+        "this attempt's changes were not kept. The retry's answer is the one that counts: resend to get it."
+    )
+    return problem_response(request, 409, "idempotency-key-taken-over", detail, title="Idempotency-Key taken over")
+
+
 EXCEPTION_HANDLERS = {
     DomainError: domain_error_handler,
+    LeaseLost: lease_lost_handler,
     CircuitOpenError: circuit_open_handler,
     ValidationException: validation_error_handler,
     HTTPException: http_error_handler,

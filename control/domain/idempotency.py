@@ -58,8 +58,11 @@ def fingerprint(method: str, path: str, query: str, body: bytes) -> str:
 @dataclass(frozen=True, slots=True)
 class Claimed:
     record_id: int
-    lease: datetime  # the fencing token for complete/release
+    lease: datetime  # the fencing token for complete/release (and the request's writes)
     taken_over: bool
+    # On a takeover: the earlier attempt's writes had committed (ids it inserted); it must not
+    # run again, and its answer is lost (store/claim_fence.py).
+    effects: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +137,7 @@ class IdempotencyService:
             new_lease = now + self.lease
             if not records.take_over(existing.id, lease, new_lease):
                 return InFlight(self.lease.total_seconds())
-            return Claimed(existing.id, new_lease, taken_over=True)
+            return Claimed(existing.id, new_lease, taken_over=True, effects=existing.effects)
 
     def complete(self, claim: Claimed, response: StoredResponse) -> bool:
         """Keep the response for replay; False if our lease was taken over meanwhile."""

@@ -16,6 +16,8 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from control.store import claim_fence
+
 _BEGIN = "moorage_begin"
 
 
@@ -57,6 +59,7 @@ class Database:
         self._reader = sessionmaker(self.engine, expire_on_commit=False)
         writer_bind = self.engine.execution_options(**{_BEGIN: "IMMEDIATE"})
         self._writer = sessionmaker(writer_bind, expire_on_commit=False)
+        claim_fence.track_writes(self._writer)
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -67,6 +70,7 @@ class Database:
     def write(self) -> Iterator[Session]:
         with self._writer() as session, session.begin():
             yield session
+            claim_fence.stamp(session)  # inside the transaction: the writes and the stamp commit together
 
     def ping(self) -> None:
         with self.engine.connect() as connection:

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from control.store.types import JSONList, UTCDateTime, utcnow
@@ -85,6 +96,9 @@ class IdempotencyRecordRow(Base):
     response_status: Mapped[int | None] = mapped_column(Integer)
     response_headers: Mapped[str | None] = mapped_column(Text)  # JSON list of [name, value]
     response_body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # JSON list of the ids the request's committed writes inserted (store/claim_fence.py):
+    # set while in flight, so a takeover after a crash knows the first attempt got that far.
+    effects: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 

@@ -3,15 +3,18 @@ lease take-over, retention, what is and is not stored."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
+import pytest
 from litestar import post
 from sqlalchemy import func, select, update
 
 from control.api.idempotency import purge_expired_forever
 from control.domain.idempotency import Claimed, InFlight, fingerprint
+from control.store import claim_fence
 from control.store.models import AppRow, IdempotencyRecordRow
 from control.store.repositories.idempotency import StoredResponse
 from tests.conftest import Caller
@@ -184,6 +187,66 @@ def test_expired_lease_is_taken_over_by_a_retry(app, tenant: Caller) -> None:
     assert services.idempotency.release(crashed) is False
     [row] = _rows(app)
     assert row.state == "completed" and row.response_body == retry.content
+
+
+def _expire_leases(app: Any) -> None:
+    with app.state.services.db.write() as session:
+        session.execute(update(IdempotencyRecordRow).values(lease_expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+
+
+def test_a_request_killed_after_its_writes_is_never_run_twice(app, tenant: Caller) -> None:
+    """The process died between the handler's commit and storing the answer (kill -9): the
+    retry taking the key over must not create a second app; it says what the first did."""
+    body = b'{"name":"web"}'
+    crashed = _claim_as(app, tenant, "k-died", body)
+    fence = claim_fence.held.set(claim_fence.Fence(crashed.record_id, crashed.lease))
+    try:
+        created = app.state.services.apps.create(tenant.tenant_id, "web")  # the handler's write, then the crash
+    finally:
+        claim_fence.held.reset(fence)
+    [row] = _rows(app)
+    assert row.state == "in_flight" and json.loads(row.effects or "[]") == [created.id]
+    _expire_leases(app)
+
+    headers = {"content-type": "application/json", **_key("k-died")}
+    retry = tenant.post("/v1/apps", content=body, headers=headers)
+    problem = assert_problem(retry, 409, "idempotent-answer-lost")
+    assert created.id in problem["detail"] and "not run again" in problem["detail"]
+    assert _app_count(app) == 1
+    again = tenant.post("/v1/apps", content=body, headers=headers)  # the verdict is kept like any answer
+    assert again.headers["idempotent-replayed"] == "true" and again.json()["detail"] == problem["detail"]
+    assert _app_count(app) == 1
+
+
+def test_a_request_whose_key_was_taken_over_cannot_commit(app, tenant: Caller) -> None:
+    """A request stalled past its lease while a retry took the key over: its late writes are refused."""
+    body = b'{"name":"web"}'
+    stalled = _claim_as(app, tenant, "k-stalled", body)
+    _expire_leases(app)
+    retry = tenant.post("/v1/apps", content=body, headers={"content-type": "application/json", **_key("k-stalled")})
+    assert retry.status_code == 201
+    fence = claim_fence.held.set(claim_fence.Fence(stalled.record_id, stalled.lease))
+    try:
+        with pytest.raises(claim_fence.LeaseLost):
+            app.state.services.apps.create(tenant.tenant_id, "web-late")
+    finally:
+        claim_fence.held.reset(fence)
+    assert _app_count(app) == 1  # rolled back with the refused stamp
+
+
+def test_a_request_that_wrote_nothing_is_run_again_after_a_crash(app, tenant: Caller) -> None:
+    body = b'{"name":"web"}'
+    crashed = _claim_as(app, tenant, "k-early", body)
+    fence = claim_fence.held.set(claim_fence.Fence(crashed.record_id, crashed.lease))
+    try:
+        with app.state.services.db.write():
+            pass  # a write transaction that changed nothing, then the crash
+    finally:
+        claim_fence.held.reset(fence)
+    assert _rows(app)[0].effects is None
+    _expire_leases(app)
+    retry = tenant.post("/v1/apps", content=body, headers={"content-type": "application/json", **_key("k-early")})
+    assert retry.status_code == 201 and _app_count(app) == 1
 
 
 def test_lease_taken_over_in_the_service_directly(app, tenant: Caller) -> None:

@@ -39,6 +39,7 @@ class IdempotencyRecord:
     lease_expires_at: datetime | None
     expires_at: datetime
     response: StoredResponse | None
+    effects: tuple[str, ...] | None = None  # ids the request's committed writes inserted (claim_fence)
 
 
 def _to_record(row: IdempotencyRecordRow) -> IdempotencyRecord:
@@ -56,6 +57,7 @@ def _to_record(row: IdempotencyRecordRow) -> IdempotencyRecord:
         lease_expires_at=row.lease_expires_at,
         expires_at=row.expires_at,
         response=response,
+        effects=None if row.effects is None else tuple(json.loads(row.effects)),
     )
 
 

@@ -8,16 +8,21 @@ Builds use the classic builder API over the docker SDK. Every image moorage buil
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import docker.errors
+import structlog
 
 from runtime import labels as L
+from runtime.build_watchdog import BuildWatchdog, Overrun
 from runtime.docker_engine import DockerEngine
 from runtime.resilience import guarded
+
+logger = structlog.get_logger("moorage.runtime.builds")
 
 
 class BuildError(RuntimeError):
@@ -30,6 +35,30 @@ class BuildError(RuntimeError):
 
 class BuildTimeout(BuildError):
     pass
+
+
+class BuildDiskQuotaExceeded(BuildError):
+    """The build wrote more than its disk quota: the step was killed, its image refused."""
+
+    def __init__(self, overrun: Overrun, quota: int, log: list[str]) -> None:
+        self.written, self.quota, self.step = overrun.written, quota, overrun.step
+        number, _, instruction = overrun.step.partition(" : ")
+        where = f" in step {number} ({_short(instruction)})" if overrun.step else ""
+        super().__init__(
+            f"it wrote {_mib(overrun.written)} to disk{where}, more than the build disk quota of {_mib(quota)} "
+            "(MOORAGE_BUILD_DISK_BYTES), so it was stopped; make the build write less (delete caches and "
+            "temporary files in the same RUN step that makes them) or ask the operator to raise the quota", log)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB" if n >= 10 * 2**20 else f"{n / 2**20:.1f} MiB"
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+LOG_TAIL = 2000  # lines a BuildError keeps: enough to show why, bounded however much a build prints
 
 
 @dataclass(frozen=True)
@@ -46,6 +75,14 @@ class BuildResult:
     image_id: str
     tag: str
     log: list[str]
+
+
+def _lines(chunk: dict[str, Any], log: deque[str], watchdog: BuildWatchdog) -> Iterator[str]:
+    for line in str(chunk.get("stream", "")).splitlines():
+        if line.strip():
+            log.append(line)
+            watchdog.observe(line)
+            yield line
 
 
 def _info(img: Any) -> ImageInfo:
@@ -74,33 +111,76 @@ class Images:
                      buildargs: Mapping[str, str] | None = None,
                      timeout: float | None = None) -> Generator[str, None, str]:
         """Yield build log lines as they arrive; returns (StopIteration.value) the image id.
-        Raises BuildError on a failed step and BuildTimeout past the deadline (closing the
-        stream makes dockerd cancel the build)."""
+        Raises BuildError on a failed step, BuildTimeout past the deadline and
+        BuildDiskQuotaExceeded past the disk quota (a BuildWatchdog kills the running step;
+        closing the stream early makes dockerd cancel the build)."""
         labels = L.moorage_labels(tenant, app, release, role="image")
-        deadline = time.monotonic() + (timeout or self.engine.settings.build_timeout)
-        log: list[str] = []
-        image_id = ""
-        stream = self._start_build(Path(context_dir), tag, labels, dockerfile, buildargs)
+        s = self.engine.settings
+        limit = timeout or s.build_timeout
+        watchdog = BuildWatchdog(self.engine.client.api, quota_bytes=s.build_disk_bytes,
+                                 deadline=time.monotonic() + limit, name=tag).start()
+        log: deque[str] = deque(maxlen=LOG_TAIL)
+        image_id, failure = "", ""
+        stream: Any = None
         try:
+            stream = self._start_build(Path(context_dir), tag, labels, dockerfile, buildargs)
+            # After an overrun while a step runs, the stream is read on: the watchdog has killed
+            # the step, dockerd reports it failed once its container is removed.
             for chunk in stream:
-                if time.monotonic() > deadline:
-                    raise BuildTimeout(f"build of {tag} exceeded its time limit", log)
                 if "error" in chunk:
-                    msg = str(chunk.get("error", "")).strip()
-                    log.append(msg)
-                    yield msg
-                    raise BuildError(f"build of {tag} failed: {msg}", log)
+                    failure = str(chunk.get("error", "")).strip()
+                    log.append(failure)
+                    yield failure
+                    break
                 if "aux" in chunk and "ID" in chunk["aux"]:
                     image_id = chunk["aux"]["ID"]
-                for line in str(chunk.get("stream", "")).splitlines():
-                    if line.strip():
-                        log.append(line)
-                        yield line
+                yield from _lines(chunk, log, watchdog)
+                if watchdog.cancel:
+                    break  # over quota at a commit: closing the stream cancels the next step
         finally:
+            watchdog.stop()
             close = getattr(stream, "close", None)
             if close:
                 close()
+        if image_id and not failure:
+            watchdog.committed(image_id)  # its whole chain, whatever the log said
+        if watchdog.reason is not None:
+            self._discard(tag, watchdog.refused)
+            error = self._overrun_error(watchdog.reason, tag, limit, list(log))
+            yield f"moorage: build stopped: {error}"
+            raise error
+        if failure:
+            raise BuildError(f"build of {tag} failed: {failure}", list(log))
         return image_id or self.inspect(tag).id
+
+    def _overrun_error(self, overrun: Overrun, tag: str, limit: float, log: list[str]) -> BuildError:
+        if overrun.kind == "disk":
+            return BuildDiskQuotaExceeded(overrun, self.engine.settings.build_disk_bytes, log)
+        return BuildTimeout(f"build of {tag} exceeded its time limit of {limit:.0f}s", log)
+
+    def _discard(self, tag: str, refused: list[str], patience: float = 10.0) -> None:
+        """Remove what a stopped build committed at or after its overrun, its tag first (dockerd
+        tags the last step's image even when the build was stopped meanwhile). Untagged parents
+        go with it (noprune=False). A cancelled build's next step may still hold the image for
+        a moment (409) until dockerd removes its container: retried for `patience` seconds."""
+        api = self.engine.client.api
+        try:
+            tagged = api.inspect_image(tag)["Id"]
+        except docker.errors.APIError:
+            tagged = None
+        give_up = time.monotonic() + patience
+        for ref in ([tag] if tagged in refused else []) + refused[::-1]:
+            while True:
+                try:
+                    api.remove_image(ref, noprune=False)
+                except docker.errors.NotFound:  # gone with its child already
+                    pass
+                except docker.errors.APIError as exc:
+                    if exc.status_code == 409 and time.monotonic() < give_up:
+                        time.sleep(0.2)
+                        continue
+                    logger.warning("refused_image_not_removed", image=ref, error=str(exc))
+                break
 
     def build(self, context_dir: Path, tag: str, *, tenant: str, app: str,
               release: str | None = None, on_line: Callable[[str], None] | None = None,

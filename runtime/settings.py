@@ -55,6 +55,8 @@ class RuntimeSettings:
     breaker_reset_timeout: float = 30.0
     build_timeout: float = 1800.0
     build_memory_bytes: int = 2 * 1024 * 1024 * 1024
+    # Disk one build may write (its layers, the running step's writes, its log); 0: no limit.
+    build_disk_bytes: int = 10 * 1024 * 1024 * 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "RuntimeSettings":

@@ -51,6 +51,7 @@ class Settings:
     # Deployments (issue #5): build, release, run, reconcile.
     build_timeout_s: int = 900  # a build running longer is stopped and the deployment fails
     build_memory_bytes: int = 2 * 1024 * 1024 * 1024  # memory limit of each build step
+    build_disk_bytes: int = 10 * 1024 * 1024 * 1024  # disk a build may write: layers, running step, log (0: no limit)
     max_upload_bytes: int = 100 * 1024 * 1024  # source archive as uploaded (gzip)
     max_source_bytes: int = 500 * 1024 * 1024  # source tree once extracted or cloned
     git_timeout_s: int = 120  # a git clone taking longer fails the deployment

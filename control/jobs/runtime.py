@@ -42,6 +42,7 @@ def runtime_settings(settings: Settings) -> RuntimeSettings:
         base_domain=settings.base_domain,
         build_timeout=float(settings.build_timeout_s),
         build_memory_bytes=settings.build_memory_bytes,
+        build_disk_bytes=settings.build_disk_bytes,
     )
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import uvicorn
 from litestar import Litestar
+from litestar.types import ASGIApp
 
 from control.app import create_app
 from control.settings import Settings
@@ -22,10 +23,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(settings: Settings) -> Iterator[tuple[str, Litestar]]:
-    """``moorage serve`` in a thread, on ``settings.port`` (use ``free_port()``)."""
+def serving(settings: Settings, wrap: Callable[[ASGIApp], ASGIApp] | None = None) -> Iterator[tuple[str, Litestar]]:
+    """``moorage serve`` in a thread, on ``settings.port`` (use ``free_port()``); ``wrap``
+    puts an ASGI layer between uvicorn and the app (a server behaviour uvicorn lacks)."""
     app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_config=None, lifespan="on")
+    config = uvicorn.Config(wrap(app) if wrap else app, host="127.0.0.1", port=settings.port, log_config=None, lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -21,15 +21,16 @@ import structlog
 from litestar import Request, Response
 from litestar.params import Body
 from litestar.response import Stream
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from control.api.gateway_proxy import (
     Answer,
     Call,
     Outcome,
+    Relay,
     Upstream,
     UpstreamFailed,
     open_answer,
-    relay,
 )
 from control.api.endpoints import route
 from control.api.problems import problem_response, retry_after_header
@@ -172,7 +173,7 @@ async def _proxy(request: Request[Any, Principal, Any], data: dict[str, Any], en
         outcome.node_id = answer.node.id
         if answer.response is not None:
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-            return Stream(relay(answer, call, inference.router, outcome, finish), media_type="text/event-stream", headers=headers)
+            return RelayStream(Relay(answer, call, inference.router, outcome, finish), headers=headers)
         content = _final_body(answer, call, outcome)
         await finish(outcome)
         return Response(content, status_code=answer.status_code, media_type="application/json")
@@ -182,6 +183,27 @@ async def _proxy(request: Request[Any, Principal, Any], data: dict[str, Any], en
         with anyio.CancelScope(shield=True):
             await finish(outcome)
         raise
+
+
+class RelayStream(Stream):
+    """A relayed SSE stream whose end runs however the response ends, also when Litestar
+    never starts iterating it (a client that left while the first token was on its way)."""
+
+    def __init__(self, relay: Relay, headers: dict[str, str]) -> None:
+        super().__init__(relay.events(), media_type="text/event-stream", headers=headers)
+        self.relay = relay
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIApp:  # type: ignore[override]
+        response, relay = super().to_asgi_response(*args, **kwargs), self.relay
+
+        async def closing(scope: Scope, receive: Receive, send: Send) -> None:
+            try:
+                await response(scope, receive, send)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await relay.close()
+
+        return closing
 
 
 def _candidates(inference: Inference, model: str) -> tuple[list[Any], list[Any]]:

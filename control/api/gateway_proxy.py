@@ -203,50 +203,63 @@ class EngineStreamError(Exception):
     """The engine sent an error event in the middle of a stream."""
 
 
-async def relay(
-    answer: Answer,
-    call: Call,
-    router: NodeRouter,
-    outcome: Outcome,
-    finish: Callable[[Outcome], Awaitable[None]],
-) -> AsyncIterator[bytes]:
-    """The client's SSE stream. ``finish`` (settlement, usage row, metrics) runs exactly
-    once whatever happens: end, engine failure, or the client hanging up."""
-    assert answer.response is not None and answer.events is not None and answer.first is not None
-    breaker = router.breaker(answer.node.id)
-    verdict: Callable[[], None] = breaker.release
-    try:
-        first = rewrite_chunk(answer.first, call, outcome)
-        if first is not None:
-            yield first
-        async for data in with_keepalive(answer.events, KEEPALIVE_S):
-            if data is None:
-                yield KEEPALIVE
-            elif data.strip() == "[DONE]":
-                outcome.finished = True
-                break
-            elif (out := rewrite_chunk(data, call, outcome)) is not None:
-                yield out
-        if not outcome.finished:  # closed before a finish_reason: the engine died between two events
-            raise EngineStreamError("the stream ended before a finish_reason")
-        outcome.status, outcome.http_status, verdict = "ok", 200, breaker.record_success
-        yield DONE
-    except (httpx.HTTPError, msgspec.DecodeError, EngineStreamError) as exc:
-        outcome.status, outcome.http_status, verdict = "error", 502, breaker.record_failure
-        log.warning("inference_stream_broken", node_id=answer.node.id, error=type(exc).__name__, detail=str(exc)[:200])
-        yield error_event(
-            "The inference node failed in the middle of the response; what was streamed is incomplete. Retry the request.",
-            code="inference-stream-interrupted",
-            request_id=call.request_id,
-        )
-    except BaseException:
-        if outcome.status != "ok":
-            outcome.status, outcome.http_status = "cancelled", 499  # the client went away
-        raise
-    finally:
-        outcome.ended = time.perf_counter()
-        verdict()
-        router.end(answer.node.id)
+class Relay:
+    """The client's SSE stream of one answer. Its end (breaker verdict, in-flight count,
+    upstream response, ``finish``: settlement, usage row, metrics) runs exactly once
+    whatever happens: the stream ends, the engine fails, the client hangs up, or the
+    stream is never iterated at all (the client left before the first byte went out:
+    Litestar then cancels the body task before it starts, and a generator's ``finally``
+    never runs). The response that sends it must call ``close`` when it is done."""
+
+    def __init__(
+        self, answer: Answer, call: Call, router: NodeRouter, outcome: Outcome, finish: Callable[[Outcome], Awaitable[None]]
+    ) -> None:
+        assert answer.response is not None and answer.events is not None and answer.first is not None
+        self.answer, self.call, self.router, self.outcome, self.finish = answer, call, router, outcome, finish
+        self.response, self.upstream, self.first = answer.response, answer.events, answer.first
+        self._verdict: Callable[[], None] = router.breaker(answer.node.id).release
+        self._closed = False
+
+    async def events(self) -> AsyncIterator[bytes]:
+        answer, call, outcome = self.answer, self.call, self.outcome
+        breaker = self.router.breaker(answer.node.id)
+        try:
+            first = rewrite_chunk(self.first, call, outcome)
+            if first is not None:
+                yield first
+            async for data in with_keepalive(self.upstream, KEEPALIVE_S):
+                if data is None:
+                    yield KEEPALIVE
+                elif data.strip() == "[DONE]":
+                    outcome.finished = True
+                    break
+                elif (out := rewrite_chunk(data, call, outcome)) is not None:
+                    yield out
+            if not outcome.finished:  # closed before a finish_reason: the engine died between two events
+                raise EngineStreamError("the stream ended before a finish_reason")
+            outcome.status, outcome.http_status, self._verdict = "ok", 200, breaker.record_success
+            yield DONE
+        except (httpx.HTTPError, msgspec.DecodeError, EngineStreamError) as exc:
+            outcome.status, outcome.http_status, self._verdict = "error", 502, breaker.record_failure
+            log.warning("inference_stream_broken", node_id=answer.node.id, error=type(exc).__name__, detail=str(exc)[:200])
+            yield error_event(
+                "The inference node failed in the middle of the response; what was streamed is incomplete. Retry the request.",
+                code="inference-stream-interrupted",
+                request_id=call.request_id,
+            )
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.close()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.outcome.status != "ok" and self.outcome.http_status != 502:
+            self.outcome.status, self.outcome.http_status = "cancelled", 499  # the client went away
+        self.outcome.ended = time.perf_counter()
+        self._verdict()
+        self.router.end(self.answer.node.id)
         with anyio.CancelScope(shield=True):
-            await answer.response.aclose()
-            await finish(outcome)
+            await self.response.aclose()
+            await self.finish(self.outcome)

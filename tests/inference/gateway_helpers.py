@@ -7,14 +7,16 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 from litestar import Litestar
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from control.settings import Settings
 from inference.engine.commands import EngineCommand
@@ -113,20 +115,42 @@ class Platform:
 
 
 @contextmanager
-def control_plane(tmp_path: Path, **overrides: Any) -> Iterator[Platform]:
+def control_plane(tmp_path: Path, wrap: Callable[[ASGIApp], ASGIApp] | None = None, **overrides: Any) -> Iterator[Platform]:
     # API rate limits are tested in tests/control; here they would only throttle polling loops.
     overrides = {"rate_limit_key_quota": 100_000, "rate_limit_tenant_quota": 100_000, **overrides}
     settings = Settings(
         data_dir=tmp_path / "cp", port=free_cp_port(), base_domain="apps.test", job_workers=0, reconcile_interval_s=0,
         **overrides,
     )  # fmt: skip
-    with serving(settings) as (url, app):
+    with serving(settings, wrap) as (url, app):
         operator = app.state.services.keys.bootstrap_operator("gateway-tests")
         platform = Platform(url, app, operator.token)
         try:
             yield platform
         finally:
             platform.http.close()
+
+
+def asgi_2_4_send(app: ASGIApp) -> ASGIApp:
+    """A stand-in for a server that follows ASGI 2.4, which uvicorn (0.3x) does not: once
+    the client is gone, ``send`` raises an ``OSError`` instead of dropping the message
+    (hypercorn does; uvicorn shipped it, reverted it, and has it in review again)."""
+
+    async def strict(scope: Scope, receive: Receive, send: Send) -> None:
+        gone = False
+
+        async def send_or_raise(message: Message) -> None:
+            nonlocal gone
+            if not gone and message["type"] == "http.response.start":
+                with anyio.move_on_after(0):  # uvicorn answers a closed connection at once, else waits
+                    gone = (await receive())["type"] == "http.disconnect"
+            if gone:
+                raise OSError("the client disconnected")
+            await send(message)
+
+        await app(scope, receive, send_or_raise)
+
+    return strict
 
 
 def sse_events(response: httpx.Response) -> list[str]:

@@ -8,7 +8,7 @@ Streams look like `transformers serve`'s: usage on the last chunk next to finish
 no `data: [DONE]` (``--openai-style``: a separate usage chunk only when asked, then [DONE]).
 
     python stand_in_openai_engine.py --port P [--name N] [--words 8] [--delay S]
-        [--fail-status 500] [--die-after-chunks K] [--expect-model M]
+        [--first-token-delay S] [--fail-status 500] [--die-after-chunks K] [--expect-model M]
 
 GET /last-request returns the last completion request body it received.
 """
@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--name", default="stand-in")
     parser.add_argument("--words", type=int, default=8, help="completion length when max_tokens allows")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds between streamed chunks")
+    parser.add_argument("--first-token-delay", type=float, default=0.0, help="seconds before a stream's first chunk")
     parser.add_argument("--fail-status", type=int, help="answer every completion with this status")
     parser.add_argument("--die-after-chunks", type=int, help="exit the process mid-stream after K chunks")
     parser.add_argument("--expect-model", help="400 unless the request's model is exactly this")
@@ -80,6 +81,7 @@ def main() -> None:
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             kind = "chat.completion.chunk" if chat else "text_completion"
+            time.sleep(args.first_token_delay)  # a model still reading its prompt: headers out, no event yet
 
             def chunk(piece: str, finish: str | None = None, **extra: Any) -> dict[str, Any]:
                 choice: dict[str, Any] = {"index": 0, "finish_reason": finish}

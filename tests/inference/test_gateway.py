@@ -5,7 +5,9 @@ mapping, streaming relay, failover, breakers, quotas, usage and its isolation, d
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 
 from tests.inference.gateway_helpers import (
     Platform,
+    asgi_2_4_send,
     control_plane,
     sse_events,
     stand_in_engine,
@@ -113,6 +116,35 @@ def test_a_stream_that_breaks_midway_ends_with_an_error_event(platform: Platform
         assert row["status"] == "error" and row["usage_reported"] is False and row["completion_tokens"] == 3
         platform.node(spare.base_url, name="spare")
         assert platform.chat(token, max_tokens=2).status_code == 200  # the next request goes elsewhere
+
+
+def test_a_client_gone_before_the_first_token_frees_its_node_and_reservation(tmp_path: Path) -> None:
+    """The client hangs up while the engine is still on its first token, and the server
+    (as ASGI 2.4 asks) raises on the response's first send: the stream is never iterated.
+    The node's in-flight count, the token reservation and the upstream connection must be
+    released all the same."""
+    with control_plane(tmp_path, asgi_2_4_send, inference_tokens_per_minute=100) as platform, stand_in_engine("--first-token-delay", "1") as engine:
+        node_id = platform.node(engine.base_url)
+        _, token = platform.tenant("acme")
+        payload = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 80})
+        host, port = platform.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as raw:
+            raw.sendall(
+                f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n{payload}".encode()
+            )
+            deadline = time.monotonic() + 10
+            while not platform.app.state.services.inference.router.in_flight(node_id):  # admitted, waiting upstream
+                assert time.monotonic() < deadline, "the request never reached the node"
+                time.sleep(0.02)
+        deadline = time.monotonic() + 15
+        while not (rows := _usage_rows(platform, token)):
+            assert time.monotonic() < deadline, "the abandoned stream was never settled (no usage row)"
+            time.sleep(0.1)
+        assert (rows[0]["status"], rows[0]["http_status"], rows[0]["node_id"]) == ("cancelled", 499, node_id)
+        assert platform.app.state.services.inference.router.in_flight(node_id) == 0
+        assert platform.call("GET", f"/v1/nodes/{node_id}").json()["breaker"] == "closed"  # no verdict on the node
+        assert platform.chat(token, max_tokens=40).status_code == 200  # its 80-token reservation was given back
 
 
 def test_no_healthy_node_is_503_and_an_unknown_model_404(platform: Platform) -> None:

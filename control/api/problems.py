@@ -28,6 +28,7 @@ from control.domain.errors import (
     Unauthenticated,
 )
 from control.store.claim_fence import LeaseLost
+from control.store.database import DatabaseBusy
 from runtime.failures import is_connect_failure
 from runtime.resilience import CircuitOpenError
 
@@ -186,6 +187,15 @@ def unhandled_error_handler(request: Request[Any, Any, Any], exc: Exception) -> 
     return problem_response(request, 500, "internal-error", _DETAIL_OF_STATUS[500])
 
 
+def database_busy_handler(request: Request[Any, Any, Any], exc: DatabaseBusy) -> Response[Problem]:
+    log.warning("database_busy", path=request.url.path)
+    detail = (
+        "The control plane's database was held by other writes for too long, so nothing was done. Retry after "
+        "the Retry-After seconds with the same Idempotency-Key."
+    )
+    return problem_response(request, 503, "database-busy", detail, title="Database busy", headers={"Retry-After": "1"})
+
+
 def lease_lost_handler(request: Request[Any, Any, Any], exc: LeaseLost) -> Response[Problem]:
     detail = (
         "This request ran past its Idempotency-Key lease and a retry with the same key took the key over, so "
@@ -197,6 +207,7 @@ def lease_lost_handler(request: Request[Any, Any, Any], exc: LeaseLost) -> Respo
 EXCEPTION_HANDLERS = {
     DomainError: domain_error_handler,
     LeaseLost: lease_lost_handler,
+    DatabaseBusy: database_busy_handler,
     CircuitOpenError: circuit_open_handler,
     ValidationException: validation_error_handler,
     HTTPException: http_error_handler,

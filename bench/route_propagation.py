@@ -15,7 +15,7 @@ import time
 import uuid
 
 import httpx
-from probes import first_200  # bench/ is on sys.path when a bench runs as a script
+from _probes import first_200  # bench/ is on sys.path when a bench runs as a script
 
 from runtime.containers import Containers
 from runtime.docker_engine import DockerEngine

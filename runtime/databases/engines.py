@@ -11,6 +11,10 @@ from runtime.settings import Limits
 
 POSTGRES = "postgres"
 REDIS = "redis"
+# Redis's own ceiling, under the container's: past it writes fail with an OOM error the app
+# can see, instead of the kernel killing the sandbox mid-write. The rest is for the fork of
+# a snapshot (copy-on-write pages), client buffers and the allocator's overhead.
+REDIS_MAXMEMORY_SHARE = 0.75
 
 
 @dataclass(frozen=True)
@@ -38,12 +42,16 @@ class EngineFacts:
     # lets a CREATE DATABASE or a few `docker exec`s kill the sandbox (seen here).
     limits: Limits = field(default_factory=Limits)
 
-    def env(self, creds: Credentials) -> dict[str, str]:
-        """Container environment the image's entrypoint reads (docker keeps it off argv)."""
+    def env(self, creds: Credentials, memory_bytes: int | None = None) -> dict[str, str]:
+        """Container environment the image's entrypoint reads (docker keeps it off argv);
+        ``memory_bytes``: the container's memory limit."""
         if self.name == POSTGRES:
             return {"POSTGRES_USER": creds.user, "POSTGRES_PASSWORD": creds.password,
                     "POSTGRES_DB": creds.database}
-        return {"REDIS_PASSWORD": creds.password}
+        env = {"REDIS_PASSWORD": creds.password}
+        if memory_bytes:
+            env["REDIS_MAXMEMORY"] = str(int(memory_bytes * REDIS_MAXMEMORY_SHARE))
+        return env
 
     def url(self, host: str, creds: Credentials) -> str:
         """The URL an app on the same tenant network connects with."""

@@ -133,12 +133,12 @@ class Databases:
         return True
 
     # --- lifecycle ------------------------------------------------------------------------
-    def container_spec(self, spec: DatabaseSpec, volume: str) -> ContainerSpec:
+    def container_spec(self, spec: DatabaseSpec, volume: str, memory_bytes: int | None = None) -> ContainerSpec:
         facts = spec.facts
         return ContainerSpec(
             tenant=spec.tenant, app=spec.hostname, image=spec.image or facts.image,
             network=spec.network, role=ROLE, name=spec.resource_name,
-            env=facts.env(spec.credentials), mounts=(Mount(volume, facts.data_path),),
+            env=facts.env(spec.credentials, memory_bytes), mounts=(Mount(volume, facts.data_path),),
             labels={**spec.labels, NAME_LABEL: spec.name, ENGINE_LABEL: spec.engine},
             user=str(facts.uid), restart="unless-stopped",
         )
@@ -163,7 +163,8 @@ class Databases:
         policy = policy or SandboxPolicy()
         if policy.limits is None:  # the engine's floor, not the app default (see EngineFacts.limits)
             policy = dataclasses.replace(policy, limits=spec.facts.limits)
-        info = self.containers.run(self.container_spec(spec, volume), policy)
+        memory = policy.limits.memory_bytes if policy.limits else None
+        info = self.containers.run(self.container_spec(spec, volume, memory), policy)
         instance = DatabaseInstance(tenant=spec.tenant, name=spec.name, engine=spec.engine,
                                     container_id=info.id, container_name=info.name, volume=volume,
                                     hostname=spec.hostname, network=spec.network)

@@ -126,6 +126,12 @@ def test_redis_write_and_read_from_another_container(db_env: DbEnv) -> None:
 
 # --- 3. another tenant cannot reach them --------------------------------------------------
 
+def test_redis_has_a_ceiling_of_its_own_under_the_container_limit(db_env: DbEnv) -> None:
+    limit = db_env.databases.containers.inspect(db_env.redis.container_id).attrs["HostConfig"]["Memory"]
+    assert redis(db_env, "CONFIG", "GET", "maxmemory").split() == ["maxmemory", str(int(limit * 0.75))]
+    assert redis(db_env, "CONFIG", "GET", "maxmemory-policy").split() == ["maxmemory-policy", "noeviction"]
+
+
 def test_other_tenant_cannot_reach_the_databases(db_env: DbEnv) -> None:
     for inst, port in ((db_env.pg, 5432), (db_env.redis, 6379)):
         ip = db_env.databases.containers.inspect(inst.container_id).ip_on(db_env.a_net)

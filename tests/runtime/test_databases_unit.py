@@ -102,4 +102,12 @@ def test_database_container_gets_the_sandbox_and_the_tenant_network() -> None:
     assert kwargs["labels"]["db.moorage/engine"] == "postgres"
     assert "ports" not in kwargs  # never published on the host
     assert kwargs["environment"]["POSTGRES_PASSWORD"] == CREDS.password  # via env only, never argv
+    assert "REDIS_MAXMEMORY" not in kwargs["environment"]
     assert CREDS.password not in " ".join(kwargs.get("command") or [])
+
+
+def test_redis_gets_a_maxmemory_under_its_container_limit() -> None:
+    env = engine_facts("redis").env(CREDS, memory_bytes=256 * 2**20)
+    assert env["REDIS_MAXMEMORY"] == str(192 * 2**20)  # writes fail with OOM before the kernel kills the sandbox
+    assert "REDIS_MAXMEMORY" not in engine_facts("redis").env(CREDS)  # no limit known: the image's default (none)
+    assert "REDIS_MAXMEMORY" not in engine_facts("postgres").env(CREDS, memory_bytes=2**30)

@@ -186,8 +186,8 @@ async def _proxy(request: Request[Any, Principal, Any], data: dict[str, Any], en
 
 
 class RelayStream(Stream):
-    """A relayed SSE stream whose end runs however the response ends, also when Litestar
-    never starts iterating it (a client that left while the first token was on its way)."""
+    """A relayed SSE stream whose end runs however the response ends, also when its body is
+    never iterated (a client that left while the first token was on its way)."""
 
     def __init__(self, relay: Relay, headers: dict[str, str]) -> None:
         super().__init__(relay.events(), media_type="text/event-stream", headers=headers)

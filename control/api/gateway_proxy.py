@@ -207,9 +207,10 @@ class Relay:
     """The client's SSE stream of one answer. Its end (breaker verdict, in-flight count,
     upstream response, ``finish``: settlement, usage row, metrics) runs exactly once
     whatever happens: the stream ends, the engine fails, the client hangs up, or the
-    stream is never iterated at all (the client left before the first byte went out:
-    Litestar then cancels the body task before it starts, and a generator's ``finally``
-    never runs). The response that sends it must call ``close`` when it is done."""
+    stream is never iterated at all (the client left before the first byte went out and
+    the server's ``send`` raised on the response's start, as ASGI 2.4 asks; a generator
+    that never started never runs its ``finally``). The response that sends it must call
+    ``close`` when it is done."""
 
     def __init__(
         self, answer: Answer, call: Call, router: NodeRouter, outcome: Outcome, finish: Callable[[Outcome], Awaitable[None]]

@@ -89,7 +89,7 @@ class Database:
                 yield session
                 claim_fence.stamp(session)  # inside the transaction: the writes and the stamp commit together
         except OperationalError as exc:  # another process held SQLite's lock past the busy timeout
-            if "database is locked" in str(exc.orig):
+            if getattr(exc.orig, "sqlite_errorname", "").startswith("SQLITE_BUSY"):
                 raise DatabaseBusy("another process held the database's write lock past the busy timeout") from exc
             raise
 
@@ -112,4 +112,3 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
-

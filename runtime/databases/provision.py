@@ -161,10 +161,9 @@ class Databases:
             return existing
         bound.info("database.provisioning", volume=volume, hostname=spec.hostname, network=spec.network)
         policy = policy or SandboxPolicy()
-        if policy.limits is None:  # the engine's floor, not the app default (see EngineFacts.limits)
-            policy = dataclasses.replace(policy, limits=spec.facts.limits)
-        memory = policy.limits.memory_bytes if policy.limits else None
-        info = self.containers.run(self.container_spec(spec, volume, memory), policy)
+        limits = policy.limits or spec.facts.limits  # the engine's floor, not the app default (see EngineFacts.limits)
+        policy = dataclasses.replace(policy, limits=limits)
+        info = self.containers.run(self.container_spec(spec, volume, limits.memory_bytes), policy)
         instance = DatabaseInstance(tenant=spec.tenant, name=spec.name, engine=spec.engine,
                                     container_id=info.id, container_name=info.name, volume=volume,
                                     hostname=spec.hostname, network=spec.network)

@@ -49,7 +49,7 @@ def main() -> int:
                     app = f"app{i}"
                     time.sleep(0.7)  # let the previous reload settle so samples are independent
                     t0 = time.perf_counter()
-                    router.write(AppRoute(tenant, app, [b]))
+                    router.write(AppRoute(tenant, app, [b], key=f"bench_{app}"))
                     delay = first_200(client, traefik.url + "/", router.hostname(tenant, app), timeout=30.0) - t0
                     if i:  # the first one warms Traefik's transport; discarded
                         delays.append(delay)

@@ -67,7 +67,7 @@ class Services:
             db=db,
             tenants=TenantService(db),
             keys=KeyService(db, last_used_resolution=timedelta(seconds=settings.key_last_used_resolution_s)),
-            apps=AppService(db),
+            apps=AppService(db, unroute=deploys.runtime.remove_route),
             idempotency=IdempotencyService(
                 db,
                 retention=timedelta(seconds=settings.idempotency_retention_s),

@@ -1,5 +1,10 @@
 """Traefik dynamic configuration through its file provider: one YAML file per app.
 
+A route's file, router, service and middleware names come from its *key*, the app's id: unique,
+never reused and free of any separator a tenant or app name may hold (`tenant--app` let tenant
+`rt-v`'s app `w--app` overwrite tenant `rt-v--w`'s app `app`). The file's first line names the
+control plane that wrote it, so a reconciler removes only its own orphans.
+
 Files are written atomically (temp file in the same directory, fsync, os.replace, fsync of
 the directory): Traefik, which reloads on every change in the watched directory, only ever
 sees the old file or the new one. Temp files end in `.tmp`, an extension Traefik ignores.
@@ -38,12 +43,24 @@ class AppRoute:
     tenant: str
     app: str
     backends: Sequence[Backend]
+    key: str = field(kw_only=True)  # the app's id: names the file and the Traefik objects
     extra_hosts: Sequence[str] = ()  # custom domains
     health_path: str | None = None  # Traefik active health check of backends
     middlewares: Sequence[str] = field(default_factory=tuple)
 
 
-_HOST_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_HOST_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+# No '-', '.' or '/': a key can neither be built from names nor step out of the directory.
+_ROUTE_KEY = re.compile(r"[a-z0-9][a-z0-9_]{0,99}")
+_OWNER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+OWNER_LINE = "# moorage-owner: "
+LEGACY_SEPARATOR = "--"  # keys of files written before routes were keyed by app id
+
+
+def route_key(key: str) -> str:
+    if not _ROUTE_KEY.fullmatch(key):
+        raise ValueError(f"route key {key!r} must be an id (a-z, 0-9, '_'; no '-', '.' or '/')")
+    return key
 
 
 def _is_hostname(host: str) -> bool:
@@ -68,11 +85,12 @@ class Router:
     def hostname(self, tenant: str, app: str) -> str:
         return f"{dns_label(app, 'app')}.{dns_label(tenant, 'tenant')}.{self.settings.base_domain}"
 
-    def key(self, tenant: str, app: str) -> str:
-        return f"{dns_label(tenant, 'tenant')}--{dns_label(app, 'app')}"
+    def path_for(self, key: str) -> Path:
+        return self.dynamic_dir / f"{route_key(key)}.yml"
 
-    def path_for(self, tenant: str, app: str) -> Path:
-        return self.dynamic_dir / f"{self.key(tenant, app)}.yml"
+    def legacy_path_for(self, tenant: str, app: str) -> Path:
+        """Where code before id keys wrote this app's route (`tenant--app.yml`)."""
+        return self.dynamic_dir / f"{dns_label(tenant, 'tenant')}{LEGACY_SEPARATOR}{dns_label(app, 'app')}.yml"
 
     def render(self, route: AppRoute) -> dict[str, Any]:
         if not route.backends:
@@ -81,7 +99,7 @@ class Router:
         for h in hosts:
             if not _is_hostname(h):
                 raise ValueError(f"invalid hostname {h!r}")
-        key = self.key(route.tenant, route.app)
+        key = route_key(route.key)
         router: dict[str, Any] = {
             "rule": " || ".join(f"Host(`{h}`)" for h in hosts),
             "service": key,
@@ -96,18 +114,33 @@ class Router:
             lb["healthCheck"] = {"path": route.health_path, "interval": "5s", "timeout": "2s"}
         return {"http": {"routers": {key: router}, "services": {key: {"loadBalancer": lb}}}}
 
+    @staticmethod
+    def file_body(doc: dict[str, Any], owner: str | None = None) -> str:
+        body = yaml.safe_dump(doc, sort_keys=True)
+        if owner is None:
+            return body
+        if not _OWNER.fullmatch(owner):
+            raise ValueError(f"route owner {owner!r} is not a plain identifier")
+        return f"{OWNER_LINE}{owner}\n{body}"
+
     @guarded(idempotent=True)
-    def write(self, route: AppRoute) -> Path:
+    def write(self, route: AppRoute, owner: str | None = None) -> Path:
         """Create or replace the app's route file, atomically."""
-        body = yaml.safe_dump(self.render(route), sort_keys=True)
-        target = self.path_for(route.tenant, route.app)
-        atomic_write(target, body)
+        target = self.path_for(route.key)
+        atomic_write(target, self.file_body(self.render(route), owner))
         return target
 
     @guarded(idempotent=True)
-    def remove(self, tenant: str, app: str) -> bool:
+    def remove(self, key: str) -> bool:
+        return self._unlink(self.path_for(key))
+
+    @guarded(idempotent=True)
+    def remove_legacy(self, tenant: str, app: str) -> bool:
+        return self._unlink(self.legacy_path_for(tenant, app))
+
+    def _unlink(self, path: Path) -> bool:
         try:
-            self.path_for(tenant, app).unlink()
+            path.unlink()
         except FileNotFoundError:
             return False
         _fsync_dir(self.dynamic_dir)
@@ -115,8 +148,28 @@ class Router:
 
     @guarded(idempotent=True)
     def list(self) -> list[str]:
-        """Keys (`tenant--app`) of the routes on disk, for the reconciler."""
-        return sorted(p.stem for p in self.dynamic_dir.glob("*.yml") if "--" in p.stem)
+        """Keys of the id-keyed routes on disk."""
+        return sorted(p.stem for p in self.dynamic_dir.glob("*.yml") if _ROUTE_KEY.fullmatch(p.stem))
+
+    @guarded(idempotent=True)
+    def owned(self, owner: str) -> list[str]:
+        """Keys of the routes on disk that `owner` wrote (first line), for the reconciler."""
+        mark = f"{OWNER_LINE}{owner}\n"
+        keys = []
+        for key in self.list():
+            try:
+                with self.path_for(key).open() as f:
+                    first = f.readline()
+            except FileNotFoundError:  # removed meanwhile
+                continue
+            if first == mark:
+                keys.append(key)
+        return keys
+
+    @guarded(idempotent=True)
+    def legacy(self) -> list[str]:
+        """Stems (`tenant--app`) of route files written before id keys."""
+        return sorted(p.stem for p in self.dynamic_dir.glob("*.yml") if LEGACY_SEPARATOR in p.stem)
 
 
 def atomic_write(target: Path, body: str, mode: int = 0o644) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+import structlog
 
 from control.domain.errors import Conflict, Invalid, NotFound
 from control.domain.names import check_dns_label
@@ -11,6 +14,7 @@ from control.store.database import Database
 from control.store.records import App, Page
 from control.store.repositories.apps import AppRepository
 
+log = structlog.get_logger("moorage.apps")
 BUILDERS = ("auto", "dockerfile", "nixpacks")
 
 
@@ -30,8 +34,10 @@ def _check_fields(fields: dict[str, Any]) -> None:
 
 
 class AppService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, unroute: Callable[[str], object] | None = None) -> None:
         self.db = db
+        # Takes a deleted app's hostname off the router before the delete answers (by app id).
+        self.unroute = unroute
 
     def create(self, tenant_id: str, name: str, **fields: Any) -> App:
         check_dns_label("name", name)
@@ -66,4 +72,9 @@ class AppService:
             app = AppRepository(session, tenant_id).delete(ref)
         if app is None:
             raise NotFound.of("app", ref)
+        if self.unroute is not None:
+            try:
+                self.unroute(app.id)
+            except Exception as exc:  # the row is gone: the reconciler removes the file on its next pass
+                log.warning("app_route_not_removed", app_id=app.id, error=f"{type(exc).__name__}: {exc}")
         return app

@@ -33,6 +33,10 @@ class TenantService:
         with self.db.read() as session:
             return TenantRepository(session).list(limit=limit, cursor=cursor)
 
+    def names(self) -> set[str]:
+        with self.db.read() as session:
+            return TenantRepository(session).names()
+
     def set_status(self, tenant_id: str, status: str) -> Tenant:
         with self.db.write() as session:
             tenant = TenantRepository(session).set_status(tenant_id, status)

@@ -38,6 +38,7 @@ class ManagedDatabases:
                             sweep_interval_s=float(settings.database_purge_interval_s))
         deploys.workers.handlers.update(jobs.handlers())  # before the workers start (app startup)
         deploys.queue.on_give_up.update(jobs.give_up_hooks())
+        deploys.reconciler.also_sweep("database containers", jobs.remove_orphan_containers)
         return cls(databases, links, backups, jobs)
 
     def start(self) -> None:

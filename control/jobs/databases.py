@@ -36,7 +36,7 @@ from control.domain.databases import (
 from control.domain.tenants import TenantService
 from control.jobs.locks import AppLocks
 from control.jobs.outages import as_outage
-from control.jobs.runtime import AppRuntime
+from control.jobs.runtime import INSTANCE_LABEL, AppRuntime
 from control.jobs.workers import Handler, JobContext
 from control.store.repositories.databases import Database
 from control.store.repositories.jobs import Job
@@ -48,13 +48,14 @@ from runtime.databases import (
     Databases,
     DatabaseSpec,
 )
-from runtime.databases.engines import Credentials, engine_facts
+from runtime.databases.engines import engine_facts
+from runtime.databases.provision import ID_LABEL
+from runtime.databases.provision import ROLE as DATABASE_ROLE
 from runtime.databases.redaction import redact_text
 from runtime.sandbox import SandboxPolicy
 
 log = structlog.get_logger("moorage.jobs.databases")
 MiB = 2**20
-ID_LABEL = "db.moorage/id"  # not `moorage.`-prefixed: those are runtime identity labels
 
 
 class DatabaseRuntime:
@@ -120,7 +121,7 @@ class DatabaseJobs:
         return self.tenants.get(database.tenant_id).name
 
     def _instance(self, database: Database) -> DatabaseInstance:
-        found = self.runtime.databases.find(self._tenant(database), database.name)
+        found = self.runtime.databases.find(self._tenant(database), database.id)
         if found is None:
             raise JobFailed(f"the container of database '{database.name}' is missing; the reconciler or a new "
                             "provision must bring it back first")
@@ -148,7 +149,7 @@ class DatabaseJobs:
                 secrets = creds.secrets()
                 tenant = self._tenant(database)
                 spec = DatabaseSpec(tenant, database.name, database.engine, self.runtime.network(tenant), creds,
-                                    labels={ID_LABEL: database.id})
+                                    database.id, labels={INSTANCE_LABEL: self.runtime.app_runtime.instance})
                 instance = self.runtime.databases.provision(spec, self.runtime.policy(database), timeout=self.provision_timeout_s)
             except (DatabaseError, CredentialsUnreadable, docker.errors.APIError) as exc:
                 # Runtime errors are redacted already; Docker's own are masked here to be sure.
@@ -215,7 +216,7 @@ class DatabaseJobs:
         purge = self.databases.purge_due(database)
         with self.locks.hold(database.id), self._transient():
             tenant = self._tenant(database)
-            instance = self.runtime.databases.find(tenant, database.name)
+            instance = self.runtime.databases.find(tenant, database.id)
             if instance is not None:
                 self.runtime.databases.remove(instance, purge_volume=purge)
             if purge:
@@ -225,10 +226,28 @@ class DatabaseJobs:
         log.info("database_deleted", database_id=database.id, purged=purge)
 
     def _purge(self, database: Database, tenant: str) -> None:
-        volume = DatabaseSpec(tenant, database.name, database.engine, "", Credentials(password="")).resource_name
-        self.runtime.databases.remove_volume(volume)
+        self.runtime.databases.purge_volumes(tenant, database.id)
         self.backups.remove_files(database)
         self.databases.forget(database.id)  # rows of its backups and restores go with it
+
+    def remove_orphan_containers(self) -> list[str]:
+        """Stop and remove database containers of this control plane that no live database
+        accounts for (its row is gone or deleted); their volumes follow the retention rules.
+        A container is this control plane's when it carries our instance label, or (made
+        before that label existed) when its database id is one of ours. Returns their names."""
+        instance = self.runtime.app_runtime.instance
+        removed = []
+        for container in self.runtime.databases.containers.find(role=DATABASE_ROLE):
+            database_id = container.labels.get(ID_LABEL, "")
+            row = self.databases.load(database_id) if database_id else None
+            ours = container.labels.get(INSTANCE_LABEL) == instance or (row is not None and INSTANCE_LABEL not in container.labels)
+            if not ours or (row is not None and row.status != Status.DELETED):
+                continue
+            with self.locks.try_hold(database_id or container.id) as held:
+                if held:
+                    self.runtime.databases.stop_and_remove(container.id)
+                    removed.append(container.name)
+        return removed
 
     def sweep(self) -> list[str]:
         """Purge every deleted database whose grace period is over; returns their ids."""

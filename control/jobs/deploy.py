@@ -193,7 +193,7 @@ class DeployPipeline:
         out.step(f"release {release.name}: env version {env.env_version} ({len(env.vars)} vars, {len(linked)} database links), port {port}")
         self.deployments.update(dep.id, release_id=release.id)
         self._check(dep.id, ctx)
-        plan = SwapPlan(tenant=tenant, app=app.name, deployment_id=dep.id, release=release, env=values)
+        plan = SwapPlan(tenant=tenant, app=app.name, app_id=app.id, deployment_id=dep.id, release=release, env=values)
         with self.locks.hold(app.id):
             try:
                 timings = swap(

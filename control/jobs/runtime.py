@@ -15,8 +15,6 @@ from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 
-import yaml
-
 from control.settings import Settings
 from runtime.containers import ContainerInfo, Containers
 from runtime.docker_engine import DockerEngine
@@ -129,28 +127,33 @@ class AppRuntime:
         return info.ip_on(self.networks.name_for(tenant))
 
     # -- routes -------------------------------------------------------------------------
-    def route_body(self, tenant: str, app: str, ip: str, port: int, release: str) -> str:
-        doc = self.router.render(AppRoute(tenant, app, [Backend(ip, port)]))
-        key = self.router.key(tenant, app)
+    # A route is keyed by the app's id (`app_id`); tenant and app names only make its hostname.
+    def route_body(self, app_id: str, tenant: str, app: str, ip: str, port: int, release: str) -> str:
+        doc = self.router.render(AppRoute(tenant, app, [Backend(ip, port)], key=app_id))
         # A response header naming the release: how the swap *sees* that Traefik serves it.
-        middleware = f"{key}-release"
+        middleware = f"{app_id}-release"
         doc["http"]["middlewares"] = {middleware: {"headers": {"customResponseHeaders": {RELEASE_HEADER: release}}}}
-        doc["http"]["routers"][key]["middlewares"] = [middleware]
-        return yaml.safe_dump(doc, sort_keys=True)
+        doc["http"]["routers"][app_id]["middlewares"] = [middleware]
+        return self.router.file_body(doc, owner=self.instance)
 
-    def write_route(self, tenant: str, app: str, ip: str, port: int, release: str) -> Path:
-        body = self.route_body(tenant, app, ip, port, release)
-        path = self.router.path_for(tenant, app)
+    def write_route(self, app_id: str, tenant: str, app: str, ip: str, port: int, release: str) -> Path:
+        body = self.route_body(app_id, tenant, app, ip, port, release)
+        path = self.router.path_for(app_id)
         self.router.guard.call(atomic_write, path, body, idempotent=True)
+        # The file the code before id keys wrote for this app: the new one replaces it.
+        self.router.remove_legacy(tenant, app)
         return path
 
-    def route_is(self, tenant: str, app: str, ip: str, port: int, release: str) -> bool:
-        path = self.router.path_for(tenant, app)
+    def route_is(self, app_id: str, tenant: str, app: str, ip: str, port: int, release: str) -> bool:
+        path = self.router.path_for(app_id)
         try:  # a local read, not a call to Traefik: a missing file must not count against the breaker
             current = path.read_text()
         except FileNotFoundError:
             return False
-        return current == self.route_body(tenant, app, ip, port, release)
+        return current == self.route_body(app_id, tenant, app, ip, port, release) and not self.router.legacy_path_for(tenant, app).exists()
+
+    def remove_route(self, app_id: str) -> bool:
+        return self.router.remove(app_id)
 
     def wait_served(self, tenant: str, app: str, release: str, timeout: float) -> float | None:
         host = self.router.hostname(tenant, app)

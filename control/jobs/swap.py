@@ -31,6 +31,7 @@ class SwapFailed(RuntimeError):
 class SwapPlan:
     tenant: str
     app: str
+    app_id: str  # keys the route
     deployment_id: str
     release: Release
     env: dict[str, str]  # plaintext, in memory only: passed at create, never logged
@@ -73,7 +74,7 @@ def swap(rt: AppRuntime, plan: SwapPlan, log: BuildLog, *, health_timeout: float
     log.step(f"healthy after {health.elapsed:.2f}s ({health.detail}); switching the route")
     old = [c for c in rt.owned_apps(tenant=plan.tenant, app=plan.app) if c.id != info.id]
     switched = time.monotonic()
-    rt.write_route(plan.tenant, plan.app, ip, release.port, release.name)
+    rt.write_route(plan.app_id, plan.tenant, plan.app, ip, release.port, release.name)
     seen = rt.wait_served(plan.tenant, plan.app, release.name, verify_timeout)
     route_s = time.monotonic() - switched
     if seen is None:

@@ -10,6 +10,7 @@ from control.domain.deployments import DEPLOY_JOB, DeploymentService
 from control.domain.env import EnvService
 from control.domain.links import LinkService
 from control.domain.releases import ReleaseService
+from control.domain.tenants import TenantService
 from control.jobs.deploy import DeployPipeline
 from control.jobs.locks import AppLocks
 from control.jobs.queue import JobQueue, QueueConfig
@@ -43,7 +44,7 @@ class Deploys:
         queue.on_give_up[DEPLOY_JOB] = pipeline.give_up
         workers = WorkerPool(queue, {DEPLOY_JOB: pipeline}, count=settings.job_workers)
         reconciler = Reconciler(releases, deployments, env_vars, runtime, locks, interval_s=float(settings.reconcile_interval_s),
-                                links=links)
+                                links=links, tenant_names=TenantService(db).names)
         return cls(deployments, releases, queue, runtime, workers, reconciler)
 
     def start(self) -> None:

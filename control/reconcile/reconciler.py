@@ -5,10 +5,17 @@
   crash-looping app is not hammered;
 - its route file is missing or stale (e.g. the container's IP changed) → rewrite it;
 
-and remove *orphans*: app containers carrying moorage's labels **and this control plane's
-instance id** that no desired state and no in-progress deployment accounts for. Containers
-without those labels are never touched. Apps with a deployment in flight are skipped (the
-swap owns them until it finishes).
+and remove *orphans*, what no live app and no in-progress deployment accounts for:
+
+- app containers carrying moorage's labels **and this control plane's instance id**;
+- route files this control plane wrote (their first line names its instance id), e.g. of a
+  deleted app, so a hostname never keeps pointing at an IP another container may get;
+- route files of the code before routes were keyed by app id (`tenant--app.yml`) whose tenant
+  is one of ours: a live app's is replaced by its id-keyed file, any other is removed;
+- whatever further sweeps were registered with ``also_sweep`` (database containers).
+
+Containers and files without our marks are never touched. Apps with a deployment in flight
+are skipped (the swap owns them until it finishes).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from control.jobs.locks import AppLocks
 from control.jobs.runtime import AppRuntime
 from control.store.repositories.releases import DesiredApp
 from runtime import labels as L
+from runtime.router import LEGACY_SEPARATOR
 
 log = structlog.get_logger("moorage.reconcile")
 MAX_BACKOFF_S = 300.0
@@ -50,7 +58,7 @@ class _Backoff:
 class Reconciler:
     def __init__(self, releases: ReleaseService, deployments: DeploymentService, env_vars: EnvService, runtime: AppRuntime,
                  locks: AppLocks, *, interval_s: float, base_backoff_s: float = 1.0, clock: Callable[[], float] = time.monotonic,
-                 links: LinkService | None = None) -> None:
+                 links: LinkService | None = None, tenant_names: Callable[[], set[str]] = set) -> None:
         self.releases = releases
         self.deployments = deployments
         self.env_vars = env_vars
@@ -60,6 +68,8 @@ class Reconciler:
         self.interval_s = interval_s
         self.base_backoff_s = base_backoff_s
         self.clock = clock
+        self.tenant_names = tenant_names
+        self._sweeps: list[tuple[str, Callable[[], list[str]]]] = []
         self._backoff: dict[str, _Backoff] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -81,6 +91,10 @@ class Reconciler:
                 if held:
                     self._guarded(report, desired.app_name, lambda d=desired: self._converge(d, report))  # type: ignore[misc]
         self._guarded(report, "orphans", lambda: self._remove_orphans(report))
+        self._guarded(report, "orphan routes", lambda: self._remove_orphan_routes(report))
+        for name, sweep in self._sweeps:
+            self._guarded(report, name, lambda sweep=sweep, name=name: report.actions.extend(  # type: ignore[misc]
+                f"removed orphan {what} ({name})" for what in sweep()))
         if report.actions:
             log.info("reconciled", actions=report.actions)
         return report
@@ -113,8 +127,8 @@ class Reconciler:
                 info = containers.start(info.id)
                 report.actions.append(f"restarted {d.tenant_name}/{d.app_name} ({d.release.name})")
         ip = rt.ip_of(info, d.tenant_name)
-        if not rt.route_is(d.tenant_name, d.app_name, ip, d.release.port, d.release.name):
-            rt.write_route(d.tenant_name, d.app_name, ip, d.release.port, d.release.name)
+        if not rt.route_is(d.app_id, d.tenant_name, d.app_name, ip, d.release.port, d.release.name):
+            rt.write_route(d.app_id, d.tenant_name, d.app_name, ip, d.release.port, d.release.name)
             report.actions.append(f"route rewritten {d.tenant_name}/{d.app_name} -> {ip}")
 
     def _recreate(self, d: DesiredApp):  # type: ignore[no-untyped-def]
@@ -146,6 +160,35 @@ class Reconciler:
                     self.runtime.containers.remove(container.id, force=True)
                     report.actions.append(f"removed orphan {container.name}")
 
+    def _remove_orphan_routes(self, report: Report) -> None:
+        # Files first, then the database, as for containers: a file listed here was written
+        # before these reads, so its deployment is either still active or already recorded.
+        router = self.runtime.router
+        owned, legacy = router.owned(self.runtime.instance), router.legacy()
+        busy_apps = {d.app_id for d in self.deployments.active()}
+        desired = self.releases.desired()
+        live = {d.app_id for d in desired} | busy_apps
+        for key in owned:
+            if key in live:
+                continue
+            with self.locks.try_hold(key) as held:
+                if held and router.remove(key):
+                    report.actions.append(f"removed orphan route {key}")
+        if not legacy:
+            return
+        ours, serving = self.tenant_names(), {(d.tenant_name, d.app_name) for d in desired}
+        for stem in legacy:
+            splits = _legacy_splits(stem)
+            if not any(tenant in ours for tenant, _ in splits) or any(split in serving for split in splits):
+                continue  # not ours, or a live app's: its converge replaces the file
+            path = router.dynamic_dir / f"{stem}.yml"
+            path.unlink(missing_ok=True)
+            report.actions.append(f"removed orphan route {stem} (written before id keys)")
+
+    def also_sweep(self, name: str, sweep: Callable[[], list[str]]) -> None:
+        """Run ``sweep`` on every pass; it returns what it removed."""
+        self._sweeps.append((name, sweep))
+
     # -- the loop -------------------------------------------------------------------------
     def start(self) -> None:
         if self.interval_s <= 0 or self._thread is not None:
@@ -168,3 +211,9 @@ class Reconciler:
                 log.warning("reconcile_pass_failed", error=f"{type(exc).__name__}: {exc}")
             if self._stop.wait(self.interval_s):
                 return
+
+
+def _legacy_splits(stem: str) -> list[tuple[str, str]]:
+    """Every (tenant, app) a `tenant--app` stem could stand for: names may hold `--` too."""
+    parts = stem.split(LEGACY_SEPARATOR)
+    return [(LEGACY_SEPARATOR.join(parts[:i]), LEGACY_SEPARATOR.join(parts[i:])) for i in range(1, len(parts))]

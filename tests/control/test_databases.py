@@ -46,22 +46,23 @@ class FakeDatabases:
         if self.fail:
             raise DatabaseNotHealthy(self.fail)
         self.volumes.add(spec.resource_name)
-        inst = DatabaseInstance(spec.tenant, spec.name, spec.engine, f"cid-{spec.name}", spec.resource_name,
+        inst = DatabaseInstance(spec.tenant, spec.name, spec.engine, spec.id, f"cid-{spec.name}", spec.resource_name,
                                 spec.resource_name, spec.hostname, spec.network)
-        self.instances[(spec.tenant, spec.name)] = inst
+        self.instances[(spec.tenant, spec.id)] = inst
         return inst
 
-    def find(self, tenant: str, name: str) -> DatabaseInstance | None:
-        return self.instances.get((tenant, name))
+    def find(self, tenant: str, database_id: str) -> DatabaseInstance | None:
+        return self.instances.get((tenant, database_id))
 
     def remove(self, instance: DatabaseInstance, *, purge_volume: bool = False) -> None:
-        self.instances.pop((instance.tenant, instance.name), None)
+        self.instances.pop((instance.tenant, instance.id), None)
         if purge_volume:
-            self.volumes.discard(instance.volume)
+            self.purge_volumes(instance.tenant, instance.id)
 
-    def remove_volume(self, name: str) -> bool:
+    def purge_volumes(self, tenant: str, database_id: str) -> list[str]:
+        name = f"moorage-{database_id}"
         self.volumes.discard(name)
-        return True
+        return [name]
 
 
 @dataclass
@@ -154,7 +155,8 @@ def test_create_answers_202_then_a_job_provisions_on_the_tenant_network(app: Lit
     assert tenant.get("/v1/databases/orders").json()["status"] == "available"
     [(spec, policy)] = fake.fake_databases.calls
     assert (spec.tenant, spec.network, spec.hostname, spec.engine) == ("acme", "moorage-t-acme", "db-orders", "postgres")
-    assert spec.labels == {"db.moorage/id": body["id"]}
+    assert spec.id == body["id"] and spec.object_labels()["db.moorage/id"] == body["id"]
+    assert set(spec.labels) == {"org.moorage.control-plane"}  # whose it is, for the reconciler
     assert policy.limits is not None and policy.limits.memory_bytes == 512 * 2**20 and policy.limits.pids >= 1024
     assert len(spec.credentials.password) >= 32 and spec.credentials.password == password_of(tenant, "orders")
     redis = create(tenant, app, name="cache", engine="redis", memory_mb=128)
@@ -258,14 +260,14 @@ def test_quotas_count_databases_and_memory_and_say_what_to_delete(app: Litestar,
 
 def test_delete_keeps_the_volume_for_the_grace_period_then_purge(app: Litestar, tenant: Caller, fake: FakeRuntime) -> None:
     db = create(tenant, app, name="orders")
-    volume = "moorage-db-acme-orders"
+    volume = f"moorage-{db['id']}"
     assert volume in fake.fake_databases.volumes
     r = tenant.delete("/v1/databases/orders")
     assert r.status_code == 202 and r.json()["status"] == "deleting"
     assert tenant.delete("/v1/databases/orders").json()["code"] == "database-deleting"
     run_jobs(app)
     gone = tenant.get("/v1/databases/orders").json()
-    assert gone["status"] == "deleted" and fake.fake_databases.find("acme", "orders") is None
+    assert gone["status"] == "deleted" and fake.fake_databases.find("acme", db["id"]) is None
     assert volume in fake.fake_databases.volumes  # kept
     kept_for = (gone["volume_kept_until"], gone["deleted_at"])
     assert kept_for[0] > kept_for[1]
@@ -283,8 +285,9 @@ def test_delete_keeps_the_volume_for_the_grace_period_then_purge(app: Litestar, 
 
 
 def test_the_sweep_purges_only_volumes_past_their_grace(app: Litestar, tenant: Caller, fake: FakeRuntime) -> None:
+    made = {}
     for name in ("old", "recent"):
-        create(tenant, app, name=name, engine="redis", memory_mb=64)
+        made[name] = create(tenant, app, name=name, engine="redis", memory_mb=64)["id"]
         tenant.delete(f"/v1/databases/{name}")
     run_jobs(app)
     services = app.state.services.databases
@@ -294,7 +297,7 @@ def test_the_sweep_purges_only_volumes_past_their_grace(app: Litestar, tenant: C
     assert services.jobs.sweep() == [old_id]
     assert tenant.get("/v1/databases/old").status_code == 404
     assert tenant.get("/v1/databases/recent").json()["status"] == "deleted"
-    assert fake.fake_databases.volumes == {"moorage-db-acme-recent"}
+    assert fake.fake_databases.volumes == {f"moorage-{made['recent']}"}
     assert services.jobs.sweep() == []
 
 

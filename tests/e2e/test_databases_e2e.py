@@ -360,7 +360,7 @@ def test_credentials_never_appear_in_logs_listings_or_audit(world: World, provis
 def test_delete_keeps_the_volume_for_the_grace_period_and_purge_removes_it(world: World, provisioned: dict) -> None:
     a, client = world.a, docker.from_env()
     tenant = world.platform.tenant_name
-    volume = f"moorage-db-{tenant}-cache"
+    volume = f"moorage-{a.get('/v1/databases/cache').json()['id']}"
     linked = a.delete("/v1/databases/cache")
     assert linked.status_code == 409 and linked.json()["code"] == "database-linked"
     assert a.delete("/v1/databases/cache?force=true").status_code == 202

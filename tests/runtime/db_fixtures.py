@@ -109,8 +109,8 @@ def db_env_fixture(engine: DockerEngine, containers: Containers, networks: Tenan
     try:
         pg_creds, redis_creds = new_credentials("orders"), new_credentials("0")
         labels = {RUN_LABEL: RUN_ID}
-        pg = databases.provision(DatabaseSpec(a, "orders", POSTGRES, a_net, pg_creds, labels=labels), timeout=180)
-        cache = databases.provision(DatabaseSpec(a, "cache", REDIS, a_net, redis_creds, labels=labels), timeout=180)
+        pg = databases.provision(DatabaseSpec(a, "orders", POSTGRES, a_net, pg_creds, database_id(), labels=labels), timeout=180)
+        cache = databases.provision(DatabaseSpec(a, "cache", REDIS, a_net, redis_creds, database_id(), labels=labels), timeout=180)
         made += [run(containers, sleeper(a, "web", a_net)), run(containers, sleeper(b, "web", b_net)),
                  run(containers, spec(a, "psql", a_net, image=ENGINES[POSTGRES].image, command=["sleep", "900"])),
                  run(containers, spec(a, "rcli", a_net, image=ENGINES[REDIS].image, command=["sleep", "900"]))]
@@ -120,6 +120,11 @@ def db_env_fixture(engine: DockerEngine, containers: Containers, networks: Tenan
                     backups=Backups(engine, databases), logs=log_capture)
     finally:
         _teardown(engine, containers, networks, databases, made, (a, b))
+
+
+def database_id() -> str:
+    """An id of the shape the control plane gives databases (it names the container and volume)."""
+    return f"db_{secrets.token_hex(13)}"
 
 
 def _teardown(engine: DockerEngine, containers: Containers, networks: TenantNetworks,

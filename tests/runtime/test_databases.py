@@ -27,7 +27,7 @@ from runtime.databases import (
 )
 from runtime.databases.backup import checksum_path
 from runtime.databases.engines import REDIS
-from tests.runtime.db_fixtures import DbEnv, db_env_fixture, log_capture_fixture
+from tests.runtime.db_fixtures import DbEnv, database_id, db_env_fixture, log_capture_fixture
 from tests.runtime.helpers import RUN_ID, RUN_LABEL
 
 __all__ = ["db_env_fixture", "log_capture_fixture"]  # fixtures, used by name
@@ -104,7 +104,8 @@ def test_database_containers_are_sandboxed_on_the_tenant_network(db_env: DbEnv) 
         assert info.attrs["Config"]["User"] == "999"
         aliases = info.attrs["NetworkSettings"]["Networks"][db_env.a_net]["Aliases"]
         assert inst.hostname in aliases
-    assert db_env.databases.find(db_env.a, "orders") == db_env.pg
+    assert db_env.databases.find(db_env.a, db_env.pg.id) == db_env.pg
+    assert db_env.databases.find(db_env.b, db_env.pg.id) is None  # another tenant's label: not found
 
 
 def test_postgres_write_and_read_from_another_container(db_env: DbEnv) -> None:
@@ -197,7 +198,7 @@ def test_redis_backup_and_restore(db_env: DbEnv, tmp_path: Path, monkeypatch: py
 
 def test_provision_again_reuses_and_volume_keeps_data(db_env: DbEnv) -> None:
     redis(db_env, "SET", "durable", "yes")
-    spec = DatabaseSpec(db_env.a, "cache", REDIS, db_env.a_net, db_env.redis_creds,
+    spec = DatabaseSpec(db_env.a, "cache", REDIS, db_env.a_net, db_env.redis_creds, db_env.redis.id,
                         labels={RUN_LABEL: RUN_ID})
     assert db_env.databases.provision(spec, timeout=180).container_id == db_env.redis.container_id
     db_env.databases.remove(db_env.redis)  # container gone (Redis saves on SIGTERM), volume kept
@@ -206,13 +207,13 @@ def test_provision_again_reuses_and_volume_keeps_data(db_env: DbEnv) -> None:
 
 
 def test_a_database_that_cannot_start_fails_fast(db_env: DbEnv) -> None:
-    spec = DatabaseSpec(db_env.a, "broken", REDIS, db_env.a_net, Credentials(password=""),
+    spec = DatabaseSpec(db_env.a, "broken", REDIS, db_env.a_net, Credentials(password=""), database_id(),
                         labels={RUN_LABEL: RUN_ID})
     started = time.monotonic()
     with pytest.raises(DatabaseNotHealthy, match="REDIS_PASSWORD is required"):
         db_env.databases.provision(spec, timeout=180)
     assert time.monotonic() - started < 60  # the crash, not the deadline, ended the wait
-    assert db_env.databases.find(db_env.a, "broken") is None  # nothing half-made
+    assert db_env.databases.find(db_env.a, spec.id) is None  # nothing half-made
 
 
 # --- 4. credentials never logged (runs after provision, backups and restores above) ------

@@ -91,9 +91,12 @@ def test_hostname_is_a_prefixed_dns_label() -> None:
 def test_database_container_gets_the_sandbox_and_the_tenant_network() -> None:
     settings = RuntimeSettings()
     dbs = Databases(DockerEngine(settings, registry=BreakerRegistry()))  # no request made
-    spec = DatabaseSpec("acme", "orders", "postgres", "moorage-t-acme", CREDS)
+    spec = DatabaseSpec("acme", "orders", "postgres", "moorage-t-acme", CREDS, "db_0123456789abcdefghjkmnpqrs")
+    assert spec.resource_name == "moorage-db_0123456789abcdefghjkmnpqrs"
     policy = SandboxPolicy(limits=engine_facts("postgres").limits)
     kwargs = create_kwargs(dbs.container_spec(spec, "moorage-db-acme-orders"), policy, settings)
+    assert kwargs["name"] == spec.resource_name
+    assert kwargs["labels"]["db.moorage/id"] == spec.id
     assert kwargs["runtime"] == "runsc" and kwargs["cap_drop"] == ["ALL"]
     assert kwargs["network"] == "moorage-t-acme" and kwargs["user"] == "999"
     assert kwargs["mem_limit"] == 512 * 2**20 and kwargs["pids_limit"] == 1024

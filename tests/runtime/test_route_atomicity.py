@@ -36,7 +36,7 @@ def test_rewrites_under_load_never_404_or_502(backends: tuple[str, str, list[Bac
     tenant, _, (one, two) = backends
     app = "swapper"
     host = router.hostname(tenant, app)
-    router.write(AppRoute(tenant, app, [one]))
+    router.write(AppRoute(tenant, app, [one], key="route_swapper"))
     wait_http(traefik.url + "/", host, expect="backend-1")
 
     statuses: Counter[int] = Counter()
@@ -59,16 +59,16 @@ def test_rewrites_under_load_never_404_or_502(backends: tuple[str, str, list[Bac
         while time.monotonic() < deadline:
             # Alternate backends; also vary an extra host so each write is a real change.
             target = two if rewrites % 2 == 0 else one
-            router.write(AppRoute(tenant, app, [target], extra_hosts=[f"r{rewrites}.alias.test"]))
+            router.write(AppRoute(tenant, app, [target], extra_hosts=[f"r{rewrites}.alias.test"], key="route_swapper"))
             rewrites += 1
             time.sleep(0.02)
-        router.write(AppRoute(tenant, app, [two]))
+        router.write(AppRoute(tenant, app, [two], key="route_swapper"))
         wait_http(traefik.url + "/", host, expect="backend-2")
     finally:
         stop.set()
         for w in workers:
             w.join()
-        router.remove(tenant, app)
+        router.remove("route_swapper")
 
     total = sum(statuses.values())
     assert rewrites >= 50 and total >= 200, (rewrites, total)

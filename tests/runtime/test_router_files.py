@@ -23,40 +23,72 @@ def router(tmp_path: Path, **kw: object) -> Router:
 def test_one_file_per_app_with_host_rule_and_service(tmp_path: Path) -> None:
     r = router(tmp_path)
     path = r.write(AppRoute("acme", "web", [Backend("172.18.0.5", 8000), Backend("172.18.0.6", 8000)],
-                            extra_hosts=["www.acme.com"], health_path="/healthz"))
-    assert path == tmp_path / "acme--web.yml"
+                            extra_hosts=["www.acme.com"], health_path="/healthz", key="app_web1"))
+    assert path == tmp_path / "app_web1.yml"
     cfg = yaml.safe_load(path.read_text())
-    router_cfg = cfg["http"]["routers"]["acme--web"]
+    router_cfg = cfg["http"]["routers"]["app_web1"]
     assert router_cfg["rule"] == "Host(`web.acme.apps.example.com`) || Host(`www.acme.com`)"
     assert router_cfg["entryPoints"] == ["web"] and "tls" not in router_cfg
-    lb = cfg["http"]["services"]["acme--web"]["loadBalancer"]
+    lb = cfg["http"]["services"]["app_web1"]["loadBalancer"]
     assert lb["servers"] == [{"url": "http://172.18.0.5:8000"}, {"url": "http://172.18.0.6:8000"}]
     assert lb["healthCheck"]["path"] == "/healthz"
-    assert r.list() == ["acme--web"]
-    assert r.remove("acme", "web") and not path.exists()
-    assert not r.remove("acme", "web")
+    assert r.list() == ["app_web1"]
+    assert r.remove("app_web1") and not path.exists()
+    assert not r.remove("app_web1")
     assert r.list() == []
+
+
+def test_names_that_joined_to_one_key_get_files_of_their_own(tmp_path: Path) -> None:
+    """`rt-v` + `w--app` and `rt-v--w` + `app` were both `rt-v--w--app`: one overwrote the other."""
+    r = router(tmp_path)
+    victim = r.write(AppRoute("rt-v--w", "app", [Backend("10.0.0.2", 80)], key="app_victim"))
+    attacker = r.write(AppRoute("rt-v", "w--app", [Backend("10.0.0.3", 80)], key="app_attacker"))
+    assert victim != attacker and r.list() == ["app_attacker", "app_victim"]
+    rule = yaml.safe_load(victim.read_text())["http"]["routers"]["app_victim"]["rule"]
+    assert rule == "Host(`app.rt-v--w.apps.example.com`)"
+    assert yaml.safe_load(victim.read_text())["http"]["services"]["app_victim"]["loadBalancer"]["servers"] == [
+        {"url": "http://10.0.0.2:80"}]
+
+
+@pytest.mark.parametrize("key", ["acme--web", "../x", "a.b", "a/b", "", "App_1", "x\n", "a" * 101])
+def test_route_keys_are_ids_only(tmp_path: Path, key: str) -> None:
+    with pytest.raises(ValueError):
+        router(tmp_path).write(AppRoute("acme", "web", [Backend("10.0.0.2", 80)], key=key))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_owned_lists_only_the_files_an_owner_wrote(tmp_path: Path) -> None:
+    r = router(tmp_path)
+    r.write(AppRoute("acme", "web", [Backend("10.0.0.2", 80)], key="app_a"), owner="mrg-1")
+    r.write(AppRoute("acme", "api", [Backend("10.0.0.3", 80)], key="app_b"), owner="mrg-2")
+    r.write(AppRoute("acme", "db", [Backend("10.0.0.4", 80)], key="app_c"))
+    (tmp_path / "acme--old.yml").write_text("http: {}\n")
+    assert r.owned("mrg-1") == ["app_a"] and r.owned("mrg-2") == ["app_b"]
+    assert r.list() == ["app_a", "app_b", "app_c"] and r.legacy() == ["acme--old"]
+    assert yaml.safe_load((tmp_path / "app_a.yml").read_text())["http"]["routers"]["app_a"]  # still plain YAML
+    with pytest.raises(ValueError):
+        r.write(AppRoute("acme", "web", [Backend("10.0.0.2", 80)], key="app_d"), owner="x\ny")
 
 
 def test_tls_cert_resolver_is_pluggable(tmp_path: Path) -> None:
     r = router(tmp_path, tls_cert_resolver="letsencrypt", traefik_entrypoints=("websecure",))
-    cfg = yaml.safe_load(r.write(AppRoute("acme", "web", [Backend("10.0.0.2", 80)])).read_text())
-    assert cfg["http"]["routers"]["acme--web"]["tls"] == {"certResolver": "letsencrypt"}
-    assert cfg["http"]["routers"]["acme--web"]["entryPoints"] == ["websecure"]
+    cfg = yaml.safe_load(r.write(AppRoute("acme", "web", [Backend("10.0.0.2", 80)], key="app_1")).read_text())
+    assert cfg["http"]["routers"]["app_1"]["tls"] == {"certResolver": "letsencrypt"}
+    assert cfg["http"]["routers"]["app_1"]["entryPoints"] == ["websecure"]
 
 
 @pytest.mark.parametrize("host", ["evil`) || Host(`x", "a b.com", "-bad-.com", "x" * 300])
 def test_injection_into_rule_refused(tmp_path: Path, host: str) -> None:
     with pytest.raises(ValueError):
-        router(tmp_path).write(AppRoute("acme", "web", [Backend("10.0.0.2", 80)], extra_hosts=[host]))
+        router(tmp_path).write(AppRoute("acme", "web", [Backend("10.0.0.2", 80)], extra_hosts=[host], key="app_1"))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_names_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
-        router(tmp_path).write(AppRoute("../etc", "web", [Backend("10.0.0.2", 80)]))
+        router(tmp_path).write(AppRoute("../etc", "web", [Backend("10.0.0.2", 80)], key="app_1"))
     with pytest.raises(ValueError):
-        router(tmp_path).write(AppRoute("acme", "web", []))
+        router(tmp_path).write(AppRoute("acme", "web", [], key="app_1"))
 
 
 def test_atomic_write_readers_never_see_partial_files(tmp_path: Path) -> None:

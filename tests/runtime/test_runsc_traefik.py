@@ -48,14 +48,14 @@ def test_serves_through_traefik_by_host_header(web: ContainerInfo, router: Route
                                                traefik: TraefikProcess) -> None:
     tenant, app = web.labels["moorage.tenant"], web.labels["moorage.app"]
     net = f"moorage-t-{tenant}"
-    router.write(AppRoute(tenant, app, [Backend(web.ip_on(net), 8000)]))
+    router.write(AppRoute(tenant, app, [Backend(web.ip_on(net), 8000)], key=f"route_{tenant.replace('-', '_')}"))
     host = router.hostname(tenant, app)
     assert host == f"site.{tenant}.apps.test"
     r = wait_http(traefik.url + "/", host, expect="hello-from-gvisor")
     assert r.status_code == 200
     # An unknown host gets Traefik's 404: the route, not a catch-all, served the page.
     assert httpx.get(traefik.url + "/", headers={"Host": f"other.{tenant}.apps.test"}).status_code == 404
-    router.remove(tenant, app)
+    router.remove(f"route_{tenant.replace('-', '_')}")
 
 
 def test_limits_and_hardening_visible_in_inspect(web: ContainerInfo, containers: Containers) -> None:

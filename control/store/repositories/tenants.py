@@ -33,6 +33,9 @@ class TenantRepository:
         row = self.session.get(TenantRow, tenant_id)
         return None if row is None else to_tenant(row)
 
+    def names(self) -> set[str]:
+        return set(self.session.scalars(select(TenantRow.name)))
+
     def name_taken(self, name: str) -> bool:
         return self.session.scalar(select(TenantRow.id).where(TenantRow.name == name)) is not None
 

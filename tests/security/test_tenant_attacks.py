@@ -1,0 +1,229 @@
+"""Attacks of one tenant on another's objects, against the real control plane, dockerd, runsc,
+Traefik and Redis. Each attacker holds only its own tenant's API key and picks names that
+joined to the victim's object names under the old `{tenant}-{name}` / `tenant--app` rules:
+
+- databases: tenant `X` with database `ta-cache` met tenant `X-ta`'s `cache` in one volume and
+  container name (`moorage-db-X-ta-cache`): it read the victim's data through a backup, learnt
+  its container id from a 409, and purged its retained volume;
+- routes: tenant `Y` with app `w--app` met tenant `Y--w`'s app `app` in one route file
+  (`Y--w--app.yml`) and took its hostname's traffic;
+- a deleted app's route file stayed, pointing at an IP a later container may get.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import docker
+import docker.errors
+import httpx
+import pytest
+from litestar import Litestar
+from litestar.testing import TestClient
+
+from control.app import create_app
+from tests.conftest import Caller
+from tests.e2e.apps import source, tar_gz
+from tests.e2e.conftest import cleanup_tenant, e2e_settings, traefik  # noqa: F401 (fixture)
+from tests.runtime.helpers import RUN_ID
+from runtime.traefik import TraefikProcess
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+DB_VICTIM, DB_ATTACKER = f"a{RUN_ID}-ta", f"a{RUN_ID}"  # `cache` of the one, `ta-cache` of the other
+ROUTE_VICTIM, ROUTE_ATTACKER = f"v{RUN_ID}--w", f"v{RUN_ID}"  # `app` of the one, `w--app` of the other
+SECRET = "victim-only-7c1e"
+
+
+@dataclass
+class Arena:
+    app: Litestar
+    traefik: TraefikProcess
+    callers: dict[str, Caller]
+
+    def wait(self, who: str, path: str, field: str, done: set[str], timeout: float = 180) -> dict[str, Any]:
+        deadline, body = time.monotonic() + timeout, {}
+        while time.monotonic() < deadline:
+            body = self.callers[who].get(path).json()
+            if body.get(field) in done:
+                return body
+            time.sleep(0.3)
+        raise AssertionError(f"{path} never reached {done}: {body}")
+
+    def host(self, tenant: str, app: str) -> str:
+        return f"{app}.{tenant}.apps.test"
+
+    def get(self, tenant: str, app: str) -> httpx.Response:
+        return httpx.get(self.traefik.url + "/", headers={"Host": self.host(tenant, app)}, timeout=3.0)
+
+    def deploy(self, tenant: str, app: str, version: str) -> dict[str, Any]:
+        caller = self.callers[tenant]
+        if caller.get(f"/v1/apps/{app}").status_code == 404:
+            assert caller.post("/v1/apps", json={"name": app, "port": 8080}).status_code == 201
+        r = caller.post(f"/v1/apps/{app}/deployments", content=tar_gz(source(version)),
+                        headers={"Content-Type": "application/gzip"})
+        assert r.status_code == 202, r.text
+        return self.wait(tenant, f"/v1/apps/{app}/deployments/{r.json()['id']}", "status",
+                         {"running", "failed", "cancelled"})
+
+
+@pytest.fixture(scope="module")
+def arena(traefik: TraefikProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Arena]:  # noqa: F811
+    tenants = (DB_VICTIM, DB_ATTACKER, ROUTE_VICTIM, ROUTE_ATTACKER)
+    app = create_app(e2e_settings(tmp_path_factory.mktemp("attacks"), traefik, job_workers=2, deploys_per_tenant=2,
+                                  database_purge_interval_s=0))
+    try:
+        with TestClient(app, raise_server_exceptions=False, timeout=120) as client:
+            operator = Caller(client, app.state.services.keys.bootstrap_operator("attacks").token)
+            callers = {}
+            for name in tenants:
+                tenant = operator.post("/v1/tenants", json={"name": name}).json()
+                key = operator.post(f"/v1/tenants/{tenant['id']}/keys", json={"scopes": ["admin"], "name": "own"}).json()
+                callers[name] = Caller(client, key["token"], key["id"], tenant["id"])
+            yield Arena(app, traefik, callers)
+    finally:
+        client_ = docker.from_env()
+        for name in tenants:
+            cleanup_tenant(name)
+            for volume in client_.volumes.list(filters={"label": f"moorage.tenant={name}"}):
+                volume.remove(force=True)
+        client_.close()
+
+
+def _redis_cli(arena: Arena, tenant: str, database: str, *args: str) -> str:
+    caller = arena.callers[tenant]
+    url = caller.get(f"/v1/databases/{database}/connection?reveal=true").json()["url"]
+    db_id = caller.get(f"/v1/databases/{database}").json()["id"]
+    client = docker.from_env()
+    (container,) = client.containers.list(filters={"label": [f"moorage.tenant={tenant}", f"db.moorage/id={db_id}"]})
+    password = urlsplit(url).password or ""
+    out = container.exec_run(["redis-cli", "--no-auth-warning", "-a", password, *args])
+    client.close()
+    return out.output.decode().strip()
+
+
+def _route_files_naming(arena: Arena, host: str) -> list[str]:
+    return [p.name for p in arena.traefik.dynamic_dir.glob("*.yml") if f"`{host}`" in p.read_text()]
+
+
+def _wait_gone(caller: Caller, path: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while caller.get(path).status_code != 404:
+        assert time.monotonic() < deadline, f"{path} still there: {caller.get(path).text}"
+        time.sleep(0.3)
+
+
+def _volumes_of(tenant: str) -> dict[str, dict[str, str]]:
+    client = docker.from_env()
+    found = {v.name: v.attrs.get("Labels") or {} for v in client.volumes.list(filters={"label": f"moorage.tenant={tenant}"})}
+    client.close()
+    return found
+
+
+def test_a_prefix_named_tenant_neither_reaches_nor_deletes_the_victims_database(arena: Arena) -> None:
+    victim, attacker = arena.callers[DB_VICTIM], arena.callers[DB_ATTACKER]
+    assert victim.post("/v1/databases", json={"name": "cache", "engine": "redis", "memory_mb": 64}).status_code == 202
+    arena.wait(DB_VICTIM, "/v1/databases/cache", "status", {"available", "failed"})
+    assert _redis_cli(arena, DB_VICTIM, "cache", "SET", "secret", SECRET) == "OK"
+    assert _redis_cli(arena, DB_VICTIM, "cache", "SAVE") == "OK"
+
+    # While the victim's container runs: the attacker's database is its own, and no 409 with
+    # the victim's container id (an existence oracle) comes back.
+    r = attacker.post("/v1/databases", json={"name": "ta-cache", "engine": "redis", "memory_mb": 64})
+    assert r.status_code == 202, r.text
+    mine = arena.wait(DB_ATTACKER, "/v1/databases/ta-cache", "status", {"available", "failed"})
+    assert mine["status"] == "available", mine
+    assert _redis_cli(arena, DB_ATTACKER, "ta-cache", "GET", "secret") == ""
+    assert attacker.delete("/v1/databases/ta-cache?purge=true&force=true").status_code == 202
+    _wait_gone(attacker, "/v1/databases/ta-cache")
+    assert _redis_cli(arena, DB_VICTIM, "cache", "GET", "secret") == SECRET  # the victim's runs on, untouched
+
+    # The victim deletes its database: the volume is retained for the grace period.
+    assert victim.delete("/v1/databases/cache").status_code == 202
+    gone = arena.wait(DB_VICTIM, "/v1/databases/cache", "status", {"deleted", "failed"}, timeout=60)
+    assert gone["status"] == "deleted", gone
+    retained = _volumes_of(DB_VICTIM)
+    assert [labels.get("db.moorage/id") for labels in retained.values()] == [gone["id"]]
+
+    # The name is free again on the attacker's side: it makes `ta-cache` once more, backs it up
+    # and downloads the backup. Under the old names this adopted the victim's retained volume.
+    r = attacker.post("/v1/databases", json={"name": "ta-cache", "engine": "redis", "memory_mb": 64})
+    assert r.status_code == 202, r.text
+    assert arena.wait(DB_ATTACKER, "/v1/databases/ta-cache", "status", {"available", "failed"})["status"] == "available"
+    backup = attacker.post("/v1/databases/ta-cache/backups")
+    assert backup.status_code == 202, backup.text
+    done = arena.wait(DB_ATTACKER, f"/v1/databases/ta-cache/backups/{backup.json()['id']}", "status", {"succeeded", "failed"})
+    assert done["status"] == "succeeded", done
+    dump = attacker.get(f"/v1/databases/ta-cache/backups/{done['id']}/download")
+    assert dump.status_code == 200 and SECRET.encode() not in dump.content, "the attacker read the victim's data"
+
+    # Purged with force: only the attacker's own volume goes; the victim's stays, data inside.
+    assert attacker.delete("/v1/databases/ta-cache?purge=true&force=true").status_code == 202
+    _wait_gone(attacker, "/v1/databases/ta-cache")
+    assert _volumes_of(DB_VICTIM) == retained, "the attacker's purge removed the victim's volume"
+    client = docker.from_env()
+    (name,) = retained
+    probe = client.containers.run("moorage/redis:7", [f"grep -c {SECRET} /data/dump.rdb || true"], remove=True,
+                                  volumes={name: {"bind": "/data", "mode": "ro"}}, entrypoint=["sh", "-c"], user="0")
+    client.close()
+    assert probe.strip() == b"1", "the victim's data did not survive"
+
+
+def test_a_route_key_collision_does_not_take_the_victims_hostname(arena: Arena) -> None:
+    assert arena.deploy(ROUTE_VICTIM, "app", "victim")["status"] == "running"
+    assert arena.get(ROUTE_VICTIM, "app").text.startswith("version=victim")
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        with httpx.Client(timeout=3.0) as client:
+            while not stop.is_set():
+                try:
+                    r = client.get(arena.traefik.url + "/", headers={"Host": arena.host(ROUTE_VICTIM, "app")})
+                    if r.status_code != 200 or not r.text.startswith("version=victim"):
+                        failures.append(f"{r.status_code} {r.text[:60]!r}")
+                except httpx.HTTPError as exc:
+                    failures.append(type(exc).__name__)
+                time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        assert arena.deploy(ROUTE_ATTACKER, "w--app", "attacker")["status"] == "running"
+        arena.app.state.services.deploys.reconciler.run_once()
+        time.sleep(1.5)  # past Traefik's reload throttle
+    finally:
+        stop.set()
+        watcher.join()
+    assert not failures, f"the victim's hostname failed {len(failures)} times: {failures[:5]}"
+    assert arena.get(ROUTE_ATTACKER, "w--app").text.startswith("version=attacker")
+    files = sorted(p.name for p in arena.traefik.dynamic_dir.glob("*.yml"))
+    victim_app = arena.callers[ROUTE_VICTIM].get("/v1/apps/app").json()["id"]
+    attacker_app = arena.callers[ROUTE_ATTACKER].get("/v1/apps/w--app").json()["id"]
+    assert {f"{victim_app}.yml", f"{attacker_app}.yml"} <= set(files) and not any("--" in f for f in files)
+
+
+def test_deleting_an_app_takes_its_hostname_off_the_router(arena: Arena) -> None:
+    caller = arena.callers[ROUTE_ATTACKER]
+    assert arena.deploy(ROUTE_ATTACKER, "gone", "short-lived")["status"] == "running"
+    host = arena.host(ROUTE_ATTACKER, "gone")
+    assert _route_files_naming(arena, host) and arena.get(ROUTE_ATTACKER, "gone").status_code == 200
+    assert caller.delete("/v1/apps/gone").status_code == 204
+    assert not _route_files_naming(arena, host), "the route file outlived its app"
+    deadline = time.monotonic() + 5
+    while arena.get(ROUTE_ATTACKER, "gone").status_code != 404 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert arena.get(ROUTE_ATTACKER, "gone").status_code == 404
+    # The reconciler removes the container it leaves behind, and nothing of the live apps.
+    report = arena.app.state.services.deploys.reconciler.run_once()
+    assert not report.errors, report.errors
+    assert arena.get(ROUTE_VICTIM, "app").status_code == 200
+    client = docker.from_env()
+    left = client.containers.list(all=True, filters={"label": [f"moorage.tenant={ROUTE_ATTACKER}", "moorage.app=gone"]})
+    client.close()
+    assert not left, [c.name for c in left]

@@ -27,11 +27,14 @@ from litestar import Litestar
 from litestar.testing import TestClient
 
 from control.app import create_app
+from control.jobs.runtime import INSTANCE_LABEL
+from runtime.databases.provision import ID_LABEL
+from runtime.sandbox import ContainerSpec
 from tests.conftest import Caller
 from tests.e2e.apps import source, tar_gz
 from tests.e2e.conftest import cleanup_tenant, e2e_settings, traefik  # noqa: F401 (fixture)
-from tests.runtime.helpers import RUN_ID
 from runtime.traefik import TraefikProcess
+from tests.runtime.helpers import PYTHON, RUN_ID
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -105,6 +108,14 @@ def _redis_cli(arena: Arena, tenant: str, database: str, *args: str) -> str:
     out = container.exec_run(["redis-cli", "--no-auth-warning", "-a", password, *args])
     client.close()
     return out.output.decode().strip()
+
+
+def _exists(rt: Any, container_id: str) -> bool:
+    try:
+        rt.containers.inspect(container_id)
+    except docker.errors.NotFound:
+        return False
+    return True
 
 
 def _route_files_naming(arena: Arena, host: str) -> list[str]:
@@ -227,3 +238,55 @@ def test_deleting_an_app_takes_its_hostname_off_the_router(arena: Arena) -> None
     left = client.containers.list(all=True, filters={"label": [f"moorage.tenant={ROUTE_ATTACKER}", "moorage.app=gone"]})
     client.close()
     assert not left, [c.name for c in left]
+
+
+def test_the_reconciler_removes_what_no_live_app_or_database_accounts_for(arena: Arena) -> None:
+    tenant, caller = ROUTE_ATTACKER, arena.callers[ROUTE_ATTACKER]
+    rt = arena.app.state.services.deploys.runtime
+    assert arena.deploy(tenant, "live", "live")["status"] == "running"
+    assert caller.post("/v1/databases", json={"name": "keep", "engine": "redis", "memory_mb": 64}).status_code == 202
+    keep = arena.wait(tenant, "/v1/databases/keep", "status", {"available", "failed"})
+    assert keep["status"] == "available", keep
+    live_app = caller.get("/v1/apps/live").json()["id"]
+    dynamic = arena.traefik.dynamic_dir
+
+    # Orphans of ours: a route of an app id nothing knows, an old-style file of our tenant's
+    # deleted app, a database container whose database is gone.
+    rt.write_route("app_0000000000orphan0000000000", tenant, "ghost", "10.255.0.9", 8080, "v9")
+    (dynamic / f"{tenant}--ghost.yml").write_text("http: {}\n")
+    net = rt.networks.ensure(tenant).name
+    orphan_db = rt.containers.run(ContainerSpec(
+        tenant=tenant, app="db-ghost", image=PYTHON, network=net, role="database", command=["sleep", "600"],
+        name=f"moorage-test-{RUN_ID}-orphan-db", labels={ID_LABEL: "db_0000000000ghost000000000000", INSTANCE_LABEL: rt.instance}),
+        rt.policy)
+    # Not ours: a route file another writer made, an old-style file of no tenant of ours, and
+    # a database container of another control plane.
+    (dynamic / "app_0000000000foreign00000000000.yml").write_text("http: {}\n")
+    (dynamic / f"z{RUN_ID}-nobody--x.yml").write_text("http: {}\n")
+    foreign_db = rt.containers.run(ContainerSpec(
+        tenant=tenant, app="db-other", image=PYTHON, network=net, role="database", command=["sleep", "600"],
+        name=f"moorage-test-{RUN_ID}-foreign-db", labels={ID_LABEL: "db_0000000000other000000000000", INSTANCE_LABEL: "mrg-other"}),
+        rt.policy)
+    try:
+        report = arena.app.state.services.deploys.reconciler.run_once()
+        assert not report.errors, report.errors
+        files = {p.name for p in dynamic.glob("*.yml")}
+        assert "app_0000000000orphan0000000000.yml" not in files and f"{tenant}--ghost.yml" not in files, report
+        assert {"app_0000000000foreign00000000000.yml", f"z{RUN_ID}-nobody--x.yml", f"{live_app}.yml"} <= files
+        deadline = time.monotonic() + 20  # the background pass may be the one removing it
+        while _exists(rt, orphan_db.id):
+            assert time.monotonic() < deadline, "the orphan database container stayed"
+            time.sleep(0.2)
+        assert rt.containers.inspect(foreign_db.id).status == "running"
+        keeper = rt.containers.find(tenant=tenant, role="database")
+        assert any(c.labels.get(ID_LABEL) == keep["id"] and c.status == "running" for c in keeper)
+        assert arena.get(tenant, "live").text.startswith("version=live")
+        assert arena.app.state.services.deploys.reconciler.run_once().actions == []  # nothing more to do
+    finally:
+        for leftover in (foreign_db, orphan_db):
+            try:
+                rt.containers.remove(leftover.id, force=True)
+            except docker.errors.APIError:  # already being removed
+                pass
+        for name in ("app_0000000000foreign00000000000.yml", f"z{RUN_ID}-nobody--x.yml"):
+            (dynamic / name).unlink(missing_ok=True)

@@ -8,7 +8,6 @@ sees the old file or the new one. Temp files end in `.tmp`, an extension Traefik
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from runtime.labels import dns_label
+from runtime.labels import dns_label, is_dns_label
 from runtime.resilience import BreakerRegistry, CircuitBreaker, Guard, RetryPolicy, default_registry, guarded
 from runtime.settings import RuntimeSettings
 
@@ -43,12 +42,9 @@ class AppRoute:
     middlewares: Sequence[str] = field(default_factory=tuple)
 
 
-_HOST_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-
-
 def _is_hostname(host: str) -> bool:
     """Strict: the name is spliced into a Traefik rule, so nothing but DNS labels gets in."""
-    return len(host) <= 253 and all(_HOST_LABEL.fullmatch(p) for p in host.split("."))
+    return len(host) <= 253 and all(is_dns_label(p) for p in host.split("."))
 
 
 class Router:

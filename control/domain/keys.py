@@ -13,6 +13,7 @@ from control.domain.errors import (
     TenantSuspended,
     Unauthenticated,
 )
+from control.domain.names import KEY_NAME
 from control.security.principal import Principal
 from control.security.scopes import TENANT_SCOPES, Scope
 from control.security.tokens import issue_token, parse_key_id, token_matches
@@ -66,6 +67,7 @@ class KeyService:
                 f"'scopes' must be a non-empty subset of {sorted(TENANT_SCOPES)}; unknown: {unknown}.",
                 errors=[{"field": "scopes", "message": f"allowed: {sorted(TENANT_SCOPES)}"}],
             )
+        KEY_NAME.check("name", name)
         if expires_at is not None and expires_at <= utcnow():
             raise Invalid(
                 "'expires_at' must be in the future.",

@@ -1,0 +1,102 @@
+"""Attacks with crafted input, made by a tenant holding only its own API key (and, where the
+hole was the operator's, by the operator), through the real API on a real SQLite file.
+
+- Names with a trailing newline: ``re.match(r"...$")`` let ``"web\\n"`` through as an app,
+  env var, database, tenant, key or release name. Every one is now 422 naming the field, and
+  nothing is created.
+- Keys outliving their maker: a key that expires in a minute minted a key that never expires,
+  and an ``admin`` key minted ``inference`` keys it did not hold. Now 403, nothing minted;
+  an omitted expiry inherits the maker's.
+- Source archives nested thousands of levels deep answered 500 (``RecursionError``): now 422
+  ``archive-rejected``, like very long names, names with control characters, too many entries
+  and symlink chains, with no deployment and no file left behind.
+- What ``deploy`` implies: the OpenAPI document and the skills say that a ``deploy`` key can
+  read secrets through the code it deploys.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tarfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from litestar import Litestar
+
+from control.settings import Settings
+from tests.conftest import Caller
+
+GZIP = {"Content-Type": "application/gzip"}
+SKILLS = Path(__file__).resolve().parents[2] / "skills"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, migrated_database: Path) -> Settings:
+    """No job workers and no reconciler: an accepted deployment stays queued, so a test sees
+    exactly what the API call created and no build touches Docker."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o700)
+    shutil.copyfile(migrated_database, data_dir / "moorage.db")
+    return Settings(data_dir=data_dir, base_domain="apps.test", job_workers=0, reconcile_interval_s=0,
+                    database_purge_interval_s=0)
+
+
+def assert_refused(r: httpx.Response, status: int, code: str, field: str | None = None) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    body = r.json()
+    assert body["code"] == code and body["request_id"], body
+    if field is not None:
+        assert field in [e["field"] for e in body.get("errors", [])], body
+    return body
+
+
+# ---- names with a trailing newline (or any control character) ----
+
+
+def test_an_app_named_with_a_trailing_newline_is_refused_and_not_created(tenant: Caller) -> None:
+    body = assert_refused(tenant.post("/v1/apps", json={"name": "web\n"}), 422, "validation-failed", "name")
+    assert "DNS label" in body["detail"]
+    assert tenant.get("/v1/apps").json()["items"] == []
+
+
+@pytest.mark.parametrize("name", ["web\r", "we\tb", "web\x00", "web\x7f", "web\u2028", "web\x85"])
+def test_an_app_name_with_any_control_character_is_refused(tenant: Caller, name: str) -> None:
+    assert_refused(tenant.post("/v1/apps", json={"name": name}), 422, "validation-failed", "name")
+    assert tenant.get("/v1/apps").json()["items"] == []
+
+
+def test_an_env_var_named_port_newline_is_refused_and_never_stored(tenant: Caller) -> None:
+    assert tenant.post("/v1/apps", json={"name": "web"}).status_code == 201
+    assert_refused(tenant.patch("/v1/apps/web/env", json={"vars": {"PORT\n": "1"}}), 422, "validation-failed", "vars.PORT\n")
+    assert_refused(tenant.request("PUT", "/v1/apps/web/env", json={"vars": {"OK": "1", "NAME\n": "2"}}),
+                   422, "validation-failed", "vars.NAME\n")
+    assert_refused(tenant.request("PUT", "/v1/apps/web/env/NAME%0A", json={"value": "1"}), 422, "validation-failed", "name")
+    env = tenant.get("/v1/apps/web/env").json()
+    assert env["vars"] == [] and env["env_version"] == 0  # all-or-nothing: the valid OK was not kept either
+
+
+def test_a_database_named_with_a_trailing_newline_is_422_not_500(tenant: Caller) -> None:
+    for engine in ("redis", "postgres"):
+        r = tenant.post("/v1/databases", json={"name": "x\n", "engine": engine})
+        assert_refused(r, 422, "validation-failed", "name")
+    assert tenant.get("/v1/databases").json()["items"] == []
+
+
+def test_the_operator_cannot_create_a_tenant_named_with_a_trailing_newline(operator: Caller) -> None:
+    assert_refused(operator.post("/v1/tenants", json={"name": "rt-nl\n"}), 422, "validation-failed", "name")
+    assert_refused(operator.post("/v1/tenants", json={"name": "rt-nl", "display_name": "RT\nadmin"}),
+                   422, "validation-failed", "display_name")
+    assert operator.get("/v1/tenants").json()["items"] == []
+
+
+def test_key_and_release_names_with_a_newline_are_refused(tenant: Caller) -> None:
+    before = tenant.get("/v1/keys").json()["items"]
+    assert_refused(tenant.post("/v1/keys", json={"scopes": ["read"], "name": "ci\nscopes=admin"}), 422, "validation-failed", "name")
+    assert tenant.get("/v1/keys").json()["items"] == before
+    assert tenant.post("/v1/apps", json={"name": "web"}).status_code == 201
+    assert_refused(tenant.post("/v1/apps/web/rollback", json={"release": "v1\n"}), 422, "validation-failed", "release")

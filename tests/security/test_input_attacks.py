@@ -100,3 +100,62 @@ def test_key_and_release_names_with_a_newline_are_refused(tenant: Caller) -> Non
     assert tenant.get("/v1/keys").json()["items"] == before
     assert tenant.post("/v1/apps", json={"name": "web"}).status_code == 201
     assert_refused(tenant.post("/v1/apps/web/rollback", json={"release": "v1\n"}), 422, "validation-failed", "release")
+
+
+# ---- keys never outlive, nor outrank, their maker ----
+
+
+def _key(caller: Caller, body: dict[str, Any]) -> httpx.Response:
+    return caller.post("/v1/keys", json=body)
+
+
+def _as(caller: Caller, created: httpx.Response) -> Caller:
+    assert created.status_code == 201, created.text
+    return Caller(caller.client, created.json()["token"], created.json()["id"], caller.tenant_id)
+
+
+def test_a_short_lived_admin_key_cannot_mint_a_key_that_outlives_it(tenant: Caller) -> None:
+    soon = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=60)
+    short = _as(tenant, _key(tenant, {"scopes": ["admin"], "name": "short", "expires_at": soon.isoformat()}))
+    keys_before = {k["id"] for k in tenant.get("/v1/keys").json()["items"]}
+
+    later = (soon + timedelta(days=365)).isoformat()
+    body = assert_refused(_key(short, {"scopes": ["admin"], "expires_at": later}), 403, "expiry-exceeds-issuer")
+    assert soon.isoformat()[:19] in body["detail"] and "earlier" in body["detail"]
+    assert {k["id"] for k in tenant.get("/v1/keys").json()["items"]} == keys_before  # nothing minted
+
+    heir = _key(short, {"scopes": ["admin"], "name": "heir"})  # no expiry asked: the maker's
+    assert heir.status_code == 201, heir.text
+    assert heir.json()["expires_at"] is not None
+    assert datetime.fromisoformat(heir.json()["expires_at"]) == soon
+    earlier = (soon - timedelta(seconds=30)).isoformat()
+    assert datetime.fromisoformat(_key(short, {"scopes": ["read"], "expires_at": earlier}).json()["expires_at"]) < soon
+
+
+def test_a_key_cannot_grant_scopes_it_does_not_hold(new_tenant) -> None:
+    admin = new_tenant("rt-scopes", ["admin"])  # no inference
+    keys_before = {k["id"] for k in admin.get("/v1/keys").json()["items"]}
+    body = assert_refused(_key(admin, {"scopes": ["inference"]}), 403, "scope-exceeds-issuer")
+    assert "inference" in body["detail"] and "fewer scopes" in body["detail"]
+    assert_refused(_key(admin, {"scopes": ["read", "inference"]}), 403, "scope-exceeds-issuer")
+    assert {k["id"] for k in admin.get("/v1/keys").json()["items"]} == keys_before
+    reader = _as(admin, _key(admin, {"scopes": ["deploy", "read"]}))  # implied scopes stay grantable
+    assert reader.get("/v1/whoami").status_code == 200
+
+
+def test_an_expiring_operator_key_cannot_mint_a_tenant_key_that_outlives_it(app: Litestar, operator: Caller) -> None:
+    services = app.state.services
+    soon = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=5)
+    from control.store.repositories.api_keys import ApiKeyRepository  # a short-lived operator key, as an operator might keep
+
+    with services.db.write() as session:
+        short = services.keys._add(ApiKeyRepository(session), None, "short-op", ["operator"], operator.key_id, soon)
+    op = Caller(operator.client, short.token, short.key.id)
+    tenant_id = op.post("/v1/tenants", json={"name": "rt-op"}).json()["id"]
+    later = (soon + timedelta(days=1)).isoformat()
+    assert_refused(op.post(f"/v1/tenants/{tenant_id}/keys", json={"scopes": ["admin"], "expires_at": later}),
+                   403, "expiry-exceeds-issuer")
+    assert op.get(f"/v1/tenants/{tenant_id}/keys").json()["items"] == []
+    minted = op.post(f"/v1/tenants/{tenant_id}/keys", json={"scopes": ["admin", "inference"]})
+    assert minted.status_code == 201, minted.text  # operators grant any tenant scope ...
+    assert datetime.fromisoformat(minted.json()["expires_at"]) == soon  # ... but never past their own expiry

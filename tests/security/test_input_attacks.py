@@ -42,7 +42,7 @@ def settings(tmp_path: Path, migrated_database: Path) -> Settings:
     data_dir.mkdir(mode=0o700)
     shutil.copyfile(migrated_database, data_dir / "moorage.db")
     return Settings(data_dir=data_dir, base_domain="apps.test", job_workers=0, reconcile_interval_s=0,
-                    database_purge_interval_s=0)
+                    max_source_entries=1500, database_purge_interval_s=0)
 
 
 def assert_refused(r: httpx.Response, status: int, code: str, field: str | None = None) -> dict[str, Any]:
@@ -159,3 +159,68 @@ def test_an_expiring_operator_key_cannot_mint_a_tenant_key_that_outlives_it(app:
     minted = op.post(f"/v1/tenants/{tenant_id}/keys", json={"scopes": ["admin", "inference"]})
     assert minted.status_code == 201, minted.text  # operators grant any tenant scope ...
     assert datetime.fromisoformat(minted.json()["expires_at"]) == soon  # ... but never past their own expiry
+
+
+# ---- source archives: depth, names, entries ----
+
+
+def _tar_gz(*members: tarfile.TarInfo) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+        for info in members:
+            tar.addfile(info, io.BytesIO(b"x" * info.size) if info.isfile() else None)
+    return raw.getvalue()
+
+
+def _file(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = 1
+    return info
+
+
+def _symlink(name: str, target: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.SYMTYPE
+    info.linkname = target
+    return info
+
+
+def _deep(levels: int) -> str:
+    return "/".join(["d"] * levels)
+
+
+ARCHIVES = {
+    "2000-levels-deep": (_tar_gz(_file("Dockerfile"), _file(_deep(2000) + "/f")), "nested 2001 levels"),
+    "65-levels-deep": (_tar_gz(_file(_deep(64) + "/f")), "nested 65 levels"),
+    "deep-through-a-symlink": (
+        _tar_gz(_file(_deep(60) + "/f"), _symlink("s", _deep(60)), _file("s/e/e/e/e/e/f")), "through symlinks"),
+    "symlink-chain": (
+        _tar_gz(_file("f"), _symlink("s0", "."), *[_symlink(f"s{i}", f"s{i - 1}") for i in range(1, 1200)]),
+        "too deeply"),
+    "long-component": (_tar_gz(_file("a" * 300)), "over 255 bytes"),
+    "long-name": (_tar_gz(_file("/".join(["b" * 200] * 6))), "names are at most 1024"),
+    "newline-in-name": (_tar_gz(_file("app\n.py")), "control character"),
+    "escape-in-link-target": (_tar_gz(_file("f"), _symlink("l", "f\x1b[2J")), "control character"),
+    "too-many-entries": (_tar_gz(*[_file(f"f{i}") for i in range(1501)]), "more than 1500 entries"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ARCHIVES))
+def test_a_hostile_archive_is_refused_with_422_and_leaves_nothing(tenant: Caller, settings: Settings, case: str) -> None:
+    archive, reason = ARCHIVES[case]
+    assert tenant.post("/v1/apps", json={"name": "web"}).status_code == 201
+    body = assert_refused(tenant.post("/v1/apps/web/deployments", content=archive, headers=GZIP), 422, "archive-rejected")
+    assert reason in body["detail"] and "Nothing was deployed" in body["detail"]
+    assert tenant.get("/v1/apps/web/deployments").json()["items"] == []
+    deployments = settings.data_dir / "deployments"
+    assert not deployments.exists() or list(deployments.iterdir()) == []  # no upload, no partial tree
+
+
+def test_an_archive_at_the_limits_is_accepted(tenant: Caller, settings: Settings) -> None:
+    assert tenant.post("/v1/apps", json={"name": "web"}).status_code == 201
+    archive = _tar_gz(_file("Dockerfile"), _file(_deep(63) + "/f"), _file("c" * 255), _symlink("s", _deep(10)),
+                      _file("s/" + _deep(53) + "/g"))
+    r = tenant.post("/v1/apps/web/deployments", content=archive, headers=GZIP)
+    assert r.status_code == 202, r.text
+    src = settings.data_dir / "deployments" / r.json()["id"] / "src"
+    assert (src / _deep(63) / "f").is_file() and (src / _deep(63) / "g").is_file()

@@ -224,3 +224,23 @@ def test_an_archive_at_the_limits_is_accepted(tenant: Caller, settings: Settings
     assert r.status_code == 202, r.text
     src = settings.data_dir / "deployments" / r.json()["id"] / "src"
     assert (src / _deep(63) / "f").is_file() and (src / _deep(63) / "g").is_file()
+
+
+# ---- what the deploy scope implies, said where agents read it ----
+
+
+def test_openapi_and_skills_say_a_deploy_key_can_read_secrets(client) -> None:
+    spec = client.get("/openapi.json").json()
+    scheme = spec["components"]["securitySchemes"]["ApiKey"]["description"]
+    deploy_line = next(line for line in scheme.splitlines() if line.startswith("- `deploy`"))
+    assert "can read every secret" in deploy_line and "runs with the app's environment" in deploy_line
+    assert "expiry-exceeds-issuer" in scheme and "scope-exceeds-issuer" in scheme
+    key_create = spec["components"]["schemas"]["KeyCreate"]["properties"]
+    assert "can read every secret" in key_create["scopes"]["description"]
+    assert "expires with its maker" in key_create["expires_at"]["description"]
+    env_get = spec["paths"]["/v1/apps/{app}/env"]["get"]
+    reveal = next(p for p in env_get["parameters"] if p["name"] == "reveal")
+    assert "can read every secret" in reveal["description"] and "`deploy`" in env_get["description"]
+    for skill in ("moorage-env", "moorage-deploy"):
+        text = " ".join((SKILLS / skill / "SKILL.md").read_text().split())
+        assert "A `deploy` key can read every secret" in text or "`deploy` scope can read every value" in text, skill

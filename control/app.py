@@ -26,6 +26,7 @@ from control.api.rate_limits import RateLimitMiddleware
 from control.api.request_context import RequestContext
 from control.api.routes import route_handlers
 from control.logging import configure_logging
+from control.security import scopes
 from control.security.master_keys import MasterKeyError
 from control.services import Services
 from control.settings import Settings
@@ -49,7 +50,9 @@ def _openapi() -> OpenAPIConfig:
         components=Components(
             security_schemes={
                 "ApiKey": SecurityScheme(
-                    type="http", scheme="bearer", description="API key: `Authorization: Bearer mrg_live_...`"
+                    type="http",
+                    scheme="bearer",
+                    description="API key: `Authorization: Bearer mrg_live_...`.\n\n" + scopes.describe(),
                 ),
                 "NodeToken": NODE_TOKEN_SCHEME,
             }

@@ -5,12 +5,12 @@ Time order makes keyset pagination by id match creation order.
 
 from __future__ import annotations
 
-import re
 import secrets
 import time
 
+from control.domain.names import RESOURCE_ID
+
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
-_ID_RE = re.compile(r"^[a-z]{2,5}_[0-9a-hjkmnp-tv-z]{26}$")
 
 
 def _encode(value: int, length: int) -> str:
@@ -28,4 +28,4 @@ def new_id(prefix: str) -> str:
 
 
 def looks_like_id(value: str, prefix: str) -> bool:
-    return value.startswith(prefix + "_") and bool(_ID_RE.match(value))
+    return value.startswith(prefix + "_") and RESOURCE_ID.accepts(value)

@@ -54,6 +54,8 @@ class Settings:
     build_disk_bytes: int = 10 * 1024 * 1024 * 1024  # disk a build may write: layers, running step, log (0: no limit)
     max_upload_bytes: int = 100 * 1024 * 1024  # source archive as uploaded (gzip)
     max_source_bytes: int = 500 * 1024 * 1024  # source tree once extracted or cloned
+    max_source_depth: int = 64  # directory levels of any path in an uploaded archive
+    max_source_entries: int = 20_000  # files, directories and links in an uploaded archive
     git_timeout_s: int = 120  # a git clone taking longer fails the deployment
     job_workers: int = 2  # worker threads in this process (0: enqueue only)
     deploys_per_tenant: int = 1  # jobs of one tenant running at once

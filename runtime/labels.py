@@ -17,12 +17,17 @@ APP = f"{LABEL_PREFIX}app"
 RELEASE = f"{LABEL_PREFIX}release"
 ROLE = f"{LABEL_PREFIX}role"
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# The runtime's one DNS-label rule. Matched whole: with re.match, `$` lets a trailing newline in.
+_DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def is_dns_label(value: str) -> bool:
+    return isinstance(value, str) and _DNS_LABEL.fullmatch(value) is not None
 
 
 def dns_label(value: str, what: str) -> str:
     """Tenant and app names end up in hostnames, network and container names."""
-    if not _DNS_LABEL.fullmatch(value):
+    if not is_dns_label(value):
         raise ValueError(f"{what} {value!r} is not a DNS label (a-z, 0-9, '-', at most 63 chars)")
     return value
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from runtime.labels import dns_label
+from runtime.labels import dns_label, is_dns_label
 from runtime.resilience import BreakerRegistry, CircuitBreaker, Guard, RetryPolicy, default_registry, guarded
 from runtime.settings import RuntimeSettings
 
@@ -49,7 +49,6 @@ class AppRoute:
     middlewares: Sequence[str] = field(default_factory=tuple)
 
 
-_HOST_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 # No '-', '.' or '/': a key can neither be built from names nor step out of the directory.
 _ROUTE_KEY = re.compile(r"[a-z0-9][a-z0-9_]{0,99}")
 _OWNER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -65,7 +64,7 @@ def route_key(key: str) -> str:
 
 def _is_hostname(host: str) -> bool:
     """Strict: the name is spliced into a Traefik rule, so nothing but DNS labels gets in."""
-    return len(host) <= 253 and all(_HOST_LABEL.fullmatch(p) for p in host.split("."))
+    return len(host) <= 253 and all(is_dns_label(p) for p in host.split("."))
 
 
 class Router:

@@ -131,7 +131,8 @@ class DeploymentController(Controller):
         upload = workdir / "upload.tar.gz"
         try:
             await _save_upload(request, upload, settings.max_upload_bytes)
-            limits = ExtractLimits(max_bytes=settings.max_source_bytes)
+            limits = ExtractLimits(max_bytes=settings.max_source_bytes, max_members=settings.max_source_entries,
+                                   max_depth=settings.max_source_depth)
             await anyio.to_thread.run_sync(extract_tar_gz, upload, workdir / "src", limits)
         except UploadTooLarge:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -7,6 +7,8 @@
   naming it, and nothing changes. ``PUT``/``DELETE`` on ``/env/{name}`` touch one name.
 - Values are strings or ``{"value": ..., "secret": bool}``; ``secret`` (default true)
   tells tools to mask the value in their output; every value is encrypted at rest.
+- Values reach the app's containers, so code deployed with a ``deploy`` key can read them:
+  only give ``deploy`` to callers trusted with the secrets.
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ from control.domain.env import EnvService, EnvSet, EnvValue, EnvVar, SecretUnrea
 from control.domain.errors import Forbidden
 from control.domain.keys import require_tenant
 from control.security.principal import Principal
-from control.security.scopes import Scope
+from control.security.scopes import DEPLOY_READS_SECRETS, Scope
 
-Reveal = QueryParameter(description="Include values. Needs the `admin` scope (403 otherwise); audited.", required=False)
+Reveal = QueryParameter(
+    description="Include values. Needs the `admin` scope (403 otherwise); audited. " + DEPLOY_READS_SECRETS,
+    required=False,
+)
 
 
 class EnvValueIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -110,6 +115,9 @@ class EnvController(Controller):
         app: FromPath[str],
         reveal: Annotated[bool, Reveal] = False,
     ) -> EnvOut | EnvRevealed:
+        """Names, versions and flags; values only with `reveal=true` and the `admin` scope. That guards
+        this listing only: values reach the app's containers, so code deployed with a `deploy` key can
+        read them."""
         tenant_id = require_tenant(request.user)
         if not reveal:
             return EnvOut.of(env_vars.list(tenant_id, app))
@@ -125,6 +133,8 @@ class EnvController(Controller):
     def replace(
         self, request: Request[Any, Principal, Any], env_vars: NamedDependency[EnvService], app: FromPath[str], data: JSONBody[EnvReplace]
     ) -> EnvOut:
+        """Values apply at the next release and reach the app's containers, where any code deployed with a
+        `deploy` key can read them."""
         desired = {name: _value(entry) for name, entry in data.vars.items()}
         return EnvOut.of(env_vars.replace(require_tenant(request.user), app, desired))
 
@@ -132,6 +142,8 @@ class EnvController(Controller):
     def merge(
         self, request: Request[Any, Principal, Any], env_vars: NamedDependency[EnvService], app: FromPath[str], data: JSONBody[EnvPatch]
     ) -> EnvOut:
+        """Values apply at the next release and reach the app's containers, where any code deployed with a
+        `deploy` key can read them."""
         changes = {name: None if entry is None else _value(entry) for name, entry in data.vars.items()}
         return EnvOut.of(env_vars.merge(require_tenant(request.user), app, changes))
 
@@ -144,6 +156,8 @@ class EnvController(Controller):
         name: FromPath[str],
         data: JSONBody[EnvValueIn],
     ) -> EnvVarOut:
+        """The value applies at the next release and reaches the app's containers, where any code deployed
+        with a `deploy` key can read it."""
         return EnvVarOut.of(env_vars.set(require_tenant(request.user), app, name, _value(data)))
 
     @endpoint("DELETE", "/{name:str}", access=Scope.DEPLOY, errors=(404,), summary="Remove one env var")

@@ -7,17 +7,16 @@ before routing, such as 404 and 405, carry the id too.
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
 import structlog
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from control.domain.names import REQUEST_ID
 from control.ids import new_id
 
 HEADER = b"x-request-id"
-_VALID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 access_log = structlog.get_logger("moorage.access")
 
 
@@ -32,8 +31,9 @@ def request_id_of(scope: Scope | dict[str, Any]) -> str:
 def _incoming_id(scope: Scope | dict[str, Any]) -> str | None:
     # A caller's own id is kept (so agents can correlate) only if it is safe to log.
     for name, value in scope.get("headers", ()):
-        if name == HEADER and _VALID.match(value):
-            return value.decode()
+        if name == HEADER:
+            text = value.decode("latin-1")
+            return text if REQUEST_ID.accepts(text) else None
     return None
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 import msgspec
 
+from control.security.scopes import DEPLOY_READS_SECRETS
 from control.store.records import ApiKey
 
 
@@ -38,9 +40,21 @@ class KeyCreated(KeyOut):
 
 
 class KeyCreate(msgspec.Struct, forbid_unknown_fields=True):
-    scopes: list[str]
-    name: str = msgspec.field(default="")
-    expires_at: datetime | None = None
+    scopes: Annotated[
+        list[str],
+        msgspec.Meta(
+            description="Some of read | deploy | admin | inference, at most those of the key making it. "
+            + DEPLOY_READS_SECRETS
+        ),
+    ]
+    name: Annotated[str, msgspec.Meta(description="A label for people: at most 100 characters, no control characters")] = ""
+    expires_at: Annotated[
+        datetime | None,
+        msgspec.Meta(
+            description="When the key stops working. Not later than the expiry of the key making it; "
+            "left out, the new key expires with its maker (never, if the maker never expires)."
+        ),
+    ] = None
 
 
 class KeyList(msgspec.Struct):

@@ -9,19 +9,17 @@ writing the same value and flag again is not a change.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import structlog
 
 from control.domain.errors import DomainError, Invalid, NotFound
+from control.domain.names import ENV_NAME
 from control.security.keyring import KeyringError, ReloadingKeyring, UnknownMasterKey, owner_aad
 from control.store.database import Database
 from control.store.repositories.env_vars import EnvApp, EnvVarRepository, StoredEnvVar
 
-NAME_RULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-MAX_NAME_CHARS = 255
 MAX_VALUE_BYTES = 64 * 1024
 MAX_VARS_PER_APP = 200
 # PORT is set from the app's `port`; MOORAGE_* is the platform's namespace in containers.
@@ -81,8 +79,8 @@ def value_aad(tenant_id: str, app_id: str, name: str) -> bytes:
 
 def _problems(name: str, value: EnvValue | None, name_field: str, value_field: str) -> list[dict[str, str]]:
     errors = []
-    if len(name) > MAX_NAME_CHARS or not NAME_RULE.match(name):
-        errors.append({"field": name_field, "message": f"names match {NAME_RULE.pattern}, at most {MAX_NAME_CHARS} characters"})
+    if not ENV_NAME.accepts(name):
+        errors.append({"field": name_field, "message": f"must be {ENV_NAME.kind}: {ENV_NAME.rule}"})
     elif name in RESERVED_NAMES or name.upper().startswith(RESERVED_PREFIX):
         errors.append({"field": name_field, "message": f"reserved: {sorted(RESERVED_NAMES)} and {RESERVED_PREFIX}* are set by the platform"})
     if value is not None:

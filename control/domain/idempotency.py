@@ -14,12 +14,12 @@ Decisions:
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import parse_qsl, urlencode
 
+from control.domain.names import IDEMPOTENCY_KEY
 from control.store.database import Database
 from control.store.repositories.idempotency import (
     COMPLETED,
@@ -29,17 +29,16 @@ from control.store.repositories.idempotency import (
 from control.store.types import utcnow
 
 MAX_KEY_LENGTH = 255
-_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
-KEY_RULE = "1 to 255 printable ASCII characters (a UUID is a good choice)"
+KEY_RULE = IDEMPOTENCY_KEY.rule
 
 
 def parse_key(raw: str) -> str | None:
     """The key, or None if malformed. A quoted value (an RFC 8941 sf-string, as the draft
     writes it) and the bare value name the same key."""
-    value = raw.strip()
+    value = raw.strip(" ")  # the HTTP server already dropped optional whitespace; no control character is part of a key
     if len(value) >= 2 and value[0] == value[-1] == '"':
         value = value[1:-1]
-    return value if _KEY.match(value) and value.strip() else None
+    return value if IDEMPOTENCY_KEY.accepts(value) else None
 
 
 def normalise_query(query: str) -> str:

@@ -13,8 +13,9 @@ from control.domain.errors import (
     TenantSuspended,
     Unauthenticated,
 )
+from control.domain.names import KEY_NAME
 from control.security.principal import Principal
-from control.security.scopes import TENANT_SCOPES, Scope
+from control.security.scopes import TENANT_SCOPES, Scope, effective
 from control.security.tokens import issue_token, parse_key_id, token_matches
 from control.store.database import Database
 from control.store.records import ApiKey, Page
@@ -66,6 +67,7 @@ class KeyService:
                 f"'scopes' must be a non-empty subset of {sorted(TENANT_SCOPES)}; unknown: {unknown}.",
                 errors=[{"field": "scopes", "message": f"allowed: {sorted(TENANT_SCOPES)}"}],
             )
+        KEY_NAME.check("name", name)
         if expires_at is not None and expires_at <= utcnow():
             raise Invalid(
                 "'expires_at' must be in the future.",
@@ -74,7 +76,9 @@ class KeyService:
         with self.db.write() as session:
             if TenantRepository(session).get(tenant_id) is None:
                 raise NotFound.of("tenant", tenant_id)
-            return self._add(ApiKeyRepository(session), tenant_id, name, scopes, issuer.key_id, expires_at)
+            keys = ApiKeyRepository(session)
+            expires_at = _bounded_by_maker(keys.get(issuer.key_id), scopes, expires_at)
+            return self._add(keys, tenant_id, name, scopes, issuer.key_id, expires_at)
 
     def _add(
         self,
@@ -141,6 +145,33 @@ class KeyService:
             with self.db.write() as session:
                 ApiKeyRepository(session).touch(key.id, now)
         return Principal.of(key.id, key.tenant_id, key.scopes)
+
+
+def _bounded_by_maker(maker: ApiKey | None, scopes: list[str], expires_at: datetime | None) -> datetime | None:
+    """A key never makes a key that can do more, or last longer, than itself: otherwise a
+    short-lived or narrow key could mint its own permanent successor. Returns the new key's
+    expiry: the requested one, or the maker's own when none is asked for."""
+    if maker is None or maker.revoked_at is not None:  # revoked since it authenticated
+        raise Unauthenticated("The API key making this request was revoked. Ask an admin for a new key.", code="key-revoked")
+    if maker.tenant_id is not None:  # operator keys stand above every tenant scope
+        beyond = sorted(set(scopes) - effective(maker.scopes))
+        if beyond:
+            raise Forbidden(
+                f"This key cannot grant {beyond}: a new key gets at most the scopes of the key that makes it "
+                f"({sorted(effective(maker.scopes))}). Ask for fewer scopes, or use a key that holds them.",
+                code="scope-exceeds-issuer",
+            )
+    if maker.expires_at is None:
+        return expires_at
+    if expires_at is None:
+        return maker.expires_at
+    if expires_at > maker.expires_at:
+        raise Forbidden(
+            f"'expires_at' must not be later than the expiry of the key that makes it ({maker.expires_at.isoformat()}). "
+            "Ask for an earlier expiry, or leave it out to inherit that one.",
+            code="expiry-exceeds-issuer",
+        )
+    return expires_at
 
 
 def require_tenant(principal: Principal) -> str:

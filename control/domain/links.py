@@ -8,13 +8,9 @@ container start, which opens the sealed password in memory. A link change bumps 
 from __future__ import annotations
 
 from control.domain.databases import ENGINES, Status, connection_url
-from control.domain.env import (
-    MAX_NAME_CHARS,
-    NAME_RULE,
-    RESERVED_NAMES,
-    RESERVED_PREFIX,
-)
+from control.domain.env import RESERVED_NAMES, RESERVED_PREFIX
 from control.domain.errors import Conflict, Invalid, NotFound
+from control.domain.names import ENV_NAME
 from control.ids import new_id
 from control.security.keyring import ReloadingKeyring
 from control.store.database import Database as Store
@@ -27,8 +23,8 @@ DEFAULT_ENV_NAME = {POSTGRES: "DATABASE_URL", **{e: "REDIS_URL" for e in ENGINES
 
 
 def check_env_name(name: str) -> None:
-    if len(name) > MAX_NAME_CHARS or not NAME_RULE.match(name):
-        message = f"names match {NAME_RULE.pattern}, at most {MAX_NAME_CHARS} characters"
+    if not ENV_NAME.accepts(name):
+        message = f"must be {ENV_NAME.kind}: {ENV_NAME.rule}"
     elif name in RESERVED_NAMES or name.upper().startswith(RESERVED_PREFIX):
         message = f"reserved: {sorted(RESERVED_NAMES)} and {RESERVED_PREFIX}* are set by the platform"
     else:

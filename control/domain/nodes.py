@@ -25,6 +25,7 @@ from control.domain.errors import (
     NotFound,
     Unauthenticated,
 )
+from control.domain.names import MODEL_NAME, NODE_NAME
 from control.security.node_tokens import issue_node_token, parse_node_id, token_matches
 from control.store.database import Database
 from control.store.repositories.nodes import Node, NodeRepository, ServedModel
@@ -101,8 +102,9 @@ class NodeService:
     # ---- operator ----
 
     def enroll(self, name: str, created_by: str | None) -> EnrolledNode:
-        if not name.strip() or len(name) > 100:
-            raise Invalid("'name' must be 1-100 characters.", errors=[{"field": "name", "message": "1-100 characters"}])
+        if not name.strip():
+            raise Invalid("'name' must not be blank.", errors=[{"field": "name", "message": "must not be blank"}])
+        NODE_NAME.check("name", name)
         issued = issue_node_token()
         with self.db.write() as session:
             node = NodeRepository(session).add(
@@ -179,6 +181,8 @@ class NodeService:
                 f"'state' must be one of {sorted(ENGINE_STATES)}.",
                 errors=[{"field": "state", "message": f"one of {sorted(ENGINE_STATES)}"}],
             )
+        for index, model in enumerate(registration.models or []):
+            MODEL_NAME.check(f"models[{index}].name", model.name)
         base_url = check_engine_url(registration.base_url) if registration.base_url else None
         with self.db.write() as session:
             updated = NodeRepository(session).report(

@@ -3,9 +3,8 @@ numbered per app (``v1``, ``v2``...), and the app's current release (desired sta
 
 from __future__ import annotations
 
-import re
-
 from control.domain.errors import Invalid, NotFound
+from control.domain.names import RELEASE_NAME
 from control.ids import new_id
 from control.store.database import Database
 from control.store.records import App, Page
@@ -17,11 +16,10 @@ from control.store.repositories.releases import (
     ReleaseRepository,
 )
 
-_NAME = re.compile(r"^v([1-9][0-9]{0,8})$")
 
 
 def release_number(name: str) -> int:
-    match = _NAME.match(name)
+    match = RELEASE_NAME.pattern.fullmatch(name)
     if match is None:
         raise Invalid(
             f"'release' must be a release name like 'v1'; got {name!r}.",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from control.domain.errors import Conflict, NotFound
-from control.domain.names import check_dns_label
+from control.domain.names import DISPLAY_NAME, check_dns_label
 from control.ids import new_id
 from control.store.database import Database
 from control.store.records import Page, Tenant
@@ -16,6 +16,7 @@ class TenantService:
 
     def create(self, name: str, display_name: str = "") -> Tenant:
         check_dns_label("name", name)
+        DISPLAY_NAME.check("display_name", display_name)
         with self.db.write() as session:
             tenants = TenantRepository(session)
             if tenants.name_taken(name):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,11 +23,11 @@ from pathlib import Path
 
 import structlog
 
+from control.domain.names import MASTER_KEY_ID
 from control.settings import Settings
 
 KEY_BYTES = 32  # AES-256
 DEFAULT_FILE_NAME = "master.keys"
-_KEY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _HEADER = "# moorage master keys: KEY_ID:BASE64(32 bytes), first line is the active key. Keep this file secret.\n"
 log = structlog.get_logger("moorage.keys")
 
@@ -43,8 +42,8 @@ class MasterKey:
     material: bytes = field(repr=False)  # repr=False: a stray log of the object never shows the key
 
     def __post_init__(self) -> None:
-        if not _KEY_ID.match(self.id):
-            raise MasterKeyError(f"Master key id {self.id!r} must match {_KEY_ID.pattern}.")
+        if not MASTER_KEY_ID.accepts(self.id):
+            raise MasterKeyError(f"Master key id {self.id!r} must match {MASTER_KEY_ID.pattern.pattern}: {MASTER_KEY_ID.rule}.")
         if len(self.material) != KEY_BYTES:
             raise MasterKeyError(f"Master key {self.id!r} must be {KEY_BYTES} bytes, got {len(self.material)}.")
 

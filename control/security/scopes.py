@@ -2,6 +2,11 @@
 
 ``admin`` ⊇ ``deploy`` ⊇ ``read``; ``inference`` stands alone so a key handed to a
 model-calling agent cannot touch apps. Operator keys (no tenant) hold ``operator``.
+
+``deploy`` runs code of the caller's choosing with the app's environment, so it can read
+every secret value of the tenant's apps (and linked database URLs) by deploying code that
+prints them: the API's ``admin``-only reveal does not protect secrets from a ``deploy`` key.
+``DESCRIPTIONS`` says so, and the OpenAPI document and the skills repeat it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,36 @@ OPERATOR_ACCESS = "operator"  # an operator key
 ANY_KEY_ACCESS = "any-key"  # any valid key, operator or tenant
 
 TENANT_SCOPES = frozenset({Scope.READ, Scope.DEPLOY, Scope.ADMIN, Scope.INFERENCE})
+
+DEPLOY_READS_SECRETS = (
+    "A `deploy` key can read every secret: it deploys code, and that code runs with the app's environment "
+    "(env var values and linked database URLs), so it can print or send them anywhere. Hiding values from "
+    "`GET .../env` without `admin` does not stop that. Give `deploy` only to callers you would trust with the "
+    "secrets themselves."
+)
+
+DESCRIPTIONS: dict[str, str] = {
+    Scope.READ: "See the tenant's apps, deployments, logs, env var names (not values), databases and backups.",
+    Scope.DEPLOY: "Everything `read` can, plus create, change and deploy apps, set env vars, manage databases, "
+    "links and backups. " + DEPLOY_READS_SECRETS,
+    Scope.ADMIN: "Everything `deploy` can, plus reveal env var values and database URLs, download backups, "
+    "read the audit log and issue or revoke the tenant's keys.",
+    Scope.INFERENCE: "Call the inference gateway (`/v1/models`, `/v1/chat/completions`, `/v1/completions`, "
+    "`/v1/usage`) and nothing else.",
+    Scope.OPERATOR: "Operator keys only (no tenant): manage tenants, their keys and limits, and inference nodes.",
+}
+
+KEY_LIMITS = (
+    "A key never makes a key that can do more or last longer than itself: the new key's scopes must be "
+    "among the maker's (403 `scope-exceeds-issuer`), and when the maker expires the new key's `expires_at` "
+    "must not be later (403 `expiry-exceeds-issuer`); left out, it inherits the maker's expiry."
+)
+
+
+def describe() -> str:
+    """The scopes as Markdown, for the OpenAPI document."""
+    lines = [f"- `{scope}`: {DESCRIPTIONS[scope]}" for scope in (Scope.READ, Scope.DEPLOY, Scope.ADMIN, Scope.INFERENCE, Scope.OPERATOR)]
+    return "Scopes (`admin` includes `deploy`, which includes `read`):\n" + "\n".join(lines) + "\n\n" + KEY_LIMITS
 
 _IMPLIES: dict[str, frozenset[str]] = {
     Scope.ADMIN: frozenset({Scope.ADMIN, Scope.DEPLOY, Scope.READ}),

@@ -51,7 +51,7 @@ class TokenKind:
 
     def parse_id(self, token: str) -> str | None:
         """The id inside a well-formed token, else None (no lookup for garbage)."""
-        match = self._pattern.match(token)
+        match = self._pattern.fullmatch(token)
         return match.group(1) if match else None
 
 

@@ -81,6 +81,9 @@ class Settings:
     inference_connect_timeout_s: int = 5
     inference_read_timeout_s: int = 300  # longest silence from an engine (first token included)
     inference_max_connections: int = 200  # upstream connection pool, all nodes together
+    # A stream client that takes no data for this long (its receive window stays full) is cut off:
+    # its node slot, engine request and token reservation are freed (0: never).
+    gateway_stream_idle_s: int = 30
     # Managed databases (issue #6): per-tenant quotas (operators override), backups, deletion grace.
     database_max_per_tenant: int = 5  # databases a tenant may run (provisioning or available)
     database_max_memory_mb: int = 2048  # container memory of all of a tenant's databases together

@@ -1,0 +1,137 @@
+"""Abuse a tenant (or anyone on the network) can commit with nothing but a socket and a
+key: streams that are never read, guessing tokens, escape sequences in log output.
+
+Each test replays the attack against a real control plane under uvicorn on loopback
+(stand-in OpenAI engines are real child processes; see tests/inference).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.inference.gateway_helpers import Platform, control_plane, stand_in_engine
+
+STREAM_IDLE_S = 2
+MANY_TOKENS = 100_000  # ~15 MB of events: far more than every socket buffer on the way holds
+
+
+def _open_stream(platform: Platform, token: str, max_tokens: int, receive_buffer: int = 4096) -> socket.socket:
+    """A streaming chat completion sent on a raw socket with a small receive buffer; the
+    caller decides whether (and how fast) to read it."""
+    host, port = platform.url.removeprefix("http://").split(":")
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)  # before connect: it sets the window
+    raw.settimeout(30)
+    raw.connect((host, int(port)))
+    payload = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": max_tokens})
+    raw.sendall(
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n{payload}".encode()
+    )
+    return raw
+
+
+def _wait_for(condition, timeout_s: float, message: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.1)
+
+
+def _usage_rows(platform: Platform, token: str) -> list[dict]:
+    return platform.call("GET", "/v1/usage?detail=true", token).json()["rows"]
+
+
+def _open_engine_streams(engine_url: str) -> int:
+    return httpx.get(engine_url + "/streams", timeout=5).json()["open"]  # type: ignore[no-any-return]
+
+
+@contextmanager
+def _gateway(tmp_path: Path, *flags: str) -> Iterator[tuple[Platform, str, str, str, str]]:
+    """(platform, node id, tenant id, tenant key, engine url): one stand-in engine behind the gateway."""
+    with ExitStack() as stack:
+        platform = stack.enter_context(
+            control_plane(tmp_path, gateway_stream_idle_s=STREAM_IDLE_S, inference_tokens_per_minute=10 * MANY_TOKENS)
+        )
+        engine = stack.enter_context(stand_in_engine(*flags))
+        node_id = platform.node(engine.base_url)
+        tenant_id, token = platform.tenant("acme")
+        yield platform, node_id, tenant_id, token, engine.base_url
+
+
+def test_unread_streams_are_cut_off_and_free_their_node_engine_and_reservation(tmp_path: Path) -> None:
+    """Three clients open a stream and never read a byte. Once a send to one of them has
+    waited STREAM_IDLE_S, the gateway cuts it off: the node's in-flight count is back to
+    0, the engine stops generating (its stream is closed), the reservations are given
+    back and each stream has its usage row, status ``stalled``."""
+    with _gateway(tmp_path, "--words", str(MANY_TOKENS)) as (platform, node_id, tenant_id, token, engine_url):
+        router = platform.app.state.services.inference.router
+        quota = platform.app.state.services.inference.quota
+        clients = [_open_stream(platform, token, MANY_TOKENS) for _ in range(3)]
+        try:
+            _wait_for(lambda: router.in_flight(node_id) == 3, 15, "the three streams never reached the node")
+            started = time.monotonic()
+            _wait_for(
+                lambda: router.in_flight(node_id) == 0, 40,
+                f"unread streams still hold the node: in flight {router.in_flight(node_id)}",
+            )  # fmt: skip
+            held_s = time.monotonic() - started
+            _wait_for(lambda: _open_engine_streams(engine_url) == 0, 10, "the engine is still generating for unread streams")
+            rows = _usage_rows(platform, token)
+            assert len(rows) == 3 and {(r["status"], r["http_status"]) for r in rows} == {("stalled", 408)}
+            assert all(r["reserved_tokens"] > MANY_TOKENS for r in rows)
+            assert quota._state(tenant_id).outstanding == 0  # every reservation settled
+            assert held_s < 20, f"cut off only after {held_s:.1f} s"
+        finally:
+            for client in clients:
+                client.close()
+
+
+def _read_in_bursts(client: socket.socket, pause_s: float, burst: int = 1 << 20, limit_s: float = 60) -> tuple[bytes, int]:
+    """Sleep ``pause_s`` (the buffers fill again, the server's send waits), read ``burst``
+    bytes, again, until the stream's chunked body ends: (what came, how many pauses)."""
+    received = bytearray()
+    started, pauses = time.monotonic(), 0
+    client.settimeout(0.2)
+    while not received.endswith(b"\r\n0\r\n\r\n") and time.monotonic() - started < limit_s:
+        time.sleep(pause_s)
+        pauses += 1
+        burst_end = len(received) + burst
+        while len(received) < burst_end:
+            try:
+                chunk = client.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                return bytes(received), pauses
+            received += chunk
+    return bytes(received), pauses
+
+
+def test_a_slow_reader_and_a_slow_engine_are_not_cut_off(tmp_path: Path) -> None:
+    """The limit is on time without progress to the client, not on the stream's length
+    nor on the engine's pace: a client that keeps pausing for less than the limit (with
+    the server's sends blocked meanwhile) gets the whole stream, and so does one whose
+    engine is silent for longer than the limit between two tokens."""
+    with _gateway(tmp_path, "--words", "30000") as (platform, _, _, token, _):
+        with _open_stream(platform, token, 30000) as client:
+            received, pauses = _read_in_bursts(client, pause_s=STREAM_IDLE_S * 0.6)
+        assert pauses >= 3, f"the stream fit in {pauses} pauses: too short to prove anything"
+        assert received.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n"), f"cut off after {len(received)} bytes"
+        _wait_for(lambda: _usage_rows(platform, token), 10, "no usage row")
+        assert _usage_rows(platform, token)[0]["status"] == "ok"
+    with _gateway(tmp_path / "slow-engine", "--words", "2", "--delay", str(STREAM_IDLE_S * 1.5)) as (platform, _, _, token, _):
+        with platform.http.stream(
+            "POST", platform.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {token}"},
+            json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": True},
+        ) as response:  # fmt: skip
+            lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+        assert lines[-1] == "data: [DONE]" and len(lines) >= 3

@@ -135,3 +135,66 @@ def test_a_slow_reader_and_a_slow_engine_are_not_cut_off(tmp_path: Path) -> None
         ) as response:  # fmt: skip
             lines = [line for line in response.iter_lines() if line.startswith("data: ")]
         assert lines[-1] == "data: [DONE]" and len(lines) >= 3
+
+
+AUTH_QUOTA = 20
+AUTH_WINDOW_S = 4
+
+
+def _guess(platform: Platform, n: int, path: str = "/v1/whoami", **headers: str) -> httpx.Response:
+    forged = f"mrg_live_key_01guess{n:06d}_{'x' * 32}"
+    return platform.http.get(platform.url + path, headers={"Authorization": f"Bearer {forged}", **headers})
+
+
+def _whoami(platform: Platform, token: str) -> int:
+    return platform.http.get(platform.url + "/v1/whoami", headers={"Authorization": f"Bearer {token}"}).status_code
+
+
+def _bad_node_call(platform: Platform) -> httpx.Response:
+    return platform.http.post(
+        platform.url + "/v1/nodes/register", json={}, headers={"Authorization": "Bearer mrg_node_node_01nope_" + "y" * 32}
+    )
+
+
+def test_guessing_tokens_is_throttled_per_address(tmp_path: Path) -> None:
+    """300 forged tokens in a row (each claiming another X-Forwarded-For, which nobody is
+    trusted to set): after AUTH_QUOTA failures the address gets 429 ``auth-throttled`` with
+    Retry-After and its credentials are not checked any more (a key never used from it is
+    refused like a guess, so a right guess cannot be told from a wrong one), while a key
+    that already worked from it keeps working. Node tokens count and are throttled too.
+    Once the window has passed, the address is heard again."""
+    with control_plane(tmp_path, auth_failure_quota=AUTH_QUOTA, auth_failure_window_s=AUTH_WINDOW_S) as platform:
+        tenant_id, working_key = platform.tenant("acme", scopes=["read"])
+        assert _whoami(platform, working_key) == 200  # it has worked from this address
+        started = time.monotonic()
+        answers = [_guess(platform, n, **{"X-Forwarded-For": f"203.0.113.{n % 250}"}) for n in range(300)]
+        elapsed = time.monotonic() - started
+        statuses = [a.status_code for a in answers]
+        assert statuses[:AUTH_QUOTA] == [401] * AUTH_QUOTA and statuses[AUTH_QUOTA] == 429, statuses[: AUTH_QUOTA + 5]
+        assert statuses.count(401) <= AUTH_QUOTA * (1 + int(elapsed // AUTH_WINDOW_S)), (statuses.count(401), elapsed)
+        refused = answers[AUTH_QUOTA]
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert refused.json()["code"] == "auth-throttled" and "Retry-After" in refused.json()["detail"]
+        assert 1 <= int(refused.headers["Retry-After"]) <= AUTH_WINDOW_S
+
+        assert _whoami(platform, working_key) == 200  # already known here: still checked, still works
+        fresh = platform.call("POST", f"/v1/tenants/{tenant_id}/keys", json={"scopes": ["read"], "name": "new"})
+        assert fresh.status_code == 201  # the operator's key has worked from here too
+        assert _whoami(platform, fresh.json()["token"]) == 429  # right, but never seen here: not checked
+        assert _bad_node_call(platform).status_code == 429
+
+        time.sleep(AUTH_WINDOW_S + 0.5)
+        assert _whoami(platform, fresh.json()["token"]) == 200  # the window has passed
+        assert _guess(platform, 1000).status_code == 401
+        node_answers = [_bad_node_call(platform).status_code for _ in range(AUTH_QUOTA + 1)]
+        assert node_answers[: AUTH_QUOTA - 1] == [401] * (AUTH_QUOTA - 1) and node_answers[-1] == 429, node_answers
+        assert _guess(platform, 1001).status_code == 429  # one budget per address, API keys and node tokens together
+
+
+def test_forwarded_for_is_honoured_only_from_a_trusted_proxy(tmp_path: Path) -> None:
+    """Behind MOORAGE_TRUSTED_PROXIES, each forwarded client has its own budget."""
+    with control_plane(tmp_path, auth_failure_quota=3, auth_failure_window_s=60, trusted_proxies="127.0.0.1") as platform:
+        for client in ("198.51.100.1", "198.51.100.2"):
+            statuses = [_guess(platform, n, **{"X-Forwarded-For": client}).status_code for n in range(4)]
+            assert statuses == [401, 401, 401, 429], (client, statuses)
+        assert _guess(platform, 9).status_code == 401  # the proxy's own address has its own budget as well

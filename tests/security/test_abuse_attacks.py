@@ -7,7 +7,10 @@ Each test replays the attack against a real control plane under uvicorn on loopb
 
 from __future__ import annotations
 
+import argparse
+import io
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -17,7 +20,16 @@ from pathlib import Path
 import httpx
 import pytest
 
+from control.cli.client.commands.follow import follow_deployment
+from control.cli.client.commands.inference import run_chat
+from control.cli.client.config import ClientConfig, resolve
+from control.cli.client.http import ApiClient
+from control.cli.main import main
+from control.jobs.build_log import BuildLog
+from control.security.principal import Principal
+from control.settings import Settings
 from tests.inference.gateway_helpers import Platform, control_plane, stand_in_engine
+from tests.live_server import free_port, serving
 
 STREAM_IDLE_S = 2
 MANY_TOKENS = 100_000  # ~15 MB of events: far more than every socket buffer on the way holds
@@ -198,3 +210,103 @@ def test_forwarded_for_is_honoured_only_from_a_trusted_proxy(tmp_path: Path) -> 
             statuses = [_guess(platform, n, **{"X-Forwarded-For": client}).status_code for n in range(4)]
             assert statuses == [401, 401, 401, 429], (client, statuses)
         assert _guess(platform, 9).status_code == 401  # the proxy's own address has its own budget as well
+
+
+# What a tenant's build prints to take over the terminal of whoever reads its log:
+# set the window title (OSC ... BEL), clear the screen (CSI 2J), the 8-bit CSI byte
+# (C1 \x9b, no ESC needed), a bare carriage return to overwrite the line, and colour.
+HOSTILE_LINES = [
+    "step 1 \x1b]0;pwned\x07 done",
+    "\x1b[2Jscreen cleared",
+    "eight-bit \x9b2J csi",
+    "innocent\rforged line",
+    "\x1b[31mred\x1b[0m text",
+]
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+@pytest.fixture
+def hostile_build_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
+    """A real server (no Docker: the deployment stays queued, then fails) whose
+    deployment's build log holds HOSTILE_LINES; the CLI is pointed at it. (app, deployment id)."""
+    settings = Settings(data_dir=tmp_path / "data", port=free_port(), base_domain="apps.test", job_workers=0, reconcile_interval_s=0)
+    with serving(settings) as (url, app):
+        services = app.state.services
+        tenant = services.tenants.create("acme")
+        operator = services.keys.bootstrap_operator("op").key
+        issued = services.keys.issue(Principal.of(operator.id, None, operator.scopes), tenant.id, name="cli", scopes=["admin"], expires_at=None)
+        monkeypatch.setenv("MOORAGE_URL", url)
+        monkeypatch.setenv("MOORAGE_API_KEY", issued.token)
+        monkeypatch.setenv("MOORAGE_CONFIG", "/nonexistent/profiles.toml")
+        assert main(["apps", "create", "web", "--json"]) == 0
+        created = httpx.post(
+            f"{url}/v1/apps/web/deployments", json={"git": {"url": "https://example.invalid/x.git", "ref": "main"}},
+            headers={"Authorization": f"Bearer {issued.token}"},
+        )  # fmt: skip
+        assert created.status_code == 202, created.text
+        deployment_id = created.json()["id"]
+        log = BuildLog(services.deploys.deployments.log_path(deployment_id))
+        for line in HOSTILE_LINES:
+            log.line(line)
+        services.deploys.deployments.fail_if_active(deployment_id, "build failed: \x1b]0;pwned\x07")
+        yield "web", deployment_id
+
+
+def _assert_terminal_safe(out: str) -> None:
+    assert not CONTROL.search(out), f"control characters reach the terminal: {out!r}"
+    assert "\\x1b]0;pwned\\x07" in out and "\\x1b[2J" in out and "\\x9b2J" in out  # shown, inert
+    assert "innocent" in out and "forged line" in out  # a carriage return overwrites nothing
+    assert "red text" in out  # colour is dropped, the text kept
+
+
+def test_build_logs_never_reach_the_terminal_as_control_sequences(
+    hostile_build_log: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    app, deployment_id = hostile_build_log
+    for argv in (["logs", app, "--deployment", deployment_id], ["logs", app, "--deployment", deployment_id, "--follow"]):
+        assert main(argv) == 0
+        _assert_terminal_safe(capsys.readouterr().out)
+    # deploy --wait and rollback --wait print the build log through follow_deployment
+    out = io.StringIO()
+    api = ApiClient(resolve())
+    try:
+        assert follow_deployment(api, app, deployment_id, out)["status"] == "failed"
+    finally:
+        api.close()
+    _assert_terminal_safe(out.getvalue())
+    assert main(["status", app]) == 0  # the deployment's reason, in the table
+    status_out = capsys.readouterr().out
+    assert not CONTROL.search(status_out) and "pwned" in status_out
+
+
+def test_json_output_keeps_log_lines_exact_and_escaped(
+    hostile_build_log: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    app, deployment_id = hostile_build_log
+    assert main(["logs", app, "--deployment", deployment_id, "--json"]) == 0
+    out = capsys.readouterr().out
+    assert not CONTROL.search(out)
+    # splitlines (like the server's SSE framing) takes "\r" as a line end: the rest is byte-exact
+    assert json.loads(out)["lines"] == "\n".join(HOSTILE_LINES).splitlines()
+    assert main(["logs", app, "--deployment", deployment_id, "--follow", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert not CONTROL.search(out)
+    items = [json.loads(line) for line in out.splitlines()]
+    assert [i["line"] for i in items if "line" in i] == "\n".join(HOSTILE_LINES).splitlines()
+
+
+def test_streamed_model_output_never_reaches_the_terminal_as_control_sequences(capsys: pytest.CaptureFixture[str]) -> None:
+    """``moorage chat --stream`` prints tokens as they come: model output is text from the
+    server too (a prompt can make a model emit anything)."""
+    events = [{"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]} for piece in HOSTILE_LINES]
+    body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+    transport = httpx.MockTransport(lambda _: httpx.Response(200, text=body, headers={"Content-Type": "text/event-stream"}))
+    api = ApiClient(ClientConfig(url="http://moorage.test", api_key="mrg_live_x"), transport=transport)
+    args = argparse.Namespace(model="tiny", prompt="hi", system=None, max_tokens=16, temperature=None, stream=True, json=False)
+    try:
+        assert run_chat(args, api) == 0
+    finally:
+        api.close()
+    out = capsys.readouterr().out
+    assert not CONTROL.search(out.replace("\n", "")), f"control characters reach the terminal: {out!r}"
+    assert "\\x1b]0;pwned\\x07" in out and "\\x9b2J" in out and "\\x0d" in out and "red text" in out

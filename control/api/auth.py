@@ -14,7 +14,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
-from control.domain.errors import Forbidden, Unauthenticated
+from control.domain.errors import Forbidden, Throttled, Unauthenticated
 from control.domain.keys import KeyService
 from control.security.auth_throttle import AuthThrottle
 from control.security.principal import Principal
@@ -47,7 +47,13 @@ async def authenticate_throttled(
     token, address = bearer_token(connection), client_address(connection)
     if token is None:  # nothing to guess with: a plain 401
         return await anyio.to_thread.run_sync(authenticate, token)
-    throttle.admit(address, token)
+    try:
+        throttle.admit(address, token)
+    except Throttled:
+        metrics = getattr(connection.app.state, "metrics", None)
+        if metrics is not None:
+            metrics.rate_limited("auth-failures")
+        raise
     try:
         result = await anyio.to_thread.run_sync(authenticate, token)
     except Unauthenticated:

@@ -19,13 +19,15 @@ out the window like a guess.
 
 The address is the socket peer, or the client named by ``X-Forwarded-For`` when the
 connection comes from a proxy in ``MOORAGE_TRUSTED_PROXIES`` (uvicorn resolves it, and
-ignores the header from anyone else). Memory is per process: one float per counted
+ignores the header from anyone else). An IPv6 address counts as its /64: one host
+usually holds a whole /64, and per-address counting would hand it 2^64 budgets. Memory is per process: one float per counted
 failure, and one digest per (address, credential) that worked, dropped after ``remember_s``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import threading
 import time
 from collections import OrderedDict
@@ -64,6 +66,7 @@ class AuthThrottle:
         has not worked from it before; otherwise the caller checks the credential."""
         if not self.enabled:
             return
+        address = client_bucket(address)
         decision = self.limiter.peek([self._policy(address)])
         if decision.admitted or self._is_known(address, credential):
             return
@@ -76,12 +79,12 @@ class AuthThrottle:
 
     def failed(self, address: str) -> None:
         if self.enabled:
-            self.limiter.acquire([self._policy(address)])
+            self.limiter.acquire([self._policy(client_bucket(address))])
 
     def succeeded(self, address: str, credential: str) -> None:
         if not self.enabled:
             return
-        now = self._clock()
+        now, address = self._clock(), client_bucket(address)
         with self._lock:
             known = self._known.setdefault(address, OrderedDict())
             known[_digest(credential)] = now
@@ -106,6 +109,19 @@ class AuthThrottle:
 
     def _policy(self, address: str) -> Policy:
         return Policy("auth-failures", f"auth-failures:{address}", self.quota, self.window_s)
+
+
+def client_bucket(address: str) -> str:
+    """What one client's failures are counted under: its IPv4 address, its IPv6 /64."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # not an IP (a test client, a Unix socket): itself
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def _digest(credential: str) -> bytes:

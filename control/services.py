@@ -18,6 +18,7 @@ from control.jobs.database_wiring import ManagedDatabases
 from control.jobs.wiring import Deploys
 from control.security.keyring import ReloadingKeyring
 from control.security.master_keys import KeySource
+from control.security.auth_throttle import AuthThrottle
 from control.security.rate_limit import SlidingWindowLimiter
 from control.settings import Settings
 from control.store.database import Database
@@ -34,6 +35,7 @@ class Services:
     idempotency: IdempotencyService
     limits: LimitsService
     rate_limiter: SlidingWindowLimiter  # in memory: per process
+    auth_throttle: AuthThrottle  # failed authentications per client address, in the same limiter
     breakers: BreakerRegistry  # every circuit breaker, for /readyz and /metrics
     keyring: ReloadingKeyring  # loads lazily: commands that never touch secrets never create a key
     env_vars: EnvService
@@ -78,7 +80,8 @@ class Services:
                 Defaults(settings.rate_limit_key_quota, settings.rate_limit_tenant_quota, settings.rate_limit_window_s),
                 cache_ttl=settings.rate_limit_cache_ttl_s,
             ),
-            rate_limiter=SlidingWindowLimiter(),
+            rate_limiter=(limiter := SlidingWindowLimiter()),
+            auth_throttle=AuthThrottle(limiter, quota=settings.auth_failure_quota, window_s=settings.auth_failure_window_s),
             breakers=default_registry if breakers is None else breakers,
             keyring=keyring,
             env_vars=env_vars,

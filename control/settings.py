@@ -44,6 +44,11 @@ class Settings:
     rate_limit_key_quota: int = 120  # requests per window per API key (operator keys too)
     rate_limit_tenant_quota: int = 600  # requests per window per tenant, all its keys together
     rate_limit_cache_ttl_s: int = 5  # how long per-tenant overrides are cached per process
+    auth_failure_quota: int = 20  # failed authentications per window per client address, then 429 (0: no limit)
+    auth_failure_window_s: int = 60
+    # Comma-separated proxy addresses or networks whose X-Forwarded-For names the client
+    # (empty: the header is ignored and the socket peer is the client).
+    trusted_proxies: str = ""
     max_header_bytes: int = 32 * 1024  # all request header lines together; more is 431 (0: uvicorn's own limit)
     request_body_timeout_s: int = 300  # a request body must arrive within this (0: no limit)
     request_body_idle_timeout_s: int = 30  # ... with no gap longer than this (slow-body clients)
@@ -83,6 +88,9 @@ class Settings:
     inference_connect_timeout_s: int = 5
     inference_read_timeout_s: int = 300  # longest silence from an engine (first token included)
     inference_max_connections: int = 200  # upstream connection pool, all nodes together
+    # A stream client that takes no data for this long (its receive window stays full) is cut off:
+    # its node slot, engine request and token reservation are freed (0: never).
+    gateway_stream_idle_s: int = 30
     # Managed databases (issue #6): per-tenant quotas (operators override), backups, deletion grace.
     database_max_per_tenant: int = 5  # databases a tenant may run (provisioning or available)
     database_max_memory_mb: int = 2048  # container memory of all of a tenant's databases together

@@ -13,6 +13,7 @@ from litestar import Litestar
 from litestar.types import ASGIApp
 
 from control.app import create_app
+from control.cli.server import proxy_options
 from control.settings import Settings
 
 
@@ -27,7 +28,10 @@ def serving(settings: Settings, wrap: Callable[[ASGIApp], ASGIApp] | None = None
     """``moorage serve`` in a thread, on ``settings.port`` (use ``free_port()``); ``wrap``
     puts an ASGI layer between uvicorn and the app (a server behaviour uvicorn lacks)."""
     app = create_app(settings)
-    config = uvicorn.Config(wrap(app) if wrap else app, host="127.0.0.1", port=settings.port, log_config=None, lifespan="on")
+    config = uvicorn.Config(
+        wrap(app) if wrap else app, host="127.0.0.1", port=settings.port, log_config=None, lifespan="on",
+        **proxy_options(settings),  # as `moorage serve`
+    )  # fmt: skip
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -6,19 +6,22 @@ Each handler declares ``opt["access"]``: a tenant scope (``read``, ``deploy``, .
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import anyio.to_thread
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
-from control.domain.errors import Forbidden, Unauthenticated
+from control.domain.errors import Forbidden, Throttled, Unauthenticated
 from control.domain.keys import KeyService
+from control.security.auth_throttle import AuthThrottle
 from control.security.principal import Principal
 from control.security.scopes import ANY_KEY_ACCESS, OPERATOR_ACCESS
 
 PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/openapi"]  # also covers /openapi.json
+T = TypeVar("T")
 
 
 def bearer_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
@@ -27,10 +30,43 @@ def bearer_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+def client_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    """The socket peer, or what a trusted proxy's X-Forwarded-For says (the server resolves
+    that, only for MOORAGE_TRUSTED_PROXIES)."""
+    client = connection.scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+async def authenticate_throttled(
+    connection: ASGIConnection[Any, Any, Any, Any], authenticate: Callable[[str | None], T]
+) -> T:
+    """``authenticate(bearer token)`` off the event loop, with failed attempts counted per
+    client address; a throttled address gets 429 before its credential is looked at
+    (see control.security.auth_throttle)."""
+    throttle: AuthThrottle = connection.app.state.services.auth_throttle
+    token, address = bearer_token(connection), client_address(connection)
+    if token is None:  # nothing to guess with: a plain 401
+        return await anyio.to_thread.run_sync(authenticate, token)
+    try:
+        throttle.admit(address, token)
+    except Throttled:
+        metrics = getattr(connection.app.state, "metrics", None)
+        if metrics is not None:
+            metrics.rate_limited("auth-failures")
+        raise
+    try:
+        result = await anyio.to_thread.run_sync(authenticate, token)
+    except Unauthenticated:
+        throttle.failed(address)
+        raise
+    throttle.succeeded(address, token)
+    return result
+
+
 class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
     async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
         keys: KeyService = connection.app.state.services.keys
-        principal = await anyio.to_thread.run_sync(keys.authenticate, bearer_token(connection))
+        principal = await authenticate_throttled(connection, keys.authenticate)
         return AuthenticationResult(user=principal, auth=principal.key_id)
 
 

@@ -8,11 +8,16 @@ none, and on streams asks for usage itself. Admission reserves prompt estimate +
 max_tokens against the tenant's quotas (429 ``inference-rate-limited`` /
 ``inference-quota-exceeded``, with Retry-After); the end of the request settles it with
 the engine's reported usage and writes a usage row (GET /v1/usage).
+
+A stream is sent as fast as the client takes it; a client that takes nothing for
+``gateway_stream_idle_s`` (its receive window stays full) is cut off: the engine request
+ends and the usage row says ``stalled``.
 """
 
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -21,7 +26,7 @@ import structlog
 from litestar import Request, Response
 from litestar.params import Body
 from litestar.response import Stream
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from control.api.gateway_proxy import (
     Answer,
@@ -173,7 +178,8 @@ async def _proxy(request: Request[Any, Principal, Any], data: dict[str, Any], en
         outcome.node_id = answer.node.id
         if answer.response is not None:
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-            return RelayStream(Relay(answer, call, inference.router, outcome, finish), headers=headers)
+            relay = Relay(answer, call, inference.router, outcome, finish)
+            return RelayStream(relay, headers=headers, idle_s=services.settings.gateway_stream_idle_s)
         content = _final_body(answer, call, outcome)
         await finish(outcome)
         return Response(content, status_code=answer.status_code, media_type="application/json")
@@ -187,23 +193,44 @@ async def _proxy(request: Request[Any, Principal, Any], data: dict[str, Any], en
 
 class RelayStream(Stream):
     """A relayed SSE stream whose end runs however the response ends, also when its body is
-    never iterated (a client that left while the first token was on its way)."""
+    never iterated (a client that left while the first token was on its way).
 
-    def __init__(self, relay: Relay, headers: dict[str, str]) -> None:
+    A client that stops reading but keeps its connection open fills its receive window,
+    and then every ``send`` waits on the server's flow control; the engine request, the
+    node slot and the token reservation would be held as long as the client likes. So
+    each send may wait at most ``idle_s`` (0: no limit): past that the stream is cut off
+    and settled as ``stalled``. Only time without progress to the client counts: a slow
+    engine, or a slow client that keeps reading, is never cut off."""
+
+    def __init__(self, relay: Relay, headers: dict[str, str], idle_s: float = 0) -> None:
         super().__init__(relay.events(), media_type="text/event-stream", headers=headers)
-        self.relay = relay
+        self.relay, self.idle_s = relay, idle_s
 
     def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIApp:  # type: ignore[override]
-        response, relay = super().to_asgi_response(*args, **kwargs), self.relay
+        response, relay, idle_s = super().to_asgi_response(*args, **kwargs), self.relay, self.idle_s
+
+        async def bounded_send(send: Send, message: Message) -> None:
+            with anyio.move_on_after(idle_s) as waited:
+                await send(message)
+            if waited.cancelled_caught:
+                relay.stalled()
+                raise ClientStalled
 
         async def closing(scope: Scope, receive: Receive, send: Send) -> None:
             try:
-                await response(scope, receive, send)
+                try:
+                    await response(scope, receive, partial(bounded_send, send) if idle_s > 0 else send)
+                except* ClientStalled:
+                    pass  # the server closes a connection whose response it never saw finish
             finally:
                 with anyio.CancelScope(shield=True):
                     await relay.close()
 
         return closing
+
+
+class ClientStalled(Exception):
+    """A send to the client waited longer than the stream's idle limit."""
 
 
 def _candidates(inference: Inference, model: str) -> tuple[list[Any], list[Any]]:

@@ -87,7 +87,7 @@ class Outcome:
     """What happened, for the usage row and metrics."""
 
     node_id: str | None = None
-    status: str = "error"  # ok | error | rejected | cancelled
+    status: str = "error"  # ok | error | rejected | cancelled | stalled
     http_status: int = 503
     usage: dict[str, Any] | None = None
     content_events: int = 0
@@ -252,11 +252,17 @@ class Relay:
             with anyio.CancelScope(shield=True):
                 await self.close()
 
+    def stalled(self) -> None:
+        """The client stopped taking data: the stream is cut off (``close`` settles it)."""
+        if self.outcome.http_status != 502:  # an engine failure stays what it was
+            self.outcome.status, self.outcome.http_status = "stalled", 408
+        log.warning("inference_stream_stalled", node_id=self.answer.node.id, request_id=self.call.request_id)
+
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self.outcome.status != "ok" and self.outcome.http_status != 502:
+        if self.outcome.status not in {"ok", "stalled"} and self.outcome.http_status != 502:
             self.outcome.status, self.outcome.http_status = "cancelled", 499  # the client went away
         self.outcome.ended = time.perf_counter()
         self._verdict()

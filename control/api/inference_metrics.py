@@ -34,7 +34,7 @@ class InferenceMetrics:
         self.node_tokens = counter("moorage_inference_node_tokens", "Tokens served, by node", ["node", "model", "kind"])
         self.tenant_tokens = counter("moorage_inference_tenant_tokens", "Tokens used, by tenant", ["tenant", "model", "kind"])
         self.requests = counter(
-            "moorage_inference_requests", "Gateway requests by outcome (ok, error, rejected, cancelled)",
+            "moorage_inference_requests", "Gateway requests by outcome (ok, error, rejected, cancelled, stalled)",
             ["tenant", "model", "status"],
         )  # fmt: skip
         self.node_ttft = histogram(

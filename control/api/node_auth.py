@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyio.to_thread
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 from litestar.openapi.spec import SecurityScheme
 
-from control.api.auth import bearer_token
+from control.api.auth import authenticate_throttled
 from control.domain.errors import Forbidden
 from control.store.repositories.nodes import Node
 
@@ -34,7 +33,7 @@ _STATE_KEY = "node"
 
 async def node_token_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     nodes = connection.app.state.services.inference.nodes
-    node: Node = await anyio.to_thread.run_sync(nodes.authenticate, bearer_token(connection))
+    node: Node = await authenticate_throttled(connection, nodes.authenticate)
     claimed = connection.path_params.get("node")
     if claimed is not None and claimed != node.id:
         raise Forbidden(f"This node token belongs to node {node.id}, not {claimed}.", code="node-mismatch")

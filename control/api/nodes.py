@@ -95,7 +95,7 @@ def node_endpoint(
         opt={"public": True, "access": NODE_ACCESS, "audited": audited},
         guards=[node_token_guard],
         security=NODE_SECURITY,
-        responses=problem_responses(400, 401, 403, 409, 422),
+        responses=problem_responses(400, 401, 403, 409, 422, 429),
         summary=summary,
         description=description,
         tags=["inference nodes (node agent)"],

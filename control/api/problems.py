@@ -25,6 +25,7 @@ from control.domain.errors import (
     Forbidden,
     Invalid,
     NotFound,
+    Throttled,
     Unauthenticated,
 )
 from control.store.claim_fence import LeaseLost
@@ -58,6 +59,7 @@ _STATUS_OF: list[tuple[type[DomainError], int]] = [
     (Invalid, 422),
     (Unauthenticated, 401),
     (Forbidden, 403),
+    (Throttled, 429),
 ]
 
 _CODE_OF_STATUS = {
@@ -111,6 +113,8 @@ def domain_error_handler(request: Request[Any, Any, Any], exc: DomainError) -> R
     status = next((s for kind, s in _STATUS_OF if isinstance(exc, kind)), 400)
     errors = exc.extra.get("errors")
     headers = {"WWW-Authenticate": 'Bearer realm="moorage"'} if status == 401 else None
+    if isinstance(exc, Throttled):
+        headers = {"Retry-After": str(exc.retry_after_s)}
     return problem_response(request, status, exc.code, exc.detail, title=exc.title, errors=errors, headers=headers)
 
 
@@ -221,7 +225,10 @@ _DESCRIPTIONS = {
     404: "Not found (another tenant's resources are always 404)",
     409: "Conflicts with current state, or the same Idempotency-Key is still in flight (`Retry-After`)",
     422: "Well-formed but invalid input (`errors` names the fields), or an Idempotency-Key reused for a different request",
-    429: "Rate limited; retry after `Retry-After` seconds",
+    429: (
+        "Rate limited (`rate-limited`), or too many failed authentications from this address (`auth-throttled`: "
+        "credentials from it are not checked for now); retry after `Retry-After` seconds"
+    ),
     500: "Unexpected server error",
     503: "A dependency is unavailable; retry after `Retry-After` seconds",
 }

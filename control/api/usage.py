@@ -57,7 +57,7 @@ class UsageRowOut(msgspec.Struct):
     node_id: str | None
     endpoint: str
     stream: bool
-    status: Annotated[str, msgspec.Meta(description="ok | error | rejected (engine 4xx) | cancelled (client left)")]
+    status: Annotated[str, msgspec.Meta(description="ok | error | rejected (engine 4xx) | cancelled (client left) | stalled (client stopped reading; cut off)")]
     http_status: int
     prompt_tokens: int
     completion_tokens: int

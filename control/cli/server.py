@@ -28,8 +28,21 @@ def run_serve(args: argparse.Namespace) -> int:
     settings = settings.with_overrides(**overrides)
     app = create_app(settings)
     # No global write/keep-alive deadline that would cut long log streams.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, timeout_graceful_shutdown=10)
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_config=None, timeout_graceful_shutdown=10,
+        **proxy_options(settings),
+    )  # fmt: skip
     return 0
+
+
+def proxy_options(settings: Settings) -> dict[str, object]:
+    """uvicorn trusts X-Forwarded-For from 127.0.0.1 unless told otherwise, which would let
+    any local process pick the address that auth throttling counts: trust exactly
+    MOORAGE_TRUSTED_PROXIES, and nobody when it is empty."""
+    trusted = [p.strip() for p in settings.trusted_proxies.split(",") if p.strip()]
+    if not trusted:
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": trusted}
 
 
 def run_migrate(_args: argparse.Namespace) -> int:

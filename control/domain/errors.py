@@ -46,6 +46,17 @@ class Unauthenticated(DomainError):
     title = "Authentication required"
 
 
+class Throttled(DomainError):
+    """Too many attempts; ``retry_after_s`` says when to try again."""
+
+    code = "auth-throttled"
+    title = "Too many failed authentications"
+
+    def __init__(self, detail: str, *, retry_after_s: int, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.retry_after_s = retry_after_s
+
+
 class Forbidden(DomainError):
     code = "forbidden"
     title = "Not allowed"

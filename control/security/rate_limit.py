@@ -66,6 +66,13 @@ class SlidingWindowLimiter:
         self._calls = 0
 
     def acquire(self, policies: Sequence[Policy]) -> Decision:
+        return self._decide(policies, count=True)
+
+    def peek(self, policies: Sequence[Policy]) -> Decision:
+        """Would ``acquire`` admit now? Counts nothing."""
+        return self._decide(policies, count=False)
+
+    def _decide(self, policies: Sequence[Policy], *, count: bool) -> Decision:
         with self._lock:
             now = self.clock()
             logs = [self._log(policy, now) for policy in policies]
@@ -75,9 +82,10 @@ class SlidingWindowLimiter:
                 waits = [log[len(log) - p.quota] + p.window - now for p, log in exhausted]
                 states = tuple(self._state(p, log, now) for p, log in zip(policies, logs))
                 return Decision(False, states, max(waits), tuple(p.name for p, _ in exhausted))
-            for log in logs:
-                log.append(now)
-            self._maybe_sweep(now)
+            if count:
+                for log in logs:
+                    log.append(now)
+                self._maybe_sweep(now)
             states = tuple(self._state(p, log, now) for p, log in zip(policies, logs))
             return Decision(True, states, 0.0, ())
 

@@ -267,7 +267,7 @@ class InferenceUsageRow(Base):
     node_id: Mapped[str | None] = mapped_column(String(40))
     endpoint: Mapped[str] = mapped_column(String(32))  # chat.completions | completions
     stream: Mapped[bool] = mapped_column(Boolean)
-    status: Mapped[str] = mapped_column(String(16))  # ok | error | rejected | cancelled
+    status: Mapped[str] = mapped_column(String(16))  # ok | error | rejected | cancelled | stalled
     http_status: Mapped[int] = mapped_column(Integer)
     prompt_tokens: Mapped[int] = mapped_column(Integer)
     completion_tokens: Mapped[int] = mapped_column(Integer)

@@ -10,7 +10,8 @@ no `data: [DONE]` (``--openai-style``: a separate usage chunk only when asked, t
     python stand_in_openai_engine.py --port P [--name N] [--words 8] [--delay S]
         [--first-token-delay S] [--fail-status 500] [--die-after-chunks K] [--expect-model M]
 
-GET /last-request returns the last completion request body it received.
+GET /last-request returns the last completion request body it received; GET /streams
+how many streams it is still writing (a stream ends when it is done or its reader hangs up).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -37,6 +39,8 @@ def main() -> None:
     parser.add_argument("--openai-style", action="store_true", help="usage chunk only when asked, then [DONE]")
     args = parser.parse_args()
     last: dict[str, Any] = {}
+    streams = {"open": 0}
+    streams_lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # streams use chunked encoding, as uvicorn does
@@ -46,6 +50,9 @@ def main() -> None:
                 self._json(200, {"status": "ok"})
             elif self.path == "/last-request":
                 self._json(200, last)
+            elif self.path == "/streams":
+                with streams_lock:
+                    self._json(200, streams)
             else:
                 self._json(404, {"error": "not found"})
 
@@ -65,7 +72,13 @@ def main() -> None:
             words = min(args.words, int(body.get("max_completion_tokens") or body.get("max_tokens") or 16))
             usage = {"prompt_tokens": prompt_tokens, "completion_tokens": words, "total_tokens": prompt_tokens + words}
             if body.get("stream"):
-                self._stream(chat, words, usage, body)
+                with streams_lock:
+                    streams["open"] += 1
+                try:
+                    self._stream(chat, words, usage, body)
+                finally:
+                    with streams_lock:
+                        streams["open"] -= 1
             else:
                 content = " ".join(f"w{i}" for i in range(words)) + f" [{args.name}]"
                 choice = {"index": 0, "finish_reason": "length" if words == args.words else "stop"}

@@ -63,6 +63,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, migrated_database: Path) -> I
     settings = Settings(
         data_dir=data_dir, base_domain="apps.test", port=free_port(), job_workers=0, reconcile_interval_s=0,
         database_purge_interval_s=0, rate_limit_key_quota=1_000_000, rate_limit_tenant_quota=1_000_000,
+        auth_failure_quota=1_000_000,  # the mangled credentials it sends must stay 401
         traefik_dynamic_dir=data_dir / "traefik",
     )
     with serving(settings) as (base_url, app):

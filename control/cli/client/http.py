@@ -26,6 +26,7 @@ from tenacity import (
 
 from control.cli.client import exit_codes
 from control.cli.client.config import ClientConfig
+from control.cli.client.terminal import terminal_safe
 
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 RETRYABLE_STATUS = {429, 502, 503, 504}
@@ -84,7 +85,7 @@ class ApiClient:
             headers["Authorization"] = f"Bearer {config.api_key}"
         self._http = httpx.Client(base_url=config.url, headers=headers, timeout=30.0, transport=transport)
         self.retry_for_s = retry_for_s
-        self._notify = notify or (lambda line: print(line, file=sys.stderr))
+        self._notify = notify or (lambda line: print(terminal_safe(line), file=sys.stderr))
 
     def close(self) -> None:
         self._http.close()

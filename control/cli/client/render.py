@@ -1,5 +1,6 @@
-"""Output: ``--json`` prints the API's JSON unchanged (stable shapes); otherwise a
-compact table for people. Long text is bounded so an agent's context is not flooded."""
+"""Output: ``--json`` prints the API's JSON unchanged (stable shapes; ``json.dumps``
+escapes control characters); otherwise a compact table for people, with server text made
+terminal-safe. Long text is bounded so an agent's context is not flooded."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from control.cli.client.terminal import terminal_safe
+
 MAX_CELL = 60
 
 
 def _cell(value: Any) -> str:
     text = "" if value is None else value if isinstance(value, str) else json.dumps(value, default=str)
+    text = terminal_safe(text)
     return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
 
 
@@ -31,8 +35,8 @@ def emit(data: Any, *, as_json: bool, columns: Sequence[str] = (), stream: Any =
     elif isinstance(data, list):
         print(table(data, columns) if data else "(none)", file=out)
     elif isinstance(data, dict):
-        width = max((len(k) for k in data), default=0)
+        width = max((len(terminal_safe(k)) for k in data), default=0)
         for key, value in data.items():
-            print(f"{key.ljust(width)}  {_cell(value)}", file=out)
+            print(f"{terminal_safe(key).ljust(width)}  {_cell(value)}", file=out)
     elif data is not None:
-        print(data, file=out)
+        print(terminal_safe(str(data)), file=out)

@@ -12,6 +12,7 @@ from typing import Any, TextIO
 
 from control.cli.client import exit_codes
 from control.cli.client.http import ApiClient
+from control.cli.client.terminal import terminal_safe
 
 DEPLOY_TERMINAL = frozenset({"running", "failed", "cancelled"})
 JOB_TERMINAL = frozenset({"available", "failed", "succeeded", "deleted"})
@@ -37,13 +38,13 @@ def follow_deployment(api: ApiClient, app: str, deployment_id: str, out: TextIO)
                 elif line.startswith("data:"):
                     data = line[5:].removeprefix(" ")
                     if event == "status":
-                        print(f"--> {json.loads(data).get('status')}", file=out, flush=True)
+                        print(terminal_safe(f"--> {json.loads(data).get('status')}"), file=out, flush=True)
                         break
-                    print(data, file=out, flush=True)
+                    print(terminal_safe(data), file=out, flush=True)
                 elif not line:
                     event = "message"
     except Exception as exc:  # noqa: BLE001 - a broken stream is not a failed deploy: fall back to polling
-        print(f"moorage: log stream interrupted ({exc}); polling", file=sys.stderr)
+        print(terminal_safe(f"moorage: log stream interrupted ({exc}); polling"), file=sys.stderr)
     return poll(lambda: api.get(path), DEPLOY_TERMINAL, out)
 
 
@@ -54,7 +55,7 @@ def poll(fetch: Callable[[], dict[str, Any]], terminal: frozenset[str], out: Tex
         body = fetch()
         if body["status"] != last:
             last = body["status"]
-            print(f"--> {last}", file=out, flush=True)
+            print(terminal_safe(f"--> {last}"), file=out, flush=True)
         if last in terminal or time.monotonic() > deadline:
             return body
         time.sleep(POLL_S)

@@ -15,6 +15,7 @@ from typing import Any
 
 from control.cli.client.http import ApiClient, ApiError
 from control.cli.client.render import emit
+from control.cli.client.terminal import terminal_safe
 
 USAGE_COLUMNS = ("day", "model", "requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens")
 
@@ -69,7 +70,7 @@ def run_chat(args: argparse.Namespace, api: ApiClient) -> int:
             for choice in chunk.get("choices") or []:
                 text = (choice.get("delta") or {}).get("content") or ""
                 parts.append(text)
-                print(text, end="", file=tokens, flush=True)
+                print(terminal_safe(text), end="", file=tokens, flush=True)
                 summary["finish_reason"] = choice.get("finish_reason") or summary["finish_reason"]
     print(file=tokens)
     summary["content"] = "".join(parts)

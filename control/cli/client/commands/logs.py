@@ -18,6 +18,7 @@ from typing import Any
 
 from control.cli.client.http import ApiClient
 from control.cli.client.render import emit
+from control.cli.client.terminal import terminal_safe
 
 MAX_LINES = 200
 
@@ -59,7 +60,7 @@ def run_logs(args: argparse.Namespace, api: ApiClient) -> int:
         return 0
     if truncated:
         print(f"... {len(text.splitlines()) - len(lines)} earlier lines cut; full log: {full}")
-    print("\n".join(lines))
+    print("\n".join(terminal_safe(line) for line in lines))
     return 0
 
 
@@ -68,9 +69,9 @@ def _follow(args: argparse.Namespace, api: ApiClient, tail: int | None) -> int:
         if args.json:
             print(json.dumps(item), flush=True)
         elif "line" in item:
-            print(item["line"], flush=True)
+            print(terminal_safe(item["line"]), flush=True)
         else:
-            print(f"--> {item['status']}", flush=True)
+            print(terminal_safe(f"--> {item['status']}"), flush=True)
 
     with api.stream(_path(args), follow="true", tail=tail) as response:
         event = "message"

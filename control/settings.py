@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -55,6 +56,11 @@ class Settings:
     max_upload_bytes: int = 100 * 1024 * 1024  # source archive as uploaded (gzip)
     max_source_bytes: int = 500 * 1024 * 1024  # source tree once extracted or cloned
     git_timeout_s: int = 120  # a git clone taking longer fails the deployment
+    # Git sources are https:// only; http:// too when this is true (an operator's choice).
+    git_allow_http: bool = False
+    # Comma-separated CIDRs a git host may resolve into although they are internal
+    # (loopback, private, link-local...); empty: git hosts must have public addresses.
+    git_allowed_networks: str = ""
     job_workers: int = 2  # worker threads in this process (0: enqueue only)
     deploys_per_tenant: int = 1  # jobs of one tenant running at once
     job_lease_s: int = 30  # a worker silent this long is presumed dead; its job is retried
@@ -96,10 +102,18 @@ class Settings:
             raise SettingsError("MOORAGE_LOG_FORMAT must be 'json' or 'console'")
         if self.inference_budget_period not in {"day", "month"}:
             raise SettingsError("MOORAGE_INFERENCE_BUDGET_PERIOD must be 'day' or 'month'")
+        try:
+            self.git_networks
+        except ValueError as exc:
+            raise SettingsError(f"MOORAGE_GIT_ALLOWED_NETWORKS must be comma-separated CIDRs: {exc}") from None
         for item in fields(self):  # counts, sizes and durations: a negative one is always a mistake
             value = getattr(self, item.name)
             if isinstance(value, int) and not isinstance(value, bool) and value < 0:
                 raise SettingsError(f"MOORAGE_{item.name.upper()} must not be negative, got {value}")
+
+    @property
+    def git_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(x.strip(), strict=False) for x in self.git_allowed_networks.split(",") if x.strip())
 
     @property
     def is_sqlite(self) -> bool:

@@ -18,6 +18,8 @@ from control.domain.databases import CredentialsUnreadable
 from control.domain.deployment_states import Status
 from control.domain.deployments import DeploymentService
 from control.domain.env import EnvService, SecretUnreadable
+from control.domain.errors import Invalid
+from control.domain.git_sources import GitHostRefused, check_git_source, curl_resolve_entries, resolve_git_host
 from control.domain.links import LinkService
 from control.domain.releases import ReleaseService
 from control.jobs.build_leftovers import noting_step_containers, remove_leftovers
@@ -126,10 +128,7 @@ class DeployPipeline:
         src = workdir / "src"
         if dep.source_kind == "git":
             out.step(f"cloning {dep.source['url']} at {dep.source['ref']}")
-            try:
-                clone(dep.source["url"], dep.source["ref"], src, timeout=self.settings.git_timeout_s, max_bytes=self.settings.max_source_bytes)
-            except SourceError as exc:
-                raise Failed(str(exc)) from None
+            self._clone(dep, src, out)
         elif not src.is_dir():
             raise Failed("the uploaded source is no longer on disk; upload it again")
         choice = select_builder(app.builder, src)
@@ -164,6 +163,24 @@ class DeployPipeline:
         self._check(dep.id, ctx)
         self.deployments.transition(dep.id, Status.RELEASING, builder=choice, image=built.image_id)
         return built.image_id, tag
+
+    def _clone(self, dep: Deployment, src: Path, out: BuildLog) -> None:
+        """The policy again, just before cloning (the source may predate it, and DNS may
+        answer differently now than when the API checked): git is pinned to what passed."""
+        url, ref = dep.source["url"], dep.source["ref"]
+        try:
+            target = check_git_source(url, ref, allow_http=self.settings.git_allow_http)
+            addresses = resolve_git_host(target, self.settings.git_networks)
+        except Invalid as exc:
+            raise Failed(exc.detail) from None
+        except GitHostRefused as exc:
+            raise Failed(str(exc)) from None
+        out.step(f"git host {target.host} resolves to {', '.join(addresses)}: allowed; fetching from exactly that")
+        try:
+            clone(url, ref, src, timeout=self.settings.git_timeout_s, max_bytes=self.settings.max_source_bytes,
+                  pins=curl_resolve_entries(target, addresses), allow_http=self.settings.git_allow_http)
+        except SourceError as exc:
+            raise Failed(str(exc)) from None
 
     def _rollback_image(self, dep: Deployment, out: BuildLog) -> tuple[str, str]:
         target = self.releases.get(dep.source["release_id"])

@@ -61,6 +61,9 @@ class Settings:
     # Comma-separated CIDRs a git host may resolve into although they are internal
     # (loopback, private, link-local...); empty: git hosts must have public addresses.
     git_allowed_networks: str = ""
+    # Comma-separated images a tenant's FROM / COPY --from may name, besides scratch, its
+    # earlier stages and its own images: host-setup's base images. `repo` allows every tag.
+    build_allowed_images: str = "moorage/python:3-bookworm,moorage/busybox:latest,moorage/postgres:15,moorage/redis:7"
     job_workers: int = 2  # worker threads in this process (0: enqueue only)
     deploys_per_tenant: int = 1  # jobs of one tenant running at once
     job_lease_s: int = 30  # a worker silent this long is presumed dead; its job is retried
@@ -106,6 +109,12 @@ class Settings:
             self.git_networks
         except ValueError as exc:
             raise SettingsError(f"MOORAGE_GIT_ALLOWED_NETWORKS must be comma-separated CIDRs: {exc}") from None
+        from control.domain.image_refs import BadReference, parse
+
+        try:
+            [parse(entry) for entry in self.allowed_images]
+        except BadReference as exc:
+            raise SettingsError(f"MOORAGE_BUILD_ALLOWED_IMAGES: {exc}") from None
         for item in fields(self):  # counts, sizes and durations: a negative one is always a mistake
             value = getattr(self, item.name)
             if isinstance(value, int) and not isinstance(value, bool) and value < 0:
@@ -114,6 +123,10 @@ class Settings:
     @property
     def git_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return tuple(ipaddress.ip_network(x.strip(), strict=False) for x in self.git_allowed_networks.split(",") if x.strip())
+
+    @property
+    def allowed_images(self) -> tuple[str, ...]:
+        return tuple(x.strip() for x in self.build_allowed_images.split(",") if x.strip())
 
     @property
     def is_sqlite(self) -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import structlog
 
+from control.domain.build_policy import BuildPolicy, DockerfileRefused
 from control.domain.databases import CredentialsUnreadable
 from control.domain.deployment_states import Status
 from control.domain.deployments import DeploymentService
@@ -45,6 +46,11 @@ from runtime.builders.nixpacks import NixpacksBuilder
 from runtime.images import BuildError, BuildTimeout
 
 log = structlog.get_logger("moorage.deploy")
+
+
+def tenant_repository(tenant: str) -> str:
+    """Where a tenant's images are tagged; the build policy lets it build FROM these only."""
+    return f"moorage-apps/{tenant}/"
 
 
 class Failed(Exception):
@@ -134,8 +140,16 @@ class DeployPipeline:
         choice = select_builder(app.builder, src)
         builder = (DockerfileBuilder(self.runtime.build_images) if choice == "dockerfile"
                    else NixpacksBuilder(self.runtime.build_images, self.settings.nixpacks_bin))
-        tag = f"moorage-apps/{tenant}/{app.name}:{dep.id}"
+        tag = f"{tenant_repository(tenant)}{app.name}:{dep.id}"
         out.step(f"building with {choice} (app builder: {app.builder}) as {tag}")
+        policy = BuildPolicy(allowed_images=self.settings.allowed_images, own_repository=tenant_repository(tenant),
+                             lineage=dep.tenant_id)
+
+        def checked(dockerfile: str) -> str:
+            text = policy.check(dockerfile)
+            out.step("build policy: the Dockerfile's images and sources are allowed; cache lineage: this tenant's own")
+            return text
+
         last_check = [0.0]
 
         def cancelled() -> bool:  # per log line, but the database is asked at most twice a second
@@ -146,11 +160,14 @@ class DeployPipeline:
 
         started = time.monotonic()
         request = BuildRequest(source=src, tag=tag, tenant=tenant, app=app.name, timeout=float(self.settings.build_timeout_s),
-                               on_line=noting_step_containers(workdir, out.line), cancelled=cancelled, work_dir=workdir)
+                               on_line=noting_step_containers(workdir, out.line), cancelled=cancelled, work_dir=workdir,
+                               prepare_dockerfile=checked)
         try:
             built = builder.build(request)
         except BuilderUnavailable as exc:
             raise Failed(str(exc)) from None
+        except DockerfileRefused as exc:
+            raise Failed(exc.reason) from None
         except BuildTimeout:
             raise Failed(f"the build exceeded its time limit of {self.settings.build_timeout_s}s") from None
         except BuildError as exc:

@@ -112,10 +112,10 @@ def test_from_a_prefix_of_another_tenants_image_id_fails_and_leaks_nothing(stack
     for base, says in ((prefix, "image ids"), (f"moorage-apps/{stack.victim.name}/web:{victim_release['id']}", "another tenant")):
         done = stack.attacker.deploy("probe", {"Dockerfile": f"FROM {base}\nRUN cat /app/app.py\n"})
         log = stack.attacker.log("probe", done["id"])
-        assert done["status"] == "failed", (done, log[-2000:])
+        assert f"victim-secret-{RUN_ID}" not in log, f"the victim's /app/app.py leaked: {log[-1500:]}"
+        assert done["status"] == "failed" and "Step 1/" not in log, (done, log[-2000:])
         assert f"line 1: FROM {base}: " in done["reason"] and says in done["reason"] and PY in done["reason"]
         assert "nothing was built" in done["reason"] and done["image"] is None
-        assert f"victim-secret-{RUN_ID}" not in log and "Step 1/" not in log
 
 
 def test_add_from_the_control_planes_loopback_port_fails_before_any_fetch(stack: Stack) -> None:
@@ -127,9 +127,10 @@ def test_add_from_the_control_planes_loopback_port_fails_before_any_fetch(stack:
                 "ADD http://169.254.169.254/latest/meta-data/ /meta"):
         done = stack.attacker.deploy("ssrf", {"Dockerfile": f"FROM {PY}\n{add}\nRUN cat /readyz\n"})
         log = stack.attacker.log("ssrf", done["id"])
-        assert done["status"] == "failed", (done, log[-2000:])
+        assert '"checks"' not in log, f"the control plane's /readyz leaked into the build: {log[-1500:]}"
+        assert done["status"] == "failed" and "Step 1/" not in log, (done, log[-2000:])
         assert "downloading from a URL with ADD is not allowed" in done["reason"] and "RUN curl" in done["reason"]
-        assert '"checks"' not in log and "Step 1/" not in log and done["image"] is None
+        assert done["image"] is None
 
 
 GIT_URLS_TO_THE_HOST = [

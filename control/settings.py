@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -62,6 +63,14 @@ class Settings:
     max_source_depth: int = 64  # directory levels of any path in an uploaded archive
     max_source_entries: int = 20_000  # files, directories and links in an uploaded archive
     git_timeout_s: int = 120  # a git clone taking longer fails the deployment
+    # Git sources are https:// only; http:// too when this is true (an operator's choice).
+    git_allow_http: bool = False
+    # Comma-separated CIDRs a git host may resolve into although they are internal
+    # (loopback, private, link-local...); empty: git hosts must have public addresses.
+    git_allowed_networks: str = ""
+    # Comma-separated images a tenant's FROM / COPY --from may name, besides scratch, its
+    # earlier stages and its own images: host-setup's base images. `repo` allows every tag.
+    build_allowed_images: str = "moorage/python:3-bookworm,moorage/busybox:latest,moorage/postgres:15,moorage/redis:7"
     job_workers: int = 2  # worker threads in this process (0: enqueue only)
     deploys_per_tenant: int = 1  # jobs of one tenant running at once
     job_lease_s: int = 30  # a worker silent this long is presumed dead; its job is retried
@@ -106,10 +115,28 @@ class Settings:
             raise SettingsError("MOORAGE_LOG_FORMAT must be 'json' or 'console'")
         if self.inference_budget_period not in {"day", "month"}:
             raise SettingsError("MOORAGE_INFERENCE_BUDGET_PERIOD must be 'day' or 'month'")
+        try:
+            self.git_networks
+        except ValueError as exc:
+            raise SettingsError(f"MOORAGE_GIT_ALLOWED_NETWORKS must be comma-separated CIDRs: {exc}") from None
+        from control.domain.image_refs import BadReference, parse
+
+        try:
+            [parse(entry) for entry in self.allowed_images]
+        except BadReference as exc:
+            raise SettingsError(f"MOORAGE_BUILD_ALLOWED_IMAGES: {exc}") from None
         for item in fields(self):  # counts, sizes and durations: a negative one is always a mistake
             value = getattr(self, item.name)
             if isinstance(value, int) and not isinstance(value, bool) and value < 0:
                 raise SettingsError(f"MOORAGE_{item.name.upper()} must not be negative, got {value}")
+
+    @property
+    def git_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(x.strip(), strict=False) for x in self.git_allowed_networks.split(",") if x.strip())
+
+    @property
+    def allowed_images(self) -> tuple[str, ...]:
+        return tuple(x.strip() for x in self.build_allowed_images.split(",") if x.strip())
 
     @property
     def is_sqlite(self) -> bool:

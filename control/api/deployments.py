@@ -3,7 +3,7 @@
 ``POST`` takes either the source as a gzip-compressed tar archive (``Content-Type:
 application/gzip``, the raw archive as the body; streamed to disk, at most
 ``MOORAGE_MAX_UPLOAD_BYTES``, then safely extracted) or ``application/json``
-``{"git": {"url": "https://... | file://...", "ref": "main"}}``. It answers 202 with the
+``{"git": {"url": "https://...", "ref": "main"}}`` (a public host: see ``control.domain.git_sources``). It answers 202 with the
 deployment to poll (and ``Location``); its log streams at ``.../{deployment}/logs``.
 """
 
@@ -22,7 +22,9 @@ from litestar.params import FromPath
 
 from control.api.endpoints import Cursor, Limit, endpoint, route
 from control.api.problems import Problem, problem_response
-from control.domain.deployments import DeploymentService, check_git_source
+from control.domain.deployments import DeploymentService
+from control.domain.errors import Invalid
+from control.domain.git_sources import GitHostRefused, check_git_source, resolve_git_host
 from control.domain.keys import require_tenant
 from control.domain.releases import ReleaseService
 from control.security.principal import Principal
@@ -36,7 +38,10 @@ MAX_JSON_BYTES = 64 * 1024
 
 
 class GitSource(msgspec.Struct, forbid_unknown_fields=True):
-    url: Annotated[str, msgspec.Meta(description="https:// or file:// repository URL (no credentials)")]
+    url: Annotated[str, msgspec.Meta(description=(
+        "https:// repository URL of a public host, no credentials (http:// only where the operator allows it). "
+        "file://, ssh:// and git:// are refused, and so is a host resolving to a loopback, private, link-local, "
+        "multicast or reserved address unless the operator allows that network (MOORAGE_GIT_ALLOWED_NETWORKS): 422."))]
     ref: Annotated[str, msgspec.Meta(description="branch, tag or commit")] = "main"
 
 
@@ -88,6 +93,10 @@ def deployment_out(d: Deployment, releases: ReleaseService) -> DeploymentOut:
 
 def accepted(d: DeploymentOut) -> Response[DeploymentOut]:
     return Response(d, status_code=202, headers={"Location": f"/v1/apps/{d.app_id}/deployments/{d.id}"})
+
+
+def settings_of(request: Request[Any, Any, Any]) -> Settings:
+    return request.app.state.services.settings
 
 
 class UploadTooLarge(Exception):
@@ -160,7 +169,11 @@ class DeploymentController(Controller):
             return problem_response(request, 422, "validation-failed", f"The request does not match the schema: {exc}. Send {{\"git\": {{\"url\": ..., \"ref\": ...}}}}.")
         except msgspec.DecodeError:
             return problem_response(request, 400, "malformed-request", "The request body is not valid JSON.")
-        check_git_source(data.git.url, data.git.ref)
+        git_target = check_git_source(data.git.url, data.git.ref, allow_http=settings_of(request).git_allow_http)
+        try:  # early answer for the caller; the job checks again right before cloning
+            await anyio.to_thread.run_sync(resolve_git_host, git_target, settings_of(request).git_networks)
+        except GitHostRefused as exc:
+            raise Invalid(f"The git source is not acceptable: {exc}.", errors=[{"field": "git.url", "message": str(exc)}]) from None
         deployment_id = deployments.new_id()
         source = {"url": data.git.url, "ref": data.git.ref}
         created = await anyio.to_thread.run_sync(deployments.create, tenant_id, target, deployment_id, "git", source)

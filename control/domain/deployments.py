@@ -10,7 +10,6 @@ import json
 import shutil
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from control.domain.deployment_states import Status, check_transition
 from control.domain.errors import Conflict, Invalid, NotFound
@@ -28,21 +27,6 @@ from control.store.repositories.deployments import (
 from control.store.types import utcnow
 
 DEPLOY_JOB = "deploy"
-GIT_SCHEMES = ("https", "file")
-
-
-def check_git_source(url: str, ref: str) -> None:
-    parsed = urlparse(url)
-    scheme = parsed.scheme
-    errors = []
-    if parsed.username or parsed.password:  # they would be stored and shown with the deployment
-        errors.append({"field": "git.url", "message": "credentials in the URL are not accepted; use a public or file:// repository"})
-    if scheme not in GIT_SCHEMES:
-        errors.append({"field": "git.url", "message": f"only {', '.join(s + '://' for s in GIT_SCHEMES)} URLs are allowed"})
-    if not ref or ref.startswith("-") or any(c.isspace() for c in ref) or len(ref) > 255:
-        errors.append({"field": "git.ref", "message": "a branch, tag or commit (no spaces, not starting with '-')"})
-    if errors:
-        raise Invalid("The git source is not acceptable: " + "; ".join(e["message"] for e in errors) + ".", errors=errors)
 
 
 class DeploymentService:

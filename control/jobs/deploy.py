@@ -14,10 +14,13 @@ from pathlib import Path
 
 import structlog
 
+from control.domain.build_policy import BuildPolicy, DockerfileRefused
 from control.domain.databases import CredentialsUnreadable
 from control.domain.deployment_states import Status
 from control.domain.deployments import DeploymentService
 from control.domain.env import EnvService, SecretUnreadable
+from control.domain.errors import Invalid
+from control.domain.git_sources import GitHostRefused, check_git_source, curl_resolve_entries, resolve_git_host
 from control.domain.links import LinkService
 from control.domain.releases import ReleaseService
 from control.jobs.build_leftovers import noting_step_containers, remove_leftovers
@@ -43,6 +46,11 @@ from runtime.builders.nixpacks import NixpacksBuilder
 from runtime.images import BuildError, BuildTimeout
 
 log = structlog.get_logger("moorage.deploy")
+
+
+def tenant_repository(tenant: str) -> str:
+    """Where a tenant's images are tagged; the build policy lets it build FROM these only."""
+    return f"moorage-apps/{tenant}/"
 
 
 class Failed(Exception):
@@ -126,17 +134,22 @@ class DeployPipeline:
         src = workdir / "src"
         if dep.source_kind == "git":
             out.step(f"cloning {dep.source['url']} at {dep.source['ref']}")
-            try:
-                clone(dep.source["url"], dep.source["ref"], src, timeout=self.settings.git_timeout_s, max_bytes=self.settings.max_source_bytes)
-            except SourceError as exc:
-                raise Failed(str(exc)) from None
+            self._clone(dep, src, out)
         elif not src.is_dir():
             raise Failed("the uploaded source is no longer on disk; upload it again")
         choice = select_builder(app.builder, src)
         builder = (DockerfileBuilder(self.runtime.build_images) if choice == "dockerfile"
                    else NixpacksBuilder(self.runtime.build_images, self.settings.nixpacks_bin))
-        tag = f"moorage-apps/{tenant}/{app.name}:{dep.id}"
+        tag = f"{tenant_repository(tenant)}{app.name}:{dep.id}"
         out.step(f"building with {choice} (app builder: {app.builder}) as {tag}")
+        policy = BuildPolicy(allowed_images=self.settings.allowed_images, own_repository=tenant_repository(tenant),
+                             lineage=dep.tenant_id)
+
+        def checked(dockerfile: str) -> str:
+            text = policy.check(dockerfile)
+            out.step("build policy: the Dockerfile's images and sources are allowed; cache lineage: this tenant's own")
+            return text
+
         last_check = [0.0]
 
         def cancelled() -> bool:  # per log line, but the database is asked at most twice a second
@@ -147,11 +160,14 @@ class DeployPipeline:
 
         started = time.monotonic()
         request = BuildRequest(source=src, tag=tag, tenant=tenant, app=app.name, timeout=float(self.settings.build_timeout_s),
-                               on_line=noting_step_containers(workdir, out.line), cancelled=cancelled, work_dir=workdir)
+                               on_line=noting_step_containers(workdir, out.line), cancelled=cancelled, work_dir=workdir,
+                               prepare_dockerfile=checked)
         try:
             built = builder.build(request)
         except BuilderUnavailable as exc:
             raise Failed(str(exc)) from None
+        except DockerfileRefused as exc:
+            raise Failed(exc.reason) from None
         except BuildTimeout:
             raise Failed(f"the build exceeded its time limit of {self.settings.build_timeout_s}s") from None
         except BuildError as exc:
@@ -164,6 +180,24 @@ class DeployPipeline:
         self._check(dep.id, ctx)
         self.deployments.transition(dep.id, Status.RELEASING, builder=choice, image=built.image_id)
         return built.image_id, tag
+
+    def _clone(self, dep: Deployment, src: Path, out: BuildLog) -> None:
+        """The policy again, just before cloning (the source may predate it, and DNS may
+        answer differently now than when the API checked): git is pinned to what passed."""
+        url, ref = dep.source["url"], dep.source["ref"]
+        try:
+            target = check_git_source(url, ref, allow_http=self.settings.git_allow_http)
+            addresses = resolve_git_host(target, self.settings.git_networks)
+        except Invalid as exc:
+            raise Failed(exc.detail) from None
+        except GitHostRefused as exc:
+            raise Failed(str(exc)) from None
+        out.step(f"git host {target.host} resolves to {', '.join(addresses)}: allowed; fetching from exactly that")
+        try:
+            clone(url, ref, src, timeout=self.settings.git_timeout_s, max_bytes=self.settings.max_source_bytes,
+                  pins=curl_resolve_entries(target, addresses), allow_http=self.settings.git_allow_http)
+        except SourceError as exc:
+            raise Failed(str(exc)) from None
 
     def _rollback_image(self, dep: Deployment, out: BuildLog) -> tuple[str, str]:
         target = self.releases.get(dep.source["release_id"])

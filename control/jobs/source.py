@@ -1,11 +1,14 @@
 """Getting a deployment's source tree: an uploaded archive was extracted at upload time;
-a git source is cloned here with the git CLI (depth 1, time limit, no hooks, no prompts)."""
+a git source is cloned here with the git CLI (depth 1, time limit, no hooks, no prompts,
+https only (http where allowed), no redirects, the host pinned to the addresses the policy
+checked: ``control.domain.git_sources``)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -17,13 +20,19 @@ def _tree_size(root: Path) -> int:
     return sum(p.lstat().st_size for p in root.rglob("*"))
 
 
-def clone(url: str, ref: str, dest: Path, *, timeout: float, max_bytes: int) -> None:
+def clone(url: str, ref: str, dest: Path, *, timeout: float, max_bytes: int,
+          pins: Sequence[str] = (), allow_http: bool = False) -> None:
+    """``pins``: ``host:port:address[,address]`` entries for curl, so git connects only to
+    the addresses that were checked, whatever DNS answers by then."""
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/false", "GIT_CONFIG_NOSYSTEM": "1"}
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/false", "GIT_CONFIG_NOSYSTEM": "1",
+           "GIT_CONFIG_GLOBAL": "/dev/null"}  # no url.insteadOf or credential helpers from the host
     # init + fetch of one ref at depth 1 works for branches, tags and commit ids alike.
     safe = ["-c", "core.hooksPath=/dev/null", "-c", "protocol.allow=never", "-c", "protocol.https.allow=always",
-            "-c", "protocol.file.allow=always"]
+            "-c", f"protocol.http.allow={'always' if allow_http else 'never'}", "-c", "http.followRedirects=false"]
+    for pin in pins:
+        safe += ["-c", f"http.curloptResolve={pin}"]
     steps = [
         ["git", "init", "--quiet", str(dest)],
         ["git", *safe, "-C", str(dest), "fetch", "--quiet", "--depth", "1", "--no-tags", "--", url, ref],

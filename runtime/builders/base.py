@@ -29,6 +29,9 @@ class BuildRequest:
     work_dir: Path | None = None  # scratch space (nixpacks' --out), default: next to source
     release: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    # Called with the Dockerfile's text just before the image is built (after Nixpacks wrote
+    # its plan): returns the text to build, or raises to refuse the build. The caller's policy.
+    prepare_dockerfile: Callable[[str], str] | None = None
 
 
 @dataclass(frozen=True)

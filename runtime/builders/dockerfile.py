@@ -3,10 +3,24 @@ log line to the request's sink and closing the stream when the caller cancels.""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from runtime.builders.base import BuildCancelled, BuildRequest, BuiltImage
 from runtime.images import BuildError, Images
+
+
+def _prepare(path: Path, prepare: Callable[[str], str]) -> None:
+    """The daemon builds exactly the text ``prepare`` returns: it replaces the file."""
+    if path.is_symlink() or not path.is_file():
+        raise BuildError(f"{path.name} must be a regular file (not a link) at the root of the source", [])
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise BuildError(f"{path.name} is not UTF-8 text; save it as UTF-8", []) from None
+    checked = prepare(text)
+    path.unlink()
+    path.write_text(checked, encoding="utf-8")
 
 
 class DockerfileBuilder:
@@ -22,6 +36,8 @@ class DockerfileBuilder:
         return self.build_context(request, request.source, "Dockerfile")
 
     def build_context(self, request: BuildRequest, context: Path, dockerfile: str) -> BuiltImage:
+        if request.prepare_dockerfile is not None:
+            _prepare(context / dockerfile, request.prepare_dockerfile)
         stream = self.images.build_stream(
             context, request.tag, tenant=request.tenant, app=request.app, release=request.release,
             dockerfile=dockerfile, timeout=request.timeout,

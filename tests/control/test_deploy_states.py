@@ -13,7 +13,14 @@ from control.domain.deployment_states import (
     Status,
     check_transition,
 )
+from control.settings import Settings
 from tests.conftest import Caller
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    # The placeholder repository lives on loopback (nothing listens on port 9): allowed here.
+    return settings.with_overrides(git_allowed_networks="127.0.0.0/8")
 
 
 @pytest.mark.parametrize("current", list(Status))
@@ -45,16 +52,16 @@ def _wait_terminal(caller: Caller, app: str, dep: str, timeout: float = 20) -> d
 
 def test_git_deploy_of_a_missing_repo_fails_with_a_reason(tenant: Caller) -> None:
     tenant.post("/v1/apps", json={"name": "web"})
-    r = tenant.post("/v1/apps/web/deployments", json={"git": {"url": "file:///nonexistent/repo.git", "ref": "main"}})
+    r = tenant.post("/v1/apps/web/deployments", json={"git": {"url": "https://127.0.0.1:9/nonexistent/repo.git", "ref": "main"}})
     assert r.status_code == 202, r.text
     assert r.headers["location"] == f"/v1/apps/{r.json()['app_id']}/deployments/{r.json()['id']}"
-    assert r.json()["status"] == "queued" and r.json()["source"] == {"kind": "git", "url": "file:///nonexistent/repo.git", "ref": "main"}
+    assert r.json()["status"] == "queued" and r.json()["source"] == {"kind": "git", "url": "https://127.0.0.1:9/nonexistent/repo.git", "ref": "main"}
     body = _wait_terminal(tenant, "web", r.json()["id"])
     assert body["status"] == "failed" and "git could not fetch" in body["reason"]
     assert [t["status"] for t in body["transitions"]] == ["queued", "building", "failed"]
     assert all(t["at"] for t in body["transitions"])
     log = tenant.get(f"/v1/apps/web/deployments/{body['id']}/logs")
-    assert log.status_code == 200 and "cloning file:///nonexistent/repo.git" in log.text
+    assert log.status_code == 200 and "cloning https://127.0.0.1:9/nonexistent/repo.git" in log.text
     listed = tenant.get("/v1/apps/web/deployments").json()["items"]
     assert [d["id"] for d in listed] == [body["id"]]
 
@@ -63,12 +70,14 @@ def test_git_deploy_of_a_missing_repo_fails_with_a_reason(tenant: Caller) -> Non
     ("git", "field"),
     [
         ({"url": "ssh://host/repo.git", "ref": "main"}, "git.url"),
+        ({"url": "file:///srv/repo.git", "ref": "main"}, "git.url"),
+        ({"url": "git://host/repo.git", "ref": "main"}, "git.url"),
         ({"url": "http://host/repo.git", "ref": "main"}, "git.url"),
         ({"url": "https://user:token@host/repo.git", "ref": "main"}, "git.url"),
         ({"url": "https://host/repo.git", "ref": "--upload-pack=evil"}, "git.ref"),
     ],
 )
-def test_git_sources_other_than_https_and_file_are_refused(tenant: Caller, git: dict, field: str) -> None:
+def test_git_sources_other_than_https_are_refused(tenant: Caller, git: dict, field: str) -> None:
     tenant.post("/v1/apps", json={"name": "web"})
     r = tenant.post("/v1/apps/web/deployments", json={"git": git})
     assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json")
@@ -80,7 +89,7 @@ def test_cancel_a_queued_deployment_and_a_finished_one(app, tenant: Caller) -> N
     tenant.post("/v1/apps", json={"name": "web"})
     services = app.state.services
     services.deploys.workers.stop()  # keep it queued
-    r = tenant.post("/v1/apps/web/deployments", json={"git": {"url": "file:///nowhere", "ref": "main"}})
+    r = tenant.post("/v1/apps/web/deployments", json={"git": {"url": "https://127.0.0.1:9/nowhere.git", "ref": "main"}})
     dep = r.json()["id"]
     cancelled = tenant.post(f"/v1/apps/web/deployments/{dep}/cancel")
     assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"

@@ -28,7 +28,7 @@ SAMPLE_BODIES: dict[tuple[str, str], Any] = {
     ("PUT", "/v1/apps/{app}/env"): {"vars": {"FROM_B": "x"}},
     ("PATCH", "/v1/apps/{app}/env"): {"vars": {"FROM_B": "x"}},
     ("PUT", "/v1/apps/{app}/env/{name}"): {"value": "from-b"},
-    ("POST", "/v1/apps/{app}/deployments"): {"git": {"url": "file:///nonexistent/from-b", "ref": "main"}},
+    ("POST", "/v1/apps/{app}/deployments"): {"git": {"url": "https://127.0.0.1:9/nonexistent/from-b.git", "ref": "main"}},
     ("POST", "/v1/apps/{app}/rollback"): {"release": "v1"},
     ("POST", "/v1/apps/{app}/links"): {"database": "secret-db"},
     ("POST", "/v1/databases/{db}/backups/{backup}/restore"): {"target": "secret-db"},
@@ -38,7 +38,7 @@ SAMPLE_BODIES: dict[tuple[str, str], Any] = {
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     # No job workers: A's database below must not really be provisioned on this host.
-    return settings.with_overrides(job_workers=0)
+    return settings.with_overrides(git_allowed_networks="127.0.0.0/8", job_workers=0)
 
 
 def _tenant_routes() -> list[tuple[str, str]]:
@@ -68,7 +68,7 @@ def tenants(new_tenant) -> tuple[Caller, Caller, dict[str, list[str]]]:
     app = alpha.post("/v1/apps", json={"name": "secret-app"}).json()
     beta.post("/v1/apps", json={"name": "beta-app"})
     alpha.request("PUT", f"/v1/apps/{app['id']}/env/API_TOKEN", json={"value": "alpha-only"})
-    deployment = alpha.post(f"/v1/apps/{app['id']}/deployments", json={"git": {"url": "file:///nonexistent/repo", "ref": "main"}})
+    deployment = alpha.post(f"/v1/apps/{app['id']}/deployments", json={"git": {"url": "https://127.0.0.1:9/nonexistent/repo.git", "ref": "main"}})
     assert deployment.status_code == 202, deployment.text
     database = alpha.post("/v1/databases", json={"name": "secret-db", "engine": "postgres"}).json()
     managed = alpha.client.app.state.services.databases  # what the jobs would record, without Docker

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from runtime.builders import BuilderUnavailable, BuildRequest, select_builder
+from runtime.builders.dockerfile import DockerfileBuilder
 from runtime.builders.nixpacks import NixpacksBuilder
-from runtime.images import Images
+from runtime.images import BuildError, Images
 from tests.runtime.helpers import tenant_name
 
 STAND_IN = str(Path(__file__).with_name("stand_in_nixpacks"))
@@ -72,3 +73,43 @@ def test_stand_in_nixpacks_builds_an_image_honouring_nixpacks_toml(tmp_path: Pat
         assert cmd == ["sh", "-c", "python3 main.py --from-toml"]  # nixpacks.toml's start command
     finally:
         images.remove(tag, force=True)
+
+
+class _NoDocker:
+    def build_stream(self, *args: object, **kwargs: object) -> None:
+        raise AssertionError("a refused Dockerfile must never reach the daemon")
+
+
+def test_the_dockerfile_nixpacks_writes_goes_through_the_callers_policy(tmp_path: Path) -> None:
+    src = _tree(tmp_path / "src", {"main.py": "print(1)\n"})
+    seen: list[str] = []
+
+    def refuse(text: str) -> str:
+        seen.append(text)
+        raise PermissionError("refused by policy")
+
+    request = BuildRequest(source=src, tag="t:1", tenant="a", app="b", timeout=30, work_dir=tmp_path, prepare_dockerfile=refuse)
+    with pytest.raises(PermissionError):
+        NixpacksBuilder(_NoDocker(), binary=STAND_IN).build(request)  # type: ignore[arg-type]
+    assert seen and seen[0].startswith("FROM moorage/python:3-bookworm")
+
+
+def test_the_built_dockerfile_is_the_text_the_policy_returned(tmp_path: Path) -> None:
+    src = _tree(tmp_path / "src", {"Dockerfile": "FROM x\n"})
+    calls: list[tuple] = []
+
+    class Recording:
+        def build_stream(self, context: Path, tag: str, **kwargs: object):
+            calls.append((context, (context / str(kwargs["dockerfile"])).read_text()))
+            return "sha256:" + "0" * 64
+            yield  # a generator, like Images.build_stream
+
+    request = BuildRequest(source=src, tag="t:1", tenant="a", app="b", timeout=30, prepare_dockerfile=lambda text: text + "LABEL checked=1\n")
+    DockerfileBuilder(Recording()).build(request)  # type: ignore[arg-type]
+    assert calls == [(src, "FROM x\nLABEL checked=1\n")]
+    (src / "Dockerfile").unlink()
+    (src / "Dockerfile").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").write_text("FROM y\n")
+    with pytest.raises(BuildError, match="regular file"):
+        DockerfileBuilder(Recording()).build(request)  # type: ignore[arg-type]
+    assert (tmp_path / "elsewhere").read_text() == "FROM y\n"  # a link's target is never rewritten

@@ -47,7 +47,7 @@ SAMPLE_BODIES: dict[tuple[str, str], Any] = {
     ("PUT", "/v1/apps/{app}/env"): {"vars": {"CHANGED": "x"}},
     ("PATCH", "/v1/apps/{app}/env"): {"vars": {"CHANGED": "x"}},
     ("PUT", "/v1/apps/{app}/env/{name}"): {"value": "changed"},
-    ("POST", "/v1/apps/{app}/deployments"): {"git": {"url": "file:///nonexistent/other", "ref": "main"}},
+    ("POST", "/v1/apps/{app}/deployments"): {"git": {"url": "https://127.0.0.1:9/nonexistent/other.git", "ref": "main"}},
     ("POST", "/v1/apps/{app}/rollback"): {"release": "v1"},
     ("POST", "/v1/apps/{app}/links"): {"database": "alpha-db"},
 }
@@ -84,7 +84,7 @@ def test_every_route_declares_a_known_access() -> None:
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return settings.with_overrides(job_workers=0, reconcile_interval_s=0)  # nothing really deployed
+    return settings.with_overrides(git_allowed_networks="127.0.0.0/8", job_workers=0, reconcile_interval_s=0)  # nothing really deployed
 
 
 @pytest.fixture
@@ -103,7 +103,7 @@ def world(operator: Caller, new_tenant) -> tuple[dict[str, Caller | None], dict[
 
     app = alpha.post("/v1/apps", json={"name": "alpha-app"}).json()
     alpha.request("PUT", f"/v1/apps/{app['id']}/env/API_TOKEN", json={"value": "alpha-only"})
-    deployment = alpha.post(f"/v1/apps/{app['id']}/deployments", json={"git": {"url": "file:///nonexistent/repo", "ref": "main"}})
+    deployment = alpha.post(f"/v1/apps/{app['id']}/deployments", json={"git": {"url": "https://127.0.0.1:9/nonexistent/repo.git", "ref": "main"}})
     database = alpha.post("/v1/databases", json={"name": "alpha-db", "engine": "postgres"}).json()
     managed = alpha.client.app.state.services.databases  # what the jobs would record, without Docker
     managed.databases.mark(database["id"], "available", expect=("provisioning",))

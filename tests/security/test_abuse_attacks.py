@@ -229,7 +229,8 @@ CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 def hostile_build_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
     """A real server (no Docker: the deployment stays queued, then fails) whose
     deployment's build log holds HOSTILE_LINES; the CLI is pointed at it. (app, deployment id)."""
-    settings = Settings(data_dir=tmp_path / "data", port=free_port(), base_domain="apps.test", job_workers=0, reconcile_interval_s=0)
+    settings = Settings(data_dir=tmp_path / "data", port=free_port(), base_domain="apps.test", job_workers=0, reconcile_interval_s=0,
+                        git_allowed_networks="127.0.0.0/8")  # the source is never fetched: no workers
     with serving(settings) as (url, app):
         services = app.state.services
         tenant = services.tenants.create("acme")
@@ -240,7 +241,7 @@ def hostile_build_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
         monkeypatch.setenv("MOORAGE_CONFIG", "/nonexistent/profiles.toml")
         assert main(["apps", "create", "web", "--json"]) == 0
         created = httpx.post(
-            f"{url}/v1/apps/web/deployments", json={"git": {"url": "https://example.invalid/x.git", "ref": "main"}},
+            f"{url}/v1/apps/web/deployments", json={"git": {"url": "https://127.0.0.1:9/x.git", "ref": "main"}},
             headers={"Authorization": f"Bearer {issued.token}"},
         )  # fmt: skip
         assert created.status_code == 202, created.text

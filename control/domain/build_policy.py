@@ -137,7 +137,7 @@ class _Stage:
 class BuildPolicy:
     """``allowed_images``: the operator's base images (an entry with a tag allows that tag,
     one without allows the whole repository). ``own_repository``: the prefix of the tenant's
-    own images (``moorage-apps/<tenant>/``). ``lineage``: the tenant id for the cache label."""
+    own images (``moorage-apps/<tenant id>/``). ``lineage``: the tenant id for the cache label."""
 
     allowed_images: tuple[str, ...]
     own_repository: str

@@ -48,9 +48,10 @@ from runtime.images import BuildError, BuildTimeout
 log = structlog.get_logger("moorage.deploy")
 
 
-def tenant_repository(tenant: str) -> str:
-    """Where a tenant's images are tagged; the build policy lets it build FROM these only."""
-    return f"moorage-apps/{tenant}/"
+def tenant_repository(tenant_id: str) -> str:
+    """Where a tenant's images are tagged; the build policy lets it build FROM these only. By
+    id, not name: a tenant made later under a deleted one's name must not reach its images."""
+    return f"moorage-apps/{tenant_id}/"
 
 
 class Failed(Exception):
@@ -140,9 +141,9 @@ class DeployPipeline:
         choice = select_builder(app.builder, src)
         builder = (DockerfileBuilder(self.runtime.build_images) if choice == "dockerfile"
                    else NixpacksBuilder(self.runtime.build_images, self.settings.nixpacks_bin))
-        tag = f"{tenant_repository(tenant)}{app.name}:{dep.id}"
+        tag = f"{tenant_repository(dep.tenant_id)}{app.name}:{dep.id}"
         out.step(f"building with {choice} (app builder: {app.builder}) as {tag}")
-        policy = BuildPolicy(allowed_images=self.settings.allowed_images, own_repository=tenant_repository(tenant),
+        policy = BuildPolicy(allowed_images=self.settings.allowed_images, own_repository=tenant_repository(dep.tenant_id),
                              lineage=dep.tenant_id)
 
         def checked(dockerfile: str) -> str:

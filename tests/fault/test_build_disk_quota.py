@@ -85,7 +85,7 @@ def test_a_build_filling_the_disk_fails_and_the_app_keeps_serving(make_platform:
             steps = re.findall(r"^ ---> Running in ([0-9a-f]{12})$", log, flags=re.MULTILINE)
             assert steps and not [s for s in steps if client.containers.list(all=True, filters={"id": s})]
             with pytest.raises(docker.errors.ImageNotFound):
-                client.images.get(f"moorage-apps/{platform.tenant_name}/{APP}:{dep}")
+                client.images.get(f"moorage-apps/{platform.tenant.tenant_id}/{APP}:{dep}")
         finally:
             client.close()
 

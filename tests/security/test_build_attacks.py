@@ -35,6 +35,7 @@ PY = "moorage/python:3-bookworm"
 @dataclass
 class Tenant:
     name: str
+    id: str
     http: httpx.Client
 
     def deploy(self, app: str, files: dict[str, str]) -> dict:
@@ -84,7 +85,7 @@ def _stack(traefik, data_dir: Path, label: str, **overrides: object) -> Iterator
             for name in names:
                 tenant = operator.post("/v1/tenants", json={"name": name}).json()
                 key = operator.post(f"/v1/tenants/{tenant['id']}/keys", json={"scopes": ["admin"], "name": "own"}).json()
-                tenants.append(Tenant(name, httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {key['token']}"})))
+                tenants.append(Tenant(name, tenant["id"], httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {key['token']}"})))
             yield Stack(url, port, *tenants)
     finally:  # once the control plane (and its reconciler) stopped
         for name in names:
@@ -109,7 +110,7 @@ def victim_release(stack: Stack) -> dict:
 def test_from_a_prefix_of_another_tenants_image_id_fails_and_leaks_nothing(stack: Stack, victim_release: dict) -> None:
     prefix = victim_release["image"].removeprefix("sha256:")[:12]
     stack.attacker.app("probe")
-    for base, says in ((prefix, "image ids"), (f"moorage-apps/{stack.victim.name}/web:{victim_release['id']}", "another tenant")):
+    for base, says in ((prefix, "image ids"), (f"moorage-apps/{stack.victim.id}/web:{victim_release['id']}", "another tenant")):
         done = stack.attacker.deploy("probe", {"Dockerfile": f"FROM {base}\nRUN cat /app/app.py\n"})
         log = stack.attacker.log("probe", done["id"])
         assert f"victim-secret-{RUN_ID}" not in log, f"the victim's /app/app.py leaked: {log[-1500:]}"

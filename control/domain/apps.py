@@ -75,6 +75,6 @@ class AppService:
         if self.unroute is not None:
             try:
                 self.unroute(app.id)
-            except Exception as exc:  # the row is gone: the reconciler removes the file on its next pass
+            except Exception as exc:  # noqa: BLE001 (the row is gone: the reconciler removes the file on its next pass)
                 log.warning("app_route_not_removed", app_id=app.id, error=f"{type(exc).__name__}: {exc}")
         return app

@@ -11,23 +11,13 @@ import pytest
 
 from control.cli.client.commands import logs as logs_command
 from control.cli.main import main
-from control.security.principal import Principal
-from control.settings import Settings
-from tests.live_server import free_port, serving
+from tests.live_server import cli_tenant
 
 
 @pytest.fixture
 def tenant_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    settings = Settings(data_dir=tmp_path / "data", port=free_port(), base_domain="apps.test", job_workers=0, reconcile_interval_s=0)
-    with serving(settings) as (url, app):
-        services = app.state.services
-        tenant = services.tenants.create("acme")
-        operator = services.keys.bootstrap_operator("op").key
-        issued = services.keys.issue(Principal.of(operator.id, None, operator.scopes), tenant.id, name="cli", scopes=["admin"], expires_at=None)
-        monkeypatch.setenv("MOORAGE_URL", url)
-        monkeypatch.setenv("MOORAGE_API_KEY", issued.token)
-        monkeypatch.setenv("MOORAGE_CONFIG", "/nonexistent/profiles.toml")
-        yield url
+    with cli_tenant(tmp_path / "data", monkeypatch) as served:
+        yield served.url
 
 
 def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, object]:

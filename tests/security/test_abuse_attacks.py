@@ -26,10 +26,8 @@ from control.cli.client.config import ClientConfig, resolve
 from control.cli.client.http import ApiClient
 from control.cli.main import main
 from control.jobs.build_log import BuildLog
-from control.security.principal import Principal
-from control.settings import Settings
 from tests.inference.gateway_helpers import Platform, control_plane, stand_in_engine
-from tests.live_server import free_port, serving
+from tests.live_server import cli_tenant
 
 STREAM_IDLE_S = 2
 MANY_TOKENS = 100_000  # ~15 MB of events: far more than every socket buffer on the way holds
@@ -229,20 +227,14 @@ CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 def hostile_build_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
     """A real server (no Docker: the deployment stays queued, then fails) whose
     deployment's build log holds HOSTILE_LINES; the CLI is pointed at it. (app, deployment id)."""
-    settings = Settings(data_dir=tmp_path / "data", port=free_port(), base_domain="apps.test", job_workers=0, reconcile_interval_s=0,
-                        git_allowed_networks="127.0.0.0/8")  # the source is never fetched: no workers
-    with serving(settings) as (url, app):
+    # The source is never fetched (no workers); the git policy still checks the URL.
+    with cli_tenant(tmp_path / "data", monkeypatch, git_allowed_networks="127.0.0.0/8") as served:
+        url, app, token = served.url, served.app, served.token
         services = app.state.services
-        tenant = services.tenants.create("acme")
-        operator = services.keys.bootstrap_operator("op").key
-        issued = services.keys.issue(Principal.of(operator.id, None, operator.scopes), tenant.id, name="cli", scopes=["admin"], expires_at=None)
-        monkeypatch.setenv("MOORAGE_URL", url)
-        monkeypatch.setenv("MOORAGE_API_KEY", issued.token)
-        monkeypatch.setenv("MOORAGE_CONFIG", "/nonexistent/profiles.toml")
         assert main(["apps", "create", "web", "--json"]) == 0
         created = httpx.post(
             f"{url}/v1/apps/web/deployments", json={"git": {"url": "https://127.0.0.1:9/x.git", "ref": "main"}},
-            headers={"Authorization": f"Bearer {issued.token}"},
+            headers={"Authorization": f"Bearer {token}"},
         )  # fmt: skip
         assert created.status_code == 202, created.text
         deployment_id = created.json()["id"]

@@ -146,7 +146,9 @@ def test_a_key_cannot_grant_scopes_it_does_not_hold(new_tenant) -> None:
 def test_an_expiring_operator_key_cannot_mint_a_tenant_key_that_outlives_it(app: Litestar, operator: Caller) -> None:
     services = app.state.services
     soon = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=5)
-    from control.store.repositories.api_keys import ApiKeyRepository  # a short-lived operator key, as an operator might keep
+    from control.store.repositories.api_keys import (
+        ApiKeyRepository,  # a short-lived operator key, as an operator might keep
+    )
 
     with services.db.write() as session:
         short = services.keys._add(ApiKeyRepository(session), None, "short-op", ["operator"], operator.key_id, soon)

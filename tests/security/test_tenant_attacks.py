@@ -30,10 +30,10 @@ from control.app import create_app
 from control.jobs.runtime import INSTANCE_LABEL
 from runtime.databases.provision import ID_LABEL
 from runtime.sandbox import ContainerSpec
+from runtime.traefik import TraefikProcess
 from tests.conftest import Caller
 from tests.e2e.apps import source, tar_gz
 from tests.e2e.conftest import cleanup_tenant, e2e_settings, traefik  # noqa: F401 (fixture)
-from runtime.traefik import TraefikProcess
 from tests.runtime.helpers import PYTHON, RUN_ID
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

@@ -25,6 +25,7 @@ from runtime.databases import (
     DatabaseSpec,
     redact_text,
 )
+from runtime.databases.provision import NameHeldByAnother
 from runtime.databases.backup import checksum_path
 from runtime.databases.engines import REDIS
 from tests.runtime.db_fixtures import DbEnv, database_id, db_env_fixture, log_capture_fixture
@@ -204,6 +205,24 @@ def test_provision_again_reuses_and_volume_keeps_data(db_env: DbEnv) -> None:
     db_env.databases.remove(db_env.redis)  # container gone (Redis saves on SIGTERM), volume kept
     db_env.redis = db_env.databases.provision(spec, timeout=180)
     assert redis(db_env, "GET", "durable") == "yes"
+
+
+def test_an_object_holding_a_databases_name_without_its_labels_is_never_adopted(db_env: DbEnv) -> None:
+    """A volume named like the database but labelled as another tenant's (or no one's) is
+    refused, left as it was, and nothing is started on it."""
+    spec = DatabaseSpec(db_env.b, "cache", REDIS, db_env.b_net, db_env.redis_creds, database_id(),
+                        labels={RUN_LABEL: RUN_ID})
+    client = db_env.databases.engine.client
+    squatter = client.volumes.create(spec.resource_name, labels={"moorage.managed": "true", "moorage.tenant": db_env.a,
+                                                                 "db.moorage/id": spec.id, RUN_LABEL: RUN_ID})
+    try:
+        with pytest.raises(NameHeldByAnother, match="left alone"):
+            db_env.databases.provision(spec, timeout=60)
+        assert db_env.databases.find(db_env.b, spec.id) is None
+        assert client.volumes.get(spec.resource_name).attrs["Labels"]["moorage.tenant"] == db_env.a
+        assert db_env.databases.purge_volumes(db_env.b, spec.id) == []  # not tenant B's to purge
+    finally:
+        squatter.remove(force=True)
 
 
 def test_a_database_that_cannot_start_fails_fast(db_env: DbEnv) -> None:

@@ -66,10 +66,10 @@ def bare_app(data_dir: Path, tenant_id: str) -> Any:
     from litestar import Litestar, get, post
 
     from control.ids import new_id
-    from control.store.database import Database
+    from control.store.database import Store
     from control.store.repositories.apps import AppRepository
 
-    db = Database(f"sqlite:///{data_dir / 'moorage.db'}")
+    db = Store(f"sqlite:///{data_dir / 'moorage.db'}")
 
     @get("/healthz", sync_to_thread=False)
     def healthz() -> dict[str, str]:

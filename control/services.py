@@ -16,19 +16,19 @@ from control.domain.links import LinkService
 from control.domain.tenants import TenantService
 from control.jobs.database_wiring import ManagedDatabases
 from control.jobs.wiring import Deploys
+from control.security.auth_throttle import AuthThrottle
 from control.security.keyring import ReloadingKeyring
 from control.security.master_keys import KeySource
-from control.security.auth_throttle import AuthThrottle
 from control.security.rate_limit import SlidingWindowLimiter
 from control.settings import Settings
-from control.store.database import Database
+from control.store.database import Store
 from runtime.resilience import BreakerRegistry, default_registry
 
 
 @dataclass(frozen=True)
 class Services:
     settings: Settings
-    db: Database
+    db: Store
     tenants: TenantService
     keys: KeyService
     apps: AppService
@@ -40,9 +40,9 @@ class Services:
     keyring: ReloadingKeyring  # loads lazily: commands that never touch secrets never create a key
     env_vars: EnvService
     audit: AuditService
-    deploys: Deploys  # deployments, releases, job workers, reconciler (issue #5)
-    inference: Inference  # nodes, gateway routing, quotas, usage (issue #7)
-    databases: ManagedDatabases  # managed Postgres/Redis, links, backups (issue #6)
+    deploys: Deploys  # deployments, releases, job workers, reconciler
+    inference: Inference  # nodes, gateway routing, quotas, usage
+    databases: ManagedDatabases  # managed Postgres/Redis, links, backups
 
     def injectable(self) -> dict[str, object]:
         """What handlers receive by parameter name (``tenants: NamedDependency[TenantService]``)."""
@@ -59,7 +59,7 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings, *, breakers: BreakerRegistry | None = None) -> Services:
-        db = Database(settings.database_url)
+        db = Store(settings.database_url)
         keyring = ReloadingKeyring(KeySource.of(settings))
         env_vars = EnvService(db, keyring)
         links = LinkService(db, keyring)  # the deploy pipeline resolves database links at container start

@@ -6,8 +6,8 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import get_args, get_type_hints
 from pathlib import Path
+from typing import get_args, get_type_hints
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -54,7 +54,7 @@ class Settings:
     request_body_timeout_s: int = 300  # a request body must arrive within this (0: no limit)
     request_body_idle_timeout_s: int = 30  # ... with no gap longer than this (slow-body clients)
     metrics_public: bool = False  # serve GET /metrics without an operator key
-    # Deployments (issue #5): build, release, run, reconcile.
+    # Deployments: build, release, run, reconcile.
     build_timeout_s: int = 900  # a build running longer is stopped and the deployment fails
     build_memory_bytes: int = 2 * 1024 * 1024 * 1024  # memory limit of each build step
     build_disk_bytes: int = 10 * 1024 * 1024 * 1024  # disk a build may write: layers, running step, log (0: no limit)
@@ -85,7 +85,7 @@ class Settings:
     docker_url: str = "unix:///var/run/docker.sock"
     docker_runtime: str = "runsc"  # the OCI runtime app containers get (must be registered in dockerd)
     nixpacks_bin: str = "nixpacks"  # the Nixpacks CLI (name on PATH or a path)
-    # Inference (issue #7): nodes, gateway, per-tenant quotas (operators override per tenant).
+    # Inference: nodes, gateway, per-tenant quotas (operators override per tenant).
     inference_node_stale_s: int = 30  # a node silent this long is unhealthy (heartbeat every 10 s)
     inference_requests_per_minute: int = 60  # per tenant
     inference_tokens_per_minute: int = 200_000  # per tenant; reserved prompt estimate + max_tokens
@@ -100,7 +100,7 @@ class Settings:
     # A stream client that takes no data for this long (its receive window stays full) is cut off:
     # its node slot, engine request and token reservation are freed (0: never).
     gateway_stream_idle_s: int = 30
-    # Managed databases (issue #6): per-tenant quotas (operators override), backups, deletion grace.
+    # Managed databases: per-tenant quotas (operators override), backups, deletion grace.
     database_max_per_tenant: int = 5  # databases a tenant may run (provisioning or available)
     database_max_memory_mb: int = 2048  # container memory of all of a tenant's databases together
     database_backup_retention: int = 7  # newest backups kept per database unless it sets its own

@@ -29,7 +29,7 @@ class NodeOptions:
     max_model_len: int = 4096
     gpu_memory_utilization: float = 0.9
     allow_public_bind: bool = False
-    # Control plane (issue #7): register + heartbeat there; without a URL the heartbeat is only logged.
+    # Control plane: register + heartbeat there; without a URL the heartbeat is only logged.
     control_url: str | None = None
     node_token: str | None = field(default=None, repr=False)  # repr=False: never printed
     public_model_name: str | None = None  # what tenants send; default: served name or directory name

@@ -16,14 +16,14 @@ from litestar.testing import TestClient
 from control.app import create_app
 from control.settings import Settings
 from control.store import migrate
-from control.store.database import Database
+from control.store.database import Store
 
 
 @pytest.fixture(scope="session")
 def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A database at the head revision, made once; each test starts from a copy."""
     path = tmp_path_factory.mktemp("template") / "moorage.db"
-    db = Database(f"sqlite:///{path}")
+    db = Store(f"sqlite:///{path}")
     migrate.upgrade(db.engine)
     with db.engine.connect() as connection:
         connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")

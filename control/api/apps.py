@@ -13,7 +13,7 @@ from litestar.params import FromPath, JSONBody
 from control.api.endpoints import Cursor, Limit, endpoint
 from control.domain.apps import AppService
 from control.security.principal import Principal
-from control.security.scopes import Scope
+from control.security.scopes import KeyScope
 from control.store.records import App
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535, description="Port the app listens on inside its container")]
@@ -83,12 +83,12 @@ class AppController(Controller):
     path = "/v1/apps"
     tags = ["apps"]
 
-    @endpoint("POST", access=Scope.DEPLOY, errors=(409,), summary="Create an app", status_code=201)
+    @endpoint("POST", access=KeyScope.DEPLOY, errors=(409,), summary="Create an app", status_code=201)
     def create(self, request: Request[Any, Principal, Any], apps: NamedDependency[AppService], data: JSONBody[AppCreate]) -> AppOut:
         fields = msgspec.structs.asdict(data)
         return AppOut.of(apps.create(_tenant(request), fields.pop("name"), **fields), _apps_domain(request))
 
-    @endpoint("GET", access=Scope.READ, summary="List apps")
+    @endpoint("GET", access=KeyScope.READ, summary="List apps")
     def list(
         self,
         request: Request[Any, Principal, Any],
@@ -100,15 +100,15 @@ class AppController(Controller):
         domain = _apps_domain(request)
         return AppList(items=[AppOut.of(a, domain) for a in page.items], next_cursor=page.next_cursor)
 
-    @endpoint("GET", "/{app:str}", access=Scope.READ, errors=(404,), summary="Get an app by id or name")
+    @endpoint("GET", "/{app:str}", access=KeyScope.READ, errors=(404,), summary="Get an app by id or name")
     def get(self, request: Request[Any, Principal, Any], apps: NamedDependency[AppService], app: FromPath[str]) -> AppOut:
         return AppOut.of(apps.get(_tenant(request), app), _apps_domain(request))
 
-    @endpoint("PATCH", "/{app:str}", access=Scope.DEPLOY, errors=(404,), summary="Change an app's settings")
+    @endpoint("PATCH", "/{app:str}", access=KeyScope.DEPLOY, errors=(404,), summary="Change an app's settings")
     def update(self, request: Request[Any, Principal, Any], apps: NamedDependency[AppService], app: FromPath[str], data: JSONBody[AppPatch]) -> AppOut:
         changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
         return AppOut.of(apps.update(_tenant(request), app, **changes), _apps_domain(request))
 
-    @endpoint("DELETE", "/{app:str}", access=Scope.DEPLOY, errors=(404,), summary="Delete an app")
+    @endpoint("DELETE", "/{app:str}", access=KeyScope.DEPLOY, errors=(404,), summary="Delete an app")
     def remove(self, request: Request[Any, Principal, Any], apps: NamedDependency[AppService], app: FromPath[str]) -> None:
         apps.delete(_tenant(request), app)

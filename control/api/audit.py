@@ -26,11 +26,11 @@ from control.api.endpoints import Cursor, Limit, endpoint
 from control.api.request_context import request_id_of
 from control.domain.audit import AuditService
 from control.domain.keys import require_tenant
+from control.http_methods import MUTATING
 from control.security.principal import Principal
-from control.security.scopes import OPERATOR_ACCESS, Scope as AccessScope
+from control.security.scopes import OPERATOR_ACCESS, KeyScope
 from control.store.repositories.audit import AuditEvent
 
-MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _AUDITED_READ = "audited_read"  # scope["state"] key: the action name of a read to record
 log = structlog.get_logger("moorage.audit")
 
@@ -125,7 +125,7 @@ def _page(audit: AuditService, tenant_id: str | None, **filters: Any) -> AuditLi
     return AuditList(items=[AuditEventOut.of(e) for e in page.items], next_cursor=page.next_cursor)
 
 
-@endpoint("GET", "/v1/audit", access=AccessScope.ADMIN, summary="Your tenant's audit log, newest first", tags=["audit"])
+@endpoint("GET", "/v1/audit", access=KeyScope.ADMIN, summary="Your tenant's audit log, newest first", tags=["audit"])
 def tenant_audit(
     request: Request[Any, Principal, Any],
     audit: NamedDependency[AuditService],

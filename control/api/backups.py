@@ -23,7 +23,7 @@ from control.api.endpoints import Cursor, Limit, endpoint
 from control.domain.backups import BackupService
 from control.domain.keys import require_tenant
 from control.security.principal import Principal
-from control.security.scopes import Scope
+from control.security.scopes import KeyScope
 from control.store.repositories.backups import Backup, Restore
 
 
@@ -75,22 +75,22 @@ class BackupController(Controller):
     path = "/v1/databases/{db:str}/backups"
     tags = ["databases"]
 
-    @endpoint("POST", access=Scope.DEPLOY, errors=(404,), status_code=202, summary="Back up a database (a job)")
+    @endpoint("POST", access=KeyScope.DEPLOY, errors=(404,), status_code=202, summary="Back up a database (a job)")
     def create(self, request: Request[Any, Principal, Any], db: FromPath[str]) -> Response[BackupOut]:
         backup = _backups(request).create(require_tenant(request.user), db)
         return Response(BackupOut.of(backup), status_code=202, headers={"Location": f"/v1/databases/{db}/backups/{backup.id}"})
 
-    @endpoint("GET", access=Scope.READ, errors=(404,), summary="List a database's backups (oldest first)")
+    @endpoint("GET", access=KeyScope.READ, errors=(404,), summary="List a database's backups (oldest first)")
     def list(self, request: Request[Any, Principal, Any], db: FromPath[str], limit: Annotated[int, Limit] = 50,
              cursor: Annotated[str | None, Cursor] = None) -> BackupList:
         page = _backups(request).list(require_tenant(request.user), db, limit=limit, cursor=cursor)
         return BackupList([BackupOut.of(b) for b in page.items], page.next_cursor)
 
-    @endpoint("GET", "/{backup:str}", access=Scope.READ, errors=(404,), summary="Get a backup (poll its status)")
+    @endpoint("GET", "/{backup:str}", access=KeyScope.READ, errors=(404,), summary="Get a backup (poll its status)")
     def get(self, request: Request[Any, Principal, Any], db: FromPath[str], backup: FromPath[str]) -> BackupOut:
         return BackupOut.of(_backups(request).get(require_tenant(request.user), db, backup))
 
-    @endpoint("GET", "/{backup:str}/download", access=Scope.ADMIN, errors=(404, 409),
+    @endpoint("GET", "/{backup:str}/download", access=KeyScope.ADMIN, errors=(404, 409),
               summary="Download a backup file (streamed; admin)", media_type="application/octet-stream")
     def download(self, request: Request[Any, Principal, Any], db: FromPath[str], backup: FromPath[str]) -> File:
         found, path = _backups(request).file(require_tenant(request.user), db, backup)
@@ -98,7 +98,7 @@ class BackupController(Controller):
         return File(path=path, filename=f"{found.id}{path.suffix}", media_type="application/octet-stream",
                     headers={"Repr-Digest": f"sha-256=:{digest}:", "X-Checksum-SHA256": found.sha256 or ""})
 
-    @endpoint("POST", "/{backup:str}/restore", access=Scope.DEPLOY, errors=(404,), status_code=202,
+    @endpoint("POST", "/{backup:str}/restore", access=KeyScope.DEPLOY, errors=(404,), status_code=202,
               summary="Restore a backup into this or another database of the same engine (a job)")
     def restore(self, request: Request[Any, Principal, Any], db: FromPath[str], backup: FromPath[str],
                 data: JSONBody[RestoreIn]) -> Response[RestoreOut]:
@@ -106,7 +106,7 @@ class BackupController(Controller):
         location = f"/v1/databases/{db}/backups/{backup}/restores/{restore.id}"
         return Response(RestoreOut.of(restore), status_code=202, headers={"Location": location})
 
-    @endpoint("GET", "/{backup:str}/restores/{restore:str}", access=Scope.READ, errors=(404,), summary="Get a restore (poll its status)")
+    @endpoint("GET", "/{backup:str}/restores/{restore:str}", access=KeyScope.READ, errors=(404,), summary="Get a restore (poll its status)")
     def get_restore(self, request: Request[Any, Principal, Any], db: FromPath[str], backup: FromPath[str],
                     restore: FromPath[str]) -> RestoreOut:
         return RestoreOut.of(_backups(request).get_restore(require_tenant(request.user), db, backup, restore))

@@ -32,7 +32,7 @@ from control.domain.databases import (
 from control.domain.errors import Forbidden
 from control.domain.keys import require_tenant
 from control.security.principal import Principal
-from control.security.scopes import OPERATOR_ACCESS, Scope
+from control.security.scopes import OPERATOR_ACCESS, KeyScope
 from control.store.repositories.databases import Database, DatabaseOverrides
 from runtime.databases.engines import engine_facts
 from runtime.databases.provision import hostname_for
@@ -100,28 +100,28 @@ class DatabaseController(Controller):
     tags = ["databases"]
     exception_handlers = {CredentialsUnreadable: secret_unreadable_handler}  # type: ignore[dict-item]
 
-    @endpoint("POST", access=Scope.DEPLOY, errors=(409,), status_code=202, summary="Create a managed database (provisioned by a job)")
+    @endpoint("POST", access=KeyScope.DEPLOY, errors=(409,), status_code=202, summary="Create a managed database (provisioned by a job)")
     def create(self, request: Request[Any, Principal, Any], data: JSONBody[DatabaseCreate]) -> Response[DatabaseOut]:
         created = _databases(request).create(require_tenant(request.user), data.name, data.engine, memory_mb=data.memory_mb,
                                              backup_retention=data.backup_retention)
         return Response(DatabaseOut.of(created), status_code=202, headers={"Location": f"/v1/databases/{created.id}"})
 
-    @endpoint("GET", access=Scope.READ, summary="List databases (never credentials)")
+    @endpoint("GET", access=KeyScope.READ, summary="List databases (never credentials)")
     def list(self, request: Request[Any, Principal, Any], limit: Annotated[int, Limit] = 50,
              cursor: Annotated[str | None, Cursor] = None) -> DatabaseList:
         page = _databases(request).list(require_tenant(request.user), limit=limit, cursor=cursor)
         return DatabaseList(items=[DatabaseOut.of(d) for d in page.items], next_cursor=page.next_cursor)
 
-    @endpoint("GET", "/{db:str}", access=Scope.READ, errors=(404,), summary="Get a database by id or name (poll its status)")
+    @endpoint("GET", "/{db:str}", access=KeyScope.READ, errors=(404,), summary="Get a database by id or name (poll its status)")
     def get(self, request: Request[Any, Principal, Any], db: FromPath[str]) -> DatabaseOut:
         return DatabaseOut.of(_databases(request).get(require_tenant(request.user), db))
 
-    @endpoint("GET", "/{db:str}/connection", access=Scope.READ, errors=(404, 409),
+    @endpoint("GET", "/{db:str}/connection", access=KeyScope.READ, errors=(404, 409),
               summary="Where to connect (password masked; ?reveal=true with admin for the URL)")
     def connection(self, request: Request[Any, Principal, Any], db: FromPath[str],
                    reveal: Annotated[bool, Reveal] = False) -> ConnectionOut:
         tenant_id = require_tenant(request.user)
-        if reveal and not request.user.allows(Scope.ADMIN):
+        if reveal and not request.user.allows(KeyScope.ADMIN):
             raise Forbidden(f"Revealing credentials needs the 'admin' scope; key {request.user.key_id} has "
                             f"{sorted(request.user.scopes)}.", code="insufficient-scope")
         if reveal:
@@ -131,7 +131,7 @@ class DatabaseController(Controller):
                              port=engine_facts(database.engine).port, user=database.db_user, database=database.db_name,
                              url=url if reveal else redact_url(url), revealed=reveal)
 
-    @endpoint("DELETE", "/{db:str}", access=Scope.DEPLOY, errors=(404,), status_code=202,
+    @endpoint("DELETE", "/{db:str}", access=KeyScope.DEPLOY, errors=(404,), status_code=202,
               summary="Delete a database (volume kept for the grace period unless ?purge=true)")
     def remove(self, request: Request[Any, Principal, Any], db: FromPath[str], purge: Annotated[bool, Purge] = False,
                force: Annotated[bool, Force] = False) -> DatabaseOut:

@@ -24,11 +24,15 @@ from control.api.endpoints import Cursor, Limit, endpoint, route
 from control.api.problems import Problem, problem_response
 from control.domain.deployments import DeploymentService
 from control.domain.errors import Invalid
-from control.domain.git_sources import GitHostRefused, check_git_source, resolve_git_host
+from control.domain.git_sources import (
+    GitHostRefused,
+    check_git_source,
+    resolve_git_host,
+)
 from control.domain.keys import require_tenant
 from control.domain.releases import ReleaseService
 from control.security.principal import Principal
-from control.security.scopes import Scope
+from control.security.scopes import KeyScope
 from control.settings import Settings
 from control.store.repositories.deployments import Deployment
 from runtime.archive import ArchiveRejected, ExtractLimits, extract_tar_gz
@@ -117,7 +121,7 @@ class DeploymentController(Controller):
     path = "/v1/apps/{app:str}/deployments"
     tags = ["deployments"]
 
-    @route("POST", "/", access=Scope.DEPLOY, errors=(404, 413, 415), status_code=202, request_max_body_size=None,
+    @route("POST", "/", access=KeyScope.DEPLOY, errors=(404, 413, 415), status_code=202, request_max_body_size=None,
                     summary="Deploy: upload a tar.gz (application/gzip) or JSON {git: {url, ref}}")
     async def create(self, request: Request[Any, Principal, Any], app: FromPath[str]) -> Response[DeploymentOut] | Response[Problem]:
         services = request.app.state.services
@@ -179,7 +183,7 @@ class DeploymentController(Controller):
         created = await anyio.to_thread.run_sync(deployments.create, tenant_id, target, deployment_id, "git", source)
         return accepted(deployment_out(created, releases))
 
-    @endpoint("GET", "/", access=Scope.READ, errors=(404,), summary="List an app's deployments (oldest first)")
+    @endpoint("GET", "/", access=KeyScope.READ, errors=(404,), summary="List an app's deployments (oldest first)")
     def list(
         self, request: Request[Any, Principal, Any], deployments: NamedDependency[DeploymentService], releases: NamedDependency[ReleaseService],
         app: FromPath[str], limit: Annotated[int, Limit] = 50, cursor: Annotated[str | None, Cursor] = None,
@@ -187,14 +191,14 @@ class DeploymentController(Controller):
         page = deployments.list(require_tenant(request.user), app, limit=limit, cursor=cursor)
         return DeploymentList(items=[deployment_out(d, releases) for d in page.items], next_cursor=page.next_cursor)
 
-    @endpoint("GET", "/{deployment:str}", access=Scope.READ, errors=(404,), summary="Get a deployment (poll its status)")
+    @endpoint("GET", "/{deployment:str}", access=KeyScope.READ, errors=(404,), summary="Get a deployment (poll its status)")
     def get(
         self, request: Request[Any, Principal, Any], deployments: NamedDependency[DeploymentService], releases: NamedDependency[ReleaseService],
         app: FromPath[str], deployment: FromPath[str],
     ) -> DeploymentOut:
         return deployment_out(deployments.get(require_tenant(request.user), app, deployment), releases)
 
-    @endpoint("POST", "/{deployment:str}/cancel", access=Scope.DEPLOY, errors=(404,), status_code=202,
+    @endpoint("POST", "/{deployment:str}/cancel", access=KeyScope.DEPLOY, errors=(404,), status_code=202,
               summary="Cancel a deployment (at once if queued, else at its next step)")
     def cancel(
         self, request: Request[Any, Principal, Any], deployments: NamedDependency[DeploymentService], releases: NamedDependency[ReleaseService],

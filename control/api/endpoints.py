@@ -20,9 +20,9 @@ from litestar.openapi.spec import Parameter as ParameterSpec
 from litestar.params import QueryParameter
 
 from control.api.problems import problem_responses
+from control.http_methods import MUTATING
 
 _DECORATORS = {"GET": get, "POST": post, "PATCH": patch, "PUT": put, "DELETE": delete}
-MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 SECURITY: list[dict[str, list[str]]] = [{"ApiKey": []}]
 
 IDEMPOTENCY_KEY = ParameterSpec(

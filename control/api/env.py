@@ -28,7 +28,7 @@ from control.domain.env import EnvService, EnvSet, EnvValue, EnvVar, SecretUnrea
 from control.domain.errors import Forbidden
 from control.domain.keys import require_tenant
 from control.security.principal import Principal
-from control.security.scopes import DEPLOY_READS_SECRETS, Scope
+from control.security.scopes import DEPLOY_READS_SECRETS, KeyScope
 
 Reveal = QueryParameter(
     description="Include values. Needs the `admin` scope (403 otherwise); audited. " + DEPLOY_READS_SECRETS,
@@ -107,7 +107,7 @@ class EnvController(Controller):
     tags = ["env"]
     exception_handlers = {SecretUnreadable: secret_unreadable_handler}  # type: ignore[dict-item]
 
-    @endpoint("GET", access=Scope.READ, errors=(404, 503), summary="List an app's env vars (values only with reveal)")
+    @endpoint("GET", access=KeyScope.READ, errors=(404, 503), summary="List an app's env vars (values only with reveal)")
     def list(
         self,
         request: Request[Any, Principal, Any],
@@ -121,7 +121,7 @@ class EnvController(Controller):
         tenant_id = require_tenant(request.user)
         if not reveal:
             return EnvOut.of(env_vars.list(tenant_id, app))
-        if not request.user.allows(Scope.ADMIN):
+        if not request.user.allows(KeyScope.ADMIN):
             raise Forbidden(
                 f"Revealing values needs the 'admin' scope; key {request.user.key_id} has {sorted(request.user.scopes)}.",
                 code="insufficient-scope",
@@ -129,7 +129,7 @@ class EnvController(Controller):
         mark_audited(request, "?reveal=true")  # who saw which secrets is part of the trail
         return EnvRevealed.of(env_vars.list(tenant_id, app, reveal=True))
 
-    @endpoint("PUT", access=Scope.DEPLOY, errors=(404,), summary="Replace an app's whole env set")
+    @endpoint("PUT", access=KeyScope.DEPLOY, errors=(404,), summary="Replace an app's whole env set")
     def replace(
         self, request: Request[Any, Principal, Any], env_vars: NamedDependency[EnvService], app: FromPath[str], data: JSONBody[EnvReplace]
     ) -> EnvOut:
@@ -138,7 +138,7 @@ class EnvController(Controller):
         desired = {name: _value(entry) for name, entry in data.vars.items()}
         return EnvOut.of(env_vars.replace(require_tenant(request.user), app, desired))
 
-    @endpoint("PATCH", access=Scope.DEPLOY, errors=(404,), summary="Set and remove some of an app's env vars")
+    @endpoint("PATCH", access=KeyScope.DEPLOY, errors=(404,), summary="Set and remove some of an app's env vars")
     def merge(
         self, request: Request[Any, Principal, Any], env_vars: NamedDependency[EnvService], app: FromPath[str], data: JSONBody[EnvPatch]
     ) -> EnvOut:
@@ -147,7 +147,7 @@ class EnvController(Controller):
         changes = {name: None if entry is None else _value(entry) for name, entry in data.vars.items()}
         return EnvOut.of(env_vars.merge(require_tenant(request.user), app, changes))
 
-    @endpoint("PUT", "/{name:str}", access=Scope.DEPLOY, errors=(404,), summary="Set one env var")
+    @endpoint("PUT", "/{name:str}", access=KeyScope.DEPLOY, errors=(404,), summary="Set one env var")
     def put_one(
         self,
         request: Request[Any, Principal, Any],
@@ -160,7 +160,7 @@ class EnvController(Controller):
         with a `deploy` key can read it."""
         return EnvVarOut.of(env_vars.set(require_tenant(request.user), app, name, _value(data)))
 
-    @endpoint("DELETE", "/{name:str}", access=Scope.DEPLOY, errors=(404,), summary="Remove one env var")
+    @endpoint("DELETE", "/{name:str}", access=KeyScope.DEPLOY, errors=(404,), summary="Remove one env var")
     def remove(
         self, request: Request[Any, Principal, Any], env_vars: NamedDependency[EnvService], app: FromPath[str], name: FromPath[str]
     ) -> None:

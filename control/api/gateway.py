@@ -28,6 +28,7 @@ from litestar.params import Body
 from litestar.response import Stream
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from control.api.endpoints import route
 from control.api.gateway_proxy import (
     Answer,
     Call,
@@ -37,7 +38,6 @@ from control.api.gateway_proxy import (
     UpstreamFailed,
     open_answer,
 )
-from control.api.endpoints import route
 from control.api.problems import problem_response, retry_after_header
 from control.api.request_context import request_id_of
 from control.domain.errors import Invalid
@@ -49,7 +49,7 @@ from control.domain.inference_quota import (
 )
 from control.ids import new_id
 from control.security.principal import Principal
-from control.security.scopes import Scope
+from control.security.scopes import KeyScope
 from control.store.repositories.usage import UsageRecord
 from control.store.types import utcnow
 
@@ -73,14 +73,14 @@ class ModelList(msgspec.Struct):
     object: str = "list"
 
 
-@route("GET", "/v1/models", access=Scope.INFERENCE, summary="Models served by healthy nodes (OpenAI list)", tags=["inference"])
+@route("GET", "/v1/models", access=KeyScope.INFERENCE, summary="Models served by healthy nodes (OpenAI list)", tags=["inference"])
 async def list_models(request: Request[Any, Principal, Any]) -> ModelList:
     names = await anyio.to_thread.run_sync(_inference(request).nodes.models)
     return ModelList(data=[ModelOut(id=name) for name in names])
 
 
 @route(
-    "POST", "/v1/chat/completions", access=Scope.INFERENCE, errors=(404, 502, 503), audited=False,
+    "POST", "/v1/chat/completions", access=KeyScope.INFERENCE, errors=(404, 502, 503), audited=False,
     summary="Chat completion (OpenAI-compatible; `stream: true` for SSE)", tags=["inference"], status_code=200,
 )  # fmt: skip
 async def chat_completions(request: Request[Any, Principal, Any], data: OpenAIBody) -> Response[Any]:
@@ -88,7 +88,7 @@ async def chat_completions(request: Request[Any, Principal, Any], data: OpenAIBo
 
 
 @route(
-    "POST", "/v1/completions", access=Scope.INFERENCE, errors=(404, 502, 503), audited=False,
+    "POST", "/v1/completions", access=KeyScope.INFERENCE, errors=(404, 502, 503), audited=False,
     summary="Text completion (OpenAI-compatible; `stream: true` for SSE)", tags=["inference"], status_code=200,
 )  # fmt: skip
 async def completions(request: Request[Any, Principal, Any], data: OpenAIBody) -> Response[Any]:

@@ -43,11 +43,11 @@ from control.domain.idempotency import (
     fingerprint,
     parse_key,
 )
+from control.http_methods import MUTATING
 from control.security.principal import Principal
 from control.store import claim_fence
 from control.store.repositories.idempotency import StoredResponse
 
-MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 HEADER = b"idempotency-key"
 REPLAYED_HEADER = b"idempotent-replayed"
 KEPT_HEADERS = frozenset({b"content-type", b"location", b"content-location", b"etag", b"last-modified", b"link"})

@@ -5,15 +5,15 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
+from litestar import Controller, Request
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
-from litestar import Controller, Request
 
 from control.api.endpoints import Cursor, Limit, endpoint
 from control.api.schemas import KeyCreate, KeyCreated, KeyList, KeyOut
 from control.domain.keys import KeyService
 from control.security.principal import Principal
-from control.security.scopes import ANY_KEY_ACCESS, Scope
+from control.security.scopes import ANY_KEY_ACCESS, KeyScope
 
 
 class WhoAmI(msgspec.Struct):
@@ -27,13 +27,13 @@ class KeyController(Controller):
     path = "/v1/keys"
     tags = ["keys"]
 
-    @endpoint("POST", access=Scope.ADMIN, summary="Issue a key for your tenant", status_code=201)
+    @endpoint("POST", access=KeyScope.ADMIN, summary="Issue a key for your tenant", status_code=201)
     def issue(self, request: Request[Any, Principal, Any], keys: NamedDependency[KeyService], data: JSONBody[KeyCreate]) -> KeyCreated:
         principal = request.user
         issued = keys.issue(principal, principal.tenant_id, name=data.name, scopes=data.scopes, expires_at=data.expires_at)
         return KeyCreated(**msgspec.structs.asdict(KeyOut.of(issued.key)), token=issued.token)
 
-    @endpoint("GET", access=Scope.ADMIN, summary="List your tenant's keys")
+    @endpoint("GET", access=KeyScope.ADMIN, summary="List your tenant's keys")
     def list(
         self,
         request: Request[Any, Principal, Any],
@@ -44,11 +44,11 @@ class KeyController(Controller):
         page = keys.list(request.user.tenant_id, limit=limit, cursor=cursor)
         return KeyList(items=[KeyOut.of(k) for k in page.items], next_cursor=page.next_cursor)
 
-    @endpoint("GET", "/{key_id:str}", access=Scope.ADMIN, errors=(404,), summary="Get one of your tenant's keys")
+    @endpoint("GET", "/{key_id:str}", access=KeyScope.ADMIN, errors=(404,), summary="Get one of your tenant's keys")
     def get(self, request: Request[Any, Principal, Any], keys: NamedDependency[KeyService], key_id: FromPath[str]) -> KeyOut:
         return KeyOut.of(keys.get(request.user.tenant_id, key_id))
 
-    @endpoint("DELETE", "/{key_id:str}", access=Scope.ADMIN, errors=(404,), summary="Revoke one of your tenant's keys")
+    @endpoint("DELETE", "/{key_id:str}", access=KeyScope.ADMIN, errors=(404,), summary="Revoke one of your tenant's keys")
     def revoke(self, request: Request[Any, Principal, Any], keys: NamedDependency[KeyService], key_id: FromPath[str]) -> None:
         keys.revoke(request.user.tenant_id, key_id)
 

@@ -19,7 +19,7 @@ from control.api.endpoints import endpoint
 from control.domain.keys import require_tenant
 from control.domain.links import LinkService
 from control.security.principal import Principal
-from control.security.scopes import Scope
+from control.security.scopes import KeyScope
 from control.store.repositories.links import Link
 
 
@@ -55,14 +55,14 @@ class LinkController(Controller):
     path = "/v1/apps/{app:str}/links"
     tags = ["databases"]
 
-    @endpoint("POST", access=Scope.DEPLOY, errors=(404,), status_code=201, summary="Link a database to an app (from its next release)")
+    @endpoint("POST", access=KeyScope.DEPLOY, errors=(404,), status_code=201, summary="Link a database to an app (from its next release)")
     def create(self, request: Request[Any, Principal, Any], app: FromPath[str], data: JSONBody[LinkCreate]) -> LinkOut:
         return LinkOut.of(_links(request).create(require_tenant(request.user), app, data.database, data.env_name))
 
-    @endpoint("GET", access=Scope.READ, errors=(404,), summary="List an app's database links (never URLs)")
+    @endpoint("GET", access=KeyScope.READ, errors=(404,), summary="List an app's database links (never URLs)")
     def list(self, request: Request[Any, Principal, Any], app: FromPath[str]) -> LinkList:
         return LinkList([LinkOut.of(link) for link in _links(request).list(require_tenant(request.user), app)])
 
-    @endpoint("DELETE", "/{link:str}", access=Scope.DEPLOY, errors=(404,), summary="Remove a link (from the app's next release)")
+    @endpoint("DELETE", "/{link:str}", access=KeyScope.DEPLOY, errors=(404,), summary="Remove a link (from the app's next release)")
     def remove(self, request: Request[Any, Principal, Any], app: FromPath[str], link: FromPath[str]) -> None:
         _links(request).delete(require_tenant(request.user), app, link)

@@ -30,7 +30,7 @@ from control.domain.releases import ReleaseService
 from control.jobs.build_log import read_from
 from control.jobs.runtime import AppRuntime
 from control.security.principal import Principal
-from control.security.scopes import Scope
+from control.security.scopes import KeyScope
 
 Follow = QueryParameter(description="Stream (SSE) until the end instead of returning the text so far.", required=False)
 Tail = QueryParameter(ge=0, le=10000, description="Runtime log lines from before now to start with.", required=False)
@@ -104,7 +104,7 @@ class LogController(Controller):
     path = "/v1/apps/{app:str}"
     tags = ["logs"]
 
-    @route("GET", "/deployments/{deployment:str}/logs", access=Scope.READ, errors=(404,),
+    @route("GET", "/deployments/{deployment:str}/logs", access=KeyScope.READ, errors=(404,),
                     summary="A deployment's build log (text, or SSE with follow=true)")
     async def build_log(
         self, request: Request[Any, Principal, Any], app: FromPath[str], deployment: FromPath[str],
@@ -118,7 +118,7 @@ class LogController(Controller):
             return Response(text, media_type="text/plain; charset=utf-8")
         return ServerSentEvent(_build_events(services.deploys.deployments, services.deploys.releases, found.id, path))
 
-    @route("GET", "/logs", access=Scope.READ, errors=(404, 503),
+    @route("GET", "/logs", access=KeyScope.READ, errors=(404, 503),
                     summary="The running app's log (text, or SSE with follow=true)")
     async def runtime_log(
         self, request: Request[Any, Principal, Any], app: FromPath[str], follow: Annotated[bool, Follow] = False,

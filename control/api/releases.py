@@ -21,7 +21,7 @@ from control.domain.errors import Conflict
 from control.domain.keys import require_tenant
 from control.domain.releases import ReleaseService
 from control.security.principal import Principal
-from control.security.scopes import Scope
+from control.security.scopes import KeyScope
 from control.store.repositories.releases import Release
 
 
@@ -57,7 +57,7 @@ class ReleaseController(Controller):
     path = "/v1/apps/{app:str}"
     tags = ["releases"]
 
-    @endpoint("GET", "/releases", access=Scope.READ, errors=(404,), summary="List an app's releases (oldest first)")
+    @endpoint("GET", "/releases", access=KeyScope.READ, errors=(404,), summary="List an app's releases (oldest first)")
     def list(
         self, request: Request[Any, Principal, Any], releases: NamedDependency[ReleaseService], app: FromPath[str],
         limit: Annotated[int, Limit] = 50, cursor: Annotated[str | None, Cursor] = None,
@@ -65,7 +65,7 @@ class ReleaseController(Controller):
         page, current = releases.list(require_tenant(request.user), app, limit=limit, cursor=cursor)
         return ReleaseList(items=[ReleaseOut.of(r, current) for r in page.items], next_cursor=page.next_cursor)
 
-    @endpoint("POST", "/rollback", access=Scope.DEPLOY, errors=(404,), status_code=202,
+    @endpoint("POST", "/rollback", access=KeyScope.DEPLOY, errors=(404,), status_code=202,
               summary="Roll back to an earlier release (a new deployment reusing its image)")
     def rollback(
         self, request: Request[Any, Principal, Any], releases: NamedDependency[ReleaseService],

@@ -20,7 +20,7 @@ from control.domain.inference import Inference
 from control.domain.keys import require_tenant
 from control.domain.usage import UsageSummary, day_window
 from control.security.principal import Principal
-from control.security.scopes import OPERATOR_ACCESS, Scope
+from control.security.scopes import OPERATOR_ACCESS, KeyScope
 from control.store.repositories.usage import UsageRecord
 
 Since = QueryParameter(description="First day (UTC, YYYY-MM-DD); default: 30 days before `until`.", required=False)
@@ -127,7 +127,7 @@ def _report(
     return out
 
 
-@endpoint("GET", "/v1/usage", access=Scope.INFERENCE, summary="Your tenant's inference usage by day and model", tags=["inference"])
+@endpoint("GET", "/v1/usage", access=KeyScope.INFERENCE, summary="Your tenant's inference usage by day and model", tags=["inference"])
 def tenant_usage(
     request: Request[Any, Principal, Any],
     since: Annotated[date | None, Since] = None,

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from control.cli.client import exit_codes
 from control.domain.errors import Conflict
 from control.security.master_keys import (
     KeySource,
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 
 class CommandError(Exception):
-    def __init__(self, message: str, *, code: str, exit_code: int = 1) -> None:
+    def __init__(self, message: str, *, code: str, exit_code: int = exit_codes.FAILED) -> None:
         super().__init__(message)
         self.code = code
         self.exit_code = exit_code
@@ -69,7 +70,7 @@ def _write_secret_file(path: Path, token: str) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raise CommandError(f"{path} exists; refusing to overwrite a key file.", code="file-exists", exit_code=3) from None
+        raise CommandError(f"{path} exists; refusing to overwrite a key file.", code="file-exists", exit_code=exit_codes.CONFLICT) from None
     with os.fdopen(fd, "w") as handle:
         handle.write(token + "\n")
 
@@ -86,12 +87,12 @@ def run_bootstrap(args: argparse.Namespace) -> int:
         migrate.upgrade(services.db.engine)
         if args.output_file is not None and args.output_file.exists():
             raise CommandError(
-                f"{args.output_file} exists; refusing to overwrite a key file.", code="file-exists", exit_code=3
+                f"{args.output_file} exists; refusing to overwrite a key file.", code="file-exists", exit_code=exit_codes.CONFLICT
             )
         try:
             issued = services.keys.bootstrap_operator(args.name, another=args.another)
         except Conflict as exc:
-            raise CommandError(exc.detail, code=exc.code, exit_code=3) from None
+            raise CommandError(exc.detail, code=exc.code, exit_code=exit_codes.CONFLICT) from None
         if args.output_file is not None:
             _write_secret_file(args.output_file, issued.token)
         print(json.dumps({
@@ -144,12 +145,12 @@ def run_generate_master_key(args: argparse.Namespace) -> int:
     try:
         key = generate_master_key(args.key_id)
     except MasterKeyError as exc:
-        raise CommandError(str(exc), code="invalid-key-id", exit_code=2) from None
+        raise CommandError(str(exc), code="invalid-key-id", exit_code=exit_codes.USAGE) from None
     if args.output_file is None:
         print(json.dumps({"key_id": key.id, "line": key.line(), "note": "Put the line in the key file or MOORAGE_MASTER_KEYS."}))
         return 0
     if args.output_file.exists():
-        raise CommandError(f"{args.output_file} exists; refusing to overwrite a key file.", code="file-exists", exit_code=3)
+        raise CommandError(f"{args.output_file} exists; refusing to overwrite a key file.", code="file-exists", exit_code=exit_codes.CONFLICT)
     write_key_file(args.output_file, [key])
     print(json.dumps({"key_id": key.id, "written_to": str(args.output_file)}))
     return 0
@@ -161,15 +162,15 @@ def _add_active_key(source: KeySource, new_key_file: Path | None) -> MasterKey:
             "Master keys come from MOORAGE_MASTER_KEYS, which this command cannot edit. Put the new key first "
             "there (`moorage admin generate-master-key`), restart, then run `rotate-key --reencrypt-only`.",
             code="keys-from-environment",
-            exit_code=2,
+            exit_code=exit_codes.USAGE,
         )
     assert source.file is not None
     keys = source.load()
     if new_key_file is not None and not new_key_file.is_file():
-        raise CommandError(f"--new-key-file {new_key_file} does not exist.", code="file-not-found", exit_code=2)
+        raise CommandError(f"--new-key-file {new_key_file} does not exist.", code="file-not-found", exit_code=exit_codes.USAGE)
     new = parse_keys(new_key_file.read_text(), origin=str(new_key_file))[0] if new_key_file else generate_master_key()
     if any(k.id == new.id for k in keys):
-        raise CommandError(f"Key id {new.id!r} is already in {source.file}.", code="key-exists", exit_code=3)
+        raise CommandError(f"Key id {new.id!r} is already in {source.file}.", code="key-exists", exit_code=exit_codes.CONFLICT)
     write_key_file(source.file, [new, *keys])
     return new
 
@@ -184,7 +185,7 @@ def run_rotate_key(args: argparse.Namespace) -> int:
     if args.retire:
         return run_retire_key(args)
     if args.batch_size < 1:
-        raise CommandError("--batch-size must be at least 1.", code="usage", exit_code=2)
+        raise CommandError("--batch-size must be at least 1.", code="usage", exit_code=exit_codes.USAGE)
     source = KeySource.of(Settings.from_env())
     with _key_file_lock(source), _services() as services:
         added = None if args.reencrypt_only else _add_active_key(source, args.new_key_file)
@@ -224,7 +225,7 @@ def run_retire_key(args: argparse.Namespace) -> int:
         if all(k.id != key_id for k in keys):
             raise CommandError(f"No master key {key_id!r} in {source.describe()}.", code="key-not-found")
         if keys[0].id == key_id:
-            raise CommandError(f"{key_id!r} is the active key; rotate to a new one first.", code="key-active", exit_code=3)
+            raise CommandError(f"{key_id!r} is the active key; rotate to a new one first.", code="key-active", exit_code=exit_codes.CONFLICT)
         # Every sealed column counts: a key some database password still needs must stay.
         users = {label: n for label, per_key in _rotation(services).usage_by_column().items() if (n := per_key.get(key_id, 0))}
         if users:
@@ -233,7 +234,7 @@ def run_retire_key(args: argparse.Namespace) -> int:
                 f"{sum(users.values())} value(s) are still sealed under {key_id!r} ({where}); "
                 "run `moorage admin rotate-key --reencrypt-only` first.",
                 code="key-in-use",
-                exit_code=3,
+                exit_code=exit_codes.CONFLICT,
             )
         if source.is_file:
             assert source.file is not None

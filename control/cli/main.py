@@ -13,10 +13,9 @@ from typing import Any
 from control.cli import admin, server
 from control.cli.client import commands as client_commands
 from control.cli.client import config as client_config
+from control.cli.client import exit_codes
 from control.cli.client.http import ApiClient, ApiError
 from inference import cli as inference_cli
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CONFLICT = 0, 1, 2, 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,10 +38,10 @@ def _run_api_command(args: argparse.Namespace) -> int:
         config = client_config.resolve(args.url, args.api_key, args.profile)
     except client_config.ConfigError as exc:
         emit({"error": "config", "detail": str(exc)}, sys.stderr)
-        return EXIT_USAGE
+        return exit_codes.USAGE
     api = ApiClient(config, retry_for_s=args.retry_for)
     try:
-        return int(args.api(args, api) or EXIT_OK)
+        return int(args.api(args, api) or exit_codes.OK)
     except ApiError as exc:
         problem = exc.problem
         emit(
@@ -65,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if hasattr(args, "api"):
         return _run_api_command(args)
     try:
-        return int(args.run(args) or EXIT_OK)
+        return int(args.run(args) or exit_codes.OK)
     except admin.CommandError as exc:
         emit({"error": exc.code, "detail": str(exc)}, sys.stderr)
         return exc.exit_code

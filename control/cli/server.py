@@ -48,11 +48,11 @@ def proxy_options(settings: Settings) -> dict[str, object]:
 def run_migrate(_args: argparse.Namespace) -> int:
     from control.logging import configure_logging
     from control.store import migrate
-    from control.store.database import Database
+    from control.store.database import Store
 
     settings = Settings.from_env()
     configure_logging("warning", settings.log_format)  # stdout carries the result
-    db = Database(settings.database_url)
+    db = Store(settings.database_url)
     try:
         migrate.upgrade(db.engine)
         print(json.dumps({"migrated": True, "revision": migrate.current_revision(db.engine)}))

@@ -10,7 +10,7 @@ import structlog
 from control.domain.errors import Conflict, Invalid, NotFound
 from control.domain.names import check_dns_label
 from control.ids import new_id
-from control.store.database import Database
+from control.store.database import Store
 from control.store.records import App, Page
 from control.store.repositories.apps import AppRepository
 
@@ -34,7 +34,7 @@ def _check_fields(fields: dict[str, Any]) -> None:
 
 
 class AppService:
-    def __init__(self, db: Database, unroute: Callable[[str], object] | None = None) -> None:
+    def __init__(self, db: Store, unroute: Callable[[str], object] | None = None) -> None:
         self.db = db
         # Takes a deleted app's hostname off the router before the delete answers (by app id).
         self.unroute = unroute

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from control.ids import new_id
-from control.store.database import Database
+from control.store.database import Store
 from control.store.records import Page
 from control.store.repositories.audit import AuditEvent, AuditRepository
 from control.store.types import utcnow
@@ -20,7 +20,7 @@ MAX_ACTION = 100
 
 
 class AuditService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Store) -> None:
         self.db = db
 
     def record(

@@ -25,7 +25,7 @@ from control.security.keyring import (
     UnknownMasterKey,
     owner_aad,
 )
-from control.store.database import Database as Store
+from control.store.database import Store
 from control.store.records import Page
 from control.store.repositories.apps import AppRepository
 from control.store.repositories.databases import (

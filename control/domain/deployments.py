@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from control.domain.deployment_states import Status, check_transition
-from control.domain.errors import Conflict, Invalid, NotFound
+from control.domain.errors import Conflict, NotFound
 from control.ids import new_id
 from control.jobs.queue import JobQueue
-from control.store.database import Database
+from control.store.database import Store
 from control.store.models import DeploymentRow
 from control.store.records import App, Page
 from control.store.repositories.apps import AppRepository
@@ -30,7 +30,7 @@ DEPLOY_JOB = "deploy"
 
 
 class DeploymentService:
-    def __init__(self, db: Database, queue: JobQueue, data_dir: Path, *, max_attempts: int = 2) -> None:
+    def __init__(self, db: Store, queue: JobQueue, data_dir: Path, *, max_attempts: int = 2) -> None:
         self.db = db
         self.queue = queue
         self.root = data_dir / "deployments"

@@ -16,8 +16,13 @@ import structlog
 
 from control.domain.errors import DomainError, Invalid, NotFound
 from control.domain.names import ENV_NAME
-from control.security.keyring import KeyringError, ReloadingKeyring, UnknownMasterKey, owner_aad
-from control.store.database import Database
+from control.security.keyring import (
+    KeyringError,
+    ReloadingKeyring,
+    UnknownMasterKey,
+    owner_aad,
+)
+from control.store.database import Store
 from control.store.repositories.env_vars import EnvApp, EnvVarRepository, StoredEnvVar
 
 MAX_VALUE_BYTES = 64 * 1024
@@ -104,7 +109,7 @@ def check_vars(changes: dict[str, EnvValue | None], *, single: bool = False) -> 
 
 
 class EnvService:
-    def __init__(self, db: Database, keyring: ReloadingKeyring) -> None:
+    def __init__(self, db: Store, keyring: ReloadingKeyring) -> None:
         self.db = db
         self.keyring = keyring
 

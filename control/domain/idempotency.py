@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from urllib.parse import parse_qsl, urlencode
 
 from control.domain.names import IDEMPOTENCY_KEY
-from control.store.database import Database
+from control.store.database import Store
 from control.store.repositories.idempotency import (
     COMPLETED,
     IdempotencyRepository,
@@ -85,7 +85,7 @@ Outcome = Claimed | Replay | KeyReused | InFlight
 class IdempotencyService:
     def __init__(
         self,
-        db: Database,
+        db: Store,
         *,
         retention: timedelta,
         lease: timedelta,

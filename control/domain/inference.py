@@ -1,4 +1,4 @@
-"""The inference services one process shares (issue #7), built once from settings."""
+"""The inference services one process shares, built once from settings."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from control.domain.inference_quota import InferenceQuota
 from control.domain.nodes import NodeService
 from control.domain.usage import UsageService
 from control.settings import Settings
-from control.store.database import Database
+from control.store.database import Store
 from runtime.resilience import BreakerRegistry
 
 
@@ -23,7 +23,7 @@ class Inference:
     usage: UsageService
 
     @classmethod
-    def build(cls, settings: Settings, db: Database, breakers: BreakerRegistry) -> Inference:
+    def build(cls, settings: Settings, db: Store, breakers: BreakerRegistry) -> Inference:
         usage = UsageService(db)
         limits = InferenceLimitsService(
             db,

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from control.domain.errors import Invalid, NotFound
-from control.store.database import Database
+from control.store.database import Store
 from control.store.repositories.inference_limits import (
     InferenceLimitsRepository,
     InferenceOverrides,
@@ -52,7 +52,7 @@ def _check(overrides: InferenceOverrides) -> None:
 
 class InferenceLimitsService:
     def __init__(
-        self, db: Database, defaults: InferenceLimits, *, cache_ttl: float = 5.0, clock: Callable[[], float] = time.monotonic
+        self, db: Store, defaults: InferenceLimits, *, cache_ttl: float = 5.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.db = db
         self.defaults = defaults

@@ -15,9 +15,9 @@ from control.domain.errors import (
 )
 from control.domain.names import KEY_NAME
 from control.security.principal import Principal
-from control.security.scopes import TENANT_SCOPES, Scope, effective
+from control.security.scopes import TENANT_SCOPES, KeyScope, effective
 from control.security.tokens import issue_token, parse_key_id, token_matches
-from control.store.database import Database
+from control.store.database import Store
 from control.store.records import ApiKey, Page
 from control.store.repositories.api_keys import ApiKeyRepository
 from control.store.repositories.tenants import TenantRepository
@@ -34,7 +34,7 @@ _BAD_TOKEN = "The API key is missing or not valid. Send 'Authorization: Bearer m
 
 
 class KeyService:
-    def __init__(self, db: Database, *, last_used_resolution: timedelta = timedelta(seconds=60)) -> None:
+    def __init__(self, db: Store, *, last_used_resolution: timedelta = timedelta(seconds=60)) -> None:
         self.db = db
         self.last_used_resolution = last_used_resolution
 
@@ -46,7 +46,7 @@ class KeyService:
                     "An operator key already exists. Use it, or pass --another to mint one more.",
                     code="already-bootstrapped",
                 )
-            return self._add(keys, None, name, [Scope.OPERATOR], None, None)
+            return self._add(keys, None, name, [KeyScope.OPERATOR], None, None)
 
     def has_operator_key(self) -> bool:
         with self.db.read() as session:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from control.domain.errors import Invalid, NotFound
 from control.security.principal import Principal
 from control.security.rate_limit import Policy
-from control.store.database import Database
+from control.store.database import Store
 from control.store.repositories.limits import LimitOverrides, TenantLimitsRepository
 from control.store.repositories.tenants import TenantRepository
 
@@ -58,7 +58,7 @@ def _check(field: str, value: int | None) -> None:
 
 class LimitsService:
     def __init__(
-        self, db: Database, defaults: Defaults, *, cache_ttl: float = 5.0, clock: Callable[[], float] = time.monotonic
+        self, db: Store, defaults: Defaults, *, cache_ttl: float = 5.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.db = db
         self.defaults = defaults

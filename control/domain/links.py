@@ -13,7 +13,7 @@ from control.domain.errors import Conflict, Invalid, NotFound
 from control.domain.names import ENV_NAME
 from control.ids import new_id
 from control.security.keyring import ReloadingKeyring
-from control.store.database import Database as Store
+from control.store.database import Store
 from control.store.repositories.databases import DatabaseRepository
 from control.store.repositories.env_vars import EnvVarRepository
 from control.store.repositories.links import Link, LinkRepository

@@ -27,7 +27,7 @@ from control.domain.errors import (
 )
 from control.domain.names import MODEL_NAME, NODE_NAME
 from control.security.node_tokens import issue_node_token, parse_node_id, token_matches
-from control.store.database import Database
+from control.store.database import Store
 from control.store.repositories.nodes import Node, NodeRepository, ServedModel
 from control.store.types import utcnow
 
@@ -86,7 +86,7 @@ def check_engine_url(base_url: str) -> str:
 class NodeService:
     def __init__(
         self,
-        db: Database,
+        db: Store,
         *,
         stale_after_s: float,
         cache_ttl_s: float = 1.0,

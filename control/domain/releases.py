@@ -6,7 +6,7 @@ from __future__ import annotations
 from control.domain.errors import Invalid, NotFound
 from control.domain.names import RELEASE_NAME
 from control.ids import new_id
-from control.store.database import Database
+from control.store.database import Store
 from control.store.records import App, Page
 from control.store.repositories.apps import AppRepository
 from control.store.repositories.releases import (
@@ -15,7 +15,6 @@ from control.store.repositories.releases import (
     Release,
     ReleaseRepository,
 )
-
 
 
 def release_number(name: str) -> int:
@@ -29,7 +28,7 @@ def release_number(name: str) -> int:
 
 
 class ReleaseService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Store) -> None:
         self.db = db
 
     def _app(self, tenant_id: str, app_ref: str) -> App:

@@ -15,7 +15,7 @@ import structlog
 from control.domain.databases import password_aad
 from control.domain.env import value_aad
 from control.security.keyring import KeyringError, ReloadingKeyring
-from control.store.database import Database
+from control.store.database import Store
 from control.store.models import DatabaseRow, EnvVarRow
 from control.store.repositories.sealed import (
     SealedColumn,
@@ -46,7 +46,7 @@ class ResealBatch:
 
 
 class RotationService:
-    def __init__(self, db: Database, keyring: ReloadingKeyring, columns: tuple[SealedColumn, ...] = SEALED_COLUMNS) -> None:
+    def __init__(self, db: Store, keyring: ReloadingKeyring, columns: tuple[SealedColumn, ...] = SEALED_COLUMNS) -> None:
         self.db = db
         self.keyring = keyring
         self.columns = columns

@@ -5,13 +5,13 @@ from __future__ import annotations
 from control.domain.errors import Conflict, NotFound
 from control.domain.names import DISPLAY_NAME, check_dns_label
 from control.ids import new_id
-from control.store.database import Database
+from control.store.database import Store
 from control.store.records import Page, Tenant
 from control.store.repositories.tenants import TenantRepository
 
 
 class TenantService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Store) -> None:
         self.db = db
 
     def create(self, name: str, display_name: str = "") -> Tenant:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
 from control.domain.errors import Invalid
-from control.store.database import Database
+from control.store.database import Store
 from control.store.records import Page
 from control.store.repositories.usage import UsageBucket, UsageRecord, UsageRepository
 
@@ -46,7 +46,7 @@ def _bounds(since: date, until: date) -> tuple[datetime, datetime]:
 
 
 class UsageService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Store) -> None:
         self.db = db
 
     def record(self, record: UsageRecord) -> None:

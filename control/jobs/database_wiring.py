@@ -1,4 +1,4 @@
-"""Managed databases (issue #6), built once per process: the services the API uses, and the
+"""Managed databases, built once per process: the services the API uses, and the
 job kinds registered on the deploy queue's workers (one durable queue, one worker pool)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from control.jobs.databases import DatabaseJobs, DatabaseRuntime
 from control.jobs.wiring import Deploys
 from control.security.keyring import ReloadingKeyring
 from control.settings import Settings
-from control.store.database import Database
+from control.store.database import Store
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class ManagedDatabases:
     jobs: DatabaseJobs
 
     @classmethod
-    def build(cls, settings: Settings, db: Database, keyring: ReloadingKeyring, links: LinkService, deploys: Deploys) -> ManagedDatabases:
+    def build(cls, settings: Settings, db: Store, keyring: ReloadingKeyring, links: LinkService, deploys: Deploys) -> ManagedDatabases:
         config = DatabaseConfig(
             max_databases=settings.database_max_per_tenant, max_memory_mb=settings.database_max_memory_mb,
             backup_retention=settings.database_backup_retention,

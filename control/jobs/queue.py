@@ -17,7 +17,7 @@ import structlog
 from sqlalchemy.orm import Session
 
 from control.ids import new_id
-from control.store.database import Database
+from control.store.database import Store
 from control.store.repositories.jobs import Job, JobRepository
 from control.store.types import utcnow
 
@@ -34,7 +34,7 @@ class QueueConfig:
 
 
 class JobQueue:
-    def __init__(self, db: Database, config: QueueConfig = QueueConfig(), *, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, db: Store, config: QueueConfig = QueueConfig(), *, clock: Callable[[], datetime] = utcnow) -> None:
         self.db = db
         self.config = config
         self.clock = clock

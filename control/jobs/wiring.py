@@ -18,7 +18,7 @@ from control.jobs.runtime import AppRuntime
 from control.jobs.workers import WorkerPool
 from control.reconcile.reconciler import Reconciler
 from control.settings import Settings
-from control.store.database import Database
+from control.store.database import Store
 from runtime.resilience import BreakerRegistry
 
 
@@ -32,7 +32,7 @@ class Deploys:
     reconciler: Reconciler
 
     @classmethod
-    def build(cls, settings: Settings, db: Database, env_vars: EnvService, breakers: BreakerRegistry,
+    def build(cls, settings: Settings, db: Store, env_vars: EnvService, breakers: BreakerRegistry,
               links: LinkService | None = None) -> Deploys:
         queue = JobQueue(db, QueueConfig(lease_s=float(settings.job_lease_s), per_tenant=settings.deploys_per_tenant,
                                         dependency_wait_s=float(settings.job_dependency_wait_s)))

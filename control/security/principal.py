@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from control.security.scopes import Scope, effective
+from control.security.scopes import KeyScope, effective
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,7 +19,7 @@ class Principal:
 
     @property
     def is_operator(self) -> bool:
-        return self.tenant_id is None and Scope.OPERATOR in self.scopes
+        return self.tenant_id is None and KeyScope.OPERATOR in self.scopes
 
     def allows(self, scope: str) -> bool:
         return scope in self.scopes

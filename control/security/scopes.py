@@ -14,7 +14,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 
-class Scope(StrEnum):
+class KeyScope(StrEnum):
     READ = "read"
     DEPLOY = "deploy"
     ADMIN = "admin"
@@ -26,7 +26,7 @@ class Scope(StrEnum):
 OPERATOR_ACCESS = "operator"  # an operator key
 ANY_KEY_ACCESS = "any-key"  # any valid key, operator or tenant
 
-TENANT_SCOPES = frozenset({Scope.READ, Scope.DEPLOY, Scope.ADMIN, Scope.INFERENCE})
+TENANT_SCOPES = frozenset({KeyScope.READ, KeyScope.DEPLOY, KeyScope.ADMIN, KeyScope.INFERENCE})
 
 DEPLOY_READS_SECRETS = (
     "A `deploy` key can read every secret: it deploys code, and that code runs with the app's environment "
@@ -36,14 +36,14 @@ DEPLOY_READS_SECRETS = (
 )
 
 DESCRIPTIONS: dict[str, str] = {
-    Scope.READ: "See the tenant's apps, deployments, logs, env var names (not values), databases and backups.",
-    Scope.DEPLOY: "Everything `read` can, plus create, change and deploy apps, set env vars, manage databases, "
+    KeyScope.READ: "See the tenant's apps, deployments, logs, env var names (not values), databases and backups.",
+    KeyScope.DEPLOY: "Everything `read` can, plus create, change and deploy apps, set env vars, manage databases, "
     "links and backups. " + DEPLOY_READS_SECRETS,
-    Scope.ADMIN: "Everything `deploy` can, plus reveal env var values and database URLs, download backups, "
+    KeyScope.ADMIN: "Everything `deploy` can, plus reveal env var values and database URLs, download backups, "
     "read the audit log and issue or revoke the tenant's keys.",
-    Scope.INFERENCE: "Call the inference gateway (`/v1/models`, `/v1/chat/completions`, `/v1/completions`, "
+    KeyScope.INFERENCE: "Call the inference gateway (`/v1/models`, `/v1/chat/completions`, `/v1/completions`, "
     "`/v1/usage`) and nothing else.",
-    Scope.OPERATOR: "Operator keys only (no tenant): manage tenants, their keys and limits, and inference nodes.",
+    KeyScope.OPERATOR: "Operator keys only (no tenant): manage tenants, their keys and limits, and inference nodes.",
 }
 
 KEY_LIMITS = (
@@ -55,15 +55,15 @@ KEY_LIMITS = (
 
 def describe() -> str:
     """The scopes as Markdown, for the OpenAPI document."""
-    lines = [f"- `{scope}`: {DESCRIPTIONS[scope]}" for scope in (Scope.READ, Scope.DEPLOY, Scope.ADMIN, Scope.INFERENCE, Scope.OPERATOR)]
+    lines = [f"- `{scope}`: {DESCRIPTIONS[scope]}" for scope in (KeyScope.READ, KeyScope.DEPLOY, KeyScope.ADMIN, KeyScope.INFERENCE, KeyScope.OPERATOR)]
     return "Scopes (`admin` includes `deploy`, which includes `read`):\n" + "\n".join(lines) + "\n\n" + KEY_LIMITS
 
 _IMPLIES: dict[str, frozenset[str]] = {
-    Scope.ADMIN: frozenset({Scope.ADMIN, Scope.DEPLOY, Scope.READ}),
-    Scope.DEPLOY: frozenset({Scope.DEPLOY, Scope.READ}),
-    Scope.READ: frozenset({Scope.READ}),
-    Scope.INFERENCE: frozenset({Scope.INFERENCE}),
-    Scope.OPERATOR: frozenset({Scope.OPERATOR}),
+    KeyScope.ADMIN: frozenset({KeyScope.ADMIN, KeyScope.DEPLOY, KeyScope.READ}),
+    KeyScope.DEPLOY: frozenset({KeyScope.DEPLOY, KeyScope.READ}),
+    KeyScope.READ: frozenset({KeyScope.READ}),
+    KeyScope.INFERENCE: frozenset({KeyScope.INFERENCE}),
+    KeyScope.OPERATOR: frozenset({KeyScope.OPERATOR}),
 }
 
 

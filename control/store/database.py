@@ -64,7 +64,7 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-class Database:
+class Store:
     """Hands out sessions; each ``with`` block is one unit of work."""
 
     def __init__(self, url: str) -> None:

@@ -144,7 +144,7 @@ class AuditEventRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-# --- deployments (issue #5) ---------------------------------------------------------------
+# --- deployments ---------------------------------------------------------------
 
 
 class DeploymentRow(Timestamps, Base):
@@ -229,7 +229,7 @@ class JobRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
-# --- inference (issue #7) -----------------------------------------------------------------
+# --- inference -----------------------------------------------------------------
 
 
 class InferenceNodeRow(Timestamps, Base):
@@ -291,7 +291,7 @@ class TenantInferenceLimitsRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
-# --- managed databases (issue #6) ---------------------------------------------------------
+# --- managed databases ---------------------------------------------------------
 
 
 class DatabaseRow(Timestamps, Base):

@@ -1,4 +1,4 @@
-"""managed databases (issue #6): databases, app links, backups, restores, per-tenant database quotas
+"""managed databases: databases, app links, backups, restores, per-tenant database quotas
 
 Revision ID: 0008
 Revises: 0007
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-
 
 revision = '0008'
 down_revision = '0007'

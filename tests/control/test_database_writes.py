@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import event, text
 
 from control.store import database as database_module
-from control.store.database import Database, DatabaseBusy
+from control.store.database import DatabaseBusy, Store
 from tests.conftest import Caller
 
 WRITERS, WRITES_EACH = 4, 25  # 4: each keeps a pooled connection (the pool holds 5)
@@ -27,15 +27,15 @@ def short_busy_timeout(monkeypatch: pytest.MonkeyPatch) -> float:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'writes.db'}")
+def db(tmp_path: Path) -> Iterator[Store]:
+    database = Store(f"sqlite:///{tmp_path / 'writes.db'}")
     with database.engine.begin() as connection:
         connection.exec_driver_sql("CREATE TABLE marks (writer INTEGER, n INTEGER)")
     yield database
     database.dispose()
 
 
-def test_writers_in_one_process_take_turns_and_none_is_lost(db: Database) -> None:
+def test_writers_in_one_process_take_turns_and_none_is_lost(db: Store) -> None:
     open_writes, most_open = 0, 0
     counting = threading.Lock()
 
@@ -76,7 +76,7 @@ def test_writers_in_one_process_take_turns_and_none_is_lost(db: Database) -> Non
     assert most_open == 1  # never two of this process's writers inside SQLite's lock queue at once
 
 
-def _hold_a_write(db: Database) -> tuple[threading.Event, threading.Thread]:
+def _hold_a_write(db: Store) -> tuple[threading.Event, threading.Thread]:
     holding, release = threading.Event(), threading.Event()
 
     def hold() -> None:
@@ -91,7 +91,7 @@ def _hold_a_write(db: Database) -> tuple[threading.Event, threading.Thread]:
     return release, thread
 
 
-def test_a_write_held_past_the_busy_timeout_in_this_process_is_busy(short_busy_timeout: float, db: Database) -> None:
+def test_a_write_held_past_the_busy_timeout_in_this_process_is_busy(short_busy_timeout: float, db: Store) -> None:
     release, holder = _hold_a_write(db)
     try:
         with pytest.raises(DatabaseBusy), db.write() as session:
@@ -106,7 +106,7 @@ def test_a_write_held_past_the_busy_timeout_in_this_process_is_busy(short_busy_t
 
 
 def test_another_process_holding_the_lock_past_the_busy_timeout_is_busy(short_busy_timeout: float, tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'shared.db'}")  # made after the patch: SQLite's own timeout is short too
+    db = Store(f"sqlite:///{tmp_path / 'shared.db'}")  # made after the patch: SQLite's own timeout is short too
     with db.engine.begin() as connection:
         connection.exec_driver_sql("CREATE TABLE marks (writer INTEGER, n INTEGER)")
     other = sqlite3.connect(tmp_path / "shared.db", isolation_level=None)  # as the CLI or a second server would

@@ -345,9 +345,9 @@ def test_answers_too_large_to_keep_are_passed_on_and_released(app, tenant: Calle
 
 def test_a_failing_sweep_does_not_end_the_loop(tmp_path) -> None:
     from control.domain.idempotency import IdempotencyService
-    from control.store.database import Database
+    from control.store.database import Store
 
-    unmigrated = Database(f"sqlite:///{tmp_path / 'empty.db'}")  # no idempotency table: every sweep fails
+    unmigrated = Store(f"sqlite:///{tmp_path / 'empty.db'}")  # no idempotency table: every sweep fails
     service = IdempotencyService(unmigrated, retention=timedelta(hours=1), lease=timedelta(seconds=5))
     failures: list[int] = []
     original = service.purge_expired

@@ -13,7 +13,7 @@ import pytest
 from control.jobs.queue import JobQueue, QueueConfig
 from control.jobs.workers import JobContext, RetryLater, WorkerPool
 from control.store import migrate
-from control.store.database import Database
+from control.store.database import Store
 from control.store.repositories.jobs import Job
 
 
@@ -29,8 +29,8 @@ class Clock:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Database:
-    database = Database(f"sqlite:///{tmp_path / 'q.db'}")
+def db(tmp_path: Path) -> Store:
+    database = Store(f"sqlite:///{tmp_path / 'q.db'}")
     migrate.upgrade(database.engine)
     return database
 
@@ -40,7 +40,7 @@ def _enqueue(queue: JobQueue, subject: str, tenant: str = "ten_a", max_attempts:
         return queue.enqueue(session, "deploy", subject, tenant_id=tenant, max_attempts=max_attempts)
 
 
-def test_claim_takes_the_oldest_and_sets_a_lease(db: Database) -> None:
+def test_claim_takes_the_oldest_and_sets_a_lease(db: Store) -> None:
     clock = Clock()
     queue = JobQueue(db, QueueConfig(lease_s=30, per_tenant=5), clock=clock)
     first = _enqueue(queue, "dep_1")
@@ -50,7 +50,7 @@ def test_claim_takes_the_oldest_and_sets_a_lease(db: Database) -> None:
     assert job.lease_owner == "w1" and job.lease_expires_at == clock.now + timedelta(seconds=30)
 
 
-def test_per_tenant_concurrency_lets_other_tenants_go_first(db: Database) -> None:
+def test_per_tenant_concurrency_lets_other_tenants_go_first(db: Store) -> None:
     queue = JobQueue(db, QueueConfig(per_tenant=1), clock=Clock())
     _enqueue(queue, "dep_a1", "ten_a")
     _enqueue(queue, "dep_a2", "ten_a")
@@ -62,7 +62,7 @@ def test_per_tenant_concurrency_lets_other_tenants_go_first(db: Database) -> Non
     assert nxt is not None and nxt.subject_id == "dep_a2"
 
 
-def test_heartbeat_extends_the_lease_and_only_the_owner_may(db: Database) -> None:
+def test_heartbeat_extends_the_lease_and_only_the_owner_may(db: Store) -> None:
     clock = Clock()
     queue = JobQueue(db, QueueConfig(lease_s=10), clock=clock)
     _enqueue(queue, "dep_1")
@@ -75,7 +75,7 @@ def test_heartbeat_extends_the_lease_and_only_the_owner_may(db: Database) -> Non
     assert queue.recover_expired() == []
 
 
-def test_an_expired_lease_is_retried_then_given_up_with_a_reason(db: Database) -> None:
+def test_an_expired_lease_is_retried_then_given_up_with_a_reason(db: Store) -> None:
     clock = Clock()
     queue = JobQueue(db, QueueConfig(lease_s=10, retry_backoff_s=2), clock=clock)
     gave_up: list[tuple[str, str]] = []
@@ -96,7 +96,7 @@ def test_an_expired_lease_is_retried_then_given_up_with_a_reason(db: Database) -
     assert queue.claim("w3") is None  # nothing left running or queued: never stuck
 
 
-def test_a_lost_lease_cannot_finish_the_job(db: Database) -> None:
+def test_a_lost_lease_cannot_finish_the_job(db: Store) -> None:
     clock = Clock()
     queue = JobQueue(db, QueueConfig(lease_s=10, retry_backoff_s=0), clock=clock)
     _enqueue(queue, "dep_1", max_attempts=3)
@@ -109,7 +109,7 @@ def test_a_lost_lease_cannot_finish_the_job(db: Database) -> None:
     assert queue.finish(fresh, "fresh", "succeeded")
 
 
-def test_worker_pool_runs_jobs_retries_later_and_recovers_dead_workers(db: Database) -> None:
+def test_worker_pool_runs_jobs_retries_later_and_recovers_dead_workers(db: Store) -> None:
     queue = JobQueue(db, QueueConfig(lease_s=1, retry_backoff_s=0, per_tenant=2))
     ran: list[tuple[str, int]] = []
     done = threading.Event()
@@ -136,7 +136,7 @@ def test_worker_pool_runs_jobs_retries_later_and_recovers_dead_workers(db: Datab
     assert sorted(ran) == [("flaky", 1), ("flaky", 1), ("orphaned", 2)]
 
 
-def test_retry_later_keeps_the_attempt_but_gives_up_after_the_dependency_wait(db: Database) -> None:
+def test_retry_later_keeps_the_attempt_but_gives_up_after_the_dependency_wait(db: Store) -> None:
     clock = Clock()
     queue = JobQueue(db, QueueConfig(dependency_wait_s=60), clock=clock)
     created = _enqueue(queue, "dep_1", max_attempts=1)

@@ -10,16 +10,16 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from control.store import migrate
-from control.store.database import Database
+from control.store.database import Store
 from control.store.models import Base
 
 
-def _tables(db: Database) -> set[str]:
+def _tables(db: Store) -> set[str]:
     return set(inspect(db.engine).get_table_names()) - {"alembic_version"}
 
 
 def test_upgrade_from_empty_matches_the_models(tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'm.db'}")
+    db = Store(f"sqlite:///{tmp_path / 'm.db'}")
     migrate.upgrade(db.engine)
     head = ScriptDirectory(str(migrate.MIGRATIONS_DIR)).get_current_head()
     assert migrate.current_revision(db.engine) == head
@@ -33,7 +33,7 @@ def test_upgrade_from_empty_matches_the_models(tmp_path: Path) -> None:
 
 
 def test_every_revision_downgrades_and_upgrades_again(tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'm.db'}")
+    db = Store(f"sqlite:///{tmp_path / 'm.db'}")
     revisions = [r.revision for r in ScriptDirectory(str(migrate.MIGRATIONS_DIR)).walk_revisions()]
     migrate.upgrade(db.engine)
     for revision in revisions:  # newest first: step down one at a time, then back up
@@ -51,7 +51,7 @@ def test_data_survives_a_round_trip_of_the_latest_revision(tmp_path: Path) -> No
     from control.domain.apps import AppService
     from control.domain.tenants import TenantService
 
-    db = Database(f"sqlite:///{tmp_path / 'm.db'}")
+    db = Store(f"sqlite:///{tmp_path / 'm.db'}")
     migrate.upgrade(db.engine)
     tenant = TenantService(db).create("acme")
     AppService(db).create(tenant.id, "web", port=9000)

@@ -1,4 +1,4 @@
-"""Issue #8 acceptance: an agent's session, using ONLY the CLI with ``--json`` (``main()``
+"""An agent's session, using ONLY the CLI with ``--json`` (``main()``
 in-process) against a real control plane on a socket, the real Docker engine + runsc and
 the e2e Traefik: create an app, set a secret, deploy a source dir with ``--wait``, create
 and link Postgres, redeploy, read logs, chat through the gateway, roll back.

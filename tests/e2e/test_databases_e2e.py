@@ -1,4 +1,4 @@
-"""Issue #6 acceptance against the real engine, runsc and Traefik, through the API only:
+"""Managed databases against the real engine, runsc and Traefik, through the API only:
 
 1. Postgres and Redis provisioned by jobs on the tenant's network; an app deployed through
    the real pipeline gets DATABASE_URL / REDIS_URL from links at its release, writes and

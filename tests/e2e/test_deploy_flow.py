@@ -1,4 +1,4 @@
-"""Issue #5 acceptance 1, 2 and 4 against the real engine, runsc and Traefik:
+"""Deployments against the real engine, runsc and Traefik:
 
 1. upload → build → release → health-gated run → route; env var injected; a redeploy
    with zero failed requests through Traefik; rollback restores the old content;

@@ -1,4 +1,4 @@
-"""A deployment whose build fills the disk, through the real API (issue 9).
+"""A deployment whose build fills the disk, through the real API.
 
 Expected: the build is stopped at MOORAGE_BUILD_DISK_BYTES; the deployment ends ``failed``
 with the quota in its ``reason`` and build log; the previous release keeps serving 200 with

@@ -1,4 +1,4 @@
-"""Issue #6 (runtime half): managed Postgres and Redis on a tenant's network, against the
+"""Managed Postgres and Redis on a tenant's network, against the
 real engine, runsc and the service images host-setup builds.
 
 Clients are separate containers on the tenant network that connect with the URL an app
@@ -25,10 +25,15 @@ from runtime.databases import (
     DatabaseSpec,
     redact_text,
 )
-from runtime.databases.provision import NameHeldByAnother
 from runtime.databases.backup import checksum_path
 from runtime.databases.engines import REDIS
-from tests.runtime.db_fixtures import DbEnv, database_id, db_env_fixture, log_capture_fixture
+from runtime.databases.provision import NameHeldByAnother
+from tests.runtime.db_fixtures import (
+    DbEnv,
+    database_id,
+    db_env_fixture,
+    log_capture_fixture,
+)
 from tests.runtime.helpers import RUN_ID, RUN_LABEL
 
 __all__ = ["db_env_fixture", "log_capture_fixture"]  # fixtures, used by name

@@ -1,4 +1,4 @@
-"""Issue #4 acceptance 3: rewriting an app's route file while it is hammered through Traefik
+"""Rewriting an app's route file while it is hammered through Traefik
 never yields a 404/502 (Traefik only ever sees a whole old file or a whole new one)."""
 
 from __future__ import annotations

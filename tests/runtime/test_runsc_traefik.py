@@ -1,4 +1,4 @@
-"""Issue #4 acceptance 2 (first half): a runsc container serves HTTP reached through a real
+"""A runsc container serves HTTP reached through a real
 Traefik by Host header; its limits and hardening are visible in `docker inspect`."""
 
 from __future__ import annotations

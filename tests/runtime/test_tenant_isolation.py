@@ -1,4 +1,4 @@
-"""Issue #4 acceptance 2 (second half): tenant A's container cannot open a TCP connection to
+"""Tenant A's container cannot open a TCP connection to
 tenant B's container, tested from inside A; a same-tenant connection succeeds, so the
 negative result means isolation and not a broken server."""
 

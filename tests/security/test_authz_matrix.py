@@ -33,7 +33,7 @@ from control.security.scopes import (
     ANY_KEY_ACCESS,
     OPERATOR_ACCESS,
     TENANT_SCOPES,
-    Scope,
+    KeyScope,
     effective,
 )
 from control.settings import Settings
@@ -52,7 +52,7 @@ SAMPLE_BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/apps/{app}/links"): {"database": "alpha-db"},
 }
 KNOWN_ACCESS = {PUBLIC, OPERATOR_ACCESS, ANY_KEY_ACCESS, NODE_ACCESS, *TENANT_SCOPES}
-SINGLE_SCOPE_CALLERS = [Scope.READ, Scope.DEPLOY, Scope.ADMIN, Scope.INFERENCE]
+SINGLE_SCOPE_CALLERS = [KeyScope.READ, KeyScope.DEPLOY, KeyScope.ADMIN, KeyScope.INFERENCE]
 CALLERS = ["no-key", "revoked-key", "other-tenant", *SINGLE_SCOPE_CALLERS, "operator", "node"]
 
 
@@ -91,8 +91,8 @@ def settings(settings: Settings) -> Settings:
 def world(operator: Caller, new_tenant) -> tuple[dict[str, Caller | None], dict[str, list[str]]]:
     """Tenant alpha with one key per scope and one of every resource; beta with every scope."""
     alpha = new_tenant("alpha", ["admin"])
-    callers: dict[str, Caller | None] = {Scope.ADMIN: alpha, "operator": operator, "no-key": None}
-    for scope in (Scope.READ, Scope.DEPLOY, Scope.INFERENCE):
+    callers: dict[str, Caller | None] = {KeyScope.ADMIN: alpha, "operator": operator, "no-key": None}
+    for scope in (KeyScope.READ, KeyScope.DEPLOY, KeyScope.INFERENCE):
         key = operator.post(f"/v1/tenants/{alpha.tenant_id}/keys", json={"scopes": [scope], "name": scope}).json()
         callers[scope] = Caller(operator.client, key["token"], key["id"], alpha.tenant_id)
     victim = operator.post(f"/v1/tenants/{alpha.tenant_id}/keys", json={"scopes": ["read"], "name": "victim"}).json()
@@ -180,8 +180,8 @@ def test_route_answers_every_caller_as_its_access_says(world, method: str, templ
 
 def test_the_matrix_knows_what_it_expects() -> None:
     """The expectations themselves, for the scope lattice (admin ⊇ deploy ⊇ read; inference alone)."""
-    assert expected("read", Scope.ADMIN, False)[0] == "allowed"
-    assert expected("admin", Scope.DEPLOY, False) == ("refused", 403, "insufficient-scope")
-    assert expected("read", Scope.INFERENCE, False) == ("refused", 403, "insufficient-scope")
-    assert expected("inference", Scope.ADMIN, False) == ("refused", 403, "insufficient-scope")
+    assert expected("read", KeyScope.ADMIN, False)[0] == "allowed"
+    assert expected("admin", KeyScope.DEPLOY, False) == ("refused", 403, "insufficient-scope")
+    assert expected("read", KeyScope.INFERENCE, False) == ("refused", 403, "insufficient-scope")
+    assert expected("inference", KeyScope.ADMIN, False) == ("refused", 403, "insufficient-scope")
     assert expected("deploy", "other-tenant", True) == ("refused", 404, None)

@@ -135,9 +135,13 @@ def test_an_install_of_the_previous_release_keeps_working(legacy_install: dict, 
     def watch() -> None:
         with httpx.Client(timeout=3.0) as http:
             while not stop.is_set():
-                r = http.get(traefik.url + "/", headers={"Host": host})
-                if r.status_code != 200:
-                    failures.append(str(r.status_code))
+                try:
+                    r = http.get(traefik.url + "/", headers={"Host": host})
+                except httpx.HTTPError as exc:
+                    failures.append(type(exc).__name__)
+                else:
+                    if r.status_code != 200:
+                        failures.append(str(r.status_code))
                 time.sleep(0.05)
 
     watcher = threading.Thread(target=watch, daemon=True)

@@ -27,8 +27,8 @@ from tenacity import (
 from control.cli.client import exit_codes
 from control.cli.client.config import ClientConfig
 from control.cli.client.terminal import terminal_safe
+from control.http_methods import MUTATING
 
-MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 RETRYABLE_STATUS = {429, 502, 503, 504}
 MAX_RETRY_AFTER_S = 60.0
 _BACKOFF = wait_exponential_jitter(multiplier=0.5, max=10)

@@ -15,7 +15,8 @@ from litestar.openapi.spec import Components, SecurityScheme
 from control import __doc__ as _doc
 from control.api.audit import AuditTrail
 from control.api.auth import PUBLIC_PATHS, ApiKeyAuthentication, access_guard
-from control.api.gateway import Upstream
+from control.api.caller import caller_tenant
+from control.api.gateway import Upstream, gateway_dependency
 from control.api.http_limits import BodyTimeout, HeaderLimit
 from control.api.idempotency import IdempotencyMiddleware, idempotency_sweeper
 from control.api.inference_metrics import InferenceMetrics
@@ -81,10 +82,19 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             raise StartupRefused(str(exc)) from None
         log.info("started", database=services.db.engine.url.render_as_string(hide_password=True))
 
+    metrics = Metrics(services.breakers)
+    inference_metrics = InferenceMetrics(metrics.registry, services.inference)
     app = Litestar(
         route_handlers=route_handlers(settings),
-        dependencies={name: Provide(_constant(service), use_cache=True, sync_to_thread=False)
-                      for name, service in services.injectable().items()},
+        dependencies={
+            **{name: Provide(_constant(service), use_cache=True, sync_to_thread=False)
+               for name, service in services.injectable().items()},
+            "upstream": Provide(_constant(upstream), use_cache=True, sync_to_thread=False),
+            "prometheus": Provide(_constant(metrics), use_cache=True, sync_to_thread=False),
+            "inference_metrics": Provide(_constant(inference_metrics), use_cache=True, sync_to_thread=False),
+            "caller_tenant": Provide(caller_tenant, sync_to_thread=False),
+            "gateway": Provide(gateway_dependency, use_cache=True, sync_to_thread=False),
+        },
         # In this order: who is calling, may they call now, have we answered this before.
         middleware=[
             DefineMiddleware(ApiKeyAuthentication, exclude=PUBLIC_PATHS, exclude_from_auth_key="public"),
@@ -100,10 +110,9 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         logging_config=None,
         debug=False,
     )
+    # Middleware (authentication) reaches services here; handlers only through dependencies.
     app.state.services = services
-    app.state.metrics = metrics = Metrics(services.breakers)
-    app.state.upstream = upstream
-    app.state.inference_metrics = InferenceMetrics(metrics.registry, services.inference)
+    app.state.metrics = metrics
     # Outermost, so answers made before routing (404, 405) get a request id too.
     # Audit inside the request context (it reads the request id), outside routing (it sees every status).
     # Body timeouts innermost: their 408 is raised inside Litestar, so it becomes a problem answer.

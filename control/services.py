@@ -55,6 +55,14 @@ class Services:
             "deployments": self.deploys.deployments,
             "releases": self.deploys.releases,
             "audit": self.audit,
+            "settings": self.settings,
+            "store": self.db,
+            "breakers": self.breakers,
+            "inference": self.inference,
+            "databases": self.databases.databases,
+            "links": self.databases.links,
+            "backups": self.databases.backups,
+            "app_runtime": self.deploys.runtime,
         }
 
     @classmethod

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
-from litestar import Controller, Request
-from litestar.di import NamedDependency
+from litestar import Controller
+from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody
 
 from control.api.endpoints import Cursor, Limit, endpoint
 from control.domain.apps import AppService
-from control.security.principal import Principal
+from control.domain.tenants import TenantService
 from control.security.scopes import KeyScope
+from control.settings import Settings
 from control.store.records import App
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535, description="Port the app listens on inside its container")]
@@ -67,48 +68,42 @@ class AppList(msgspec.Struct):
     next_cursor: str | None
 
 
-def _tenant(request: Request[Any, Principal, Any]) -> str:
-    tenant_id = request.user.tenant_id
-    assert tenant_id is not None  # the access guard admits only tenant keys here
-    return tenant_id
-
-
-def _apps_domain(request: Request[Any, Principal, Any]) -> str:
+def apps_domain(caller_tenant: NamedDependency[str], tenants: NamedDependency[TenantService],
+                settings: NamedDependency[Settings]) -> str:
     """``<tenant>.<base-domain>``: the suffix of every app's hostname (as the router writes it)."""
-    services = request.app.state.services
-    return f"{services.tenants.get(_tenant(request)).name}.{services.settings.base_domain}"
+    return f"{tenants.get(caller_tenant).name}.{settings.base_domain}"
 
 
 class AppController(Controller):
     path = "/v1/apps"
     tags = ["apps"]
+    dependencies = {"apps_domain": Provide(apps_domain, sync_to_thread=True)}  # noqa: RUF012 (Litestar's own attribute)
 
     @endpoint("POST", access=KeyScope.DEPLOY, errors=(409,), summary="Create an app", status_code=201)
-    def create(self, request: Request[Any, Principal, Any], apps: NamedDependency[AppService], data: JSONBody[AppCreate]) -> AppOut:
+    def create(self, caller_tenant: NamedDependency[str], apps_domain: NamedDependency[str], apps: NamedDependency[AppService], data: JSONBody[AppCreate]) -> AppOut:
         fields = msgspec.structs.asdict(data)
-        return AppOut.of(apps.create(_tenant(request), fields.pop("name"), **fields), _apps_domain(request))
+        return AppOut.of(apps.create(caller_tenant, fields.pop("name"), **fields), apps_domain)
 
     @endpoint("GET", access=KeyScope.READ, summary="List apps")
     def list(
         self,
-        request: Request[Any, Principal, Any],
+        caller_tenant: NamedDependency[str], apps_domain: NamedDependency[str],
         apps: NamedDependency[AppService],
         limit: Annotated[int, Limit] = 50,
         cursor: Annotated[str | None, Cursor] = None,
     ) -> AppList:
-        page = apps.list(_tenant(request), limit=limit, cursor=cursor)
-        domain = _apps_domain(request)
-        return AppList(items=[AppOut.of(a, domain) for a in page.items], next_cursor=page.next_cursor)
+        page = apps.list(caller_tenant, limit=limit, cursor=cursor)
+        return AppList(items=[AppOut.of(a, apps_domain) for a in page.items], next_cursor=page.next_cursor)
 
     @endpoint("GET", "/{app:str}", access=KeyScope.READ, errors=(404,), summary="Get an app by id or name")
-    def get(self, request: Request[Any, Principal, Any], apps: NamedDependency[AppService], app: FromPath[str]) -> AppOut:
-        return AppOut.of(apps.get(_tenant(request), app), _apps_domain(request))
+    def get(self, caller_tenant: NamedDependency[str], apps_domain: NamedDependency[str], apps: NamedDependency[AppService], app: FromPath[str]) -> AppOut:
+        return AppOut.of(apps.get(caller_tenant, app), apps_domain)
 
     @endpoint("PATCH", "/{app:str}", access=KeyScope.DEPLOY, errors=(404,), summary="Change an app's settings")
-    def update(self, request: Request[Any, Principal, Any], apps: NamedDependency[AppService], app: FromPath[str], data: JSONBody[AppPatch]) -> AppOut:
+    def update(self, caller_tenant: NamedDependency[str], apps_domain: NamedDependency[str], apps: NamedDependency[AppService], app: FromPath[str], data: JSONBody[AppPatch]) -> AppOut:
         changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
-        return AppOut.of(apps.update(_tenant(request), app, **changes), _apps_domain(request))
+        return AppOut.of(apps.update(caller_tenant, app, **changes), apps_domain)
 
     @endpoint("DELETE", "/{app:str}", access=KeyScope.DEPLOY, errors=(404,), summary="Delete an app")
-    def remove(self, request: Request[Any, Principal, Any], apps: NamedDependency[AppService], app: FromPath[str]) -> None:
-        apps.delete(_tenant(request), app)
+    def remove(self, caller_tenant: NamedDependency[str], apps: NamedDependency[AppService], app: FromPath[str]) -> None:
+        apps.delete(caller_tenant, app)

@@ -25,7 +25,6 @@ from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 from control.api.endpoints import Cursor, Limit, endpoint
 from control.api.request_context import request_id_of
 from control.domain.audit import AuditService
-from control.domain.keys import require_tenant
 from control.http_methods import MUTATING
 from control.security.principal import Principal
 from control.security.scopes import OPERATOR_ACCESS, KeyScope
@@ -127,7 +126,7 @@ def _page(audit: AuditService, tenant_id: str | None, **filters: Any) -> AuditLi
 
 @endpoint("GET", "/v1/audit", access=KeyScope.ADMIN, summary="Your tenant's audit log, newest first", tags=["audit"])
 def tenant_audit(
-    request: Request[Any, Principal, Any],
+    caller_tenant: NamedDependency[str],
     audit: NamedDependency[AuditService],
     limit: Annotated[int, Limit] = 50,
     cursor: Annotated[str | None, Cursor] = None,
@@ -135,7 +134,7 @@ def tenant_audit(
     since: Annotated[datetime | None, Since] = None,
 ) -> AuditList:
     # require_tenant: a None here would mean "every tenant", so never let one through.
-    return _page(audit, require_tenant(request.user), action=action, since=since, limit=limit, cursor=cursor)
+    return _page(audit, caller_tenant, action=action, since=since, limit=limit, cursor=cursor)
 
 
 @endpoint(

@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
-from litestar import Controller, Request, Response
+from litestar import Controller, Response
+from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from litestar.response import File
 
 from control.api.endpoints import Cursor, Limit, endpoint
 from control.domain.backups import BackupService
-from control.domain.keys import require_tenant
-from control.security.principal import Principal
 from control.security.scopes import KeyScope
 from control.store.repositories.backups import Backup, Restore
 
@@ -67,46 +66,43 @@ class RestoreOut(msgspec.Struct):
         return cls(r.id, r.backup_id, r.target_id, r.status, r.reason, r.created_at, r.finished_at)
 
 
-def _backups(request: Request[Any, Any, Any]) -> BackupService:
-    return request.app.state.services.databases.backups  # type: ignore[no-any-return]
-
 
 class BackupController(Controller):
     path = "/v1/databases/{db:str}/backups"
     tags = ["databases"]
 
     @endpoint("POST", access=KeyScope.DEPLOY, errors=(404,), status_code=202, summary="Back up a database (a job)")
-    def create(self, request: Request[Any, Principal, Any], db: FromPath[str]) -> Response[BackupOut]:
-        backup = _backups(request).create(require_tenant(request.user), db)
+    def create(self, caller_tenant: NamedDependency[str], backups: NamedDependency[BackupService], db: FromPath[str]) -> Response[BackupOut]:
+        backup = backups.create(caller_tenant, db)
         return Response(BackupOut.of(backup), status_code=202, headers={"Location": f"/v1/databases/{db}/backups/{backup.id}"})
 
     @endpoint("GET", access=KeyScope.READ, errors=(404,), summary="List a database's backups (oldest first)")
-    def list(self, request: Request[Any, Principal, Any], db: FromPath[str], limit: Annotated[int, Limit] = 50,
+    def list(self, caller_tenant: NamedDependency[str], backups: NamedDependency[BackupService], db: FromPath[str], limit: Annotated[int, Limit] = 50,
              cursor: Annotated[str | None, Cursor] = None) -> BackupList:
-        page = _backups(request).list(require_tenant(request.user), db, limit=limit, cursor=cursor)
+        page = backups.list(caller_tenant, db, limit=limit, cursor=cursor)
         return BackupList([BackupOut.of(b) for b in page.items], page.next_cursor)
 
     @endpoint("GET", "/{backup:str}", access=KeyScope.READ, errors=(404,), summary="Get a backup (poll its status)")
-    def get(self, request: Request[Any, Principal, Any], db: FromPath[str], backup: FromPath[str]) -> BackupOut:
-        return BackupOut.of(_backups(request).get(require_tenant(request.user), db, backup))
+    def get(self, caller_tenant: NamedDependency[str], backups: NamedDependency[BackupService], db: FromPath[str], backup: FromPath[str]) -> BackupOut:
+        return BackupOut.of(backups.get(caller_tenant, db, backup))
 
     @endpoint("GET", "/{backup:str}/download", access=KeyScope.ADMIN, errors=(404, 409),
               summary="Download a backup file (streamed; admin)", media_type="application/octet-stream")
-    def download(self, request: Request[Any, Principal, Any], db: FromPath[str], backup: FromPath[str]) -> File:
-        found, path = _backups(request).file(require_tenant(request.user), db, backup)
+    def download(self, caller_tenant: NamedDependency[str], backups: NamedDependency[BackupService], db: FromPath[str], backup: FromPath[str]) -> File:
+        found, path = backups.file(caller_tenant, db, backup)
         digest = base64.b64encode(bytes.fromhex(found.sha256 or "")).decode()
         return File(path=path, filename=f"{found.id}{path.suffix}", media_type="application/octet-stream",
                     headers={"Repr-Digest": f"sha-256=:{digest}:", "X-Checksum-SHA256": found.sha256 or ""})
 
     @endpoint("POST", "/{backup:str}/restore", access=KeyScope.DEPLOY, errors=(404,), status_code=202,
               summary="Restore a backup into this or another database of the same engine (a job)")
-    def restore(self, request: Request[Any, Principal, Any], db: FromPath[str], backup: FromPath[str],
+    def restore(self, caller_tenant: NamedDependency[str], backups: NamedDependency[BackupService], db: FromPath[str], backup: FromPath[str],
                 data: JSONBody[RestoreIn]) -> Response[RestoreOut]:
-        restore = _backups(request).restore(require_tenant(request.user), db, backup, data.target)
+        restore = backups.restore(caller_tenant, db, backup, data.target)
         location = f"/v1/databases/{db}/backups/{backup}/restores/{restore.id}"
         return Response(RestoreOut.of(restore), status_code=202, headers={"Location": location})
 
     @endpoint("GET", "/{backup:str}/restores/{restore:str}", access=KeyScope.READ, errors=(404,), summary="Get a restore (poll its status)")
-    def get_restore(self, request: Request[Any, Principal, Any], db: FromPath[str], backup: FromPath[str],
+    def get_restore(self, caller_tenant: NamedDependency[str], backups: NamedDependency[BackupService], db: FromPath[str], backup: FromPath[str],
                     restore: FromPath[str]) -> RestoreOut:
-        return RestoreOut.of(_backups(request).get_restore(require_tenant(request.user), db, backup, restore))
+        return RestoreOut.of(backups.get_restore(caller_tenant, db, backup, restore))

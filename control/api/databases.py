@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response
+from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from control.api.audit import mark_audited
@@ -30,7 +31,6 @@ from control.domain.databases import (
     DatabaseService,
 )
 from control.domain.errors import Forbidden
-from control.domain.keys import require_tenant
 from control.security.principal import Principal
 from control.security.scopes import OPERATOR_ACCESS, KeyScope
 from control.store.repositories.databases import Database, DatabaseOverrides
@@ -91,9 +91,6 @@ class ConnectionOut(msgspec.Struct):
     revealed: bool
 
 
-def _databases(request: Request[Any, Any, Any]) -> DatabaseService:
-    return request.app.state.services.databases.databases  # type: ignore[no-any-return]
-
 
 class DatabaseController(Controller):
     path = "/v1/databases"
@@ -101,41 +98,41 @@ class DatabaseController(Controller):
     exception_handlers = {CredentialsUnreadable: secret_unreadable_handler}  # type: ignore[dict-item]
 
     @endpoint("POST", access=KeyScope.DEPLOY, errors=(409,), status_code=202, summary="Create a managed database (provisioned by a job)")
-    def create(self, request: Request[Any, Principal, Any], data: JSONBody[DatabaseCreate]) -> Response[DatabaseOut]:
-        created = _databases(request).create(require_tenant(request.user), data.name, data.engine, memory_mb=data.memory_mb,
+    def create(self, caller_tenant: NamedDependency[str], databases: NamedDependency[DatabaseService], data: JSONBody[DatabaseCreate]) -> Response[DatabaseOut]:
+        created = databases.create(caller_tenant, data.name, data.engine, memory_mb=data.memory_mb,
                                              backup_retention=data.backup_retention)
         return Response(DatabaseOut.of(created), status_code=202, headers={"Location": f"/v1/databases/{created.id}"})
 
     @endpoint("GET", access=KeyScope.READ, summary="List databases (never credentials)")
-    def list(self, request: Request[Any, Principal, Any], limit: Annotated[int, Limit] = 50,
+    def list(self, caller_tenant: NamedDependency[str], databases: NamedDependency[DatabaseService], limit: Annotated[int, Limit] = 50,
              cursor: Annotated[str | None, Cursor] = None) -> DatabaseList:
-        page = _databases(request).list(require_tenant(request.user), limit=limit, cursor=cursor)
+        page = databases.list(caller_tenant, limit=limit, cursor=cursor)
         return DatabaseList(items=[DatabaseOut.of(d) for d in page.items], next_cursor=page.next_cursor)
 
     @endpoint("GET", "/{db:str}", access=KeyScope.READ, errors=(404,), summary="Get a database by id or name (poll its status)")
-    def get(self, request: Request[Any, Principal, Any], db: FromPath[str]) -> DatabaseOut:
-        return DatabaseOut.of(_databases(request).get(require_tenant(request.user), db))
+    def get(self, caller_tenant: NamedDependency[str], databases: NamedDependency[DatabaseService], db: FromPath[str]) -> DatabaseOut:
+        return DatabaseOut.of(databases.get(caller_tenant, db))
 
     @endpoint("GET", "/{db:str}/connection", access=KeyScope.READ, errors=(404, 409),
               summary="Where to connect (password masked; ?reveal=true with admin for the URL)")
-    def connection(self, request: Request[Any, Principal, Any], db: FromPath[str],
+    def connection(self, request: Request[Any, Principal, Any], caller_tenant: NamedDependency[str], databases: NamedDependency[DatabaseService], db: FromPath[str],
                    reveal: Annotated[bool, Reveal] = False) -> ConnectionOut:
-        tenant_id = require_tenant(request.user)
+        tenant_id = caller_tenant
         if reveal and not request.user.allows(KeyScope.ADMIN):
             raise Forbidden(f"Revealing credentials needs the 'admin' scope; key {request.user.key_id} has "
                             f"{sorted(request.user.scopes)}.", code="insufficient-scope")
         if reveal:
             mark_audited(request, "?reveal=true")  # who saw which credentials is part of the trail
-        database, url = _databases(request).connection(tenant_id, db)
+        database, url = databases.connection(tenant_id, db)
         return ConnectionOut(database_id=database.id, engine=database.engine, host=hostname_for(database.name),
                              port=engine_facts(database.engine).port, user=database.db_user, database=database.db_name,
                              url=url if reveal else redact_url(url), revealed=reveal)
 
     @endpoint("DELETE", "/{db:str}", access=KeyScope.DEPLOY, errors=(404,), status_code=202,
               summary="Delete a database (volume kept for the grace period unless ?purge=true)")
-    def remove(self, request: Request[Any, Principal, Any], db: FromPath[str], purge: Annotated[bool, Purge] = False,
+    def remove(self, caller_tenant: NamedDependency[str], databases: NamedDependency[DatabaseService], db: FromPath[str], purge: Annotated[bool, Purge] = False,
                force: Annotated[bool, Force] = False) -> DatabaseOut:
-        return DatabaseOut.of(_databases(request).delete(require_tenant(request.user), db, purge=purge, force=force))
+        return DatabaseOut.of(databases.delete(caller_tenant, db, purge=purge, force=force))
 
 
 # -- operators: per-tenant database quotas ----------------------------------------------------
@@ -162,15 +159,15 @@ class DatabaseLimitsOut(msgspec.Struct):
 
 @endpoint("GET", "/v1/tenants/{tenant_id:str}/database-limits", access=OPERATOR_ACCESS, errors=(404,),
           summary="Get a tenant's database quotas", tags=["tenants (operator)"])
-def get_database_limits(request: Request[Any, Any, Any], tenant_id: FromPath[str]) -> DatabaseLimitsOut:
-    return DatabaseLimitsOut.of(tenant_id, _databases(request).limits(tenant_id))
+def get_database_limits(databases: NamedDependency[DatabaseService], tenant_id: FromPath[str]) -> DatabaseLimitsOut:
+    return DatabaseLimitsOut.of(tenant_id, databases.limits(tenant_id))
 
 
 @endpoint("PUT", "/v1/tenants/{tenant_id:str}/database-limits", access=OPERATOR_ACCESS, errors=(404,),
           summary="Set a tenant's database quotas", tags=["tenants (operator)"])
-def put_database_limits(request: Request[Any, Any, Any], tenant_id: FromPath[str], data: JSONBody[DatabaseLimitsIn]) -> DatabaseLimitsOut:
+def put_database_limits(databases: NamedDependency[DatabaseService], tenant_id: FromPath[str], data: JSONBody[DatabaseLimitsIn]) -> DatabaseLimitsOut:
     """Applies to the next database created; running ones are never stopped by a lower limit."""
-    limits = _databases(request).set_limits(tenant_id, DatabaseOverrides(data.max_databases, data.max_memory_mb))
+    limits = databases.set_limits(tenant_id, DatabaseOverrides(data.max_databases, data.max_memory_mb))
     return DatabaseLimitsOut.of(tenant_id, limits)
 
 

@@ -29,7 +29,6 @@ from control.domain.git_sources import (
     check_git_source,
     resolve_git_host,
 )
-from control.domain.keys import require_tenant
 from control.domain.releases import ReleaseService
 from control.security.principal import Principal
 from control.security.scopes import KeyScope
@@ -99,10 +98,6 @@ def accepted(d: DeploymentOut) -> Response[DeploymentOut]:
     return Response(d, status_code=202, headers={"Location": f"/v1/apps/{d.app_id}/deployments/{d.id}"})
 
 
-def settings_of(request: Request[Any, Any, Any]) -> Settings:
-    return request.app.state.services.settings
-
-
 class UploadTooLarge(Exception):
     pass
 
@@ -123,15 +118,14 @@ class DeploymentController(Controller):
 
     @route("POST", "/", access=KeyScope.DEPLOY, errors=(404, 413, 415), status_code=202, request_max_body_size=None,
                     summary="Deploy: upload a tar.gz (application/gzip) or JSON {git: {url, ref}}")
-    async def create(self, request: Request[Any, Principal, Any], app: FromPath[str]) -> Response[DeploymentOut] | Response[Problem]:
-        services = request.app.state.services
-        deployments: DeploymentService = services.deploys.deployments
-        settings: Settings = services.settings
-        tenant_id = require_tenant(request.user)
+    async def create(self, request: Request[Any, Principal, Any], caller_tenant: NamedDependency[str],
+                     deployments: NamedDependency[DeploymentService], releases: NamedDependency[ReleaseService],
+                     settings: NamedDependency[Settings], app: FromPath[str]) -> Response[DeploymentOut] | Response[Problem]:
+        tenant_id = caller_tenant
         target = await anyio.to_thread.run_sync(deployments.app, tenant_id, app)  # 404 before reading any body
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type == "application/json":
-            return await self._from_git(request, deployments, services.deploys.releases, tenant_id, target)
+            return await self._from_git(request, deployments, releases, settings, tenant_id, target)
         if content_type not in GZIP_TYPES:
             detail = "Send the source as a tar.gz body with Content-Type: application/gzip, or JSON {\"git\": {\"url\": ..., \"ref\": ...}}."
             return problem_response(request, 415, "unsupported-media-type", detail)
@@ -158,10 +152,10 @@ class DeploymentController(Controller):
             raise
         upload.unlink(missing_ok=True)
         created = await anyio.to_thread.run_sync(deployments.create, tenant_id, target, deployment_id, "archive", {})
-        return accepted(deployment_out(created, services.deploys.releases))
+        return accepted(deployment_out(created, releases))
 
     async def _from_git(self, request: Request[Any, Any, Any], deployments: DeploymentService, releases: ReleaseService,
-                        tenant_id: str, target: Any) -> Response[Any]:
+                        settings: Settings, tenant_id: str, target: Any) -> Response[Any]:
         body = b""
         async for chunk in request.stream():
             body += chunk
@@ -173,9 +167,9 @@ class DeploymentController(Controller):
             return problem_response(request, 422, "validation-failed", f"The request does not match the schema: {exc}. Send {{\"git\": {{\"url\": ..., \"ref\": ...}}}}.")
         except msgspec.DecodeError:
             return problem_response(request, 400, "malformed-request", "The request body is not valid JSON.")
-        git_target = check_git_source(data.git.url, data.git.ref, allow_http=settings_of(request).git_allow_http)
+        git_target = check_git_source(data.git.url, data.git.ref, allow_http=settings.git_allow_http)
         try:  # early answer for the caller; the job checks again right before cloning
-            await anyio.to_thread.run_sync(resolve_git_host, git_target, settings_of(request).git_networks)
+            await anyio.to_thread.run_sync(resolve_git_host, git_target, settings.git_networks)
         except GitHostRefused as exc:
             raise Invalid(f"The git source is not acceptable: {exc}.", errors=[{"field": "git.url", "message": str(exc)}]) from None
         deployment_id = deployments.new_id()
@@ -185,23 +179,23 @@ class DeploymentController(Controller):
 
     @endpoint("GET", "/", access=KeyScope.READ, errors=(404,), summary="List an app's deployments (oldest first)")
     def list(
-        self, request: Request[Any, Principal, Any], deployments: NamedDependency[DeploymentService], releases: NamedDependency[ReleaseService],
+        self, caller_tenant: NamedDependency[str], deployments: NamedDependency[DeploymentService], releases: NamedDependency[ReleaseService],
         app: FromPath[str], limit: Annotated[int, Limit] = 50, cursor: Annotated[str | None, Cursor] = None,
     ) -> DeploymentList:
-        page = deployments.list(require_tenant(request.user), app, limit=limit, cursor=cursor)
+        page = deployments.list(caller_tenant, app, limit=limit, cursor=cursor)
         return DeploymentList(items=[deployment_out(d, releases) for d in page.items], next_cursor=page.next_cursor)
 
     @endpoint("GET", "/{deployment:str}", access=KeyScope.READ, errors=(404,), summary="Get a deployment (poll its status)")
     def get(
-        self, request: Request[Any, Principal, Any], deployments: NamedDependency[DeploymentService], releases: NamedDependency[ReleaseService],
+        self, caller_tenant: NamedDependency[str], deployments: NamedDependency[DeploymentService], releases: NamedDependency[ReleaseService],
         app: FromPath[str], deployment: FromPath[str],
     ) -> DeploymentOut:
-        return deployment_out(deployments.get(require_tenant(request.user), app, deployment), releases)
+        return deployment_out(deployments.get(caller_tenant, app, deployment), releases)
 
     @endpoint("POST", "/{deployment:str}/cancel", access=KeyScope.DEPLOY, errors=(404,), status_code=202,
               summary="Cancel a deployment (at once if queued, else at its next step)")
     def cancel(
-        self, request: Request[Any, Principal, Any], deployments: NamedDependency[DeploymentService], releases: NamedDependency[ReleaseService],
+        self, caller_tenant: NamedDependency[str], deployments: NamedDependency[DeploymentService], releases: NamedDependency[ReleaseService],
         app: FromPath[str], deployment: FromPath[str],
     ) -> DeploymentOut:
-        return deployment_out(deployments.cancel(require_tenant(request.user), app, deployment), releases)
+        return deployment_out(deployments.cancel(caller_tenant, app, deployment), releases)

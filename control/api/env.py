@@ -26,7 +26,6 @@ from control.api.endpoints import endpoint
 from control.api.problems import Problem, problem_response
 from control.domain.env import EnvService, EnvSet, EnvValue, EnvVar, SecretUnreadable
 from control.domain.errors import Forbidden
-from control.domain.keys import require_tenant
 from control.security.principal import Principal
 from control.security.scopes import DEPLOY_READS_SECRETS, KeyScope
 
@@ -110,7 +109,7 @@ class EnvController(Controller):
     @endpoint("GET", access=KeyScope.READ, errors=(404, 503), summary="List an app's env vars (values only with reveal)")
     def list(
         self,
-        request: Request[Any, Principal, Any],
+        request: Request[Any, Principal, Any], caller_tenant: NamedDependency[str],
         env_vars: NamedDependency[EnvService],
         app: FromPath[str],
         reveal: Annotated[bool, Reveal] = False,
@@ -118,7 +117,7 @@ class EnvController(Controller):
         """Names, versions and flags; values only with `reveal=true` and the `admin` scope. That guards
         this listing only: values reach the app's containers, so code deployed with a `deploy` key can
         read them."""
-        tenant_id = require_tenant(request.user)
+        tenant_id = caller_tenant
         if not reveal:
             return EnvOut.of(env_vars.list(tenant_id, app))
         if not request.user.allows(KeyScope.ADMIN):
@@ -131,26 +130,26 @@ class EnvController(Controller):
 
     @endpoint("PUT", access=KeyScope.DEPLOY, errors=(404,), summary="Replace an app's whole env set")
     def replace(
-        self, request: Request[Any, Principal, Any], env_vars: NamedDependency[EnvService], app: FromPath[str], data: JSONBody[EnvReplace]
+        self, caller_tenant: NamedDependency[str], env_vars: NamedDependency[EnvService], app: FromPath[str], data: JSONBody[EnvReplace]
     ) -> EnvOut:
         """Values apply at the next release and reach the app's containers, where any code deployed with a
         `deploy` key can read them."""
         desired = {name: _value(entry) for name, entry in data.vars.items()}
-        return EnvOut.of(env_vars.replace(require_tenant(request.user), app, desired))
+        return EnvOut.of(env_vars.replace(caller_tenant, app, desired))
 
     @endpoint("PATCH", access=KeyScope.DEPLOY, errors=(404,), summary="Set and remove some of an app's env vars")
     def merge(
-        self, request: Request[Any, Principal, Any], env_vars: NamedDependency[EnvService], app: FromPath[str], data: JSONBody[EnvPatch]
+        self, caller_tenant: NamedDependency[str], env_vars: NamedDependency[EnvService], app: FromPath[str], data: JSONBody[EnvPatch]
     ) -> EnvOut:
         """Values apply at the next release and reach the app's containers, where any code deployed with a
         `deploy` key can read them."""
         changes = {name: None if entry is None else _value(entry) for name, entry in data.vars.items()}
-        return EnvOut.of(env_vars.merge(require_tenant(request.user), app, changes))
+        return EnvOut.of(env_vars.merge(caller_tenant, app, changes))
 
     @endpoint("PUT", "/{name:str}", access=KeyScope.DEPLOY, errors=(404,), summary="Set one env var")
     def put_one(
         self,
-        request: Request[Any, Principal, Any],
+        caller_tenant: NamedDependency[str],
         env_vars: NamedDependency[EnvService],
         app: FromPath[str],
         name: FromPath[str],
@@ -158,10 +157,10 @@ class EnvController(Controller):
     ) -> EnvVarOut:
         """The value applies at the next release and reaches the app's containers, where any code deployed
         with a `deploy` key can read it."""
-        return EnvVarOut.of(env_vars.set(require_tenant(request.user), app, name, _value(data)))
+        return EnvVarOut.of(env_vars.set(caller_tenant, app, name, _value(data)))
 
     @endpoint("DELETE", "/{name:str}", access=KeyScope.DEPLOY, errors=(404,), summary="Remove one env var")
     def remove(
-        self, request: Request[Any, Principal, Any], env_vars: NamedDependency[EnvService], app: FromPath[str], name: FromPath[str]
+        self, caller_tenant: NamedDependency[str], env_vars: NamedDependency[EnvService], app: FromPath[str], name: FromPath[str]
     ) -> None:
-        env_vars.unset(require_tenant(request.user), app, name)
+        env_vars.unset(caller_tenant, app, name)

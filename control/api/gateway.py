@@ -17,6 +17,7 @@ ends and the usage row says ``stalled``.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any
 
@@ -24,6 +25,7 @@ import anyio.to_thread
 import msgspec
 import structlog
 from litestar import Request, Response
+from litestar.di import NamedDependency
 from litestar.params import Body
 from litestar.response import Stream
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -38,6 +40,7 @@ from control.api.gateway_proxy import (
     UpstreamFailed,
     open_answer,
 )
+from control.api.inference_metrics import InferenceMetrics
 from control.api.problems import problem_response, retry_after_header
 from control.api.request_context import request_id_of
 from control.domain.errors import Invalid
@@ -50,6 +53,7 @@ from control.domain.inference_quota import (
 from control.ids import new_id
 from control.security.principal import Principal
 from control.security.scopes import KeyScope
+from control.settings import Settings
 from control.store.repositories.usage import UsageRecord
 from control.store.types import utcnow
 
@@ -74,8 +78,8 @@ class ModelList(msgspec.Struct):
 
 
 @route("GET", "/v1/models", access=KeyScope.INFERENCE, summary="Models served by healthy nodes (OpenAI list)", tags=["inference"])
-async def list_models(request: Request[Any, Principal, Any]) -> ModelList:
-    names = await anyio.to_thread.run_sync(_inference(request).nodes.models)
+async def list_models(inference: NamedDependency[Inference]) -> ModelList:
+    names = await anyio.to_thread.run_sync(inference.nodes.models)
     return ModelList(data=[ModelOut(id=name) for name in names])
 
 
@@ -83,20 +87,32 @@ async def list_models(request: Request[Any, Principal, Any]) -> ModelList:
     "POST", "/v1/chat/completions", access=KeyScope.INFERENCE, errors=(404, 502, 503), audited=False,
     summary="Chat completion (OpenAI-compatible; `stream: true` for SSE)", tags=["inference"], status_code=200,
 )  # fmt: skip
-async def chat_completions(request: Request[Any, Principal, Any], data: OpenAIBody) -> Response[Any]:
-    return await _proxy(request, data, "chat.completions", "/v1/chat/completions")
+async def chat_completions(request: Request[Any, Principal, Any], gateway: NamedDependency[Gateway], data: OpenAIBody) -> Response[Any]:
+    return await _proxy(request, gateway, data, "chat.completions", "/v1/chat/completions")
 
 
 @route(
     "POST", "/v1/completions", access=KeyScope.INFERENCE, errors=(404, 502, 503), audited=False,
     summary="Text completion (OpenAI-compatible; `stream: true` for SSE)", tags=["inference"], status_code=200,
 )  # fmt: skip
-async def completions(request: Request[Any, Principal, Any], data: OpenAIBody) -> Response[Any]:
-    return await _proxy(request, data, "completions", "/v1/completions")
+async def completions(request: Request[Any, Principal, Any], gateway: NamedDependency[Gateway], data: OpenAIBody) -> Response[Any]:
+    return await _proxy(request, gateway, data, "completions", "/v1/completions")
 
 
-def _inference(request: Request[Any, Any, Any]) -> Inference:
-    return request.app.state.services.inference  # type: ignore[no-any-return]
+@dataclass(frozen=True)
+class Gateway:
+    """What relaying a call needs: the nodes and quotas, the pooled upstream connections, the
+    settings, and who observes each usage record (Prometheus)."""
+
+    inference: Inference
+    upstream: Upstream
+    settings: Settings
+    observer: InferenceMetrics | None = None
+
+
+def gateway_dependency(inference: NamedDependency[Inference], upstream: NamedDependency[Upstream],
+                       settings: NamedDependency[Settings], inference_metrics: NamedDependency[InferenceMetrics]) -> Gateway:
+    return Gateway(inference, upstream, settings, inference_metrics)
 
 
 def _field_error(name: str, message: str) -> Invalid:
@@ -136,10 +152,9 @@ def _prepare(data: dict[str, Any], endpoint: str, default_max_tokens: int) -> tu
     return call, estimate_prompt_tokens(data) + max_tokens * choices
 
 
-async def _proxy(request: Request[Any, Principal, Any], data: dict[str, Any], endpoint: str, path: str) -> Response[Any]:
-    inference = _inference(request)
-    services = request.app.state.services
-    call, reserve_tokens = _prepare(data, endpoint, services.settings.inference_default_max_tokens)
+async def _proxy(request: Request[Any, Principal, Any], gateway: Gateway, data: dict[str, Any], endpoint: str, path: str) -> Response[Any]:
+    inference = gateway.inference
+    call, reserve_tokens = _prepare(data, endpoint, gateway.settings.inference_default_max_tokens)
     call.request_id = request_id_of(request.scope)
     serving, routable = await anyio.to_thread.run_sync(_candidates, inference, call.model)
     if not serving:
@@ -166,11 +181,11 @@ async def _proxy(request: Request[Any, Principal, Any], data: dict[str, Any], en
         nonlocal finished
         if not finished:
             finished = True
-            await _settle(request, inference, call, reservation, result, tenant_id, key_id)
+            await _settle(gateway, call, reservation, result, tenant_id, key_id)
 
     try:
         try:
-            answer = await open_answer(request.app.state.upstream, inference.router, call, routable)
+            answer = await open_answer(gateway.upstream, inference.router, call, routable)
         except UpstreamFailed as exc:
             await finish(outcome)
             retry = inference.router.retry_after(exc.tried) if exc.tried else NO_NODE_RETRY_S
@@ -179,7 +194,7 @@ async def _proxy(request: Request[Any, Principal, Any], data: dict[str, Any], en
         if answer.response is not None:
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
             relay = Relay(answer, call, inference.router, outcome, finish)
-            return RelayStream(relay, headers=headers, idle_s=services.settings.gateway_stream_idle_s)
+            return RelayStream(relay, headers=headers, idle_s=gateway.settings.gateway_stream_idle_s)
         content = _final_body(answer, call, outcome)
         await finish(outcome)
         return Response(content, status_code=answer.status_code, media_type="application/json")
@@ -261,8 +276,7 @@ def _final_body(answer: Answer, call: Call, outcome: Outcome) -> bytes:
 
 
 async def _settle(
-    request: Request[Any, Any, Any],
-    inference: Inference,
+    gateway: Gateway,
     call: Call,
     reservation: Reservation,
     outcome: Outcome,
@@ -298,13 +312,12 @@ async def _settle(
         created_at=utcnow(),
     )
     try:
-        await anyio.to_thread.run_sync(inference.quota.settle, reservation, record)
+        await anyio.to_thread.run_sync(gateway.inference.quota.settle, reservation, record)
     except Exception as exc:  # noqa: BLE001 (the answer is already out; never break it, but say so loudly)
         log.error("inference_usage_write_failed", request_id=call.request_id, error=type(exc).__name__)
-    observer = getattr(request.app.state, "inference_metrics", None)
-    if observer is not None:
-        observer.observe(record)
+    if gateway.observer is not None:
+        gateway.observer.observe(record)
 
 
 GATEWAY_ROUTES = [list_models, chat_completions, completions]
-__all__ = ["GATEWAY_ROUTES", "Upstream"]
+__all__ = ["GATEWAY_ROUTES", "Gateway", "Upstream", "gateway_dependency"]

@@ -12,13 +12,17 @@ need the broken dependency answer 503 ``dependency-unavailable`` with Retry-Afte
 from __future__ import annotations
 
 import socket
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import urlsplit
 
 import msgspec
-from litestar import Request, Response, get
+from litestar import Response, get
+from litestar.di import NamedDependency
 
 from control.api.problems import Problem, problem_responses
+from control.settings import Settings
+from control.store.database import Store
+from runtime.resilience import BreakerRegistry
 
 
 class Health(msgspec.Struct):
@@ -44,19 +48,20 @@ async def healthz() -> Health:
     responses={503: problem_responses(503)[503]},
     sync_to_thread=True,
 )
-def readyz(request: Request[Any, Any, Any]) -> Response[Readiness]:
+def readyz(store: NamedDependency[Store], settings: NamedDependency[Settings],
+           breakers: NamedDependency[BreakerRegistry]) -> Response[Readiness]:
     checks: dict[str, str] = {}
     try:
-        request.app.state.services.db.ping()
+        store.ping()
         checks["database"] = "ok"
     except Exception as exc:  # readiness reports, it does not raise
         checks["database"] = f"failing: {type(exc).__name__}"
-    checks["router"] = _router_check(request.app.state.services.settings.traefik_url)
-    breakers = {snap.name: snap.state.value for snap in request.app.state.services.breakers.snapshot()}
+    checks["router"] = _router_check(settings.traefik_url)
+    states = {snap.name: snap.state.value for snap in breakers.snapshot()}
     ready = checks["database"] == "ok"
-    degraded = checks["router"] != "ok" or any(state != "closed" for state in breakers.values())
+    degraded = checks["router"] != "ok" or any(state != "closed" for state in states.values())
     status = "not-ready" if not ready else "degraded" if degraded else "ready"
-    return Response(Readiness(status=status, checks=checks, breakers=breakers), status_code=200 if ready else 503)
+    return Response(Readiness(status=status, checks=checks, breakers=states), status_code=200 if ready else 503)
 
 
 def _router_check(url: str, timeout: float = 0.5) -> str:

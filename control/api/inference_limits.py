@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
-from litestar import Request
+from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
 from control.api.endpoints import endpoint
@@ -49,16 +49,13 @@ class InferenceLimitsOut(msgspec.Struct):
         )
 
 
-def _inference(request: Request[Any, Any, Any]) -> Inference:
-    return request.app.state.services.inference  # type: ignore[no-any-return]
-
 
 @endpoint(
     "GET", "/v1/tenants/{tenant_id:str}/inference-limits", access=OPERATOR_ACCESS, errors=(404,),
     summary="Get a tenant's inference quotas", tags=["tenants (operator)"],
 )  # fmt: skip
-def get_inference_limits(request: Request[Any, Any, Any], tenant_id: FromPath[str]) -> InferenceLimitsOut:
-    limits = _inference(request).limits
+def get_inference_limits(inference: NamedDependency[Inference], tenant_id: FromPath[str]) -> InferenceLimitsOut:
+    limits = inference.limits
     return InferenceLimitsOut.of(tenant_id, limits.defaults, limits.overrides(tenant_id))
 
 
@@ -67,10 +64,10 @@ def get_inference_limits(request: Request[Any, Any, Any], tenant_id: FromPath[st
     summary="Set a tenant's inference quotas", tags=["tenants (operator)"],
 )  # fmt: skip
 def put_inference_limits(
-    request: Request[Any, Any, Any], tenant_id: FromPath[str], data: JSONBody[InferenceLimitsIn]
+    inference: NamedDependency[Inference], tenant_id: FromPath[str], data: JSONBody[InferenceLimitsIn]
 ) -> InferenceLimitsOut:
     """Takes effect at once in this process."""
-    limits = _inference(request).limits
+    limits = inference.limits
     overrides = InferenceOverrides(data.requests_per_minute, data.tokens_per_minute, data.token_budget, data.budget_period)
     return InferenceLimitsOut.of(tenant_id, limits.defaults, limits.set(tenant_id, overrides))
 

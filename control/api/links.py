@@ -9,16 +9,15 @@ and never stored or listed. A name already used by an env var or another link is
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
-from litestar import Controller, Request
+from litestar import Controller
+from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
 from control.api.endpoints import endpoint
-from control.domain.keys import require_tenant
 from control.domain.links import LinkService
-from control.security.principal import Principal
 from control.security.scopes import KeyScope
 from control.store.repositories.links import Link
 
@@ -47,22 +46,19 @@ class LinkList(msgspec.Struct):
     items: list[LinkOut]
 
 
-def _links(request: Request[Any, Any, Any]) -> LinkService:
-    return request.app.state.services.databases.links  # type: ignore[no-any-return]
-
 
 class LinkController(Controller):
     path = "/v1/apps/{app:str}/links"
     tags = ["databases"]
 
     @endpoint("POST", access=KeyScope.DEPLOY, errors=(404,), status_code=201, summary="Link a database to an app (from its next release)")
-    def create(self, request: Request[Any, Principal, Any], app: FromPath[str], data: JSONBody[LinkCreate]) -> LinkOut:
-        return LinkOut.of(_links(request).create(require_tenant(request.user), app, data.database, data.env_name))
+    def create(self, caller_tenant: NamedDependency[str], links: NamedDependency[LinkService], app: FromPath[str], data: JSONBody[LinkCreate]) -> LinkOut:
+        return LinkOut.of(links.create(caller_tenant, app, data.database, data.env_name))
 
     @endpoint("GET", access=KeyScope.READ, errors=(404,), summary="List an app's database links (never URLs)")
-    def list(self, request: Request[Any, Principal, Any], app: FromPath[str]) -> LinkList:
-        return LinkList([LinkOut.of(link) for link in _links(request).list(require_tenant(request.user), app)])
+    def list(self, caller_tenant: NamedDependency[str], links: NamedDependency[LinkService], app: FromPath[str]) -> LinkList:
+        return LinkList([LinkOut.of(link) for link in links.list(caller_tenant, app)])
 
     @endpoint("DELETE", "/{link:str}", access=KeyScope.DEPLOY, errors=(404,), summary="Remove a link (from the app's next release)")
-    def remove(self, request: Request[Any, Principal, Any], app: FromPath[str], link: FromPath[str]) -> None:
-        _links(request).delete(require_tenant(request.user), app, link)
+    def remove(self, caller_tenant: NamedDependency[str], links: NamedDependency[LinkService], app: FromPath[str], link: FromPath[str]) -> None:
+        links.delete(caller_tenant, app, link)

@@ -13,11 +13,12 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import anyio.to_thread
 import docker.errors
-from litestar import Controller, Request, Response
+from litestar import Controller, Response
+from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
@@ -25,11 +26,9 @@ from control.api.endpoints import route
 from control.api.streaming import KEEPALIVE_S, keepalive
 from control.domain.deployments import DeploymentService
 from control.domain.errors import Conflict
-from control.domain.keys import require_tenant
 from control.domain.releases import ReleaseService
 from control.jobs.build_log import read_from
 from control.jobs.runtime import AppRuntime
-from control.security.principal import Principal
 from control.security.scopes import KeyScope
 
 Follow = QueryParameter(description="Stream (SSE) until the end instead of returning the text so far.", required=False)
@@ -107,34 +106,34 @@ class LogController(Controller):
     @route("GET", "/deployments/{deployment:str}/logs", access=KeyScope.READ, errors=(404,),
                     summary="A deployment's build log (text, or SSE with follow=true)")
     async def build_log(
-        self, request: Request[Any, Principal, Any], app: FromPath[str], deployment: FromPath[str],
+        self, caller_tenant: NamedDependency[str], deployments: NamedDependency[DeploymentService],
+        releases: NamedDependency[ReleaseService], app: FromPath[str], deployment: FromPath[str],
         follow: Annotated[bool, Follow] = False,
     ) -> Response[str] | ServerSentEvent:
-        services = request.app.state.services
-        found = await anyio.to_thread.run_sync(services.deploys.deployments.get, require_tenant(request.user), app, deployment)
-        path = Path(found.log_path or services.deploys.deployments.log_path(found.id))
+        found = await anyio.to_thread.run_sync(deployments.get, caller_tenant, app, deployment)
+        path = Path(found.log_path or deployments.log_path(found.id))
         if not follow:
             text, _ = await anyio.to_thread.run_sync(read_from, path, 0)
             return Response(text, media_type="text/plain; charset=utf-8")
-        return ServerSentEvent(_build_events(services.deploys.deployments, services.deploys.releases, found.id, path))
+        return ServerSentEvent(_build_events(deployments, releases, found.id, path))
 
     @route("GET", "/logs", access=KeyScope.READ, errors=(404, 503),
                     summary="The running app's log (text, or SSE with follow=true)")
     async def runtime_log(
-        self, request: Request[Any, Principal, Any], app: FromPath[str], follow: Annotated[bool, Follow] = False,
-        tail: Annotated[int, Tail] = 100,
+        self, caller_tenant: NamedDependency[str], deployments: NamedDependency[DeploymentService],
+        releases: NamedDependency[ReleaseService], app_runtime: NamedDependency[AppRuntime], app: FromPath[str],
+        follow: Annotated[bool, Follow] = False, tail: Annotated[int, Tail] = 100,
     ) -> Response[str] | ServerSentEvent:
-        services = request.app.state.services
-        target = await anyio.to_thread.run_sync(services.deploys.deployments.app, require_tenant(request.user), app)
-        desired = await anyio.to_thread.run_sync(services.deploys.releases.desired, target.id)
+        target = await anyio.to_thread.run_sync(deployments.app, caller_tenant, app)
+        desired = await anyio.to_thread.run_sync(releases.desired, target.id)
         if not desired:
             raise Conflict(f"App '{target.name}' has no running release; deploy it first.", code="app-not-running")
         container_id = desired[0].container_id
         try:
             if not follow:
-                lines = await anyio.to_thread.run_sync(services.deploys.runtime.containers.logs, container_id, tail)
+                lines = await anyio.to_thread.run_sync(app_runtime.containers.logs, container_id, tail)
                 return Response("\n".join(lines) + ("\n" if lines else ""), media_type="text/plain; charset=utf-8")
-            return ServerSentEvent(_container_events(services.deploys.runtime, container_id, tail))
+            return ServerSentEvent(_container_events(app_runtime, container_id, tail))
         except docker.errors.NotFound:
             raise Conflict(f"App '{target.name}' has no container right now; the reconciler is recreating it. Retry shortly.",
                            code="app-not-running") from None

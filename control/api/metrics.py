@@ -14,7 +14,8 @@ import time
 from collections.abc import Iterator
 from typing import Any, cast
 
-from litestar import Request, Response, get
+from litestar import Response, get
+from litestar.di import NamedDependency
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -134,7 +135,7 @@ def metrics_handler(*, public: bool) -> Any:
         responses=problem_responses(401, 403, 429) if not public else None,
         security=None if public else [{"ApiKey": []}],
     )
-    async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
-        return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    async def metrics(prometheus: NamedDependency[Metrics]) -> Response[bytes]:
+        return Response(prometheus.render(), media_type=CONTENT_TYPE_LATEST)
 
     return metrics

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from litestar import Controller, Request, post
+from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
 from control.api.endpoints import endpoint
@@ -31,10 +32,6 @@ from control.security.scopes import OPERATOR_ACCESS
 from control.store.repositories.nodes import Node
 
 
-def _inference(request: Request[Any, Any, Any]) -> Inference:
-    return request.app.state.services.inference  # type: ignore[no-any-return]
-
-
 def node_out(inference: Inference, node: Node) -> NodeOut:
     return NodeOut.of(
         node,
@@ -49,41 +46,40 @@ class NodeController(Controller):
     tags = ["inference nodes (operator)"]
 
     @endpoint("POST", access=OPERATOR_ACCESS, summary="Enroll an inference node (its token is shown once)", status_code=201)
-    def enroll(self, request: Request[Any, Any, Any], data: JSONBody[NodeCreate]) -> NodeEnrolled:
-        inference = _inference(request)
+    def enroll(self, request: Request[Any, Any, Any], inference: NamedDependency[Inference], data: JSONBody[NodeCreate]) -> NodeEnrolled:
+        inference = inference
         enrolled = inference.nodes.enroll(data.name, request.user.key_id)
         return NodeEnrolled(node=node_out(inference, enrolled.node), token=enrolled.token)
 
     @endpoint("GET", access=OPERATOR_ACCESS, summary="List inference nodes and their health")
-    def list(self, request: Request[Any, Any, Any]) -> NodeList:
-        inference = _inference(request)
+    def list(self, inference: NamedDependency[Inference]) -> NodeList:
+        inference = inference
         return NodeList(items=[node_out(inference, n) for n in inference.nodes.live()])
 
     @endpoint("GET", "/{node:str}", access=OPERATOR_ACCESS, errors=(404,), summary="Get an inference node")
-    def get(self, request: Request[Any, Any, Any], node: FromPath[str]) -> NodeOut:
-        inference = _inference(request)
+    def get(self, inference: NamedDependency[Inference], node: FromPath[str]) -> NodeOut:
+        inference = inference
         return node_out(inference, inference.nodes.get(node))
 
     @endpoint(
         "POST", "/{node:str}/drain", access=OPERATOR_ACCESS, errors=(404,), summary="Stop routing new requests to a node",
         status_code=200,
     )  # fmt: skip
-    def drain(self, request: Request[Any, Any, Any], node: FromPath[str]) -> NodeOut:
+    def drain(self, inference: NamedDependency[Inference], node: FromPath[str]) -> NodeOut:
         """Requests already running finish; the node stays enrolled and keeps heartbeating."""
-        inference = _inference(request)
         return node_out(inference, inference.nodes.set_draining(node, True))
 
     @endpoint(
         "POST", "/{node:str}/resume", access=OPERATOR_ACCESS, errors=(404,), summary="Route to a drained node again",
         status_code=200,
     )  # fmt: skip
-    def resume(self, request: Request[Any, Any, Any], node: FromPath[str]) -> NodeOut:
-        inference = _inference(request)
+    def resume(self, inference: NamedDependency[Inference], node: FromPath[str]) -> NodeOut:
+        inference = inference
         return node_out(inference, inference.nodes.set_draining(node, False))
 
     @endpoint("DELETE", "/{node:str}", access=OPERATOR_ACCESS, errors=(404,), summary="Delete a node (revokes its token)")
-    def remove(self, request: Request[Any, Any, Any], node: FromPath[str]) -> None:
-        _inference(request).nodes.delete(node)
+    def remove(self, inference: NamedDependency[Inference], node: FromPath[str]) -> None:
+        inference.nodes.delete(node)
 
 
 def node_endpoint(
@@ -129,8 +125,8 @@ def _ack(inference: Inference, node: Node) -> NodeAck:
     description="Called by `moorage node run` with its node token when it starts (and again if the control plane "
     "forgot it). `models[].name` is the public name tenants use; `engine_model` what the engine expects.",
 )
-def register_node(request: Request[Any, Any, Any], data: JSONBody[NodeReport]) -> NodeAck:
-    inference = _inference(request)
+def register_node(request: Request[Any, Any, Any], inference: NamedDependency[Inference], data: JSONBody[NodeReport]) -> NodeAck:
+    inference = inference
     return _ack(inference, inference.nodes.register(authenticated_node(request), _registration(data)))
 
 
@@ -141,8 +137,8 @@ def register_node(request: Request[Any, Any, Any], data: JSONBody[NodeReport]) -
     "`node-not-registered`: register first.",
     audited=False,  # every 10 s per node: the node's own row records its latest state
 )
-def node_heartbeat(request: Request[Any, Any, Any], node: FromPath[str], data: JSONBody[NodeReport]) -> NodeAck:
-    inference = _inference(request)
+def node_heartbeat(request: Request[Any, Any, Any], inference: NamedDependency[Inference], node: FromPath[str], data: JSONBody[NodeReport]) -> NodeAck:
+    inference = inference
     return _ack(inference, inference.nodes.heartbeat(authenticated_node(request), _registration(data)))
 
 

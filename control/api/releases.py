@@ -7,10 +7,10 @@ It makes a new release (``rollback_of`` names the one it copies)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
-from litestar import Controller, Request, Response
+from litestar import Controller, Response
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
@@ -18,9 +18,7 @@ from control.api.deployments import DeploymentOut, accepted, deployment_out
 from control.api.endpoints import Cursor, Limit, endpoint
 from control.domain.deployments import DeploymentService
 from control.domain.errors import Conflict
-from control.domain.keys import require_tenant
 from control.domain.releases import ReleaseService
-from control.security.principal import Principal
 from control.security.scopes import KeyScope
 from control.store.repositories.releases import Release
 
@@ -59,19 +57,19 @@ class ReleaseController(Controller):
 
     @endpoint("GET", "/releases", access=KeyScope.READ, errors=(404,), summary="List an app's releases (oldest first)")
     def list(
-        self, request: Request[Any, Principal, Any], releases: NamedDependency[ReleaseService], app: FromPath[str],
+        self, caller_tenant: NamedDependency[str], releases: NamedDependency[ReleaseService], app: FromPath[str],
         limit: Annotated[int, Limit] = 50, cursor: Annotated[str | None, Cursor] = None,
     ) -> ReleaseList:
-        page, current = releases.list(require_tenant(request.user), app, limit=limit, cursor=cursor)
+        page, current = releases.list(caller_tenant, app, limit=limit, cursor=cursor)
         return ReleaseList(items=[ReleaseOut.of(r, current) for r in page.items], next_cursor=page.next_cursor)
 
     @endpoint("POST", "/rollback", access=KeyScope.DEPLOY, errors=(404,), status_code=202,
               summary="Roll back to an earlier release (a new deployment reusing its image)")
     def rollback(
-        self, request: Request[Any, Principal, Any], releases: NamedDependency[ReleaseService],
+        self, caller_tenant: NamedDependency[str], releases: NamedDependency[ReleaseService],
         deployments: NamedDependency[DeploymentService], app: FromPath[str], data: JSONBody[RollbackIn],
     ) -> Response[DeploymentOut]:
-        tenant_id = require_tenant(request.user)
+        tenant_id = caller_tenant
         target_app = deployments.app(tenant_id, app)
         release = releases.by_name(tenant_id, app, data.release)
         _, current = releases.list(tenant_id, app, limit=1, cursor=None)

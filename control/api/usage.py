@@ -9,17 +9,15 @@ whose engine said nothing (a broken stream) carries an estimate, flagged
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
-from litestar import Request
+from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
 from control.api.endpoints import Cursor, Limit, endpoint
 from control.domain.inference import Inference
-from control.domain.keys import require_tenant
 from control.domain.usage import UsageSummary, day_window
-from control.security.principal import Principal
 from control.security.scopes import OPERATOR_ACCESS, KeyScope
 from control.store.repositories.usage import UsageRecord
 
@@ -83,9 +81,6 @@ class UsageOut(msgspec.Struct):
     next_cursor: str | None = None
 
 
-def _inference(request: Request[Any, Any, Any]) -> Inference:
-    return request.app.state.services.inference  # type: ignore[no-any-return]
-
 
 def _report(
     inference: Inference,
@@ -129,16 +124,15 @@ def _report(
 
 @endpoint("GET", "/v1/usage", access=KeyScope.INFERENCE, summary="Your tenant's inference usage by day and model", tags=["inference"])
 def tenant_usage(
-    request: Request[Any, Principal, Any],
+    caller_tenant: NamedDependency[str], inference: NamedDependency[Inference],
     since: Annotated[date | None, Since] = None,
     until: Annotated[date | None, Until] = None,
     detail: Annotated[bool, Detail] = False,
     limit: Annotated[int, Limit] = 50,
     cursor: Annotated[str | None, Cursor] = None,
 ) -> UsageOut:
-    tenant_id = require_tenant(request.user)  # never None here: None would mean every tenant
-    return _report(
-        _inference(request), tenant_id, since, until, detail=detail, limit=limit, cursor=cursor, per_tenant=False
+    return _report(  # a tenant id, never None here: None would mean every tenant
+        inference, caller_tenant, since, until, detail=detail, limit=limit, cursor=cursor, per_tenant=False
     )
 
 
@@ -147,7 +141,7 @@ def tenant_usage(
     tags=["inference (operator)"],
 )  # fmt: skip
 def operator_usage(
-    request: Request[Any, Principal, Any],
+    inference: NamedDependency[Inference],
     tenant_id: Annotated[str | None, TenantFilter] = None,
     since: Annotated[date | None, Since] = None,
     until: Annotated[date | None, Until] = None,
@@ -156,7 +150,7 @@ def operator_usage(
     cursor: Annotated[str | None, Cursor] = None,
 ) -> UsageOut:
     return _report(
-        _inference(request), tenant_id, since, until, detail=detail, limit=limit, cursor=cursor, per_tenant=True
+        inference, tenant_id, since, until, detail=detail, limit=limit, cursor=cursor, per_tenant=True
     )
 
 

@@ -47,18 +47,15 @@ class NodeController(Controller):
 
     @endpoint("POST", access=OPERATOR_ACCESS, summary="Enroll an inference node (its token is shown once)", status_code=201)
     def enroll(self, request: Request[Any, Any, Any], inference: NamedDependency[Inference], data: JSONBody[NodeCreate]) -> NodeEnrolled:
-        inference = inference
         enrolled = inference.nodes.enroll(data.name, request.user.key_id)
         return NodeEnrolled(node=node_out(inference, enrolled.node), token=enrolled.token)
 
     @endpoint("GET", access=OPERATOR_ACCESS, summary="List inference nodes and their health")
     def list(self, inference: NamedDependency[Inference]) -> NodeList:
-        inference = inference
         return NodeList(items=[node_out(inference, n) for n in inference.nodes.live()])
 
     @endpoint("GET", "/{node:str}", access=OPERATOR_ACCESS, errors=(404,), summary="Get an inference node")
     def get(self, inference: NamedDependency[Inference], node: FromPath[str]) -> NodeOut:
-        inference = inference
         return node_out(inference, inference.nodes.get(node))
 
     @endpoint(
@@ -74,7 +71,6 @@ class NodeController(Controller):
         status_code=200,
     )  # fmt: skip
     def resume(self, inference: NamedDependency[Inference], node: FromPath[str]) -> NodeOut:
-        inference = inference
         return node_out(inference, inference.nodes.set_draining(node, False))
 
     @endpoint("DELETE", "/{node:str}", access=OPERATOR_ACCESS, errors=(404,), summary="Delete a node (revokes its token)")
@@ -126,7 +122,6 @@ def _ack(inference: Inference, node: Node) -> NodeAck:
     "forgot it). `models[].name` is the public name tenants use; `engine_model` what the engine expects.",
 )
 def register_node(request: Request[Any, Any, Any], inference: NamedDependency[Inference], data: JSONBody[NodeReport]) -> NodeAck:
-    inference = inference
     return _ack(inference, inference.nodes.register(authenticated_node(request), _registration(data)))
 
 
@@ -138,7 +133,6 @@ def register_node(request: Request[Any, Any, Any], inference: NamedDependency[In
     audited=False,  # every 10 s per node: the node's own row records its latest state
 )
 def node_heartbeat(request: Request[Any, Any, Any], inference: NamedDependency[Inference], node: FromPath[str], data: JSONBody[NodeReport]) -> NodeAck:
-    inference = inference
     return _ack(inference, inference.nodes.heartbeat(authenticated_node(request), _registration(data)))
 
 

@@ -133,9 +133,15 @@ class Router:
     def remove(self, key: str) -> bool:
         return self._unlink(self.path_for(key))
 
-    @guarded(idempotent=True)
     def remove_legacy(self, tenant: str, app: str) -> bool:
-        return self._unlink(self.legacy_path_for(tenant, app))
+        return self.remove_legacy_stem(self.legacy_path_for(tenant, app).stem)
+
+    @guarded(idempotent=True)
+    def remove_legacy_stem(self, stem: str) -> bool:
+        """Remove one of the files `legacy()` lists (its name is never built from input)."""
+        if LEGACY_SEPARATOR not in stem or "/" in stem or stem.startswith("."):
+            raise ValueError(f"{stem!r} is not a legacy route file")
+        return self._unlink(self.dynamic_dir / f"{stem}.yml")
 
     def _unlink(self, path: Path) -> bool:
         try:
@@ -196,3 +202,9 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def legacy_owners(stem: str) -> list[tuple[str, str]]:
+    """Every (tenant, app) a legacy `tenant--app` stem could stand for: names may hold `--`."""
+    parts = stem.split(LEGACY_SEPARATOR)
+    return [(LEGACY_SEPARATOR.join(parts[:i]), LEGACY_SEPARATOR.join(parts[i:])) for i in range(1, len(parts))]

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import docker.errors
 import structlog
@@ -36,7 +37,7 @@ from control.jobs.locks import AppLocks
 from control.jobs.runtime import AppRuntime
 from control.store.repositories.releases import DesiredApp
 from runtime import labels as L
-from runtime.router import LEGACY_SEPARATOR
+from runtime.router import legacy_owners
 
 log = structlog.get_logger("moorage.reconcile")
 MAX_BACKOFF_S = 300.0
@@ -93,8 +94,7 @@ class Reconciler:
         self._guarded(report, "orphans", lambda: self._remove_orphans(report))
         self._guarded(report, "orphan routes", lambda: self._remove_orphan_routes(report))
         for name, sweep in self._sweeps:
-            self._guarded(report, name, lambda sweep=sweep, name=name: report.actions.extend(  # type: ignore[misc]
-                f"removed orphan {what} ({name})" for what in sweep()))
+            self._guarded(report, name, partial(_run_sweep, report, name, sweep))
         if report.actions:
             log.info("reconciled", actions=report.actions)
         return report
@@ -178,12 +178,11 @@ class Reconciler:
             return
         ours, serving = self.tenant_names(), {(d.tenant_name, d.app_name) for d in desired}
         for stem in legacy:
-            splits = _legacy_splits(stem)
-            if not any(tenant in ours for tenant, _ in splits) or any(split in serving for split in splits):
+            owners = legacy_owners(stem)
+            if not any(tenant in ours for tenant, _ in owners) or any(owner in serving for owner in owners):
                 continue  # not ours, or a live app's: its converge replaces the file
-            path = router.dynamic_dir / f"{stem}.yml"
-            path.unlink(missing_ok=True)
-            report.actions.append(f"removed orphan route {stem} (written before id keys)")
+            if router.remove_legacy_stem(stem):
+                report.actions.append(f"removed orphan route {stem} (written before id keys)")
 
     def also_sweep(self, name: str, sweep: Callable[[], list[str]]) -> None:
         """Run ``sweep`` on every pass; it returns what it removed."""
@@ -213,7 +212,5 @@ class Reconciler:
                 return
 
 
-def _legacy_splits(stem: str) -> list[tuple[str, str]]:
-    """Every (tenant, app) a `tenant--app` stem could stand for: names may hold `--` too."""
-    parts = stem.split(LEGACY_SEPARATOR)
-    return [(LEGACY_SEPARATOR.join(parts[:i]), LEGACY_SEPARATOR.join(parts[i:])) for i in range(1, len(parts))]
+def _run_sweep(report: Report, name: str, sweep: Callable[[], list[str]]) -> None:
+    report.actions.extend(f"removed orphan {what} ({name})" for what in sweep())

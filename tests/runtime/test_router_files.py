@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from runtime.resilience import BreakerRegistry
-from runtime.router import AppRoute, Backend, Router, atomic_write
+from runtime.router import AppRoute, Backend, Router, atomic_write, legacy_owners
 from runtime.settings import RuntimeSettings
 from runtime.traefik import TraefikStaticOptions, render_static_config, static_config
 
@@ -137,3 +137,14 @@ def test_static_config_never_exposes_api(tmp_path: Path) -> None:
     assert acme["entryPoints"]["websecure"]["address"] == ":443"
     assert acme["certificatesResolvers"]["letsencrypt"]["acme"]["httpChallenge"] == {"entryPoint": "web"}
     assert yaml.safe_load(render_static_config(TraefikStaticOptions(dynamic_dir=tmp_path))) == cfg
+
+
+def test_a_legacy_stem_names_every_owner_it_could_stand_for(tmp_path: Path) -> None:
+    assert legacy_owners("acme--web") == [("acme", "web")]
+    assert legacy_owners("rt-v--w--app") == [("rt-v", "w--app"), ("rt-v--w", "app")]
+    r = router(tmp_path)
+    (tmp_path / "rt-v--w--app.yml").write_text("http: {}\n")
+    assert r.legacy() == ["rt-v--w--app"] and r.remove_legacy_stem("rt-v--w--app") and r.legacy() == []
+    for bad in ("app_1", "../x--y", ".hidden--x"):
+        with pytest.raises(ValueError):
+            r.remove_legacy_stem(bad)

@@ -12,7 +12,6 @@ joined to the victim's object names under the old `{tenant}-{name}` / `tenant--a
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from tests.conftest import Caller
 from tests.e2e.apps import source, tar_gz
 from tests.e2e.conftest import cleanup_tenant, e2e_settings, traefik  # noqa: F401 (fixture)
 from tests.runtime.helpers import PYTHON, RUN_ID
+from tests.security.host_watch import HostWatch
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -195,29 +195,11 @@ def test_a_prefix_named_tenant_neither_reaches_nor_deletes_the_victims_database(
 def test_a_route_key_collision_does_not_take_the_victims_hostname(arena: Arena) -> None:
     assert arena.deploy(ROUTE_VICTIM, "app", "victim")["status"] == "running"
     assert arena.get(ROUTE_VICTIM, "app").text.startswith("version=victim")
-    failures: list[str] = []
-    stop = threading.Event()
-
-    def watch() -> None:
-        with httpx.Client(timeout=3.0) as client:
-            while not stop.is_set():
-                try:
-                    r = client.get(arena.traefik.url + "/", headers={"Host": arena.host(ROUTE_VICTIM, "app")})
-                    if r.status_code != 200 or not r.text.startswith("version=victim"):
-                        failures.append(f"{r.status_code} {r.text[:60]!r}")
-                except httpx.HTTPError as exc:
-                    failures.append(type(exc).__name__)
-                time.sleep(0.05)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
+    with HostWatch(arena.traefik.url, arena.host(ROUTE_VICTIM, "app"), body_prefix="version=victim") as watch:
         assert arena.deploy(ROUTE_ATTACKER, "w--app", "attacker")["status"] == "running"
         arena.app.state.services.deploys.reconciler.run_once()
         time.sleep(1.5)  # past Traefik's reload throttle
-    finally:
-        stop.set()
-        watcher.join()
+    failures = watch.failures
     assert not failures, f"the victim's hostname failed {len(failures)} times: {failures[:5]}"
     assert arena.get(ROUTE_ATTACKER, "w--app").text.startswith("version=attacker")
     files = sorted(p.name for p in arena.traefik.dynamic_dir.glob("*.yml"))

@@ -18,13 +18,11 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import docker
-import httpx
 import pytest
 from litestar.testing import TestClient
 
@@ -33,6 +31,7 @@ from runtime.traefik import TraefikProcess
 from tests.conftest import Caller
 from tests.e2e.conftest import cleanup_tenant, e2e_settings, traefik  # noqa: F401 (fixture)
 from tests.runtime.helpers import RUN_ID
+from tests.security.host_watch import HostWatch
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -129,23 +128,7 @@ def test_an_install_of_the_previous_release_keeps_working(legacy_install: dict, 
     client_ = docker.from_env()
     assert client_.volumes.get(f"moorage-db-{TENANT}-cache")  # what the old code made
     host = f"web.{TENANT}.apps.test"
-    failures: list[str] = []
-    stop = threading.Event()
-
-    def watch() -> None:
-        with httpx.Client(timeout=3.0) as http:
-            while not stop.is_set():
-                try:
-                    r = http.get(traefik.url + "/", headers={"Host": host})
-                except httpx.HTTPError as exc:
-                    failures.append(type(exc).__name__)
-                else:
-                    if r.status_code != 200:
-                        failures.append(str(r.status_code))
-                time.sleep(0.05)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
+    watch = HostWatch(traefik.url, host).start()
     app = create_app(e2e_settings(legacy_install["data_dir"], traefik, database_purge_interval_s=0))
     try:
         with TestClient(app, raise_server_exceptions=False, timeout=120) as client:
@@ -156,9 +139,8 @@ def test_an_install_of_the_previous_release_keeps_working(legacy_install: dict, 
                 time.sleep(0.2)
             assert new_route.exists() and not legacy_route.exists(), sorted(p.name for p in dynamic.iterdir())
             time.sleep(1.5)  # past Traefik's reload throttle: the new file serves alone
-            stop.set()
-            watcher.join()
-            assert not failures, f"the app failed {len(failures)} times during the upgrade: {failures[:5]}"
+            watch.stop()
+            assert not watch.failures, f"the app failed {len(watch.failures)} times during the upgrade: {watch.failures[:5]}"
             assert caller.get("/v1/apps/web").json()["url"].startswith("http")
 
             # The database: reachable by its labels under the old names, its data intact.
@@ -182,5 +164,5 @@ def test_an_install_of_the_previous_release_keeps_working(legacy_install: dict, 
             with pytest.raises(docker.errors.NotFound):
                 client_.volumes.get(f"moorage-db-{TENANT}-cache")
     finally:
-        stop.set()
+        watch.stop()
         client_.close()

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from dockerfile_parse.util import WordSplitter, extract_key_values
@@ -385,7 +385,3 @@ class _Checker:
                     if resolved is not None:
                         self._source(line, "RUN --mount from", resolved, stages_before=len(self.stages) - 1,
                                      onbuild=onbuild)
-
-
-def policy_for(allowed_images: Iterable[str], tenant_repository: str, tenant_id: str) -> BuildPolicy:
-    return BuildPolicy(allowed_images=tuple(allowed_images), own_repository=tenant_repository, lineage=tenant_id)

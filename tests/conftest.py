@@ -13,7 +13,8 @@ import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
 
-from control.app import create_app
+from control.app import app_shape, attach, build_app, create_app
+from control.bootstrap import bootstrap
 from control.settings import Settings
 from control.store import migrate
 from control.store.database import Store
@@ -40,9 +41,20 @@ def settings(tmp_path: Path, migrated_database: Path) -> Settings:
     return Settings(data_dir=data_dir, base_domain="apps.test", log_level="info")
 
 
+_SHARED_APPS: dict[tuple[object, ...], Litestar] = {}
+
+
 @pytest.fixture
-def app(settings: Settings) -> Litestar:
-    return create_app(settings)
+def app(request: pytest.FixtureRequest, settings: Settings) -> Litestar:
+    """The control plane on fresh services (this test's database and data dir). Building the
+    Litestar app takes longer than most tests, so tests whose settings give the same app
+    share one; a test that changes the app itself (``app.register``) is marked ``own_app``."""
+    if request.node.get_closest_marker("own_app"):
+        return create_app(settings)
+    shape = app_shape(settings)
+    if shape not in _SHARED_APPS:
+        _SHARED_APPS[shape] = build_app(settings)
+    return attach(_SHARED_APPS[shape], bootstrap(settings))
 
 
 @pytest.fixture

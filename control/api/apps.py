@@ -12,10 +12,10 @@ from litestar.params import FromPath, JSONBody
 
 from control.api.endpoints import Cursor, Limit, endpoint
 from control.domain.apps import AppService
+from control.domain.records import App
 from control.domain.tenants import TenantService
 from control.security.scopes import KeyScope
 from control.settings import Settings
-from control.store.records import App
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535, description="Port the app listens on inside its container")]
 

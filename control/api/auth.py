@@ -50,9 +50,7 @@ async def authenticate_throttled(
     try:
         throttle.admit(address, token)
     except Throttled:
-        metrics = getattr(connection.app.state, "metrics", None)
-        if metrics is not None:
-            metrics.rate_limited("auth-failures")
+        connection.app.state.services.metrics.rate_limited("auth-failures")
         raise
     try:
         result = await anyio.to_thread.run_sync(authenticate, token)

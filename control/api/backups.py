@@ -22,8 +22,8 @@ from litestar.response import File
 
 from control.api.endpoints import Cursor, Limit, endpoint
 from control.domain.backups import BackupService
+from control.domain.records import Backup, Restore
 from control.security.scopes import KeyScope
-from control.store.repositories.backups import Backup, Restore
 
 
 class BackupOut(msgspec.Struct):

@@ -31,9 +31,9 @@ from control.domain.databases import (
     DatabaseService,
 )
 from control.domain.errors import Forbidden
+from control.domain.records import Database, DatabaseOverrides
 from control.security.principal import Principal
 from control.security.scopes import OPERATOR_ACCESS, KeyScope
-from control.store.repositories.databases import Database, DatabaseOverrides
 from runtime.databases.engines import engine_facts
 from runtime.databases.provision import hostname_for
 from runtime.databases.redaction import redact_url

@@ -29,11 +29,11 @@ from control.domain.git_sources import (
     check_git_source,
     resolve_git_host,
 )
+from control.domain.records import Deployment
 from control.domain.releases import ReleaseService
 from control.security.principal import Principal
 from control.security.scopes import KeyScope
 from control.settings import Settings
-from control.store.repositories.deployments import Deployment
 from runtime.archive import ArchiveRejected, ExtractLimits, extract_tar_gz
 
 GZIP_TYPES = frozenset({"application/gzip", "application/x-gzip", "application/x-tar+gzip", "application/tar+gzip"})

@@ -43,6 +43,7 @@ from control.api.gateway_proxy import (
 from control.api.inference_metrics import InferenceMetrics
 from control.api.problems import problem_response, retry_after_header
 from control.api.request_context import request_id_of
+from control.clock import utcnow
 from control.domain.errors import Invalid
 from control.domain.inference import Inference
 from control.domain.inference_quota import (
@@ -50,12 +51,11 @@ from control.domain.inference_quota import (
     Reservation,
     estimate_prompt_tokens,
 )
+from control.domain.records import UsageRecord
 from control.ids import new_id
 from control.security.principal import Principal
 from control.security.scopes import KeyScope
 from control.settings import Settings
-from control.store.repositories.usage import UsageRecord
-from control.store.types import utcnow
 
 log = structlog.get_logger("moorage.gateway")
 NO_NODE_RETRY_S = 5.0

@@ -33,8 +33,8 @@ from control.api.gateway_sse import (
     with_keepalive,
 )
 from control.domain.gateway_routing import NodeRouter
+from control.domain.records import Node, ServedModel
 from control.settings import Settings
-from control.store.repositories.nodes import Node, ServedModel
 from runtime.resilience import CircuitOpenError
 
 KEEPALIVE_S = 15.0

@@ -20,8 +20,8 @@ from litestar import Response, get
 from litestar.di import NamedDependency
 
 from control.api.problems import Problem, problem_responses
+from control.domain.unit_of_work import Transactions
 from control.settings import Settings
-from control.store.database import Store
 from runtime.resilience import BreakerRegistry
 
 
@@ -48,7 +48,7 @@ async def healthz() -> Health:
     responses={503: problem_responses(503)[503]},
     sync_to_thread=True,
 )
-def readyz(store: NamedDependency[Store], settings: NamedDependency[Settings],
+def readyz(store: NamedDependency[Transactions], settings: NamedDependency[Settings],
            breakers: NamedDependency[BreakerRegistry]) -> Response[Readiness]:
     checks: dict[str, str] = {}
     try:

@@ -2,9 +2,11 @@
 
 Sits after authentication (the key is scoped to ``scope["user"]``) and after the rate
 limiter. It buffers the request body (to fingerprint it, then feeds it to the app again),
-and buffers the response so that it is stored *before* the client sees it: a client
-that got an answer can always get the same answer again. Mutating endpoints do not
-stream (long operations answer 202 and are polled), so buffering costs little.
+and buffers the response so that it is stored *before* the client sees it: the answer is
+kept in the request's unit of work, which commits it together with the handler's writes
+(``control.api.unit_of_work``), so a client that got an answer can always get the same
+answer again, and an answer that was not kept means nothing was done. Mutating endpoints
+do not stream (long operations answer 202 and are polled), so buffering costs little.
 
 Kept for replay: status, body and the headers in ``KEPT_HEADERS``; everything else
 (request id, rate-limit headers) is fresh on every answer.
@@ -14,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, cast
 
 import anyio
@@ -33,6 +36,7 @@ from litestar.types import (
 )
 
 from control.api.problems import retry_after_header, send_problem
+from control.api.unit_of_work import current_unit_of_work
 from control.domain.idempotency import (
     KEY_RULE,
     Claimed,
@@ -43,10 +47,9 @@ from control.domain.idempotency import (
     fingerprint,
     parse_key,
 )
+from control.domain.records import StoredResponse
 from control.http_methods import MUTATING
 from control.security.principal import Principal
-from control.store import claim_fence
-from control.store.repositories.idempotency import StoredResponse
 
 HEADER = b"idempotency-key"
 REPLAYED_HEADER = b"idempotent-replayed"
@@ -64,9 +67,7 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 def _metric(scope: Scope, outcome: str) -> None:
-    metrics = getattr(scope["app"].state, "metrics", None)
-    if metrics is not None:
-        metrics.idempotency(outcome)
+    scope["app"].state.services.metrics.idempotency(outcome)
 
 
 class _ClientGone(Exception):
@@ -190,38 +191,17 @@ class IdempotencyMiddleware:
     async def _run(self, scope: Scope, receive: Receive, send: Send, service: IdempotencyService, claim: Claimed) -> None:
         captured = _Captured()
         try:
-            if claim.effects is not None:  # the attempt that died had committed its writes: never twice
-                _metric(scope, "answer_lost")
-                await send_problem(scope, receive, captured.send, 409, "idempotent-answer-lost", _answer_lost(claim.effects))
-            else:
-                fence = claim_fence.held.set(claim_fence.Fence(claim.record_id, claim.lease))
-                try:
-                    await self.app(scope, receive, captured.send)
-                finally:
-                    claim_fence.held.reset(fence)
+            await self.app(scope, receive, captured.send)
         finally:
-            # Settle even when cancelled (client gone): a finished answer is kept, anything
-            # else frees the key at once instead of leaving it to the lease.
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(_settle, service, claim, captured.storable())
-        _metric(scope, "stored" if captured.storable() else "released")
+            # Settled even when cancelled (client gone): a finished answer is kept, anything
+            # else frees the key instead of leaving it to the lease. Both happen when the
+            # request's unit of work commits; if that fails, the key is freed on the spot.
+            response = captured.storable()
+            service.settle(claim, response)
+            current_unit_of_work(scope).on_failure(partial(service.release, claim))
+        _metric(scope, "stored" if response else "released")
         for message in captured.messages:
             await send(message)
-
-
-def _answer_lost(effects: tuple[str, ...]) -> str:
-    done = f" It created: {', '.join(effects)}." if effects else ""
-    return (
-        "An earlier attempt of this exact request was carried out, but the server stopped before its answer was "
-        f"stored, so that answer is lost.{done} The request was not run again, as that would do it twice: look "
-        "the result up with GET. Send a new Idempotency-Key only to do it once more."
-    )
-
-
-def _settle(service: IdempotencyService, claim: Claimed, response: StoredResponse | None) -> None:
-    kept = service.complete(claim, response) if response is not None else service.release(claim)
-    if not kept:
-        log.warning("idempotency_lease_lost", record_id=claim.record_id)
 
 
 async def _send_replay(response: StoredResponse, send: Send) -> None:
@@ -245,22 +225,21 @@ async def purge_expired_forever(service: IdempotencyService, interval_s: float) 
             log.warning("idempotency_purge_failed", error=type(exc).__name__)
 
 
-def idempotency_sweeper(service: IdempotencyService, interval_s: float) -> Callable[[Any], AbstractAsyncContextManager[None]]:
-    """A Litestar lifespan manager running ``purge_expired_forever`` while the app runs."""
-
-    @asynccontextmanager
-    async def sweeping(_app: Any) -> AsyncIterator[None]:
-        # A plain task, not a task group: a startup failure must surface as itself, not
-        # wrapped in an ExceptionGroup.
-        task = asyncio.get_running_loop().create_task(purge_expired_forever(service, interval_s))
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    return sweeping
+@asynccontextmanager
+async def idempotency_sweeper(app: Any) -> AsyncIterator[None]:
+    """A Litestar lifespan manager running ``purge_expired_forever`` while the app runs, with
+    the services attached to it."""
+    services = app.state.services
+    # A plain task, not a task group: a startup failure must surface as itself, not wrapped
+    # in an ExceptionGroup.
+    task = asyncio.get_running_loop().create_task(
+        purge_expired_forever(services.idempotency, services.settings.idempotency_purge_interval_s))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 __all__ = ["IdempotencyMiddleware", "idempotency_sweeper", "purge_expired_forever"]

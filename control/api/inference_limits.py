@@ -11,8 +11,8 @@ from litestar.params import FromPath, JSONBody
 from control.api.endpoints import endpoint
 from control.domain.inference import Inference
 from control.domain.inference_limits import InferenceLimits
+from control.domain.records import InferenceOverrides
 from control.security.scopes import OPERATOR_ACCESS
-from control.store.repositories.inference_limits import InferenceOverrides
 
 
 class InferenceLimitsIn(msgspec.Struct, forbid_unknown_fields=True):

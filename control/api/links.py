@@ -18,8 +18,8 @@ from litestar.params import FromPath, JSONBody
 
 from control.api.endpoints import endpoint
 from control.domain.links import LinkService
+from control.domain.records import Link
 from control.security.scopes import KeyScope
-from control.store.repositories.links import Link
 
 
 class LinkCreate(msgspec.Struct, forbid_unknown_fields=True):

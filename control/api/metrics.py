@@ -11,8 +11,8 @@ reach the bind address may scrape; the default bind is loopback).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from typing import Any, cast
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, cast
 
 from litestar import Response, get
 from litestar.di import NamedDependency
@@ -93,12 +93,17 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+class HasMetrics(Protocol):
+    @property
+    def metrics(self) -> Metrics: ...
+
+
 class HttpMetrics:
     """Wraps the whole app (inside RequestContext) so 404/405 answered by the router count too."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, services: Callable[[], HasMetrics]) -> None:
         self.app = app
-        self.metrics = metrics
+        self.services = services  # the app's attached services, read per request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -118,7 +123,7 @@ class HttpMetrics:
             await self.app(scope, receive, send_and_record)
         finally:
             route = scope.get("path_template") or "unmatched"
-            self.metrics.observe(method, route, status, time.perf_counter() - started)
+            self.services().metrics.observe(method, route, status, time.perf_counter() - started)
 
 
 def metrics_handler(*, public: bool) -> Any:

@@ -19,7 +19,7 @@ from litestar.openapi.spec import SecurityScheme
 
 from control.api.auth import authenticate_throttled
 from control.domain.errors import Forbidden
-from control.store.repositories.nodes import Node
+from control.domain.records import Node
 
 NODE_ACCESS = "node"
 NODE_SECURITY: list[dict[str, list[str]]] = [{"NodeToken": []}]

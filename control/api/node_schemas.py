@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from control.store.repositories.nodes import Node, ServedModel
+from control.domain.records import Node, ServedModel
 
 
 class ServedModelIn(msgspec.Struct):

@@ -28,8 +28,8 @@ from control.api.node_schemas import (
 from control.api.problems import problem_responses
 from control.domain.inference import Inference
 from control.domain.nodes import NodeRegistration
+from control.domain.records import Node
 from control.security.scopes import OPERATOR_ACCESS
-from control.store.repositories.nodes import Node
 
 
 def node_out(inference: Inference, node: Node) -> NodeOut:

@@ -21,6 +21,7 @@ from litestar.types import Receive, Scope, Send
 from control.api.request_context import request_id_of
 from control.domain.errors import (
     Conflict,
+    DatabaseBusy,
     DomainError,
     Forbidden,
     Invalid,
@@ -28,8 +29,6 @@ from control.domain.errors import (
     Throttled,
     Unauthenticated,
 )
-from control.store.claim_fence import LeaseLost
-from control.store.database import DatabaseBusy
 from runtime.failures import is_connect_failure
 from runtime.resilience import CircuitOpenError
 
@@ -166,11 +165,12 @@ async def send_problem(
     detail: str,
     *,
     headers: dict[str, str] | None = None,
+    title: str | None = None,
 ) -> None:
     """Answer with a problem straight from an ASGI middleware (no exception round trip, so
     the middlewares around it still see and decorate the response)."""
     request: Request[Any, Any, Any] = Request(scope, receive, send)
-    response = problem_response(request, status, code, detail, headers=headers)
+    response = problem_response(request, status, code, detail, headers=headers, title=title)
     await response.to_asgi_response(app=None, request=request)(scope, receive, send)
 
 
@@ -191,26 +191,21 @@ def unhandled_error_handler(request: Request[Any, Any, Any], exc: Exception) -> 
     return problem_response(request, 500, "internal-error", _DETAIL_OF_STATUS[500])
 
 
+DATABASE_BUSY_DETAIL = (
+    "The control plane's database was held by other writes for too long, so nothing was done. Retry after "
+    "the Retry-After seconds with the same Idempotency-Key."
+)
+DATABASE_BUSY_HEADERS = {"Retry-After": "1"}
+
+
 def database_busy_handler(request: Request[Any, Any, Any], exc: DatabaseBusy) -> Response[Problem]:
     log.warning("database_busy", path=request.url.path)
-    detail = (
-        "The control plane's database was held by other writes for too long, so nothing was done. Retry after "
-        "the Retry-After seconds with the same Idempotency-Key."
-    )
-    return problem_response(request, 503, "database-busy", detail, title="Database busy", headers={"Retry-After": "1"})
-
-
-def lease_lost_handler(request: Request[Any, Any, Any], exc: LeaseLost) -> Response[Problem]:
-    detail = (
-        "This request ran past its Idempotency-Key lease and a retry with the same key took the key over, so "
-        "this attempt's changes were not kept. The retry's answer is the one that counts: resend to get it."
-    )
-    return problem_response(request, 409, "idempotency-key-taken-over", detail, title="Idempotency-Key taken over")
+    return problem_response(request, 503, "database-busy", DATABASE_BUSY_DETAIL, title="Database busy",
+                            headers=DATABASE_BUSY_HEADERS)
 
 
 EXCEPTION_HANDLERS = {
     DomainError: domain_error_handler,
-    LeaseLost: lease_lost_handler,
     DatabaseBusy: database_busy_handler,
     CircuitOpenError: circuit_open_handler,
     ValidationException: validation_error_handler,

@@ -52,10 +52,8 @@ class RateLimitMiddleware:
         decision = limiter.acquire(policies)
         headers = format_headers(decision)
         if not decision.admitted:
-            metrics = getattr(scope["app"].state, "metrics", None)
             for kind in decision.exhausted:
-                if metrics is not None:
-                    metrics.rate_limited(kind)
+                services.metrics.rate_limited(kind)
             detail = (
                 f"Rate limit exceeded ({', '.join(decision.exhausted)} policy). Nothing was done; retry after "
                 "Retry-After seconds. The RateLimit headers show each budget; an operator can raise a tenant's."

@@ -18,9 +18,9 @@ from control.api.deployments import DeploymentOut, accepted, deployment_out
 from control.api.endpoints import Cursor, Limit, endpoint
 from control.domain.deployments import DeploymentService
 from control.domain.errors import Conflict
+from control.domain.records import Release
 from control.domain.releases import ReleaseService
 from control.security.scopes import KeyScope
-from control.store.repositories.releases import Release
 
 
 class ReleaseOut(msgspec.Struct):

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import msgspec
 
+from control.domain.records import ApiKey
 from control.security.scopes import DEPLOY_READS_SECRETS
-from control.store.records import ApiKey
 
 
 class KeyOut(msgspec.Struct):

@@ -14,10 +14,9 @@ from control.api.endpoints import Cursor, Limit, endpoint
 from control.api.schemas import KeyCreate, KeyCreated, KeyList, KeyOut
 from control.domain.keys import KeyService
 from control.domain.limits import LimitsService, TenantLimits
+from control.domain.records import LimitOverrides, Tenant
 from control.domain.tenants import TenantService
 from control.security.scopes import OPERATOR_ACCESS
-from control.store.records import Tenant
-from control.store.repositories.limits import LimitOverrides
 
 
 class TenantCreate(msgspec.Struct, forbid_unknown_fields=True):

@@ -17,9 +17,9 @@ from litestar.params import QueryParameter
 
 from control.api.endpoints import Cursor, Limit, endpoint
 from control.domain.inference import Inference
+from control.domain.records import UsageRecord
 from control.domain.usage import UsageSummary, day_window
 from control.security.scopes import OPERATOR_ACCESS, KeyScope
-from control.store.repositories.usage import UsageRecord
 
 Since = QueryParameter(description="First day (UTC, YYYY-MM-DD); default: 30 days before `until`.", required=False)
 Until = QueryParameter(description="Last day, inclusive (UTC, YYYY-MM-DD); default: today.", required=False)

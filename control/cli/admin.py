@@ -25,8 +25,8 @@ from control.security.master_keys import (
 from control.settings import Settings
 
 if TYPE_CHECKING:
+    from control.bootstrap import Services
     from control.domain.rotation import RotationService
-    from control.services import Services
 
 
 class CommandError(Exception):
@@ -76,13 +76,13 @@ def _write_secret_file(path: Path, token: str) -> None:
 
 
 def run_bootstrap(args: argparse.Namespace) -> int:
+    from control.bootstrap import bootstrap
     from control.logging import configure_logging
-    from control.services import Services
     from control.store import migrate
 
     settings = Settings.from_env()
     configure_logging("warning", settings.log_format)  # stdout carries the result
-    services = Services.build(settings)
+    services = bootstrap(settings)
     try:
         migrate.upgrade(services.db.engine)
         if args.output_file is not None and args.output_file.exists():
@@ -112,13 +112,13 @@ def run_bootstrap(args: argparse.Namespace) -> int:
 
 @contextmanager
 def _services() -> Iterator[Services]:
+    from control.bootstrap import bootstrap
     from control.logging import configure_logging
-    from control.services import Services
     from control.store import migrate
 
     settings = Settings.from_env()
     configure_logging("warning", settings.log_format)
-    services = Services.build(settings)
+    services = bootstrap(settings)
     try:
         migrate.upgrade(services.db.engine)
         yield services

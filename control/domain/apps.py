@@ -9,9 +9,9 @@ import structlog
 
 from control.domain.errors import Conflict, Invalid, NotFound
 from control.domain.names import check_dns_label
+from control.domain.records import App, Page
 from control.ids import new_id
 from control.store.database import Store
-from control.store.records import App, Page
 from control.store.repositories.apps import AppRepository
 
 log = structlog.get_logger("moorage.apps")
@@ -73,8 +73,13 @@ class AppService:
         if app is None:
             raise NotFound.of("app", ref)
         if self.unroute is not None:
-            try:
-                self.unroute(app.id)
-            except Exception as exc:  # noqa: BLE001 (the row is gone: the reconciler removes the file on its next pass)
-                log.warning("app_route_not_removed", app_id=app.id, error=f"{type(exc).__name__}: {exc}")
+            unroute = self.unroute
+
+            def remove_route() -> None:  # once the delete is committed: a failed commit keeps the app routed
+                try:
+                    unroute(app.id)
+                except Exception as exc:  # noqa: BLE001 (the row is gone: the reconciler removes the file on its next pass)
+                    log.warning("app_route_not_removed", app_id=app.id, error=f"{type(exc).__name__}: {exc}")
+
+            self.db.after_commit(remove_route)
         return app

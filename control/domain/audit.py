@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from control.clock import utcnow
+from control.domain.records import AuditEvent, Page
 from control.ids import new_id
 from control.store.database import Store
-from control.store.records import Page
-from control.store.repositories.audit import AuditEvent, AuditRepository
-from control.store.types import utcnow
+from control.store.repositories.audit import AuditRepository
 
 MAX_TARGET = 500  # the column's size; longer paths are cut, never rejected
 MAX_ACTION = 100

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import structlog
 
+from control.clock import utcnow
 from control.domain.databases import DatabaseService, Status
 from control.domain.errors import Conflict, NotFound
+from control.domain.records import Backup, Database, Page, Restore
 from control.ids import new_id
-from control.store.records import Page
-from control.store.repositories.backups import Backup, BackupRepository, Restore
-from control.store.repositories.databases import Database, DatabaseRepository
-from control.store.types import utcnow
+from control.store.repositories.backups import BackupRepository
+from control.store.repositories.databases import DatabaseRepository
 
 log = structlog.get_logger("moorage.backups")
 
@@ -47,7 +47,7 @@ class BackupService:
         with self.db.write() as session:
             backup = BackupRepository(session, tenant_id).add(
                 id=new_id("bak"), tenant_id=tenant_id, database_id=database.id, engine=database.engine, status=PENDING)
-            self.queue.enqueue(session, BACKUP_JOB, backup.id, tenant_id=tenant_id, max_attempts=self.databases.config.max_attempts)
+            self.queue.enqueue(BACKUP_JOB, backup.id, tenant_id=tenant_id, max_attempts=self.databases.config.max_attempts)
         return backup
 
     def list(self, tenant_id: str, database_ref: str, *, limit: int, cursor: str | None) -> Page[Backup]:
@@ -91,7 +91,7 @@ class BackupService:
         with self.db.write() as session:
             restore = BackupRepository(session, tenant_id).add_restore(
                 id=new_id("rst"), tenant_id=tenant_id, backup_id=backup.id, target_id=target.id, status=PENDING)
-            self.queue.enqueue(session, RESTORE_JOB, restore.id, tenant_id=tenant_id, max_attempts=1)  # never twice
+            self.queue.enqueue(RESTORE_JOB, restore.id, tenant_id=tenant_id, max_attempts=1)  # never twice
         return restore
 
     def get_restore(self, tenant_id: str, database_ref: str, backup_id: str, restore_id: str) -> Restore:

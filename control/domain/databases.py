@@ -15,10 +15,12 @@ from pathlib import Path
 
 import structlog
 
+from control.clock import utcnow
 from control.domain.errors import Conflict, DomainError, Invalid, NotFound
+from control.domain.jobs import JobEnqueuer
 from control.domain.names import check_dns_label
+from control.domain.records import Database, DatabaseOverrides, Page
 from control.ids import new_id
-from control.jobs.queue import JobQueue
 from control.security.keyring import (
     KeyringError,
     ReloadingKeyring,
@@ -26,18 +28,14 @@ from control.security.keyring import (
     owner_aad,
 )
 from control.store.database import Store
-from control.store.records import Page
 from control.store.repositories.apps import AppRepository
 from control.store.repositories.databases import (
-    Database,
     DatabaseLimitsRepository,
-    DatabaseOverrides,
     DatabaseRepository,
 )
 from control.store.repositories.env_vars import EnvVarRepository
 from control.store.repositories.links import LinkRepository
 from control.store.repositories.tenants import TenantRepository
-from control.store.types import utcnow
 from runtime.databases.engines import POSTGRES, REDIS, Credentials, engine_facts
 from runtime.databases.provision import hostname_for
 
@@ -128,7 +126,7 @@ def _check_request(name: str, engine: str, memory_mb: int | None, retention: int
 
 
 class DatabaseService:
-    def __init__(self, db: Store, keyring: ReloadingKeyring, queue: JobQueue, config: DatabaseConfig, data_dir: Path) -> None:
+    def __init__(self, db: Store, keyring: ReloadingKeyring, queue: JobEnqueuer, config: DatabaseConfig, data_dir: Path) -> None:
         self.db = db
         self.keyring = keyring
         self.queue = queue
@@ -197,7 +195,7 @@ class DatabaseService:
                 backup_retention=backup_retention, db_user="app", db_name="app" if engine == POSTGRES else "0",
                 password_ciphertext=sealed.blob, master_key_id=sealed.key_id,
             )
-            self.queue.enqueue(session, PROVISION_JOB, database_id, tenant_id=tenant_id, max_attempts=self.config.max_attempts)
+            self.queue.enqueue(PROVISION_JOB, database_id, tenant_id=tenant_id, max_attempts=self.config.max_attempts)
         log.info("database_requested", database_id=database_id, engine=engine, memory_mb=memory)
         return created
 
@@ -256,7 +254,7 @@ class DatabaseService:
             # The delete job reads the intent from here: due now = purge now.
             row.purge_after = now if purge else now + self.config.volume_grace
             session.flush()
-            self.queue.enqueue(session, DELETE_JOB, row.id, tenant_id=tenant_id, max_attempts=self.config.max_attempts)
+            self.queue.enqueue(DELETE_JOB, row.id, tenant_id=tenant_id, max_attempts=self.config.max_attempts)
             return repo.get(row.id)  # type: ignore[return-value]
 
     # -- for jobs (platform-internal: no tenant scope) ---------------------------------------

@@ -11,26 +11,22 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from control.clock import utcnow
 from control.domain.deployment_states import Status, check_transition
 from control.domain.errors import Conflict, NotFound
+from control.domain.jobs import JobEnqueuer
+from control.domain.records import App, Deployment, Page
 from control.ids import new_id
-from control.jobs.queue import JobQueue
 from control.store.database import Store
 from control.store.models import DeploymentRow
-from control.store.records import App, Page
 from control.store.repositories.apps import AppRepository
-from control.store.repositories.deployments import (
-    Deployment,
-    DeploymentRepository,
-    to_deployment,
-)
-from control.store.types import utcnow
+from control.store.repositories.deployments import DeploymentRepository, to_deployment
 
 DEPLOY_JOB = "deploy"
 
 
 class DeploymentService:
-    def __init__(self, db: Store, queue: JobQueue, data_dir: Path, *, max_attempts: int = 2) -> None:
+    def __init__(self, db: Store, queue: JobEnqueuer, data_dir: Path, *, max_attempts: int = 2) -> None:
         self.db = db
         self.queue = queue
         self.root = data_dir / "deployments"
@@ -68,7 +64,7 @@ class DeploymentService:
             deployment = DeploymentRepository(session, tenant_id).add(
                 id=deployment_id, app_id=app.id, source_kind=source_kind, source=source, log_path=str(log)
             )
-            self.queue.enqueue(session, DEPLOY_JOB, deployment_id, tenant_id=tenant_id, max_attempts=self.max_attempts)
+            self.queue.enqueue(DEPLOY_JOB, deployment_id, tenant_id=tenant_id, max_attempts=self.max_attempts)
         return deployment
 
     # -- reading ----------------------------------------------------------------------
@@ -122,7 +118,7 @@ class DeploymentService:
                 raise Conflict(f"Deployment {deployment_id} already ended ('{row.status}'); nothing to cancel.", code="deployment-finished")
             row.cancel_requested = True
             if row.status == Status.QUEUED:  # no worker has it yet: cancel on the spot
-                self.queue.cancel_queued(session, deployment_id)
+                self.queue.cancel_queued(deployment_id)
                 _apply(row, Status.CANCELLED, "cancelled before it started", {})
             session.flush()
             return to_deployment(row)

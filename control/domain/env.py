@@ -16,6 +16,7 @@ import structlog
 
 from control.domain.errors import DomainError, Invalid, NotFound
 from control.domain.names import ENV_NAME
+from control.domain.records import EnvApp, StoredEnvVar
 from control.security.keyring import (
     KeyringError,
     ReloadingKeyring,
@@ -23,7 +24,7 @@ from control.security.keyring import (
     owner_aad,
 )
 from control.store.database import Store
-from control.store.repositories.env_vars import EnvApp, EnvVarRepository, StoredEnvVar
+from control.store.repositories.env_vars import EnvVarRepository
 
 MAX_VALUE_BYTES = 64 * 1024
 MAX_VARS_PER_APP = 200

@@ -65,3 +65,12 @@ class Forbidden(DomainError):
 class TenantSuspended(Forbidden):
     code = "tenant-suspended"
     title = "Tenant suspended"
+
+
+class DatabaseBusy(RuntimeError):
+    """Another write held the database longer than the busy timeout; nothing was written."""
+
+
+class LeaseLost(RuntimeError):
+    """This request's Idempotency-Key lease lapsed and another attempt took the key over;
+    nothing this attempt did is kept."""

@@ -9,6 +9,11 @@ Decisions:
 - A claim holds a lease; a process that dies mid-request leaves the key locked only until the
   lease lapses, then a retry takes it over. Responses 5xx are not kept (the lease is released
   so a retry runs again); 2xx-4xx are kept for ``retention`` and replayed byte for byte.
+- The claim commits on its own, at once: that is what makes a concurrent duplicate wait.
+  Everything else (the handler's writes and the stored answer) commits in the request's
+  unit of work, so a process killed mid-request leaves nothing but the claim, and a retry
+  that takes the key over runs the request as if for the first time. The stored answer is
+  fenced by the lease: a request whose key was taken over meanwhile keeps nothing.
 """
 
 from __future__ import annotations
@@ -19,14 +24,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import parse_qsl, urlencode
 
+from sqlalchemy.orm import Session
+
+from control.clock import utcnow
+from control.domain.errors import LeaseLost
 from control.domain.names import IDEMPOTENCY_KEY
+from control.domain.records import StoredResponse
 from control.store.database import Store
-from control.store.repositories.idempotency import (
-    COMPLETED,
-    IdempotencyRepository,
-    StoredResponse,
-)
-from control.store.types import utcnow
+from control.store.repositories.idempotency import COMPLETED, IdempotencyRepository
 
 MAX_KEY_LENGTH = 255
 KEY_RULE = IDEMPOTENCY_KEY.rule
@@ -57,11 +62,8 @@ def fingerprint(method: str, path: str, query: str, body: bytes) -> str:
 @dataclass(frozen=True, slots=True)
 class Claimed:
     record_id: int
-    lease: datetime  # the fencing token for complete/release (and the request's writes)
+    lease: datetime  # the fencing token for settling the claim
     taken_over: bool
-    # On a takeover: the earlier attempt's writes had committed (ids it inserted); it must not
-    # run again, and its answer is lost (store/claim_fence.py).
-    effects: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +103,7 @@ class IdempotencyService:
     def claim(self, api_key_id: str, tenant_id: str | None, key: str, request_fingerprint: str) -> Outcome:
         # BEGIN IMMEDIATE: concurrent duplicates queue on the write lock, and the first
         # INSERT wins through the unique constraint.
-        with self.db.write() as session:
+        with self.db.write_now() as session:
             records = IdempotencyRepository(session)
             now = self.now()
 
@@ -136,17 +138,27 @@ class IdempotencyService:
             new_lease = now + self.lease
             if not records.take_over(existing.id, lease, new_lease):
                 return InFlight(self.lease.total_seconds())
-            return Claimed(existing.id, new_lease, taken_over=True, effects=existing.effects)
+            return Claimed(existing.id, new_lease, taken_over=True)
 
-    def complete(self, claim: Claimed, response: StoredResponse) -> bool:
-        """Keep the response for replay; False if our lease was taken over meanwhile."""
-        with self.db.write() as session:
-            return IdempotencyRepository(session).complete(
-                claim.record_id, claim.lease, response, self.now() + self.retention
-            )
+    def settle(self, claim: Claimed, response: StoredResponse | None) -> None:
+        """At the commit of the request's unit of work: keep ``response`` for replay, or
+        (None: a 5xx, an answer too large to keep, a cancelled request) forget the key so a
+        retry runs the request again. Raises ``LeaseLost`` there, undoing the whole unit, when
+        a retry took the key over meanwhile."""
+
+        def write(session: Session) -> None:
+            records = IdempotencyRepository(session)
+            if response is None:
+                held = records.release(claim.record_id, claim.lease)
+            else:
+                held = records.complete(claim.record_id, claim.lease, response, self.now() + self.retention)
+            if not held:
+                raise LeaseLost(f"Idempotency-Key record {claim.record_id} was taken over by a retry")
+
+        self.db.defer_write(write)
 
     def release(self, claim: Claimed) -> bool:
-        """Forget the key so a retry runs the request again (5xx, crash, cancellation)."""
+        """Forget the key at once (the request's unit of work failed to commit)."""
         with self.db.write() as session:
             return IdempotencyRepository(session).release(claim.record_id, claim.lease)
 

@@ -10,11 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from control.domain.errors import Invalid, NotFound
+from control.domain.records import InferenceOverrides
 from control.store.database import Store
-from control.store.repositories.inference_limits import (
-    InferenceLimitsRepository,
-    InferenceOverrides,
-)
+from control.store.repositories.inference_limits import InferenceLimitsRepository
 from control.store.repositories.tenants import TenantRepository
 
 PERIODS = ("day", "month")

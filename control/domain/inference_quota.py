@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from control.clock import utcnow
 from control.domain.inference_limits import InferenceLimitsService
+from control.domain.records import UsageRecord
 from control.domain.usage import UsageService
-from control.store.repositories.usage import UsageRecord
-from control.store.types import utcnow
 
 WINDOW_S = 60.0
 CHARS_PER_TOKEN = 3

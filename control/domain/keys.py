@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from control.clock import utcnow
 from control.domain.errors import (
     Conflict,
     Forbidden,
@@ -14,14 +15,13 @@ from control.domain.errors import (
     Unauthenticated,
 )
 from control.domain.names import KEY_NAME
+from control.domain.records import ApiKey, Page
 from control.security.principal import Principal
 from control.security.scopes import TENANT_SCOPES, KeyScope, effective
 from control.security.tokens import issue_token, parse_key_id, token_matches
 from control.store.database import Store
-from control.store.records import ApiKey, Page
 from control.store.repositories.api_keys import ApiKeyRepository
 from control.store.repositories.tenants import TenantRepository
-from control.store.types import utcnow
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +142,8 @@ class KeyService:
                 f"Tenant '{tenant.name}' is suspended; every call with its keys is refused. Contact the operator."
             )
         if key.last_used_at is None or now - key.last_used_at >= self.last_used_resolution:
-            with self.db.write() as session:
-                ApiKeyRepository(session).touch(key.id, now)
+            # With the request's other writes, when it commits: authenticating never takes the write lock.
+            self.db.defer_write(lambda session: ApiKeyRepository(session).touch(key.id, now))
         return Principal.of(key.id, key.tenant_id, key.scopes)
 
 

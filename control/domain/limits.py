@@ -13,10 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from control.domain.errors import Invalid, NotFound
+from control.domain.records import LimitOverrides
 from control.security.principal import Principal
 from control.security.rate_limit import Policy
 from control.store.database import Store
-from control.store.repositories.limits import LimitOverrides, TenantLimitsRepository
+from control.store.repositories.limits import TenantLimitsRepository
 from control.store.repositories.tenants import TenantRepository
 
 MAX_QUOTA = 1_000_000

@@ -11,12 +11,13 @@ from control.domain.databases import ENGINES, Status, connection_url
 from control.domain.env import RESERVED_NAMES, RESERVED_PREFIX
 from control.domain.errors import Conflict, Invalid, NotFound
 from control.domain.names import ENV_NAME
+from control.domain.records import Link
 from control.ids import new_id
 from control.security.keyring import ReloadingKeyring
 from control.store.database import Store
 from control.store.repositories.databases import DatabaseRepository
 from control.store.repositories.env_vars import EnvVarRepository
-from control.store.repositories.links import Link, LinkRepository
+from control.store.repositories.links import LinkRepository
 from runtime.databases.engines import POSTGRES
 
 DEFAULT_ENV_NAME = {POSTGRES: "DATABASE_URL", **{e: "REDIS_URL" for e in ENGINES if e != POSTGRES}}

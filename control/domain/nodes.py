@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+from control.clock import utcnow
 from control.domain.errors import (
     Conflict,
     Forbidden,
@@ -26,10 +27,10 @@ from control.domain.errors import (
     Unauthenticated,
 )
 from control.domain.names import MODEL_NAME, NODE_NAME
+from control.domain.records import Node, ServedModel
 from control.security.node_tokens import issue_node_token, parse_node_id, token_matches
 from control.store.database import Store
-from control.store.repositories.nodes import Node, NodeRepository, ServedModel
-from control.store.types import utcnow
+from control.store.repositories.nodes import NodeRepository
 
 _BAD_TOKEN = "The node token is missing or not valid. Send 'Authorization: Bearer mrg_node_...' (from POST /v1/nodes)."
 ENGINE_STATES = frozenset({"starting", "healthy", "restarting", "draining", "stopped", "failed"})

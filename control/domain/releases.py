@@ -5,16 +5,11 @@ from __future__ import annotations
 
 from control.domain.errors import Invalid, NotFound
 from control.domain.names import RELEASE_NAME
+from control.domain.records import App, DesiredApp, Page, Release
 from control.ids import new_id
 from control.store.database import Store
-from control.store.records import App, Page
 from control.store.repositories.apps import AppRepository
-from control.store.repositories.releases import (
-    AppRuntimeRepository,
-    DesiredApp,
-    Release,
-    ReleaseRepository,
-)
+from control.store.repositories.releases import AppRuntimeRepository, ReleaseRepository
 
 
 def release_number(name: str) -> int:

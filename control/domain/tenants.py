@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from control.domain.errors import Conflict, NotFound
 from control.domain.names import DISPLAY_NAME, check_dns_label
+from control.domain.records import Page, Tenant
 from control.ids import new_id
 from control.store.database import Store
-from control.store.records import Page, Tenant
 from control.store.repositories.tenants import TenantRepository
 
 

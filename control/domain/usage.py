@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
 from control.domain.errors import Invalid
+from control.domain.records import Page, UsageBucket, UsageRecord
 from control.store.database import Store
-from control.store.records import Page
-from control.store.repositories.usage import UsageBucket, UsageRecord, UsageRepository
+from control.store.repositories.usage import UsageRepository
 
 DEFAULT_DAYS = 31
 

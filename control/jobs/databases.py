@@ -33,13 +33,12 @@ from control.domain.databases import (
     DatabaseService,
     Status,
 )
+from control.domain.records import Database, Job
 from control.domain.tenants import TenantService
 from control.jobs.locks import AppLocks
 from control.jobs.outages import as_outage
 from control.jobs.runtime import INSTANCE_LABEL, AppRuntime
 from control.jobs.workers import Handler, JobContext
-from control.store.repositories.databases import Database
-from control.store.repositories.jobs import Job
 from runtime.databases import (
     BackupIntegrityError,
     Backups,

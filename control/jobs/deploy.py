@@ -20,8 +20,14 @@ from control.domain.deployment_states import Status
 from control.domain.deployments import DeploymentService
 from control.domain.env import EnvService, SecretUnreadable
 from control.domain.errors import Invalid
-from control.domain.git_sources import GitHostRefused, check_git_source, curl_resolve_entries, resolve_git_host
+from control.domain.git_sources import (
+    GitHostRefused,
+    check_git_source,
+    curl_resolve_entries,
+    resolve_git_host,
+)
 from control.domain.links import LinkService
+from control.domain.records import App, Deployment, Job
 from control.domain.releases import ReleaseService
 from control.jobs.build_leftovers import noting_step_containers, remove_leftovers
 from control.jobs.build_log import BuildLog
@@ -32,9 +38,6 @@ from control.jobs.source import SourceError, clone
 from control.jobs.swap import SwapCancelled, SwapFailed, SwapPlan, swap
 from control.jobs.workers import JobContext
 from control.settings import Settings
-from control.store.records import App
-from control.store.repositories.deployments import Deployment
-from control.store.repositories.jobs import Job
 from runtime.builders import (
     BuildCancelled,
     BuilderUnavailable,

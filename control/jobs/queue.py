@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy.orm import Session
 
+from control.clock import utcnow
+from control.domain.records import Job
 from control.ids import new_id
 from control.store.database import Store
-from control.store.repositories.jobs import Job, JobRepository
-from control.store.types import utcnow
+from control.store.repositories.jobs import JobRepository
 
 log = structlog.get_logger("moorage.jobs")
 GiveUp = Callable[[Job, str], None]
@@ -45,12 +45,14 @@ class JobQueue:
     def lease(self) -> timedelta:
         return timedelta(seconds=self.config.lease_s)
 
-    def enqueue(self, session: Session, kind: str, subject_id: str, *, tenant_id: str | None, max_attempts: int = 2) -> Job:
-        """Inside the caller's write transaction: the job exists iff its subject does."""
-        job = JobRepository(session).add(
-            id=new_id("job"), kind=kind, tenant_id=tenant_id, subject_id=subject_id, max_attempts=max_attempts, now=self.clock()
-        )
-        self.wakeup.set()
+    def enqueue(self, kind: str, subject_id: str, *, tenant_id: str | None, max_attempts: int = 2) -> Job:
+        """In the caller's unit of work: the job exists iff its subject does."""
+        with self.db.write() as session:
+            job = JobRepository(session).add(
+                id=new_id("job"), kind=kind, tenant_id=tenant_id, subject_id=subject_id, max_attempts=max_attempts,
+                now=self.clock(),
+            )
+        self.db.after_commit(self.wakeup.set)  # a worker woken before the commit would find nothing
         return job
 
     def has_work(self) -> bool:
@@ -81,8 +83,9 @@ class JobQueue:
             JobRepository(session).requeue(job.id, owner, run_after=run_after, error=error, refund_attempt=True)
         return True
 
-    def cancel_queued(self, session: Session, subject_id: str) -> int:
-        return JobRepository(session).cancel_queued(subject_id)
+    def cancel_queued(self, subject_id: str) -> int:
+        with self.db.write() as session:
+            return JobRepository(session).cancel_queued(subject_id)
 
     def get(self, job_id: str) -> Job | None:
         with self.db.read() as session:

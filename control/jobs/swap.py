@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import docker.errors
 
+from control.domain.records import Release
 from control.jobs.build_log import BuildLog
 from control.jobs.runtime import AppRuntime
-from control.store.repositories.releases import Release
 from runtime.healthcheck import wait_healthy
 
 

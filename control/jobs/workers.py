@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from control.domain.records import Job
 from control.jobs.queue import JobQueue
-from control.store.repositories.jobs import Job
 
 log = structlog.get_logger("moorage.jobs")
 

@@ -32,10 +32,10 @@ import structlog
 from control.domain.deployments import DeploymentService
 from control.domain.env import EnvService
 from control.domain.links import LinkService
+from control.domain.records import DesiredApp
 from control.domain.releases import ReleaseService
 from control.jobs.locks import AppLocks
 from control.jobs.runtime import AppRuntime
-from control.store.repositories.releases import DesiredApp
 from runtime import labels as L
 from runtime.router import legacy_owners
 

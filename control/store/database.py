@@ -16,23 +16,20 @@ meet at SQLite's lock. A writer that waits longer than the busy timeout gets
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from control.store import claim_fence
+from control.domain.errors import DatabaseBusy
+from control.domain.unit_of_work import DeferredWrite
+from control.store.unit_of_work import SqlUnitOfWork, current
 
 _BEGIN = "moorage_begin"
 BUSY_TIMEOUT_S = 10.0
-
-
-class DatabaseBusy(RuntimeError):
-    """Another write held the database longer than the busy timeout."""
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -65,7 +62,9 @@ def make_engine(url: str) -> Engine:
 
 
 class Store:
-    """Hands out sessions; each ``with`` block is one unit of work."""
+    """Hands out sessions. ``write()`` blocks join the unit of work open in this context
+    (a request's), or are one of their own; ``read()`` sees the unit's writes once it has
+    made some."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -73,38 +72,89 @@ class Store:
         self._reader = sessionmaker(self.engine, expire_on_commit=False)
         writer_bind = self.engine.execution_options(**{_BEGIN: "IMMEDIATE"})
         self._writer = sessionmaker(writer_bind, expire_on_commit=False)
-        claim_fence.track_writes(self._writer)
-        # Re-entrant: a nested write in one thread meets SQLite's own lock, as before.
-        self._write_turn = threading.RLock() if self.engine.dialect.name == "sqlite" else None
+        # A plain lock: a request's unit of work may take it in one thread and give it back in another.
+        self._write_turn = threading.Lock() if self.engine.dialect.name == "sqlite" else None
+
+    # -- units of work ------------------------------------------------------------------
+    @contextmanager
+    def unit_of_work(self) -> Iterator[SqlUnitOfWork]:
+        """A unit of work for this context; the caller commits it (the HTTP layer does, for a request)."""
+        uow = SqlUnitOfWork(self)
+        token = current.set(uow)
+        try:
+            yield uow
+        finally:
+            current.reset(token)
+            uow.close()
 
     @contextmanager
     def read(self) -> Iterator[Session]:
+        uow = current.get()
+        session = None if uow is None or uow.closed else uow.read_session()
+        if session is not None:
+            yield session
+            return
         with self._reader() as session:
             yield session
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        try:
-            with self._turn(), self._writer() as session, session.begin():
+        """A block of writes: a savepoint in the open unit of work, else a unit of its own
+        that commits when the block ends (and that nested blocks join)."""
+        uow = current.get()
+        if uow is not None and not uow.closed:
+            with uow.savepoint() as session:
                 yield session
-                claim_fence.stamp(session)  # inside the transaction: the writes and the stamp commit together
-        except OperationalError as exc:  # another process held SQLite's lock past the busy timeout
-            if getattr(exc.orig, "sqlite_errorname", "").startswith("SQLITE_BUSY"):
-                raise DatabaseBusy("another process held the database's write lock past the busy timeout") from exc
-            raise
+            return
+        with self.unit_of_work() as own:
+            with own.transaction() as session:
+                yield session
+            own.commit()
 
     @contextmanager
-    def _turn(self) -> Iterator[None]:
-        turn = self._write_turn
-        if turn is None:
-            yield
-            return
-        if not turn.acquire(timeout=BUSY_TIMEOUT_S):
-            raise DatabaseBusy(f"another write held the database for over {BUSY_TIMEOUT_S:.0f} s")
+    def write_now(self) -> Iterator[Session]:
+        """A write that commits when the block ends, even inside a request's unit of work:
+        for what concurrent requests must see before this one finishes (the Idempotency-Key
+        claim). The unit of work must not have written yet: it would hold the write turn."""
+        uow = current.get()
+        if uow is not None and not uow.closed and uow.began:
+            raise RuntimeError("write_now() inside a unit of work that has written would wait on itself")
+        token = current.set(None)
         try:
-            yield
+            with self.write() as session:
+                yield session
         finally:
-            turn.release()
+            current.reset(token)
+
+    def defer_write(self, write: DeferredWrite) -> None:
+        """``write(session)`` at the commit of the open unit of work, or now when none is open."""
+        uow = current.get()
+        if uow is not None and not uow.closed:
+            uow.defer(write)
+            return
+        with self.write() as session:
+            write(session)
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """``action()`` once the open unit of work commits (never if it is discarded), or now."""
+        uow = current.get()
+        if uow is not None and not uow.closed:
+            uow.after_commit(action)
+        else:
+            action()
+
+    # -- what a unit of work uses -------------------------------------------------------
+    def new_write_session(self) -> Session:
+        return self._writer()
+
+    def take_write_turn(self) -> None:
+        turn = self._write_turn
+        if turn is not None and not turn.acquire(timeout=BUSY_TIMEOUT_S):
+            raise DatabaseBusy(f"another write held the database for over {BUSY_TIMEOUT_S:.0f} s")
+
+    def give_write_turn(self) -> None:
+        if self._write_turn is not None:
+            self._write_turn.release()
 
     def ping(self) -> None:
         with self.engine.connect() as connection:

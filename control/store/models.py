@@ -18,7 +18,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from control.store.types import JSONList, UTCDateTime, utcnow
+from control.clock import utcnow
+from control.store.types import JSONList, UTCDateTime
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -96,9 +97,6 @@ class IdempotencyRecordRow(Base):
     response_status: Mapped[int | None] = mapped_column(Integer)
     response_headers: Mapped[str | None] = mapped_column(Text)  # JSON list of [name, value]
     response_body: Mapped[bytes | None] = mapped_column(LargeBinary)
-    # JSON list of the ids the request's committed writes inserted (store/claim_fence.py):
-    # set while in flight, so a takeover after a crash knows the first attempt got that far.
-    effects: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 

@@ -37,7 +37,3 @@ class JSONList(TypeDecorator[list[str]]):
 
     def process_result_value(self, value, dialect):  # type: ignore[no-untyped-def]
         return [] if value is None else list(json.loads(value))
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)

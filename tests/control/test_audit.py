@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import io
 import logging
 from datetime import UTC, datetime, timedelta
@@ -54,6 +56,7 @@ def test_each_mutating_call_is_recorded_with_its_outcome(new_tenant) -> None:
     assert recorded[0]["id"].startswith("aud_")
 
 
+@pytest.mark.own_app
 def test_operator_calls_unauthenticated_calls_and_server_errors_are_recorded(app, operator: Caller, tenant: Caller) -> None:
     @post("/v1/test-audit-boom", opt={"access": "deploy"}, sync_to_thread=False)
     def boom() -> None:
@@ -149,19 +152,22 @@ def test_the_log_never_holds_tokens_or_values(app, operator: Caller, tenant: Cal
         assert needle not in dumped
 
 
-def test_a_failing_audit_write_never_breaks_the_response(app, tenant: Caller) -> None:
+def test_a_call_whose_audit_row_cannot_be_written_keeps_nothing_and_says_so(app, tenant: Caller) -> None:
+    # The event commits with the call's own writes: a change with no trail is never kept.
     with app.state.services.db.write() as session:
         session.execute(text("DROP TABLE audit_events"))  # a real failure, not a stand-in
     captured = io.StringIO()
     handler = attach_stream(captured)
     try:
-        response = tenant.post("/v1/apps", json={"name": "still-works"})
+        response = tenant.post("/v1/apps", json={"name": "not-kept"})
     finally:
         logging.getLogger().removeHandler(handler)
-    assert response.status_code == 201
-    assert tenant.get("/v1/apps/still-works").status_code == 200
+    assert response.status_code == 500, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert "nothing was done" in response.json()["detail"]
+    assert tenant.get("/v1/apps/not-kept").status_code == 404
     logs = captured.getvalue()
-    assert "audit_write_failed" in logs and "POST /v1/apps" in logs
+    assert "request_not_committed" in logs and "audit_write_failed" in logs
 
 
 def test_high_volume_non_mutating_posts_stay_out_of_the_log(operator: Caller, tenant: Caller) -> None:

@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from control.app import create_app
+from control.bootstrap import bootstrap
 from control.domain.apps import AppService
-from control.services import Services
 from control.settings import Settings
 from control.store.models import AppRow, IdempotencyRecordRow
 from runtime.resilience import (
@@ -50,7 +50,7 @@ def registry() -> BreakerRegistry:
 
 @pytest.fixture
 def app(settings: Settings, registry: BreakerRegistry) -> Litestar:
-    return create_app(settings, services=Services.build(settings, breakers=registry))
+    return create_app(settings, services=bootstrap(settings, breakers=registry))
 
 
 @pytest.fixture
@@ -151,6 +151,7 @@ def test_open_breaker_answers_503_and_writes_nothing(
     assert replay.headers["idempotent-replayed"] == "true" and replay.json() == created.json()
 
 
+@pytest.mark.own_app
 def test_any_circuit_open_error_maps_to_503(app, tenant: Caller) -> None:
     @post("/v1/test-open", opt={"access": "read"}, sync_to_thread=False)
     def always_open() -> None:

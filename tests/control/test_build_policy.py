@@ -6,7 +6,12 @@ from __future__ import annotations
 import pytest
 
 from control.domain import image_refs
-from control.domain.build_policy import LINEAGE_LABEL, BuildPolicy, DockerfileRefused, logical_lines
+from control.domain.build_policy import (
+    LINEAGE_LABEL,
+    BuildPolicy,
+    DockerfileRefused,
+    logical_lines,
+)
 from control.settings import Settings, SettingsError
 
 POLICY = BuildPolicy(allowed_images=("moorage/python:3-bookworm", "moorage/busybox:latest", "python"),

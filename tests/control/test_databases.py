@@ -15,12 +15,12 @@ import pytest
 from litestar import Litestar
 from sqlalchemy import select
 
+from control.clock import utcnow
 from control.domain.databases import CredentialsUnreadable
 from control.jobs.databases import DatabaseRuntime
 from control.jobs.workers import WorkerPool
 from control.settings import Settings
 from control.store.models import DatabaseRow
-from control.store.types import utcnow
 from runtime.databases import (
     BackupResult,
     DatabaseInstance,

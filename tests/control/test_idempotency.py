@@ -3,7 +3,6 @@ lease take-over, retention, what is and is not stored."""
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,10 +12,10 @@ from litestar import post
 from sqlalchemy import func, select, update
 
 from control.api.idempotency import purge_expired_forever
+from control.domain.errors import LeaseLost
 from control.domain.idempotency import Claimed, InFlight, fingerprint
-from control.store import claim_fence
+from control.domain.records import StoredResponse
 from control.store.models import AppRow, IdempotencyRecordRow
-from control.store.repositories.idempotency import StoredResponse
 from tests.conftest import Caller
 from tests.control.test_problems import assert_problem
 
@@ -131,6 +130,7 @@ def test_delete_is_replayed_not_404(app, tenant: Caller) -> None:
     assert "content-length" not in again.headers or again.headers["content-length"] == "0"
 
 
+@pytest.mark.own_app
 def test_5xx_is_not_stored_and_a_retry_runs_again(app, tenant: Caller) -> None:
     calls: list[int] = []
 
@@ -183,7 +183,8 @@ def test_expired_lease_is_taken_over_by_a_retry(app, tenant: Caller) -> None:
     assert tenant.post("/v1/apps", content=body, headers=headers).headers["idempotent-replayed"] == "true"
     # The dead worker, should it wake up, can neither overwrite nor delete its successor's answer.
     services = app.state.services
-    assert services.idempotency.complete(crashed, StoredResponse(500, (), b"stale")) is False
+    assert _settled(app, crashed, StoredResponse(500, (), b"stale")) is False
+    assert _settled(app, crashed, None) is False
     assert services.idempotency.release(crashed) is False
     [row] = _rows(app)
     assert row.state == "completed" and row.response_body == retry.content
@@ -194,59 +195,55 @@ def _expire_leases(app: Any) -> None:
         session.execute(update(IdempotencyRecordRow).values(lease_expires_at=datetime.now(UTC) - timedelta(seconds=1)))
 
 
-def test_a_request_killed_after_its_writes_is_never_run_twice(app, tenant: Caller) -> None:
-    """The process died between the handler's commit and storing the answer (kill -9): the
-    retry taking the key over must not create a second app; it says what the first did."""
+def _settled(app: Any, claim: Claimed, response: StoredResponse | None) -> bool:
+    """Settle ``claim`` as a request's unit of work does; False when its lease was lost."""
+    with app.state.services.db.unit_of_work() as uow:
+        app.state.services.idempotency.settle(claim, response)
+        try:
+            uow.commit()
+        except LeaseLost:
+            return False
+    return True
+
+
+def test_a_request_killed_before_its_unit_of_work_commits_leaves_nothing_and_runs_again(app, tenant: Caller) -> None:
+    """The process died after the handler's writes but before the answer was stored (kill -9):
+    they were one uncommitted transaction, so the retry taking the key over runs the request
+    as if for the first time, and exactly one app exists."""
     body = b'{"name":"web"}'
     crashed = _claim_as(app, tenant, "k-died", body)
-    fence = claim_fence.held.set(claim_fence.Fence(crashed.record_id, crashed.lease))
-    try:
-        created = app.state.services.apps.create(tenant.tenant_id, "web")  # the handler's write, then the crash
-    finally:
-        claim_fence.held.reset(fence)
+    with app.state.services.db.unit_of_work():  # the request's unit: the handler wrote, then the crash
+        app.state.services.apps.create(tenant.tenant_id, "web")
+    assert _app_count(app) == 0
     [row] = _rows(app)
-    assert row.state == "in_flight" and json.loads(row.effects or "[]") == [created.id]
+    assert row.state == "in_flight" and row.id == crashed.record_id
     _expire_leases(app)
 
     headers = {"content-type": "application/json", **_key("k-died")}
     retry = tenant.post("/v1/apps", content=body, headers=headers)
-    problem = assert_problem(retry, 409, "idempotent-answer-lost")
-    assert created.id in problem["detail"] and "not run again" in problem["detail"]
+    assert retry.status_code == 201, retry.text
     assert _app_count(app) == 1
-    again = tenant.post("/v1/apps", content=body, headers=headers)  # the verdict is kept like any answer
-    assert again.headers["idempotent-replayed"] == "true" and again.json()["detail"] == problem["detail"]
+    again = tenant.post("/v1/apps", content=body, headers=headers)
+    assert again.headers["idempotent-replayed"] == "true" and again.json() == retry.json()
     assert _app_count(app) == 1
 
 
-def test_a_request_whose_key_was_taken_over_cannot_commit(app, tenant: Caller) -> None:
-    """A request stalled past its lease while a retry took the key over: its late writes are refused."""
+def test_a_request_whose_key_was_taken_over_keeps_nothing(app, tenant: Caller) -> None:
+    """A request stalled past its lease while a retry took the key over: when it finally
+    settles, its whole unit of work (its writes and its answer) is refused."""
     body = b'{"name":"web"}'
     stalled = _claim_as(app, tenant, "k-stalled", body)
     _expire_leases(app)
     retry = tenant.post("/v1/apps", content=body, headers={"content-type": "application/json", **_key("k-stalled")})
     assert retry.status_code == 201
-    fence = claim_fence.held.set(claim_fence.Fence(stalled.record_id, stalled.lease))
-    try:
-        with pytest.raises(claim_fence.LeaseLost):
-            app.state.services.apps.create(tenant.tenant_id, "web-late")
-    finally:
-        claim_fence.held.reset(fence)
-    assert _app_count(app) == 1  # rolled back with the refused stamp
-
-
-def test_a_request_that_wrote_nothing_is_run_again_after_a_crash(app, tenant: Caller) -> None:
-    body = b'{"name":"web"}'
-    crashed = _claim_as(app, tenant, "k-early", body)
-    fence = claim_fence.held.set(claim_fence.Fence(crashed.record_id, crashed.lease))
-    try:
-        with app.state.services.db.write():
-            pass  # a write transaction that changed nothing, then the crash
-    finally:
-        claim_fence.held.reset(fence)
-    assert _rows(app)[0].effects is None
-    _expire_leases(app)
-    retry = tenant.post("/v1/apps", content=body, headers={"content-type": "application/json", **_key("k-early")})
-    assert retry.status_code == 201 and _app_count(app) == 1
+    with app.state.services.db.unit_of_work() as uow:
+        app.state.services.apps.create(tenant.tenant_id, "web-late")
+        app.state.services.idempotency.settle(stalled, StoredResponse(201, (), b"late"))
+        with pytest.raises(LeaseLost):
+            uow.commit()
+    assert _app_count(app) == 1
+    [row] = _rows(app)
+    assert row.state == "completed" and row.response_body == retry.content
 
 
 def test_lease_taken_over_in_the_service_directly(app, tenant: Caller) -> None:
@@ -257,7 +254,7 @@ def test_lease_taken_over_in_the_service_directly(app, tenant: Caller) -> None:
     service.now = lambda: datetime.now(UTC) + service.lease + timedelta(seconds=1)
     taken = service.claim(tenant.key_id, tenant.tenant_id, "k-lease", fingerprint("POST", "/v1/apps", "", b"{}"))
     assert isinstance(taken, Claimed) and taken.taken_over and taken.record_id == first.record_id
-    assert service.complete(taken, StoredResponse(201, (("content-type", "application/json"),), b"{}")) is True
+    assert _settled(app, taken, StoredResponse(201, (("content-type", "application/json"),), b"{}")) is True
 
 
 def test_expired_records_are_replaced_and_purged(app, tenant: Caller) -> None:
@@ -286,11 +283,11 @@ def test_background_sweep_purges(app, tenant: Caller) -> None:
 
 
 def test_retention_comes_from_settings(tmp_path) -> None:
-    from control.services import Services
+    from control.bootstrap import bootstrap
     from control.settings import Settings
 
     settings = Settings(data_dir=tmp_path, idempotency_retention_s=7, idempotency_lease_s=3)
-    services = Services.build(settings)
+    services = bootstrap(settings)
     assert services.idempotency.retention == timedelta(seconds=7)
     assert services.idempotency.lease == timedelta(seconds=3)
     env = Settings.from_env({"MOORAGE_IDEMPOTENCY_RETENTION_S": "60", "MOORAGE_DATA_DIR": str(tmp_path)})
@@ -325,6 +322,7 @@ def test_oversized_request_body_is_413_and_claims_nothing(app, tenant: Caller) -
     assert _rows(app) == []
 
 
+@pytest.mark.own_app
 def test_answers_too_large_to_keep_are_passed_on_and_released(app, tenant: Caller) -> None:
     from control.api.idempotency import MAX_STORED_BYTES
 

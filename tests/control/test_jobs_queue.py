@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from control.domain.records import Job
 from control.jobs.queue import JobQueue, QueueConfig
 from control.jobs.workers import JobContext, RetryLater, WorkerPool
 from control.store import migrate
 from control.store.database import Store
-from control.store.repositories.jobs import Job
 
 
 class Clock:
@@ -36,8 +36,8 @@ def db(tmp_path: Path) -> Store:
 
 
 def _enqueue(queue: JobQueue, subject: str, tenant: str = "ten_a", max_attempts: int = 2) -> Job:
-    with queue.db.write() as session:
-        return queue.enqueue(session, "deploy", subject, tenant_id=tenant, max_attempts=max_attempts)
+    with queue.db.write():
+        return queue.enqueue("deploy", subject, tenant_id=tenant, max_attempts=max_attempts)
 
 
 def test_claim_takes_the_oldest_and_sets_a_lease(db: Store) -> None:

@@ -71,6 +71,7 @@ def test_422_names_the_fields(tenant: Caller) -> None:
     assert_problem(tenant.post("/v1/apps", json={}), 422, "validation-failed")
 
 
+@pytest.mark.own_app
 def test_500_hides_the_traceback(app, tenant: Caller) -> None:
     @get("/v1/test-boom", opt={"access": "read"}, sync_to_thread=False)
     def boom() -> None:

@@ -197,7 +197,8 @@ def test_overrides_are_cached_briefly_and_dropped_on_change(app, operator: Calle
 
 def test_overrides_from_elsewhere_apply_after_the_cache_ttl(app, tenant: Caller) -> None:
     """Another process changed the tenant's limits: this one sees it within the TTL."""
-    from control.store.repositories.limits import LimitOverrides, TenantLimitsRepository
+    from control.domain.records import LimitOverrides
+    from control.store.repositories.limits import TenantLimitsRepository
 
     limits = app.state.services.limits
     now = [0.0]

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, update
 
+from control.bootstrap import bootstrap
 from control.cli.main import main
 from control.domain.apps import AppService
 from control.domain.env import EnvValue
 from control.domain.rotation import SEALED_COLUMNS, RotationService
 from control.domain.tenants import TenantService
 from control.security.master_keys import generate_master_key, parse_keys, write_key_file
-from control.services import Services
 from control.settings import Settings
 from control.store import migrate
 from control.store.models import Base, DatabaseRow, EnvVarRow
@@ -175,7 +175,7 @@ def test_generated_keys_print_once_and_ids_are_checked(capsys) -> None:
 def test_keys_from_the_environment_rotate_with_reencrypt_only(data_dir: Path, monkeypatch, capsys) -> None:
     first, second = generate_master_key("env-1"), generate_master_key("env-2")
     monkeypatch.setenv("MOORAGE_MASTER_KEYS", first.line())
-    services = Services.build(Settings.from_env())
+    services = bootstrap(Settings.from_env())
     migrate.upgrade(services.db.engine)
     tenant = TenantService(services.db).create("envkeys")
     app = AppService(services.db).create(tenant.id, "web")
@@ -191,7 +191,7 @@ def test_keys_from_the_environment_rotate_with_reencrypt_only(data_dir: Path, mo
     assert code == 0 and retired["removed_from"] is None and "MOORAGE_MASTER_KEYS" in retired["note"]
 
     monkeypatch.setenv("MOORAGE_MASTER_KEYS", second.line())  # env-1 gone: everything still opens
-    services = Services.build(Settings.from_env())
+    services = bootstrap(Settings.from_env())
     assert services.env_vars.resolve(tenant.id, app.id) == {"A": "a", "B": "b"}
     services.db.dispose()
     assert not (data_dir / "master.keys").exists()  # keys from the environment never touch the disk
@@ -202,7 +202,7 @@ def test_an_app_missing_the_new_key_fails_closed(app, web: Caller, data_dir: Pat
     old_file = tmp_path / "old.keys"
     old_file.write_text((data_dir / "master.keys").read_text())
     assert cli(capsys, "rotate-key")[0] == 0
-    stale = Services.build(Settings(data_dir=data_dir, master_key_file=old_file))
+    stale = bootstrap(Settings(data_dir=data_dir, master_key_file=old_file))
     with pytest.raises(Exception, match="does not hold"):
         stale.env_vars.resolve(web.tenant_id, web.get("/v1/apps/web").json()["id"])
     stale.db.dispose()

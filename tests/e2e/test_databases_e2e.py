@@ -30,9 +30,9 @@ from litestar import Litestar
 from litestar.testing import TestClient
 
 from control.app import create_app
+from control.clock import utcnow
 from control.logging import attach_stream
 from control.store.models import DatabaseRow
-from control.store.types import utcnow
 from runtime.sandbox import ContainerSpec
 from runtime.traefik import TraefikProcess
 from tests.conftest import Caller

@@ -3,9 +3,10 @@ same SQLite file:
 
 - mid-build: the deployment ends ``running`` (or ``failed`` with a reason), never stuck,
   and exactly one app container and no build container remain;
-- mid idempotent POST, many times at spread-out moments: every retry with the same key
-  ends in the first attempt's answer, a fresh run if the first wrote nothing, or a clear
-  ``idempotent-answer-lost`` that names what was created; never a second deployment."""
+- mid idempotent POST, many times at spread-out moments and at the moment its answer is
+  committed: every retry with the same key ends in the first attempt's answer, or in a
+  fresh run when the first left nothing; never a second deployment. The request's writes
+  and its stored answer are one transaction, so no moment shows one without the other."""
 
 from __future__ import annotations
 
@@ -99,8 +100,8 @@ def test_sigkill_mid_build_then_restart_never_leaves_it_stuck(server: ServeProce
 
 
 SPREAD_KILLS = 5  # at moments spread from the request's start to just past its usual answer
-WORST_KILLS = 2  # right after its writes committed, before its answer was stored
-WORST_TRIES = 10
+COMMIT_KILLS = 2  # the moment its writes and answer are committed, before the client reads it
+COMMIT_TRIES = 10
 
 
 def test_sigkill_mid_idempotent_post_never_loses_or_duplicates(api_server: ServeProcess) -> None:
@@ -133,41 +134,38 @@ def test_sigkill_mid_idempotent_post_never_loses_or_duplicates(api_server: Serve
                     break
                 in_flight_409s += 1
                 time.sleep(float(r.headers.get("retry-after", "1")))
-            if r.status_code == 202:
-                created.append(r.json()["id"])
-                if isinstance(first, httpx.Response):
-                    assert first.status_code == 202 and first.json()["id"] == r.json()["id"]  # the same answer again
-                    outcomes["answered before the kill: replayed"] += 1
-                else:
-                    outcomes["cut off before its writes: run by the retry"] += 1
+            assert r.status_code == 202, r.text
+            created.append(r.json()["id"])
+            if isinstance(first, httpx.Response):
+                assert first.status_code == 202 and first.json()["id"] == r.json()["id"]  # the same answer again
+                outcomes["answered before the kill: replayed"] += 1
+            elif r.headers.get("idempotent-replayed") == "true":
+                outcomes["committed, answer cut off: replayed"] += 1
             else:
-                assert r.status_code == 409 and r.json()["code"] == "idempotent-answer-lost", r.text
-                named = [w.strip(".,") for w in r.json()["detail"].split() if w.startswith("dep_")]
-                assert len(named) == 1, r.text
-                created.append(named[0])
-                outcomes["cut off after its writes: answer-lost names it"] += 1
+                outcomes["cut off before its commit: run by the retry"] += 1
 
         for n in range(SPREAD_KILLS):
             key = f"spread-{RUN_ID}-{n}"
             delay = usual_s * 1.2 * n / (SPREAD_KILLS - 1)
             retry(key, _post_then_kill(server, api, headers, archive, key, lambda d=delay: time.sleep(d)))
-        worst = 0
-        for n in range(WORST_TRIES):
-            key = f"worst-{RUN_ID}-{n}"
-            landed: list[bool] = []
-            first = _post_then_kill(server, api, headers, archive, key, lambda k=key, out=landed: out.append(_freeze_between_writes_and_answer(server, k)))
-            worst += landed[0]
+        at_commit, split = 0, 0
+        for n in range(COMMIT_TRIES):
+            key = f"commit-{RUN_ID}-{n}"
+            seen: list[str] = []
+            first = _post_then_kill(server, api, headers, archive, key, lambda k=key, out=seen: out.append(_freeze_at_commit(server, k)))
+            at_commit += seen[0] == "committed"
+            split += seen[0] == "writes without answer"
             retry(key, first)
-            if worst == WORST_KILLS:
+            if at_commit == COMMIT_KILLS:
                 break
 
         listed = [d["id"] for d in api.get("/v1/apps/web/deployments?limit=100", headers=auth).json()["items"]]
         print(f"\nPOST usually {usual_s * 1000:.0f} ms; {SPREAD_KILLS + n + 1} kills: {dict(outcomes)}; "
-              f"in-flight 409s meanwhile: {in_flight_409s}; worst-moment kills landed {worst} of {n + 1} tries")
+              f"in-flight 409s meanwhile: {in_flight_409s}; kills at the commit {at_commit} of {n + 1} tries")
         assert sorted(listed) == sorted(created), "a deployment was lost or duplicated"
         assert len(set(created)) == len(created) == SPREAD_KILLS + n + 2
-        assert worst == WORST_KILLS, "never caught the server between its writes and its answer"
-        assert outcomes["cut off after its writes: answer-lost names it"] >= WORST_KILLS  # a spread kill may land there too
+        assert split == 0, "a deployment row was visible before its answer was stored"
+        assert at_commit == COMMIT_KILLS, "never caught the server at the moment of its commit"
     finally:
         server.kill()
         cleanup_tenant(tenant_name)
@@ -196,23 +194,28 @@ def _post_then_kill(server: ServeProcess, api: httpx.Client, headers: dict[str, 
     return answer[0]
 
 
-def _freeze_between_writes_and_answer(server: ServeProcess, key: str, timeout: float = 5.0) -> bool:
-    """Watch the server's SQLite file; the moment the request's deployment row is in but its
-    answer is not stored, SIGSTOP the server (the caller then SIGKILLs it). True if it got there."""
-    database = sqlite3.connect(f"file:{server.env['MOORAGE_DATA_DIR']}/moorage.db?mode=ro", uri=True)
+def _freeze_at_commit(server: ServeProcess, key: str, timeout: float = 5.0) -> str:
+    """Watch the server's SQLite file; the moment the request's deployment row (or its stored
+    answer) shows, SIGSTOP the server (the caller then SIGKILLs it). Says what it saw: both at
+    once ("committed"), one without the other ("writes without answer", which the unit of
+    work rules out), or nothing in time ("timeout")."""
+    database = sqlite3.connect(f"file:{server.env['MOORAGE_DATA_DIR']}/moorage.db?mode=ro", uri=True,
+                               isolation_level=None)
     deployments = "SELECT count(*) FROM deployments"
     answer = "SELECT state FROM idempotency_records WHERE idempotency_key = ?"
     try:
         before = database.execute(deployments).fetchone()[0]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            database.execute("BEGIN")  # one snapshot for both reads
             state = database.execute(answer, (key,)).fetchone()
-            if state and state[0] == "completed":
-                return False  # too late this time: answered
-            if state and database.execute(deployments).fetchone()[0] > before:
+            wrote = database.execute(deployments).fetchone()[0] > before
+            database.execute("COMMIT")
+            answered = bool(state and state[0] == "completed")
+            if wrote or answered:
                 assert server.proc is not None
                 os.kill(server.proc.pid, signal.SIGSTOP)
-                return database.execute(answer, (key,)).fetchone()[0] == "in_flight"
-        return False
+                return "committed" if wrote and answered else "writes without answer"
+        return "timeout"
     finally:
         database.close()

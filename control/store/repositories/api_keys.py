@@ -5,8 +5,8 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from control.domain.records import ApiKey, Page
 from control.store.models import ApiKeyRow
-from control.store.records import ApiKey, Page
 from control.store.repositories.paging import paginate
 
 

@@ -5,8 +5,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from control.domain.records import App, Page
 from control.store.models import AppRow
-from control.store.records import App, Page
 from control.store.repositories.paging import paginate
 
 

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from control.domain.records import AuditEvent, Page
 from control.store.models import AuditEventRow
-from control.store.records import Page
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEvent:
-    id: str
-    tenant_id: str | None
-    api_key_id: str | None
-    action: str
-    target: str
-    request_id: str
-    outcome: int
-    created_at: datetime
 
 
 def to_event(row: AuditEventRow) -> AuditEvent:

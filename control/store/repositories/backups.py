@@ -3,43 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from control.domain.records import Backup, Page, Restore
 from control.store.models import DatabaseBackupRow, DatabaseRestoreRow
-from control.store.records import Page
 from control.store.repositories.paging import paginate
-
-
-@dataclass(frozen=True, slots=True)
-class Backup:
-    id: str
-    tenant_id: str
-    database_id: str
-    engine: str
-    status: str
-    reason: str | None
-    file_name: str | None
-    size: int | None
-    sha256: str | None
-    created_at: datetime
-    finished_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class Restore:
-    id: str
-    tenant_id: str
-    backup_id: str
-    target_id: str
-    status: str
-    reason: str | None
-    created_at: datetime
-    finished_at: datetime | None
 
 
 def to_backup(row: DatabaseBackupRow) -> Backup:

@@ -3,39 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from control.domain.records import Database, DatabaseOverrides, Page
 from control.store.models import DatabaseRow, TenantDatabaseLimitsRow
-from control.store.records import Page
 from control.store.repositories.paging import paginate
 
 ID_PREFIX = "db"
-
-
-@dataclass(frozen=True, slots=True)
-class Database:
-    id: str
-    tenant_id: str
-    name: str
-    engine: str
-    status: str
-    reason: str | None
-    memory_mb: int
-    backup_retention: int | None
-    db_user: str
-    db_name: str
-    master_key_id: str
-    container_id: str | None
-    created_at: datetime
-    updated_at: datetime
-    deleted_at: datetime | None
-    purge_after: datetime | None
-    password_ciphertext: bytes = field(repr=False)
 
 
 def to_database(row: DatabaseRow) -> Database:
@@ -46,12 +24,6 @@ def to_database(row: DatabaseRow) -> Database:
         updated_at=row.updated_at, deleted_at=row.deleted_at, purge_after=row.purge_after,
         password_ciphertext=row.password_ciphertext,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class DatabaseOverrides:
-    max_databases: int | None = None
-    max_memory_mb: int | None = None
 
 
 class DatabaseRepository:

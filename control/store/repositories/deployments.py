@@ -3,43 +3,15 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from control.clock import utcnow
+from control.domain.records import ACTIVE_STATUSES, Deployment, Page
 from control.store.models import DeploymentRow
-from control.store.records import Page
 from control.store.repositories.paging import paginate
-from control.store.types import utcnow
-
-ACTIVE_STATUSES = ("queued", "building", "releasing")
-
-
-@dataclass(frozen=True, slots=True)
-class Deployment:
-    id: str
-    tenant_id: str
-    app_id: str
-    status: str
-    source_kind: str
-    source: dict[str, Any]
-    builder: str | None
-    release_id: str | None
-    image: str | None
-    reason: str | None
-    cancel_requested: bool
-    log_path: str | None
-    timings: dict[str, float]
-    transitions: list[dict[str, Any]]
-    created_at: datetime
-    updated_at: datetime
-
-    @property
-    def is_terminal(self) -> bool:
-        return self.status not in ACTIVE_STATUSES
 
 
 def to_deployment(row: DeploymentRow) -> Deployment:

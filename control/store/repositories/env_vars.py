@@ -3,38 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from control.domain.records import EnvApp, StoredEnvVar
 from control.ids import new_id
 from control.store.models import AppRow, EnvVarRow
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEnvVar:
-    id: str
-    tenant_id: str
-    app_id: str
-    name: str
-    ciphertext: bytes
-    master_key_id: str
-    version: int
-    secret: bool
-    created_at: datetime
-    updated_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class EnvApp:
-    """The app an env set belongs to, and how often that set changed."""
-
-    id: str
-    tenant_id: str
-    name: str
-    env_version: int
 
 
 def to_stored(row: EnvVarRow) -> StoredEnvVar:

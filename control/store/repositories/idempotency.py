@@ -8,38 +8,17 @@ lease was taken over after it stalled cannot overwrite or delete its successor's
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from control.domain.records import IdempotencyRecord, StoredResponse
 from control.store.models import IdempotencyRecordRow
 
 IN_FLIGHT = "in_flight"
 COMPLETED = "completed"
-
-
-@dataclass(frozen=True, slots=True)
-class StoredResponse:
-    status: int
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class IdempotencyRecord:
-    id: int
-    api_key_id: str
-    tenant_id: str | None
-    idempotency_key: str
-    fingerprint: str
-    state: str
-    lease_expires_at: datetime | None
-    expires_at: datetime
-    response: StoredResponse | None
-    effects: tuple[str, ...] | None = None  # ids the request's committed writes inserted (claim_fence)
 
 
 def _to_record(row: IdempotencyRecordRow) -> IdempotencyRecord:
@@ -57,7 +36,6 @@ def _to_record(row: IdempotencyRecordRow) -> IdempotencyRecord:
         lease_expires_at=row.lease_expires_at,
         expires_at=row.expires_at,
         response=response,
-        effects=None if row.effects is None else tuple(json.loads(row.effects)),
     )
 
 

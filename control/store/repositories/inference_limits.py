@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from sqlalchemy.orm import Session
 
+from control.domain.records import InferenceOverrides
 from control.store.models import TenantInferenceLimitsRow
-
-
-@dataclass(frozen=True, slots=True)
-class InferenceOverrides:
-    requests_per_minute: int | None = None
-    tokens_per_minute: int | None = None
-    token_budget: int | None = None
-    budget_period: str | None = None
 
 
 class InferenceLimitsRepository:

@@ -3,29 +3,13 @@ SQLite), so a claim and the running-count it checks are one atomic step."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from control.domain.records import Job
 from control.store.models import JobRow
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    id: str
-    kind: str
-    tenant_id: str | None
-    subject_id: str
-    state: str
-    attempts: int
-    max_attempts: int
-    run_after: datetime
-    lease_owner: str | None
-    lease_expires_at: datetime | None
-    last_error: str | None
-    created_at: datetime
 
 
 def to_job(row: JobRow) -> Job:

@@ -6,18 +6,10 @@ rate-limit window, whatever ``rate_limit_window_s`` is set to.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from sqlalchemy.orm import Session
 
+from control.domain.records import LimitOverrides
 from control.store.models import TenantLimitsRow
-
-
-@dataclass(frozen=True, slots=True)
-class LimitOverrides:
-    tenant_quota: int | None
-    key_quota: int | None
-
 
 NO_OVERRIDES = LimitOverrides(None, None)
 

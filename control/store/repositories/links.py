@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from control.domain.records import Link
 from control.store.models import AppRow, DatabaseLinkRow, DatabaseRow
-
-
-@dataclass(frozen=True, slots=True)
-class Link:
-    id: str
-    tenant_id: str
-    app_id: str
-    app_name: str
-    database_id: str
-    database_name: str
-    engine: str
-    env_name: str
-    created_at: datetime
 
 
 class LinkRepository:

@@ -3,38 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from control.domain.records import Node, ServedModel
 from control.store.models import InferenceNodeRow
-
-
-@dataclass(frozen=True, slots=True)
-class ServedModel:
-    name: str  # the public name tenants send
-    engine_model: str  # what the node's engine expects in `model` (transformers serve: the model dir)
-
-
-@dataclass(frozen=True, slots=True)
-class Node:
-    id: str
-    name: str
-    secret_hash: str
-    created_by: str | None
-    created_at: datetime
-    revoked_at: datetime | None
-    draining: bool
-    registered_at: datetime | None
-    last_heartbeat_at: datetime | None
-    engine: str
-    base_url: str
-    state: str
-    models: tuple[ServedModel, ...]
-    report: dict[str, Any]
 
 
 def to_node(row: InferenceNodeRow) -> Node:

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from control.store.records import Page
+from control.domain.records import Page
 
 T = TypeVar("T")
 

@@ -2,35 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
-
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from control.domain.records import DesiredApp, Page, Release
 from control.store.models import AppRow, AppRuntimeRow, ReleaseRow, TenantRow
-from control.store.records import Page
 from control.store.repositories.paging import paginate
-
-
-@dataclass(frozen=True, slots=True)
-class Release:
-    id: str
-    tenant_id: str
-    app_id: str
-    number: int
-    deployment_id: str
-    image_id: str
-    image_tag: str
-    env_version: int
-    port: int
-    health_check_path: str
-    rollback_of: str | None
-    created_at: datetime
-
-    @property
-    def name(self) -> str:
-        return f"v{self.number}"
 
 
 def to_release(row: ReleaseRow) -> Release:
@@ -40,19 +17,6 @@ def to_release(row: ReleaseRow) -> Release:
         env_version=row.env_version, port=row.port, health_check_path=row.health_check_path,
         rollback_of=row.rollback_of, created_at=row.created_at,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class DesiredApp:
-    """One app the reconciler must keep running: its names, release and container."""
-
-    tenant_id: str
-    tenant_name: str
-    app_id: str
-    app_name: str
-    release: Release
-    container_id: str
-    container_name: str
 
 
 class ReleaseRepository:

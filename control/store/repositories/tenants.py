@@ -3,8 +3,8 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from control.domain.records import Page, Tenant
 from control.store.models import AppRow, DatabaseRow, TenantRow
-from control.store.records import Page, Tenant
 from control.store.repositories.paging import paginate
 
 

@@ -2,51 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session
 
+from control.domain.records import Page, UsageBucket, UsageRecord
 from control.store.models import InferenceUsageRow
-from control.store.records import Page
 from control.store.repositories.paging import paginate
-
-
-@dataclass(frozen=True, slots=True)
-class UsageRecord:
-    id: str
-    tenant_id: str
-    api_key_id: str
-    request_id: str
-    model: str
-    node_id: str | None
-    endpoint: str
-    stream: bool
-    status: str
-    http_status: int
-    prompt_tokens: int
-    completion_tokens: int
-    reserved_tokens: int
-    usage_reported: bool
-    latency_ms: int
-    ttft_ms: int | None
-    created_at: datetime
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-
-@dataclass(frozen=True, slots=True)
-class UsageBucket:
-    tenant_id: str
-    day: str  # YYYY-MM-DD (UTC)
-    model: str
-    requests: int
-    errors: int
-    prompt_tokens: int
-    completion_tokens: int
 
 
 def to_record(row: InferenceUsageRow) -> UsageRecord:

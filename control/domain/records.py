@@ -1,0 +1,334 @@
+"""The records the domain works with: plain, immutable values. The store's repositories
+make them from rows; nothing here knows about SQLAlchemy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    id: str
+    name: str
+    display_name: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def is_suspended(self) -> bool:
+        return self.status == "suspended"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    tenant_id: str | None
+    name: str
+    secret_hash: str
+    scopes: tuple[str, ...]
+    created_at: datetime
+    created_by: str | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+    @property
+    def is_operator(self) -> bool:
+        return self.tenant_id is None
+
+
+@dataclass(frozen=True, slots=True)
+class App:
+    id: str
+    tenant_id: str
+    name: str
+    description: str
+    port: int
+    health_check_path: str
+    builder: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    id: str
+    tenant_id: str | None
+    api_key_id: str | None
+    action: str
+    target: str
+    request_id: str
+    outcome: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Backup:
+    id: str
+    tenant_id: str
+    database_id: str
+    engine: str
+    status: str
+    reason: str | None
+    file_name: str | None
+    size: int | None
+    sha256: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Restore:
+    id: str
+    tenant_id: str
+    backup_id: str
+    target_id: str
+    status: str
+    reason: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    id: str
+    tenant_id: str
+    name: str
+    engine: str
+    status: str
+    reason: str | None
+    memory_mb: int
+    backup_retention: int | None
+    db_user: str
+    db_name: str
+    master_key_id: str
+    container_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None
+    purge_after: datetime | None
+    password_ciphertext: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseOverrides:
+    max_databases: int | None = None
+    max_memory_mb: int | None = None
+
+
+ACTIVE_STATUSES = ("queued", "building", "releasing")  # a deployment in one of these has not ended
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    id: str
+    tenant_id: str
+    app_id: str
+    status: str
+    source_kind: str
+    source: dict[str, Any]
+    builder: str | None
+    release_id: str | None
+    image: str | None
+    reason: str | None
+    cancel_requested: bool
+    log_path: str | None
+    timings: dict[str, float]
+    transitions: list[dict[str, Any]]
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status not in ACTIVE_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEnvVar:
+    id: str
+    tenant_id: str
+    app_id: str
+    name: str
+    ciphertext: bytes
+    master_key_id: str
+    version: int
+    secret: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class EnvApp:
+    """The app an env set belongs to, and how often that set changed."""
+
+    id: str
+    tenant_id: str
+    name: str
+    env_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    id: int
+    api_key_id: str
+    tenant_id: str | None
+    idempotency_key: str
+    fingerprint: str
+    state: str
+    lease_expires_at: datetime | None
+    expires_at: datetime
+    response: StoredResponse | None
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceOverrides:
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    token_budget: int | None = None
+    budget_period: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    kind: str
+    tenant_id: str | None
+    subject_id: str
+    state: str
+    attempts: int
+    max_attempts: int
+    run_after: datetime
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    last_error: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LimitOverrides:
+    tenant_quota: int | None
+    key_quota: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    id: str
+    tenant_id: str
+    app_id: str
+    app_name: str
+    database_id: str
+    database_name: str
+    engine: str
+    env_name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    name: str  # the public name tenants send
+    engine_model: str  # what the node's engine expects in `model` (transformers serve: the model dir)
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    id: str
+    name: str
+    secret_hash: str
+    created_by: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+    draining: bool
+    registered_at: datetime | None
+    last_heartbeat_at: datetime | None
+    engine: str
+    base_url: str
+    state: str
+    models: tuple[ServedModel, ...]
+    report: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    id: str
+    tenant_id: str
+    app_id: str
+    number: int
+    deployment_id: str
+    image_id: str
+    image_tag: str
+    env_version: int
+    port: int
+    health_check_path: str
+    rollback_of: str | None
+    created_at: datetime
+
+    @property
+    def name(self) -> str:
+        return f"v{self.number}"
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredApp:
+    """One app the reconciler must keep running: its names, release and container."""
+
+    tenant_id: str
+    tenant_name: str
+    app_id: str
+    app_name: str
+    release: Release
+    container_id: str
+    container_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    id: str
+    tenant_id: str
+    api_key_id: str
+    request_id: str
+    model: str
+    node_id: str | None
+    endpoint: str
+    stream: bool
+    status: str
+    http_status: int
+    prompt_tokens: int
+    completion_tokens: int
+    reserved_tokens: int
+    usage_reported: bool
+    latency_ms: int
+    ttft_ms: int | None
+    created_at: datetime
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class UsageBucket:
+    tenant_id: str
+    day: str  # YYYY-MM-DD (UTC)
+    model: str
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int

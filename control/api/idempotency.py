@@ -24,10 +24,10 @@ from typing import Any, cast
 import anyio
 import anyio.to_thread
 import structlog
+from litestar.enums import ScopeType
 from litestar.types import (
     ASGIApp,
     HTTPRequestEvent,
-    HTTPScope,
     Message,
     Receive,
     ReceiveMessage,
@@ -138,7 +138,7 @@ class IdempotencyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         principal = scope.get("user")
-        if scope["type"] != "http" or cast("HTTPScope", scope)["method"] not in MUTATING or not isinstance(principal, Principal):
+        if scope["type"] != ScopeType.HTTP or scope["method"] not in MUTATING or not isinstance(principal, Principal):
             await self.app(scope, receive, send)
             return
         raw_key = _header(scope, HEADER)
@@ -160,7 +160,7 @@ class IdempotencyMiddleware:
             return
         service: IdempotencyService = scope["app"].state.services.idempotency
         query = scope.get("query_string", b"").decode("latin-1")
-        request_fingerprint = fingerprint(cast("HTTPScope", scope)["method"], scope["path"], query, body)
+        request_fingerprint = fingerprint(scope["method"], scope["path"], query, body)
         outcome = await anyio.to_thread.run_sync(
             service.claim, principal.key_id, principal.tenant_id, key, request_fingerprint
         )

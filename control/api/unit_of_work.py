@@ -28,7 +28,8 @@ from typing import Protocol, cast
 import anyio
 import anyio.to_thread
 import structlog
-from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, HTTPDisconnectEvent, HTTPScope, Message, Receive, Scope, Send
 
 from control.api.audit import audited_action
 from control.api.problems import (
@@ -62,7 +63,7 @@ class HasStoreAndAudit(Protocol):
 
 
 def current_unit_of_work(scope: Scope) -> UnitOfWork:
-    return cast("UnitOfWork", scope["state"][STATE_KEY])  # type: ignore[typeddict-item]
+    return cast("UnitOfWork", scope["state"][STATE_KEY])
 
 
 class RequestUnitOfWork:
@@ -71,13 +72,13 @@ class RequestUnitOfWork:
         self.services = services  # the app's attached services, read per request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
         services = self.services()
         with services.db.unit_of_work() as uow:
-            scope.setdefault("state", {})[STATE_KEY] = uow  # type: ignore[typeddict-unknown-key]
-            await self._serve(cast("HTTPScope", scope), receive, send, uow, services.audit)
+            scope.setdefault("state", {})[STATE_KEY] = uow
+            await self._serve(scope, receive, send, uow, services.audit)
 
     async def _serve(self, scope: HTTPScope, receive: Receive, send: Send, uow: UnitOfWork, audit: AuditService) -> None:
         settled = False
@@ -159,7 +160,7 @@ def _record_alone(audit: AuditService, scope: HTTPScope, action: str, status: in
         log.error("audit_write_failed", action=action, target=scope["path"], outcome=status, error=type(exc).__name__)
 
 
-async def _no_body() -> Message:
+async def _no_body() -> HTTPDisconnectEvent:
     return {"type": "http.disconnect"}
 
 

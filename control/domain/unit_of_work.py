@@ -31,7 +31,7 @@ class UnitOfWork(Protocol):
         """Run ``action`` once the writes are committed (wake a worker, remove a file); never
         if they are discarded."""
 
-    def on_failure(self, action: Callable[[], None]) -> None:
+    def on_failure(self, action: Callable[[], object]) -> None:
         """Run ``action`` when the commit itself fails and nothing was written."""
 
     def discard(self) -> None:

@@ -50,7 +50,8 @@ class UsageService:
         self.db = db
 
     def record(self, record: UsageRecord) -> None:
-        with self.db.write() as session:
+        # On its own, at once: the tokens were spent whatever becomes of the request's answer.
+        with self.db.write_now() as session:
             UsageRepository(session).add(record)
 
     def tokens_since(self, tenant_id: str, since: datetime) -> int:

@@ -44,7 +44,7 @@ class SqlUnitOfWork:
         self._session: Session | None = None
         self._deferred: list[DeferredWrite] = []
         self._after_commit: list[Callable[[], None]] = []
-        self._on_failure: list[Callable[[], None]] = []
+        self._on_failure: list[Callable[[], object]] = []
         self.closed = False
 
     # -- what the store's read() and write() use ----------------------------------------
@@ -77,7 +77,7 @@ class SqlUnitOfWork:
     def after_commit(self, action: Callable[[], None]) -> None:
         self._after_commit.append(action)
 
-    def on_failure(self, action: Callable[[], None]) -> None:
+    def on_failure(self, action: Callable[[], object]) -> None:
         self._on_failure.append(action)
 
     def discard(self) -> None:
@@ -150,7 +150,7 @@ def _busy_as_domain_error() -> Iterator[None]:
         raise busy from exc
 
 
-def _quietly(action: Callable[[], None]) -> None:
+def _quietly(action: Callable[[], object]) -> None:
     try:
         action()
     except Exception as exc:  # noqa: BLE001 - the writes' fate is settled; a follow-up failing must not change it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
@@ -40,6 +41,16 @@ def sleeper(tenant: str, app: str, network: str, image: str = PYTHON) -> Contain
 
 def run(containers: Containers, s: ContainerSpec, policy: SandboxPolicy = SandboxPolicy()) -> ContainerInfo:
     return containers.run(s, policy)
+
+
+def run_all(containers: Containers, *items: ContainerSpec | tuple[ContainerSpec, SandboxPolicy]) -> list[ContainerInfo]:
+    """Start several containers at once, in the order given: each start mostly waits for its
+    own gVisor sandbox, so one after another only adds up the waits. A failed start is raised
+    once all have finished; the others carry the run label, which the session's cleanup removes."""
+    pairs = [item if isinstance(item, tuple) else (item, SandboxPolicy()) for item in items]
+    with ThreadPoolExecutor(max_workers=max(1, len(pairs))) as pool:
+        futures = [pool.submit(containers.run, s, policy) for s, policy in pairs]
+    return [future.result() for future in futures]
 
 
 def wait_http(url: str, host: str, expect: str | None = None, timeout: float = 15.0) -> httpx.Response:

@@ -11,7 +11,7 @@ import pytest
 
 from runtime.containers import ContainerInfo, Containers
 from runtime.networks import TenantNetworks
-from tests.runtime.helpers import httpd, run, sleeper, tenant_name
+from tests.runtime.helpers import httpd, run_all, sleeper, tenant_name
 
 pytestmark = pytest.mark.docker
 
@@ -36,9 +36,7 @@ class Tenants:
 def tenants(containers: Containers, networks: TenantNetworks) -> Iterator[Tenants]:
     a, b = tenant_name("iso-a"), tenant_name("iso-b")
     a_net, b_net = networks.ensure(a).name, networks.ensure(b).name
-    made = [run(containers, httpd(b, "api", b_net, "tenant-b-secret")),
-            run(containers, sleeper(b, "worker", b_net)),
-            run(containers, sleeper(a, "client", a_net))]
+    made = run_all(containers, httpd(b, "api", b_net, "tenant-b-secret"), sleeper(b, "worker", b_net), sleeper(a, "client", a_net))
     yield Tenants(a_client=made[2], b_client=made[1], b_server=made[0], a_net=a_net, b_net=b_net)
     for c in made:
         containers.remove(c.id, force=True)

@@ -35,12 +35,12 @@ from tests.runtime.conftest import (  # noqa: F401 (fixtures)
     run_id,
     runtime_settings,
 )
-from tests.runtime.helpers import PYTHON, httpd, run, spec, tenant_name
+from tests.runtime.helpers import PYTHON, httpd, run_all, spec, tenant_name
 
 pytestmark = pytest.mark.docker
 
 PROBE = r"""
-import json, os, socket, sys, time
+import concurrent.futures, json, os, socket, sys, time
 def connect(host, port, timeout=3):
     started = time.monotonic()
     try:
@@ -64,9 +64,13 @@ def prctl_no_new_privs():
     except Exception as e:
         return repr(e)
 targets = json.loads(sys.argv[1])
+# All at once: each dropped connection waits out its whole timeout, and they do not depend on each other.
+with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
+    futures = {name: pool.submit(connect, host, port) for name, (host, port) in targets.items()}
+connected = {name: future.result() for name, future in futures.items()}
 print(json.dumps({
     "sockets": {p: os.path.exists(p) for p in ("/var/run/docker.sock", "/run/docker.sock")},
-    "connect": {name: connect(host, port) for name, (host, port) in targets.items()},
+    "connect": connected,
     "cap_eff": status.get("CapEff", "").strip(), "cap_bnd": status.get("CapBnd", "").strip(),
     "no_new_privs": status.get("NoNewPrivs", "").strip(), "prctl_no_new_privs": prctl_no_new_privs(),
     "uid": os.getuid(),
@@ -111,12 +115,12 @@ def setup(engine: DockerEngine, containers: Containers, networks: TenantNetworks
     gateway = engine.client.networks.get(a_net).attrs["IPAM"]["Config"][0]["Gateway"]
     loopback, loopback_port = _listener("127.0.0.1")  # like `moorage serve` (host 127.0.0.1 by default)
     wildcard, wildcard_port = _listener("0.0.0.0")
-    made = [
-        run(containers, httpd(b, "api", b_net, "tenant-b-secret")),
-        run(containers, spec(a, "client", a_net, image=PYTHON, command=["sleep", "600"])),
-        run(containers, spec(a, "ro-client", a_net, image=PYTHON, command=["sleep", "600"]),
-            SandboxPolicy(read_only_rootfs=True)),
-    ]
+    made = run_all(
+        containers,
+        httpd(b, "api", b_net, "tenant-b-secret"),
+        spec(a, "client", a_net, image=PYTHON, command=["sleep", "600"]),
+        (spec(a, "ro-client", a_net, image=PYTHON, command=["sleep", "600"]), SandboxPolicy(read_only_rootfs=True)),
+    )
     try:
         yield Setup(client=made[1], read_only_client=made[2], other=made[0], other_net=b_net, gateway=gateway,
                     loopback_port=loopback_port, wildcard_port=wildcard_port)

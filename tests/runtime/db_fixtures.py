@@ -11,6 +11,7 @@ import functools
 import logging
 import secrets
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,7 @@ from runtime.databases import (
 from runtime.databases.engines import ENGINES, POSTGRES, REDIS
 from runtime.docker_engine import DockerEngine
 from runtime.networks import TenantNetworks
-from tests.runtime.helpers import RUN_ID, RUN_LABEL, run, sleeper, spec, tenant_name
+from tests.runtime.helpers import RUN_ID, RUN_LABEL, run_all, sleeper, spec, tenant_name
 
 SERVICE_HINT = "run `sudo bash deploy/host-setup.sh` (it builds moorage/postgres:15 and moorage/redis:7)"
 # Characters that must survive URL quoting, initdb's pwfile and Redis' quoted config string.
@@ -109,11 +110,16 @@ def db_env_fixture(engine: DockerEngine, containers: Containers, networks: Tenan
     try:
         pg_creds, redis_creds = new_credentials("orders"), new_credentials("0")
         labels = {RUN_LABEL: RUN_ID}
-        pg = databases.provision(DatabaseSpec(a, "orders", POSTGRES, a_net, pg_creds, database_id(), labels=labels), timeout=180)
-        cache = databases.provision(DatabaseSpec(a, "cache", REDIS, a_net, redis_creds, database_id(), labels=labels), timeout=180)
-        made += [run(containers, sleeper(a, "web", a_net)), run(containers, sleeper(b, "web", b_net)),
-                 run(containers, spec(a, "psql", a_net, image=ENGINES[POSTGRES].image, command=["sleep", "900"])),
-                 run(containers, spec(a, "rcli", a_net, image=ENGINES[REDIS].image, command=["sleep", "900"]))]
+        # Both databases and the clients start at once: each mostly waits for its own sandbox
+        # and health check. The teardown finds the databases by label, whatever happens here.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            provisions = [pool.submit(databases.provision, DatabaseSpec(a, name, engine, a_net, creds, database_id(), labels=labels),
+                                      timeout=180)
+                          for name, engine, creds in (("orders", POSTGRES, pg_creds), ("cache", REDIS, redis_creds))]
+            made += run_all(containers, sleeper(a, "web", a_net), sleeper(b, "web", b_net),
+                            spec(a, "psql", a_net, image=ENGINES[POSTGRES].image, command=["sleep", "900"]),
+                            spec(a, "rcli", a_net, image=ENGINES[REDIS].image, command=["sleep", "900"]))
+        pg, cache = (provision.result() for provision in provisions)
         yield DbEnv(a=a, b=b, a_net=a_net, b_net=b_net, pg=pg, pg_creds=pg_creds,
                     redis=cache, redis_creds=redis_creds, a_app=made[0], b_app=made[1],
                     pg_client=made[2], redis_client=made[3], databases=databases,

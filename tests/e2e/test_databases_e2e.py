@@ -18,6 +18,7 @@ import io
 import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,7 +156,7 @@ class World:
             body = self.a.get(path).json()
             if body.get(field) in done:
                 return body
-            time.sleep(0.5)
+            time.sleep(0.2)
         raise AssertionError(f"{path} never reached {done}: {body}")
 
 
@@ -208,13 +209,15 @@ def provisioned(world: World) -> dict[str, dict[str, Any]]:
     links = [a.post(f"/v1/apps/{APP_NAME}/links", json={"database": name}) for name in ("orders", "cache")]
     assert [r.status_code for r in links] == [201, 201], [r.text for r in links]
     assert [r.json()["env_name"] for r in links] == ["DATABASE_URL", "REDIS_URL"]
+    # The links hold the URLs from the start: the release gets them while the databases still
+    # provision (the app's /healthz touches neither), and the tests below wait for both.
+    dep = world.platform.deploy(APP_NAME, tar_gz({"app.py": APP, "Dockerfile": DOCKERFILE}))
     dbs = {name: world.wait(f"/v1/databases/{name}", "status", {"available", "failed"}) for name in ("orders", "cache")}
     provision_s = time.monotonic() - started
     assert all(d["status"] == "available" for d in dbs.values()), dbs
-    dep = world.platform.deploy(APP_NAME, tar_gz({"app.py": APP, "Dockerfile": DOCKERFILE}))
     body = world.platform.wait(APP_NAME, dep, timeout=240)
     assert body["status"] == "running", body
-    print(f"\nprovisioned postgres+redis in {provision_s:.1f}s; deployed in {time.monotonic() - started - provision_s:.1f}s")
+    print(f"\nprovisioned postgres+redis in {provision_s:.1f}s; deployed {time.monotonic() - started - provision_s:.1f}s later")
     return {**dbs, "deployment": body}
 
 
@@ -311,12 +314,16 @@ def test_tenant_b_can_neither_reach_nor_see_tenant_a_databases(world: World, pro
                                                  name=f"moorage-e2e-probe-{RUN_ID}", command=["sleep", "300"]), runtime.policy)
     try:
         client = docker.from_env()
+        attempts = []
         for name, port in (("orders", 5432), ("cache", 6379)):
             [c] = client.containers.list(filters={"label": [f"moorage.tenant={world.platform.tenant_name}", f"db.moorage/name={name}"]})
             ip = c.attrs["NetworkSettings"]["Networks"][f"moorage-t-{world.platform.tenant_name}"]["IPAddress"]
-            for host in (ip, f"db-{name}"):
-                result = runtime.containers.exec(probe.id, ["python3", "-c", CONNECT, host, str(port)])
-                assert result.exit_code != 0 and "blocked" in result.output, f"B reached A's {name} at {host}: {result.output}"
+            attempts += [(name, host, port) for host in (ip, f"db-{name}")]
+        # All at once: a dropped connection waits out its whole timeout.
+        with ThreadPoolExecutor(max_workers=len(attempts)) as pool:
+            results = list(pool.map(lambda a: runtime.containers.exec(probe.id, ["python3", "-c", CONNECT, a[1], str(a[2])]), attempts))
+        for (name, host, _), result in zip(attempts, results, strict=True):
+            assert result.exit_code != 0 and "blocked" in result.output, f"B reached A's {name} at {host}: {result.output}"
     finally:
         runtime.containers.remove(probe.id, force=True)
     a_db = provisioned["orders"]

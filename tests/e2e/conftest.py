@@ -19,7 +19,7 @@ from control.app import create_app
 from control.settings import Settings
 from runtime.traefik import TraefikProcess
 from tests.conftest import Caller
-from tests.runtime.helpers import PYTHON, RUN_ID, SETUP_HINT
+from tests.runtime.helpers import PYTHON, RUN_ID, SETUP_HINT, TRAEFIK_THROTTLE
 
 TERMINAL = {"running", "failed", "cancelled"}
 
@@ -46,7 +46,7 @@ def traefik() -> Iterator[TraefikProcess]:
     except Exception as exc:
         pytest.fail(f"Docker or {PYTHON} unavailable ({exc}): {SETUP_HINT}", pytrace=False)
     try:
-        proc = TraefikProcess().start()
+        proc = TraefikProcess(throttle=TRAEFIK_THROTTLE).start()
     except (FileNotFoundError, RuntimeError, TimeoutError) as exc:
         pytest.fail(f"could not start Traefik ({exc}): {SETUP_HINT}", pytrace=False)
     yield proc

@@ -16,7 +16,7 @@ import httpx
 from runtime.traefik import TraefikProcess
 from tests.e2e.apps import source, tar_gz
 from tests.fault.conftest import PlatformFactory
-from tests.runtime.helpers import RUN_ID
+from tests.runtime.helpers import RUN_ID, TRAEFIK_THROTTLE
 
 RECONCILE_S = 2
 
@@ -30,7 +30,7 @@ def _answer(url: str, host: str) -> str:
 
 
 def test_traefik_down_then_back_without_its_route_files(make_platform: PlatformFactory) -> None:
-    with TraefikProcess() as traefik, make_platform("traefik", traefik, reconcile_interval_s=RECONCILE_S,
+    with TraefikProcess(throttle=TRAEFIK_THROTTLE) as traefik, make_platform("traefik", traefik, reconcile_interval_s=RECONCILE_S,
                                                      route_verify_timeout_s=3) as p:
         versions = {"alpha": f"alpha1-{RUN_ID}", "beta": f"beta1-{RUN_ID}"}
         for app, version in versions.items():

@@ -22,7 +22,14 @@ from runtime.resilience import BreakerRegistry
 from runtime.router import Router
 from runtime.settings import RuntimeSettings
 from runtime.traefik import TraefikProcess
-from tests.runtime.helpers import BUSYBOX, PYTHON, RUN_ID, RUN_LABEL, SETUP_HINT
+from tests.runtime.helpers import (
+    BUSYBOX,
+    PYTHON,
+    RUN_ID,
+    RUN_LABEL,
+    SETUP_HINT,
+    TRAEFIK_THROTTLE,
+)
 
 
 @pytest.fixture(scope="session")
@@ -93,7 +100,7 @@ def images(engine: DockerEngine) -> Images:
 def traefik(runtime_settings: RuntimeSettings, engine: DockerEngine) -> Iterator[TraefikProcess]:
     """Our own Traefik on a free loopback port, same static config generator as host-setup."""
     try:
-        proc = TraefikProcess(dynamic_dir=Path(runtime_settings.traefik_dynamic_dir)).start()
+        proc = TraefikProcess(dynamic_dir=Path(runtime_settings.traefik_dynamic_dir), throttle=TRAEFIK_THROTTLE).start()
     except (FileNotFoundError, RuntimeError, TimeoutError) as exc:
         pytest.fail(f"could not start Traefik ({exc}): {SETUP_HINT}", pytrace=False)
     yield proc

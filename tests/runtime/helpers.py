@@ -16,6 +16,12 @@ PYTHON = "moorage/python:3-bookworm"
 RUN_ID = uuid.uuid4().hex[:8]
 RUN_LABEL = "test.moorage/run"
 SETUP_HINT = "run `sudo bash deploy/host-setup.sh` to install and start dockerd, runsc and Traefik"
+# The test Traefiks apply a route change this long after they see it (host-setup keeps 500ms).
+# Every deploy waits for Traefik to serve its release, so a shorter throttle shortens each one;
+# it changes how often Traefik reloads, not what a reload does (whole files, old or new).
+TRAEFIK_THROTTLE = "100ms"
+# Long enough that a route change Traefik has seen is applied: several throttle periods.
+PAST_TRAEFIK_THROTTLE_S = 0.5
 
 
 def tenant_name(label: str) -> str:

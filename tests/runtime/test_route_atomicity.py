@@ -55,7 +55,7 @@ def test_rewrites_under_load_never_404_or_502(backends: tuple[str, str, list[Bac
         w.start()
     try:
         rewrites = 0
-        deadline = time.monotonic() + 4.0  # Traefik throttles reloads (500ms): span several
+        deadline = time.monotonic() + 4.0  # Traefik throttles reloads: span many of them
         while time.monotonic() < deadline:
             # Alternate backends; also vary an extra host so each write is a real change.
             target = two if rewrites % 2 == 0 else one

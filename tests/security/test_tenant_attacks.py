@@ -33,7 +33,7 @@ from runtime.traefik import TraefikProcess
 from tests.conftest import Caller
 from tests.e2e.apps import source, tar_gz
 from tests.e2e.conftest import cleanup_tenant, e2e_settings, traefik  # noqa: F401 (fixture)
-from tests.runtime.helpers import PYTHON, RUN_ID
+from tests.runtime.helpers import PAST_TRAEFIK_THROTTLE_S, PYTHON, RUN_ID
 from tests.security.host_watch import HostWatch
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -198,7 +198,7 @@ def test_a_route_key_collision_does_not_take_the_victims_hostname(arena: Arena) 
     with HostWatch(arena.traefik.url, arena.host(ROUTE_VICTIM, "app"), body_prefix="version=victim") as watch:
         assert arena.deploy(ROUTE_ATTACKER, "w--app", "attacker")["status"] == "running"
         arena.app.state.services.deploys.reconciler.run_once()
-        time.sleep(1.5)  # past Traefik's reload throttle
+        time.sleep(PAST_TRAEFIK_THROTTLE_S)  # the attacker's route is applied: the watch sees what it did
     failures = watch.failures
     assert not failures, f"the victim's hostname failed {len(failures)} times: {failures[:5]}"
     assert arena.get(ROUTE_ATTACKER, "w--app").text.startswith("version=attacker")

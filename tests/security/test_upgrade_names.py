@@ -30,7 +30,7 @@ from control.app import create_app
 from runtime.traefik import TraefikProcess
 from tests.conftest import Caller
 from tests.e2e.conftest import cleanup_tenant, e2e_settings, traefik  # noqa: F401 (fixture)
-from tests.runtime.helpers import RUN_ID
+from tests.runtime.helpers import PAST_TRAEFIK_THROTTLE_S, RUN_ID
 from tests.security.host_watch import HostWatch
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -138,7 +138,7 @@ def test_an_install_of_the_previous_release_keeps_working(legacy_install: dict, 
             while (legacy_route.exists() or not new_route.exists()) and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert new_route.exists() and not legacy_route.exists(), sorted(p.name for p in dynamic.iterdir())
-            time.sleep(1.5)  # past Traefik's reload throttle: the new file serves alone
+            time.sleep(PAST_TRAEFIK_THROTTLE_S)  # past Traefik's reload throttle: the new file serves alone
             watch.stop()
             assert not watch.failures, f"the app failed {len(watch.failures)} times during the upgrade: {watch.failures[:5]}"
             assert caller.get("/v1/apps/web").json()["url"].startswith("http")

@@ -12,16 +12,29 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 
 import docker
 import httpx
 import pytest
 
+from control.jobs import runtime as control_runtime
 from runtime.traefik import TraefikProcess
 from tests.e2e.apps import source, tar_gz
 from tests.fault import dockerd
 from tests.fault.conftest import PlatformFactory
 from tests.runtime.helpers import RUN_ID
+
+
+@pytest.fixture
+def short_docker_breaker(monkeypatch: pytest.MonkeyPatch) -> float:
+    """The control plane's Docker breaker opens during the outage, and the interrupted job then
+    waits for its trial call. Its reset (30 s, no setting yet) would be most of this test's
+    time; 5 s takes the same path: open, wait, trial call, closed."""
+    reset_s = 5.0
+    real = control_runtime.runtime_settings
+    monkeypatch.setattr(control_runtime, "runtime_settings", lambda settings: replace(real(settings), breaker_reset_timeout=reset_s))
+    return reset_s
 
 
 @pytest.fixture
@@ -69,7 +82,8 @@ def _build_step_containers(marker: str) -> list[str]:
         client.close()
 
 
-def test_dockerd_restart_mid_build(make_platform: PlatformFactory, traefik: TraefikProcess, dockerd_argv: list[str]) -> None:
+def test_dockerd_restart_mid_build(make_platform: PlatformFactory, traefik: TraefikProcess, dockerd_argv: list[str],
+                                   short_docker_breaker: float) -> None:
     assert dockerd.live_restore(), "dockerd runs without live-restore: run deploy/host-setup.sh (it sets it)"
     with make_platform("dockerd", traefik, health_timeout_s=30, job_lease_s=10) as p:
         for name in ("steady", "victim"):

@@ -31,7 +31,7 @@ def _answer(url: str, host: str) -> str:
 
 def test_traefik_down_then_back_without_its_route_files(make_platform: PlatformFactory) -> None:
     with TraefikProcess(throttle=TRAEFIK_THROTTLE) as traefik, make_platform("traefik", traefik, reconcile_interval_s=RECONCILE_S,
-                                                     route_verify_timeout_s=3) as p:
+                                                     route_verify_timeout_s=2) as p:
         versions = {"alpha": f"alpha1-{RUN_ID}", "beta": f"beta1-{RUN_ID}"}
         for app, version in versions.items():
             assert p.tenant.post("/v1/apps", json={"name": app}).status_code == 201

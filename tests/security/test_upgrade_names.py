@@ -54,7 +54,8 @@ import docker
 data_dir, dynamic_dir, traefik_url, tenant_name, secret = sys.argv[1:6]
 settings = Settings(data_dir=Path(data_dir), base_domain="apps.test", traefik_dynamic_dir=Path(dynamic_dir),
                     traefik_url=traefik_url, reconcile_interval_s=2, health_timeout_s=30, swap_drain_ms=200,
-                    job_lease_s=10, rate_limit_key_quota=100000, rate_limit_tenant_quota=100000)
+                    job_lease_s=10, rate_limit_key_quota=100000, rate_limit_tenant_quota=100000,
+                    deploys_per_tenant=2)  # the database provisions while the app deploys
 app = create_app(settings)
 
 def wait(caller_get, path, field, done):
@@ -75,8 +76,8 @@ with TestClient(app, raise_server_exceptions=False, timeout=120) as client:
     assert client.post("/v1/apps", json={"name": "web", "port": 8080}, headers=h).status_code == 201
     dep = client.post("/v1/apps/web/deployments", content=tar_gz(source("legacy")),
                       headers={**h, "Content-Type": "application/gzip"}).json()
-    assert wait(get, f"/v1/apps/web/deployments/{dep['id']}", "status", {"running", "failed"})["status"] == "running"
     assert client.post("/v1/databases", json={"name": "cache", "engine": "redis", "memory_mb": 64}, headers=h).status_code == 202
+    assert wait(get, f"/v1/apps/web/deployments/{dep['id']}", "status", {"running", "failed"})["status"] == "running"
     db = wait(get, "/v1/databases/cache", "status", {"available", "failed"})
     assert db["status"] == "available", db
     url = get("/v1/databases/cache/connection?reveal=true").json()["url"]

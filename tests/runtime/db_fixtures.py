@@ -136,19 +136,27 @@ def database_id() -> str:
 def _teardown(engine: DockerEngine, containers: Containers, networks: TenantNetworks,
               databases: Databases, made: list[ContainerInfo], tenants: tuple[str, str]) -> None:
     """Every step runs even if one fails (a leftover volume must not survive a failed test);
-    the first error is raised at the end."""
-    steps: list[Callable[[], object]] = [functools.partial(containers.remove, c.id, force=True) for c in made]
+    the first error is raised at the end. The containers go first, all at once (each removal
+    mostly waits for its own sandbox), then the volumes, then the networks."""
+    removals: list[Callable[[], object]] = [functools.partial(containers.remove, c.id, force=True) for c in made]
     # Tests may replace an instance (re-provision): look them up rather than keep a list.
-    steps += [functools.partial(databases.remove, inst, purge_volume=True)
-              for inst in databases.list(tenants[0])]
-    steps.append(lambda: [v.remove(force=True) for v in
-                          engine.client.volumes.list(filters={"label": f"{RUN_LABEL}={RUN_ID}"})])
-    steps += [functools.partial(networks.remove, t) for t in tenants]
+    removals += [functools.partial(databases.remove, inst, purge_volume=True)
+                 for inst in databases.list(tenants[0])]
     errors: list[Exception] = []
-    for step in steps:
+
+    def volumes() -> None:
+        for volume in engine.client.volumes.list(filters={"label": f"{RUN_LABEL}={RUN_ID}"}):
+            volume.remove(force=True)
+
+    def attempt(step: Callable[[], object]) -> None:
         try:
             step()
         except Exception as exc:  # noqa: BLE001 (collected, the first is re-raised)
             errors.append(exc)
+
+    with ThreadPoolExecutor(max_workers=max(1, len(removals))) as pool:
+        list(pool.map(attempt, removals))
+    for step in [volumes, *(functools.partial(networks.remove, t) for t in tenants)]:
+        attempt(step)
     if errors:
         raise errors[0]

@@ -61,7 +61,7 @@ class RealNode:
                 return node
             assert self.process.poll() is None, f"node agent exited while waiting for {what}"
             assert time.monotonic() < deadline, f"timed out waiting for {what}: {node['status']} {node['report']}"
-            time.sleep(1.0)
+            time.sleep(0.25)
 
     def usage_by_request(self) -> dict[str, dict[str, Any]]:
         rows = self.platform.call("GET", "/v1/usage?detail=true&limit=200", self.key).json()["rows"]

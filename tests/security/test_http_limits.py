@@ -22,7 +22,7 @@ from control.settings import Settings
 from tests.live_server import free_port, serving
 
 UPLOAD_LIMIT = 64 * 1024
-BODY_TOTAL_S = 3
+BODY_TOTAL_S = 2  # twice the idle limit (1 s): which of the two cut a body off shows in its time
 BODY_IDLE_S = 1.5
 
 

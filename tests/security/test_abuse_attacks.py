@@ -14,6 +14,7 @@ import re
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -126,25 +127,33 @@ def _read_in_bursts(client: socket.socket, pause_s: float, burst: int = 1 << 20,
     return bytes(received), pauses
 
 
+def _stream_lines(platform: Platform, token: str) -> list[str]:
+    """The data lines of a whole streamed chat completion, read as fast as they come."""
+    with platform.http.stream(
+        "POST", platform.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {token}"},
+        json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": True},
+    ) as response:  # fmt: skip
+        return [line for line in response.iter_lines() if line.startswith("data: ")]
+
+
 def test_a_slow_reader_and_a_slow_engine_are_not_cut_off(tmp_path: Path) -> None:
     """The limit is on time without progress to the client, not on the stream's length
     nor on the engine's pace: a client that keeps pausing for less than the limit (with
     the server's sends blocked meanwhile) gets the whole stream, and so does one whose
     engine is silent for longer than the limit between two tokens."""
-    with _gateway(tmp_path, "--words", "30000") as (platform, _, _, token, _):
+    with (_gateway(tmp_path, "--words", "30000") as (platform, _, _, token, _),
+          _gateway(tmp_path / "slow-engine", "--words", "2", "--delay", str(STREAM_IDLE_S * 1.5)) as slow_engine,
+          ThreadPoolExecutor(max_workers=1) as pool):
+        # The slow engine's stream (a control plane of its own) mostly waits: it runs meanwhile.
+        slow_lines = pool.submit(_stream_lines, slow_engine[0], slow_engine[3])
         with _open_stream(platform, token, 30000) as client:
             received, pauses = _read_in_bursts(client, pause_s=STREAM_IDLE_S * 0.6)
         assert pauses >= 3, f"the stream fit in {pauses} pauses: too short to prove anything"
         assert received.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n"), f"cut off after {len(received)} bytes"
         _wait_for(lambda: _usage_rows(platform, token), 10, "no usage row")
         assert _usage_rows(platform, token)[0]["status"] == "ok"
-    with _gateway(tmp_path / "slow-engine", "--words", "2", "--delay", str(STREAM_IDLE_S * 1.5)) as (platform, _, _, token, _):
-        with platform.http.stream(
-            "POST", platform.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {token}"},
-            json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": True},
-        ) as response:  # fmt: skip
-            lines = [line for line in response.iter_lines() if line.startswith("data: ")]
-        assert lines[-1] == "data: [DONE]" and len(lines) >= 3
+        lines = slow_lines.result()
+    assert lines[-1] == "data: [DONE]" and len(lines) >= 3
 
 
 AUTH_QUOTA = 20

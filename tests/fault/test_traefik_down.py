@@ -30,12 +30,15 @@ def _answer(url: str, host: str) -> str:
 
 
 def test_traefik_down_then_back_without_its_route_files(make_platform: PlatformFactory) -> None:
+    # Two deploys of the tenant at once: the apps do not depend on each other.
     with TraefikProcess(throttle=TRAEFIK_THROTTLE) as traefik, make_platform("traefik", traefik, reconcile_interval_s=RECONCILE_S,
-                                                     route_verify_timeout_s=2) as p:
+                                                     route_verify_timeout_s=2, deploys_per_tenant=2) as p:
         versions = {"alpha": f"alpha1-{RUN_ID}", "beta": f"beta1-{RUN_ID}"}
-        for app, version in versions.items():
+        for app in versions:
             assert p.tenant.post("/v1/apps", json={"name": app}).status_code == 201
-            assert p.wait(app, p.deploy(app, tar_gz(source(version))))["status"] == "running"
+        deployments = {app: p.deploy(app, tar_gz(source(version))) for app, version in versions.items()}
+        for app, version in versions.items():
+            assert p.wait(app, deployments[app])["status"] == "running"
             assert _answer(traefik.url, p.host(app)) == f"version={version}"
         assert p.client.get("/readyz").json()["checks"]["router"] == "ok"
 
@@ -48,8 +51,8 @@ def test_traefik_down_then_back_without_its_route_files(make_platform: PlatformF
         # Deploys go on while the router is down: a new app and a new release of alpha.
         versions |= {"gamma": f"gamma1-{RUN_ID}", "alpha": f"alpha2-{RUN_ID}"}
         assert p.tenant.post("/v1/apps", json={"name": "gamma"}).status_code == 201
-        for app in ("gamma", "alpha"):
-            dep = p.deploy(app, tar_gz(source(versions[app])))
+        deployments = {app: p.deploy(app, tar_gz(source(versions[app]))) for app in ("gamma", "alpha")}
+        for app, dep in deployments.items():
             assert p.wait(app, dep)["status"] == "running"
             assert "Traefik did not answer" in p.tenant.get(f"/v1/apps/{app}/deployments/{dep}/logs").text
 

@@ -36,7 +36,7 @@ from control.domain.databases import (
 from control.domain.tenants import TenantService
 from control.jobs.locks import AppLocks
 from control.jobs.outages import as_outage
-from control.jobs.runtime import INSTANCE_LABEL, AppRuntime
+from control.jobs.runtime_docker import INSTANCE_LABEL, DockerAppRuntime
 from control.jobs.workers import Handler, JobContext
 from control.store.repositories.databases import Database
 from control.store.repositories.jobs import Job
@@ -61,7 +61,7 @@ MiB = 2**20
 class DatabaseRuntime:
     """The runtime adapters, made on first use (so building the control plane needs no Docker)."""
 
-    def __init__(self, app_runtime: AppRuntime) -> None:
+    def __init__(self, app_runtime: DockerAppRuntime) -> None:
         self.app_runtime = app_runtime
         # Two jobs of a new tenant must not both create its network (Docker allows duplicate names).
         self._network_lock = threading.Lock()

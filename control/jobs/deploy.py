@@ -20,14 +20,18 @@ from control.domain.deployment_states import Status
 from control.domain.deployments import DeploymentService
 from control.domain.env import EnvService, SecretUnreadable
 from control.domain.errors import Invalid
-from control.domain.git_sources import GitHostRefused, check_git_source, curl_resolve_entries, resolve_git_host
+from control.domain.git_sources import (
+    GitHostRefused,
+    check_git_source,
+    curl_resolve_entries,
+    resolve_git_host,
+)
 from control.domain.links import LinkService
 from control.domain.releases import ReleaseService
-from control.jobs.build_leftovers import noting_step_containers, remove_leftovers
 from control.jobs.build_log import BuildLog
 from control.jobs.locks import AppLocks
 from control.jobs.outages import as_outage
-from control.jobs.runtime import AppRuntime
+from control.jobs.runtime_port import AppRuntime
 from control.jobs.source import SourceError, clone
 from control.jobs.swap import SwapCancelled, SwapFailed, SwapPlan, swap
 from control.jobs.workers import JobContext
@@ -37,13 +41,12 @@ from control.store.repositories.deployments import Deployment
 from control.store.repositories.jobs import Job
 from runtime.builders import (
     BuildCancelled,
+    BuildError,
     BuilderUnavailable,
     BuildRequest,
+    BuildTimeout,
     select_builder,
 )
-from runtime.builders.dockerfile import DockerfileBuilder
-from runtime.builders.nixpacks import NixpacksBuilder
-from runtime.images import BuildError, BuildTimeout
 
 log = structlog.get_logger("moorage.deploy")
 
@@ -110,7 +113,7 @@ class DeployPipeline:
     def _clean_up(self, deployment_id: str) -> None:
         self.deployments.discard_source(deployment_id)
         try:
-            remove_leftovers(self.deployments.workdir(deployment_id), self.runtime.containers)
+            self.runtime.remove_build_leftovers(self.deployments.workdir(deployment_id))
         except Exception as exc:  # Docker down: the note stays; nothing else depends on it
             log.warning("build_leftovers_not_removed", deployment_id=deployment_id, error=f"{type(exc).__name__}: {exc}")
 
@@ -130,7 +133,7 @@ class DeployPipeline:
     def _build(self, dep: Deployment, job: Job, app: App, tenant: str, out: BuildLog, ctx: JobContext) -> tuple[str, str]:
         self.deployments.transition(dep.id, Status.BUILDING, reason=f"attempt {job.attempts}" if job.attempts > 1 else None)
         workdir = self.deployments.workdir(dep.id)
-        if removed := remove_leftovers(workdir, self.runtime.containers):
+        if removed := self.runtime.remove_build_leftovers(workdir):
             out.step(f"removed {len(removed)} step container(s) the interrupted attempt left: {', '.join(removed)}")
         src = workdir / "src"
         if dep.source_kind == "git":
@@ -139,8 +142,6 @@ class DeployPipeline:
         elif not src.is_dir():
             raise Failed("the uploaded source is no longer on disk; upload it again")
         choice = select_builder(app.builder, src)
-        builder = (DockerfileBuilder(self.runtime.build_images) if choice == "dockerfile"
-                   else NixpacksBuilder(self.runtime.build_images, self.settings.nixpacks_bin))
         tag = f"{tenant_repository(dep.tenant_id)}{app.name}:{dep.id}"
         out.step(f"building with {choice} (app builder: {app.builder}) as {tag}")
         policy = BuildPolicy(allowed_images=self.settings.allowed_images, own_repository=tenant_repository(dep.tenant_id),
@@ -161,10 +162,10 @@ class DeployPipeline:
 
         started = time.monotonic()
         request = BuildRequest(source=src, tag=tag, tenant=tenant, app=app.name, timeout=float(self.settings.build_timeout_s),
-                               on_line=noting_step_containers(workdir, out.line), cancelled=cancelled, work_dir=workdir,
+                               on_line=out.line, cancelled=cancelled, work_dir=workdir,
                                prepare_dockerfile=checked)
         try:
-            built = builder.build(request)
+            built = self.runtime.build_image(choice, request)
         except BuilderUnavailable as exc:
             raise Failed(str(exc)) from None
         except DockerfileRefused as exc:
@@ -204,7 +205,7 @@ class DeployPipeline:
         target = self.releases.get(dep.source["release_id"])
         if target is None:
             raise Failed(f"release {dep.source.get('release')} no longer exists")
-        if not self.runtime.images.exists(target.image_id):
+        if not self.runtime.image_exists(target.image_id):
             raise Failed(f"the image of {target.name} was removed from this host; deploy that version from source")
         out.step(f"rollback to {target.name}: reusing image {target.image_id[:19]}, no build")
         self.deployments.transition(dep.id, Status.RELEASING, image=target.image_id)

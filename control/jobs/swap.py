@@ -15,12 +15,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import docker.errors
-
 from control.jobs.build_log import BuildLog
-from control.jobs.runtime import AppRuntime
+from control.jobs.runtime_port import AppRuntime, RemovalRefused, Route
 from control.store.repositories.releases import Release
-from runtime.healthcheck import wait_healthy
 
 
 class SwapFailed(RuntimeError):
@@ -44,26 +41,26 @@ class SwapTimings:
     route_s: float
 
 
+def container_name(tenant: str, app: str, deployment_id: str) -> str:
+    return f"moorage-{tenant}-{app}-{deployment_id}"
+
+
 def swap(rt: AppRuntime, plan: SwapPlan, log: BuildLog, *, health_timeout: float, verify_timeout: float,
          drain_s: float, make_current: Callable[[str, str], None], cancelled: Callable[[], bool]) -> SwapTimings:
     release = plan.release
-    name = rt.container_name(plan.tenant, plan.app, plan.deployment_id)
+    name = container_name(plan.tenant, plan.app, plan.deployment_id)
     started = time.monotonic()
-    info, ip = rt.start_app(tenant=plan.tenant, app=plan.app, release=release.name, image=release.image_id,
-                            env=plan.env, name=name)
+    new = rt.start_app(tenant=plan.tenant, app=plan.app, release=release.name, image=release.image_id,
+                       env=plan.env, name=name)
     start_s = time.monotonic() - started
-    log.step(f"started {name} at {ip} in {start_s:.2f}s; health check GET {release.health_check_path} on port {release.port}")
+    log.step(f"started {name} at {new.ip} in {start_s:.2f}s; health check GET {release.health_check_path} on port {release.port}")
 
-    def alive() -> bool:
-        return rt.containers.inspect(info.id).status == "running"
-
-    url = f"http://{ip}:{release.port}{release.health_check_path}"
-    health = wait_healthy(url, timeout=health_timeout, alive=alive)
+    health = rt.wait_healthy(new, port=release.port, path=release.health_check_path, timeout=health_timeout)
     if not health.ok or cancelled():
-        tail = _last_lines(rt, info.id)
+        tail = _last_lines(rt, new.id)
         for line in tail:
             log.line(f"[{release.name}] {line}")
-        rt.containers.remove(info.id, force=True)
+        rt.remove(new.id)
         if health.ok:
             raise _Cancelled()
         raise SwapFailed(
@@ -72,26 +69,26 @@ def swap(rt: AppRuntime, plan: SwapPlan, log: BuildLog, *, health_timeout: float
             "Last log lines of the new container:\n" + ("\n".join(tail) or "(none)")
         )
     log.step(f"healthy after {health.elapsed:.2f}s ({health.detail}); switching the route")
-    old = [c for c in rt.owned_apps(tenant=plan.tenant, app=plan.app) if c.id != info.id]
+    old = [c for c in rt.owned_apps(tenant=plan.tenant, app=plan.app) if c.id != new.id]
     switched = time.monotonic()
-    rt.write_route(plan.app_id, plan.tenant, plan.app, ip, release.port, release.name)
-    seen = rt.wait_served(plan.tenant, plan.app, release.name, verify_timeout)
+    route = Route(plan.app_id, plan.tenant, plan.app, new.address(), release.port, release.name)
+    rt.write_route(route)
+    seen = rt.wait_served(route, verify_timeout)
     route_s = time.monotonic() - switched
     if seen is None:
         log.step(f"warning: Traefik did not answer with {release.name} within {verify_timeout}s "
                  "(check MOORAGE_TRAEFIK_URL); the route file is written")
     else:
         log.step(f"Traefik serves {release.name} after {seen:.2f}s")
-    make_current(info.id, name)
+    make_current(new.id, name)
     if old:
         time.sleep(drain_s)  # requests already sent to the old container finish first
     for container in old:
         try:
-            rt.containers.stop(container.id, timeout=10)
-            rt.containers.remove(container.id, force=True)
+            rt.stop_and_remove(container.id)
             log.step(f"stopped the previous container {container.name}")
-        except docker.errors.APIError as exc:  # already gone or going: the new release is live either way
-            log.step(f"previous container {container.name} not removed ({exc.status_code}); the reconciler will")
+        except RemovalRefused as exc:  # already gone or going: the new release is live either way
+            log.step(f"previous container {container.name} not removed ({exc}); the reconciler will")
     return SwapTimings(start_s=start_s, health_s=health.elapsed, route_s=route_s)
 
 
@@ -104,6 +101,6 @@ SwapCancelled = _Cancelled
 
 def _last_lines(rt: AppRuntime, container_id: str, n: int = 20) -> list[str]:
     try:
-        return rt.containers.logs(container_id, tail=n)
+        return rt.log_tail(container_id, n)
     except Exception as exc:  # the reason should still be written
         return [f"(logs unavailable: {type(exc).__name__})"]

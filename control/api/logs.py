@@ -28,7 +28,7 @@ from control.api.streaming import KEEPALIVE_S, keepalive
 from control.domain.deployments import DeploymentService
 from control.domain.errors import Conflict
 from control.domain.releases import ReleaseService
-from control.jobs.build_log import read_from
+from control.jobs.build import read_from
 from control.jobs.runtime_docker import DockerAppRuntime
 from control.security.scopes import KeyScope
 

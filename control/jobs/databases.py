@@ -34,10 +34,8 @@ from control.domain.databases import (
     Status,
 )
 from control.domain.tenants import TenantService
-from control.jobs.locks import AppLocks
-from control.jobs.outages import as_outage
 from control.jobs.runtime_docker import INSTANCE_LABEL, DockerAppRuntime
-from control.jobs.workers import Handler, JobContext
+from control.jobs.workers import AppLocks, Handler, JobContext, as_outage
 from control.store.repositories.databases import Database
 from control.store.repositories.jobs import Job
 from runtime.databases import (

@@ -9,7 +9,7 @@ scripted). Nothing here imports Docker.
 Failures a caller acts on have types of their own: the builders' (``runtime.builders``:
 ``BuildError``, ``BuildTimeout``, ``BuildCancelled``, ``BuilderUnavailable``) and
 ``RemovalRefused``. A dependency that is down raises whatever its client raises; the
-pipeline tells those apart from the app's own failures with ``control.jobs.outages``.
+pipeline tells those apart from the app's own failures with ``control.jobs.workers.as_outage``.
 """
 
 from __future__ import annotations

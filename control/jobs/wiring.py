@@ -12,10 +12,9 @@ from control.domain.links import LinkService
 from control.domain.releases import ReleaseService
 from control.domain.tenants import TenantService
 from control.jobs.deploy import DeployPipeline
-from control.jobs.locks import AppLocks
 from control.jobs.queue import JobQueue, QueueConfig
 from control.jobs.runtime_docker import DockerAppRuntime
-from control.jobs.workers import WorkerPool
+from control.jobs.workers import AppLocks, WorkerPool
 from control.reconcile.reconciler import Reconciler
 from control.settings import Settings
 from control.store.database import Store

@@ -32,8 +32,8 @@ from control.domain.deployments import DeploymentService
 from control.domain.env import EnvService
 from control.domain.links import LinkService
 from control.domain.releases import ReleaseService
-from control.jobs.locks import AppLocks
 from control.jobs.runtime_port import AppContainer, AppRuntime, Route
+from control.jobs.workers import AppLocks
 from control.store.repositories.releases import DesiredApp
 from runtime.router import legacy_owners
 

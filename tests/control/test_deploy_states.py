@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from control.domain.deployment_states import (
+from control.domain.deployments import (
     TERMINAL,
     TRANSITIONS,
     InvalidTransition,

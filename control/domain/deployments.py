@@ -158,8 +158,10 @@ class DeploymentService:
             if Status(row.status) in (Status.RUNNING, Status.FAILED, Status.CANCELLED):
                 raise Conflict(f"Deployment {deployment_id} already ended ('{row.status}'); nothing to cancel.", code="deployment-finished")
             row.cancel_requested = True
-            if row.status == Status.QUEUED:  # no worker has it yet: cancel on the spot
-                self.queue.cancel_queued(session, deployment_id)
+            # On the spot only while no worker holds its job. A worker that claimed it is
+            # still 'queued' until its first step, and honours the flag at its next check:
+            # cancelled under it, its own next transition would be refused.
+            if row.status == Status.QUEUED and self.queue.cancel_queued(session, deployment_id):
                 _apply(row, Status.CANCELLED, "cancelled before it started", {})
             session.flush()
             return to_deployment(row)

@@ -120,7 +120,7 @@ async def _save_upload(request: Request[Any, Any, Any], target: Any, limit: int)
 
 class DeploymentController(Controller):
     path = "/v1/apps/{app:str}/deployments"
-    tags = ["deployments"]
+    tags = ["deployments"]  # noqa: RUF012 (Litestar's own attribute)
 
     @route("POST", "/", access=KeyScope.DEPLOY, errors=(404, 413, 415), status_code=202, request_max_body_size=None,
                     summary="Deploy: upload a tar.gz (application/gzip) or JSON {git: {url, ref}}")
@@ -238,7 +238,7 @@ class RollbackIn(msgspec.Struct, forbid_unknown_fields=True):
 
 class ReleaseController(Controller):
     path = "/v1/apps/{app:str}"
-    tags = ["releases"]
+    tags = ["releases"]  # noqa: RUF012 (Litestar's own attribute)
 
     @endpoint("GET", "/releases", access=KeyScope.READ, errors=(404,), summary="List an app's releases (oldest first)")
     def list(

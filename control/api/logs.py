@@ -78,7 +78,7 @@ async def _container_events(runtime: DockerAppRuntime, container_id: str, tail: 
                 *complete, buf = buf.split(b"\n")
                 for line in complete:
                     loop.call_soon_threadsafe(lines.put_nowait, line.decode("utf-8", "replace"))
-        except Exception:  # closed under us (client gone) or the container went away
+        except Exception:  # noqa: BLE001, S110 (closed under us: the client went away, or the container did)
             pass
         finally:
             if not closed.is_set():
@@ -103,7 +103,7 @@ async def _container_events(runtime: DockerAppRuntime, container_id: str, tail: 
 
 class LogController(Controller):
     path = "/v1/apps/{app:str}"
-    tags = ["logs"]
+    tags = ["logs"]  # noqa: RUF012 (Litestar's own attribute)
 
     @route("GET", "/deployments/{deployment:str}/logs", access=KeyScope.READ, errors=(404,),
                     summary="A deployment's build log (text, or SSE with follow=true)")

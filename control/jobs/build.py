@@ -130,7 +130,7 @@ def clone(url: str, ref: str, dest: Path, *, timeout: float, max_bytes: int,
     ]
     for cmd in steps:
         try:
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
             raise SourceError(f"git {cmd[cmd.index('-C') + 2] if '-C' in cmd else 'init'} took longer than {timeout:.0f}s") from None
         if done.returncode != 0:

@@ -255,7 +255,7 @@ class DatabaseJobs:
                 with self.locks.hold(database.id):
                     self._purge(database, self._tenant(database))
                 purged.append(database.id)
-            except Exception as exc:  # one failure must not stop the sweep; the next one retries
+            except Exception as exc:  # noqa: BLE001 (one failure must not stop the sweep; the next one retries)
                 log.warning("database_purge_failed", database_id=database.id, error=f"{type(exc).__name__}: {exc}")
         if purged:
             log.info("database_volumes_purged", database_ids=purged)

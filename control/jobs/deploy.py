@@ -100,7 +100,7 @@ class DeployPipeline:
         self.deployments.discard_source(deployment_id)
         try:
             self.runtime.remove_build_leftovers(self.deployments.workdir(deployment_id))
-        except Exception as exc:  # Docker down: the note stays; nothing else depends on it
+        except Exception as exc:  # noqa: BLE001 (Docker down: the note stays; nothing else depends on it)
             log.warning("build_leftovers_not_removed", deployment_id=deployment_id, error=f"{type(exc).__name__}: {exc}")
 
     # -- steps --------------------------------------------------------------------------
@@ -223,5 +223,5 @@ def swap(rt: AppRuntime, plan: SwapPlan, log: BuildLog, *, health_timeout: float
 def _last_lines(rt: AppRuntime, container_id: str, n: int = 20) -> list[str]:
     try:
         return rt.log_tail(container_id, n)
-    except Exception as exc:  # the reason should still be written
+    except Exception as exc:  # noqa: BLE001 (the deployment's reason must still be written)
         return [f"(logs unavailable: {type(exc).__name__})"]

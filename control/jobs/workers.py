@@ -121,7 +121,7 @@ class WorkerPool:
     def _recover(self) -> None:
         try:
             self.queue.recover_expired()
-        except Exception as exc:  # a failed sweep must not kill the pool; the next one retries
+        except Exception as exc:  # noqa: BLE001 (a failed sweep must not kill the pool; the next one retries)
             log.warning("job_recovery_failed", error=f"{type(exc).__name__}: {exc}")
 
     def _recover_loop(self) -> None:
@@ -132,7 +132,7 @@ class WorkerPool:
         while not self._stop.is_set():
             try:
                 job = self.queue.claim(owner) if self.queue.has_work() else None
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 (a failed claim must not kill the worker; it polls again)
                 log.warning("job_claim_failed", error=f"{type(exc).__name__}: {exc}")
                 job = None
             if job is None:
@@ -173,5 +173,5 @@ class WorkerPool:
                 if not self.queue.heartbeat(ctx.job, ctx.owner):
                     ctx.lease_lost.set()
                     return
-            except Exception as exc:  # a missed beat is survivable; the lease has slack
+            except Exception as exc:  # noqa: BLE001 (a missed beat is survivable; the lease has slack)
                 log.warning("job_heartbeat_failed", error=f"{type(exc).__name__}: {exc}")

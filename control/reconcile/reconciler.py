@@ -100,7 +100,7 @@ class Reconciler:
     def _guarded(self, report: Report, what: str, step: Callable[[], None]) -> None:
         try:
             step()
-        except Exception as exc:  # one app's trouble must not stop the pass for the others
+        except Exception as exc:  # noqa: BLE001 (one app's trouble must not stop the pass for the others)
             report.errors.append(f"{what}: {type(exc).__name__}: {exc}")
             log.warning("reconcile_failed", target=what, error=f"{type(exc).__name__}: {exc}")
 
@@ -201,7 +201,7 @@ class Reconciler:
         while True:
             try:
                 self.run_once()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 (a failed pass must not end the loop; the next one runs)
                 log.warning("reconcile_pass_failed", error=f"{type(exc).__name__}: {exc}")
             if self._stop.wait(self.interval_s):
                 return

@@ -35,10 +35,8 @@ from control.domain.databases import (
 )
 from control.domain.records import Database, Job
 from control.domain.tenants import TenantService
-from control.jobs.locks import AppLocks
-from control.jobs.outages import as_outage
-from control.jobs.runtime import INSTANCE_LABEL, AppRuntime
-from control.jobs.workers import Handler, JobContext
+from control.jobs.runtime_docker import INSTANCE_LABEL, DockerAppRuntime
+from control.jobs.workers import AppLocks, Handler, JobContext, as_outage
 from runtime.databases import (
     BackupIntegrityError,
     Backups,
@@ -60,7 +58,7 @@ MiB = 2**20
 class DatabaseRuntime:
     """The runtime adapters, made on first use (so building the control plane needs no Docker)."""
 
-    def __init__(self, app_runtime: AppRuntime) -> None:
+    def __init__(self, app_runtime: DockerAppRuntime) -> None:
         self.app_runtime = app_runtime
         # Two jobs of a new tenant must not both create its network (Docker allows duplicate names).
         self._network_lock = threading.Lock()
@@ -256,7 +254,7 @@ class DatabaseJobs:
                 with self.locks.hold(database.id):
                     self._purge(database, self._tenant(database))
                 purged.append(database.id)
-            except Exception as exc:  # one failure must not stop the sweep; the next one retries
+            except Exception as exc:  # noqa: BLE001 (one failure must not stop the sweep; the next one retries)
                 log.warning("database_purge_failed", database_id=database.id, error=f"{type(exc).__name__}: {exc}")
         if purged:
             log.info("database_volumes_purged", database_ids=purged)

@@ -12,10 +12,9 @@ from control.domain.links import LinkService
 from control.domain.releases import ReleaseService
 from control.domain.tenants import TenantService
 from control.jobs.deploy import DeployPipeline
-from control.jobs.locks import AppLocks
 from control.jobs.queue import JobQueue, QueueConfig
-from control.jobs.runtime import AppRuntime
-from control.jobs.workers import WorkerPool
+from control.jobs.runtime_docker import DockerAppRuntime
+from control.jobs.workers import AppLocks, WorkerPool
 from control.reconcile.reconciler import Reconciler
 from control.settings import Settings
 from control.store.database import Store
@@ -27,7 +26,7 @@ class Deploys:
     deployments: DeploymentService
     releases: ReleaseService
     queue: JobQueue
-    runtime: AppRuntime  # adapters made on first use: building this needs no Docker
+    runtime: DockerAppRuntime  # adapters made on first use: building this needs no Docker
     workers: WorkerPool
     reconciler: Reconciler
 
@@ -38,7 +37,7 @@ class Deploys:
                                         dependency_wait_s=float(settings.job_dependency_wait_s)))
         deployments = DeploymentService(db, queue, settings.data_dir, max_attempts=settings.job_max_attempts)
         releases = ReleaseService(db)
-        runtime = AppRuntime(settings, breakers)
+        runtime = DockerAppRuntime(settings, breakers)
         locks = AppLocks()
         pipeline = DeployPipeline(settings, deployments, releases, env_vars, runtime, locks, links)
         queue.on_give_up[DEPLOY_JOB] = pipeline.give_up

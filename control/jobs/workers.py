@@ -1,8 +1,14 @@
-"""Worker threads that run queued jobs in the control-plane process.
+"""Worker threads that run queued jobs in the control-plane process, and what their jobs share.
 
 Threads, not asyncio tasks: builds and container calls are blocking SDK calls. Each running
 job gets a heartbeat thread renewing its lease; a handler asks ``ctx.lease_lost`` between
 steps and stops if another worker has taken the job over.
+
+Jobs tell a dependency outage from their own failure with ``as_outage``: Docker restarting
+mid-build, a socket that is gone for a moment, a breaker that is open say nothing about the
+tenant's app, so the job goes back to the queue (``RetryLater``, which uses no attempt)
+instead of failing the deployment or database. ``AppLocks`` keeps a swap, a database job
+and a reconcile pass from acting on one app (or database) at once in this process.
 """
 
 from __future__ import annotations
@@ -10,15 +16,18 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import structlog
 
 from control.domain.records import Job
 from control.jobs.queue import JobQueue
+from runtime.failures import CircuitOpenError, is_dependency_failure
 
 log = structlog.get_logger("moorage.jobs")
+OUTAGE_RETRY_S = 2.0  # the next try also goes through the breaker, which backs off for longer
 
 
 class RetryLater(Exception):
@@ -29,6 +38,43 @@ class RetryLater(Exception):
         super().__init__(reason)
         self.reason = reason
         self.delay_s = delay_s
+
+
+def as_outage(exc: BaseException) -> RetryLater | None:
+    """The ``RetryLater`` to raise when ``exc`` is a dependency outage, else None."""
+    if isinstance(exc, CircuitOpenError):
+        return RetryLater(f"dependency '{exc.name}' unavailable (circuit open)", delay_s=max(1.0, exc.retry_after))
+    if is_dependency_failure(exc, idempotent=False):  # unreachable, reset or timed out; a 5xx answer is not an outage
+        return RetryLater(f"lost the connection to the Docker engine ({type(exc).__name__}: {str(exc)[:200]})",
+                          delay_s=OUTAGE_RETRY_S)
+    return None
+
+
+class AppLocks:
+    """Per-app (or per-database) locks in this process."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+
+    def _lock(self, key: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._lock(key):
+            yield
+
+    @contextmanager
+    def try_hold(self, key: str) -> Iterator[bool]:
+        lock = self._lock(key)
+        acquired = lock.acquire(blocking=False)
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                lock.release()
 
 
 @dataclass
@@ -75,7 +121,7 @@ class WorkerPool:
     def _recover(self) -> None:
         try:
             self.queue.recover_expired()
-        except Exception as exc:  # a failed sweep must not kill the pool; the next one retries
+        except Exception as exc:  # noqa: BLE001 (a failed sweep must not kill the pool; the next one retries)
             log.warning("job_recovery_failed", error=f"{type(exc).__name__}: {exc}")
 
     def _recover_loop(self) -> None:
@@ -86,7 +132,7 @@ class WorkerPool:
         while not self._stop.is_set():
             try:
                 job = self.queue.claim(owner) if self.queue.has_work() else None
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 (a failed claim must not kill the worker; it polls again)
                 log.warning("job_claim_failed", error=f"{type(exc).__name__}: {exc}")
                 job = None
             if job is None:
@@ -127,5 +173,5 @@ class WorkerPool:
                 if not self.queue.heartbeat(ctx.job, ctx.owner):
                     ctx.lease_lost.set()
                     return
-            except Exception as exc:  # a missed beat is survivable; the lease has slack
+            except Exception as exc:  # noqa: BLE001 (a missed beat is survivable; the lease has slack)
                 log.warning("job_heartbeat_failed", error=f"{type(exc).__name__}: {exc}")

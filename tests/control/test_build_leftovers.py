@@ -12,7 +12,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from control.jobs.build_leftovers import noting_step_containers, remove_leftovers
+from control.jobs.runtime_docker import noting_step_containers, remove_leftovers
 from runtime.containers import Containers
 from runtime.docker_engine import DockerEngine
 from runtime.resilience import BreakerRegistry

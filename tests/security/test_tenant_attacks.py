@@ -26,7 +26,8 @@ from litestar import Litestar
 from litestar.testing import TestClient
 
 from control.app import create_app
-from control.jobs.runtime import INSTANCE_LABEL
+from control.jobs.runtime_docker import INSTANCE_LABEL
+from control.jobs.runtime_port import Route
 from runtime.databases.provision import ID_LABEL
 from runtime.sandbox import ContainerSpec
 from runtime.traefik import TraefikProcess
@@ -243,7 +244,7 @@ def test_the_reconciler_removes_what_no_live_app_or_database_accounts_for(arena:
 
     # Orphans of ours: a route of an app id nothing knows, an old-style file of our tenant's
     # deleted app, a database container whose database is gone.
-    rt.write_route("app_0000000000orphan0000000000", tenant, "ghost", "10.255.0.9", 8080, "v9")
+    rt.write_route(Route("app_0000000000orphan0000000000", tenant, "ghost", "10.255.0.9", 8080, "v9"))
     (dynamic / f"{tenant}--ghost.yml").write_text("http: {}\n")
     net = rt.networks.ensure(tenant).name
     orphan_db = rt.containers.run(ContainerSpec(

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from control.clock import utcnow
 from control.domain.apps import AppService
 from control.domain.deployments import DEPLOY_JOB, DeploymentService
 from control.domain.env import EnvService, EnvValue
@@ -25,7 +26,6 @@ from control.security.keyring import ReloadingKeyring
 from control.security.master_keys import KeySource
 from control.settings import Settings
 from control.store.database import Store
-from control.store.types import utcnow
 
 DOCKERFILE = 'FROM moorage/python:3-bookworm\nCMD ["python3", "-m", "http.server"]\n'
 

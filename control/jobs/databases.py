@@ -10,7 +10,7 @@ already redacted. A dependency that is down (circuit open) retries the job later
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -36,7 +36,7 @@ from control.domain.databases import (
 from control.domain.records import Database, Job
 from control.domain.tenants import TenantService
 from control.jobs.runtime_docker import INSTANCE_LABEL, DockerAppRuntime
-from control.jobs.workers import AppLocks, Handler, JobContext, as_outage
+from control.jobs.workers import AppLocks, JobContext, JobKind, as_outage
 from runtime.databases import (
     BackupIntegrityError,
     Backups,
@@ -97,20 +97,26 @@ class DatabaseJobs:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
-    def handlers(self) -> dict[str, Handler]:
-        return {PROVISION_JOB: self.provision, BACKUP_JOB: self.backup, RESTORE_JOB: self.restore, DELETE_JOB: self.delete}
+    def kinds(self) -> dict[str, JobKind]:
+        """The job kinds this runs, for the worker pool's registry."""
 
-    def give_up_hooks(self) -> dict[str, Callable[[Job, str], None]]:
-        def provision(job: Job, reason: str) -> None:
+        def provision_gave_up(job: Job, reason: str) -> None:
             self.databases.mark(job.subject_id, Status.FAILED, expect=(Status.PROVISIONING,), reason=f"gave up: {reason}")
 
-        def delete(job: Job, reason: str) -> None:  # back to a state a retried DELETE accepts
+        def delete_gave_up(job: Job, reason: str) -> None:  # back to a state a retried DELETE accepts
             self.databases.mark(job.subject_id, Status.FAILED, expect=(Status.DELETING,), reason=f"delete gave up: {reason}")
 
+        def backup_gave_up(job: Job, reason: str) -> None:
+            self.backups.mark(job.subject_id, FAILED, reason=f"gave up: {reason}")
+
+        def restore_gave_up(job: Job, reason: str) -> None:
+            self.backups.mark_restore(job.subject_id, FAILED, reason=f"gave up: {reason}")
+
         return {
-            PROVISION_JOB: provision, DELETE_JOB: delete,
-            BACKUP_JOB: lambda job, reason: self.backups.mark(job.subject_id, FAILED, reason=f"gave up: {reason}"),
-            RESTORE_JOB: lambda job, reason: self.backups.mark_restore(job.subject_id, FAILED, reason=f"gave up: {reason}"),
+            PROVISION_JOB: JobKind(self.provision, provision_gave_up),
+            DELETE_JOB: JobKind(self.delete, delete_gave_up),
+            BACKUP_JOB: JobKind(self.backup, backup_gave_up),
+            RESTORE_JOB: JobKind(self.restore, restore_gave_up),
         }
 
     # -- helpers ---------------------------------------------------------------------------

@@ -16,9 +16,10 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import structlog
 
@@ -85,13 +86,23 @@ class JobContext:
 
 
 Handler = Callable[[Job, JobContext], None]
+GiveUp = Callable[[Job, str], None]
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """What a worker does with a job of one kind, and whom it tells when the job is given up
+    (its attempts used, or a dependency down too long) so the job's subject never stays busy."""
+
+    run: Handler
+    give_up: GiveUp | None = None
 
 
 class WorkerPool:
-    def __init__(self, queue: JobQueue, handlers: dict[str, Handler], *, count: int = 2, poll_s: float = 0.5,
+    def __init__(self, queue: JobQueue, kinds: Mapping[str, JobKind], *, count: int = 2, poll_s: float = 0.5,
                  recover_every_s: float = 5.0) -> None:
         self.queue = queue
-        self.handlers = handlers
+        self.kinds: Mapping[str, JobKind] = MappingProxyType(dict(kinds))  # the one registry, fixed at construction
         self.count = count
         self.poll_s = poll_s
         self.recover_every_s = recover_every_s
@@ -101,7 +112,7 @@ class WorkerPool:
 
     def start(self) -> None:
         self._stop.clear()
-        self._recover()  # on start: whatever a crashed process left running gets a verdict now or at lease end
+        self.recover()  # on start: whatever a crashed process left running gets a verdict now or at lease end
         for n in range(self.count):
             thread = threading.Thread(target=self._loop, args=(f"{self.process_id}:w{n}",), name=f"moorage-worker-{n}", daemon=True)
             thread.start()
@@ -118,15 +129,22 @@ class WorkerPool:
             thread.join(timeout)
         self._threads.clear()
 
-    def _recover(self) -> None:
+    def recover(self) -> list[tuple[Job, bool]]:
+        """Put back (False) or give up (True) the jobs whose worker died, telling the owners of
+        those given up; the pool does this on start and periodically."""
         try:
-            self.queue.recover_expired()
+            outcomes = self.queue.recover_expired()
         except Exception as exc:  # noqa: BLE001 (a failed sweep must not kill the pool; the next one retries)
             log.warning("job_recovery_failed", error=f"{type(exc).__name__}: {exc}")
+            return []
+        for job, gave_up in outcomes:
+            if gave_up:
+                self._give_up(job, job.last_error or "lease expired")
+        return outcomes
 
     def _recover_loop(self) -> None:
         while not self._stop.wait(self.recover_every_s):
-            self._recover()
+            self.recover()
 
     def _loop(self, owner: str) -> None:
         while not self._stop.is_set():
@@ -149,22 +167,26 @@ class WorkerPool:
         bound = structlog.contextvars.bound_contextvars(job_id=job.id, kind=job.kind, tenant_id=job.tenant_id)
         with bound:
             try:
-                self.handlers[job.kind](job, ctx)
+                self.kinds[job.kind].run(job, ctx)
             except RetryLater as exc:
                 requeued = self.queue.retry_later(job, owner, exc.reason, exc.delay_s)
                 log.warning("job_retry_later", reason=exc.reason, requeued=requeued)
-                if not requeued and (hook := self.queue.on_give_up.get(job.kind)):
-                    hook(job, exc.reason)
+                if not requeued:
+                    self._give_up(job, exc.reason)
             except Exception as exc:
                 log.error("job_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
                 self.queue.finish(job, owner, "failed", f"{type(exc).__name__}: {exc}")
-                if hook := self.queue.on_give_up.get(job.kind):
-                    hook(job, f"internal error: {type(exc).__name__}")
+                self._give_up(job, f"internal error: {type(exc).__name__}")
             else:
                 self.queue.finish(job, owner, "succeeded")
             finally:
                 beating.set()
                 beat.join(5)
+
+    def _give_up(self, job: Job, reason: str) -> None:
+        kind = self.kinds.get(job.kind)
+        if kind is not None and kind.give_up is not None:
+            kind.give_up(job, reason)
 
     def _heartbeat(self, ctx: JobContext, done: threading.Event) -> None:
         interval = max(0.2, self.queue.config.lease_s / 3)

@@ -12,7 +12,7 @@ and remove *orphans*, what no live app and no in-progress deployment accounts fo
   deleted app, so a hostname never keeps pointing at an IP another container may get;
 - route files of the code before routes were keyed by app id (`tenant--app.yml`) whose tenant
   is one of ours: a live app's is replaced by its id-keyed file, any other is removed;
-- whatever further sweeps were registered with ``also_sweep`` (database containers).
+- the further sweeps it was built with (database containers).
 
 Containers and files without our marks are never touched. Apps with a deployment in flight
 are skipped (the swap owns them until it finishes).
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -57,7 +57,8 @@ class _Backoff:
 class Reconciler:
     def __init__(self, releases: ReleaseService, deployments: DeploymentService, env_vars: EnvService, runtime: AppRuntime,
                  locks: AppLocks, *, interval_s: float, base_backoff_s: float = 1.0, clock: Callable[[], float] = time.monotonic,
-                 links: LinkService | None = None, tenant_names: Callable[[], set[str]] = set) -> None:
+                 links: LinkService | None = None, tenant_names: Callable[[], set[str]] = set,
+                 sweeps: Mapping[str, Callable[[], list[str]]] | None = None) -> None:
         self.releases = releases
         self.deployments = deployments
         self.env_vars = env_vars
@@ -68,7 +69,7 @@ class Reconciler:
         self.base_backoff_s = base_backoff_s
         self.clock = clock
         self.tenant_names = tenant_names
-        self._sweeps: list[tuple[str, Callable[[], list[str]]]] = []
+        self._sweeps = dict(sweeps or {})  # further sweeps, each returning what it removed
         self._backoff: dict[str, _Backoff] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -91,7 +92,7 @@ class Reconciler:
                     self._guarded(report, desired.app_name, lambda d=desired: self._converge(d, report))  # type: ignore[misc]
         self._guarded(report, "orphans", lambda: self._remove_orphans(report))
         self._guarded(report, "orphan routes", lambda: self._remove_orphan_routes(report))
-        for name, sweep in self._sweeps:
+        for name, sweep in self._sweeps.items():
             self._guarded(report, name, partial(_run_sweep, report, name, sweep))
         if report.actions:
             log.info("reconciled", actions=report.actions)
@@ -178,10 +179,6 @@ class Reconciler:
                 continue  # not ours, or a live app's: its converge replaces the file
             if rt.remove_legacy_route(stem):
                 report.actions.append(f"removed orphan route {stem} (written before id keys)")
-
-    def also_sweep(self, name: str, sweep: Callable[[], list[str]]) -> None:
-        """Run ``sweep`` on every pass; it returns what it removed."""
-        self._sweeps.append((name, sweep))
 
     # -- the loop -------------------------------------------------------------------------
     def start(self) -> None:

@@ -20,7 +20,7 @@ from control.jobs.deploy import DeployPipeline, container_name
 from control.jobs.queue import JobQueue, QueueConfig
 from control.jobs.runtime_fake import FakeContainer, InMemoryAppRuntime
 from control.jobs.runtime_port import Route
-from control.jobs.workers import AppLocks, WorkerPool
+from control.jobs.workers import AppLocks, JobKind, WorkerPool
 from control.reconcile.reconciler import Reconciler
 from control.security.keyring import ReloadingKeyring
 from control.security.master_keys import KeySource
@@ -53,8 +53,7 @@ class DeployWorld:
         self.runtime = InMemoryAppRuntime()
         locks = AppLocks()
         self.pipeline = DeployPipeline(settings, self.deployments, self.releases, self.env_vars, self.runtime, locks)
-        self.queue.on_give_up[DEPLOY_JOB] = self.pipeline.give_up
-        self.workers = WorkerPool(self.queue, {DEPLOY_JOB: self.pipeline}, count=0)
+        self.workers = WorkerPool(self.queue, {DEPLOY_JOB: JobKind(self.pipeline, self.pipeline.give_up)}, count=0)
         tenants = TenantService(self.db)
         self.reconciler = Reconciler(self.releases, self.deployments, self.env_vars, self.runtime, locks, interval_s=0,
                                      tenant_names=tenants.names)
@@ -109,7 +108,7 @@ class DeployWorld:
     def lapse_lease(self) -> list[tuple[Job, bool]]:
         """The silent worker's lease runs out; recovery requeues its job (False) or gives up (True)."""
         self.clock.advance(self.settings.job_lease_s + 1)
-        outcomes = self.queue.recover_expired()
+        outcomes = self.workers.recover()
         self.clock.advance(QueueConfig().retry_backoff_s + 1)  # the requeued job may run again
         return outcomes
 

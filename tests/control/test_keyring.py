@@ -10,7 +10,9 @@ import stat
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from litestar.testing import TestClient
 
 from control.app import StartupRefused, create_app
@@ -178,9 +180,8 @@ def test_first_start_generates_and_logs_a_key_without_showing_it(tmp_path: Path)
 
 def test_server_refuses_to_start_with_a_missing_explicit_key_file(tmp_path: Path) -> None:
     app = create_app(Settings(data_dir=tmp_path / "data", master_key_file=tmp_path / "absent.keys"))
-    with pytest.raises(BaseException) as failure:  # lifespan hooks may wrap it in an ExceptionGroup
-        with TestClient(app):
-            pass
+    with pytest.raises(BaseException) as failure, TestClient(app):  # lifespan hooks may wrap it in an ExceptionGroup
+        pass
     refusals = [failure.value]
     while isinstance(refusals[0], BaseExceptionGroup):
         refusals = list(refusals[0].exceptions)

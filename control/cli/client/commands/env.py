@@ -51,6 +51,6 @@ def run_set(args: argparse.Namespace, api: ApiClient) -> int:
 
 
 def run_unset(args: argparse.Namespace, api: ApiClient) -> int:
-    env = api.patch(f"/v1/apps/{args.app}/env", {"vars": {name: None for name in args.names}})
+    env = api.patch(f"/v1/apps/{args.app}/env", {"vars": dict.fromkeys(args.names)})
     emit(env if args.json else env["vars"], as_json=args.json, columns=COLUMNS)
     return 0

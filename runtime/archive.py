@@ -102,10 +102,11 @@ def _check_member(member: tarfile.TarInfo, root: Path, limits: ExtractLimits) ->
         raise ArchiveRejected(f"entry {name!r} has an absolute path")
     if ".." in Path(name).parts:
         raise ArchiveRejected(f"entry {name!r} climbs out of the tree with '..'")
-    if member.issym():
-        # Relative to the link's own directory; absolute targets always leave the tree.
-        if os.path.isabs(member.linkname) or not _inside(root, os.path.join(os.path.dirname(name), member.linkname)):
-            raise ArchiveRejected(f"symlink {name!r} points outside the source tree ({member.linkname!r})")
+    # A symlink's target is relative to the link's own directory; absolute targets always leave the tree.
+    if member.issym() and (
+        os.path.isabs(member.linkname) or not _inside(root, os.path.join(os.path.dirname(name), member.linkname))
+    ):
+        raise ArchiveRejected(f"symlink {name!r} points outside the source tree ({member.linkname!r})")
     if member.islnk() and (os.path.isabs(member.linkname) or not _inside(root, member.linkname)):
         raise ArchiveRejected(f"hardlink {name!r} points outside the source tree ({member.linkname!r})")
     if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
@@ -128,9 +129,7 @@ def extract_tar_gz(archive: Path, dest: Path, limits: ExtractLimits = ExtractLim
         with gzip.open(archive, "rb") as inflated:
             counted = io.BufferedReader(_CountingReader(inflated, limit))  # type: ignore[arg-type]
             with tarfile.open(fileobj=counted, mode="r|") as tar:
-                members = 0
-                for member in tar:
-                    members += 1
+                for members, member in enumerate(tar, start=1):
                     if members > limits.max_members:
                         raise ArchiveRejected(f"the archive has more than {limits.max_members} entries")
                     tar.extract(_check_member(member, root, limits), root, filter="fully_trusted")  # already filtered above

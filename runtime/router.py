@@ -12,6 +12,7 @@ sees the old file or the new one. Temp files end in `.tmp`, an extension Traefik
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
@@ -188,10 +189,8 @@ def atomic_write(target: Path, body: str, mode: int = 0o644) -> None:
         os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     _fsync_dir(target.parent)
 

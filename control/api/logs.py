@@ -101,7 +101,7 @@ async def _container_events(runtime: AppRuntime, container_id: str, tail: int) -
 
 class LogController(Controller):
     path = "/v1/apps/{app:str}"
-    tags = ["logs"]
+    tags = ("logs",)
 
     @route("GET", "/deployments/{deployment:str}/logs", access=KeyScope.READ, errors=(404,),
                     summary="A deployment's build log (text, or SSE with follow=true)")

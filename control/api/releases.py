@@ -53,7 +53,7 @@ class RollbackIn(msgspec.Struct, forbid_unknown_fields=True):
 
 class ReleaseController(Controller):
     path = "/v1/apps/{app:str}"
-    tags = ["releases"]
+    tags = ("releases",)
 
     @endpoint("GET", "/releases", access=KeyScope.READ, errors=(404,), summary="List an app's releases (oldest first)")
     def list(

@@ -116,7 +116,7 @@ class Settings:
         if self.inference_budget_period not in {"day", "month"}:
             raise SettingsError("MOORAGE_INFERENCE_BUDGET_PERIOD must be 'day' or 'month'")
         try:
-            self.git_networks
+            _ = self.git_networks  # parsed here so a bad value stops startup, not the first git fetch
         except ValueError as exc:
             raise SettingsError(f"MOORAGE_GIT_ALLOWED_NETWORKS must be comma-separated CIDRs: {exc}") from None
         from control.domain.image_refs import BadReference, parse

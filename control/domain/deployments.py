@@ -6,6 +6,7 @@ the rules: which source is acceptable, the state machine, cancellation.
 
 from __future__ import annotations
 
+import builtins  # `list` in a class body with a list() method names the method, not the type
 import json
 import shutil
 from pathlib import Path
@@ -90,7 +91,7 @@ class DeploymentService:
         with self.db.read() as session:
             return DeploymentRepository(session, None).get(deployment_id)
 
-    def active(self, app_id: str | None = None) -> list[Deployment]:
+    def active(self, app_id: str | None = None) -> builtins.list[Deployment]:
         with self.db.read() as session:
             return DeploymentRepository(session, None).active(app_id)
 

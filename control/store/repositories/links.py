@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from control.store.models import AppRow, DatabaseLinkRow, DatabaseRow
@@ -29,7 +29,7 @@ class LinkRepository:
         self.session = session
         self.tenant_id = tenant_id
 
-    def _query(self):  # type: ignore[no-untyped-def]
+    def _query(self) -> Select[DatabaseLinkRow, str, str, str]:
         return (
             select(DatabaseLinkRow, AppRow.name, DatabaseRow.name, DatabaseRow.engine)
             .join(AppRow, AppRow.id == DatabaseLinkRow.app_id)

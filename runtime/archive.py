@@ -21,7 +21,6 @@ import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 
 class ArchiveRejected(ValueError):
@@ -44,7 +43,7 @@ _CONTROL = frozenset(chr(c) for c in (*range(0x20), *range(0x7F, 0xA0))) | {"\u2
 class _CountingReader(io.RawIOBase):
     """Reads the decompressed stream and stops it past ``limit`` bytes."""
 
-    def __init__(self, inner: IO[bytes], limit: int) -> None:
+    def __init__(self, inner: io.BufferedIOBase, limit: int) -> None:
         self.inner = inner
         self.limit = limit
         self.count = 0
@@ -127,8 +126,8 @@ def extract_tar_gz(archive: Path, dest: Path, limits: ExtractLimits = ExtractLim
     limit = min(limits.max_bytes, compressed * limits.max_ratio + 1024 * 1024)
     try:
         with gzip.open(archive, "rb") as inflated:
-            counted = io.BufferedReader(_CountingReader(inflated, limit))  # type: ignore[arg-type]
-            with tarfile.open(fileobj=counted, mode="r|") as tar:
+            reader = _CountingReader(inflated, limit)
+            with tarfile.open(fileobj=io.BufferedReader(reader), mode="r|") as tar:
                 for members, member in enumerate(tar, start=1):
                     if members > limits.max_members:
                         raise ArchiveRejected(f"the archive has more than {limits.max_members} entries")
@@ -145,4 +144,4 @@ def extract_tar_gz(archive: Path, dest: Path, limits: ExtractLimits = ExtractLim
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         shutil.rmtree(dest, ignore_errors=True)
         raise ArchiveRejected(f"not a readable tar.gz archive ({type(exc).__name__}: {exc})") from None
-    return counted.raw.count  # type: ignore[attr-defined]
+    return reader.count

@@ -292,8 +292,10 @@ class Guard:
         self.is_failure = is_failure
 
     def call(self, fn: Callable[..., T], /, *args: Any, idempotent: bool = False, **kwargs: Any) -> T:
-        return self.breaker._call(self.retry.call, lambda e: self.is_failure(e, idempotent),
-                                  fn, *args, idempotent=idempotent, **kwargs)
+        # mypy cannot solve T through the generic retry.call handed over as a callable.
+        result: T = self.breaker._call(self.retry.call, lambda e: self.is_failure(e, idempotent),
+                                       fn, *args, idempotent=idempotent, **kwargs)
+        return result
 
     async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, idempotent: bool = False,
                     **kwargs: Any) -> T:

@@ -10,7 +10,7 @@ from control.cli.client.render import emit
 COLUMNS = ("name", "version", "secret", "updated_at")
 
 
-def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     env = commands.add_parser("env", help="manage an app's environment variables")
     sub = env.add_subparsers(dest="env_command", required=True, metavar="ACTION")
 

@@ -50,7 +50,7 @@ def install(source: Path, project: Path) -> dict[str, object]:
     return {"source": str(source), "target": str(target), "created": created, "updated": updated, "unchanged": unchanged}
 
 
-def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     skills = commands.add_parser("skills", help="Claude Code skills and slash commands for moorage")
     sub = skills.add_subparsers(dest="skills_command", required=True, metavar="ACTION")
     inst = sub.add_parser("install", help="copy them into PROJECT/.claude/ (idempotent)")

@@ -119,7 +119,7 @@ async def _save_upload(request: Request[Any, Any, Any], target: Any, limit: int)
 
 class DeploymentController(Controller):
     path = "/v1/apps/{app:str}/deployments"
-    tags = ["deployments"]  # noqa: RUF012 (Litestar's own attribute)
+    tags = ("deployments",)
 
     @route("POST", "/", access=KeyScope.DEPLOY, errors=(404, 413, 415), status_code=202, request_max_body_size=None,
                     summary="Deploy: upload a tar.gz (application/gzip) or JSON {git: {url, ref}}")
@@ -136,7 +136,12 @@ class DeploymentController(Controller):
             return problem_response(request, 415, "unsupported-media-type", detail)
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes:
-            return problem_response(request, 413, "payload-too-large", f"Source archives are at most {settings.max_upload_bytes} bytes; trim the upload (e.g. exclude build outputs).")
+            return problem_response(
+                request,
+                413,
+                "payload-too-large",
+                f"Source archives are at most {settings.max_upload_bytes} bytes; trim the upload (e.g. exclude build outputs).",
+            )
         deployment_id = deployments.new_id()
         workdir = deployments.workdir(deployment_id)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -148,10 +153,20 @@ class DeploymentController(Controller):
             await anyio.to_thread.run_sync(extract_tar_gz, upload, workdir / "src", limits)
         except UploadTooLarge:
             shutil.rmtree(workdir, ignore_errors=True)
-            return problem_response(request, 413, "payload-too-large", f"Source archives are at most {settings.max_upload_bytes} bytes; trim the upload (e.g. exclude build outputs).")
+            return problem_response(
+                request,
+                413,
+                "payload-too-large",
+                f"Source archives are at most {settings.max_upload_bytes} bytes; trim the upload (e.g. exclude build outputs).",
+            )
         except ArchiveRejected as exc:
             shutil.rmtree(workdir, ignore_errors=True)
-            return problem_response(request, 422, "archive-rejected", f"The source archive was refused: {exc}. Nothing was deployed; fix the archive and upload again.")
+            return problem_response(
+                request,
+                422,
+                "archive-rejected",
+                f"The source archive was refused: {exc}. Nothing was deployed; fix the archive and upload again.",
+            )
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
@@ -169,7 +184,12 @@ class DeploymentController(Controller):
         try:
             data = msgspec.json.decode(body, type=GitDeploy)
         except msgspec.ValidationError as exc:
-            return problem_response(request, 422, "validation-failed", f"The request does not match the schema: {exc}. Send {{\"git\": {{\"url\": ..., \"ref\": ...}}}}.")
+            return problem_response(
+                request,
+                422,
+                "validation-failed",
+                f"The request does not match the schema: {exc}. Send {{\"git\": {{\"url\": ..., \"ref\": ...}}}}.",
+            )
         except msgspec.DecodeError:
             return problem_response(request, 400, "malformed-request", "The request body is not valid JSON.")
         git_target = check_git_source(data.git.url, data.git.ref, allow_http=settings.git_allow_http)

@@ -103,7 +103,7 @@ async def _container_events(runtime: DockerAppRuntime, container_id: str, tail: 
 
 class LogController(Controller):
     path = "/v1/apps/{app:str}"
-    tags = ["logs"]  # noqa: RUF012 (Litestar's own attribute)
+    tags = ("logs",)
 
     @route("GET", "/deployments/{deployment:str}/logs", access=KeyScope.READ, errors=(404,),
                     summary="A deployment's build log (text, or SSE with follow=true)")

@@ -10,7 +10,7 @@ is retried after its worker died (the history keeps every entry).
 
 from __future__ import annotations
 
-import builtins
+import builtins  # `list` in a class body with a list() method names the method, not the type
 import json
 import shutil
 from enum import StrEnum
@@ -123,7 +123,7 @@ class DeploymentService:
         with self.db.read() as session:
             return DeploymentRepository(session, None).get(deployment_id)
 
-    def active(self, app_id: str | None = None) -> builtins.list[Deployment]:  # the method named list shadows the builtin here
+    def active(self, app_id: str | None = None) -> builtins.list[Deployment]:
         with self.db.read() as session:
             return DeploymentRepository(session, None).active(app_id)
 

@@ -12,6 +12,7 @@ joined to the victim's object names under the old `{tenant}-{name}` / `tenant--a
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -276,9 +277,7 @@ def test_the_reconciler_removes_what_no_live_app_or_database_accounts_for(arena:
         assert arena.app.state.services.deploys.reconciler.run_once().actions == []  # nothing more to do
     finally:
         for leftover in (foreign_db, orphan_db):
-            try:
+            with contextlib.suppress(docker.errors.APIError):  # already being removed
                 rt.containers.remove(leftover.id, force=True)
-            except docker.errors.APIError:  # already being removed
-                pass
         for name in ("app_0000000000foreign00000000000.yml", f"z{RUN_ID}-nobody--x.yml"):
             (dynamic / name).unlink(missing_ok=True)

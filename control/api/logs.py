@@ -13,11 +13,10 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, cast
+from typing import Annotated
 
 import anyio.to_thread
 import docker.errors
-from docker.types import CancellableStream
 from litestar import Controller, Response
 from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
@@ -67,7 +66,7 @@ async def _container_events(runtime: DockerAppRuntime, container_id: str, tail: 
     loop = asyncio.get_running_loop()
     lines: asyncio.Queue[str | None] = asyncio.Queue()
     opened = await anyio.to_thread.run_sync(runtime.containers._log_stream, container_id, tail)
-    stream = cast("CancellableStream[bytes]", opened)  # what docker answers a follow: closable, which ends the pump
+    stream = opened  # what docker answers a follow: closable, which ends the pump
     closed = threading.Event()
 
     def pump() -> None:
@@ -78,7 +77,7 @@ async def _container_events(runtime: DockerAppRuntime, container_id: str, tail: 
                 *complete, buf = buf.split(b"\n")
                 for line in complete:
                     loop.call_soon_threadsafe(lines.put_nowait, line.decode("utf-8", "replace"))
-        except Exception:  # noqa: BLE001, S110 (closed under us: the client went away, or the container did)
+        except Exception:  # noqa: BLE001 (closed under us: the client went away, or the container did)
             pass
         finally:
             if not closed.is_set():

@@ -202,7 +202,7 @@ def main() -> int:
         servers = {"moorage": (f"http://127.0.0.1:{mport}", token), "bare": (f"http://127.0.0.1:{bport}", None)}
         results: dict[tuple[str, str], dict[str, float]] = {}
         for method, total in (("GET", args.get), ("POST", args.post)):
-            for name, (url, key) in servers.items():  # warm up, then measure; same client, same order
+            for _name, (url, key) in servers.items():  # warm up, then measure; same client, same order
                 asyncio.run(drive(url, method, min(50, total), args.workers, key))
             for name, (url, key) in servers.items():
                 results[(method, name)] = asyncio.run(drive(url, method, total, args.workers, key))

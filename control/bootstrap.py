@@ -13,15 +13,28 @@ from control.api.inference_metrics import InferenceMetrics
 from control.api.metrics import Metrics
 from control.domain.apps import AppService
 from control.domain.audit import AuditService
+from control.domain.backups import BackupService
+from control.domain.databases import DatabaseConfig, DatabaseService
+from control.domain.deployments import DEPLOY_JOB, DeploymentService
 from control.domain.env import EnvService
+from control.domain.gateway_routing import NodeRouter
 from control.domain.idempotency import IdempotencyService
 from control.domain.inference import Inference
+from control.domain.inference_limits import InferenceLimits, InferenceLimitsService
+from control.domain.inference_quota import InferenceQuota
 from control.domain.keys import KeyService
 from control.domain.limits import Defaults, LimitsService
 from control.domain.links import LinkService
+from control.domain.nodes import NodeService
+from control.domain.releases import ReleaseService
 from control.domain.tenants import TenantService
-from control.jobs.database_wiring import ManagedDatabases
-from control.jobs.wiring import Deploys
+from control.domain.usage import UsageService
+from control.jobs.databases import DatabaseJobs, DatabaseRuntime
+from control.jobs.deploy import DeployPipeline
+from control.jobs.queue import JobQueue, QueueConfig
+from control.jobs.runtime_docker import DockerAppRuntime
+from control.jobs.workers import AppLocks, JobKind, WorkerPool
+from control.reconcile.reconciler import Reconciler
 from control.security.auth_throttle import AuthThrottle
 from control.security.keyring import ReloadingKeyring
 from control.security.master_keys import KeySource
@@ -29,6 +42,38 @@ from control.security.rate_limit import SlidingWindowLimiter
 from control.settings import Settings
 from control.store.database import Store
 from runtime.resilience import BreakerRegistry, default_registry
+
+
+@dataclass(frozen=True)
+class Deploys:
+    deployments: DeploymentService
+    releases: ReleaseService
+    queue: JobQueue
+    runtime: DockerAppRuntime
+    workers: WorkerPool
+    reconciler: Reconciler
+
+    def start(self) -> None:
+        self.workers.start()
+        self.reconciler.start()
+
+    def stop(self) -> None:
+        self.reconciler.stop()
+        self.workers.stop()
+
+
+@dataclass(frozen=True)
+class ManagedDatabases:
+    databases: DatabaseService
+    links: LinkService
+    backups: BackupService
+    jobs: DatabaseJobs  # their job kinds run on the one worker pool; this adds the volume purge sweep
+
+    def start(self) -> None:
+        self.jobs.start()
+
+    def stop(self) -> None:
+        self.jobs.stop()
 
 
 @dataclass(frozen=True)
@@ -83,38 +128,73 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
     """Build every service of one process; nothing starts (workers, the reconciler) until
     the app's startup hooks run."""
     db = Store(settings.database_url)
+    registry = default_registry if breakers is None else breakers
     keyring = ReloadingKeyring(KeySource.of(settings))
+    tenants = TenantService(db)
     env_vars = EnvService(db, keyring)
     links = LinkService(db, keyring)  # the deploy pipeline resolves database links at container start
-    registry = default_registry if breakers is None else breakers
-    deploys = Deploys.build(settings, db, env_vars, registry, links=links)
-    inference = Inference.build(settings, db, registry)
+    queue = JobQueue(db, QueueConfig(lease_s=float(settings.job_lease_s), per_tenant=settings.deploys_per_tenant,
+                                    dependency_wait_s=float(settings.job_dependency_wait_s)))
+    runtime = DockerAppRuntime(settings, registry)  # adapters made on first use: building this needs no Docker
+    locks = AppLocks()
+
+    deployments = DeploymentService(db, queue, settings.data_dir, max_attempts=settings.job_max_attempts)
+    releases = ReleaseService(db)
+    pipeline = DeployPipeline(settings, deployments, releases, env_vars, runtime, locks, links)
+
+    databases = DatabaseService(db, keyring, queue, DatabaseConfig(
+        max_databases=settings.database_max_per_tenant, max_memory_mb=settings.database_max_memory_mb,
+        backup_retention=settings.database_backup_retention,
+        volume_grace=timedelta(seconds=settings.database_volume_grace_s), max_attempts=settings.job_max_attempts,
+    ), settings.data_dir)
+    backups = BackupService(databases, default_retention=settings.database_backup_retention)
+    database_jobs = DatabaseJobs(databases, backups, tenants, DatabaseRuntime(runtime),
+                                 provision_timeout_s=float(settings.database_provision_timeout_s),
+                                 sweep_interval_s=float(settings.database_purge_interval_s))
+
+    # The one registry of job kinds, fixed here: what each kind runs, and whom it tells when given up.
+    workers = WorkerPool(queue, {DEPLOY_JOB: JobKind(pipeline, pipeline.give_up), **database_jobs.kinds()},
+                         count=settings.job_workers)
+    reconciler = Reconciler(releases, deployments, env_vars, runtime, locks, interval_s=float(settings.reconcile_interval_s),
+                            links=links, tenant_names=tenants.names,
+                            sweeps={"database containers": database_jobs.remove_orphan_containers})
+
+    usage = UsageService(db)
+    inference_limits = InferenceLimitsService(db, InferenceLimits(
+        settings.inference_requests_per_minute, settings.inference_tokens_per_minute,
+        settings.inference_token_budget, settings.inference_budget_period,
+    ), cache_ttl=settings.rate_limit_cache_ttl_s)
+    inference = Inference(
+        nodes=NodeService(db, stale_after_s=settings.inference_node_stale_s),
+        router=NodeRouter(registry, failure_threshold=settings.inference_breaker_failures,
+                          reset_timeout_s=settings.inference_breaker_reset_s),
+        limits=inference_limits,
+        quota=InferenceQuota(inference_limits, usage),
+        usage=usage,
+    )
     metrics = Metrics(registry)
+    limiter = SlidingWindowLimiter()
     return Services(
         settings=settings,
         db=db,
-        tenants=TenantService(db),
+        tenants=tenants,
         keys=KeyService(db, last_used_resolution=timedelta(seconds=settings.key_last_used_resolution_s)),
-        apps=AppService(db, unroute=deploys.runtime.remove_route),
-        idempotency=IdempotencyService(
-            db,
-            retention=timedelta(seconds=settings.idempotency_retention_s),
-            lease=timedelta(seconds=settings.idempotency_lease_s),
-        ),
+        apps=AppService(db, unroute=runtime.remove_route),
+        idempotency=IdempotencyService(db, retention=timedelta(seconds=settings.idempotency_retention_s),
+                                       lease=timedelta(seconds=settings.idempotency_lease_s)),
         limits=LimitsService(
-            db,
-            Defaults(settings.rate_limit_key_quota, settings.rate_limit_tenant_quota, settings.rate_limit_window_s),
+            db, Defaults(settings.rate_limit_key_quota, settings.rate_limit_tenant_quota, settings.rate_limit_window_s),
             cache_ttl=settings.rate_limit_cache_ttl_s,
         ),
-        rate_limiter=(limiter := SlidingWindowLimiter()),
+        rate_limiter=limiter,
         auth_throttle=AuthThrottle(limiter, quota=settings.auth_failure_quota, window_s=settings.auth_failure_window_s),
         breakers=registry,
         keyring=keyring,
         env_vars=env_vars,
         audit=AuditService(db),
-        deploys=deploys,
+        deploys=Deploys(deployments, releases, queue, runtime, workers, reconciler),
         inference=inference,
-        databases=ManagedDatabases.build(settings, db, keyring, links, deploys),
+        databases=ManagedDatabases(databases, links, backups, database_jobs),
         upstream=Upstream(settings),
         metrics=metrics,
         inference_metrics=InferenceMetrics(metrics.registry, inference),

@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import get_args, get_type_hints
+from typing import Any, get_args, get_type_hints
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -116,7 +116,7 @@ class Settings:
         if self.inference_budget_period not in {"day", "month"}:
             raise SettingsError("MOORAGE_INFERENCE_BUDGET_PERIOD must be 'day' or 'month'")
         try:
-            self.git_networks
+            _ = self.git_networks  # parsed here so a bad value stops startup, not the first git fetch
         except ValueError as exc:
             raise SettingsError(f"MOORAGE_GIT_ALLOWED_NETWORKS must be comma-separated CIDRs: {exc}") from None
         from control.domain.image_refs import BadReference, parse
@@ -142,7 +142,7 @@ class Settings:
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
-    def with_overrides(self, **changes: object) -> Settings:
+    def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
     @classmethod

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for a fresh checkout:
 #   ./deploy/dev.sh run    set up and run the control plane (embedded SQLite in ./.moorage)
-#   ./deploy/dev.sh test   set up the host (dockerd, runsc, Traefik, base images) and run every test
+#   ./deploy/dev.sh test   lint and type-check, set up the host (dockerd, runsc, Traefik, base images), run every test
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,6 +43,10 @@ test_all() {
   if [[ "$(id -u)" != 0 ]]; then
     say "the tests drive a real Docker engine, runsc and Traefik: run as root (host setup installs them)"
     exit 1
+  fi
+  if [[ "${MOORAGE_SKIP_LINT:-}" != 1 ]]; then  # the quick loop on one test file may skip it
+    say "lint, format and strict types (deploy/lint.sh)"
+    bash "$repo/deploy/lint.sh"
   fi
   say "host setup: dockerd + runsc + Traefik + base images"
   bash "$repo/deploy/host-setup.sh"

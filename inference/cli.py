@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     model = commands.add_parser("model", help="build and inspect MoE model checkpoints")
     model_commands = model.add_subparsers(dest="model_command", required=True, metavar="SUBCOMMAND")
 

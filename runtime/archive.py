@@ -21,7 +21,6 @@ import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 
 class ArchiveRejected(ValueError):
@@ -44,7 +43,7 @@ _CONTROL = frozenset(chr(c) for c in (*range(0x20), *range(0x7F, 0xA0))) | {"\u2
 class _CountingReader(io.RawIOBase):
     """Reads the decompressed stream and stops it past ``limit`` bytes."""
 
-    def __init__(self, inner: IO[bytes], limit: int) -> None:
+    def __init__(self, inner: io.BufferedIOBase, limit: int) -> None:
         self.inner = inner
         self.limit = limit
         self.count = 0
@@ -102,10 +101,11 @@ def _check_member(member: tarfile.TarInfo, root: Path, limits: ExtractLimits) ->
         raise ArchiveRejected(f"entry {name!r} has an absolute path")
     if ".." in Path(name).parts:
         raise ArchiveRejected(f"entry {name!r} climbs out of the tree with '..'")
-    if member.issym():
-        # Relative to the link's own directory; absolute targets always leave the tree.
-        if os.path.isabs(member.linkname) or not _inside(root, os.path.join(os.path.dirname(name), member.linkname)):
-            raise ArchiveRejected(f"symlink {name!r} points outside the source tree ({member.linkname!r})")
+    # A symlink's target is relative to the link's own directory; absolute targets always leave the tree.
+    if member.issym() and (
+        os.path.isabs(member.linkname) or not _inside(root, os.path.join(os.path.dirname(name), member.linkname))
+    ):
+        raise ArchiveRejected(f"symlink {name!r} points outside the source tree ({member.linkname!r})")
     if member.islnk() and (os.path.isabs(member.linkname) or not _inside(root, member.linkname)):
         raise ArchiveRejected(f"hardlink {name!r} points outside the source tree ({member.linkname!r})")
     if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
@@ -126,11 +126,9 @@ def extract_tar_gz(archive: Path, dest: Path, limits: ExtractLimits = ExtractLim
     limit = min(limits.max_bytes, compressed * limits.max_ratio + 1024 * 1024)
     try:
         with gzip.open(archive, "rb") as inflated:
-            counted = io.BufferedReader(_CountingReader(inflated, limit))  # type: ignore[arg-type]
-            with tarfile.open(fileobj=counted, mode="r|") as tar:
-                members = 0
-                for member in tar:
-                    members += 1
+            reader = _CountingReader(inflated, limit)
+            with tarfile.open(fileobj=io.BufferedReader(reader), mode="r|") as tar:
+                for members, member in enumerate(tar, start=1):
                     if members > limits.max_members:
                         raise ArchiveRejected(f"the archive has more than {limits.max_members} entries")
                     tar.extract(_check_member(member, root, limits), root, filter="fully_trusted")  # already filtered above
@@ -146,4 +144,4 @@ def extract_tar_gz(archive: Path, dest: Path, limits: ExtractLimits = ExtractLim
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         shutil.rmtree(dest, ignore_errors=True)
         raise ArchiveRejected(f"not a readable tar.gz archive ({type(exc).__name__}: {exc})") from None
-    return counted.raw.count  # type: ignore[attr-defined]
+    return reader.count

@@ -29,6 +29,7 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import docker
 import docker.errors
 import structlog
 
@@ -51,7 +52,7 @@ class Overrun:
 
 
 class BuildWatchdog:
-    def __init__(self, api: Any, *, quota_bytes: int, deadline: float, poll_s: float = 0.5, name: str = "build") -> None:
+    def __init__(self, api: docker.APIClient, *, quota_bytes: int, deadline: float, poll_s: float = 0.5, name: str = "build") -> None:
         self.api, self.quota, self.deadline, self.poll_s = api, quota_bytes, deadline, poll_s
         self.reason: Overrun | None = None
         self.refused: list[str] = []  # images committed at or after the overrun: removed by the caller
@@ -251,16 +252,16 @@ class BuildWatchdog:
             if known.removeprefix("sha256:").startswith(hexid):
                 return image
         try:
-            image = self.api.inspect_image(ref)
+            inspected: dict[str, Any] = self.api.inspect_image(ref)
         except docker.errors.NotFound:
             return None
-        self._known[image["Id"]] = image
-        return image
+        self._known[inspected["Id"]] = inspected
+        return inspected
 
     def _daemon_now(self) -> float:
         """The daemon's clock, which stamps containers and images (it may be another host)."""
         try:
-            response = self.api._get(self.api._url("/_ping"))
+            response = self.api._get(self.api._url("/_ping"))  # type: ignore[attr-defined]  # private, so not in the stubs
             return parsedate_to_datetime(response.headers["Date"]).timestamp()
         except Exception:  # noqa: BLE001 (no Date header or no daemon: the build's own call will say so)
             return time.time()

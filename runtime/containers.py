@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+import docker
 import docker.errors
 from docker.models.containers import Container
+from docker.types.daemon import CancellableStream
 
 from runtime import labels as L
 from runtime.docker_engine import DockerEngine
@@ -53,13 +55,16 @@ def _info(c: Container) -> ContainerInfo:
     )
 
 
+LogTail = int | Literal["all"]
+
+
 class Containers:
     def __init__(self, engine: DockerEngine) -> None:
         self.engine = engine
         self.guard = engine.guard
 
     @property
-    def _api(self) -> Any:
+    def _api(self) -> docker.DockerClient:
         return self.engine.client
 
     @guarded(idempotent=False)
@@ -109,15 +114,15 @@ class Containers:
         return [_info(c) for c in cs]
 
     @guarded(idempotent=True)
-    def logs(self, container_id: str, tail: int | str = "all") -> list[str]:
+    def logs(self, container_id: str, tail: LogTail = "all") -> list[str]:
         raw = self._api.containers.get(container_id).logs(tail=tail, timestamps=False)
         return raw.decode("utf-8", "replace").splitlines()
 
     @guarded(idempotent=True)
-    def _log_stream(self, container_id: str, tail: int | str) -> Iterator[bytes]:
+    def _log_stream(self, container_id: str, tail: LogTail) -> CancellableStream[bytes]:
         return self._api.containers.get(container_id).logs(stream=True, follow=True, tail=tail)
 
-    def follow_logs(self, container_id: str, tail: int | str = 0) -> Iterator[str]:
+    def follow_logs(self, container_id: str, tail: LogTail = 0) -> Iterator[str]:
         """Yield log lines as they come (until the container stops). Only opening the stream is
         guarded: a long stream must not hold a half-open breaker slot."""
         buf = b""
@@ -132,4 +137,7 @@ class Containers:
     @guarded(idempotent=False)
     def exec(self, container_id: str, cmd: list[str], user: str | None = None) -> ExecResult:
         res = self._api.containers.get(container_id).exec_run(cmd, user=user or "", demux=False)
-        return ExecResult(exit_code=int(res.exit_code), output=(res.output or b"").decode("utf-8", "replace"))
+        # Not streamed, so docker-py waited for the exit and read the whole output; the stub
+        # types both for the streamed case too (no code yet, an iterator of chunks).
+        output = res.output if isinstance(res.output, bytes) else b""
+        return ExecResult(exit_code=-1 if res.exit_code is None else res.exit_code, output=output.decode("utf-8", "replace"))

@@ -19,22 +19,14 @@ import structlog
 
 from runtime import labels as L
 from runtime.build_watchdog import BuildWatchdog, Overrun
+from runtime.builders.base import (  # re-exported: raised by the builds here
+    BuildError,
+    BuildTimeout,
+)
 from runtime.docker_engine import DockerEngine
 from runtime.resilience import guarded
 
 logger = structlog.get_logger("moorage.runtime.builds")
-
-
-class BuildError(RuntimeError):
-    """The build itself failed (a Dockerfile step): the tenant's problem, not the engine's."""
-
-    def __init__(self, message: str, log: list[str]) -> None:
-        super().__init__(message)
-        self.log = log
-
-
-class BuildTimeout(BuildError):
-    pass
 
 
 class BuildDiskQuotaExceeded(BuildError):
@@ -163,7 +155,7 @@ class Images:
         tags the last step's image even when the build was stopped meanwhile). Untagged parents
         go with it (noprune=False). A cancelled build's next step may still hold the image for
         a moment (409) until dockerd removes its container: retried for `patience` seconds."""
-        api = self.engine.client.api
+        api: Any = self.engine.client.api  # the low-level client: docker ships it untyped
         try:
             tagged = api.inspect_image(tag)["Id"]
         except docker.errors.APIError:

@@ -21,7 +21,7 @@ ROLE = f"{LABEL_PREFIX}role"
 _DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 
-def is_dns_label(value: str) -> bool:
+def is_dns_label(value: object) -> bool:
     return isinstance(value, str) and _DNS_LABEL.fullmatch(value) is not None
 
 

@@ -9,9 +9,10 @@ each tenant network instead (`settings.traefik_container`).
 
 from __future__ import annotations
 
+import contextlib
 import threading
-
 from dataclasses import dataclass
+from typing import ClassVar
 
 import docker.errors
 from docker.models.networks import Network
@@ -67,8 +68,8 @@ class TenantNetworks:
 
     # Docker's check_duplicate is best effort: two creates racing can both succeed and leave
     # two networks with one name. Creation is serialised per tenant within this process.
-    _creating: dict[str, threading.Lock] = {}
-    _creating_guard = threading.Lock()
+    _creating: ClassVar[dict[str, threading.Lock]] = {}
+    _creating_guard: ClassVar[threading.Lock] = threading.Lock()
 
     def _lock_for(self, tenant: str) -> threading.Lock:
         with self._creating_guard:
@@ -115,10 +116,8 @@ class TenantNetworks:
         except docker.errors.NotFound:
             return False
         if self.settings.traefik_container:
-            try:
+            with contextlib.suppress(docker.errors.APIError):  # not attached
                 net.disconnect(self.settings.traefik_container, force=True)
-            except docker.errors.APIError:
-                pass  # not attached
         try:
             net.remove()
         except docker.errors.NotFound:

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any, ParamSpec, TypeVar
 
 import tenacity
@@ -34,8 +34,8 @@ from runtime.failures import (  # re-exported: one import site for callers
 )
 
 __all__ = [
-    "BreakerRegistry", "BreakerSnapshot", "BreakerState", "CircuitBreaker", "CircuitOpenError",
-    "Guard", "NO_RETRY", "RETRYABLE_STATUS", "RetryPolicy", "default_registry", "guarded",
+    "NO_RETRY", "RETRYABLE_STATUS", "BreakerRegistry", "BreakerSnapshot", "BreakerState", "CircuitBreaker",
+    "CircuitOpenError", "Guard", "RetryPolicy", "default_registry", "guarded",
     "is_connect_failure", "is_dependency_failure", "is_transport_failure", "safe_to_retry",
     "status_code_of",
 ]
@@ -46,7 +46,7 @@ T = TypeVar("T")
 Clock = Callable[[], float]
 
 
-class BreakerState(str, Enum):
+class BreakerState(StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
@@ -292,8 +292,10 @@ class Guard:
         self.is_failure = is_failure
 
     def call(self, fn: Callable[..., T], /, *args: Any, idempotent: bool = False, **kwargs: Any) -> T:
-        return self.breaker._call(self.retry.call, lambda e: self.is_failure(e, idempotent),
-                                  fn, *args, idempotent=idempotent, **kwargs)
+        # mypy cannot solve T through the generic retry.call handed over as a callable.
+        result: T = self.breaker._call(self.retry.call, lambda e: self.is_failure(e, idempotent),
+                                       fn, *args, idempotent=idempotent, **kwargs)
+        return result
 
     async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, idempotent: bool = False,
                     **kwargs: Any) -> T:

@@ -12,6 +12,8 @@ sees the old file or the new one. Temp files end in `.tmp`, an extension Traefik
 
 from __future__ import annotations
 
+import builtins  # `list` in a class body with a list() method names the method, not the type
+import contextlib
 import os
 import re
 import tempfile
@@ -157,7 +159,7 @@ class Router:
         return sorted(p.stem for p in self.dynamic_dir.glob("*.yml") if _ROUTE_KEY.fullmatch(p.stem))
 
     @guarded(idempotent=True)
-    def owned(self, owner: str) -> list[str]:
+    def owned(self, owner: str) -> builtins.list[str]:
         """Keys of the routes on disk that `owner` wrote (first line), for the reconciler."""
         mark = f"{OWNER_LINE}{owner}\n"
         keys = []
@@ -172,7 +174,7 @@ class Router:
         return keys
 
     @guarded(idempotent=True)
-    def legacy(self) -> list[str]:
+    def legacy(self) -> builtins.list[str]:
         """Stems (`tenant--app`) of route files written before id keys."""
         return sorted(p.stem for p in self.dynamic_dir.glob("*.yml") if LEGACY_SEPARATOR in p.stem)
 
@@ -188,10 +190,8 @@ def atomic_write(target: Path, body: str, mode: int = 0o644) -> None:
         os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     _fsync_dir(target.parent)
 

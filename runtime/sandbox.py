@@ -82,10 +82,7 @@ def exposes_host_socket(host_path: str, settings: RuntimeSettings) -> bool:
     directory above it (binding /run or / exposes it too). Symlinks are resolved."""
     src = os.path.realpath(host_path).rstrip("/") or "/"
     sockets = {settings.docker_socket_path, *HOST_CONTROL_SOCKETS}
-    for sock in sockets | {os.path.realpath(s) for s in sockets}:
-        if src == sock or src == "/" or sock.startswith(src + "/"):
-            return True
-    return False
+    return any(src == sock or src == "/" or sock.startswith(src + "/") for sock in sockets | {os.path.realpath(s) for s in sockets})
 
 
 def check_mounts(mounts: Sequence[Mount], policy: SandboxPolicy, settings: RuntimeSettings) -> None:

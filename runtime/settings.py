@@ -59,7 +59,7 @@ class RuntimeSettings:
     build_disk_bytes: int = 10 * 1024 * 1024 * 1024
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "RuntimeSettings":
+    def from_env(cls, env: Mapping[str, str]) -> RuntimeSettings:
         """Explicit mapping in (e.g. `os.environ`), so nothing reads the environment implicitly."""
         d = cls()
 

@@ -135,7 +135,7 @@ class TraefikProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def start(self, timeout: float = 20.0) -> "TraefikProcess":
+    def start(self, timeout: float = 20.0) -> TraefikProcess:
         self.config_path.write_text(render_static_config(self.opts))
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
@@ -169,7 +169,7 @@ class TraefikProcess:
             self._proc.kill()
             self._proc.wait()
 
-    def __enter__(self) -> "TraefikProcess":
+    def __enter__(self) -> TraefikProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -76,11 +76,17 @@ def apps_domain(caller_tenant: NamedDependency[str], tenants: NamedDependency[Te
 
 class AppController(Controller):
     path = "/v1/apps"
-    tags = ["apps"]
+    tags = ("apps",)
     dependencies = {"apps_domain": Provide(apps_domain, sync_to_thread=True)}  # noqa: RUF012 (Litestar's own attribute)
 
     @endpoint("POST", access=KeyScope.DEPLOY, errors=(409,), summary="Create an app", status_code=201)
-    def create(self, caller_tenant: NamedDependency[str], apps_domain: NamedDependency[str], apps: NamedDependency[AppService], data: JSONBody[AppCreate]) -> AppOut:
+    def create(
+        self,
+        caller_tenant: NamedDependency[str],
+        apps_domain: NamedDependency[str],
+        apps: NamedDependency[AppService],
+        data: JSONBody[AppCreate],
+    ) -> AppOut:
         fields = msgspec.structs.asdict(data)
         return AppOut.of(apps.create(caller_tenant, fields.pop("name"), **fields), apps_domain)
 
@@ -100,7 +106,14 @@ class AppController(Controller):
         return AppOut.of(apps.get(caller_tenant, app), apps_domain)
 
     @endpoint("PATCH", "/{app:str}", access=KeyScope.DEPLOY, errors=(404,), summary="Change an app's settings")
-    def update(self, caller_tenant: NamedDependency[str], apps_domain: NamedDependency[str], apps: NamedDependency[AppService], app: FromPath[str], data: JSONBody[AppPatch]) -> AppOut:
+    def update(
+        self,
+        caller_tenant: NamedDependency[str],
+        apps_domain: NamedDependency[str],
+        apps: NamedDependency[AppService],
+        app: FromPath[str],
+        data: JSONBody[AppPatch],
+    ) -> AppOut:
         changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
         return AppOut.of(apps.update(caller_tenant, app, **changes), apps_domain)
 

@@ -33,7 +33,7 @@ TenantFilter = QueryParameter(description="Only this tenant's events.", required
 
 def mark_audited(request: Request[Any, Any, Any], action_suffix: str) -> None:
     """Record this (non-mutating) request too, its action tagged with ``action_suffix``."""
-    request.scope.setdefault("state", {})[_AUDITED_READ] = action_suffix  # type: ignore[typeddict-item]
+    request.scope.setdefault("state", {})[_AUDITED_READ] = action_suffix
 
 
 def audited_action(scope: HTTPScope) -> str | None:

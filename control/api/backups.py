@@ -69,7 +69,7 @@ class RestoreOut(msgspec.Struct):
 
 class BackupController(Controller):
     path = "/v1/databases/{db:str}/backups"
-    tags = ["databases"]
+    tags = ("databases",)
 
     @endpoint("POST", access=KeyScope.DEPLOY, errors=(404,), status_code=202, summary="Back up a database (a job)")
     def create(self, caller_tenant: NamedDependency[str], backups: NamedDependency[BackupService], db: FromPath[str]) -> Response[BackupOut]:

@@ -94,8 +94,8 @@ class ConnectionOut(msgspec.Struct):
 
 class DatabaseController(Controller):
     path = "/v1/databases"
-    tags = ["databases"]
-    exception_handlers = {CredentialsUnreadable: secret_unreadable_handler}  # type: ignore[dict-item]
+    tags = ("databases",)
+    exception_handlers = {CredentialsUnreadable: secret_unreadable_handler}  # noqa: RUF012 (Litestar's own attribute)
 
     @endpoint("POST", access=KeyScope.DEPLOY, errors=(409,), status_code=202, summary="Create a managed database (provisioned by a job)")
     def create(self, caller_tenant: NamedDependency[str], databases: NamedDependency[DatabaseService], data: JSONBody[DatabaseCreate]) -> Response[DatabaseOut]:
@@ -115,8 +115,14 @@ class DatabaseController(Controller):
 
     @endpoint("GET", "/{db:str}/connection", access=KeyScope.READ, errors=(404, 409),
               summary="Where to connect (password masked; ?reveal=true with admin for the URL)")
-    def connection(self, request: Request[Any, Principal, Any], caller_tenant: NamedDependency[str], databases: NamedDependency[DatabaseService], db: FromPath[str],
-                   reveal: Annotated[bool, Reveal] = False) -> ConnectionOut:
+    def connection(
+        self,
+        request: Request[Any, Principal, Any],
+        caller_tenant: NamedDependency[str],
+        databases: NamedDependency[DatabaseService],
+        db: FromPath[str],
+        reveal: Annotated[bool, Reveal] = False,
+    ) -> ConnectionOut:
         tenant_id = caller_tenant
         if reveal and not request.user.allows(KeyScope.ADMIN):
             raise Forbidden(f"Revealing credentials needs the 'admin' scope; key {request.user.key_id} has "

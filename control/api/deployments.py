@@ -1,10 +1,15 @@
-"""Deployments of an app (``/v1/apps/{app}/deployments``).
+"""Deployments of an app (``/v1/apps/{app}/deployments``), the releases they make
+(``GET /v1/apps/{app}/releases``) and rollback (``POST /v1/apps/{app}/rollback``).
 
 ``POST`` takes either the source as a gzip-compressed tar archive (``Content-Type:
 application/gzip``, the raw archive as the body; streamed to disk, at most
 ``MOORAGE_MAX_UPLOAD_BYTES``, then safely extracted) or ``application/json``
 ``{"git": {"url": "https://...", "ref": "main"}}`` (a public host: see ``control.domain.git_sources``). It answers 202 with the
 deployment to poll (and ``Location``); its log streams at ``.../{deployment}/logs``.
+
+A rollback is a new deployment that reuses an earlier release's image (no build) with that
+release's port and health path, and the app's *current* env vars (values are not versioned).
+It makes a new release (``rollback_of`` names the one it copies).
 """
 
 from __future__ import annotations
@@ -18,18 +23,18 @@ import anyio.to_thread
 import msgspec
 from litestar import Controller, Request, Response
 from litestar.di import NamedDependency
-from litestar.params import FromPath
+from litestar.params import FromPath, JSONBody
 
 from control.api.endpoints import Cursor, Limit, endpoint, route
 from control.api.problems import Problem, problem_response
 from control.domain.deployments import DeploymentService
-from control.domain.errors import Invalid
+from control.domain.errors import Conflict, Invalid
 from control.domain.git_sources import (
     GitHostRefused,
     check_git_source,
     resolve_git_host,
 )
-from control.domain.records import Deployment
+from control.domain.records import Deployment, Release
 from control.domain.releases import ReleaseService
 from control.security.principal import Principal
 from control.security.scopes import KeyScope
@@ -114,7 +119,7 @@ async def _save_upload(request: Request[Any, Any, Any], target: Any, limit: int)
 
 class DeploymentController(Controller):
     path = "/v1/apps/{app:str}/deployments"
-    tags = ["deployments"]
+    tags = ("deployments",)
 
     @route("POST", "/", access=KeyScope.DEPLOY, errors=(404, 413, 415), status_code=202, request_max_body_size=None,
                     summary="Deploy: upload a tar.gz (application/gzip) or JSON {git: {url, ref}}")
@@ -131,7 +136,12 @@ class DeploymentController(Controller):
             return problem_response(request, 415, "unsupported-media-type", detail)
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes:
-            return problem_response(request, 413, "payload-too-large", f"Source archives are at most {settings.max_upload_bytes} bytes; trim the upload (e.g. exclude build outputs).")
+            return problem_response(
+                request,
+                413,
+                "payload-too-large",
+                f"Source archives are at most {settings.max_upload_bytes} bytes; trim the upload (e.g. exclude build outputs).",
+            )
         deployment_id = deployments.new_id()
         workdir = deployments.workdir(deployment_id)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -143,10 +153,20 @@ class DeploymentController(Controller):
             await anyio.to_thread.run_sync(extract_tar_gz, upload, workdir / "src", limits)
         except UploadTooLarge:
             shutil.rmtree(workdir, ignore_errors=True)
-            return problem_response(request, 413, "payload-too-large", f"Source archives are at most {settings.max_upload_bytes} bytes; trim the upload (e.g. exclude build outputs).")
+            return problem_response(
+                request,
+                413,
+                "payload-too-large",
+                f"Source archives are at most {settings.max_upload_bytes} bytes; trim the upload (e.g. exclude build outputs).",
+            )
         except ArchiveRejected as exc:
             shutil.rmtree(workdir, ignore_errors=True)
-            return problem_response(request, 422, "archive-rejected", f"The source archive was refused: {exc}. Nothing was deployed; fix the archive and upload again.")
+            return problem_response(
+                request,
+                422,
+                "archive-rejected",
+                f"The source archive was refused: {exc}. Nothing was deployed; fix the archive and upload again.",
+            )
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
@@ -164,7 +184,12 @@ class DeploymentController(Controller):
         try:
             data = msgspec.json.decode(body, type=GitDeploy)
         except msgspec.ValidationError as exc:
-            return problem_response(request, 422, "validation-failed", f"The request does not match the schema: {exc}. Send {{\"git\": {{\"url\": ..., \"ref\": ...}}}}.")
+            return problem_response(
+                request,
+                422,
+                "validation-failed",
+                f"The request does not match the schema: {exc}. Send {{\"git\": {{\"url\": ..., \"ref\": ...}}}}.",
+            )
         except msgspec.DecodeError:
             return problem_response(request, 400, "malformed-request", "The request body is not valid JSON.")
         git_target = check_git_source(data.git.url, data.git.ref, allow_http=settings.git_allow_http)
@@ -199,3 +224,61 @@ class DeploymentController(Controller):
         app: FromPath[str], deployment: FromPath[str],
     ) -> DeploymentOut:
         return deployment_out(deployments.cancel(caller_tenant, app, deployment), releases)
+
+
+# -- releases and rollback -------------------------------------------------------------------
+class ReleaseOut(msgspec.Struct):
+    id: str
+    name: Annotated[str, msgspec.Meta(description="v1, v2, ... per app")]
+    current: Annotated[bool, msgspec.Meta(description="the release the app runs now")]
+    image_id: str
+    image_tag: str
+    env_version: int
+    port: int
+    health_check_path: str
+    deployment_id: str
+    rollback_of: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, r: Release, current_id: str | None) -> ReleaseOut:
+        return cls(r.id, r.name, r.id == current_id, r.image_id, r.image_tag, r.env_version, r.port,
+                   r.health_check_path, r.deployment_id, r.rollback_of, r.created_at)
+
+
+class ReleaseList(msgspec.Struct):
+    items: list[ReleaseOut]
+    next_cursor: str | None
+
+
+class RollbackIn(msgspec.Struct, forbid_unknown_fields=True):
+    release: Annotated[str, msgspec.Meta(description="an earlier release of this app, e.g. 'v1'")]
+
+
+class ReleaseController(Controller):
+    path = "/v1/apps/{app:str}"
+    tags = ["releases"]  # noqa: RUF012 (Litestar's own attribute)
+
+    @endpoint("GET", "/releases", access=KeyScope.READ, errors=(404,), summary="List an app's releases (oldest first)")
+    def list(
+        self, caller_tenant: NamedDependency[str], releases: NamedDependency[ReleaseService], app: FromPath[str],
+        limit: Annotated[int, Limit] = 50, cursor: Annotated[str | None, Cursor] = None,
+    ) -> ReleaseList:
+        page, current = releases.list(caller_tenant, app, limit=limit, cursor=cursor)
+        return ReleaseList(items=[ReleaseOut.of(r, current) for r in page.items], next_cursor=page.next_cursor)
+
+    @endpoint("POST", "/rollback", access=KeyScope.DEPLOY, errors=(404,), status_code=202,
+              summary="Roll back to an earlier release (a new deployment reusing its image)")
+    def rollback(
+        self, caller_tenant: NamedDependency[str], releases: NamedDependency[ReleaseService],
+        deployments: NamedDependency[DeploymentService], app: FromPath[str], data: JSONBody[RollbackIn],
+    ) -> Response[DeploymentOut]:
+        tenant_id = caller_tenant
+        target_app = deployments.app(tenant_id, app)
+        release = releases.by_name(tenant_id, app, data.release)
+        _, current = releases.list(tenant_id, app, limit=1, cursor=None)
+        if release.id == current:
+            raise Conflict(f"{release.name} is already the current release; pick an earlier one from GET .../releases.", code="already-current")
+        source = {"release": release.name, "release_id": release.id}
+        created = deployments.create(tenant_id, target_app, deployments.new_id(), "rollback", source)
+        return accepted(deployment_out(created, releases))

@@ -103,8 +103,8 @@ def secret_unreadable_handler(request: Request[Any, Any, Any], exc: SecretUnread
 
 class EnvController(Controller):
     path = "/v1/apps/{app:str}/env"
-    tags = ["env"]
-    exception_handlers = {SecretUnreadable: secret_unreadable_handler}  # type: ignore[dict-item]
+    tags = ("env",)
+    exception_handlers = {SecretUnreadable: secret_unreadable_handler}  # noqa: RUF012 (Litestar's own attribute)
 
     @endpoint("GET", access=KeyScope.READ, errors=(404, 503), summary="List an app's env vars (values only with reveal)")
     def list(

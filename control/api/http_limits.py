@@ -17,13 +17,11 @@ body (waiting for a disconnect, as streams do) is never timed. 0 disables a limi
 
 from __future__ import annotations
 
-from typing import cast
-
 import anyio
+from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.types import (
     ASGIApp,
-    HTTPRequestEvent,
     Receive,
     ReceiveMessage,
     Scope,
@@ -39,7 +37,7 @@ class HeaderLimit:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.max_bytes:
+        if scope["type"] == ScopeType.HTTP and self.max_bytes:
             size = sum(len(name) + len(value) + 4 for name, value in scope.get("headers", ()))
             if size > self.max_bytes:
                 detail = f"The request headers total {size} bytes; at most {self.max_bytes} are accepted. Send fewer or shorter headers."
@@ -60,7 +58,7 @@ class BodyTimeout:
         self.idle_s = idle_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not (self.total_s or self.idle_s):
+        if scope["type"] != ScopeType.HTTP or not (self.total_s or self.idle_s):
             await self.app(scope, receive, send)
             return
         deadline = anyio.current_time() + self.total_s if self.total_s else None
@@ -80,7 +78,7 @@ class BodyTimeout:
                     detail="The request body arrived too slowly and was abandoned. Send the whole body promptly and retry.",
                     headers={"Connection": "close"},
                 )
-            if message["type"] != "http.request" or not cast("HTTPRequestEvent", message).get("more_body", False):
+            if message["type"] != "http.request" or not message.get("more_body", False):
                 body_done = True
             return message
 

@@ -25,7 +25,7 @@ class WhoAmI(msgspec.Struct):
 
 class KeyController(Controller):
     path = "/v1/keys"
-    tags = ["keys"]
+    tags = ("keys",)
 
     @endpoint("POST", access=KeyScope.ADMIN, summary="Issue a key for your tenant", status_code=201)
     def issue(self, request: Request[Any, Principal, Any], keys: NamedDependency[KeyService], data: JSONBody[KeyCreate]) -> KeyCreated:

@@ -49,7 +49,7 @@ class LinkList(msgspec.Struct):
 
 class LinkController(Controller):
     path = "/v1/apps/{app:str}/links"
-    tags = ["databases"]
+    tags = ("databases",)
 
     @endpoint("POST", access=KeyScope.DEPLOY, errors=(404,), status_code=201, summary="Link a database to an app (from its next release)")
     def create(self, caller_tenant: NamedDependency[str], links: NamedDependency[LinkService], app: FromPath[str], data: JSONBody[LinkCreate]) -> LinkOut:

@@ -27,8 +27,8 @@ from control.api.streaming import KEEPALIVE_S, keepalive
 from control.domain.deployments import DeploymentService
 from control.domain.errors import Conflict
 from control.domain.releases import ReleaseService
-from control.jobs.build_log import read_from
-from control.jobs.runtime import AppRuntime
+from control.jobs.build import read_from
+from control.jobs.runtime_docker import DockerAppRuntime
 from control.security.scopes import KeyScope
 
 Follow = QueryParameter(description="Stream (SSE) until the end instead of returning the text so far.", required=False)
@@ -60,12 +60,13 @@ async def _build_events(deployments: DeploymentService, releases: ReleaseService
         await asyncio.sleep(POLL_S)
 
 
-async def _container_events(runtime: AppRuntime, container_id: str, tail: int) -> AsyncIterator[ServerSentEventMessage]:
+async def _container_events(runtime: DockerAppRuntime, container_id: str, tail: int) -> AsyncIterator[ServerSentEventMessage]:
     """A thread reads Docker's log stream (blocking) into a queue; closing the stream when
     the client goes away unblocks that thread."""
     loop = asyncio.get_running_loop()
     lines: asyncio.Queue[str | None] = asyncio.Queue()
-    stream = await anyio.to_thread.run_sync(runtime.containers._log_stream, container_id, tail)
+    opened = await anyio.to_thread.run_sync(runtime.containers._log_stream, container_id, tail)
+    stream = opened  # what docker answers a follow: closable, which ends the pump
     closed = threading.Event()
 
     def pump() -> None:
@@ -76,7 +77,7 @@ async def _container_events(runtime: AppRuntime, container_id: str, tail: int) -
                 *complete, buf = buf.split(b"\n")
                 for line in complete:
                     loop.call_soon_threadsafe(lines.put_nowait, line.decode("utf-8", "replace"))
-        except Exception:  # closed under us (client gone) or the container went away
+        except Exception:  # noqa: BLE001 (closed under us: the client went away, or the container did)
             pass
         finally:
             if not closed.is_set():
@@ -101,7 +102,7 @@ async def _container_events(runtime: AppRuntime, container_id: str, tail: int) -
 
 class LogController(Controller):
     path = "/v1/apps/{app:str}"
-    tags = ["logs"]
+    tags = ("logs",)
 
     @route("GET", "/deployments/{deployment:str}/logs", access=KeyScope.READ, errors=(404,),
                     summary="A deployment's build log (text, or SSE with follow=true)")
@@ -121,7 +122,7 @@ class LogController(Controller):
                     summary="The running app's log (text, or SSE with follow=true)")
     async def runtime_log(
         self, caller_tenant: NamedDependency[str], deployments: NamedDependency[DeploymentService],
-        releases: NamedDependency[ReleaseService], app_runtime: NamedDependency[AppRuntime], app: FromPath[str],
+        releases: NamedDependency[ReleaseService], app_runtime: NamedDependency[DockerAppRuntime], app: FromPath[str],
         follow: Annotated[bool, Follow] = False, tail: Annotated[int, Tail] = 100,
     ) -> Response[str] | ServerSentEvent:
         target = await anyio.to_thread.run_sync(deployments.app, caller_tenant, app)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from litestar import Response, get
 from litestar.di import NamedDependency
-from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -106,10 +107,10 @@ class HttpMetrics:
         self.services = services  # the app's attached services, read per request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
-        method = cast("HTTPScope", scope)["method"]
+        method = scope["method"]
         started = time.perf_counter()
         status = 500
 

@@ -37,7 +37,7 @@ async def node_token_guard(connection: ASGIConnection[Any, Any, Any, Any], _: Ba
     claimed = connection.path_params.get("node")
     if claimed is not None and claimed != node.id:
         raise Forbidden(f"This node token belongs to node {node.id}, not {claimed}.", code="node-mismatch")
-    connection.scope.setdefault("state", {})[_STATE_KEY] = node  # type: ignore[typeddict-item]
+    connection.scope.setdefault("state", {})[_STATE_KEY] = node
 
 
 def authenticated_node(request: Request[Any, Any, Any]) -> Node:

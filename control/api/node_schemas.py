@@ -66,7 +66,7 @@ class NodeReport(msgspec.Struct):
 
     def dynamic(self) -> dict[str, Any]:
         """What is stored as the node's last report (the static part has columns)."""
-        body = msgspec.to_builtins(self)
+        body: dict[str, Any] = msgspec.to_builtins(self)  # a Struct becomes a dict
         for static in ("state", "engine", "base_url", "models"):
             body.pop(static, None)
         return body

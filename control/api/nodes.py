@@ -43,7 +43,7 @@ def node_out(inference: Inference, node: Node) -> NodeOut:
 
 class NodeController(Controller):
     path = "/v1/nodes"
-    tags = ["inference nodes (operator)"]
+    tags = ("inference nodes (operator)",)
 
     @endpoint("POST", access=OPERATOR_ACCESS, summary="Enroll an inference node (its token is shown once)", status_code=201)
     def enroll(self, request: Request[Any, Any, Any], inference: NamedDependency[Inference], data: JSONBody[NodeCreate]) -> NodeEnrolled:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 import anyio.to_thread
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from control.api.problems import send_problem
@@ -40,7 +41,7 @@ class RateLimitMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         principal = scope.get("user")
-        if scope["type"] != "http" or not isinstance(principal, Principal):
+        if scope["type"] != ScopeType.HTTP or not isinstance(principal, Principal):
             await self.app(scope, receive, send)
             return
         services = scope["app"].state.services

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import structlog
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from control.domain.names import REQUEST_ID
@@ -21,7 +22,7 @@ access_log = structlog.get_logger("moorage.access")
 
 
 def request_id_of(scope: Scope | dict[str, Any]) -> str:
-    state = scope.setdefault("state", {})  # type: ignore[union-attr]
+    state = scope.setdefault("state", {})
     request_id = state.get("request_id")
     if request_id is None:
         request_id = state["request_id"] = _incoming_id(scope) or new_id("req")
@@ -42,7 +43,7 @@ class RequestContext:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
         request_id = request_id_of(scope)

@@ -8,7 +8,7 @@ from control.api.apps import AppController
 from control.api.audit import operator_audit, tenant_audit
 from control.api.backups import BackupController
 from control.api.databases import DATABASE_LIMIT_ROUTES, DatabaseController
-from control.api.deployments import DeploymentController
+from control.api.deployments import DeploymentController, ReleaseController
 from control.api.env import EnvController
 from control.api.gateway import GATEWAY_ROUTES
 from control.api.health import healthz, readyz
@@ -18,7 +18,6 @@ from control.api.links import LinkController
 from control.api.logs import LogController
 from control.api.metrics import metrics_handler
 from control.api.nodes import NODE_ROUTES
-from control.api.releases import ReleaseController
 from control.api.spec import openapi_document
 from control.api.tenants import TenantController
 from control.api.usage import USAGE_ROUTES

@@ -82,7 +82,7 @@ class LimitsOut(msgspec.Struct):
 
 class TenantController(Controller):
     path = "/v1/tenants"
-    tags = ["tenants (operator)"]
+    tags = ("tenants (operator)",)
 
     @endpoint("POST", access=OPERATOR_ACCESS, errors=(409,), summary="Create a tenant", status_code=201)
     def create(self, tenants: NamedDependency[TenantService], data: JSONBody[TenantCreate]) -> TenantOut:

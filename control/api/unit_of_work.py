@@ -29,7 +29,15 @@ import anyio
 import anyio.to_thread
 import structlog
 from litestar.enums import ScopeType
-from litestar.types import ASGIApp, HTTPDisconnectEvent, HTTPScope, Message, Receive, Scope, Send
+from litestar.types import (
+    ASGIApp,
+    HTTPDisconnectEvent,
+    HTTPScope,
+    Message,
+    Receive,
+    Scope,
+    Send,
+)
 
 from control.api.audit import audited_action
 from control.api.problems import (

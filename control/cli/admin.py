@@ -36,7 +36,7 @@ class CommandError(Exception):
         self.exit_code = exit_code
 
 
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     admin = commands.add_parser("admin", help="operator commands run on the server host")
     sub = admin.add_subparsers(dest="admin_command", required=True, metavar="ADMIN_COMMAND")
     bootstrap = sub.add_parser("bootstrap", help="create the first operator key and print it once")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TypedDict
 
 from control.settings import Settings
 
 
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = commands.add_parser("serve", help="run the control plane (HTTP API)")
     serve.add_argument("--host", help="bind address (default MOORAGE_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default MOORAGE_PORT or 7800)")
@@ -35,7 +36,14 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def proxy_options(settings: Settings) -> dict[str, object]:
+class ProxyOptions(TypedDict, total=False):
+    """The keywords of uvicorn.run (and uvicorn.Config) that decide whose X-Forwarded-For counts."""
+
+    proxy_headers: bool
+    forwarded_allow_ips: list[str]
+
+
+def proxy_options(settings: Settings) -> ProxyOptions:
     """uvicorn trusts X-Forwarded-For from 127.0.0.1 unless told otherwise, which would let
     any local process pick the address that auth throttling counts: trust exactly
     MOORAGE_TRUSTED_PROXIES, and nobody when it is empty."""

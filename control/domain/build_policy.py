@@ -222,7 +222,8 @@ class _Checker:
                     self._refuse(line, f"{what} {raw!r} uses ${name}, which this Dockerfile does not define "
                                        "with ARG or ENV before it")
                     return None
-        return WordSplitter(raw, args=dict(known), envs={}).dequote()
+        value: str = WordSplitter(raw, args=dict(known), envs={}).dequote()  # dockerfile-parse is untyped
+        return value
 
     def _flags(self, words: list[str]) -> tuple[dict[str, str], list[str]]:
         """Leading ``--name=value`` words (dockerd reads flags before the arguments, quotes
@@ -368,9 +369,9 @@ class _Checker:
         else:
             sources = args[:-1]
         for raw in sources:
-            value = self._value(line, raw, "ADD source", self._known())
-            if value is not None and (_URLISH.search(value) or _URLISH.search(raw)):
-                self._refuse(line, f"ADD {value.strip('[],')}: downloading from a URL with ADD is not allowed (the daemon would "
+            source = self._value(line, raw, "ADD source", self._known())
+            if source is not None and (_URLISH.search(source) or _URLISH.search(raw)):
+                self._refuse(line, f"ADD {source.strip('[],')}: downloading from a URL with ADD is not allowed (the daemon would "
                                    f"fetch it from the host's network); {REMOTE_ADD_HINT}")
 
     def _run(self, line: Line, rest: str, onbuild: bool) -> None:

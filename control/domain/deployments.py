@@ -2,17 +2,22 @@
 
 The job itself (build, release, swap) runs in ``control.jobs.deploy``; this service owns
 the rules: which source is acceptable, the state machine, cancellation.
+
+The state machine: ``queued → building → releasing → running | failed | cancelled``. A
+rollback skips ``building``. ``building`` and ``releasing`` may be entered again when a job
+is retried after its worker died (the history keeps every entry).
 """
 
 from __future__ import annotations
 
+import builtins  # `list` in a class body with a list() method names the method, not the type
 import json
 import shutil
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from control.clock import utcnow
-from control.domain.deployment_states import Status, check_transition
 from control.domain.errors import Conflict, NotFound
 from control.domain.jobs import JobEnqueuer
 from control.domain.records import App, Deployment, Page
@@ -23,6 +28,38 @@ from control.store.repositories.apps import AppRepository
 from control.store.repositories.deployments import DeploymentRepository, to_deployment
 
 DEPLOY_JOB = "deploy"
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    BUILDING = "building"
+    RELEASING = "releasing"
+    RUNNING = "running"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({Status.RUNNING, Status.FAILED, Status.CANCELLED})
+_END = {Status.FAILED, Status.CANCELLED}
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.QUEUED: frozenset({Status.BUILDING, Status.RELEASING, *_END}),
+    Status.BUILDING: frozenset({Status.BUILDING, Status.RELEASING, *_END}),
+    Status.RELEASING: frozenset({Status.BUILDING, Status.RELEASING, Status.RUNNING, *_END}),
+    Status.RUNNING: frozenset(),
+    Status.FAILED: frozenset(),
+    Status.CANCELLED: frozenset(),
+}
+
+
+class InvalidTransition(Conflict):
+    code = "invalid-transition"
+
+
+def check_transition(current: str, target: str) -> Status:
+    to = Status(target)
+    if to not in TRANSITIONS[Status(current)]:
+        raise InvalidTransition(f"A deployment cannot go from '{current}' to '{target}'.")
+    return to
 
 
 class DeploymentService:
@@ -86,7 +123,7 @@ class DeploymentService:
         with self.db.read() as session:
             return DeploymentRepository(session, None).get(deployment_id)
 
-    def active(self, app_id: str | None = None) -> list[Deployment]:
+    def active(self, app_id: str | None = None) -> builtins.list[Deployment]:
         with self.db.read() as session:
             return DeploymentRepository(session, None).active(app_id)
 
@@ -117,8 +154,10 @@ class DeploymentService:
             if Status(row.status) in (Status.RUNNING, Status.FAILED, Status.CANCELLED):
                 raise Conflict(f"Deployment {deployment_id} already ended ('{row.status}'); nothing to cancel.", code="deployment-finished")
             row.cancel_requested = True
-            if row.status == Status.QUEUED:  # no worker has it yet: cancel on the spot
-                self.queue.cancel_queued(deployment_id)
+            # On the spot only while no worker holds its job. A worker that claimed it is
+            # still 'queued' until its first step, and honours the flag at its next check:
+            # cancelled under it, its own next transition would be refused.
+            if row.status == Status.QUEUED and self.queue.cancel_queued(deployment_id):
                 _apply(row, Status.CANCELLED, "cancelled before it started", {})
             session.flush()
             return to_deployment(row)

@@ -3,6 +3,8 @@ numbered per app (``v1``, ``v2``...), and the app's current release (desired sta
 
 from __future__ import annotations
 
+import builtins  # `list` in a class body with a list() method names the method, not the type
+
 from control.domain.errors import Invalid, NotFound
 from control.domain.names import RELEASE_NAME
 from control.domain.records import App, DesiredApp, Page, Release
@@ -81,7 +83,7 @@ class ReleaseService:
         with self.db.write() as session:
             AppRuntimeRepository(session).set_container(app_id, container_id, container_name)
 
-    def desired(self, app_id: str | None = None) -> list[DesiredApp]:
+    def desired(self, app_id: str | None = None) -> builtins.list[DesiredApp]:
         with self.db.read() as session:
             return AppRuntimeRepository(session).desired(app_id)
 

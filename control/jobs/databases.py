@@ -10,7 +10,7 @@ already redacted. A dependency that is down (circuit open) retries the job later
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -35,10 +35,8 @@ from control.domain.databases import (
 )
 from control.domain.records import Database, Job
 from control.domain.tenants import TenantService
-from control.jobs.locks import AppLocks
-from control.jobs.outages import as_outage
-from control.jobs.runtime import INSTANCE_LABEL, AppRuntime
-from control.jobs.workers import Handler, JobContext
+from control.jobs.runtime_docker import INSTANCE_LABEL, DockerAppRuntime
+from control.jobs.workers import AppLocks, JobContext, JobKind, as_outage
 from runtime.databases import (
     BackupIntegrityError,
     Backups,
@@ -60,7 +58,7 @@ MiB = 2**20
 class DatabaseRuntime:
     """The runtime adapters, made on first use (so building the control plane needs no Docker)."""
 
-    def __init__(self, app_runtime: AppRuntime) -> None:
+    def __init__(self, app_runtime: DockerAppRuntime) -> None:
         self.app_runtime = app_runtime
         # Two jobs of a new tenant must not both create its network (Docker allows duplicate names).
         self._network_lock = threading.Lock()
@@ -99,20 +97,26 @@ class DatabaseJobs:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
-    def handlers(self) -> dict[str, Handler]:
-        return {PROVISION_JOB: self.provision, BACKUP_JOB: self.backup, RESTORE_JOB: self.restore, DELETE_JOB: self.delete}
+    def kinds(self) -> dict[str, JobKind]:
+        """The job kinds this runs, for the worker pool's registry."""
 
-    def give_up_hooks(self) -> dict[str, Callable[[Job, str], None]]:
-        def provision(job: Job, reason: str) -> None:
+        def provision_gave_up(job: Job, reason: str) -> None:
             self.databases.mark(job.subject_id, Status.FAILED, expect=(Status.PROVISIONING,), reason=f"gave up: {reason}")
 
-        def delete(job: Job, reason: str) -> None:  # back to a state a retried DELETE accepts
+        def delete_gave_up(job: Job, reason: str) -> None:  # back to a state a retried DELETE accepts
             self.databases.mark(job.subject_id, Status.FAILED, expect=(Status.DELETING,), reason=f"delete gave up: {reason}")
 
+        def backup_gave_up(job: Job, reason: str) -> None:
+            self.backups.mark(job.subject_id, FAILED, reason=f"gave up: {reason}")
+
+        def restore_gave_up(job: Job, reason: str) -> None:
+            self.backups.mark_restore(job.subject_id, FAILED, reason=f"gave up: {reason}")
+
         return {
-            PROVISION_JOB: provision, DELETE_JOB: delete,
-            BACKUP_JOB: lambda job, reason: self.backups.mark(job.subject_id, FAILED, reason=f"gave up: {reason}"),
-            RESTORE_JOB: lambda job, reason: self.backups.mark_restore(job.subject_id, FAILED, reason=f"gave up: {reason}"),
+            PROVISION_JOB: JobKind(self.provision, provision_gave_up),
+            DELETE_JOB: JobKind(self.delete, delete_gave_up),
+            BACKUP_JOB: JobKind(self.backup, backup_gave_up),
+            RESTORE_JOB: JobKind(self.restore, restore_gave_up),
         }
 
     # -- helpers ---------------------------------------------------------------------------
@@ -256,7 +260,7 @@ class DatabaseJobs:
                 with self.locks.hold(database.id):
                     self._purge(database, self._tenant(database))
                 purged.append(database.id)
-            except Exception as exc:  # one failure must not stop the sweep; the next one retries
+            except Exception as exc:  # noqa: BLE001 (one failure must not stop the sweep; the next one retries)
                 log.warning("database_purge_failed", database_id=database.id, error=f"{type(exc).__name__}: {exc}")
         if purged:
             log.info("database_volumes_purged", database_ids=purged)

@@ -1,70 +1,46 @@
-"""The ``deploy`` job: source → build → release → health-gated swap → running.
+"""The ``deploy`` job: source → build (``control.jobs.build``) → release → health-gated
+swap → running.
 
 Each step re-reads the cancel flag. A retried job (its worker died, or Docker went away
-mid-step: ``control.jobs.outages``) starts over: the Docker layer cache makes the rebuild
-cheap, the release made by the first attempt is reused, and a leftover container of the
-same name is replaced.
+mid-step: ``control.jobs.workers.as_outage``) starts over: the Docker layer cache makes the
+rebuild cheap, the release made by the first attempt is reused, and a leftover container of
+the same name is replaced.
+
+The swap of one app to its new release, with no downtime:
+
+1. start the new container (sandboxed, tenant network, env passed at create, labels);
+2. wait for its HTTP health check; on failure: log its last lines, remove it, and stop
+   here: the route still points at the old release, which keeps serving;
+3. switch the route (an atomic file write) and watch Traefik until it answers with the
+   new release's ``X-Moorage-Release`` header;
+4. record the new desired state, let in-flight requests to the old container drain, stop
+   and remove the old container(s).
+
+A cancel is honoured up to the route switch; once the route points at the new release the
+swap runs to its end and the deployment ends ``running``.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
-from control.domain.build_policy import BuildPolicy, DockerfileRefused
 from control.domain.databases import CredentialsUnreadable
-from control.domain.deployment_states import Status
-from control.domain.deployments import DeploymentService
+from control.domain.deployments import DeploymentService, Status
 from control.domain.env import EnvService, SecretUnreadable
-from control.domain.errors import Invalid
-from control.domain.git_sources import (
-    GitHostRefused,
-    check_git_source,
-    curl_resolve_entries,
-    resolve_git_host,
-)
 from control.domain.links import LinkService
-from control.domain.records import App, Deployment, Job
+from control.domain.records import App, Deployment, Job, Release
 from control.domain.releases import ReleaseService
-from control.jobs.build_leftovers import noting_step_containers, remove_leftovers
-from control.jobs.build_log import BuildLog
-from control.jobs.locks import AppLocks
-from control.jobs.outages import as_outage
-from control.jobs.runtime import AppRuntime
-from control.jobs.source import SourceError, clone
-from control.jobs.swap import SwapCancelled, SwapFailed, SwapPlan, swap
-from control.jobs.workers import JobContext
+from control.jobs.build import BuildLog, Cancelled, Failed, SourceBuild, check_step
+from control.jobs.runtime_port import AppRuntime, RemovalRefused, Route
+from control.jobs.workers import AppLocks, JobContext, as_outage
 from control.settings import Settings
-from runtime.builders import (
-    BuildCancelled,
-    BuilderUnavailable,
-    BuildRequest,
-    select_builder,
-)
-from runtime.builders.dockerfile import DockerfileBuilder
-from runtime.builders.nixpacks import NixpacksBuilder
-from runtime.images import BuildError, BuildTimeout
 
 log = structlog.get_logger("moorage.deploy")
-
-
-def tenant_repository(tenant_id: str) -> str:
-    """Where a tenant's images are tagged; the build policy lets it build FROM these only. By
-    id, not name: a tenant made later under a deleted one's name must not reach its images."""
-    return f"moorage-apps/{tenant_id}/"
-
-
-class Failed(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class Cancelled(Exception):
-    pass
 
 
 @dataclass
@@ -76,6 +52,10 @@ class DeployPipeline:
     runtime: AppRuntime
     locks: AppLocks
     links: LinkService | None = None  # managed databases: URLs resolved at container start
+    source_build: SourceBuild = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.source_build = SourceBuild(self.settings, self.deployments, self.runtime)
 
     def __call__(self, job: Job, ctx: JobContext) -> None:
         dep = self.deployments.load(job.subject_id)
@@ -86,8 +66,11 @@ class DeployPipeline:
             out.step(f"retrying: attempt {job.attempts} of {job.max_attempts} (the previous worker stopped)")
         try:
             app, tenant = self._names(dep)
-            self._check(dep.id, ctx)
-            image, tag = self._rollback_image(dep, out) if dep.source_kind == "rollback" else self._build(dep, job, app, tenant, out, ctx)
+            check_step(self.deployments, dep.id, ctx)
+            if dep.source_kind == "rollback":
+                image, tag = self._rollback_image(dep, out)
+            else:
+                image, tag = self.source_build.run(dep, job, app, tenant, out, ctx)
             self._release(dep, app, tenant, image, tag, out, ctx)
         except Cancelled:
             out.step("cancelled")
@@ -113,8 +96,8 @@ class DeployPipeline:
     def _clean_up(self, deployment_id: str) -> None:
         self.deployments.discard_source(deployment_id)
         try:
-            remove_leftovers(self.deployments.workdir(deployment_id), self.runtime.containers)
-        except Exception as exc:  # Docker down: the note stays; nothing else depends on it
+            self.runtime.remove_build_leftovers(self.deployments.workdir(deployment_id))
+        except Exception as exc:  # noqa: BLE001 (Docker down: the note stays; nothing else depends on it)
             log.warning("build_leftovers_not_removed", deployment_id=deployment_id, error=f"{type(exc).__name__}: {exc}")
 
     # -- steps --------------------------------------------------------------------------
@@ -124,90 +107,11 @@ class DeployPipeline:
         app = self.deployments.app(dep.tenant_id, dep.app_id)
         return app, TenantService(self.deployments.db).get(dep.tenant_id).name
 
-    def _check(self, deployment_id: str, ctx: JobContext) -> None:
-        if ctx.lease_lost.is_set():
-            raise RuntimeError("lease lost: another worker owns this job now")
-        if self.deployments.cancel_requested(deployment_id):
-            raise Cancelled()
-
-    def _build(self, dep: Deployment, job: Job, app: App, tenant: str, out: BuildLog, ctx: JobContext) -> tuple[str, str]:
-        self.deployments.transition(dep.id, Status.BUILDING, reason=f"attempt {job.attempts}" if job.attempts > 1 else None)
-        workdir = self.deployments.workdir(dep.id)
-        if removed := remove_leftovers(workdir, self.runtime.containers):
-            out.step(f"removed {len(removed)} step container(s) the interrupted attempt left: {', '.join(removed)}")
-        src = workdir / "src"
-        if dep.source_kind == "git":
-            out.step(f"cloning {dep.source['url']} at {dep.source['ref']}")
-            self._clone(dep, src, out)
-        elif not src.is_dir():
-            raise Failed("the uploaded source is no longer on disk; upload it again")
-        choice = select_builder(app.builder, src)
-        builder = (DockerfileBuilder(self.runtime.build_images) if choice == "dockerfile"
-                   else NixpacksBuilder(self.runtime.build_images, self.settings.nixpacks_bin))
-        tag = f"{tenant_repository(dep.tenant_id)}{app.name}:{dep.id}"
-        out.step(f"building with {choice} (app builder: {app.builder}) as {tag}")
-        policy = BuildPolicy(allowed_images=self.settings.allowed_images, own_repository=tenant_repository(dep.tenant_id),
-                             lineage=dep.tenant_id)
-
-        def checked(dockerfile: str) -> str:
-            text = policy.check(dockerfile)
-            out.step("build policy: the Dockerfile's images and sources are allowed; cache lineage: this tenant's own")
-            return text
-
-        last_check = [0.0]
-
-        def cancelled() -> bool:  # per log line, but the database is asked at most twice a second
-            if time.monotonic() - last_check[0] < 0.5:
-                return False
-            last_check[0] = time.monotonic()
-            return ctx.lease_lost.is_set() or self.deployments.cancel_requested(dep.id)
-
-        started = time.monotonic()
-        request = BuildRequest(source=src, tag=tag, tenant=tenant, app=app.name, timeout=float(self.settings.build_timeout_s),
-                               on_line=noting_step_containers(workdir, out.line), cancelled=cancelled, work_dir=workdir,
-                               prepare_dockerfile=checked)
-        try:
-            built = builder.build(request)
-        except BuilderUnavailable as exc:
-            raise Failed(str(exc)) from None
-        except DockerfileRefused as exc:
-            raise Failed(exc.reason) from None
-        except BuildTimeout:
-            raise Failed(f"the build exceeded its time limit of {self.settings.build_timeout_s}s") from None
-        except BuildError as exc:
-            raise Failed(f"the build failed: {exc}") from None
-        except BuildCancelled:
-            self._check(dep.id, ctx)
-            raise Cancelled() from None
-        self.deployments.record_timing(dep.id, build_s=time.monotonic() - started)
-        out.step(f"built {built.image_id[:19]} in {time.monotonic() - started:.2f}s")
-        self._check(dep.id, ctx)
-        self.deployments.transition(dep.id, Status.RELEASING, builder=choice, image=built.image_id)
-        return built.image_id, tag
-
-    def _clone(self, dep: Deployment, src: Path, out: BuildLog) -> None:
-        """The policy again, just before cloning (the source may predate it, and DNS may
-        answer differently now than when the API checked): git is pinned to what passed."""
-        url, ref = dep.source["url"], dep.source["ref"]
-        try:
-            target = check_git_source(url, ref, allow_http=self.settings.git_allow_http)
-            addresses = resolve_git_host(target, self.settings.git_networks)
-        except Invalid as exc:
-            raise Failed(exc.detail) from None
-        except GitHostRefused as exc:
-            raise Failed(str(exc)) from None
-        out.step(f"git host {target.host} resolves to {', '.join(addresses)}: allowed; fetching from exactly that")
-        try:
-            clone(url, ref, src, timeout=self.settings.git_timeout_s, max_bytes=self.settings.max_source_bytes,
-                  pins=curl_resolve_entries(target, addresses), allow_http=self.settings.git_allow_http)
-        except SourceError as exc:
-            raise Failed(str(exc)) from None
-
     def _rollback_image(self, dep: Deployment, out: BuildLog) -> tuple[str, str]:
         target = self.releases.get(dep.source["release_id"])
         if target is None:
             raise Failed(f"release {dep.source.get('release')} no longer exists")
-        if not self.runtime.images.exists(target.image_id):
+        if not self.runtime.image_exists(target.image_id):
             raise Failed(f"the image of {target.name} was removed from this host; deploy that version from source")
         out.step(f"rollback to {target.name}: reusing image {target.image_id[:19]}, no build")
         self.deployments.transition(dep.id, Status.RELEASING, image=target.image_id)
@@ -230,20 +134,91 @@ class DeployPipeline:
         )
         out.step(f"release {release.name}: env version {env.env_version} ({len(env.vars)} vars, {len(linked)} database links), port {port}")
         self.deployments.update(dep.id, release_id=release.id)
-        self._check(dep.id, ctx)
+        check_step(self.deployments, dep.id, ctx)
         plan = SwapPlan(tenant=tenant, app=app.name, app_id=app.id, deployment_id=dep.id, release=release, env=values)
         with self.locks.hold(app.id):
-            try:
-                timings = swap(
-                    self.runtime, plan, out, health_timeout=float(self.settings.health_timeout_s),
-                    verify_timeout=float(self.settings.route_verify_timeout_s), drain_s=self.settings.swap_drain_ms / 1000,
-                    make_current=lambda cid, name: self.releases.make_current(release, cid, name),
-                    cancelled=lambda: self.deployments.cancel_requested(dep.id),
-                )
-            except SwapFailed as exc:
-                raise Failed(str(exc)) from None
-            except SwapCancelled:
-                raise Cancelled() from None
+            timings = swap(
+                self.runtime, plan, out, health_timeout=float(self.settings.health_timeout_s),
+                verify_timeout=float(self.settings.route_verify_timeout_s), drain_s=self.settings.swap_drain_ms / 1000,
+                make_current=lambda cid, name: self.releases.make_current(release, cid, name),
+                cancelled=lambda: self.deployments.cancel_requested(dep.id),
+            )
         self.deployments.record_timing(dep.id, start_s=timings.start_s, health_s=timings.health_s, route_s=timings.route_s)
         self.deployments.transition(dep.id, Status.RUNNING)
         out.step(f"running {release.name}")
+
+
+# -- the swap -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SwapPlan:
+    tenant: str
+    app: str
+    app_id: str  # keys the route
+    deployment_id: str
+    release: Release
+    env: dict[str, str]  # plaintext, in memory only: passed at create, never logged
+
+
+@dataclass(frozen=True)
+class SwapTimings:
+    start_s: float
+    health_s: float
+    route_s: float
+
+
+def container_name(tenant: str, app: str, deployment_id: str) -> str:
+    return f"moorage-{tenant}-{app}-{deployment_id}"
+
+
+def swap(rt: AppRuntime, plan: SwapPlan, log: BuildLog, *, health_timeout: float, verify_timeout: float,
+         drain_s: float, make_current: Callable[[str, str], None], cancelled: Callable[[], bool]) -> SwapTimings:
+    release = plan.release
+    name = container_name(plan.tenant, plan.app, plan.deployment_id)
+    started = time.monotonic()
+    new = rt.start_app(tenant=plan.tenant, app=plan.app, release=release.name, image=release.image_id,
+                       env=plan.env, name=name)
+    start_s = time.monotonic() - started
+    log.step(f"started {name} at {new.ip} in {start_s:.2f}s; health check GET {release.health_check_path} on port {release.port}")
+
+    health = rt.wait_healthy(new, port=release.port, path=release.health_check_path, timeout=health_timeout)
+    if not health.ok or cancelled():
+        tail = _last_lines(rt, new.id)
+        for line in tail:
+            log.line(f"[{release.name}] {line}")
+        rt.remove(new.id)
+        if health.ok:
+            raise Cancelled()
+        raise Failed(
+            f"health check GET {release.health_check_path} on port {release.port} did not pass within "
+            f"{health_timeout:.0f}s ({health.detail}); the previous release keeps serving. "
+            "Last log lines of the new container:\n" + ("\n".join(tail) or "(none)")
+        )
+    log.step(f"healthy after {health.elapsed:.2f}s ({health.detail}); switching the route")
+    old = [c for c in rt.owned_apps(tenant=plan.tenant, app=plan.app) if c.id != new.id]
+    switched = time.monotonic()
+    route = Route(plan.app_id, plan.tenant, plan.app, new.address(), release.port, release.name)
+    rt.write_route(route)
+    seen = rt.wait_served(route, verify_timeout)
+    route_s = time.monotonic() - switched
+    if seen is None:
+        log.step(f"warning: Traefik did not answer with {release.name} within {verify_timeout}s "
+                 "(check MOORAGE_TRAEFIK_URL); the route file is written")
+    else:
+        log.step(f"Traefik serves {release.name} after {seen:.2f}s")
+    make_current(new.id, name)
+    if old:
+        time.sleep(drain_s)  # requests already sent to the old container finish first
+    for container in old:
+        try:
+            rt.stop_and_remove(container.id)
+            log.step(f"stopped the previous container {container.name}")
+        except RemovalRefused as exc:  # already gone or going: the new release is live either way
+            log.step(f"previous container {container.name} not removed ({exc}); the reconciler will")
+    return SwapTimings(start_s=start_s, health_s=health.elapsed, route_s=route_s)
+
+
+def _last_lines(rt: AppRuntime, container_id: str, n: int = 20) -> list[str]:
+    try:
+        return rt.log_tail(container_id, n)
+    except Exception as exc:  # noqa: BLE001 (the deployment's reason must still be written)
+        return [f"(logs unavailable: {type(exc).__name__})"]

@@ -3,7 +3,8 @@
 A worker claims a job by taking a lease (``lease_s``) and renews it while it runs. If the
 process dies, the lease lapses; ``recover_expired`` (run by every worker pool, on start and
 periodically) then puts the job back in the queue (``attempts < max_attempts``) or fails it
-for good and tells the job's owner why (``on_give_up``), so nothing stays "running" forever.
+for good, and the worker pool tells the job kind's owner why (its ``give_up``), so nothing stays
+"running" forever.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from control.store.database import Store
 from control.store.repositories.jobs import JobRepository
 
 log = structlog.get_logger("moorage.jobs")
-GiveUp = Callable[[Job, str], None]
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,6 @@ class JobQueue:
         self.config = config
         self.clock = clock
         self.wakeup = threading.Event()  # set on enqueue: idle workers in this process start at once
-        self.on_give_up: dict[str, GiveUp] = {}
 
     @property
     def lease(self) -> timedelta:
@@ -113,9 +112,6 @@ class JobQueue:
                 outcomes.append((JobRepository(session).get(row.id), give_up))  # type: ignore[arg-type]
         for job, give_up in outcomes:
             log.warning("job_lease_expired", job_id=job.id, kind=job.kind, attempts=job.attempts, gave_up=give_up)
-            hook = self.on_give_up.get(job.kind)
-            if give_up and hook is not None:
-                hook(job, job.last_error or "lease expired")
         if outcomes:
             self.wakeup.set()
         return outcomes

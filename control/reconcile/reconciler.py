@@ -12,7 +12,7 @@ and remove *orphans*, what no live app and no in-progress deployment accounts fo
   deleted app, so a hostname never keeps pointing at an IP another container may get;
 - route files of the code before routes were keyed by app id (`tenant--app.yml`) whose tenant
   is one of ours: a live app's is replaced by its id-keyed file, any other is removed;
-- whatever further sweeps were registered with ``also_sweep`` (database containers).
+- the further sweeps it was built with (database containers).
 
 Containers and files without our marks are never touched. Apps with a deployment in flight
 are skipped (the swap owns them until it finishes).
@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 
-import docker.errors
 import structlog
 
 from control.domain.deployments import DeploymentService
@@ -34,9 +33,8 @@ from control.domain.env import EnvService
 from control.domain.links import LinkService
 from control.domain.records import DesiredApp
 from control.domain.releases import ReleaseService
-from control.jobs.locks import AppLocks
-from control.jobs.runtime import AppRuntime
-from runtime import labels as L
+from control.jobs.runtime_port import AppContainer, AppRuntime, Route
+from control.jobs.workers import AppLocks
 from runtime.router import legacy_owners
 
 log = structlog.get_logger("moorage.reconcile")
@@ -59,7 +57,8 @@ class _Backoff:
 class Reconciler:
     def __init__(self, releases: ReleaseService, deployments: DeploymentService, env_vars: EnvService, runtime: AppRuntime,
                  locks: AppLocks, *, interval_s: float, base_backoff_s: float = 1.0, clock: Callable[[], float] = time.monotonic,
-                 links: LinkService | None = None, tenant_names: Callable[[], set[str]] = set) -> None:
+                 links: LinkService | None = None, tenant_names: Callable[[], set[str]] = set,
+                 sweeps: Mapping[str, Callable[[], list[str]]] | None = None) -> None:
         self.releases = releases
         self.deployments = deployments
         self.env_vars = env_vars
@@ -70,7 +69,7 @@ class Reconciler:
         self.base_backoff_s = base_backoff_s
         self.clock = clock
         self.tenant_names = tenant_names
-        self._sweeps: list[tuple[str, Callable[[], list[str]]]] = []
+        self._sweeps = dict(sweeps or {})  # further sweeps, each returning what it removed
         self._backoff: dict[str, _Backoff] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -80,7 +79,7 @@ class Reconciler:
         report = Report()
         # Nothing was ever started by this instance (no instance id yet): nothing to compare,
         # and no reason to talk to Docker at all.
-        if not (self.runtime.settings.data_dir / "instance-id").exists():
+        if not self.runtime.ever_started_anything():
             report.skipped = True
             return report
         active = self.deployments.active()
@@ -93,7 +92,7 @@ class Reconciler:
                     self._guarded(report, desired.app_name, lambda d=desired: self._converge(d, report))  # type: ignore[misc]
         self._guarded(report, "orphans", lambda: self._remove_orphans(report))
         self._guarded(report, "orphan routes", lambda: self._remove_orphan_routes(report))
-        for name, sweep in self._sweeps:
+        for name, sweep in self._sweeps.items():
             self._guarded(report, name, partial(_run_sweep, report, name, sweep))
         if report.actions:
             log.info("reconciled", actions=report.actions)
@@ -102,18 +101,15 @@ class Reconciler:
     def _guarded(self, report: Report, what: str, step: Callable[[], None]) -> None:
         try:
             step()
-        except Exception as exc:  # one app's trouble must not stop the pass for the others
+        except Exception as exc:  # noqa: BLE001 (one app's trouble must not stop the pass for the others)
             report.errors.append(f"{what}: {type(exc).__name__}: {exc}")
             log.warning("reconcile_failed", target=what, error=f"{type(exc).__name__}: {exc}")
 
     def _converge(self, d: DesiredApp, report: Report) -> None:
-        rt, containers = self.runtime, self.runtime.containers
-        try:
-            info = containers.inspect(d.container_id)
-        except docker.errors.NotFound:
-            info = None
+        rt = self.runtime
+        info = rt.inspect(d.container_id)
         backoff = self._backoff.setdefault(d.app_id, _Backoff())
-        if info is not None and info.status == "running":
+        if info is not None and info.running:
             backoff.failures = 0
         else:
             if self.clock() < backoff.next_at:
@@ -124,19 +120,19 @@ class Reconciler:
                 info = self._recreate(d)
                 report.actions.append(f"recreated {d.tenant_name}/{d.app_name} ({d.release.name})")
             else:
-                info = containers.start(info.id)
+                info = rt.restart(info.id)
                 report.actions.append(f"restarted {d.tenant_name}/{d.app_name} ({d.release.name})")
-        ip = rt.ip_of(info, d.tenant_name)
-        if not rt.route_is(d.app_id, d.tenant_name, d.app_name, ip, d.release.port, d.release.name):
-            rt.write_route(d.app_id, d.tenant_name, d.app_name, ip, d.release.port, d.release.name)
-            report.actions.append(f"route rewritten {d.tenant_name}/{d.app_name} -> {ip}")
+        route = Route(d.app_id, d.tenant_name, d.app_name, info.address(), d.release.port, d.release.name)
+        if not rt.route_is(route):
+            rt.write_route(route)
+            report.actions.append(f"route rewritten {d.tenant_name}/{d.app_name} -> {route.ip}")
 
-    def _recreate(self, d: DesiredApp):  # type: ignore[no-untyped-def]
+    def _recreate(self, d: DesiredApp) -> AppContainer:
         env = self.env_vars.list(d.tenant_id, d.app_id, reveal=True)
         linked = self.links.resolve(d.tenant_id, d.app_id) if self.links else {}  # database links, as the deploy did
         values = {v.name: v.value for v in env.vars if v.value is not None} | linked | {"PORT": str(d.release.port)}
-        info, _ = self.runtime.start_app(tenant=d.tenant_name, app=d.app_name, release=d.release.name,
-                                         image=d.release.image_id, env=values, name=d.container_name)
+        info = self.runtime.start_app(tenant=d.tenant_name, app=d.app_name, release=d.release.name,
+                                      image=d.release.image_id, env=values, name=d.container_name)
         self.releases.set_container(d.app_id, info.id, d.container_name)
         return info
 
@@ -152,19 +148,19 @@ class Reconciler:
         for container in owned:
             if container.id in wanted or any(container.name.endswith(dep) for dep in active_ids):
                 continue
-            app_id = app_ids.get((container.labels.get(L.TENANT, ""), container.labels.get(L.APP, "")))
+            app_id = app_ids.get((container.tenant, container.app))
             if app_id in busy_apps:
                 continue  # a swap in progress stops its old container itself
             with self.locks.try_hold(app_id or container.id) as held:
                 if held:
-                    self.runtime.containers.remove(container.id, force=True)
+                    self.runtime.remove(container.id)
                     report.actions.append(f"removed orphan {container.name}")
 
     def _remove_orphan_routes(self, report: Report) -> None:
         # Files first, then the database, as for containers: a file listed here was written
         # before these reads, so its deployment is either still active or already recorded.
-        router = self.runtime.router
-        owned, legacy = router.owned(self.runtime.instance), router.legacy()
+        rt = self.runtime
+        owned, legacy = rt.owned_routes(), rt.legacy_routes()
         busy_apps = {d.app_id for d in self.deployments.active()}
         desired = self.releases.desired()
         live = {d.app_id for d in desired} | busy_apps
@@ -172,7 +168,7 @@ class Reconciler:
             if key in live:
                 continue
             with self.locks.try_hold(key) as held:
-                if held and router.remove(key):
+                if held and rt.remove_route(key):
                     report.actions.append(f"removed orphan route {key}")
         if not legacy:
             return
@@ -181,12 +177,8 @@ class Reconciler:
             owners = legacy_owners(stem)
             if not any(tenant in ours for tenant, _ in owners) or any(owner in serving for owner in owners):
                 continue  # not ours, or a live app's: its converge replaces the file
-            if router.remove_legacy_stem(stem):
+            if rt.remove_legacy_route(stem):
                 report.actions.append(f"removed orphan route {stem} (written before id keys)")
-
-    def also_sweep(self, name: str, sweep: Callable[[], list[str]]) -> None:
-        """Run ``sweep`` on every pass; it returns what it removed."""
-        self._sweeps.append((name, sweep))
 
     # -- the loop -------------------------------------------------------------------------
     def start(self) -> None:
@@ -206,7 +198,7 @@ class Reconciler:
         while True:
             try:
                 self.run_once()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 (a failed pass must not end the loop; the next one runs)
                 log.warning("reconcile_pass_failed", error=f"{type(exc).__name__}: {exc}")
             if self._stop.wait(self.interval_s):
                 return

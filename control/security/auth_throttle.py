@@ -97,7 +97,8 @@ class AuthThrottle:
 
     def _is_known(self, address: str, credential: str) -> bool:
         with self._lock:
-            seen = self._known.get(address, {}).get(_digest(credential))
+            known = self._known.get(address)
+            seen = None if known is None else known.get(_digest(credential))
             return seen is not None and self._clock() - seen < self.remember_s
 
     def _sweep(self, now: float) -> None:

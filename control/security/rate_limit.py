@@ -76,17 +76,17 @@ class SlidingWindowLimiter:
         with self._lock:
             now = self.clock()
             logs = [self._log(policy, now) for policy in policies]
-            exhausted = [(p, log) for p, log in zip(policies, logs) if len(log) >= p.quota]
+            exhausted = [(p, log) for p, log in zip(policies, logs, strict=True) if len(log) >= p.quota]
             if exhausted:
                 # Room returns once enough entries age out to bring the count below the quota.
                 waits = [log[len(log) - p.quota] + p.window - now for p, log in exhausted]
-                states = tuple(self._state(p, log, now) for p, log in zip(policies, logs))
+                states = tuple(self._state(p, log, now) for p, log in zip(policies, logs, strict=True))
                 return Decision(False, states, max(waits), tuple(p.name for p, _ in exhausted))
             if count:
                 for log in logs:
                     log.append(now)
                 self._maybe_sweep(now)
-            states = tuple(self._state(p, log, now) for p, log in zip(policies, logs))
+            states = tuple(self._state(p, log, now) for p, log in zip(policies, logs, strict=True))
             return Decision(True, states, 0.0, ())
 
     def _log(self, policy: Policy, now: float) -> deque[float]:

@@ -23,7 +23,7 @@ def gpu_memory() -> list[GpuMemory] | None:
 
 def _from_nvml() -> list[GpuMemory] | None:
     try:
-        import pynvml  # type: ignore[import-not-found]
+        import pynvml  # only on GPU hosts; pyproject tells mypy it may be missing
     except ImportError:
         return None
     try:

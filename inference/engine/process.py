@@ -3,6 +3,7 @@ output streamed line by line to our log, signalled and reaped as a group."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -62,10 +63,8 @@ class EngineProcess:
         return code
 
     def _signal(self, signum: signal.Signals) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signum)
-        except ProcessLookupError:
-            pass
 
     def _stream_output(self) -> None:
         assert self._popen.stdout is not None

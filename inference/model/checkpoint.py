@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 
 
-def read_config(model_dir: str | Path) -> dict:
-    return json.loads((Path(model_dir) / "config.json").read_text())
+def read_config(model_dir: str | Path) -> dict[str, Any]:
+    config: dict[str, Any] = json.loads((Path(model_dir) / "config.json").read_text())
+    return config
 
 
 def safetensors_files(model_dir: str | Path) -> list[Path]:
@@ -35,6 +37,6 @@ def tensor_shapes(model_dir: str | Path) -> Iterator[tuple[str, tuple[int, ...]]
                 yield key, tuple(handle.get_slice(key).get_shape())
 
 
-def num_experts(config: dict) -> int:
+def num_experts(config: dict[str, Any]) -> int:
     # transformers 5 writes num_local_experts; 4.x and vLLM read num_experts.
     return int(config.get("num_experts") or config["num_local_experts"])

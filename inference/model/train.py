@@ -80,7 +80,7 @@ def train(
     model.train()
     started = time.monotonic()
     done = 0
-    for done in range(1, steps + 1):
+    for done in range(1, steps + 1):  # noqa: B007 (read after the loop: the steps that ran)
         batch = _batch(stream, torch.randint(0, high, (batch_size,), generator=generator), seq_len)
         # With output_router_logits the returned loss already adds router_aux_loss_coef × aux.
         loss = model(input_ids=batch, labels=batch, output_router_logits=True).loss

@@ -5,10 +5,13 @@
 from runtime.builders.base import (
     BuildCancelled,
     Builder,
+    BuildError,
     BuilderUnavailable,
     BuildRequest,
+    BuildTimeout,
     BuiltImage,
     select_builder,
 )
 
-__all__ = ["BuildCancelled", "BuildRequest", "Builder", "BuilderUnavailable", "BuiltImage", "select_builder"]
+__all__ = ["BuildCancelled", "BuildError", "BuildRequest", "BuildTimeout", "Builder", "BuilderUnavailable", "BuiltImage",
+           "select_builder"]

@@ -17,6 +17,18 @@ class BuildCancelled(RuntimeError):
     """The caller asked to stop; the build stream was closed (dockerd stops the build)."""
 
 
+class BuildError(RuntimeError):
+    """The build itself failed (a Dockerfile step): the tenant's problem, not the engine's."""
+
+    def __init__(self, message: str, log: list[str]) -> None:
+        super().__init__(message)
+        self.log = log
+
+
+class BuildTimeout(BuildError):
+    pass
+
+
 @dataclass(frozen=True)
 class BuildRequest:
     source: Path  # the extracted/cloned source tree

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from runtime.builders.base import BuildCancelled, BuildRequest, BuiltImage
-from runtime.images import BuildError, Images
+from runtime.builders.base import BuildCancelled, BuildError, BuildRequest, BuiltImage
+from runtime.images import Images
 
 
 def _prepare(path: Path, prepare: Callable[[str], str]) -> None:

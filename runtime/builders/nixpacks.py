@@ -13,12 +13,14 @@ from pathlib import Path
 
 from runtime.builders.base import (
     BuildCancelled,
+    BuildError,
     BuilderUnavailable,
     BuildRequest,
+    BuildTimeout,
     BuiltImage,
 )
 from runtime.builders.dockerfile import DockerfileBuilder
-from runtime.images import BuildError, BuildTimeout, Images
+from runtime.images import Images
 
 INSTALL_HINT = (
     "The nixpacks CLI is not installed on this host. Install it (https://nixpacks.com/docs/install: "

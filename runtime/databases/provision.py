@@ -12,6 +12,7 @@ stay reachable: they are found by label, not by name.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import time
@@ -281,10 +282,8 @@ class Databases:
         """Stop cleanly (a forced remove is a SIGKILL: Redis would lose writes since its last
         snapshot), remove the container; the data volume stays unless `purge_volume`."""
         if not purge_volume:
-            try:
+            with contextlib.suppress(docker.errors.NotFound):
                 self.stop(instance)
-            except docker.errors.NotFound:
-                pass
         self.containers.remove(instance.container_id, force=True)
         if purge_volume:
             self.purge_volumes(instance.tenant, instance.id)

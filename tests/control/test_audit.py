@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
-
 import io
 import logging
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from litestar import post
 from sqlalchemy import select, text
 

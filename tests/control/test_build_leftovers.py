@@ -12,8 +12,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from control.jobs import build_leftovers
-from control.jobs.build_leftovers import noting_step_containers, remove_leftovers
+from control.jobs import runtime_docker
+from control.jobs.runtime_docker import noting_step_containers, remove_leftovers
 from runtime.containers import Containers
 from runtime.docker_engine import DockerEngine
 from runtime.resilience import BreakerRegistry
@@ -37,11 +37,12 @@ def _container(client: docker.DockerClient, **labels: str) -> str:
     return made.id
 
 
-def test_only_step_containers_created_during_that_build_are_removed(client: docker.DockerClient, tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_only_step_containers_created_during_that_build_are_removed(
+    client: docker.DockerClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     containers = Containers(DockerEngine(RuntimeSettings(), registry=BreakerRegistry()))
     # A smaller slack: the same rule, checked without waiting out the real five seconds.
-    monkeypatch.setattr(build_leftovers, "CLOCK_SLACK_S", 1.0)
+    monkeypatch.setattr(runtime_docker, "CLOCK_SLACK_S", 1.0)
     older = _container(client)  # existed before the build: a forged line must not remove it
     time.sleep(2)  # beyond the clock slack
     app = _container(client, **{"moorage.managed": "true", "moorage.role": "app"})

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
 
-from control.domain.deployment_states import (
+from control.domain.deployments import (
     TERMINAL,
     TRANSITIONS,
     InvalidTransition,
@@ -36,7 +37,7 @@ def test_transitions_follow_the_table(current: Status, target: Status) -> None:
 def test_terminal_states_are_final_and_the_happy_path_exists() -> None:
     assert all(not TRANSITIONS[s] for s in TERMINAL)
     path = [Status.QUEUED, Status.BUILDING, Status.RELEASING, Status.RUNNING]
-    assert all(b in TRANSITIONS[a] for a, b in zip(path, path[1:]))
+    assert all(b in TRANSITIONS[a] for a, b in itertools.pairwise(path))
     assert Status.RELEASING in TRANSITIONS[Status.QUEUED]  # a rollback skips the build
 
 

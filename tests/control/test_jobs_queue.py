@@ -12,7 +12,7 @@ import pytest
 
 from control.domain.records import Job
 from control.jobs.queue import JobQueue, QueueConfig
-from control.jobs.workers import JobContext, RetryLater, WorkerPool
+from control.jobs.workers import JobContext, JobKind, RetryLater, WorkerPool
 from control.store import migrate
 from control.store.database import Store
 
@@ -79,7 +79,8 @@ def test_an_expired_lease_is_retried_then_given_up_with_a_reason(db: Store) -> N
     clock = Clock()
     queue = JobQueue(db, QueueConfig(lease_s=10, retry_backoff_s=2), clock=clock)
     gave_up: list[tuple[str, str]] = []
-    queue.on_give_up["deploy"] = lambda job, reason: gave_up.append((job.subject_id, reason))
+    never_run = JobKind(lambda job, ctx: None, give_up=lambda job, reason: gave_up.append((job.subject_id, reason)))
+    pool = WorkerPool(queue, {"deploy": never_run}, count=0)  # its owner learns of the verdict through the pool
     _enqueue(queue, "dep_1", max_attempts=2)
     assert queue.claim("dead-worker") is not None
     clock.advance(11)  # the worker died: no heartbeat
@@ -90,8 +91,9 @@ def test_an_expired_lease_is_retried_then_given_up_with_a_reason(db: Store) -> N
     again = queue.claim("w2")
     assert again is not None and again.attempts == 2
     clock.advance(11)  # died again: attempts are bounded
-    [(job, given_up)] = queue.recover_expired()
-    assert given_up and job.state == "failed"
+    pool.recover()
+    job = queue.get(again.id)
+    assert job is not None and job.state == "failed"
     assert gave_up == [("dep_1", job.last_error)] and "attempt 2 of 2" in gave_up[0][1]
     assert queue.claim("w3") is None  # nothing left running or queued: never stuck
 
@@ -126,7 +128,7 @@ def test_worker_pool_runs_jobs_retries_later_and_recovers_dead_workers(db: Store
     assert queue.claim("crashed-process") is not None
     time.sleep(1.1)
     _enqueue(queue, "flaky", max_attempts=2)
-    pool = WorkerPool(queue, {"deploy": handler}, count=2, poll_s=0.05, recover_every_s=0.2)
+    pool = WorkerPool(queue, {"deploy": JobKind(handler)}, count=2, poll_s=0.05, recover_every_s=0.2)
     pool.start()
     try:
         assert done.wait(10), ran

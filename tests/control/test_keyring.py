@@ -180,9 +180,8 @@ def test_first_start_generates_and_logs_a_key_without_showing_it(tmp_path: Path)
 
 def test_server_refuses_to_start_with_a_missing_explicit_key_file(tmp_path: Path) -> None:
     app = create_app(Settings(data_dir=tmp_path / "data", master_key_file=tmp_path / "absent.keys"))
-    with pytest.raises(BaseException) as failure:  # lifespan hooks may wrap it in an ExceptionGroup
-        with TestClient(app):
-            pass
+    with pytest.raises(BaseException) as failure, TestClient(app):  # lifespan hooks may wrap it in an ExceptionGroup
+        pass
     refusals = [failure.value]
     while isinstance(refusals[0], BaseExceptionGroup):
         refusals = list(refusals[0].exceptions)

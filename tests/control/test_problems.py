@@ -15,7 +15,7 @@ def assert_problem(response: httpx.Response, status: int, code: str) -> dict:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
     body = response.json()
-    assert PROBLEM_KEYS <= body.keys(), body
+    assert body.keys() >= PROBLEM_KEYS, body
     assert body["status"] == status
     assert body["code"] == code
     assert body["type"] == f"/problems/{code}"

@@ -72,7 +72,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_unsafe_archives_are_refused_and_nothing_escapes(tenant: Caller, settings: Settings, tmp_path: Path, case: str) -> None:
     tenant.post("/v1/apps", json={"name": "web"})
-    before = {p for p in tmp_path.rglob("*")}
+    before = set(tmp_path.rglob("*"))
     r = tenant.post("/v1/apps/web/deployments", content=CASES[case], headers=GZIP)
     assert r.status_code == 422, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
@@ -80,7 +80,7 @@ def test_unsafe_archives_are_refused_and_nothing_escapes(tenant: Caller, setting
     assert tenant.get("/v1/apps/web/deployments").json()["items"] == []
     deployments = settings.data_dir / "deployments"
     assert not deployments.exists() or list(deployments.iterdir()) == []  # the build dir is gone too
-    new = {p for p in tmp_path.rglob("*")} - before
+    new = set(tmp_path.rglob("*")) - before
     assert not [p for p in new if "escaped" in p.name or p.name in {"passwd", "shadow", "zeros.bin"}]
     assert not Path("/tmp/moorage-absolute-escape.txt").exists()
 

@@ -4,6 +4,7 @@ Everything created carries the run's unique tenant name and is removed at teardo
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,10 +37,8 @@ def cleanup_tenant(tenant: str) -> None:
         if n.name == f"moorage-t-{tenant}":
             n.remove()
     for i in client.images.list(filters={"label": f"moorage.tenant={tenant}"}):
-        try:
+        with contextlib.suppress(docker.errors.APIError):
             client.images.remove(i.id, force=True)
-        except docker.errors.APIError:
-            pass
     client.close()
 
 

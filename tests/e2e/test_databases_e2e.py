@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -163,10 +164,8 @@ class World:
 def _remove_volumes(tenant: str) -> None:
     client = docker.from_env()
     for volume in client.volumes.list(filters={"label": f"moorage.tenant={tenant}"}):
-        try:
+        with contextlib.suppress(docker.errors.APIError):
             volume.remove(force=True)
-        except docker.errors.APIError:
-            pass
     client.close()
 
 

@@ -18,7 +18,7 @@ import docker
 import httpx
 import pytest
 
-from control.jobs import runtime as control_runtime
+from control.jobs import runtime_docker
 from runtime.traefik import TraefikProcess
 from tests.e2e.apps import source, tar_gz
 from tests.fault import dockerd
@@ -32,8 +32,8 @@ def short_docker_breaker(monkeypatch: pytest.MonkeyPatch) -> float:
     waits for its trial call. Its reset (30 s, no setting yet) would be most of this test's
     time; 5 s takes the same path: open, wait, trial call, closed."""
     reset_s = 5.0
-    real = control_runtime.runtime_settings
-    monkeypatch.setattr(control_runtime, "runtime_settings", lambda settings: replace(real(settings), breaker_reset_timeout=reset_s))
+    real = runtime_docker.runtime_settings
+    monkeypatch.setattr(runtime_docker, "runtime_settings", lambda settings: replace(real(settings), breaker_reset_timeout=reset_s))
     return reset_s
 
 

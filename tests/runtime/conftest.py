@@ -7,6 +7,7 @@ per-run label and unique tenant names, and is removed at teardown.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,10 +76,8 @@ def _cleanup(eng: DockerEngine) -> None:
         if RUN_ID in (n.name or ""):
             n.remove()
     for i in client.images.list(filters={"label": f"{RUN_LABEL}={RUN_ID}"}):
-        try:
+        with contextlib.suppress(docker.errors.APIError):
             client.images.remove(i.id, force=True)
-        except docker.errors.APIError:
-            pass
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ from control.cli.client.commands.inference import run_chat
 from control.cli.client.config import ClientConfig, resolve
 from control.cli.client.http import ApiClient
 from control.cli.main import main
-from control.jobs.build_log import BuildLog
+from control.jobs.build import BuildLog
 from tests.inference.gateway_helpers import Platform, control_plane, stand_in_engine
 from tests.live_server import cli_tenant
 

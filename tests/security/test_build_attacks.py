@@ -181,9 +181,11 @@ def test_git_fetches_only_from_the_address_that_was_checked(traefik, tmp_path: P
     make_repo(tmp_path / "repos", "app", source(f"from-git-{RUN_ID}"))
     monkeypatch.setattr(git_sources, "system_resolver",
                         lambda host, port: ["127.0.0.1"] if host == "git.moorage.test" else pytest.fail(host))
-    with git_http_server(tmp_path / "repos") as git_port:
-        with _stack(traefik, tmp_path / "data", "g", git_allow_http=True, git_allowed_networks="127.0.0.0/8") as stack:
-            _deploy_from_the_pinned_host(stack, traefik, git_port)
+    with (
+        git_http_server(tmp_path / "repos") as git_port,
+        _stack(traefik, tmp_path / "data", "g", git_allow_http=True, git_allowed_networks="127.0.0.0/8") as stack,
+    ):
+        _deploy_from_the_pinned_host(stack, traefik, git_port)
 
 
 def _deploy_from_the_pinned_host(stack: Stack, traefik, git_port: int) -> None:  # noqa: F811

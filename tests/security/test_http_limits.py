@@ -7,6 +7,7 @@ time with 408 ``request-timeout`` while other requests keep being served.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -121,10 +122,8 @@ def _slow_request(live: dict[str, Any], path: str, extra: str, trickle_every_s: 
                 pass
             except ConnectionResetError:
                 break
-            try:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 sock.send(b" ")
-            except (BrokenPipeError, ConnectionResetError):
-                pass
             time.sleep(trickle_every_s)
     return time.monotonic() - started, received
 

@@ -12,6 +12,7 @@ joined to the victim's object names under the old `{tenant}-{name}` / `tenant--a
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ from litestar import Litestar
 from litestar.testing import TestClient
 
 from control.app import create_app
-from control.jobs.runtime import INSTANCE_LABEL
+from control.jobs.runtime_docker import INSTANCE_LABEL
+from control.jobs.runtime_port import Route
 from runtime.databases.provision import ID_LABEL
 from runtime.sandbox import ContainerSpec
 from runtime.traefik import TraefikProcess
@@ -244,7 +246,7 @@ def test_the_reconciler_removes_what_no_live_app_or_database_accounts_for(arena:
 
     # Orphans of ours: a route of an app id nothing knows, an old-style file of our tenant's
     # deleted app, a database container whose database is gone.
-    rt.write_route("app_0000000000orphan0000000000", tenant, "ghost", "10.255.0.9", 8080, "v9")
+    rt.write_route(Route("app_0000000000orphan0000000000", tenant, "ghost", "10.255.0.9", 8080, "v9"))
     (dynamic / f"{tenant}--ghost.yml").write_text("http: {}\n")
     net = rt.networks.ensure(tenant).name
     orphan_db = rt.containers.run(ContainerSpec(
@@ -276,9 +278,7 @@ def test_the_reconciler_removes_what_no_live_app_or_database_accounts_for(arena:
         assert arena.app.state.services.deploys.reconciler.run_once().actions == []  # nothing more to do
     finally:
         for leftover in (foreign_db, orphan_db):
-            try:
+            with contextlib.suppress(docker.errors.APIError):  # already being removed
                 rt.containers.remove(leftover.id, force=True)
-            except docker.errors.APIError:  # already being removed
-                pass
         for name in ("app_0000000000foreign00000000000.yml", f"z{RUN_ID}-nobody--x.yml"):
             (dynamic / name).unlink(missing_ok=True)

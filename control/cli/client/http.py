@@ -155,9 +155,7 @@ class ApiClient:
         retrying = Retrying(retry=retry_if_exception(retryable), wait=self._wait,
                             stop=stop_after_delay(self.retry_for_s), reraise=True)
         try:
-            for attempt in retrying:
-                with attempt:
-                    response = self._open(method, path, query, json)
+            response = retrying(self._open, method, path, query, json)
         except _Retryable as exc:
             raise exc.error from None
         try:

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from control.domain.records import Backup, Page, Restore
 from control.store.models import DatabaseBackupRow, DatabaseRestoreRow
-from control.store.repositories.paging import paginate
+from control.store.repositories.paging import SelectT, paginate
 
 
 def to_backup(row: DatabaseBackupRow) -> Backup:
@@ -29,7 +29,7 @@ class BackupRepository:
         self.session = session
         self.tenant_id = tenant_id
 
-    def _scoped(self, query: Any, model: Any) -> Any:
+    def _scoped(self, query: SelectT, model: type[DatabaseBackupRow | DatabaseRestoreRow]) -> SelectT:
         return query if self.tenant_id is None else query.where(model.tenant_id == self.tenant_id)
 
     def row(self, backup_id: str, database_id: str | None = None) -> DatabaseBackupRow | None:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from control.domain.records import Database, DatabaseOverrides, Page
 from control.store.models import DatabaseRow, TenantDatabaseLimitsRow
-from control.store.repositories.paging import paginate
+from control.store.repositories.paging import SelectT, paginate
 
 ID_PREFIX = "db"
 
@@ -33,7 +33,7 @@ class DatabaseRepository:
         self.session = session
         self.tenant_id = tenant_id
 
-    def _scoped(self, query: Any) -> Any:
+    def _scoped(self, query: SelectT) -> SelectT:
         return query if self.tenant_id is None else query.where(DatabaseRow.tenant_id == self.tenant_id)
 
     def row(self, ref: str) -> DatabaseRow | None:

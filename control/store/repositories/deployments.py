@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins  # `list` in a class body with a list() method names the method, not the type
 import json
 from typing import Any
 
@@ -11,7 +12,7 @@ from sqlalchemy.orm import Session
 from control.clock import utcnow
 from control.domain.records import ACTIVE_STATUSES, Deployment, Page
 from control.store.models import DeploymentRow
-from control.store.repositories.paging import paginate
+from control.store.repositories.paging import SelectT, paginate
 
 
 def to_deployment(row: DeploymentRow) -> Deployment:
@@ -32,7 +33,7 @@ class DeploymentRepository:
         self.session = session
         self.tenant_id = tenant_id
 
-    def _scoped(self, query: Any) -> Any:
+    def _scoped(self, query: SelectT) -> SelectT:
         return query if self.tenant_id is None else query.where(DeploymentRow.tenant_id == self.tenant_id)
 
     def row(self, deployment_id: str, app_id: str | None = None) -> DeploymentRow | None:
@@ -61,7 +62,7 @@ class DeploymentRepository:
         query = self._scoped(select(DeploymentRow).where(DeploymentRow.app_id == app_id))
         return paginate(self.session, query, DeploymentRow.id, to_deployment, limit=limit, cursor=cursor)
 
-    def active(self, app_id: str | None = None) -> list[Deployment]:
+    def active(self, app_id: str | None = None) -> builtins.list[Deployment]:
         query = self._scoped(select(DeploymentRow).where(DeploymentRow.status.in_(ACTIVE_STATUSES)))
         if app_id is not None:
             query = query.where(DeploymentRow.app_id == app_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from control.domain.records import Link
@@ -14,7 +14,7 @@ class LinkRepository:
         self.session = session
         self.tenant_id = tenant_id
 
-    def _query(self):  # type: ignore[no-untyped-def]
+    def _query(self) -> Select[DatabaseLinkRow, str, str, str]:
         return (
             select(DatabaseLinkRow, AppRow.name, DatabaseRow.name, DatabaseRow.engine)
             .join(AppRow, AppRow.id == DatabaseLinkRow.app_id)

@@ -11,6 +11,9 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from control.domain.records import Page
 
 T = TypeVar("T")
+# A query narrowed with .where() keeps its row types (where returns Self). The bound is a string
+# so that it is never evaluated: only a type checker reads it.
+SelectT = TypeVar("SelectT", bound="Select[*tuple[Any, ...]]")
 
 
 def paginate(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from control.domain.records import DesiredApp, Page, Release
@@ -24,7 +24,7 @@ class ReleaseRepository:
         self.session = session
         self.tenant_id = tenant_id
 
-    def _query(self, app_id: str):  # type: ignore[no-untyped-def]
+    def _query(self, app_id: str) -> Select[ReleaseRow]:
         query = select(ReleaseRow).where(ReleaseRow.app_id == app_id)
         return query if self.tenant_id is None else query.where(ReleaseRow.tenant_id == self.tenant_id)
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Select, case, func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from control.domain.records import Page, UsageBucket, UsageRecord
 from control.store.models import InferenceUsageRow
-from control.store.repositories.paging import paginate
+from control.store.repositories.paging import SelectT, paginate
 
 
 def to_record(row: InferenceUsageRow) -> UsageRecord:
@@ -60,7 +60,7 @@ class UsageRepository:
         return paginate(self.session, query, InferenceUsageRow.id, to_record, limit=limit, cursor=cursor)
 
     @staticmethod
-    def _window(query: Select, tenant_id: str | None, since: datetime, until: datetime) -> Select:  # type: ignore[type-arg]
+    def _window(query: SelectT, tenant_id: str | None, since: datetime, until: datetime) -> SelectT:
         row = InferenceUsageRow
         query = query.where(row.created_at >= since, row.created_at < until)
         return query if tenant_id is None else query.where(row.tenant_id == tenant_id)

@@ -32,7 +32,7 @@ def common_options() -> argparse.ArgumentParser:
     return common
 
 
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = common_options()
     for module in MODULES:
         module.register(commands, common)

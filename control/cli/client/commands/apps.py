@@ -11,7 +11,7 @@ from control.cli.client.render import emit
 COLUMNS = ("name", "id", "port", "builder", "health_check_path", "updated_at")
 
 
-def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     apps = commands.add_parser("apps", help="manage apps")
     sub = apps.add_subparsers(dest="apps_command", required=True, metavar="ACTION")
 

@@ -25,7 +25,7 @@ COLUMNS = ("name", "engine", "status", "host", "port", "reason")
 BACKUP_COLUMNS = ("id", "status", "size", "checksum", "created_at")
 
 
-def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     db = commands.add_parser("db", help="managed databases (postgres, redis), links and backups")
     sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
 

@@ -34,7 +34,7 @@ EXCLUDED = frozenset({".git", ".venv", "__pycache__", ".mypy_cache", ".pytest_ca
 KEYED_UPLOAD_LIMIT = 10 * 1024 * 1024
 
 
-def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     deploy = commands.add_parser("deploy", parents=[common], help="deploy a source directory (or a git ref)")
     deploy.add_argument("dir", nargs="?", default=".", help="source directory (default: .)")
     deploy.add_argument("--app", help="app name (default: the directory's name)")

@@ -10,7 +10,7 @@ from control.cli.client.render import emit
 COLUMNS = ("name", "version", "secret", "updated_at")
 
 
-def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     env = commands.add_parser("env", help="manage an app's environment variables")
     sub = env.add_subparsers(dest="env_command", required=True, metavar="ACTION")
 
@@ -51,6 +51,6 @@ def run_set(args: argparse.Namespace, api: ApiClient) -> int:
 
 
 def run_unset(args: argparse.Namespace, api: ApiClient) -> int:
-    env = api.patch(f"/v1/apps/{args.app}/env", {"vars": {name: None for name in args.names}})
+    env = api.patch(f"/v1/apps/{args.app}/env", {"vars": dict.fromkeys(args.names)})
     emit(env if args.json else env["vars"], as_json=args.json, columns=COLUMNS)
     return 0

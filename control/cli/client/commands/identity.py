@@ -6,7 +6,7 @@ from control.cli.client.http import ApiClient
 from control.cli.client.render import emit
 
 
-def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     whoami = commands.add_parser("whoami", parents=[common], help="show the key in use, its tenant and scopes")
     whoami.set_defaults(api=run_whoami)
 

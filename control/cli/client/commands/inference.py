@@ -20,7 +20,7 @@ from control.cli.client.terminal import terminal_safe
 USAGE_COLUMNS = ("day", "model", "requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens")
 
 
-def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     chat = commands.add_parser("chat", parents=[common], help="one chat completion through the inference gateway")
     chat.add_argument("prompt", help="the user message")
     chat.add_argument("--model", required=True, help="model name (GET /v1/models)")

@@ -23,7 +23,7 @@ from control.cli.client.terminal import terminal_safe
 MAX_LINES = 200
 
 
-def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     logs = commands.add_parser("logs", parents=[common], help="an app's runtime log, or a deployment's build log")
     logs.add_argument("app", help="app name or id")
     logs.add_argument("--deployment", metavar="ID", help="show this deployment's build log instead")

@@ -14,7 +14,7 @@ from control.cli.client.render import emit
 COLUMNS = ("name", "current", "deployment_id", "rollback_of", "created_at")
 
 
-def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     status = commands.add_parser("status", parents=[common], help="an app, its current release and latest deployment")
     status.add_argument("app", help="app name or id")
     status.set_defaults(api=run_status)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TypedDict
 
 import control
 from control.cli.client.render import emit
@@ -33,7 +34,15 @@ def plan(source: Path) -> dict[Path, Path]:
     return files
 
 
-def install(source: Path, project: Path) -> dict[str, object]:
+class InstallReport(TypedDict):
+    source: str
+    target: str
+    created: list[str]  # paths relative to the target
+    updated: list[str]
+    unchanged: int
+
+
+def install(source: Path, project: Path) -> InstallReport:
     target = project / ".claude"
     created: list[str] = []
     updated: list[str] = []
@@ -50,7 +59,7 @@ def install(source: Path, project: Path) -> dict[str, object]:
     return {"source": str(source), "target": str(target), "created": created, "updated": updated, "unchanged": unchanged}
 
 
-def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     skills = commands.add_parser("skills", help="Claude Code skills and slash commands for moorage")
     sub = skills.add_subparsers(dest="skills_command", required=True, metavar="ACTION")
     inst = sub.add_parser("install", help="copy them into PROJECT/.claude/ (idempotent)")
@@ -68,7 +77,7 @@ def run_install(args: argparse.Namespace) -> int:
     if args.json:
         emit(report, as_json=True)
     else:
-        print(f"{len(report['created'])} created, {len(report['updated'])} updated, {report['unchanged']} unchanged in {report['target']}")  # type: ignore[arg-type]
-        for path in [*report["created"], *report["updated"]]:  # type: ignore[misc]
+        print(f"{len(report['created'])} created, {len(report['updated'])} updated, {report['unchanged']} unchanged in {report['target']}")
+        for path in [*report["created"], *report["updated"]]:
             print(f"  {path}")
     return 0

@@ -1,0 +1,293 @@
+"""The app runtime port (``control.jobs.runtime_port``) on the Docker engine, gVisor and
+Traefik's file provider. The adapters are made on first use, so building the control plane
+(and its unit tests) needs no Docker.
+
+Ownership: every app container also carries ``INSTANCE_LABEL`` = this control plane's
+instance id (a file in the data dir). The reconciler only ever removes containers with the
+moorage labels *and* our instance id: never another installation's, never a test's.
+
+Build step containers: the classic builder removes each step's container itself
+(``forcerm``), unless the build is cut off: dockerd restarting, or this process killed
+mid-step, leaves the container there, unlabelled, so neither the reconciler nor a prune by
+label finds it. The build announces each step's container (`` ---> Running in <id>``); the
+deployment's work dir keeps a note of them, and what the note lists is removed before the
+build is tried again and when the deployment ends. The announcement arrives in the same
+stream as the tenant's own RUN output, so a noted id is only trusted for a container that
+carries none of moorage's labels and was created while that build ran: a build cannot get
+any other container removed this way.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+
+import docker.errors
+import structlog
+
+from control.jobs.runtime_port import AppContainer, RemovalRefused, Route
+from control.settings import Settings
+from runtime import labels as L
+from runtime.builders import Builder, BuildRequest, BuiltImage
+from runtime.builders.dockerfile import DockerfileBuilder
+from runtime.builders.nixpacks import NixpacksBuilder
+from runtime.containers import ContainerInfo, Containers
+from runtime.docker_engine import DockerEngine
+from runtime.healthcheck import HealthResult, wait_header, wait_healthy
+from runtime.images import Images
+from runtime.networks import TenantNetworks
+from runtime.resilience import BreakerRegistry, CircuitBreaker, Guard, RetryPolicy
+from runtime.router import AppRoute, Backend, Router, atomic_write
+from runtime.sandbox import ContainerSpec, SandboxPolicy
+from runtime.settings import RuntimeSettings
+
+log = structlog.get_logger("moorage.deploy")
+INSTANCE_LABEL = "org.moorage.control-plane"
+RELEASE_HEADER = "X-Moorage-Release"
+STEP_CONTAINER = re.compile(r"^\s*---> Running in ([0-9a-f]{12,64})\s*$")
+STEP_CONTAINERS_NOTE = "build-containers"
+CLOCK_SLACK_S = 5.0  # dockerd's clock and ours, and a step created just before its line arrives
+
+
+def runtime_settings(settings: Settings) -> RuntimeSettings:
+    defaults = RuntimeSettings()
+    return RuntimeSettings(
+        docker_url=settings.docker_url,
+        sandbox_runtime=settings.docker_runtime,
+        runtime_allowlist=defaults.runtime_allowlist | {settings.docker_runtime},
+        traefik_dynamic_dir=settings.traefik_dynamic_dir,
+        base_domain=settings.base_domain,
+        build_timeout=float(settings.build_timeout_s),
+        build_memory_bytes=settings.build_memory_bytes,
+        build_disk_bytes=settings.build_disk_bytes,
+    )
+
+
+def instance_id(data_dir: Path) -> str:
+    path = data_dir / "instance-id"
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.write_text(f"mrg-{secrets.token_hex(8)}\n")
+    return path.read_text().strip()
+
+
+class DockerAppRuntime:
+    def __init__(self, settings: Settings, breakers: BreakerRegistry) -> None:
+        self.settings = settings
+        self.rt = runtime_settings(settings)
+        self.breakers = breakers
+        self._instance_lock = threading.Lock()
+
+    # Breakers register (and so appear in /readyz and /metrics) on first use, like the adapters.
+    @cached_property
+    def docker_guard(self) -> Guard:
+        breaker = CircuitBreaker("docker", failure_threshold=self.rt.breaker_failure_threshold,
+                                 reset_timeout=self.rt.breaker_reset_timeout, registry=self.breakers)
+        return Guard(breaker, RetryPolicy())
+
+    @cached_property
+    def router(self) -> Router:
+        return Router(self.rt, registry=self.breakers)
+
+    @cached_property
+    def engine(self) -> DockerEngine:
+        return DockerEngine(self.rt, guard=self.docker_guard)
+
+    @cached_property
+    def containers(self) -> Containers:
+        return Containers(self.engine)
+
+    @cached_property
+    def networks(self) -> TenantNetworks:
+        return TenantNetworks(self.engine)
+
+    @cached_property
+    def build_images(self) -> Images:
+        # Its own client: the build stream's socket may stay silent for a whole RUN step, so its
+        # read timeout is the build's time limit, not the API timeout. Same breaker.
+        rt = replace(self.rt, docker_timeout=self.rt.build_timeout + 30)
+        return Images(DockerEngine(rt, guard=self.docker_guard))
+
+    @cached_property
+    def images(self) -> Images:
+        return Images(self.engine)
+
+    @property
+    def instance(self) -> str:
+        with self._instance_lock:
+            return instance_id(self.settings.data_dir)
+
+    @property
+    def policy(self) -> SandboxPolicy:
+        # A non-sandboxing runtime (runc) is the operator's explicit choice in settings.
+        return SandboxPolicy(allow_unsandboxed=self.settings.docker_runtime not in self.rt.sandboxed_runtimes)
+
+    # -- images ---------------------------------------------------------------------------
+    def build_image(self, builder: str, request: BuildRequest) -> BuiltImage:
+        builders: dict[str, Callable[[], Builder]] = {
+            "dockerfile": lambda: DockerfileBuilder(self.build_images),
+            "nixpacks": lambda: NixpacksBuilder(self.build_images, self.settings.nixpacks_bin),
+        }
+        if builder not in builders:
+            raise ValueError(f"unknown builder {builder!r}")
+        if request.work_dir is not None:
+            request = replace(request, on_line=noting_step_containers(request.work_dir, request.on_line))
+        return builders[builder]().build(request)
+
+    def remove_build_leftovers(self, work_dir: Path) -> list[str]:
+        return remove_leftovers(work_dir, self.containers)
+
+    def image_exists(self, image_id: str) -> bool:
+        return self.images.exists(image_id)
+
+    # -- app containers -------------------------------------------------------------------
+    def start_app(self, *, tenant: str, app: str, release: str, image: str, env: dict[str, str], name: str) -> AppContainer:
+        network = self.networks.ensure(tenant).name
+        self.containers.remove(name, force=True)
+        spec = ContainerSpec(tenant=tenant, app=app, image=image, network=network, release=release, name=name,
+                             env=env, labels={INSTANCE_LABEL: self.instance})
+        info = self.containers.run(spec, self.policy)
+        info.ip_on(network)  # no address on the tenant's network: nothing could route to it
+        return self._app_container(info)
+
+    def inspect(self, container_id: str) -> AppContainer | None:
+        try:
+            return self._app_container(self.containers.inspect(container_id))
+        except docker.errors.NotFound:
+            return None
+
+    def restart(self, container_id: str) -> AppContainer:
+        return self._app_container(self.containers.start(container_id))
+
+    def log_tail(self, container_id: str, lines: int) -> list[str]:
+        return self.containers.logs(container_id, tail=lines)
+
+    def wait_healthy(self, container: AppContainer, *, port: int, path: str, timeout: float) -> HealthResult:
+        def alive() -> bool:
+            now = self.inspect(container.id)
+            return now is not None and now.running
+
+        return wait_healthy(f"http://{container.address()}:{port}{path}", timeout=timeout, alive=alive)
+
+    def remove(self, container_id: str) -> bool:
+        return self.containers.remove(container_id, force=True)
+
+    def stop_and_remove(self, container_id: str) -> None:
+        try:
+            self.containers.stop(container_id, timeout=10)
+            self.containers.remove(container_id, force=True)
+        except docker.errors.APIError as exc:
+            raise RemovalRefused(str(exc.status_code)) from exc
+
+    def owned_apps(self, *, tenant: str | None = None, app: str | None = None) -> list[AppContainer]:
+        labels = {name: value for name, value in (("tenant", tenant), ("app", app)) if value is not None}
+        instance = self.instance
+        found = self.containers.find(role="app", **labels)
+        return [self._app_container(c) for c in found if c.labels.get(INSTANCE_LABEL) == instance]
+
+    def ever_started_anything(self) -> bool:
+        return (self.settings.data_dir / "instance-id").exists()
+
+    def _app_container(self, info: ContainerInfo) -> AppContainer:
+        tenant = info.labels.get(L.TENANT, "")
+        ip = info.ip_addresses.get(self.networks.name_for(tenant)) if L.is_dns_label(tenant) else None
+        return AppContainer(id=info.id, name=info.name, tenant=tenant, app=info.labels.get(L.APP, ""),
+                            release=info.labels.get(L.RELEASE, ""), image=info.image, status=info.status, ip=ip)
+
+    # -- routes ---------------------------------------------------------------------------
+    # A route is keyed by the app's id; tenant and app names only make its hostname.
+    def route_body(self, route: Route) -> str:
+        doc = self.router.render(AppRoute(route.tenant, route.app, [Backend(route.ip, route.port)], key=route.app_id))
+        # A response header naming the release: how the swap *sees* that Traefik serves it.
+        middleware = f"{route.app_id}-release"
+        doc["http"]["middlewares"] = {middleware: {"headers": {"customResponseHeaders": {RELEASE_HEADER: route.release}}}}
+        doc["http"]["routers"][route.app_id]["middlewares"] = [middleware]
+        return self.router.file_body(doc, owner=self.instance)
+
+    def write_route(self, route: Route) -> None:
+        body = self.route_body(route)
+        self.router.guard.call(atomic_write, self.router.path_for(route.app_id), body, idempotent=True)
+        # The file the code before id keys wrote for this app: the new one replaces it.
+        self.router.remove_legacy(route.tenant, route.app)
+
+    def route_is(self, route: Route) -> bool:
+        path = self.router.path_for(route.app_id)
+        try:  # a local read, not a call to Traefik: a missing file must not count against the breaker
+            current = path.read_text()
+        except FileNotFoundError:
+            return False
+        return current == self.route_body(route) and not self.router.legacy_path_for(route.tenant, route.app).exists()
+
+    def remove_route(self, app_id: str) -> bool:
+        return self.router.remove(app_id)
+
+    def owned_routes(self) -> list[str]:
+        owned: list[str] = self.router.owned(self.instance)
+        return owned
+
+    def legacy_routes(self) -> list[str]:
+        stems: list[str] = self.router.legacy()
+        return stems
+
+    def remove_legacy_route(self, stem: str) -> bool:
+        return self.router.remove_legacy_stem(stem)
+
+    def wait_served(self, route: Route, timeout: float) -> float | None:
+        host = self.router.hostname(route.tenant, route.app)
+        return wait_header(self.settings.traefik_url, host, RELEASE_HEADER, route.release, timeout=timeout)
+
+
+# -- build step containers ------------------------------------------------------------------
+def noting_step_containers(work_dir: Path, on_line: Callable[[str], None]) -> Callable[[str], None]:
+    """``on_line``, also writing down each step container the build announces, with the
+    time the build started and the time of the announcement."""
+    note, started = work_dir / STEP_CONTAINERS_NOTE, time.time()
+
+    def line(text: str) -> None:
+        if match := STEP_CONTAINER.match(text):
+            with note.open("a", encoding="ascii") as f:
+                f.write(f"{match.group(1)} {started:.3f} {time.time():.3f}\n")
+        on_line(text)
+
+    return line
+
+
+def remove_leftovers(work_dir: Path, containers: Containers) -> list[str]:
+    """Remove the noted step containers that still exist; the note goes once all are handled."""
+    note = work_dir / STEP_CONTAINERS_NOTE
+    try:
+        entries = [line.split() for line in note.read_text(encoding="ascii").splitlines() if line.strip()]
+    except FileNotFoundError:
+        return []
+    removed = []
+    for container_id, started, seen in entries:
+        try:
+            info = containers.inspect(container_id)
+        except docker.errors.NotFound:
+            continue  # the build finished that step normally and removed it
+        if _is_step_of_that_build(info.labels, info.attrs.get("Created", ""), float(started), float(seen)):
+            containers.remove(info.id, force=True)
+            removed.append(info.id[:12])
+        else:
+            log.warning("build_leftover_not_removed", container=info.id[:12], reason="not a step container of this build")
+    note.unlink()
+    if removed:
+        log.info("build_leftovers_removed", containers=removed)
+    return removed
+
+
+def _is_step_of_that_build(labels: dict[str, str], created: str, started: float, seen: float) -> bool:
+    if L.MANAGED in labels:
+        return False  # an app or database container: never a build step
+    try:
+        at = datetime.fromisoformat(created).timestamp()  # dockerd: RFC 3339 with nanoseconds and Z
+    except ValueError:
+        return False
+    return started - CLOCK_SLACK_S <= at <= seen + CLOCK_SLACK_S

@@ -1,0 +1,365 @@
+"""``InMemoryAppRuntime``: the app runtime port's fake, for tests that must not need Docker.
+
+It keeps real state, so a test asserts on outcomes rather than on calls: images built,
+app containers (running or exited, each with an address, its env and its log), routes
+(app id → container address and release), legacy route files, and the step containers an
+interrupted build left. An app listens on ``$PORT``: a health check on another port fails,
+as it would for real.
+
+Failures are scripted, each in a sentence: ``fail_builds``, ``hang_builds``,
+``crash_mid_build``, ``never_healthy``, ``die_after_start``, ``traefik_never_serves``; and
+at any step (a port method's name) ``crash_before``/``crash_after`` (``SimulatedCrash``) or
+``before``/``after`` (any action, e.g. a cancel arriving then). Injected events fire once,
+at the next call of their step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from control.jobs.runtime_port import AppContainer, AppRuntime, RemovalRefused, Route
+from runtime.builders import (
+    BuildCancelled,
+    BuildError,
+    BuildRequest,
+    BuildTimeout,
+    BuiltImage,
+)
+from runtime.healthcheck import HealthResult
+
+STEPS = frozenset(name for name in vars(AppRuntime) if not name.startswith("_"))
+BUILDERS = ("dockerfile", "nixpacks")
+
+
+class SimulatedCrash(BaseException):
+    """The worker's process dying at this point. Not an ``Exception``, so no ``except
+    Exception`` in the code under test can handle it: what would run after a real death does
+    not run. (``finally`` blocks still do, where a real death would skip them.)"""
+
+
+@dataclass
+class FakeContainer:
+    id: str
+    name: str
+    tenant: str
+    app: str
+    release: str
+    image: str
+    env: dict[str, str]
+    ip: str
+    status: str = "running"
+    health: str = "healthy"  # healthy | never | dies: what its health check will find
+    log: list[str] = field(default_factory=list)
+
+    def view(self) -> AppContainer:
+        return AppContainer(id=self.id, name=self.name, tenant=self.tenant, app=self.app, release=self.release,
+                            image=self.image, status=self.status, ip=self.ip if self.status == "running" else None)
+
+
+class InMemoryAppRuntime:
+    """The app runtime port's fake for tests: in-memory state, scripted failures, no Docker."""
+
+    def __init__(self) -> None:
+        self.images: dict[str, str] = {}  # image id -> tag
+        self.containers: dict[str, FakeContainer] = {}  # app containers by id
+        self.routes: dict[str, Route] = {}  # by app id
+        self.legacy: set[str] = set()  # stems (tenant--app) of route files from before id keys
+        self.step_containers: dict[str, Path] = {}  # build step container id -> the work dir of its build
+        self.calls: list[str] = []  # the steps called, in order
+        self._before: defaultdict[str, list[Callable[[], None]]] = defaultdict(list)
+        self._after: defaultdict[str, list[Callable[[], None]]] = defaultdict(list)
+        self._build_failure: str | None = None
+        self._builds_hang = False
+        self._crash_mid_build = False
+        self._health = "healthy"
+        self._health_detail = ""
+        self._last_words = ""
+        self._traefik_serves = True
+        self._serial = itertools.count(1)
+        self._started_anything = False
+
+    # -- scripting ------------------------------------------------------------------------
+    def fail_builds(self, message: str = "The command '/bin/sh -c make' returned a non-zero code: 2") -> None:
+        self._build_failure = message
+
+    def hang_builds(self) -> None:
+        """Builds print and never finish: until cancelled, or past their time limit."""
+        self._builds_hang = True
+
+    def crash_mid_build(self) -> None:
+        """The next build dies with its first step's container running (a leftover)."""
+        self._crash_mid_build = True
+
+    def never_healthy(self, detail: str = "HTTP 503") -> None:
+        """Containers started from now on never pass their health check."""
+        self._health, self._health_detail = "never", detail
+
+    def die_after_start(self, last_words: str = "Traceback (most recent call last): boom") -> None:
+        """Containers started from now on exit during their health check, logging ``last_words``."""
+        self._health, self._last_words = "dies", last_words
+
+    def traefik_never_serves(self) -> None:
+        self._traefik_serves = False
+
+    def crash_before(self, step: str) -> None:
+        self.before(step, _crash(f"crashed before {step}"))
+
+    def crash_after(self, step: str) -> None:
+        self.after(step, _crash(f"crashed after {step}"))
+
+    def before(self, step: str, action: Callable[[], None]) -> None:
+        self._before[_step(step)].append(action)
+
+    def after(self, step: str, action: Callable[[], None]) -> None:
+        self._after[_step(step)].append(action)
+
+    def stop_behind_our_back(self, container_id: str) -> None:
+        """The container exits, as if killed by someone else."""
+        self.containers[container_id].status = "exited"
+
+    # -- reading the state (for assertions) -----------------------------------------------
+    def running(self, *, tenant: str | None = None, app: str | None = None) -> list[FakeContainer]:
+        return [c for c in self._apps(tenant, app) if c.status == "running"]
+
+    def served_by(self, app_id: str) -> FakeContainer | None:
+        """The running container the app's route points at, if any."""
+        route = self.routes.get(app_id)
+        if route is None:
+            return None
+        return next((c for c in self.containers.values() if c.ip == route.ip and c.status == "running"), None)
+
+    # -- images ---------------------------------------------------------------------------
+    def build_image(self, builder: str, request: BuildRequest) -> BuiltImage:
+        self._enter("build_image")
+        if builder not in BUILDERS:
+            raise ValueError(f"unknown builder {builder!r}")
+        dockerfile = request.source / "Dockerfile"
+        if builder == "dockerfile":
+            if not dockerfile.is_file():
+                raise BuildError("the source has no Dockerfile at its root; add one or use the nixpacks builder", [])
+            if request.prepare_dockerfile is not None:
+                request.prepare_dockerfile(dockerfile.read_text(encoding="utf-8"))
+        step = self._new_id()
+        self.step_containers[step] = request.work_dir or request.source.parent
+        self._build_line(request, "Step 1/2 : FROM the app's base image")
+        request.on_line(f" ---> Running in {step[:12]}")
+        if self._crash_mid_build:
+            self._crash_mid_build = False
+            raise SimulatedCrash("crashed during build_image")  # its step container stays
+        try:
+            self._build(request)
+        finally:
+            del self.step_containers[step]  # the builder removes its step containers (forcerm)
+        image_id = f"sha256:{hashlib.sha256(f'{request.tag}:{step}'.encode()).hexdigest()}"
+        self.images[image_id] = request.tag
+        self._leave("build_image")
+        return BuiltImage(image_id=image_id, tag=request.tag, builder=builder)
+
+    def _build(self, request: BuildRequest) -> None:
+        started = time.monotonic()
+        while self._builds_hang:
+            if time.monotonic() - started >= request.timeout:
+                raise BuildTimeout(f"build of {request.tag} exceeded its time limit of {request.timeout:.0f}s", [])
+            self._build_line(request, "still building ...")
+            time.sleep(0.01)
+        if self._build_failure is not None:
+            raise BuildError(f"build of {request.tag} failed: {self._build_failure}", [self._build_failure])
+        self._build_line(request, "Step 2/2 : CMD the app")
+
+    @staticmethod
+    def _build_line(request: BuildRequest, line: str) -> None:
+        request.on_line(line)
+        if request.cancelled():  # as the real builders: after each line
+            raise BuildCancelled("the build was cancelled")
+
+    def remove_build_leftovers(self, work_dir: Path) -> list[str]:
+        self._enter("remove_build_leftovers")
+        removed = [step for step, where in self.step_containers.items() if where == work_dir]
+        for step in removed:
+            del self.step_containers[step]
+        self._leave("remove_build_leftovers")
+        return [step[:12] for step in removed]
+
+    def image_exists(self, image_id: str) -> bool:
+        self._enter("image_exists")
+        exists = image_id in self.images
+        self._leave("image_exists")
+        return exists
+
+    # -- app containers -------------------------------------------------------------------
+    def start_app(self, *, tenant: str, app: str, release: str, image: str, env: dict[str, str],
+                  name: str) -> AppContainer:
+        self._enter("start_app")
+        if image not in self.images:
+            raise LookupError(f"no such image: {image}")
+        self._started_anything = True
+        for same_name in [c.id for c in self.containers.values() if c.name == name]:
+            del self.containers[same_name]
+        serial = next(self._serial)
+        container = FakeContainer(
+            id=self._new_id(), name=name, tenant=tenant, app=app, release=release, image=image, env=dict(env),
+            ip=f"10.88.{serial // 250}.{serial % 250 + 2}", health=self._health,
+            log=[f"{app} {release} listening on port {env.get('PORT', '?')}"],
+        )
+        self.containers[container.id] = container
+        self._leave("start_app")
+        return container.view()
+
+    def inspect(self, container_id: str) -> AppContainer | None:
+        self._enter("inspect")
+        found = self.containers.get(container_id)
+        self._leave("inspect")
+        return found.view() if found else None
+
+    def restart(self, container_id: str) -> AppContainer:
+        self._enter("restart")
+        container = self._container(container_id)
+        serial = next(self._serial)  # a restarted container may get another address
+        container.status, container.ip = "running", f"10.88.{serial // 250}.{serial % 250 + 2}"
+        self._leave("restart")
+        return container.view()
+
+    def log_tail(self, container_id: str, lines: int) -> list[str]:
+        self._enter("log_tail")
+        tail = self._container(container_id).log[-lines:] if lines > 0 else []
+        self._leave("log_tail")
+        return tail
+
+    def wait_healthy(self, container: AppContainer, *, port: int, path: str, timeout: float) -> HealthResult:
+        self._enter("wait_healthy")
+        result = self._health_of(self.containers.get(container.id), port, timeout)
+        self._leave("wait_healthy")
+        return result
+
+    def _health_of(self, container: FakeContainer | None, port: int, timeout: float) -> HealthResult:
+        if container is None or container.status != "running":
+            return HealthResult(False, "the container exited (no answer yet)", 0.0)
+        if container.health == "dies":
+            container.status = "exited"
+            container.log.append(self._last_words)
+            return HealthResult(False, "the container exited (ConnectError: connection refused)", 0.0)
+        if container.env.get("PORT") != str(port):
+            return HealthResult(False, "ConnectError: connection refused", timeout)
+        if container.health == "never":
+            return HealthResult(False, self._health_detail, timeout)
+        return HealthResult(True, "HTTP 200", 0.0)
+
+    def remove(self, container_id: str) -> bool:
+        self._enter("remove")
+        existed = self.containers.pop(container_id, None) is not None
+        self._leave("remove")
+        return existed
+
+    def stop_and_remove(self, container_id: str) -> None:
+        self._enter("stop_and_remove")
+        if self.containers.pop(container_id, None) is None:
+            raise RemovalRefused("404")
+        self._leave("stop_and_remove")
+
+    def owned_apps(self, *, tenant: str | None = None, app: str | None = None) -> list[AppContainer]:
+        self._enter("owned_apps")
+        found = [c.view() for c in self._apps(tenant, app)]
+        self._leave("owned_apps")
+        return found
+
+    def ever_started_anything(self) -> bool:
+        self._enter("ever_started_anything")
+        started = self._started_anything
+        self._leave("ever_started_anything")
+        return started
+
+    # -- routes ---------------------------------------------------------------------------
+    def write_route(self, route: Route) -> None:
+        self._enter("write_route")
+        self.routes[route.app_id] = route
+        self.legacy.discard(f"{route.tenant}--{route.app}")  # the id-keyed route replaces it
+        self._started_anything = True
+        self._leave("write_route")
+
+    def route_is(self, route: Route) -> bool:
+        self._enter("route_is")
+        same = self.routes.get(route.app_id) == route and f"{route.tenant}--{route.app}" not in self.legacy
+        self._leave("route_is")
+        return same
+
+    def remove_route(self, app_id: str) -> bool:
+        self._enter("remove_route")
+        existed = self.routes.pop(app_id, None) is not None
+        self._leave("remove_route")
+        return existed
+
+    def owned_routes(self) -> list[str]:
+        self._enter("owned_routes")
+        owned = sorted(self.routes)
+        self._leave("owned_routes")
+        return owned
+
+    def legacy_routes(self) -> list[str]:
+        self._enter("legacy_routes")
+        stems = sorted(self.legacy)
+        self._leave("legacy_routes")
+        return stems
+
+    def remove_legacy_route(self, stem: str) -> bool:
+        self._enter("remove_legacy_route")
+        existed = stem in self.legacy
+        self.legacy.discard(stem)
+        self._leave("remove_legacy_route")
+        return existed
+
+    def wait_served(self, route: Route, timeout: float) -> float | None:
+        self._enter("wait_served")
+        served = self._traefik_serves and self.routes.get(route.app_id) == route
+        self._leave("wait_served")
+        return 0.0 if served else None
+
+    # -- helpers --------------------------------------------------------------------------
+    def _enter(self, step: str) -> None:
+        self.calls.append(step)
+        _fire(self._before, step)
+
+    def _leave(self, step: str) -> None:
+        _fire(self._after, step)
+
+    def _apps(self, tenant: str | None, app: str | None) -> list[FakeContainer]:
+        return [c for c in self.containers.values()
+                if (tenant is None or c.tenant == tenant) and (app is None or c.app == app)]
+
+    def _container(self, container_id: str) -> FakeContainer:
+        found = self.containers.get(container_id)
+        if found is None:
+            raise LookupError(f"no such container: {container_id}")
+        return found
+
+    def _new_id(self) -> str:
+        return hashlib.sha256(f"fake-{next(self._serial)}".encode()).hexdigest()
+
+
+def _step(step: str) -> str:
+    if step not in STEPS:  # a typo would script nothing, and the test would pass for nothing
+        raise ValueError(f"{step!r} is not a step of the app runtime port: {sorted(STEPS)}")
+    return step
+
+
+def _fire(actions: defaultdict[str, list[Callable[[], None]]], step: str) -> None:
+    pending, actions[step] = actions[step], []
+    for action in pending:
+        action()
+
+
+def _crash(what: str) -> Callable[[], None]:
+    def crash() -> None:
+        raise SimulatedCrash(what)
+
+    return crash
+
+
+if TYPE_CHECKING:  # mypy checks here that the fake has every method of the port, typed alike
+    _conforms: AppRuntime = InMemoryAppRuntime()

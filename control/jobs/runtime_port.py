@@ -1,0 +1,143 @@
+"""The app runtime port: what the deploy pipeline, its swap and the reconciler ask of the
+machinery that builds images, runs app containers and routes traffic to them.
+
+The inner layers depend on this Protocol alone. Two implementations sit beside it:
+``runtime_docker.DockerAppRuntime`` (the Docker engine under gVisor, Traefik's file provider)
+and ``runtime_fake.InMemoryAppRuntime`` (the port's fake for tests, whose failures are
+scripted). Nothing here imports Docker.
+
+Failures a caller acts on have types of their own: the builders' (``runtime.builders``:
+``BuildError``, ``BuildTimeout``, ``BuildCancelled``, ``BuilderUnavailable``) and
+``RemovalRefused``. A dependency that is down raises whatever its client raises; the
+pipeline tells those apart from the app's own failures with ``control.jobs.workers.as_outage``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from runtime.builders import BuildRequest, BuiltImage
+from runtime.healthcheck import HealthResult
+
+
+@dataclass(frozen=True)
+class AppContainer:
+    id: str
+    name: str
+    tenant: str
+    app: str
+    release: str
+    image: str
+    status: str  # created | running | exited | ...
+    ip: str | None  # its address on the tenant's network, while it has one
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+    def address(self) -> str:
+        if self.ip is None:
+            raise LookupError(f"container {self.name} has no address on its tenant's network")
+        return self.ip
+
+
+@dataclass(frozen=True)
+class Route:
+    """The app's hostname (made from tenant and app names) sent to one container, which
+    serves ``release``."""
+
+    app_id: str  # keys the route: names are only what its hostname is made of
+    tenant: str
+    app: str
+    ip: str
+    port: int
+    release: str
+
+
+class RemovalRefused(RuntimeError):
+    """The engine would not stop or remove a container (already gone, or its removal is
+    under way); the message is the engine's status code."""
+
+
+class AppRuntime(Protocol):
+    # -- images ---------------------------------------------------------------------------
+    def build_image(self, builder: str, request: BuildRequest) -> BuiltImage:
+        """Build ``request.source`` with ``builder`` (``dockerfile`` | ``nixpacks``), passing each
+        log line to ``request.on_line`` and stopping (``BuildCancelled``) once
+        ``request.cancelled()`` says so. Raises ``BuildError`` (``BuildTimeout`` past
+        ``request.timeout``), ``BuilderUnavailable``, or what ``request.prepare_dockerfile`` raises."""
+        ...
+
+    def remove_build_leftovers(self, work_dir: Path) -> list[str]:
+        """Remove what an interrupted build in ``work_dir`` left running; what it removed."""
+        ...
+
+    def image_exists(self, image_id: str) -> bool: ...
+
+    # -- app containers -------------------------------------------------------------------
+    def start_app(self, *, tenant: str, app: str, release: str, image: str, env: dict[str, str],
+                  name: str) -> AppContainer:
+        """Start ``image`` sandboxed on the tenant's network, replacing any container called
+        ``name`` (a retried deployment's, one the reconciler recreated). ``env`` goes in at
+        create and is never logged. The container returned is running and has an address."""
+        ...
+
+    def inspect(self, container_id: str) -> AppContainer | None:
+        """The container as it is now; None when it is gone."""
+        ...
+
+    def restart(self, container_id: str) -> AppContainer:
+        """Start a stopped container again."""
+        ...
+
+    def log_tail(self, container_id: str, lines: int) -> list[str]: ...
+
+    def wait_healthy(self, container: AppContainer, *, port: int, path: str, timeout: float) -> HealthResult:
+        """Poll ``GET path`` on the container's port until it answers 2xx/3xx, the container
+        exits, or ``timeout`` passes."""
+        ...
+
+    def remove(self, container_id: str) -> bool:
+        """Kill and remove at once; False when it was gone already."""
+        ...
+
+    def stop_and_remove(self, container_id: str) -> None:
+        """Stop (in-flight requests get a grace period), then remove. Raises ``RemovalRefused``."""
+        ...
+
+    def owned_apps(self, *, tenant: str | None = None, app: str | None = None) -> list[AppContainer]:
+        """The app containers this control plane started (never another installation's)."""
+        ...
+
+    def ever_started_anything(self) -> bool:
+        """False while this control plane has never started a container: nothing can be
+        there to reconcile, so no reason to call the engine."""
+        ...
+
+    # -- routes ---------------------------------------------------------------------------
+    def write_route(self, route: Route) -> None:
+        """Create or replace the app's route at once: the router sees the old or the new."""
+        ...
+
+    def route_is(self, route: Route) -> bool:
+        """Whether the app's route is exactly ``route`` now."""
+        ...
+
+    def remove_route(self, app_id: str) -> bool: ...
+
+    def owned_routes(self) -> list[str]:
+        """App ids of the routes this control plane wrote."""
+        ...
+
+    def legacy_routes(self) -> list[str]:
+        """Stems (``tenant--app``) of routes written before routes were keyed by app id."""
+        ...
+
+    def remove_legacy_route(self, stem: str) -> bool: ...
+
+    def wait_served(self, route: Route, timeout: float) -> float | None:
+        """Seconds until the router answers for the route's hostname with its release; None
+        when it did not within ``timeout``."""
+        ...

@@ -1,0 +1,228 @@
+"""The app runtime port's contract: the same behaviour asked of its fake (InMemoryAppRuntime)
+and of its Docker adapter (DockerAppRuntime, against the real engine, runsc and a test
+Traefik: marked ``docker``). The pipeline's tests run on the fake; this is what lets them
+stand for what Docker does."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from control.jobs.runtime_docker import DockerAppRuntime
+from control.jobs.runtime_fake import InMemoryAppRuntime
+from control.jobs.runtime_port import AppRuntime, RemovalRefused, Route
+from control.settings import Settings
+from runtime.builders import BuildCancelled, BuildError, BuildRequest
+from runtime.resilience import BreakerRegistry
+from runtime.traefik import TraefikProcess
+from tests.runtime.helpers import BUSYBOX, RUN_ID, SETUP_HINT
+
+TENANT = f"contract-{RUN_ID}"
+APP = "web"
+APP_ID = f"app_contract{RUN_ID}"
+# busybox httpd on $PORT, as every app listens on the PORT it is given; a first log line.
+DOCKERFILE = (f"FROM {BUSYBOX}\n"
+              'CMD ["sh", "-c", "echo ready; mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p $PORT -h /www"]\n')
+
+
+@dataclass
+class Subject:
+    runtime: AppRuntime
+    image_id: str
+    source: Path  # a source tree with DOCKERFILE
+    stop_behind_our_back: Callable[[str], None]
+    plant_legacy_route: Callable[[str, str], None]  # a route file written before id keys
+
+
+def _source(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "Dockerfile").write_text(DOCKERFILE)
+    return root
+
+
+def _request(source: Path, **fields: object) -> BuildRequest:
+    return BuildRequest(source=source, tag=f"moorage-apps/{TENANT}/{APP}:contract", tenant=TENANT, app=APP, timeout=120.0,
+                        work_dir=source.parent, **fields)  # type: ignore[arg-type]
+
+
+@dataclass
+class DockerWorld:
+    traefik: TraefikProcess
+    image_id: str
+    data_root: Path
+
+
+@pytest.fixture(scope="module")
+def docker_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerWorld]:
+    try:
+        traefik = TraefikProcess().start()
+    except (FileNotFoundError, RuntimeError, TimeoutError) as exc:
+        pytest.fail(f"could not start Traefik ({exc}): {SETUP_HINT}", pytrace=False)
+    root = tmp_path_factory.mktemp("contract")
+    builder = DockerAppRuntime(_docker_settings(root / "builder", traefik), BreakerRegistry())
+    try:
+        image_id = builder.build_image("dockerfile", _request(_source(root / "build" / "src"))).image_id
+    except Exception as exc:  # noqa: BLE001 (no engine or no base image: one line saying how to set it up)
+        traefik.stop()
+        pytest.fail(f"could not build the contract's image from {BUSYBOX} ({exc}): {SETUP_HINT}", pytrace=False)
+    yield DockerWorld(traefik, image_id, root)
+    traefik.stop()
+    builder.networks.remove(TENANT)
+    builder.images.remove(image_id, force=True)
+
+
+def _docker_settings(data_dir: Path, traefik: TraefikProcess) -> Settings:
+    return Settings(data_dir=data_dir, base_domain="apps.test", traefik_dynamic_dir=traefik.dynamic_dir,
+                    traefik_url=traefik.url)
+
+
+def _docker_subject(world: DockerWorld, tmp_path: Path) -> Iterator[Subject]:
+    rt = DockerAppRuntime(_docker_settings(tmp_path / "data", world.traefik), BreakerRegistry())
+    legacy = world.traefik.dynamic_dir / f"{TENANT}--{APP}.yml"
+
+    def plant_legacy_route(tenant: str, app: str) -> None:
+        (world.traefik.dynamic_dir / f"{tenant}--{app}.yml").write_text("http: {}\n")
+
+    yield Subject(rt, world.image_id, _source(tmp_path / "src"),
+                  stop_behind_our_back=lambda container_id: rt.containers.stop(container_id, timeout=1),
+                  plant_legacy_route=plant_legacy_route)
+    for container in rt.owned_apps(tenant=TENANT):
+        rt.remove(container.id)
+    rt.remove_route(APP_ID)
+    legacy.unlink(missing_ok=True)
+
+
+def _fake_subject(tmp_path: Path) -> Iterator[Subject]:
+    fake = InMemoryAppRuntime()
+    source = _source(tmp_path / "src")
+    image_id = fake.build_image("dockerfile", _request(source)).image_id
+    yield Subject(fake, image_id, source, stop_behind_our_back=fake.stop_behind_our_back,
+                  plant_legacy_route=lambda tenant, app: fake.legacy.add(f"{tenant}--{app}"))
+
+
+@pytest.fixture(params=["in-memory", pytest.param("docker", marks=pytest.mark.docker)])
+def subject(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Subject]:
+    if request.param == "docker":
+        yield from _docker_subject(request.getfixturevalue("docker_world"), tmp_path)
+    else:
+        yield from _fake_subject(tmp_path)
+
+
+def _start(subject: Subject, release: str = "v1", name: str = f"moorage-{TENANT}-{APP}-dep_contract") -> Route:
+    container = subject.runtime.start_app(tenant=TENANT, app=APP, release=release, image=subject.image_id,
+                                          env={"PORT": "8080", "GREETING": "hello"}, name=name)
+    return Route(APP_ID, TENANT, APP, container.address(), 8080, release)
+
+
+def _container_id(subject: Subject, route: Route) -> str:
+    [container] = [c for c in subject.runtime.owned_apps(tenant=TENANT, app=APP) if c.ip == route.ip]
+    return container.id
+
+
+# -- images -----------------------------------------------------------------------------------
+def test_a_build_streams_its_log_and_leaves_an_image_and_no_step_containers(subject: Subject) -> None:
+    lines: list[str] = []
+    built = subject.runtime.build_image("dockerfile", _request(subject.source, on_line=lines.append))
+    assert lines and built.builder == "dockerfile"
+    assert subject.runtime.image_exists(built.image_id)
+    assert not subject.runtime.image_exists("sha256:" + "0" * 64)
+    assert subject.runtime.remove_build_leftovers(subject.source.parent) == []
+
+
+def test_a_source_without_a_dockerfile_fails_its_build(subject: Subject, tmp_path: Path) -> None:
+    empty = tmp_path / "empty" / "src"
+    empty.mkdir(parents=True)
+    with pytest.raises(BuildError, match="no Dockerfile"):
+        subject.runtime.build_image("dockerfile", _request(empty))
+
+
+def test_a_cancelled_build_stops(subject: Subject) -> None:
+    with pytest.raises(BuildCancelled):
+        subject.runtime.build_image("dockerfile", _request(subject.source, cancelled=lambda: True))
+
+
+# -- app containers ---------------------------------------------------------------------------
+def test_a_started_app_runs_is_listed_and_answers_its_health_check_on_its_port(subject: Subject) -> None:
+    rt = subject.runtime
+    assert not rt.ever_started_anything()
+    container = rt.start_app(tenant=TENANT, app=APP, release="v1", image=subject.image_id,
+                             env={"PORT": "8080"}, name=f"moorage-{TENANT}-{APP}-dep_contract")
+    assert container.running and container.ip
+    assert (container.tenant, container.app, container.release, container.image) == (TENANT, APP, "v1", subject.image_id)
+    assert rt.ever_started_anything()
+    assert rt.inspect(container.id) == container
+    assert [c.id for c in rt.owned_apps(tenant=TENANT, app=APP)] == [container.id]
+    assert rt.owned_apps(tenant=TENANT, app="other") == []
+    assert rt.wait_healthy(container, port=8080, path="/", timeout=20).ok
+    assert len(rt.log_tail(container.id, 1)) == 1
+    assert not rt.wait_healthy(container, port=8081, path="/", timeout=1.5).ok
+
+
+def test_starting_under_a_taken_name_replaces_that_container(subject: Subject) -> None:
+    first = _container_id(subject, _start(subject, "v1"))
+    second = _container_id(subject, _start(subject, "v2"))
+    assert subject.runtime.inspect(first) is None
+    assert [(c.id, c.release) for c in subject.runtime.owned_apps(tenant=TENANT, app=APP)] == [(second, "v2")]
+
+
+def test_a_container_stopped_behind_our_back_restarts(subject: Subject) -> None:
+    rt = subject.runtime
+    container_id = _container_id(subject, _start(subject))
+    subject.stop_behind_our_back(container_id)
+    stopped = rt.inspect(container_id)
+    assert stopped is not None and not stopped.running and stopped.ip is None
+    again = rt.restart(container_id)
+    assert again.running and again.id == container_id
+    assert rt.wait_healthy(again, port=8080, path="/", timeout=20).ok
+
+
+def test_removed_containers_are_gone_and_a_second_removal_is_refused(subject: Subject) -> None:
+    rt = subject.runtime
+    container_id = _container_id(subject, _start(subject))
+    rt.stop_and_remove(container_id)
+    assert rt.inspect(container_id) is None
+    assert rt.owned_apps(tenant=TENANT) == []
+    with pytest.raises(RemovalRefused):
+        rt.stop_and_remove(container_id)
+    assert rt.remove(container_id) is False
+    other = _container_id(subject, _start(subject, name=f"moorage-{TENANT}-{APP}-dep_other"))
+    assert rt.remove(other) is True
+    assert rt.inspect(other) is None
+
+
+# -- routes -----------------------------------------------------------------------------------
+def test_a_route_is_written_served_checked_and_removed(subject: Subject) -> None:
+    rt = subject.runtime
+    route = _start(subject)
+    assert not rt.route_is(route)
+    rt.write_route(route)
+    assert rt.route_is(route)
+    assert not rt.route_is(replace(route, release="v2"))
+    assert APP_ID in rt.owned_routes()
+    assert rt.wait_served(route, 20) is not None
+    assert rt.wait_served(replace(route, release="v9"), 1.0) is None
+    assert rt.remove_route(APP_ID) is True
+    assert not rt.route_is(route)
+    assert APP_ID not in rt.owned_routes()
+    assert rt.remove_route(APP_ID) is False
+
+
+def test_a_route_from_before_id_keys_is_replaced_by_the_new_one(subject: Subject) -> None:
+    rt, stem = subject.runtime, f"{TENANT}--{APP}"
+    route = _start(subject)
+    subject.plant_legacy_route(TENANT, APP)
+    assert stem in rt.legacy_routes()
+    rt.write_route(route)
+    assert stem not in rt.legacy_routes()
+    subject.plant_legacy_route(TENANT, APP)
+    assert not rt.route_is(route)  # both files would answer for the hostname
+    assert rt.remove_legacy_route(stem) is True
+    assert rt.route_is(route)
+    assert rt.remove_legacy_route(stem) is False
+
+
+def test_a_missing_container_inspects_as_none(subject: Subject) -> None:
+    assert subject.runtime.inspect("0" * 64) is None  # where the engine raises NotFound

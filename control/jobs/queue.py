@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from control.ids import new_id
@@ -50,7 +51,8 @@ class JobQueue:
         job = JobRepository(session).add(
             id=new_id("job"), kind=kind, tenant_id=tenant_id, subject_id=subject_id, max_attempts=max_attempts, now=self.clock()
         )
-        self.wakeup.set()
+        # On commit, not before: a worker woken earlier finds nothing and sleeps a whole poll.
+        event.listen(session, "after_commit", lambda _session: self.wakeup.set(), once=True)
         return job
 
     def has_work(self) -> bool:

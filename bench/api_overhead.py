@@ -8,7 +8,7 @@ the same SQLite work, measured in one run, served the same way.
 Three uvicorn servers on loopback, each in its own process with one worker, started with
 the options ``moorage serve`` uses (control/cli/server.py), on copies of one database:
 
-  moorage   ``moorage serve`` itself (its settings from MOORAGE_* variables: job workers
+  moorage   ``moorage serve`` itself (bench/_serve.py; settings from MOORAGE_* variables: job workers
             and the reconciler off, rate limits raised so the bench is not throttled,
             everything else as in production, info-level JSON logs included);
   bare      a bare Litestar app whose sync handlers run the same repository calls
@@ -41,7 +41,6 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -54,6 +53,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _serve import (  # bench/ is on sys.path when a bench runs as a script
+    cpu_seconds,
+    free_port,
+    moorage_env,
+    spawn,
+    start_moorage,
+    stop,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -62,23 +69,6 @@ SEEDED_APPS = 20
 WRK_SCRIPT = Path(__file__).with_name("wrk_api.lua")
 POST_P50_TARGET = 1.5  # moorage / bare, at most
 GET_RPS_TARGET = 0.5  # moorage / sqlite3, at least
-
-
-def _moorage_env(data_dir: Path, port: int) -> dict[str, str]:
-    """What `moorage serve` reads; only what keeps the bench from measuring something else
-    (job workers, the reconciler, its own rate limits) differs from the defaults."""
-    return {
-        "MOORAGE_DATA_DIR": str(data_dir), "MOORAGE_PORT": str(port), "MOORAGE_BASE_DOMAIN": "apps.bench",
-        "MOORAGE_JOB_WORKERS": "0", "MOORAGE_RECONCILE_INTERVAL_S": "0", "MOORAGE_DATABASE_PURGE_INTERVAL_S": "0",
-        "MOORAGE_RATE_LIMIT_KEY_QUOTA": str(10**9), "MOORAGE_RATE_LIMIT_TENANT_QUOTA": str(10**9),
-        "MOORAGE_TRAEFIK_DYNAMIC_DIR": str(data_dir / "traefik"),
-    }  # fmt: skip
-
-
-def serve_moorage() -> None:
-    from control.cli.server import run_serve
-
-    run_serve(argparse.Namespace(host=None, port=None))  # exactly `moorage serve`
 
 
 def serve_like_moorage(app: Any, port: int) -> None:
@@ -150,12 +140,6 @@ def sqlite3_app(data_dir: Path, tenant_id: str) -> Any:
     return Litestar([healthz, get_app], debug=False)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @dataclasses.dataclass(frozen=True)
 class Prepared:
     dirs: dict[str, Path]  # server -> its copy of the database
@@ -174,7 +158,7 @@ def prepare(root: Path) -> Prepared:
     dirs = {name: root / name for name in ("moorage", "bare", "sqlite3")}
     for path in dirs.values():
         path.mkdir(mode=0o700)
-    settings = Settings.from_env(_moorage_env(dirs["moorage"], 0) | {"MOORAGE_LOG_LEVEL": "warning"})
+    settings = Settings.from_env(moorage_env(dirs["moorage"], 0, log_level="warning"))
     app = create_app(settings)
     with TestClient(app) as client:
         operator = app.state.services.keys.bootstrap_operator("bench").token
@@ -199,25 +183,6 @@ class Server:
     url: str
     token: str | None  # what its routes need in Authorization
     proc: subprocess.Popen[bytes]
-    log_path: Path
-
-
-def start(name: str, args: list[str], port: int, log_path: Path, env: dict[str, str] | None = None, token: str | None = None) -> Server:
-    with open(log_path, "wb") as log:  # the server's own log lines go where a journal would take them
-        proc = subprocess.Popen([sys.executable, __file__, *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})})  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return Server(name, url, token, proc, log_path)
-        except httpx.HTTPError:
-            time.sleep(0.1)
-        if proc.poll() is not None:
-            break
-    proc.kill()
-    raise RuntimeError(f"server {name} did not start: {log_path.read_text()[-2000:]}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,15 +247,6 @@ def drive_wrk(server: Server, case: Case, seconds: int, workers: int, prefix: st
 
 
 Measure = Callable[[Server, Case, int], dict[str, float]]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads (Linux; 0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measured(measure: Measure, server: Server, case: Case, round_no: int) -> dict[str, float]:
@@ -359,14 +315,11 @@ def main() -> int:
     parser.add_argument("--no-wrk", action="store_true", help="only the Python client")
     parser.add_argument("--no-python", action="store_true", help="only wrk (when installed)")
     parser.add_argument("--cases", default="list,post,get", help="comma-separated subset of list,post,get")
-    parser.add_argument("--serve", choices=["moorage", "bare", "sqlite3"], help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=["bare", "sqlite3"], help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--tenant", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve == "moorage":
-        serve_moorage()
-        return 0
     if args.serve:
         make = bare_app if args.serve == "bare" else sqlite3_app
         serve_like_moorage(make(args.data_dir, args.tenant), args.port)
@@ -380,12 +333,12 @@ def main() -> int:
         prepared = prepare(root)
         for name, path in prepared.dirs.items():
             port = free_port()
-            log_path = root / f"{name}.log"
+            url, log_path = f"http://127.0.0.1:{port}", root / f"{name}.log"
             if name == "moorage":
-                servers[name] = start(name, ["--serve", "moorage"], port, log_path, _moorage_env(path, port), prepared.token)
+                servers[name] = Server(name, url, prepared.token, start_moorage(path, port, log_path))
             else:
                 serve = ["--serve", name, "--data-dir", str(path), "--port", str(port), "--tenant", prepared.tenant_id]
-                servers[name] = start(name, serve, port, log_path)
+                servers[name] = Server(name, url, None, spawn([sys.executable, __file__, *serve], url, log_path))
         cases = [
             Case("list", "GET /v1/apps (list)", "GET", "/v1/apps", ("bare",), args.get),
             Case("post", "POST /v1/apps (idempotent)", "POST", "/v1/apps", ("bare",), args.post),
@@ -409,12 +362,7 @@ def main() -> int:
             found[driver] = {case.key: run_case(case, servers, args.rounds, measure) for case in cases}
     finally:
         for server in servers.values():
-            server.proc.terminate()
-        for server in servers.values():
-            try:
-                server.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.proc.kill()
+            stop(server.proc)
         shutil.rmtree(root, ignore_errors=True)
 
     print(f"uvicorn on loopback as `moorage serve` runs it (one process, one worker per server), "

@@ -23,7 +23,7 @@ from runtime.networks import TenantNetworks
 from runtime.router import AppRoute, Backend, Router
 from runtime.sandbox import ContainerSpec
 from runtime.settings import RuntimeSettings
-from runtime.traefik import TraefikProcess
+from runtime.traefik import DEFAULT_THROTTLE, TraefikProcess
 
 SERVE = ["sh", "-c", "mkdir -p /srv && echo ok > /srv/index.html && exec python3 -m http.server -d /srv 8000"]
 
@@ -31,7 +31,7 @@ SERVE = ["sh", "-c", "mkdir -p /srv && echo ok > /srv/index.html && exec python3
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("-n", type=int, default=10)
-    ap.add_argument("--throttle", default="500ms", help="Traefik providersThrottleDuration")
+    ap.add_argument("--throttle", default=DEFAULT_THROTTLE, help="Traefik providersThrottleDuration")
     args = ap.parse_args()
     engine = DockerEngine(RuntimeSettings())
     containers, networks = Containers(engine), TenantNetworks(engine)

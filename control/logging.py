@@ -65,6 +65,10 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None
     root.setLevel(level.upper())
     # uvicorn's access log would duplicate ours (and log query strings); ours is enough.
     logging.getLogger("uvicorn.access").disabled = True
+    # httpx logs every request it sends at INFO: one line per gateway call to a node (the
+    # gateway logs the failures itself) and per heartbeat, and a formatted JSON line costs
+    # more than the rest of the call's bookkeeping.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True

@@ -23,7 +23,7 @@ TRAEFIK_DIR="${MOORAGE_TRAEFIK_DIR:-$STATE_DIR/traefik}"
 TRAEFIK_DYNAMIC_DIR="${MOORAGE_TRAEFIK_DYNAMIC_DIR:-$TRAEFIK_DIR/dynamic}"
 TRAEFIK_HTTP_ADDRESS="${MOORAGE_TRAEFIK_HTTP_ADDRESS:-:${MOORAGE_TRAEFIK_HTTP_PORT:-80}}"
 TRAEFIK_PING_ADDRESS="${MOORAGE_TRAEFIK_PING_ADDRESS:-127.0.0.1:8082}"
-TRAEFIK_THROTTLE="${MOORAGE_TRAEFIK_THROTTLE:-500ms}"
+TRAEFIK_THROTTLE="${MOORAGE_TRAEFIK_THROTTLE:-500ms}"  # as runtime/traefik.py DEFAULT_THROTTLE
 ACME_EMAIL="${MOORAGE_ACME_EMAIL:-}"
 START_TRAEFIK="${MOORAGE_START_TRAEFIK:-1}"
 BUILD_PYTHON_IMAGE="${MOORAGE_BUILD_PYTHON_IMAGE:-1}"
@@ -48,7 +48,8 @@ pid_alive() { [[ -s "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 mkdir -p "$STATE_DIR" "$LOG_DIR" "$RUN_DIR" "$CACHE_DIR" "$TRAEFIK_DYNAMIC_DIR"
 
 # --- 1. Debian packages ---------------------------------------------------------------
-PACKAGES=(docker.io runsc busybox-static debootstrap python3 python3-venv iptables ca-certificates)
+# wrk: the HTTP load generator bench/api_overhead.py drives the API with.
+PACKAGES=(docker.io runsc busybox-static debootstrap python3 python3-venv iptables ca-certificates wrk)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

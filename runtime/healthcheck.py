@@ -7,7 +7,7 @@ about a shared dependency, and must not open a breaker for every other tenant.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -20,14 +20,30 @@ class HealthResult:
     elapsed: float
 
 
+FIRST_INTERVAL_S = 0.01
+BACKOFF = 1.2
+
+
+def intervals(first: float, longest: float) -> Iterator[float]:
+    """Pauses between polls: ``first`` (10 ms), then 20% longer each time up to ``longest``.
+    What is polled for (an app that has just started, Traefik reloading a route) usually
+    comes within a few hundred milliseconds: a fixed long pause added up to a whole pause
+    to every deploy, a short one forever would poll a slow app hundreds of times."""
+    pause = first
+    while True:
+        yield pause
+        pause = min(longest, pause * BACKOFF)
+
+
 def wait_healthy(url: str, *, timeout: float, alive: Callable[[], bool] = lambda: True,
                  interval: float = 0.2, host: str | None = None) -> HealthResult:
     """Poll ``url`` until it answers 2xx/3xx, ``alive()`` turns false (the container exited)
-    or ``timeout`` passes."""
+    or ``timeout`` passes; polls start 10 ms apart and back off to ``interval``."""
     started = time.monotonic()
     last = "no answer yet"
     checked_alive = started
     headers = {"Host": host} if host else None
+    pauses = intervals(min(FIRST_INTERVAL_S, interval), interval)
     with httpx.Client(timeout=min(2.0, timeout), follow_redirects=False) as client:
         while (elapsed := time.monotonic() - started) < timeout:
             try:
@@ -41,13 +57,15 @@ def wait_healthy(url: str, *, timeout: float, alive: Callable[[], bool] = lambda
                 checked_alive = time.monotonic()
                 if not alive():
                     return HealthResult(False, f"the container exited ({last})", time.monotonic() - started)
-            time.sleep(interval)
+            time.sleep(next(pauses))
     return HealthResult(False, last, time.monotonic() - started)
 
 
 def wait_header(url: str, host: str, header: str, value: str, *, timeout: float, interval: float = 0.1) -> float | None:
-    """Seconds until ``url`` (Traefik) answers for ``host`` with ``header: value``; None on timeout."""
+    """Seconds until ``url`` (Traefik) answers for ``host`` with ``header: value``; None on
+    timeout. Polls start 10 ms apart and back off to ``interval``."""
     started = time.monotonic()
+    pauses = intervals(min(FIRST_INTERVAL_S, interval), interval)
     with httpx.Client(timeout=2.0) as client:
         while time.monotonic() - started < timeout:
             try:
@@ -55,5 +73,5 @@ def wait_header(url: str, host: str, header: str, value: str, *, timeout: float,
                     return time.monotonic() - started
             except httpx.HTTPError:
                 pass
-            time.sleep(interval)
+            time.sleep(next(pauses))
     return None

@@ -5,15 +5,21 @@ never reused and free of any separator a tenant or app name may hold (`tenant--a
 `rt-v`'s app `w--app` overwrite tenant `rt-v--w`'s app `app`). The file's first line names the
 control plane that wrote it, so a reconciler removes only its own orphans.
 
-Files are written atomically (temp file in the same directory, fsync, os.replace, fsync of
-the directory): Traefik, which reloads on every change in the watched directory, only ever
-sees the old file or the new one. Temp files end in `.tmp`, an extension Traefik ignores.
+Files are written atomically (temp file, fsync, os.replace, fsync of the directory):
+Traefik, which reloads on every change in the watched directory, only ever sees the old file
+or the new one. The temp file is written in a staging directory beside the watched one (on
+the same filesystem, so the rename stays atomic), not in it: Traefik answers the first event
+at once but then waits out its providersThrottleDuration before it looks again, so a temp
+file created in the watched directory made the rename that matters wait a whole throttle
+period. Where the staging directory cannot be used, the temp file goes beside the target,
+as before. Temp files end in `.tmp`, an extension Traefik ignores.
 """
 
 from __future__ import annotations
 
 import builtins  # `list` in a class body with a list() method names the method, not the type
 import contextlib
+import errno
 import os
 import re
 import tempfile
@@ -180,8 +186,31 @@ class Router:
 
 
 def atomic_write(target: Path, body: str, mode: int = 0o644) -> None:
+    """Replace ``target`` with ``body`` so that readers see the old file or the new one; the
+    watched directory sees one event (the rename) when the staging directory can be used."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    staging = staging_dir(target.parent)
+    try:
+        _replace(staging or target.parent, target, body, mode)
+    except OSError as exc:
+        if staging is None or exc.errno != errno.EXDEV:  # EXDEV: the staging dir is on another filesystem
+            raise
+        _replace(target.parent, target, body, mode)
+    _fsync_dir(target.parent)
+
+
+def staging_dir(directory: Path) -> Path | None:
+    """``.<name>.staging`` beside ``directory``, made on first use; None when it cannot be."""
+    staging = directory.parent / f".{directory.name}.staging"
+    try:
+        staging.mkdir(mode=0o700, exist_ok=True)
+    except OSError:
+        return None
+    return staging
+
+
+def _replace(temp_dir: Path, target: Path, body: str, mode: int) -> None:
+    fd, tmp = tempfile.mkstemp(dir=temp_dir, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(body)
@@ -193,7 +222,6 @@ def atomic_write(target: Path, body: str, mode: int = 0o644) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(target.parent)
 
 
 def _fsync_dir(path: Path) -> None:

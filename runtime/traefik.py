@@ -25,6 +25,12 @@ from typing import Any
 
 import yaml
 
+# Traefik applies a provider event at once, then ignores newer ones for this long (its own
+# default is 2s). Route files are renamed into place in one event each (runtime.router), so
+# this delays only a route that lands right after another reload, as in a burst of deploys.
+# Not lower: with 100ms, rewriting one route every 20 ms under load (tests/runtime/
+# test_route_atomicity.py) drew 502s from Traefik's reloads, with 500ms none.
+DEFAULT_THROTTLE = "500ms"
 WEB_ENTRYPOINT = "web"
 WEBSECURE_ENTRYPOINT = "websecure"
 PING_ENTRYPOINT = "ping"
@@ -36,8 +42,7 @@ class TraefikStaticOptions:
     http_address: str = ":80"
     # Loopback only: the ping endpoint is the one non-ingress listener Traefik gets.
     ping_address: str = "127.0.0.1:8082"
-    # Traefik waits this long after a provider event before applying it; 2s is its default.
-    throttle: str = "500ms"
+    throttle: str = DEFAULT_THROTTLE
     log_level: str = "INFO"
     # Production TLS: set an ACME e-mail to add a :443 entrypoint + resolver `acme_resolver`.
     acme_email: str | None = None
@@ -116,7 +121,7 @@ def find_traefik_binary() -> str:
 class TraefikProcess:
     """A Traefik child process on loopback ports with its own dynamic dir (tests, benches, dev)."""
 
-    def __init__(self, dynamic_dir: Path | None = None, throttle: str = "500ms") -> None:
+    def __init__(self, dynamic_dir: Path | None = None, throttle: str = DEFAULT_THROTTLE) -> None:
         self._tmp = tempfile.mkdtemp(prefix="moorage-traefik-")
         self.dynamic_dir = dynamic_dir or Path(self._tmp) / "dynamic"
         self.dynamic_dir.mkdir(parents=True, exist_ok=True)
@@ -181,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dynamic-dir", required=True, type=Path)
     p.add_argument("--http-address", default=":80")
     p.add_argument("--ping-address", default="127.0.0.1:8082")
-    p.add_argument("--throttle", default="500ms")
+    p.add_argument("--throttle", default=DEFAULT_THROTTLE)
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--acme-email", default=None)
     p.add_argument("--acme-storage", default=None, type=Path)

@@ -38,11 +38,14 @@ def client_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
 
 
 async def authenticate_throttled(
-    connection: ASGIConnection[Any, Any, Any, Any], authenticate: Callable[[str | None], T]
+    connection: ASGIConnection[Any, Any, Any, Any],
+    authenticate: Callable[[str | None], T],
+    recent: Callable[[str], T | None] | None = None,
 ) -> T:
     """``authenticate(bearer token)`` off the event loop, with failed attempts counted per
     client address; a throttled address gets 429 before its credential is looked at
-    (see control.security.auth_throttle)."""
+    (see control.security.auth_throttle). ``recent(token)``, when given, answers from
+    memory on the loop (no database, no thread) or returns None."""
     throttle: AuthThrottle = connection.app.state.services.auth_throttle
     token, address = bearer_token(connection), client_address(connection)
     if token is None:  # nothing to guess with: a plain 401
@@ -52,11 +55,13 @@ async def authenticate_throttled(
     except Throttled:
         connection.app.state.services.metrics.rate_limited("auth-failures")
         raise
-    try:
-        result = await anyio.to_thread.run_sync(authenticate, token)
-    except Unauthenticated:
-        throttle.failed(address)
-        raise
+    result = recent(token) if recent is not None else None
+    if result is None:
+        try:
+            result = await anyio.to_thread.run_sync(authenticate, token)
+        except Unauthenticated:
+            throttle.failed(address)
+            raise
     throttle.succeeded(address, token)
     return result
 
@@ -64,11 +69,13 @@ async def authenticate_throttled(
 class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
     async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
         keys: KeyService = connection.app.state.services.keys
-        principal = await authenticate_throttled(connection, keys.authenticate)
+        principal = await authenticate_throttled(connection, keys.authenticate, keys.recently_authenticated)
         return AuthenticationResult(user=principal, auth=principal.key_id)
 
 
-def access_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+async def access_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    # Async although it never awaits: Litestar runs a sync guard in a worker thread, a
+    # thread hop on every request for a few dictionary lookups.
     access = handler.opt.get("access")
     if handler.opt.get("public") or access is None:
         return

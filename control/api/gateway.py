@@ -16,9 +16,9 @@ ends and the usage row says ``stalled``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
-from functools import partial
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -156,7 +156,10 @@ async def _proxy(request: Request[Any, Principal, Any], gateway: Gateway, data: 
     inference = gateway.inference
     call, reserve_tokens = _prepare(data, endpoint, gateway.settings.inference_default_max_tokens)
     call.request_id = request_id_of(request.scope)
-    serving, routable = await anyio.to_thread.run_sync(_candidates, inference, call.model)
+    tenant_id, key_id = request.user.tenant_id, request.user.key_id
+    assert tenant_id is not None  # the access guard admits tenant keys only
+    # One trip to a worker thread before the first byte, not one per step.
+    serving, routable, reservation = await anyio.to_thread.run_sync(_admit, inference, call.model, tenant_id, reserve_tokens)
     if not serving:
         detail = f"No node serves the model '{call.model}'. GET /v1/models lists the models available."
         return problem_response(request, 404, "inference-model-not-found", detail)
@@ -166,14 +169,10 @@ async def _proxy(request: Request[Any, Principal, Any], gateway: Gateway, data: 
             "Retry after Retry-After seconds."
         )
         return _unavailable(request, detail, NO_NODE_RETRY_S)
-    tenant_id, key_id = request.user.tenant_id, request.user.key_id
-    assert tenant_id is not None  # the access guard admits tenant keys only
-    try:
-        reservation = await anyio.to_thread.run_sync(inference.quota.reserve, tenant_id, reserve_tokens)
-    except QuotaExceeded as exc:
-        return problem_response(
-            request, 429, exc.code, exc.detail, title="Inference quota", headers={"Retry-After": retry_after_header(exc.retry_after_s)}
-        )
+    if isinstance(reservation, QuotaExceeded):
+        refused = {"Retry-After": retry_after_header(reservation.retry_after_s)}
+        return problem_response(request, 429, reservation.code, reservation.detail, title="Inference quota", headers=refused)
+    assert reservation is not None  # a routable node, and the quota admitted the request
     outcome = Outcome()
     finished = False
 
@@ -224,19 +223,19 @@ class RelayStream(Stream):
     def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIApp:  # type: ignore[override]
         response, relay, idle_s = super().to_asgi_response(*args, **kwargs), self.relay, self.idle_s
 
-        async def bounded_send(send: Send, message: Message) -> None:
-            with anyio.move_on_after(idle_s) as waited:
-                await send(message)
-            if waited.cancelled_caught:
-                relay.stalled()
-                raise ClientStalled
-
         async def closing(scope: Scope, receive: Receive, send: Send) -> None:
             try:
-                try:
-                    await response(scope, receive, partial(bounded_send, send) if idle_s > 0 else send)
-                except* ClientStalled:
-                    pass  # the server closes a connection whose response it never saw finish
+                if idle_s <= 0:
+                    await response(scope, receive, send)
+                    return
+                with anyio.CancelScope() as cut:
+                    watch = StallWatch(send, idle_s, cut)
+                    try:
+                        await response(scope, receive, watch.send)
+                    finally:
+                        watch.stop()
+                if watch.tripped:  # the server closes a connection whose response it never saw finish
+                    relay.stalled()
             finally:
                 with anyio.CancelScope(shield=True):
                     await relay.close()
@@ -244,12 +243,55 @@ class RelayStream(Stream):
         return closing
 
 
-class ClientStalled(Exception):
-    """A send to the client waited longer than the stream's idle limit."""
+class StallWatch:
+    """Cuts a stream off (cancels ``scope``) once one send has waited ``idle_s``. One timer,
+    armed when a send starts and none is pending, instead of a cancel scope around every
+    send: sends are the stream's hot path, and almost all of them return at once."""
+
+    def __init__(self, send: Send, idle_s: float, scope: anyio.CancelScope) -> None:
+        self._send, self.idle_s, self.scope = send, idle_s, scope
+        self._loop = asyncio.get_running_loop()
+        self._sending_since: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.tripped = False
+
+    async def send(self, message: Message) -> None:
+        self._sending_since = self._loop.time()
+        if self._timer is None:
+            self._timer = self._loop.call_later(self.idle_s, self._check)
+        try:
+            await self._send(message)
+        finally:
+            self._sending_since = None
+
+    def _check(self) -> None:
+        self._timer = None
+        since = self._sending_since
+        if since is None:  # no send waiting: the next one arms the timer again
+            return
+        waited = self._loop.time() - since
+        if waited >= self.idle_s:
+            self.tripped = True
+            self.scope.cancel()
+        else:
+            self._timer = self._loop.call_later(self.idle_s - waited, self._check)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
-def _candidates(inference: Inference, model: str) -> tuple[list[Any], list[Any]]:
-    return inference.nodes.serving(model), inference.nodes.routable(model)
+def _admit(inference: Inference, model: str, tenant_id: str, tokens: int) -> tuple[list[Any], list[Any], Reservation | QuotaExceeded | None]:
+    """The nodes serving ``model`` (all, routable) and, when one is routable, the quota's
+    answer: a reservation of ``tokens``, or why not. Blocking."""
+    serving, routable = inference.nodes.serving(model), inference.nodes.routable(model)
+    if not routable:
+        return serving, routable, None
+    try:
+        return serving, routable, inference.quota.reserve(tenant_id, tokens)
+    except QuotaExceeded as exc:
+        return serving, routable, exc
 
 
 def _unavailable(request: Request[Any, Any, Any], detail: str, retry_after_s: float) -> Response[Any]:

@@ -6,10 +6,11 @@ failure on that node's breaker and the next node is tried. Once the first event 
 to the client, a broken stream ends with an error event (``data: {"error": {...}}``,
 no ``[DONE]``) and the breaker records the failure.
 
-Streams are relayed event by event (each is re-encoded: ``model`` becomes the public
-name, and the usage the gateway asked for is removed when the client did not ask), with
-a keep-alive comment when the engine is silent, and always end with ``data: [DONE]``
-(``transformers serve`` omits it). Nothing is buffered beyond one event.
+Streams are relayed as they arrive (each event re-encoded: ``model`` becomes the public
+name, and the usage the gateway asked for is removed when the client did not ask; the
+events one read from the engine brought go to the client in one write), with a keep-alive
+comment when the engine is silent, and always end with ``data: [DONE]`` (``transformers
+serve`` omits it). Nothing is buffered beyond what one read brought.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from control.api.gateway_sse import (
     KEEPALIVE,
     error_event,
     event,
-    sse_data,
+    sse_batches,
     with_keepalive,
 )
 from control.domain.gateway_routing import NodeRouter
@@ -104,8 +105,8 @@ class Answer:
     status_code: int
     content: bytes = b""
     response: httpx.Response | None = None
-    events: AsyncIterator[str] | None = None
-    first: str | None = None
+    events: AsyncIterator[list[bytes]] | None = None
+    first: list[bytes] | None = None  # the events the first read brought
 
 
 class UpstreamFailed(Exception):
@@ -149,7 +150,7 @@ async def open_answer(
                     await response.aclose()
                 breaker.record_success()  # 2xx or 4xx: the engine is up and answered
                 return Answer(node, response.status_code, content=content)
-            events = sse_data(response)
+            events = sse_batches(response)
             try:
                 first = await events.__anext__()  # failover is still possible until this is relayed
             except BaseException:
@@ -172,7 +173,7 @@ async def open_answer(
     raise UpstreamFailed(tried)
 
 
-def rewrite_chunk(data: str, call: Call, outcome: Outcome) -> bytes | None:
+def rewrite_chunk(data: bytes, call: Call, outcome: Outcome) -> bytes | None:
     """One engine event as the client should see it (None: drop it)."""
     chunk = msgspec.json.decode(data)
     if not isinstance(chunk, dict):
@@ -220,22 +221,29 @@ class Relay:
         self.response, self.upstream, self.first = answer.response, answer.events, answer.first
         self._verdict: Callable[[], None] = router.breaker(answer.node.id).release
         self._closed = False
+        self._done = False  # the engine sent [DONE]
 
     async def events(self) -> AsyncIterator[bytes]:
         answer, call, outcome = self.answer, self.call, self.outcome
         breaker = self.router.breaker(answer.node.id)
+        upstream = with_keepalive(self.upstream, KEEPALIVE_S)
         try:
-            first = rewrite_chunk(self.first, call, outcome)
-            if first is not None:
-                yield first
-            async for data in with_keepalive(self.upstream, KEEPALIVE_S):
-                if data is None:
+            batch: list[bytes] | None = self.first
+            while True:
+                if batch is None:
                     yield KEEPALIVE
-                elif data.strip() == "[DONE]":
-                    outcome.finished = True
+                else:
+                    out, failure = self._rewrite(batch)
+                    if out:
+                        yield out
+                    if failure is not None:
+                        raise failure
+                    if self._done:
+                        break
+                try:
+                    batch = await upstream.__anext__()
+                except StopAsyncIteration:
                     break
-                elif (out := rewrite_chunk(data, call, outcome)) is not None:
-                    yield out
             if not outcome.finished:  # closed before a finish_reason: the engine died between two events
                 raise EngineStreamError("the stream ended before a finish_reason")
             outcome.status, outcome.http_status, self._verdict = "ok", 200, breaker.record_success
@@ -250,7 +258,24 @@ class Relay:
             )
         finally:
             with anyio.CancelScope(shield=True):
+                await upstream.aclose()  # its reader task ends now, not when the generator is collected
                 await self.close()
+
+    def _rewrite(self, batch: list[bytes]) -> tuple[bytes, Exception | None]:
+        """What the client gets for ``batch`` (one write), and the failure that stopped it
+        part-way, if any: the events before a broken one still go out."""
+        parts: list[bytes] = []
+        try:
+            for data in batch:
+                if data.strip() == b"[DONE]":
+                    self.outcome.finished = self._done = True
+                    break
+                out = rewrite_chunk(data, self.call, self.outcome)
+                if out is not None:
+                    parts.append(out)
+        except (msgspec.DecodeError, EngineStreamError) as exc:
+            return b"".join(parts), exc
+        return b"".join(parts), None
 
     def stalled(self) -> None:
         """The client stopped taking data: the stream is cut off (``close`` settles it)."""

@@ -15,6 +15,7 @@ from control.domain.errors import (
     Unauthenticated,
 )
 from control.domain.names import KEY_NAME
+from control.domain.recent_keys import recent_keys
 from control.domain.records import ApiKey, Page
 from control.security.principal import Principal
 from control.security.scopes import TENANT_SCOPES, KeyScope, effective
@@ -37,6 +38,7 @@ class KeyService:
     def __init__(self, db: Store, *, last_used_resolution: timedelta = timedelta(seconds=60)) -> None:
         self.db = db
         self.last_used_resolution = last_used_resolution
+        self.recent = recent_keys(db)
 
     def bootstrap_operator(self, name: str = "bootstrap", *, another: bool = False) -> IssuedKey:
         with self.db.write() as session:
@@ -120,13 +122,20 @@ class KeyService:
                 raise NotFound.of("key", key_id)
             revoked = keys.revoke(key_id, utcnow())
             assert revoked is not None
-            return revoked
+        self.recent.forget_key(key_id)  # after the commit: see control.domain.recent_keys
+        return revoked
+
+    def recently_authenticated(self, token: str) -> Principal | None:
+        """``authenticate(token)`` without the database when this process authenticated the
+        same token a moment ago (control.domain.recent_keys); None: call ``authenticate``."""
+        return self.recent.principal(token, utcnow(), self.last_used_resolution)
 
     def authenticate(self, token: str | None) -> Principal:
         """The caller behind ``token``, or a clear reason why not (never which part was wrong)."""
         key_id = parse_key_id(token or "")
         if token is None or key_id is None:
             raise Unauthenticated(_BAD_TOKEN)
+        started = self.recent.read_at()
         with self.db.read() as session:
             key = ApiKeyRepository(session).get(key_id)
             tenant = None if key is None or key.tenant_id is None else TenantRepository(session).get(key.tenant_id)
@@ -141,10 +150,14 @@ class KeyService:
             raise TenantSuspended(
                 f"Tenant '{tenant.name}' is suspended; every call with its keys is refused. Contact the operator."
             )
-        if key.last_used_at is None or now - key.last_used_at >= self.last_used_resolution:
+        used_at = key.last_used_at
+        if used_at is None or now - used_at >= self.last_used_resolution:
             # With the request's other writes, when it commits: authenticating never takes the write lock.
             self.db.defer_write(lambda session: ApiKeyRepository(session).touch(key.id, now))
-        return Principal.of(key.id, key.tenant_id, key.scopes)
+            used_at = now
+        principal = Principal.of(key.id, key.tenant_id, key.scopes)
+        self.recent.remember(started, principal, key.secret_hash, key.expires_at, used_at)
+        return principal
 
 
 def _bounded_by_maker(maker: ApiKey | None, scopes: list[str], expires_at: datetime | None) -> datetime | None:

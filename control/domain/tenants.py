@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from control.domain.errors import Conflict, NotFound
 from control.domain.names import DISPLAY_NAME, check_dns_label
+from control.domain.recent_keys import recent_keys
 from control.domain.records import Page, Tenant
 from control.ids import new_id
 from control.store.database import Store
@@ -13,6 +14,8 @@ from control.store.repositories.tenants import TenantRepository
 class TenantService:
     def __init__(self, db: Store) -> None:
         self.db = db
+        # Tenant names never change, and ids are never reused: a name once read stays true.
+        self._names: dict[str, str] = {}
 
     def create(self, name: str, display_name: str = "") -> Tenant:
         check_dns_label("name", name)
@@ -30,6 +33,16 @@ class TenantService:
             raise NotFound.of("tenant", tenant_id)
         return tenant
 
+    def name(self, tenant_id: str) -> str:
+        known = self._names.get(tenant_id)
+        if known is None:
+            known = self._names[tenant_id] = self.get(tenant_id).name
+        return known
+
+    def known_name(self, tenant_id: str) -> str | None:
+        """The tenant's name if this process has read it before (no database), else None."""
+        return self._names.get(tenant_id)
+
     def list(self, *, limit: int, cursor: str | None) -> Page[Tenant]:
         with self.db.read() as session:
             return TenantRepository(session).list(limit=limit, cursor=cursor)
@@ -43,6 +56,7 @@ class TenantService:
             tenant = TenantRepository(session).set_status(tenant_id, status)
         if tenant is None:
             raise NotFound.of("tenant", tenant_id)
+        recent_keys(self.db).forget_tenant(tenant_id)  # a suspension applies to the next request
         return tenant
 
     def delete(self, tenant_id: str) -> None:
@@ -59,3 +73,5 @@ class TenantService:
                     code="tenant-not-empty",
                 )
             tenants.delete(tenant_id)
+        recent_keys(self.db).forget_tenant(tenant_id)
+        self._names.pop(tenant_id, None)

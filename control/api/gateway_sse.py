@@ -5,7 +5,7 @@ runs for every event of every stream: it is kept lean on purpose."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeVar
 
 import httpx
@@ -47,7 +47,7 @@ async def sse_batches(response: httpx.Response) -> AsyncIterator[list[bytes]]:
 _ITEM, _KEEPALIVE, _END, _FAILED = range(4)
 
 
-async def with_keepalive(source: AsyncIterator[T], interval_s: float) -> AsyncIterator[T | None]:
+async def with_keepalive(source: AsyncIterator[T], interval_s: float) -> AsyncGenerator[T | None, None]:
     """Items of ``source``; ``None`` whenever it stays silent for ``interval_s`` (send a
     keep-alive comment then). The pending read is never cancelled by a keep-alive, only
     when the consumer goes away.

@@ -37,8 +37,9 @@ def moorage_env(data_dir: Path, port: int, **overrides: object) -> dict[str, str
     return env | {f"MOORAGE_{name.upper()}": str(value) for name, value in overrides.items()}
 
 
-def spawn(command: list[str], url: str, log_path: Path, env: dict[str, str] | None = None,
-          timeout: float = 30.0) -> subprocess.Popen[bytes]:
+def spawn(
+    command: list[str], url: str, log_path: Path, env: dict[str, str] | None = None, timeout: float = 30.0
+) -> subprocess.Popen[bytes]:
     """Start ``command`` (its output to ``log_path``, where a journal would take it) and wait
     until ``url``/healthz answers."""
     with open(log_path, "wb") as log:

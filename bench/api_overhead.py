@@ -228,7 +228,9 @@ async def drive(server: Server, case: Case, total: int, workers: int) -> dict[st
         raise RuntimeError(f"{len(failures)} failed requests to {server.name} {case.method} {case.path}, e.g. {failures[0]}")
     ordered = sorted(latencies)
     return {
-        "n": len(ordered), "rps": len(ordered) / elapsed, "p50_ms": statistics.median(ordered) * 1000,
+        "n": len(ordered),
+        "rps": len(ordered) / elapsed,
+        "p50_ms": statistics.median(ordered) * 1000,
         "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
     }
 

@@ -169,13 +169,17 @@ def report_timings(targets: list[Target], settings: Settings, started_wall: floa
     if ends:
         out.all_running_s = max(ends) - started_wall
     print(f"first POST -> all running: {out.all_running_s:.1f} s")
-    print(f"per deployment, accepted -> running: {pct(out.to_running)}; waiting for a worker: {pct(queued)}; "
-          f"extra build attempts: {retried}")
+    print(
+        f"per deployment, accepted -> running: {pct(out.to_running)}; waiting for a worker: {pct(queued)}; "
+        f"extra build attempts: {retried}"
+    )
     print("step medians: " + "  ".join(f"{k}={statistics.median(v):.2f}" for k, v in steps.items() if v))
     overall = max_overlap([i for spans in busy.values() for i in spans])
     per_tenant = max((max_overlap(spans) for spans in busy.values()), default=0)
-    print(f"most deployments building/releasing at once: {overall} (workers {settings.job_workers}); "
-          f"in one tenant: {per_tenant} (limit {settings.deploys_per_tenant})")
+    print(
+        f"most deployments building/releasing at once: {overall} (workers {settings.job_workers}); "
+        f"in one tenant: {per_tenant} (limit {settings.deploys_per_tenant})"
+    )
     if overall > settings.job_workers or per_tenant > settings.deploys_per_tenant:
         out.problems.append(f"concurrency over its limits: {overall} at once, {per_tenant} in one tenant")
 
@@ -205,10 +209,12 @@ def verify_api(api: httpx.Client, targets: list[Target], replayed: list[Target],
         out.problems.append(f"{statuses['running']} of {len(targets)} running")
     if replays_ok != len(replayed):
         out.problems.append(f"only {replays_ok} of {len(replayed)} replays answered with the original deployment")
-    print(f"API: statuses {dict(statuses)}; apps by deployments listed: "
-          + ", ".join(f"{n} apps with {k}" for k, n in sorted(per_app_listed.items()))
-          + f"; replays answered with the original deployment: {replays_ok}/{len(replayed)} "
-          f"({sum(t.in_flight for t in replayed)} x 409 while the first was in flight)")
+    print(
+        f"API: statuses {dict(statuses)}; apps by deployments listed: "
+        + ", ".join(f"{n} apps with {k}" for k, n in sorted(per_app_listed.items()))
+        + f"; replays answered with the original deployment: {replays_ok}/{len(replayed)} "
+        f"({sum(t.in_flight for t in replayed)} x 409 while the first was in flight)"
+    )
 
 
 def verify_runtime(targets: list[Target], traefik_url: str, out: Outcome) -> None:
@@ -225,8 +231,10 @@ def verify_runtime(targets: list[Target], traefik_url: str, out: Outcome) -> Non
     engine.close()
     wrong = {f"{t}/{a}": n for (t, a), n in per_app.items() if n != 1}
     wrong |= {f"{t.tenant}/{t.app}": 0 for t in targets if (t.tenant, t.app) not in per_app}
-    print(f"docker: {sum(per_app.values())} moorage containers for {len(per_app)} apps; apps without exactly one: "
-          f"{len(wrong)}; not running: {len(not_running)}")
+    print(
+        f"docker: {sum(per_app.values())} moorage containers for {len(per_app)} apps; apps without exactly one: "
+        f"{len(wrong)}; not running: {len(not_running)}"
+    )
     if wrong or not_running:
         out.problems.append(f"containers per app: {wrong}; not running: {not_running}")
     served = 0
@@ -249,8 +257,12 @@ def main() -> int:
     parser.add_argument("--tenants", type=int, default=5)
     parser.add_argument("--per-tenant", type=int, default=4, help="apps per tenant (one deployment each)")
     parser.add_argument("--workers", type=int, default=PLATFORM.job_workers, help="job worker threads (MOORAGE_JOB_WORKERS)")
-    parser.add_argument("--tenant-jobs", type=int, default=PLATFORM.deploys_per_tenant,
-                        help="jobs of one tenant running at once (MOORAGE_DEPLOYS_PER_TENANT)")
+    parser.add_argument(
+        "--tenant-jobs",
+        type=int,
+        default=PLATFORM.deploys_per_tenant,
+        help="jobs of one tenant running at once (MOORAGE_DEPLOYS_PER_TENANT)",
+    )
     parser.add_argument("--replays", type=int, default=3, help="deployments re-sent with the same Idempotency-Key")
     parser.add_argument("--timeout", type=float, default=900, help="seconds for all to finish")
     args = parser.parse_args()
@@ -263,14 +275,25 @@ def main() -> int:
         # Platform defaults (or MOORAGE_* from the environment) except: API rate limits (120/min
         # per key) would only throttle this bench's own polling (they have their own tests and bench).
         settings = Settings.from_env().with_overrides(
-            data_dir=data_dir, database_url="", port=free_port(), base_domain="apps.test", log_level="warning",
-            traefik_dynamic_dir=traefik.dynamic_dir, traefik_url=traefik.url,
-            job_workers=args.workers, deploys_per_tenant=args.tenant_jobs,
-            rate_limit_key_quota=100_000, rate_limit_tenant_quota=100_000)
-        print(f"{total} deployments ({args.tenants} tenants x {args.per_tenant} apps): job_workers={settings.job_workers} "
-              f"deploys_per_tenant={settings.deploys_per_tenant} (platform defaults {PLATFORM.job_workers} and "
-              f"{PLATFORM.deploys_per_tenant}), health_timeout_s={settings.health_timeout_s}, "
-              f"reconcile_interval_s={settings.reconcile_interval_s}", flush=True)
+            data_dir=data_dir,
+            database_url="",
+            port=free_port(),
+            base_domain="apps.test",
+            log_level="warning",
+            traefik_dynamic_dir=traefik.dynamic_dir,
+            traefik_url=traefik.url,
+            job_workers=args.workers,
+            deploys_per_tenant=args.tenant_jobs,
+            rate_limit_key_quota=100_000,
+            rate_limit_tenant_quota=100_000,
+        )
+        print(
+            f"{total} deployments ({args.tenants} tenants x {args.per_tenant} apps): job_workers={settings.job_workers} "
+            f"deploys_per_tenant={settings.deploys_per_tenant} (platform defaults {PLATFORM.job_workers} and "
+            f"{PLATFORM.deploys_per_tenant}), health_timeout_s={settings.health_timeout_s}, "
+            f"reconcile_interval_s={settings.reconcile_interval_s}",
+            flush=True,
+        )
         try:
             with serving(settings) as (base, app), httpx.Client(base_url=base, timeout=60) as api:
                 configure_logging("warning", "json")
@@ -283,7 +306,9 @@ def main() -> int:
                 with ThreadPoolExecutor(max_workers=len(sends)) as pool:
                     for done in [pool.submit(post_deployment, base, t, deadline) for t in sends]:
                         done.result()
-                print(f"POSTed {len(sends)} requests ({len(replayed)} replays) in {time.perf_counter() - started:.2f} s", flush=True)
+                print(
+                    f"POSTed {len(sends)} requests ({len(replayed)} replays) in {time.perf_counter() - started:.2f} s", flush=True
+                )
                 wait_terminal(api, targets, deadline, out)
                 print(f"all terminal (seen by polling every 0.5 s) after {time.perf_counter() - started:.1f} s")
                 report_timings(targets, settings, started_wall, out)
@@ -297,10 +322,12 @@ def main() -> int:
         print(f"PROBLEM: {line}")
     running = out.statuses["running"]
     state = "all running" if running == total else f"{running} of {total} running"
-    print(f"summary: {total} deployments across {args.tenants} tenants {state} in {out.all_running_s:.1f} s "
-          f"(accepted -> running {pct(out.to_running)}; {settings.job_workers} workers, {settings.deploys_per_tenant} per tenant), "
-          f"lost {out.lost}, duplicated {out.duplicated}, failed {out.statuses['failed']}"
-          + (f", {len(out.problems)} problem(s)" if out.problems else ""))
+    print(
+        f"summary: {total} deployments across {args.tenants} tenants {state} in {out.all_running_s:.1f} s "
+        f"(accepted -> running {pct(out.to_running)}; {settings.job_workers} workers, {settings.deploys_per_tenant} per tenant), "
+        f"lost {out.lost}, duplicated {out.duplicated}, failed {out.statuses['failed']}"
+        + (f", {len(out.problems)} problem(s)" if out.problems else "")
+    )
     return 1 if out.problems else 0
 
 

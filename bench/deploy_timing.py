@@ -47,8 +47,13 @@ def main() -> int:
     archive = tar_gz(source("bench"))
     rows: list[dict[str, float]] = []
     with TraefikProcess() as traefik:
-        settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="moorage-bench-")), base_domain="apps.test",
-                            traefik_dynamic_dir=traefik.dynamic_dir, traefik_url=traefik.url, log_level="warning")
+        settings = Settings(
+            data_dir=Path(tempfile.mkdtemp(prefix="moorage-bench-")),
+            base_domain="apps.test",
+            traefik_dynamic_dir=traefik.dynamic_dir,
+            traefik_url=traefik.url,
+            log_level="warning",
+        )
         app = create_app(settings)
         configure_logging("warning", "json")
         try:
@@ -61,11 +66,15 @@ def main() -> int:
                     name = f"app{run}"
                     client.post("/v1/apps", json={"name": name}, headers=auth)
                     started = time.perf_counter()
-                    r = client.post(f"/v1/apps/{name}/deployments", content=archive, headers={**auth, "Content-Type": "application/gzip"})
+                    r = client.post(
+                        f"/v1/apps/{name}/deployments", content=archive, headers={**auth, "Content-Type": "application/gzip"}
+                    )
                     assert r.status_code == 202, r.text
                     with httpx.Client(timeout=2.0) as probe:
                         served = first_200(probe, traefik.url + "/", f"{name}.{tenant}.apps.test", timeout=120.0, interval=0.01)
-                    while (body := client.get(f"/v1/apps/{name}/deployments/{r.json()['id']}", headers=auth).json())["status"] != "running":
+                    while (body := client.get(f"/v1/apps/{name}/deployments/{r.json()['id']}", headers=auth).json())[
+                        "status"
+                    ] != "running":
                         assert body["status"] in ("queued", "building", "releasing"), body
                         time.sleep(0.05)
                     row = {"total_s": served - started, **{k: body["timings"][k] for k in STEPS}}
@@ -80,10 +89,12 @@ def main() -> int:
             cleanup_tenant(tenant)
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     print(f"{'median':>20}: " + "  ".join(f"{k}={v:.3f}" for k, v in med.items()))
-    print(f"SUMMARY: cached deploy POST -> first 200 via Traefik median {med['total_s']:.2f}s over {len(rows)} runs "
-          f"(build {med['build_s']:.2f}s, start {med['start_s']:.2f}s, health {med['health_s']:.2f}s, "
-          f"route {med['route_s']:.2f}s, other {med['other_s']:.2f}s); "
-          f"target <= {TARGET_S} s: {'met' if med['total_s'] <= TARGET_S else 'NOT met'}")
+    print(
+        f"SUMMARY: cached deploy POST -> first 200 via Traefik median {med['total_s']:.2f}s over {len(rows)} runs "
+        f"(build {med['build_s']:.2f}s, start {med['start_s']:.2f}s, health {med['health_s']:.2f}s, "
+        f"route {med['route_s']:.2f}s, other {med['other_s']:.2f}s); "
+        f"target <= {TARGET_S} s: {'met' if med['total_s'] <= TARGET_S else 'NOT met'}"
+    )
     return 0
 
 

@@ -155,7 +155,9 @@ def main() -> int:
                 while PUBLIC_MODEL not in [m["id"] for m in client.get(f"{url}/v1/models", headers=auth).json()["data"]]:
                     assert time.monotonic() < deadline, "the node never registered its model"
                     time.sleep(0.2)
-                generation = json.dumps({"max_new_tokens": args.max_tokens, "min_new_tokens": args.max_tokens, "do_sample": False})
+                generation = json.dumps(
+                    {"max_new_tokens": args.max_tokens, "min_new_tokens": args.max_tokens, "do_sample": False}
+                )
                 paths = {
                     "direct": (command.base_url + "/v1/chat/completions", {}, command.served_model_name),
                     "gateway": (url + "/v1/chat/completions", auth, PUBLIC_MODEL),

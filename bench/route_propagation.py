@@ -37,8 +37,9 @@ def main() -> int:
     containers, networks = Containers(engine), TenantNetworks(engine)
     tenant = f"bench-{uuid.uuid4().hex[:6]}"
     net = networks.ensure(tenant).name
-    backend = containers.run(ContainerSpec(tenant=tenant, app="web", image="moorage/python:3-bookworm",
-                                           network=net, command=SERVE))
+    backend = containers.run(
+        ContainerSpec(tenant=tenant, app="web", image="moorage/python:3-bookworm", network=net, command=SERVE)
+    )
     delays: list[float] = []
     with TraefikProcess(throttle=args.throttle) as traefik:
         router = Router(RuntimeSettings(base_domain="bench.test"), dynamic_dir=traefik.dynamic_dir)
@@ -59,8 +60,10 @@ def main() -> int:
     ms = [d * 1000 for d in delays]
     print(f"Traefik {traefik.opts.throttle} providersThrottleDuration, file provider, {len(ms)} samples")
     print("delays ms: " + ", ".join(f"{x:.0f}" for x in ms))
-    print(f"summary: route propagation (file written -> first 200 via Traefik) median {statistics.median(ms):.0f} ms, "
-          f"min {min(ms):.0f} ms, max {max(ms):.0f} ms")
+    print(
+        f"summary: route propagation (file written -> first 200 via Traefik) median {statistics.median(ms):.0f} ms, "
+        f"min {min(ms):.0f} ms, max {max(ms):.0f} ms"
+    )
     return 0
 
 

@@ -37,8 +37,15 @@ def wait_accept(ip: str, port: int, timeout: float = 30.0) -> None:
 
 
 def sample(containers: Containers, net: str, tenant: str, runtime: str, i: int) -> tuple[float, float]:
-    spec = ContainerSpec(tenant=tenant, app=f"{runtime}-{i}", image=IMAGE, network=net,
-                         command=SERVE, runtime=runtime, name=f"moorage-bench-{tenant}-{runtime}-{i}")
+    spec = ContainerSpec(
+        tenant=tenant,
+        app=f"{runtime}-{i}",
+        image=IMAGE,
+        network=net,
+        command=SERVE,
+        runtime=runtime,
+        name=f"moorage-bench-{tenant}-{runtime}-{i}",
+    )
     t0 = time.perf_counter()
     info = containers.run(spec, SandboxPolicy(allow_unsandboxed=True))
     started = time.perf_counter() - t0
@@ -74,13 +81,17 @@ def main() -> int:
     for rt, xs in results.items():
         starts, readies = [x[0] for x in xs], [x[1] for x in xs]
         med[rt] = (statistics.median(starts), statistics.median(readies))
-        print(f"{rt:6s} create+start: median {med[rt][0] * 1000:7.1f} ms  (min {min(starts) * 1000:.1f}, "
-              f"max {max(starts) * 1000:.1f})   first TCP accept: median {med[rt][1] * 1000:7.1f} ms  "
-              f"(min {min(readies) * 1000:.1f}, max {max(readies) * 1000:.1f})")
+        print(
+            f"{rt:6s} create+start: median {med[rt][0] * 1000:7.1f} ms  (min {min(starts) * 1000:.1f}, "
+            f"max {max(starts) * 1000:.1f})   first TCP accept: median {med[rt][1] * 1000:7.1f} ms  "
+            f"(min {min(readies) * 1000:.1f}, max {max(readies) * 1000:.1f})"
+        )
     ratio_start, ratio_ready = med["runsc"][0] / med["runc"][0], med["runsc"][1] / med["runc"][1]
-    print(f"summary: runsc {med['runsc'][0] * 1000:.0f} ms vs runc {med['runc'][0] * 1000:.0f} ms median "
-          f"create+start (ratio {ratio_start:.2f}x); to first TCP accept {med['runsc'][1] * 1000:.0f} ms vs "
-          f"{med['runc'][1] * 1000:.0f} ms (ratio {ratio_ready:.2f}x)")
+    print(
+        f"summary: runsc {med['runsc'][0] * 1000:.0f} ms vs runc {med['runc'][0] * 1000:.0f} ms median "
+        f"create+start (ratio {ratio_start:.2f}x); to first TCP accept {med['runsc'][1] * 1000:.0f} ms vs "
+        f"{med['runc'][1] * 1000:.0f} ms (ratio {ratio_ready:.2f}x)"
+    )
     return 0
 
 

@@ -77,8 +77,14 @@ def _service(path: str) -> Provide:
 def app_shape(settings: Settings) -> tuple[object, ...]:
     """The settings the app itself is built from (routes, limits on the wire, logging): two
     settings with the same shape can share one app and differ only in its services."""
-    return (settings.metrics_public, settings.request_body_timeout_s, settings.request_body_idle_timeout_s,
-            settings.max_header_bytes, settings.log_level, settings.log_format)
+    return (
+        settings.metrics_public,
+        settings.request_body_timeout_s,
+        settings.request_body_idle_timeout_s,
+        settings.max_header_bytes,
+        settings.log_level,
+        settings.log_format,
+    )
 
 
 def build_app(settings: Settings) -> Litestar:

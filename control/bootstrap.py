@@ -133,8 +133,14 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
     tenants = TenantService(db)
     env_vars = EnvService(db, keyring)
     links = LinkService(db, keyring)  # the deploy pipeline resolves database links at container start
-    queue = JobQueue(db, QueueConfig(lease_s=float(settings.job_lease_s), per_tenant=settings.deploys_per_tenant,
-                                    dependency_wait_s=float(settings.job_dependency_wait_s)))
+    queue = JobQueue(
+        db,
+        QueueConfig(
+            lease_s=float(settings.job_lease_s),
+            per_tenant=settings.deploys_per_tenant,
+            dependency_wait_s=float(settings.job_dependency_wait_s),
+        ),
+    )
     runtime = DockerAppRuntime(settings, registry)  # adapters made on first use: building this needs no Docker
     locks = AppLocks()
 
@@ -142,32 +148,61 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
     releases = ReleaseService(db)
     pipeline = DeployPipeline(settings, deployments, releases, env_vars, runtime, locks, links)
 
-    databases = DatabaseService(db, keyring, queue, DatabaseConfig(
-        max_databases=settings.database_max_per_tenant, max_memory_mb=settings.database_max_memory_mb,
-        backup_retention=settings.database_backup_retention,
-        volume_grace=timedelta(seconds=settings.database_volume_grace_s), max_attempts=settings.job_max_attempts,
-    ), settings.data_dir)
+    databases = DatabaseService(
+        db,
+        keyring,
+        queue,
+        DatabaseConfig(
+            max_databases=settings.database_max_per_tenant,
+            max_memory_mb=settings.database_max_memory_mb,
+            backup_retention=settings.database_backup_retention,
+            volume_grace=timedelta(seconds=settings.database_volume_grace_s),
+            max_attempts=settings.job_max_attempts,
+        ),
+        settings.data_dir,
+    )
     backups = BackupService(databases, default_retention=settings.database_backup_retention)
-    database_jobs = DatabaseJobs(databases, backups, tenants, DatabaseRuntime(runtime),
-                                 provision_timeout_s=float(settings.database_provision_timeout_s),
-                                 sweep_interval_s=float(settings.database_purge_interval_s))
+    database_jobs = DatabaseJobs(
+        databases,
+        backups,
+        tenants,
+        DatabaseRuntime(runtime),
+        provision_timeout_s=float(settings.database_provision_timeout_s),
+        sweep_interval_s=float(settings.database_purge_interval_s),
+    )
 
     # The one registry of job kinds, fixed here: what each kind runs, and whom it tells when given up.
-    workers = WorkerPool(queue, {DEPLOY_JOB: JobKind(pipeline, pipeline.give_up), **database_jobs.kinds()},
-                         count=settings.job_workers)
-    reconciler = Reconciler(releases, deployments, env_vars, runtime, locks, interval_s=float(settings.reconcile_interval_s),
-                            links=links, tenant_names=tenants.names,
-                            sweeps={"database containers": database_jobs.remove_orphan_containers})
+    workers = WorkerPool(
+        queue, {DEPLOY_JOB: JobKind(pipeline, pipeline.give_up), **database_jobs.kinds()}, count=settings.job_workers
+    )
+    reconciler = Reconciler(
+        releases,
+        deployments,
+        env_vars,
+        runtime,
+        locks,
+        interval_s=float(settings.reconcile_interval_s),
+        links=links,
+        tenant_names=tenants.names,
+        sweeps={"database containers": database_jobs.remove_orphan_containers},
+    )
 
     usage = UsageService(db)
-    inference_limits = InferenceLimitsService(db, InferenceLimits(
-        settings.inference_requests_per_minute, settings.inference_tokens_per_minute,
-        settings.inference_token_budget, settings.inference_budget_period,
-    ), cache_ttl=settings.rate_limit_cache_ttl_s)
+    inference_limits = InferenceLimitsService(
+        db,
+        InferenceLimits(
+            settings.inference_requests_per_minute,
+            settings.inference_tokens_per_minute,
+            settings.inference_token_budget,
+            settings.inference_budget_period,
+        ),
+        cache_ttl=settings.rate_limit_cache_ttl_s,
+    )
     inference = Inference(
         nodes=NodeService(db, stale_after_s=settings.inference_node_stale_s),
-        router=NodeRouter(registry, failure_threshold=settings.inference_breaker_failures,
-                          reset_timeout_s=settings.inference_breaker_reset_s),
+        router=NodeRouter(
+            registry, failure_threshold=settings.inference_breaker_failures, reset_timeout_s=settings.inference_breaker_reset_s
+        ),
         limits=inference_limits,
         quota=InferenceQuota(inference_limits, usage),
         usage=usage,
@@ -180,10 +215,14 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         tenants=tenants,
         keys=KeyService(db, last_used_resolution=timedelta(seconds=settings.key_last_used_resolution_s)),
         apps=AppService(db, unroute=runtime.remove_route),
-        idempotency=IdempotencyService(db, retention=timedelta(seconds=settings.idempotency_retention_s),
-                                       lease=timedelta(seconds=settings.idempotency_lease_s)),
+        idempotency=IdempotencyService(
+            db,
+            retention=timedelta(seconds=settings.idempotency_retention_s),
+            lease=timedelta(seconds=settings.idempotency_lease_s),
+        ),
         limits=LimitsService(
-            db, Defaults(settings.rate_limit_key_quota, settings.rate_limit_tenant_quota, settings.rate_limit_window_s),
+            db,
+            Defaults(settings.rate_limit_key_quota, settings.rate_limit_tenant_quota, settings.rate_limit_window_s),
             cache_ttl=settings.rate_limit_cache_ttl_s,
         ),
         rate_limiter=limiter,

@@ -168,8 +168,6 @@ def _env_fields() -> dict[str, type]:
     return kinds
 
 
-
-
 def _parse(name: str, raw: str, kind: type) -> object:
     var = f"MOORAGE_{name.upper()}"
     if kind is bool:

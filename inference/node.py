@@ -79,9 +79,7 @@ def heartbeat_sink(options: NodeOptions) -> HeartbeatSink:
         from inference.model.inspect import expert_load  # torch: only when asked
 
         extra["expert_load"] = expert_load(options.model_dir, list(options.expert_probe))
-    return HttpHeartbeatSink(
-        options.control_url, options.node_token, public_model=options.public_model, extra=lambda: extra
-    )
+    return HttpHeartbeatSink(options.control_url, options.node_token, public_model=options.public_model, extra=lambda: extra)
 
 
 def run_node(options: NodeOptions, policy: SupervisorPolicy | None = None) -> NodeStatus:

@@ -55,7 +55,9 @@ class _CountingReader(io.RawIOBase):
         data = self.inner.read(len(buffer))
         self.count += len(data)
         if self.count > self.limit:
-            raise ArchiveRejected(f"the archive expands to more than {self.limit} bytes (a decompression bomb or too large a source)")
+            raise ArchiveRejected(
+                f"the archive expands to more than {self.limit} bytes (a decompression bomb or too large a source)"
+            )
         buffer[: len(data)] = data
         return len(data)
 
@@ -89,7 +91,9 @@ def _check_real_depth(name: str, root: Path, limits: ExtractLimits) -> None:
     real = Path(os.path.realpath(os.path.join(root, name)))
     depth = len(real.relative_to(root).parts) if real.is_relative_to(root) else 0  # outside: refused already
     if depth > limits.max_depth:
-        raise ArchiveRejected(f"entry {_shown(name)} lands {depth} levels deep through symlinks; at most {limits.max_depth} are allowed")
+        raise ArchiveRejected(
+            f"entry {_shown(name)} lands {depth} levels deep through symlinks; at most {limits.max_depth} are allowed"
+        )
 
 
 def _check_member(member: tarfile.TarInfo, root: Path, limits: ExtractLimits) -> tarfile.TarInfo:

@@ -52,7 +52,9 @@ class Overrun:
 
 
 class BuildWatchdog:
-    def __init__(self, api: docker.APIClient, *, quota_bytes: int, deadline: float, poll_s: float = 0.5, name: str = "build") -> None:
+    def __init__(
+        self, api: docker.APIClient, *, quota_bytes: int, deadline: float, poll_s: float = 0.5, name: str = "build"
+    ) -> None:
         self.api, self.quota, self.deadline, self.poll_s = api, quota_bytes, deadline, poll_s
         self.reason: Overrun | None = None
         self.refused: list[str] = []  # images committed at or after the overrun: removed by the caller

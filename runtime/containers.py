@@ -47,11 +47,15 @@ def _info(c: Container) -> ContainerInfo:
     a = c.attrs
     nets = (a.get("NetworkSettings") or {}).get("Networks") or {}
     return ContainerInfo(
-        id=c.id or "", name=(a.get("Name") or "").lstrip("/"), status=a["State"]["Status"],
-        runtime=a["HostConfig"].get("Runtime", ""), image=a.get("Config", {}).get("Image", ""),
+        id=c.id or "",
+        name=(a.get("Name") or "").lstrip("/"),
+        status=a["State"]["Status"],
+        runtime=a["HostConfig"].get("Runtime", ""),
+        image=a.get("Config", {}).get("Image", ""),
         labels=dict(a.get("Config", {}).get("Labels") or {}),
         ip_addresses={n: v.get("IPAddress", "") for n, v in nets.items() if v.get("IPAddress")},
-        exit_code=a["State"].get("ExitCode"), attrs=a,
+        exit_code=a["State"].get("ExitCode"),
+        attrs=a,
     )
 
 
@@ -71,8 +75,7 @@ class Containers:
     def create(self, spec: ContainerSpec, policy: SandboxPolicy = SandboxPolicy()) -> ContainerInfo:
         kwargs = create_kwargs(spec, policy, self.engine.settings)
         aliases = [spec.app, *spec.aliases]
-        kwargs["networking_config"] = {
-            spec.network: self._api.api.create_endpoint_config(aliases=aliases)}
+        kwargs["networking_config"] = {spec.network: self._api.api.create_endpoint_config(aliases=aliases)}
         return _info(self._api.containers.create(**kwargs))
 
     @guarded(idempotent=True)  # starting a running container is a no-op

@@ -44,15 +44,19 @@ class DockerEngine:
     ) -> None:
         self.settings = settings
         self.guard = guard or Guard(
-            CircuitBreaker(breaker_name, failure_threshold=settings.breaker_failure_threshold,
-                           reset_timeout=settings.breaker_reset_timeout, registry=registry),
+            CircuitBreaker(
+                breaker_name,
+                failure_threshold=settings.breaker_failure_threshold,
+                reset_timeout=settings.breaker_reset_timeout,
+                registry=registry,
+            ),
             RetryPolicy(),
         )
         # A pinned API version means construction makes no request, so it cannot fail while
         # dockerd is down: calls fail later, through the breaker.
         self._client = client or docker.DockerClient(
-            base_url=settings.docker_url, timeout=int(settings.docker_timeout),
-            version=settings.docker_api_version)
+            base_url=settings.docker_url, timeout=int(settings.docker_timeout), version=settings.docker_api_version
+        )
 
     @property
     def client(self) -> docker.DockerClient:
@@ -80,7 +84,9 @@ class DockerEngine:
         wanted = {self.settings.sandbox_runtime} | set(self.settings.runtime_allowlist)
         missing = tuple(sorted(wanted - set(runtimes)))
         return EngineHealth(
-            ok=not missing, version=info.get("ServerVersion"), runtimes=runtimes,
+            ok=not missing,
+            version=info.get("ServerVersion"),
+            runtimes=runtimes,
             missing_runtimes=missing,
             error=f"runtimes not registered in dockerd: {', '.join(missing)}" if missing else None,
             details={"containers_running": info.get("ContainersRunning")},

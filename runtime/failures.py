@@ -17,6 +17,7 @@ class CircuitOpenError(RuntimeError):
 
 # --- error classification -------------------------------------------------------------
 
+
 def _chain(exc: BaseException) -> list[BaseException]:
     """The exception, its causes/contexts and exception args (requests/docker nest them)."""
     seen: list[BaseException] = []
@@ -49,8 +50,7 @@ def status_code_of(exc: BaseException) -> int | None:
 def is_connect_failure(exc: BaseException) -> bool:
     """The request never reached the dependency (refused, no socket, DNS): safe for any call."""
     names = set().union(*(_type_names(e) for e in _chain(exc)))
-    if names & {"ConnectionRefusedError", "NewConnectionError", "ConnectError",
-                "ConnectTimeout", "NameResolutionError"}:
+    if names & {"ConnectionRefusedError", "NewConnectionError", "ConnectError", "ConnectTimeout", "NameResolutionError"}:
         return True
     # A missing unix socket (dockerd down) surfaces as FileNotFoundError inside a transport error.
     return "FileNotFoundError" in names and bool(names & {"ConnectionError", "ProtocolError"})
@@ -61,8 +61,18 @@ def is_transport_failure(exc: BaseException) -> bool:
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
     names = set().union(*(_type_names(e) for e in _chain(exc)))
-    return bool(names & {"TransportError", "ProtocolError", "ReadTimeout", "Timeout",
-                         "ConnectionError", "ChunkedEncodingError", "RemoteDisconnected"})
+    return bool(
+        names
+        & {
+            "TransportError",
+            "ProtocolError",
+            "ReadTimeout",
+            "Timeout",
+            "ConnectionError",
+            "ChunkedEncodingError",
+            "RemoteDisconnected",
+        }
+    )
 
 
 RETRYABLE_STATUS = frozenset({500, 502, 503, 504})

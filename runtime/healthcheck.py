@@ -35,8 +35,9 @@ def intervals(first: float, longest: float) -> Iterator[float]:
         pause = min(longest, pause * BACKOFF)
 
 
-def wait_healthy(url: str, *, timeout: float, alive: Callable[[], bool] = lambda: True,
-                 interval: float = 0.2, host: str | None = None) -> HealthResult:
+def wait_healthy(
+    url: str, *, timeout: float, alive: Callable[[], bool] = lambda: True, interval: float = 0.2, host: str | None = None
+) -> HealthResult:
     """Poll ``url`` until it answers 2xx/3xx, ``alive()`` turns false (the container exited)
     or ``timeout`` passes; polls start 10 ms apart and back off to ``interval``."""
     started = time.monotonic()

@@ -39,7 +39,9 @@ class BuildDiskQuotaExceeded(BuildError):
         super().__init__(
             f"it wrote {_mib(overrun.written)} to disk{where}, more than the build disk quota of {_mib(quota)} "
             "(MOORAGE_BUILD_DISK_BYTES), so it was stopped; make the build write less (delete caches and "
-            "temporary files in the same RUN step that makes them) or ask the operator to raise the quota", log)
+            "temporary files in the same RUN step that makes them) or ask the operator to raise the quota",
+            log,
+        )
 
 
 def _mib(n: int) -> str:
@@ -79,8 +81,13 @@ def _lines(chunk: dict[str, Any], log: deque[str], watchdog: BuildWatchdog) -> I
 
 def _info(img: Any) -> ImageInfo:
     a = img.attrs
-    return ImageInfo(id=img.id, tags=list(img.tags), labels=dict((a.get("Config") or {}).get("Labels") or {}),
-                     size=int(a.get("Size", 0)), created=str(a.get("Created", "")))
+    return ImageInfo(
+        id=img.id,
+        tags=list(img.tags),
+        labels=dict((a.get("Config") or {}).get("Labels") or {}),
+        size=int(a.get("Size", 0)),
+        created=str(a.get("Created", "")),
+    )
 
 
 class Images:
@@ -89,19 +96,35 @@ class Images:
         self.guard = engine.guard
 
     @guarded(idempotent=False)
-    def _start_build(self, context_dir: Path, tag: str, labels: dict[str, str],
-                     dockerfile: str | None, buildargs: Mapping[str, str] | None) -> Iterator[dict[str, Any]]:
+    def _start_build(
+        self, context_dir: Path, tag: str, labels: dict[str, str], dockerfile: str | None, buildargs: Mapping[str, str] | None
+    ) -> Iterator[dict[str, Any]]:
         s = self.engine.settings
         return self.engine.client.api.build(
-            path=str(context_dir), tag=tag, dockerfile=dockerfile, labels=labels, decode=True,
-            rm=True, forcerm=True, pull=False, buildargs=dict(buildargs or {}),
+            path=str(context_dir),
+            tag=tag,
+            dockerfile=dockerfile,
+            labels=labels,
+            decode=True,
+            rm=True,
+            forcerm=True,
+            pull=False,
+            buildargs=dict(buildargs or {}),
             container_limits={"memory": s.build_memory_bytes, "memswap": s.build_memory_bytes},
         )
 
-    def build_stream(self, context_dir: Path, tag: str, *, tenant: str, app: str,
-                     release: str | None = None, dockerfile: str | None = None,
-                     buildargs: Mapping[str, str] | None = None,
-                     timeout: float | None = None) -> Generator[str, None, str]:
+    def build_stream(
+        self,
+        context_dir: Path,
+        tag: str,
+        *,
+        tenant: str,
+        app: str,
+        release: str | None = None,
+        dockerfile: str | None = None,
+        buildargs: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Generator[str, None, str]:
         """Yield build log lines as they arrive; returns (StopIteration.value) the image id.
         Raises BuildError on a failed step, BuildTimeout past the deadline and
         BuildDiskQuotaExceeded past the disk quota (a BuildWatchdog kills the running step;
@@ -109,8 +132,9 @@ class Images:
         labels = L.moorage_labels(tenant, app, release, role="image")
         s = self.engine.settings
         limit = timeout or s.build_timeout
-        watchdog = BuildWatchdog(self.engine.client.api, quota_bytes=s.build_disk_bytes,
-                                 deadline=time.monotonic() + limit, name=tag).start()
+        watchdog = BuildWatchdog(
+            self.engine.client.api, quota_bytes=s.build_disk_bytes, deadline=time.monotonic() + limit, name=tag
+        ).start()
         log: deque[str] = deque(maxlen=LOG_TAIL)
         image_id, failure = "", ""
         stream: Any = None
@@ -174,9 +198,17 @@ class Images:
                     logger.warning("refused_image_not_removed", image=ref, error=str(exc))
                 break
 
-    def build(self, context_dir: Path, tag: str, *, tenant: str, app: str,
-              release: str | None = None, on_line: Callable[[str], None] | None = None,
-              **kwargs: Any) -> BuildResult:
+    def build(
+        self,
+        context_dir: Path,
+        tag: str,
+        *,
+        tenant: str,
+        app: str,
+        release: str | None = None,
+        on_line: Callable[[str], None] | None = None,
+        **kwargs: Any,
+    ) -> BuildResult:
         """Build and wait; `on_line` gets each log line as it arrives."""
         gen = self.build_stream(context_dir, tag, tenant=tenant, app=app, release=release, **kwargs)
         log: list[str] = []

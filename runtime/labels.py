@@ -32,8 +32,13 @@ def dns_label(value: str, what: str) -> str:
     return value
 
 
-def moorage_labels(tenant: str, app: str | None = None, release: str | None = None,
-                   role: str | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def moorage_labels(
+    tenant: str,
+    app: str | None = None,
+    release: str | None = None,
+    role: str | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
     labels = {MANAGED: "true", TENANT: dns_label(tenant, "tenant")}
     if app is not None:
         labels[APP] = dns_label(app, "app")

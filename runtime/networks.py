@@ -34,8 +34,13 @@ class NetworkInfo:
 def _info(net: Network) -> NetworkInfo:
     attrs = net.attrs
     configs = (attrs.get("IPAM") or {}).get("Config") or [{}]
-    return NetworkInfo(id=net.id or "", name=net.name or "", tenant=attrs["Labels"].get(L.TENANT, ""),
-                       subnet=configs[0].get("Subnet"), internal=bool(attrs.get("Internal")))
+    return NetworkInfo(
+        id=net.id or "",
+        name=net.name or "",
+        tenant=attrs["Labels"].get(L.TENANT, ""),
+        subnet=configs[0].get("Subnet"),
+        internal=bool(attrs.get("Internal")),
+    )
 
 
 class TenantNetworks:
@@ -49,8 +54,7 @@ class TenantNetworks:
 
     @guarded(idempotent=True)
     def get(self, tenant: str) -> NetworkInfo | None:
-        nets = self.engine.client.networks.list(names=[self.name_for(tenant)],
-                                                filters={"label": L.selector(tenant=tenant)})
+        nets = self.engine.client.networks.list(names=[self.name_for(tenant)], filters={"label": L.selector(tenant=tenant)})
         # `names` matches substrings; keep the exact one.
         exact = [n for n in nets if n.name == self.name_for(tenant)]
         return _info(self.engine.client.networks.get(str(exact[0].id))) if exact else None
@@ -58,7 +62,9 @@ class TenantNetworks:
     @guarded(idempotent=False)
     def _create(self, tenant: str) -> NetworkInfo:
         net = self.engine.client.networks.create(
-            self.name_for(tenant), driver="bridge", check_duplicate=True,
+            self.name_for(tenant),
+            driver="bridge",
+            check_duplicate=True,
             internal=self.settings.tenant_networks_internal,
             labels=L.moorage_labels(tenant, role="network"),
             # Same-tenant traffic allowed; cross-tenant traffic is blocked between bridges.

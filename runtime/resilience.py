@@ -34,9 +34,21 @@ from runtime.failures import (  # re-exported: one import site for callers
 )
 
 __all__ = [
-    "NO_RETRY", "RETRYABLE_STATUS", "BreakerRegistry", "BreakerSnapshot", "BreakerState", "CircuitBreaker",
-    "CircuitOpenError", "Guard", "RetryPolicy", "default_registry", "guarded",
-    "is_connect_failure", "is_dependency_failure", "is_transport_failure", "safe_to_retry",
+    "NO_RETRY",
+    "RETRYABLE_STATUS",
+    "BreakerRegistry",
+    "BreakerSnapshot",
+    "BreakerState",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "Guard",
+    "RetryPolicy",
+    "default_registry",
+    "guarded",
+    "is_connect_failure",
+    "is_dependency_failure",
+    "is_transport_failure",
+    "safe_to_retry",
     "status_code_of",
 ]
 
@@ -53,6 +65,7 @@ class BreakerState(StrEnum):
 
 
 # --- breaker -----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class BreakerSnapshot:
@@ -159,10 +172,16 @@ class CircuitBreaker:
     def snapshot(self) -> BreakerSnapshot:
         with self._lock:
             state = self._current()
-            retry_after = (self._opened_at + self.reset_timeout - self._clock()
-                           if state is BreakerState.OPEN else 0.0)
-            return BreakerSnapshot(self.name, state, self._failures, self.failure_threshold,
-                                   self.reset_timeout, max(0.0, retry_after), self._opened_total)
+            retry_after = self._opened_at + self.reset_timeout - self._clock() if state is BreakerState.OPEN else 0.0
+            return BreakerSnapshot(
+                self.name,
+                state,
+                self._failures,
+                self.failure_threshold,
+                self.reset_timeout,
+                max(0.0, retry_after),
+                self._opened_total,
+            )
 
     def before_call(self) -> None:
         """Admit a call or raise `CircuitOpenError`. Pair with `record_success`/`record_failure`
@@ -226,8 +245,7 @@ class CircuitBreaker:
     async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._acall(fn, self.is_failure, *args, **kwargs)
 
-    def _call(self, fn: Callable[..., T], is_failure: Callable[[BaseException], bool], /,
-              *args: Any, **kwargs: Any) -> T:
+    def _call(self, fn: Callable[..., T], is_failure: Callable[[BaseException], bool], /, *args: Any, **kwargs: Any) -> T:
         self.before_call()
         try:
             result = fn(*args, **kwargs)
@@ -237,8 +255,9 @@ class CircuitBreaker:
         self._outcome(None, is_failure)
         return result
 
-    async def _acall(self, fn: Callable[..., Awaitable[T]], is_failure: Callable[[BaseException], bool],
-                     /, *args: Any, **kwargs: Any) -> T:
+    async def _acall(
+        self, fn: Callable[..., Awaitable[T]], is_failure: Callable[[BaseException], bool], /, *args: Any, **kwargs: Any
+    ) -> T:
         self.before_call()
         try:
             result = await fn(*args, **kwargs)
@@ -250,6 +269,7 @@ class CircuitBreaker:
 
 
 # --- retry ----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -272,8 +292,7 @@ class RetryPolicy:
     def call(self, fn: Callable[..., T], /, *args: Any, idempotent: bool, **kwargs: Any) -> T:
         return tenacity.Retrying(sleep=self.sleep, **self._kwargs(idempotent))(fn, *args, **kwargs)
 
-    async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, idempotent: bool,
-                    **kwargs: Any) -> T:
+    async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, idempotent: bool, **kwargs: Any) -> T:
         retrying = tenacity.AsyncRetrying(**self._kwargs(idempotent))
         return await retrying(fn, *args, **kwargs)
 
@@ -285,22 +304,27 @@ class Guard:
     """The seam every adapter call goes through: breaker outside, retries inside, so an open
     breaker fails fast and one logical call counts once toward the threshold."""
 
-    def __init__(self, breaker: CircuitBreaker, retry: RetryPolicy = RetryPolicy(),
-                 is_failure: Callable[[BaseException, bool], bool] = is_dependency_failure) -> None:
+    def __init__(
+        self,
+        breaker: CircuitBreaker,
+        retry: RetryPolicy = RetryPolicy(),
+        is_failure: Callable[[BaseException, bool], bool] = is_dependency_failure,
+    ) -> None:
         self.breaker = breaker
         self.retry = retry
         self.is_failure = is_failure
 
     def call(self, fn: Callable[..., T], /, *args: Any, idempotent: bool = False, **kwargs: Any) -> T:
         # mypy cannot solve T through the generic retry.call handed over as a callable.
-        result: T = self.breaker._call(self.retry.call, lambda e: self.is_failure(e, idempotent),
-                                       fn, *args, idempotent=idempotent, **kwargs)
+        result: T = self.breaker._call(
+            self.retry.call, lambda e: self.is_failure(e, idempotent), fn, *args, idempotent=idempotent, **kwargs
+        )
         return result
 
-    async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, idempotent: bool = False,
-                    **kwargs: Any) -> T:
-        return await self.breaker._acall(self.retry.acall, lambda e: self.is_failure(e, idempotent),
-                                         fn, *args, idempotent=idempotent, **kwargs)
+    async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, idempotent: bool = False, **kwargs: Any) -> T:
+        return await self.breaker._acall(
+            self.retry.acall, lambda e: self.is_failure(e, idempotent), fn, *args, idempotent=idempotent, **kwargs
+        )
 
 
 def guarded(*, idempotent: bool, attr: str = "guard") -> Callable[[Callable[P, T]], Callable[P, T]]:
@@ -309,14 +333,17 @@ def guarded(*, idempotent: bool, attr: str = "guard") -> Callable[[Callable[P, T
 
     def decorate(fn: Callable[P, T]) -> Callable[P, T]:
         if inspect.iscoroutinefunction(fn):
+
             @functools.wraps(fn)
             async def async_wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
                 return await getattr(self, attr).acall(fn, self, *args, idempotent=idempotent, **kwargs)
+
             return async_wrapper  # type: ignore[return-value]
 
         @functools.wraps(fn)
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
             return getattr(self, attr).call(fn, self, *args, idempotent=idempotent, **kwargs)
+
         return wrapper  # type: ignore[return-value]
 
     return decorate

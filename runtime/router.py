@@ -76,15 +76,25 @@ def _is_hostname(host: str) -> bool:
 
 
 class Router:
-    def __init__(self, settings: RuntimeSettings, *, dynamic_dir: Path | None = None,
-                 guard: Guard | None = None, registry: BreakerRegistry | None = default_registry) -> None:
+    def __init__(
+        self,
+        settings: RuntimeSettings,
+        *,
+        dynamic_dir: Path | None = None,
+        guard: Guard | None = None,
+        registry: BreakerRegistry | None = default_registry,
+    ) -> None:
         self.settings = settings
         self.dynamic_dir = Path(dynamic_dir or settings.traefik_dynamic_dir)
         # A full-file replace is idempotent: retrying a failed write is always safe.
         self.guard = guard or Guard(
-            CircuitBreaker("traefik-config", failure_threshold=settings.breaker_failure_threshold,
-                           reset_timeout=settings.breaker_reset_timeout, registry=registry,
-                           is_failure=lambda e: isinstance(e, OSError)),
+            CircuitBreaker(
+                "traefik-config",
+                failure_threshold=settings.breaker_failure_threshold,
+                reset_timeout=settings.breaker_reset_timeout,
+                registry=registry,
+                is_failure=lambda e: isinstance(e, OSError),
+            ),
             RetryPolicy(is_retryable=lambda e, _: isinstance(e, OSError)),
             is_failure=lambda e, _: isinstance(e, OSError),
         )

@@ -16,8 +16,12 @@ from runtime.labels import moorage_labels
 from runtime.settings import Limits, RuntimeSettings
 
 # Sockets that hand out root on the host; never reachable from a container.
-HOST_CONTROL_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock",
-                        "/run/containerd/containerd.sock", "/var/run/containerd/containerd.sock")
+HOST_CONTROL_SOCKETS = (
+    "/var/run/docker.sock",
+    "/run/docker.sock",
+    "/run/containerd/containerd.sock",
+    "/var/run/containerd/containerd.sock",
+)
 
 
 class SandboxPolicyError(ValueError):
@@ -69,11 +73,12 @@ class ContainerSpec:
 def resolve_runtime(requested: str | None, policy: SandboxPolicy, settings: RuntimeSettings) -> str:
     runtime = requested or settings.sandbox_runtime
     if runtime not in settings.runtime_allowlist | {settings.sandbox_runtime}:
-        raise SandboxPolicyError(f"runtime {runtime!r} is not in the allowlist "
-                                 f"{sorted(settings.runtime_allowlist)}")
+        raise SandboxPolicyError(f"runtime {runtime!r} is not in the allowlist {sorted(settings.runtime_allowlist)}")
     if runtime not in settings.sandboxed_runtimes and not policy.allow_unsandboxed:
-        raise SandboxPolicyError(f"runtime {runtime!r} does not sandbox the host kernel; it needs "
-                                 "an operator's allow_unsandboxed policy for this tenant")
+        raise SandboxPolicyError(
+            f"runtime {runtime!r} does not sandbox the host kernel; it needs "
+            "an operator's allow_unsandboxed policy for this tenant"
+        )
     return runtime
 
 
@@ -82,7 +87,9 @@ def exposes_host_socket(host_path: str, settings: RuntimeSettings) -> bool:
     directory above it (binding /run or / exposes it too). Symlinks are resolved."""
     src = os.path.realpath(host_path).rstrip("/") or "/"
     sockets = {settings.docker_socket_path, *HOST_CONTROL_SOCKETS}
-    return any(src == sock or src == "/" or sock.startswith(src + "/") for sock in sockets | {os.path.realpath(s) for s in sockets})
+    return any(
+        src == sock or src == "/" or sock.startswith(src + "/") for sock in sockets | {os.path.realpath(s) for s in sockets}
+    )
 
 
 def check_mounts(mounts: Sequence[Mount], policy: SandboxPolicy, settings: RuntimeSettings) -> None:
@@ -92,8 +99,9 @@ def check_mounts(mounts: Sequence[Mount], policy: SandboxPolicy, settings: Runti
         if not m.is_bind:
             continue
         if exposes_host_socket(m.source, settings):
-            raise SandboxPolicyError(f"refusing to mount {m.source!r}: it exposes the Docker/"
-                                     "containerd socket (root on the host)")
+            raise SandboxPolicyError(
+                f"refusing to mount {m.source!r}: it exposes the Docker/containerd socket (root on the host)"
+            )
         if not policy.allow_host_binds:
             raise SandboxPolicyError(f"host bind {m.source!r} needs allow_host_binds; use a volume")
 
@@ -133,8 +141,7 @@ def create_kwargs(spec: ContainerSpec, policy: SandboxPolicy, settings: RuntimeS
         "restart_policy": {"Name": spec.restart},
         # Bounded logs: a chatty app cannot fill the host disk.
         "log_config": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}},
-        "volumes": {m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"}
-                    for m in spec.mounts} or None,
+        "volumes": {m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in spec.mounts} or None,
     }
     if policy.read_only_rootfs:  # apps still need a scratch dir; bounded and noexec
         kwargs["tmpfs"] = {"/tmp": f"rw,noexec,nosuid,size={limits.tmpfs_bytes}"}

@@ -37,8 +37,9 @@ class RuntimeSettings:
     runtime_allowlist: frozenset[str] = frozenset({"runsc", "runc"})
     default_limits: Limits = field(default_factory=Limits)
     # Capabilities operators allow tenants to add back after `cap_drop: ALL`.
-    allowed_cap_add: frozenset[str] = frozenset({"NET_BIND_SERVICE", "CHOWN", "SETUID", "SETGID",
-                                                 "DAC_OVERRIDE", "FOWNER", "KILL"})
+    allowed_cap_add: frozenset[str] = frozenset(
+        {"NET_BIND_SERVICE", "CHOWN", "SETUID", "SETGID", "DAC_OVERRIDE", "FOWNER", "KILL"}
+    )
     docker_socket_path: str = "/var/run/docker.sock"
     tenant_network_prefix: str = "moorage-t-"
     # Internal tenant networks have no egress to the internet (the host still reaches them).

@@ -145,7 +145,9 @@ class TraefikProcess:
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 [find_traefik_binary(), f"--configFile={self.config_path}"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -193,9 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--https-address", default=":443")
     a = p.parse_args(argv)
     opts = TraefikStaticOptions(
-        dynamic_dir=a.dynamic_dir, http_address=a.http_address, ping_address=a.ping_address,
-        throttle=a.throttle, log_level=a.log_level, acme_email=a.acme_email or None,
-        acme_storage=a.acme_storage, https_address=a.https_address,
+        dynamic_dir=a.dynamic_dir,
+        http_address=a.http_address,
+        ping_address=a.ping_address,
+        throttle=a.throttle,
+        log_level=a.log_level,
+        acme_email=a.acme_email or None,
+        acme_storage=a.acme_storage,
+        https_address=a.https_address,
     )
     sys.stdout.write(render_static_config(opts))
     return 0

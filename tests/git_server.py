@@ -35,11 +35,19 @@ def _handler(project_root: Path) -> type[BaseHTTPRequestHandler]:
         def _cgi(self) -> None:
             parts = urlsplit(self.path)
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            env = {"GIT_PROJECT_ROOT": str(project_root), "GIT_HTTP_EXPORT_ALL": "1", "PATH_INFO": parts.path,
-                   "QUERY_STRING": parts.query, "REQUEST_METHOD": self.command, "REMOTE_ADDR": "127.0.0.1",
-                   "CONTENT_TYPE": self.headers.get("Content-Type", ""), "CONTENT_LENGTH": str(len(body)),
-                   "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", ""),
-                   "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""), "PATH": "/usr/bin:/bin"}
+            env = {
+                "GIT_PROJECT_ROOT": str(project_root),
+                "GIT_HTTP_EXPORT_ALL": "1",
+                "PATH_INFO": parts.path,
+                "QUERY_STRING": parts.query,
+                "REQUEST_METHOD": self.command,
+                "REMOTE_ADDR": "127.0.0.1",
+                "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+                "CONTENT_LENGTH": str(len(body)),
+                "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", ""),
+                "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
+                "PATH": "/usr/bin:/bin",
+            }
             done = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True, timeout=60)
             head, _, payload = done.stdout.partition(b"\r\n\r\n")
             status, headers = 200, []

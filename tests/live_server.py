@@ -61,14 +61,16 @@ class CliTenant:
 def cli_tenant(data_dir: Path, monkeypatch: pytest.MonkeyPatch, **overrides: object) -> Iterator[CliTenant]:
     """A live control plane (no workers, no reconciler) with tenant ``acme`` and an admin key,
     the CLI pointed at it through its environment."""
-    settings = Settings(data_dir=data_dir, port=free_port(), base_domain="apps.test", job_workers=0,
-                        reconcile_interval_s=0, **overrides)  # type: ignore[arg-type]
+    settings = Settings(
+        data_dir=data_dir, port=free_port(), base_domain="apps.test", job_workers=0, reconcile_interval_s=0, **overrides
+    )  # type: ignore[arg-type]
     with serving(settings) as (url, app):
         services = app.state.services
         tenant = services.tenants.create("acme")
         operator = services.keys.bootstrap_operator("op").key
-        issued = services.keys.issue(Principal.of(operator.id, None, operator.scopes), tenant.id, name="cli",
-                                     scopes=["admin"], expires_at=None)
+        issued = services.keys.issue(
+            Principal.of(operator.id, None, operator.scopes), tenant.id, name="cli", scopes=["admin"], expires_at=None
+        )
         monkeypatch.setenv("MOORAGE_URL", url)
         monkeypatch.setenv("MOORAGE_API_KEY", issued.token)
         monkeypatch.setenv("MOORAGE_CONFIG", "/nonexistent/profiles.toml")

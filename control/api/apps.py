@@ -69,8 +69,9 @@ class AppList(msgspec.Struct):
     next_cursor: str | None
 
 
-async def apps_domain(caller_tenant: NamedDependency[str], tenants: NamedDependency[TenantService],
-                      settings: NamedDependency[Settings]) -> str:
+async def apps_domain(
+    caller_tenant: NamedDependency[str], tenants: NamedDependency[TenantService], settings: NamedDependency[Settings]
+) -> str:
     """``<tenant>.<base-domain>``: the suffix of every app's hostname (as the router writes it).
     Tenant names never change, so after the first read it costs no database and no thread."""
     name = tenants.known_name(caller_tenant) or await anyio.to_thread.run_sync(tenants.name, caller_tenant)
@@ -96,7 +97,8 @@ class AppController(Controller):
     @endpoint("GET", access=KeyScope.READ, summary="List apps")
     def list(
         self,
-        caller_tenant: NamedDependency[str], apps_domain: NamedDependency[str],
+        caller_tenant: NamedDependency[str],
+        apps_domain: NamedDependency[str],
         apps: NamedDependency[AppService],
         limit: Annotated[int, Limit] = 50,
         cursor: Annotated[str | None, Cursor] = None,
@@ -105,7 +107,13 @@ class AppController(Controller):
         return AppList(items=[AppOut.of(a, apps_domain) for a in page.items], next_cursor=page.next_cursor)
 
     @endpoint("GET", "/{app:str}", access=KeyScope.READ, errors=(404,), summary="Get an app by id or name")
-    def get(self, caller_tenant: NamedDependency[str], apps_domain: NamedDependency[str], apps: NamedDependency[AppService], app: FromPath[str]) -> AppOut:
+    def get(
+        self,
+        caller_tenant: NamedDependency[str],
+        apps_domain: NamedDependency[str],
+        apps: NamedDependency[AppService],
+        app: FromPath[str],
+    ) -> AppOut:
         return AppOut.of(apps.get(caller_tenant, app), apps_domain)
 
     @endpoint("PATCH", "/{app:str}", access=KeyScope.DEPLOY, errors=(404,), summary="Change an app's settings")

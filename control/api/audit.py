@@ -88,7 +88,11 @@ def tenant_audit(
 
 
 @endpoint(
-    "GET", "/v1/operator/audit", access=OPERATOR_ACCESS, summary="Every tenant's audit log, newest first", tags=["audit (operator)"]
+    "GET",
+    "/v1/operator/audit",
+    access=OPERATOR_ACCESS,
+    summary="Every tenant's audit log, newest first",
+    tags=["audit (operator)"],
 )
 def operator_audit(
     audit: NamedDependency[AuditService],

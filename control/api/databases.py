@@ -38,16 +38,28 @@ from runtime.databases.engines import engine_facts
 from runtime.databases.provision import hostname_for
 from runtime.databases.redaction import redact_url
 
-Reveal = QueryParameter(description="Include the URL with its password. Needs the `admin` scope (403 otherwise); audited.", required=False)
-Purge = QueryParameter(description="Remove the data volume and every backup now instead of after the grace period.", required=False)
-Force = QueryParameter(description="Also remove the database's links to apps (otherwise a linked database is 409).", required=False)
+Reveal = QueryParameter(
+    description="Include the URL with its password. Needs the `admin` scope (403 otherwise); audited.", required=False
+)
+Purge = QueryParameter(
+    description="Remove the data volume and every backup now instead of after the grace period.", required=False
+)
+Force = QueryParameter(
+    description="Also remove the database's links to apps (otherwise a linked database is 409).", required=False
+)
 
 
 class DatabaseCreate(msgspec.Struct, forbid_unknown_fields=True):
-    name: Annotated[str, msgspec.Meta(description="DNS label (at most 60 characters), unique in the tenant; apps reach it as db-<name>")]
+    name: Annotated[
+        str, msgspec.Meta(description="DNS label (at most 60 characters), unique in the tenant; apps reach it as db-<name>")
+    ]
     engine: Annotated[str, msgspec.Meta(description="postgres | redis")]
-    memory_mb: Annotated[int | None, msgspec.Meta(description="Container memory limit (MiB); default 512 for postgres, 256 for redis")] = None
-    backup_retention: Annotated[int | None, msgspec.Meta(description="Newest backups kept (1-100); default MOORAGE_DATABASE_BACKUP_RETENTION")] = None
+    memory_mb: Annotated[
+        int | None, msgspec.Meta(description="Container memory limit (MiB); default 512 for postgres, 256 for redis")
+    ] = None
+    backup_retention: Annotated[
+        int | None, msgspec.Meta(description="Newest backups kept (1-100); default MOORAGE_DATABASE_BACKUP_RETENTION")
+    ] = None
 
 
 class DatabaseOut(msgspec.Struct):
@@ -68,9 +80,18 @@ class DatabaseOut(msgspec.Struct):
     @classmethod
     def of(cls, d: Database) -> DatabaseOut:
         return cls(
-            id=d.id, name=d.name, engine=d.engine, status=d.status, reason=d.reason, host=hostname_for(d.name),
-            port=engine_facts(d.engine).port, memory_mb=d.memory_mb, backup_retention=d.backup_retention,
-            created_at=d.created_at, updated_at=d.updated_at, deleted_at=d.deleted_at,
+            id=d.id,
+            name=d.name,
+            engine=d.engine,
+            status=d.status,
+            reason=d.reason,
+            host=hostname_for(d.name),
+            port=engine_facts(d.engine).port,
+            memory_mb=d.memory_mb,
+            backup_retention=d.backup_retention,
+            created_at=d.created_at,
+            updated_at=d.updated_at,
+            deleted_at=d.deleted_at,
             volume_kept_until=d.purge_after if d.status == "deleted" else None,
         )
 
@@ -91,30 +112,46 @@ class ConnectionOut(msgspec.Struct):
     revealed: bool
 
 
-
 class DatabaseController(Controller):
     path = "/v1/databases"
     tags = ("databases",)
     exception_handlers = {CredentialsUnreadable: secret_unreadable_handler}  # noqa: RUF012 (Litestar's own attribute)
 
-    @endpoint("POST", access=KeyScope.DEPLOY, errors=(409,), status_code=202, summary="Create a managed database (provisioned by a job)")
-    def create(self, caller_tenant: NamedDependency[str], databases: NamedDependency[DatabaseService], data: JSONBody[DatabaseCreate]) -> Response[DatabaseOut]:
-        created = databases.create(caller_tenant, data.name, data.engine, memory_mb=data.memory_mb,
-                                             backup_retention=data.backup_retention)
+    @endpoint(
+        "POST", access=KeyScope.DEPLOY, errors=(409,), status_code=202, summary="Create a managed database (provisioned by a job)"
+    )
+    def create(
+        self, caller_tenant: NamedDependency[str], databases: NamedDependency[DatabaseService], data: JSONBody[DatabaseCreate]
+    ) -> Response[DatabaseOut]:
+        created = databases.create(
+            caller_tenant, data.name, data.engine, memory_mb=data.memory_mb, backup_retention=data.backup_retention
+        )
         return Response(DatabaseOut.of(created), status_code=202, headers={"Location": f"/v1/databases/{created.id}"})
 
     @endpoint("GET", access=KeyScope.READ, summary="List databases (never credentials)")
-    def list(self, caller_tenant: NamedDependency[str], databases: NamedDependency[DatabaseService], limit: Annotated[int, Limit] = 50,
-             cursor: Annotated[str | None, Cursor] = None) -> DatabaseList:
+    def list(
+        self,
+        caller_tenant: NamedDependency[str],
+        databases: NamedDependency[DatabaseService],
+        limit: Annotated[int, Limit] = 50,
+        cursor: Annotated[str | None, Cursor] = None,
+    ) -> DatabaseList:
         page = databases.list(caller_tenant, limit=limit, cursor=cursor)
         return DatabaseList(items=[DatabaseOut.of(d) for d in page.items], next_cursor=page.next_cursor)
 
     @endpoint("GET", "/{db:str}", access=KeyScope.READ, errors=(404,), summary="Get a database by id or name (poll its status)")
-    def get(self, caller_tenant: NamedDependency[str], databases: NamedDependency[DatabaseService], db: FromPath[str]) -> DatabaseOut:
+    def get(
+        self, caller_tenant: NamedDependency[str], databases: NamedDependency[DatabaseService], db: FromPath[str]
+    ) -> DatabaseOut:
         return DatabaseOut.of(databases.get(caller_tenant, db))
 
-    @endpoint("GET", "/{db:str}/connection", access=KeyScope.READ, errors=(404, 409),
-              summary="Where to connect (password masked; ?reveal=true with admin for the URL)")
+    @endpoint(
+        "GET",
+        "/{db:str}/connection",
+        access=KeyScope.READ,
+        errors=(404, 409),
+        summary="Where to connect (password masked; ?reveal=true with admin for the URL)",
+    )
     def connection(
         self,
         request: Request[Any, Principal, Any],
@@ -125,19 +162,40 @@ class DatabaseController(Controller):
     ) -> ConnectionOut:
         tenant_id = caller_tenant
         if reveal and not request.user.allows(KeyScope.ADMIN):
-            raise Forbidden(f"Revealing credentials needs the 'admin' scope; key {request.user.key_id} has "
-                            f"{sorted(request.user.scopes)}.", code="insufficient-scope")
+            raise Forbidden(
+                f"Revealing credentials needs the 'admin' scope; key {request.user.key_id} has {sorted(request.user.scopes)}.",
+                code="insufficient-scope",
+            )
         if reveal:
             mark_audited(request, "?reveal=true")  # who saw which credentials is part of the trail
         database, url = databases.connection(tenant_id, db)
-        return ConnectionOut(database_id=database.id, engine=database.engine, host=hostname_for(database.name),
-                             port=engine_facts(database.engine).port, user=database.db_user, database=database.db_name,
-                             url=url if reveal else redact_url(url), revealed=reveal)
+        return ConnectionOut(
+            database_id=database.id,
+            engine=database.engine,
+            host=hostname_for(database.name),
+            port=engine_facts(database.engine).port,
+            user=database.db_user,
+            database=database.db_name,
+            url=url if reveal else redact_url(url),
+            revealed=reveal,
+        )
 
-    @endpoint("DELETE", "/{db:str}", access=KeyScope.DEPLOY, errors=(404,), status_code=202,
-              summary="Delete a database (volume kept for the grace period unless ?purge=true)")
-    def remove(self, caller_tenant: NamedDependency[str], databases: NamedDependency[DatabaseService], db: FromPath[str], purge: Annotated[bool, Purge] = False,
-               force: Annotated[bool, Force] = False) -> DatabaseOut:
+    @endpoint(
+        "DELETE",
+        "/{db:str}",
+        access=KeyScope.DEPLOY,
+        errors=(404,),
+        status_code=202,
+        summary="Delete a database (volume kept for the grace period unless ?purge=true)",
+    )
+    def remove(
+        self,
+        caller_tenant: NamedDependency[str],
+        databases: NamedDependency[DatabaseService],
+        db: FromPath[str],
+        purge: Annotated[bool, Purge] = False,
+        force: Annotated[bool, Force] = False,
+    ) -> DatabaseOut:
         return DatabaseOut.of(databases.delete(caller_tenant, db, purge=purge, force=force))
 
 
@@ -163,15 +221,29 @@ class DatabaseLimitsOut(msgspec.Struct):
         return cls(tenant_id, limits.max_databases, limits.max_memory_mb, DatabaseLimitsIn(o.max_databases, o.max_memory_mb))
 
 
-@endpoint("GET", "/v1/tenants/{tenant_id:str}/database-limits", access=OPERATOR_ACCESS, errors=(404,),
-          summary="Get a tenant's database quotas", tags=["tenants (operator)"])
+@endpoint(
+    "GET",
+    "/v1/tenants/{tenant_id:str}/database-limits",
+    access=OPERATOR_ACCESS,
+    errors=(404,),
+    summary="Get a tenant's database quotas",
+    tags=["tenants (operator)"],
+)
 def get_database_limits(databases: NamedDependency[DatabaseService], tenant_id: FromPath[str]) -> DatabaseLimitsOut:
     return DatabaseLimitsOut.of(tenant_id, databases.limits(tenant_id))
 
 
-@endpoint("PUT", "/v1/tenants/{tenant_id:str}/database-limits", access=OPERATOR_ACCESS, errors=(404,),
-          summary="Set a tenant's database quotas", tags=["tenants (operator)"])
-def put_database_limits(databases: NamedDependency[DatabaseService], tenant_id: FromPath[str], data: JSONBody[DatabaseLimitsIn]) -> DatabaseLimitsOut:
+@endpoint(
+    "PUT",
+    "/v1/tenants/{tenant_id:str}/database-limits",
+    access=OPERATOR_ACCESS,
+    errors=(404,),
+    summary="Set a tenant's database quotas",
+    tags=["tenants (operator)"],
+)
+def put_database_limits(
+    databases: NamedDependency[DatabaseService], tenant_id: FromPath[str], data: JSONBody[DatabaseLimitsIn]
+) -> DatabaseLimitsOut:
     """Applies to the next database created; running ones are never stopped by a lower limit."""
     limits = databases.set_limits(tenant_id, DatabaseOverrides(data.max_databases, data.max_memory_mb))
     return DatabaseLimitsOut.of(tenant_id, limits)

@@ -46,10 +46,16 @@ MAX_JSON_BYTES = 64 * 1024
 
 
 class GitSource(msgspec.Struct, forbid_unknown_fields=True):
-    url: Annotated[str, msgspec.Meta(description=(
-        "https:// repository URL of a public host, no credentials (http:// only where the operator allows it). "
-        "file://, ssh:// and git:// are refused, and so is a host resolving to a loopback, private, link-local, "
-        "multicast or reserved address unless the operator allows that network (MOORAGE_GIT_ALLOWED_NETWORKS): 422."))]
+    url: Annotated[
+        str,
+        msgspec.Meta(
+            description=(
+                "https:// repository URL of a public host, no credentials (http:// only where the operator allows it). "
+                "file://, ssh:// and git:// are refused, and so is a host resolving to a loopback, private, link-local, "
+                "multicast or reserved address unless the operator allows that network (MOORAGE_GIT_ALLOWED_NETWORKS): 422."
+            )
+        ),
+    ]
     ref: Annotated[str, msgspec.Meta(description="branch, tag or commit")] = "main"
 
 
@@ -82,10 +88,20 @@ class DeploymentOut(msgspec.Struct):
     @classmethod
     def of(cls, d: Deployment, release_name: str | None) -> DeploymentOut:
         return cls(
-            id=d.id, app_id=d.app_id, status=d.status, source={"kind": d.source_kind, **{k: v for k, v in d.source.items() if k != "release_id"}},
-            builder=d.builder, release=release_name, image=d.image, reason=d.reason, cancel_requested=d.cancel_requested,
-            timings=d.timings, transitions=[msgspec.convert(t, Transition) for t in d.transitions],
-            created_at=d.created_at, updated_at=d.updated_at, logs_url=f"/v1/apps/{d.app_id}/deployments/{d.id}/logs",
+            id=d.id,
+            app_id=d.app_id,
+            status=d.status,
+            source={"kind": d.source_kind, **{k: v for k, v in d.source.items() if k != "release_id"}},
+            builder=d.builder,
+            release=release_name,
+            image=d.image,
+            reason=d.reason,
+            cancel_requested=d.cancel_requested,
+            timings=d.timings,
+            transitions=[msgspec.convert(t, Transition) for t in d.transitions],
+            created_at=d.created_at,
+            updated_at=d.updated_at,
+            logs_url=f"/v1/apps/{d.app_id}/deployments/{d.id}/logs",
         )
 
 
@@ -121,18 +137,33 @@ class DeploymentController(Controller):
     path = "/v1/apps/{app:str}/deployments"
     tags = ("deployments",)
 
-    @route("POST", "/", access=KeyScope.DEPLOY, errors=(404, 413, 415), status_code=202, request_max_body_size=None,
-                    summary="Deploy: upload a tar.gz (application/gzip) or JSON {git: {url, ref}}")
-    async def create(self, request: Request[Any, Principal, Any], caller_tenant: NamedDependency[str],
-                     deployments: NamedDependency[DeploymentService], releases: NamedDependency[ReleaseService],
-                     settings: NamedDependency[Settings], app: FromPath[str]) -> Response[DeploymentOut] | Response[Problem]:
+    @route(
+        "POST",
+        "/",
+        access=KeyScope.DEPLOY,
+        errors=(404, 413, 415),
+        status_code=202,
+        request_max_body_size=None,
+        summary="Deploy: upload a tar.gz (application/gzip) or JSON {git: {url, ref}}",
+    )
+    async def create(
+        self,
+        request: Request[Any, Principal, Any],
+        caller_tenant: NamedDependency[str],
+        deployments: NamedDependency[DeploymentService],
+        releases: NamedDependency[ReleaseService],
+        settings: NamedDependency[Settings],
+        app: FromPath[str],
+    ) -> Response[DeploymentOut] | Response[Problem]:
         tenant_id = caller_tenant
         target = await anyio.to_thread.run_sync(deployments.app, tenant_id, app)  # 404 before reading any body
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type == "application/json":
             return await self._from_git(request, deployments, releases, settings, tenant_id, target)
         if content_type not in GZIP_TYPES:
-            detail = "Send the source as a tar.gz body with Content-Type: application/gzip, or JSON {\"git\": {\"url\": ..., \"ref\": ...}}."
+            detail = (
+                'Send the source as a tar.gz body with Content-Type: application/gzip, or JSON {"git": {"url": ..., "ref": ...}}.'
+            )
             return problem_response(request, 415, "unsupported-media-type", detail)
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes:
@@ -148,8 +179,9 @@ class DeploymentController(Controller):
         upload = workdir / "upload.tar.gz"
         try:
             await _save_upload(request, upload, settings.max_upload_bytes)
-            limits = ExtractLimits(max_bytes=settings.max_source_bytes, max_members=settings.max_source_entries,
-                                   max_depth=settings.max_source_depth)
+            limits = ExtractLimits(
+                max_bytes=settings.max_source_bytes, max_members=settings.max_source_entries, max_depth=settings.max_source_depth
+            )
             await anyio.to_thread.run_sync(extract_tar_gz, upload, workdir / "src", limits)
         except UploadTooLarge:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -174,8 +206,15 @@ class DeploymentController(Controller):
         created = await anyio.to_thread.run_sync(deployments.create, tenant_id, target, deployment_id, "archive", {})
         return accepted(deployment_out(created, releases))
 
-    async def _from_git(self, request: Request[Any, Any, Any], deployments: DeploymentService, releases: ReleaseService,
-                        settings: Settings, tenant_id: str, target: Any) -> Response[Any]:
+    async def _from_git(
+        self,
+        request: Request[Any, Any, Any],
+        deployments: DeploymentService,
+        releases: ReleaseService,
+        settings: Settings,
+        tenant_id: str,
+        target: Any,
+    ) -> Response[Any]:
         body = b""
         async for chunk in request.stream():
             body += chunk
@@ -188,7 +227,7 @@ class DeploymentController(Controller):
                 request,
                 422,
                 "validation-failed",
-                f"The request does not match the schema: {exc}. Send {{\"git\": {{\"url\": ..., \"ref\": ...}}}}.",
+                f'The request does not match the schema: {exc}. Send {{"git": {{"url": ..., "ref": ...}}}}.',
             )
         except msgspec.DecodeError:
             return problem_response(request, 400, "malformed-request", "The request body is not valid JSON.")
@@ -196,7 +235,9 @@ class DeploymentController(Controller):
         try:  # early answer for the caller; the job checks again right before cloning
             await anyio.to_thread.run_sync(resolve_git_host, git_target, settings.git_networks)
         except GitHostRefused as exc:
-            raise Invalid(f"The git source is not acceptable: {exc}.", errors=[{"field": "git.url", "message": str(exc)}]) from None
+            raise Invalid(
+                f"The git source is not acceptable: {exc}.", errors=[{"field": "git.url", "message": str(exc)}]
+            ) from None
         deployment_id = deployments.new_id()
         source = {"url": data.git.url, "ref": data.git.ref}
         created = await anyio.to_thread.run_sync(deployments.create, tenant_id, target, deployment_id, "git", source)
@@ -204,24 +245,43 @@ class DeploymentController(Controller):
 
     @endpoint("GET", "/", access=KeyScope.READ, errors=(404,), summary="List an app's deployments (oldest first)")
     def list(
-        self, caller_tenant: NamedDependency[str], deployments: NamedDependency[DeploymentService], releases: NamedDependency[ReleaseService],
-        app: FromPath[str], limit: Annotated[int, Limit] = 50, cursor: Annotated[str | None, Cursor] = None,
+        self,
+        caller_tenant: NamedDependency[str],
+        deployments: NamedDependency[DeploymentService],
+        releases: NamedDependency[ReleaseService],
+        app: FromPath[str],
+        limit: Annotated[int, Limit] = 50,
+        cursor: Annotated[str | None, Cursor] = None,
     ) -> DeploymentList:
         page = deployments.list(caller_tenant, app, limit=limit, cursor=cursor)
         return DeploymentList(items=[deployment_out(d, releases) for d in page.items], next_cursor=page.next_cursor)
 
     @endpoint("GET", "/{deployment:str}", access=KeyScope.READ, errors=(404,), summary="Get a deployment (poll its status)")
     def get(
-        self, caller_tenant: NamedDependency[str], deployments: NamedDependency[DeploymentService], releases: NamedDependency[ReleaseService],
-        app: FromPath[str], deployment: FromPath[str],
+        self,
+        caller_tenant: NamedDependency[str],
+        deployments: NamedDependency[DeploymentService],
+        releases: NamedDependency[ReleaseService],
+        app: FromPath[str],
+        deployment: FromPath[str],
     ) -> DeploymentOut:
         return deployment_out(deployments.get(caller_tenant, app, deployment), releases)
 
-    @endpoint("POST", "/{deployment:str}/cancel", access=KeyScope.DEPLOY, errors=(404,), status_code=202,
-              summary="Cancel a deployment (at once if queued, else at its next step)")
+    @endpoint(
+        "POST",
+        "/{deployment:str}/cancel",
+        access=KeyScope.DEPLOY,
+        errors=(404,),
+        status_code=202,
+        summary="Cancel a deployment (at once if queued, else at its next step)",
+    )
     def cancel(
-        self, caller_tenant: NamedDependency[str], deployments: NamedDependency[DeploymentService], releases: NamedDependency[ReleaseService],
-        app: FromPath[str], deployment: FromPath[str],
+        self,
+        caller_tenant: NamedDependency[str],
+        deployments: NamedDependency[DeploymentService],
+        releases: NamedDependency[ReleaseService],
+        app: FromPath[str],
+        deployment: FromPath[str],
     ) -> DeploymentOut:
         return deployment_out(deployments.cancel(caller_tenant, app, deployment), releases)
 
@@ -242,8 +302,19 @@ class ReleaseOut(msgspec.Struct):
 
     @classmethod
     def of(cls, r: Release, current_id: str | None) -> ReleaseOut:
-        return cls(r.id, r.name, r.id == current_id, r.image_id, r.image_tag, r.env_version, r.port,
-                   r.health_check_path, r.deployment_id, r.rollback_of, r.created_at)
+        return cls(
+            r.id,
+            r.name,
+            r.id == current_id,
+            r.image_id,
+            r.image_tag,
+            r.env_version,
+            r.port,
+            r.health_check_path,
+            r.deployment_id,
+            r.rollback_of,
+            r.created_at,
+        )
 
 
 class ReleaseList(msgspec.Struct):
@@ -261,24 +332,41 @@ class ReleaseController(Controller):
 
     @endpoint("GET", "/releases", access=KeyScope.READ, errors=(404,), summary="List an app's releases (oldest first)")
     def list(
-        self, caller_tenant: NamedDependency[str], releases: NamedDependency[ReleaseService], app: FromPath[str],
-        limit: Annotated[int, Limit] = 50, cursor: Annotated[str | None, Cursor] = None,
+        self,
+        caller_tenant: NamedDependency[str],
+        releases: NamedDependency[ReleaseService],
+        app: FromPath[str],
+        limit: Annotated[int, Limit] = 50,
+        cursor: Annotated[str | None, Cursor] = None,
     ) -> ReleaseList:
         page, current = releases.list(caller_tenant, app, limit=limit, cursor=cursor)
         return ReleaseList(items=[ReleaseOut.of(r, current) for r in page.items], next_cursor=page.next_cursor)
 
-    @endpoint("POST", "/rollback", access=KeyScope.DEPLOY, errors=(404,), status_code=202,
-              summary="Roll back to an earlier release (a new deployment reusing its image)")
+    @endpoint(
+        "POST",
+        "/rollback",
+        access=KeyScope.DEPLOY,
+        errors=(404,),
+        status_code=202,
+        summary="Roll back to an earlier release (a new deployment reusing its image)",
+    )
     def rollback(
-        self, caller_tenant: NamedDependency[str], releases: NamedDependency[ReleaseService],
-        deployments: NamedDependency[DeploymentService], app: FromPath[str], data: JSONBody[RollbackIn],
+        self,
+        caller_tenant: NamedDependency[str],
+        releases: NamedDependency[ReleaseService],
+        deployments: NamedDependency[DeploymentService],
+        app: FromPath[str],
+        data: JSONBody[RollbackIn],
     ) -> Response[DeploymentOut]:
         tenant_id = caller_tenant
         target_app = deployments.app(tenant_id, app)
         release = releases.by_name(tenant_id, app, data.release)
         _, current = releases.list(tenant_id, app, limit=1, cursor=None)
         if release.id == current:
-            raise Conflict(f"{release.name} is already the current release; pick an earlier one from GET .../releases.", code="already-current")
+            raise Conflict(
+                f"{release.name} is already the current release; pick an earlier one from GET .../releases.",
+                code="already-current",
+            )
         source = {"release": release.name, "release_id": release.id}
         created = deployments.create(tenant_id, target_app, deployments.new_id(), "rollback", source)
         return accepted(deployment_out(created, releases))

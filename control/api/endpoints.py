@@ -61,6 +61,7 @@ class IdempotentOperation(Operation):
     def __post_init__(self) -> None:
         self.parameters = [*(self.parameters or []), IDEMPOTENCY_KEY]
 
+
 Limit = QueryParameter(ge=1, le=200, description="Page size (1-200).")
 Cursor = QueryParameter(description="Opaque cursor from a previous page's `next_cursor`.", required=False)
 

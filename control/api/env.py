@@ -109,7 +109,8 @@ class EnvController(Controller):
     @endpoint("GET", access=KeyScope.READ, errors=(404, 503), summary="List an app's env vars (values only with reveal)")
     def list(
         self,
-        request: Request[Any, Principal, Any], caller_tenant: NamedDependency[str],
+        request: Request[Any, Principal, Any],
+        caller_tenant: NamedDependency[str],
         env_vars: NamedDependency[EnvService],
         app: FromPath[str],
         reveal: Annotated[bool, Reveal] = False,
@@ -130,7 +131,11 @@ class EnvController(Controller):
 
     @endpoint("PUT", access=KeyScope.DEPLOY, errors=(404,), summary="Replace an app's whole env set")
     def replace(
-        self, caller_tenant: NamedDependency[str], env_vars: NamedDependency[EnvService], app: FromPath[str], data: JSONBody[EnvReplace]
+        self,
+        caller_tenant: NamedDependency[str],
+        env_vars: NamedDependency[EnvService],
+        app: FromPath[str],
+        data: JSONBody[EnvReplace],
     ) -> EnvOut:
         """Values apply at the next release and reach the app's containers, where any code deployed with a
         `deploy` key can read them."""
@@ -139,7 +144,11 @@ class EnvController(Controller):
 
     @endpoint("PATCH", access=KeyScope.DEPLOY, errors=(404,), summary="Set and remove some of an app's env vars")
     def merge(
-        self, caller_tenant: NamedDependency[str], env_vars: NamedDependency[EnvService], app: FromPath[str], data: JSONBody[EnvPatch]
+        self,
+        caller_tenant: NamedDependency[str],
+        env_vars: NamedDependency[EnvService],
+        app: FromPath[str],
+        data: JSONBody[EnvPatch],
     ) -> EnvOut:
         """Values apply at the next release and reach the app's containers, where any code deployed with a
         `deploy` key can read them."""

@@ -87,7 +87,9 @@ async def list_models(inference: NamedDependency[Inference]) -> ModelList:
     "POST", "/v1/chat/completions", access=KeyScope.INFERENCE, errors=(404, 502, 503), audited=False,
     summary="Chat completion (OpenAI-compatible; `stream: true` for SSE)", tags=["inference"], status_code=200,
 )  # fmt: skip
-async def chat_completions(request: Request[Any, Principal, Any], gateway: NamedDependency[Gateway], data: OpenAIBody) -> Response[Any]:
+async def chat_completions(
+    request: Request[Any, Principal, Any], gateway: NamedDependency[Gateway], data: OpenAIBody
+) -> Response[Any]:
     return await _proxy(request, gateway, data, "chat.completions", "/v1/chat/completions")
 
 
@@ -95,7 +97,9 @@ async def chat_completions(request: Request[Any, Principal, Any], gateway: Named
     "POST", "/v1/completions", access=KeyScope.INFERENCE, errors=(404, 502, 503), audited=False,
     summary="Text completion (OpenAI-compatible; `stream: true` for SSE)", tags=["inference"], status_code=200,
 )  # fmt: skip
-async def completions(request: Request[Any, Principal, Any], gateway: NamedDependency[Gateway], data: OpenAIBody) -> Response[Any]:
+async def completions(
+    request: Request[Any, Principal, Any], gateway: NamedDependency[Gateway], data: OpenAIBody
+) -> Response[Any]:
     return await _proxy(request, gateway, data, "completions", "/v1/completions")
 
 
@@ -110,8 +114,12 @@ class Gateway:
     observer: InferenceMetrics | None = None
 
 
-def gateway_dependency(inference: NamedDependency[Inference], upstream: NamedDependency[Upstream],
-                       settings: NamedDependency[Settings], inference_metrics: NamedDependency[InferenceMetrics]) -> Gateway:
+def gateway_dependency(
+    inference: NamedDependency[Inference],
+    upstream: NamedDependency[Upstream],
+    settings: NamedDependency[Settings],
+    inference_metrics: NamedDependency[InferenceMetrics],
+) -> Gateway:
     return Gateway(inference, upstream, settings, inference_metrics)
 
 
@@ -152,7 +160,9 @@ def _prepare(data: dict[str, Any], endpoint: str, default_max_tokens: int) -> tu
     return call, estimate_prompt_tokens(data) + max_tokens * choices
 
 
-async def _proxy(request: Request[Any, Principal, Any], gateway: Gateway, data: dict[str, Any], endpoint: str, path: str) -> Response[Any]:
+async def _proxy(
+    request: Request[Any, Principal, Any], gateway: Gateway, data: dict[str, Any], endpoint: str, path: str
+) -> Response[Any]:
     inference = gateway.inference
     call, reserve_tokens = _prepare(data, endpoint, gateway.settings.inference_default_max_tokens)
     call.request_id = request_id_of(request.scope)
@@ -282,7 +292,9 @@ class StallWatch:
             self._timer = None
 
 
-def _admit(inference: Inference, model: str, tenant_id: str, tokens: int) -> tuple[list[Any], list[Any], Reservation | QuotaExceeded | None]:
+def _admit(
+    inference: Inference, model: str, tenant_id: str, tokens: int
+) -> tuple[list[Any], list[Any], Reservation | QuotaExceeded | None]:
     """The nodes serving ``model`` (all, routable) and, when one is routable, the quota's
     answer: a reservation of ``tokens``, or why not. Blocking."""
     serving, routable = inference.nodes.serving(model), inference.nodes.routable(model)

@@ -121,9 +121,7 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (httpx.HTTPError, StopAsyncIteration, msgspec.DecodeError))
 
 
-async def open_answer(
-    upstream: Upstream, router: NodeRouter, call: Call, candidates: list[tuple[Node, ServedModel]]
-) -> Answer:
+async def open_answer(upstream: Upstream, router: NodeRouter, call: Call, candidates: list[tuple[Node, ServedModel]]) -> Answer:
     """Send ``call`` to the first node that answers; the caller owns the returned stream.
     For a stream, the node's in-flight count and breaker verdict stay open until the relay ends."""
     client = upstream.client()

@@ -30,7 +30,9 @@ class Health(msgspec.Struct):
 
 
 class Readiness(msgspec.Struct):
-    status: Annotated[str, msgspec.Meta(description="ready | degraded (a breaker is not closed or the router is unreachable) | not-ready")]
+    status: Annotated[
+        str, msgspec.Meta(description="ready | degraded (a breaker is not closed or the router is unreachable) | not-ready")
+    ]
     checks: dict[str, str]
     breakers: Annotated[dict[str, str], msgspec.Meta(description="breaker name -> closed | half_open | open")] = {}
 
@@ -48,8 +50,9 @@ async def healthz() -> Health:
     responses={503: problem_responses(503)[503]},
     sync_to_thread=True,
 )
-def readyz(store: NamedDependency[Transactions], settings: NamedDependency[Settings],
-           breakers: NamedDependency[BreakerRegistry]) -> Response[Readiness]:
+def readyz(
+    store: NamedDependency[Transactions], settings: NamedDependency[Settings], breakers: NamedDependency[BreakerRegistry]
+) -> Response[Readiness]:
     checks: dict[str, str] = {}
     try:
         store.ping()

@@ -41,8 +41,9 @@ class HeaderLimit:
             size = sum(len(name) + len(value) + 4 for name, value in scope.get("headers", ()))
             if size > self.max_bytes:
                 detail = f"The request headers total {size} bytes; at most {self.max_bytes} are accepted. Send fewer or shorter headers."
-                await send_problem(scope, receive, send, 431, "request-header-fields-too-large", detail,
-                                   headers={"Connection": "close"})
+                await send_problem(
+                    scope, receive, send, 431, "request-header-fields-too-large", detail, headers={"Connection": "close"}
+                )
                 return
         await self.app(scope, receive, send)
 

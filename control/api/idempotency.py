@@ -161,9 +161,7 @@ class IdempotencyMiddleware:
         service: IdempotencyService = scope["app"].state.services.idempotency
         query = scope.get("query_string", b"").decode("latin-1")
         request_fingerprint = fingerprint(scope["method"], scope["path"], query, body)
-        outcome = await anyio.to_thread.run_sync(
-            service.claim, principal.key_id, principal.tenant_id, key, request_fingerprint
-        )
+        outcome = await anyio.to_thread.run_sync(service.claim, principal.key_id, principal.tenant_id, key, request_fingerprint)
         if isinstance(outcome, Replay):
             _metric(scope, "replayed")
             await _send_replay(outcome.response, send)
@@ -233,7 +231,8 @@ async def idempotency_sweeper(app: Any) -> AsyncIterator[None]:
     # A plain task, not a task group: a startup failure must surface as itself, not wrapped
     # in an ExceptionGroup.
     task = asyncio.get_running_loop().create_task(
-        purge_expired_forever(services.idempotency, services.settings.idempotency_purge_interval_s))
+        purge_expired_forever(services.idempotency, services.settings.idempotency_purge_interval_s)
+    )
     try:
         yield
     finally:

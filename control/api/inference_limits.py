@@ -49,7 +49,6 @@ class InferenceLimitsOut(msgspec.Struct):
         )
 
 
-
 @endpoint(
     "GET", "/v1/tenants/{tenant_id:str}/inference-limits", access=OPERATOR_ACCESS, errors=(404,),
     summary="Get a tenant's inference quotas", tags=["tenants (operator)"],

@@ -38,7 +38,10 @@ class InferenceMetrics:
             ["tenant", "model", "status"],
         )  # fmt: skip
         self.node_ttft = histogram(
-            "moorage_inference_node_ttft_seconds", "Time to first token through the gateway, by node", ["node", "model"], TTFT_BUCKETS
+            "moorage_inference_node_ttft_seconds",
+            "Time to first token through the gateway, by node",
+            ["node", "model"],
+            TTFT_BUCKETS,
         )
         self.tenant_ttft = histogram(
             "moorage_inference_tenant_ttft_seconds", "Time to first token through the gateway, by tenant", ["tenant", "model"],
@@ -112,7 +115,9 @@ class _NodeCollector(Collector):
             labels=["node", "layer", "expert"],
         )  # fmt: skip
         utilisation = GaugeMetricFamily(
-            "moorage_inference_expert_utilisation", "Expert load ÷ fair share (1.0 = balanced)", labels=["node", "layer", "expert"]
+            "moorage_inference_expert_utilisation",
+            "Expert load ÷ fair share (1.0 = balanced)",
+            labels=["node", "layer", "expert"],
         )
         entropy = GaugeMetricFamily(
             "moorage_inference_expert_load_entropy", "Entropy of a layer's expert load ÷ log(experts)", labels=["node", "layer"]

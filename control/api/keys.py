@@ -28,7 +28,9 @@ class KeyController(Controller):
     tags = ("keys",)
 
     @endpoint("POST", access=KeyScope.ADMIN, summary="Issue a key for your tenant", status_code=201)
-    def issue(self, request: Request[Any, Principal, Any], keys: NamedDependency[KeyService], data: JSONBody[KeyCreate]) -> KeyCreated:
+    def issue(
+        self, request: Request[Any, Principal, Any], keys: NamedDependency[KeyService], data: JSONBody[KeyCreate]
+    ) -> KeyCreated:
         principal = request.user
         issued = keys.issue(principal, principal.tenant_id, name=data.name, scopes=data.scopes, expires_at=data.expires_at)
         return KeyCreated(**msgspec.structs.asdict(KeyOut.of(issued.key)), token=issued.token)

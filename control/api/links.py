@@ -46,19 +46,34 @@ class LinkList(msgspec.Struct):
     items: list[LinkOut]
 
 
-
 class LinkController(Controller):
     path = "/v1/apps/{app:str}/links"
     tags = ("databases",)
 
-    @endpoint("POST", access=KeyScope.DEPLOY, errors=(404,), status_code=201, summary="Link a database to an app (from its next release)")
-    def create(self, caller_tenant: NamedDependency[str], links: NamedDependency[LinkService], app: FromPath[str], data: JSONBody[LinkCreate]) -> LinkOut:
+    @endpoint(
+        "POST",
+        access=KeyScope.DEPLOY,
+        errors=(404,),
+        status_code=201,
+        summary="Link a database to an app (from its next release)",
+    )
+    def create(
+        self,
+        caller_tenant: NamedDependency[str],
+        links: NamedDependency[LinkService],
+        app: FromPath[str],
+        data: JSONBody[LinkCreate],
+    ) -> LinkOut:
         return LinkOut.of(links.create(caller_tenant, app, data.database, data.env_name))
 
     @endpoint("GET", access=KeyScope.READ, errors=(404,), summary="List an app's database links (never URLs)")
     def list(self, caller_tenant: NamedDependency[str], links: NamedDependency[LinkService], app: FromPath[str]) -> LinkList:
         return LinkList([LinkOut.of(link) for link in links.list(caller_tenant, app)])
 
-    @endpoint("DELETE", "/{link:str}", access=KeyScope.DEPLOY, errors=(404,), summary="Remove a link (from the app's next release)")
-    def remove(self, caller_tenant: NamedDependency[str], links: NamedDependency[LinkService], app: FromPath[str], link: FromPath[str]) -> None:
+    @endpoint(
+        "DELETE", "/{link:str}", access=KeyScope.DEPLOY, errors=(404,), summary="Remove a link (from the app's next release)"
+    )
+    def remove(
+        self, caller_tenant: NamedDependency[str], links: NamedDependency[LinkService], app: FromPath[str], link: FromPath[str]
+    ) -> None:
         links.delete(caller_tenant, app, link)

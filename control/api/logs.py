@@ -36,7 +36,9 @@ Tail = QueryParameter(ge=0, le=10000, description="Runtime log lines from before
 POLL_S = 0.25
 
 
-async def _build_events(deployments: DeploymentService, releases: ReleaseService, deployment_id: str, path: Path) -> AsyncIterator[ServerSentEventMessage]:
+async def _build_events(
+    deployments: DeploymentService, releases: ReleaseService, deployment_id: str, path: Path
+) -> AsyncIterator[ServerSentEventMessage]:
     offset, quiet_since = 0, time.monotonic()
     while True:
         text, offset = await anyio.to_thread.run_sync(read_from, path, offset)
@@ -50,8 +52,11 @@ async def _build_events(deployments: DeploymentService, releases: ReleaseService
             for line in text.splitlines():
                 yield ServerSentEventMessage(data=line, event="log")
             release = releases.get(deployment.release_id) if deployment and deployment.release_id else None
-            final = {"status": deployment.status if deployment else "gone", "reason": deployment.reason if deployment else None,
-                     "release": release.name if release else None}
+            final = {
+                "status": deployment.status if deployment else "gone",
+                "reason": deployment.reason if deployment else None,
+                "release": release.name if release else None,
+            }
             yield ServerSentEventMessage(data=json.dumps(final), event="status")
             return
         if time.monotonic() - quiet_since >= KEEPALIVE_S:
@@ -104,11 +109,20 @@ class LogController(Controller):
     path = "/v1/apps/{app:str}"
     tags = ("logs",)
 
-    @route("GET", "/deployments/{deployment:str}/logs", access=KeyScope.READ, errors=(404,),
-                    summary="A deployment's build log (text, or SSE with follow=true)")
+    @route(
+        "GET",
+        "/deployments/{deployment:str}/logs",
+        access=KeyScope.READ,
+        errors=(404,),
+        summary="A deployment's build log (text, or SSE with follow=true)",
+    )
     async def build_log(
-        self, caller_tenant: NamedDependency[str], deployments: NamedDependency[DeploymentService],
-        releases: NamedDependency[ReleaseService], app: FromPath[str], deployment: FromPath[str],
+        self,
+        caller_tenant: NamedDependency[str],
+        deployments: NamedDependency[DeploymentService],
+        releases: NamedDependency[ReleaseService],
+        app: FromPath[str],
+        deployment: FromPath[str],
         follow: Annotated[bool, Follow] = False,
     ) -> Response[str] | ServerSentEvent:
         found = await anyio.to_thread.run_sync(deployments.get, caller_tenant, app, deployment)
@@ -118,12 +132,18 @@ class LogController(Controller):
             return Response(text, media_type="text/plain; charset=utf-8")
         return ServerSentEvent(_build_events(deployments, releases, found.id, path))
 
-    @route("GET", "/logs", access=KeyScope.READ, errors=(404, 503),
-                    summary="The running app's log (text, or SSE with follow=true)")
+    @route(
+        "GET", "/logs", access=KeyScope.READ, errors=(404, 503), summary="The running app's log (text, or SSE with follow=true)"
+    )
     async def runtime_log(
-        self, caller_tenant: NamedDependency[str], deployments: NamedDependency[DeploymentService],
-        releases: NamedDependency[ReleaseService], app_runtime: NamedDependency[DockerAppRuntime], app: FromPath[str],
-        follow: Annotated[bool, Follow] = False, tail: Annotated[int, Tail] = 100,
+        self,
+        caller_tenant: NamedDependency[str],
+        deployments: NamedDependency[DeploymentService],
+        releases: NamedDependency[ReleaseService],
+        app_runtime: NamedDependency[DockerAppRuntime],
+        app: FromPath[str],
+        follow: Annotated[bool, Follow] = False,
+        tail: Annotated[int, Tail] = 100,
     ) -> Response[str] | ServerSentEvent:
         target = await anyio.to_thread.run_sync(deployments.app, caller_tenant, app)
         desired = await anyio.to_thread.run_sync(releases.desired, target.id)
@@ -136,5 +156,7 @@ class LogController(Controller):
                 return Response("\n".join(lines) + ("\n" if lines else ""), media_type="text/plain; charset=utf-8")
             return ServerSentEvent(_container_events(app_runtime, container_id, tail))
         except docker.errors.NotFound:
-            raise Conflict(f"App '{target.name}' has no container right now; the reconciler is recreating it. Retry shortly.",
-                           code="app-not-running") from None
+            raise Conflict(
+                f"App '{target.name}' has no container right now; the reconciler is recreating it. Retry shortly.",
+                code="app-not-running",
+            ) from None

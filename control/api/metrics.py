@@ -67,7 +67,9 @@ class Metrics:
             registry=self.registry,
         )
         self.rate_limit_rejections = Counter(
-            "moorage_rate_limit_rejections", "Requests refused with 429, by the policy that refused", ["limit"],
+            "moorage_rate_limit_rejections",
+            "Requests refused with 429, by the policy that refused",
+            ["limit"],
             registry=self.registry,
         )
         self.idempotency_outcomes = Counter(

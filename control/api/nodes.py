@@ -46,7 +46,9 @@ class NodeController(Controller):
     tags = ("inference nodes (operator)",)
 
     @endpoint("POST", access=OPERATOR_ACCESS, summary="Enroll an inference node (its token is shown once)", status_code=201)
-    def enroll(self, request: Request[Any, Any, Any], inference: NamedDependency[Inference], data: JSONBody[NodeCreate]) -> NodeEnrolled:
+    def enroll(
+        self, request: Request[Any, Any, Any], inference: NamedDependency[Inference], data: JSONBody[NodeCreate]
+    ) -> NodeEnrolled:
         enrolled = inference.nodes.enroll(data.name, request.user.key_id)
         return NodeEnrolled(node=node_out(inference, enrolled.node), token=enrolled.token)
 
@@ -78,9 +80,7 @@ class NodeController(Controller):
         inference.nodes.delete(node)
 
 
-def node_endpoint(
-    path: str, *, summary: str, description: str, audited: bool = True
-) -> Callable[[Callable[..., Any]], Any]:
+def node_endpoint(path: str, *, summary: str, description: str, audited: bool = True) -> Callable[[Callable[..., Any]], Any]:
     """A route only inference nodes call: node token, no API key (see node_auth)."""
     return post(
         path,
@@ -132,7 +132,9 @@ def register_node(request: Request[Any, Any, Any], inference: NamedDependency[In
     "`node-not-registered`: register first.",
     audited=False,  # every 10 s per node: the node's own row records its latest state
 )
-def node_heartbeat(request: Request[Any, Any, Any], inference: NamedDependency[Inference], node: FromPath[str], data: JSONBody[NodeReport]) -> NodeAck:
+def node_heartbeat(
+    request: Request[Any, Any, Any], inference: NamedDependency[Inference], node: FromPath[str], data: JSONBody[NodeReport]
+) -> NodeAck:
     return _ack(inference, inference.nodes.heartbeat(authenticated_node(request), _registration(data)))
 
 

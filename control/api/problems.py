@@ -185,8 +185,14 @@ def unhandled_error_handler(request: Request[Any, Any, Any], exc: Exception) -> 
             "connections, so the request could not be completed. Retry after the Retry-After seconds with the same "
             "Idempotency-Key; GET /readyz lists each dependency's state."
         )
-        return problem_response(request, 503, "dependency-unavailable", detail, title="Dependency unavailable",
-                                headers={"Retry-After": str(UNREACHABLE_RETRY_S)})
+        return problem_response(
+            request,
+            503,
+            "dependency-unavailable",
+            detail,
+            title="Dependency unavailable",
+            headers={"Retry-After": str(UNREACHABLE_RETRY_S)},
+        )
     log.error("unhandled_exception", path=request.url.path, exc_info=exc)
     return problem_response(request, 500, "internal-error", _DETAIL_OF_STATUS[500])
 
@@ -200,8 +206,9 @@ DATABASE_BUSY_HEADERS = {"Retry-After": "1"}
 
 def database_busy_handler(request: Request[Any, Any, Any], exc: DatabaseBusy) -> Response[Problem]:
     log.warning("database_busy", path=request.url.path)
-    return problem_response(request, 503, "database-busy", DATABASE_BUSY_DETAIL, title="Database busy",
-                            headers=DATABASE_BUSY_HEADERS)
+    return problem_response(
+        request, 503, "database-busy", DATABASE_BUSY_DETAIL, title="Database busy", headers=DATABASE_BUSY_HEADERS
+    )
 
 
 EXCEPTION_HANDLERS = {

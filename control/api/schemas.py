@@ -43,8 +43,7 @@ class KeyCreate(msgspec.Struct, forbid_unknown_fields=True):
     scopes: Annotated[
         list[str],
         msgspec.Meta(
-            description="Some of read | deploy | admin | inference, at most those of the key making it. "
-            + DEPLOY_READS_SECRETS
+            description="Some of read | deploy | admin | inference, at most those of the key making it. " + DEPLOY_READS_SECRETS
         ),
     ]
     name: Annotated[str, msgspec.Meta(description="A label for people: at most 100 characters, no control characters")] = ""

@@ -90,7 +90,10 @@ class TenantController(Controller):
 
     @endpoint("GET", access=OPERATOR_ACCESS, summary="List tenants")
     def list(
-        self, tenants: NamedDependency[TenantService], limit: Annotated[int, Limit] = 50, cursor: Annotated[str | None, Cursor] = None
+        self,
+        tenants: NamedDependency[TenantService],
+        limit: Annotated[int, Limit] = 50,
+        cursor: Annotated[str | None, Cursor] = None,
     ) -> TenantList:
         page = tenants.list(limit=limit, cursor=cursor)
         return TenantList(items=[TenantOut.of(t) for t in page.items], next_cursor=page.next_cursor)
@@ -118,7 +121,13 @@ class TenantController(Controller):
     @endpoint(
         "POST", "/{tenant_id:str}/keys", access=OPERATOR_ACCESS, errors=(404,), summary="Issue a key to a tenant", status_code=201
     )
-    def issue_key(self, request: Request[Any, Any, Any], keys: NamedDependency[KeyService], tenant_id: FromPath[str], data: JSONBody[KeyCreate]) -> KeyCreated:
+    def issue_key(
+        self,
+        request: Request[Any, Any, Any],
+        keys: NamedDependency[KeyService],
+        tenant_id: FromPath[str],
+        data: JSONBody[KeyCreate],
+    ) -> KeyCreated:
         issued = keys.issue(request.user, tenant_id, name=data.name, scopes=data.scopes, expires_at=data.expires_at)
         return KeyCreated(**msgspec.structs.asdict(KeyOut.of(issued.key)), token=issued.token)
 
@@ -146,9 +155,7 @@ class TenantController(Controller):
         return LimitsOut.of(limits.get(tenant_id))
 
     @endpoint("PUT", "/{tenant_id:str}/limits", access=OPERATOR_ACCESS, errors=(404,), summary="Set a tenant's rate limits")
-    def put_limits(
-        self, limits: NamedDependency[LimitsService], tenant_id: FromPath[str], data: JSONBody[LimitsIn]
-    ) -> LimitsOut:
+    def put_limits(self, limits: NamedDependency[LimitsService], tenant_id: FromPath[str], data: JSONBody[LimitsIn]) -> LimitsOut:
         """Replaces the tenant's overrides; takes effect at once in this process (others within
         `rate_limit_cache_ttl_s`)."""
         return LimitsOut.of(limits.set(tenant_id, LimitOverrides(data.tenant_quota, data.key_quota)))

@@ -111,8 +111,9 @@ class RequestUnitOfWork:
             if not settled:  # the app ended without answering (the server answers 500)
                 await self._settle(scope, uow, audit, 500)
 
-    async def _settle(self, scope: HTTPScope, uow: UnitOfWork, audit: AuditService,
-                      status: int) -> Callable[[Send], Awaitable[None]] | None:
+    async def _settle(
+        self, scope: HTTPScope, uow: UnitOfWork, audit: AuditService, status: int
+    ) -> Callable[[Send], Awaitable[None]] | None:
         """Commit (or undo) the request's writes for an answer with ``status``; None when
         done, else what to send instead."""
         action = audited_action(scope)
@@ -146,6 +147,7 @@ class RequestUnitOfWork:
 
             return answer
         return None
+
 
 def _record(audit: AuditService, scope: HTTPScope, action: str, status: int) -> None:
     user = scope.get("user")

@@ -55,7 +55,12 @@ class UsageRowOut(msgspec.Struct):
     node_id: str | None
     endpoint: str
     stream: bool
-    status: Annotated[str, msgspec.Meta(description="ok | error | rejected (engine 4xx) | cancelled (client left) | stalled (client stopped reading; cut off)")]
+    status: Annotated[
+        str,
+        msgspec.Meta(
+            description="ok | error | rejected (engine 4xx) | cancelled (client left) | stalled (client stopped reading; cut off)"
+        ),
+    ]
     http_status: int
     prompt_tokens: int
     completion_tokens: int
@@ -79,7 +84,6 @@ class UsageOut(msgspec.Struct):
     totals: UsageTotalsOut
     rows: list[UsageRowOut] | None = None
     next_cursor: str | None = None
-
 
 
 def _report(
@@ -122,9 +126,12 @@ def _report(
     return out
 
 
-@endpoint("GET", "/v1/usage", access=KeyScope.INFERENCE, summary="Your tenant's inference usage by day and model", tags=["inference"])
+@endpoint(
+    "GET", "/v1/usage", access=KeyScope.INFERENCE, summary="Your tenant's inference usage by day and model", tags=["inference"]
+)
 def tenant_usage(
-    caller_tenant: NamedDependency[str], inference: NamedDependency[Inference],
+    caller_tenant: NamedDependency[str],
+    inference: NamedDependency[Inference],
     since: Annotated[date | None, Since] = None,
     until: Annotated[date | None, Until] = None,
     detail: Annotated[bool, Detail] = False,
@@ -149,9 +156,7 @@ def operator_usage(
     limit: Annotated[int, Limit] = 50,
     cursor: Annotated[str | None, Cursor] = None,
 ) -> UsageOut:
-    return _report(
-        inference, tenant_id, since, until, detail=detail, limit=limit, cursor=cursor, per_tenant=True
-    )
+    return _report(inference, tenant_id, since, until, detail=detail, limit=limit, cursor=cursor, per_tenant=True)
 
 
 USAGE_ROUTES = [tenant_usage, operator_usage]

@@ -70,7 +70,9 @@ def _write_secret_file(path: Path, token: str) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raise CommandError(f"{path} exists; refusing to overwrite a key file.", code="file-exists", exit_code=exit_codes.CONFLICT) from None
+        raise CommandError(
+            f"{path} exists; refusing to overwrite a key file.", code="file-exists", exit_code=exit_codes.CONFLICT
+        ) from None
     with os.fdopen(fd, "w") as handle:
         handle.write(token + "\n")
 
@@ -95,12 +97,17 @@ def run_bootstrap(args: argparse.Namespace) -> int:
             raise CommandError(exc.detail, code=exc.code, exit_code=exit_codes.CONFLICT) from None
         if args.output_file is not None:
             _write_secret_file(args.output_file, issued.token)
-        print(json.dumps({
-            "key_id": issued.key.id,
-            "token": issued.token,
-            "note": "Shown once. Store it now; only its hash is kept.",
-            "written_to": str(args.output_file) if args.output_file else None,
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "key_id": issued.key.id,
+                    "token": issued.token,
+                    "note": "Shown once. Store it now; only its hash is kept.",
+                    "written_to": str(args.output_file) if args.output_file else None,
+                },
+                indent=2,
+            )
+        )
     finally:
         services.db.dispose()
     return 0
@@ -150,7 +157,9 @@ def run_generate_master_key(args: argparse.Namespace) -> int:
         print(json.dumps({"key_id": key.id, "line": key.line(), "note": "Put the line in the key file or MOORAGE_MASTER_KEYS."}))
         return 0
     if args.output_file.exists():
-        raise CommandError(f"{args.output_file} exists; refusing to overwrite a key file.", code="file-exists", exit_code=exit_codes.CONFLICT)
+        raise CommandError(
+            f"{args.output_file} exists; refusing to overwrite a key file.", code="file-exists", exit_code=exit_codes.CONFLICT
+        )
     write_key_file(args.output_file, [key])
     print(json.dumps({"key_id": key.id, "written_to": str(args.output_file)}))
     return 0
@@ -203,17 +212,22 @@ def run_rotate_key(args: argparse.Namespace) -> int:
                 print(json.dumps(progress), file=sys.stderr, flush=True)
         per_column = rotation.usage_by_column()
         usage = rotation.key_usage()
-    print(json.dumps({
-        "active_key": active,
-        "added_key": added.id if added else None,
-        "resealed": resealed,
-        "failed": failed,
-        "values_per_key": usage,
-        "values_per_column": per_column,
-        "retirable": [k for k in services.keyring.current().key_ids if k != active and not usage.get(k)],
-        "next": "moorage admin retire-key KEY_ID for each retirable key" if not failed else
-        "Some values could not be opened (altered or missing key): set them again, then rerun.",
-    }))
+    print(
+        json.dumps(
+            {
+                "active_key": active,
+                "added_key": added.id if added else None,
+                "resealed": resealed,
+                "failed": failed,
+                "values_per_key": usage,
+                "values_per_column": per_column,
+                "retirable": [k for k in services.keyring.current().key_ids if k != active and not usage.get(k)],
+                "next": "moorage admin retire-key KEY_ID for each retirable key"
+                if not failed
+                else "Some values could not be opened (altered or missing key): set them again, then rerun.",
+            }
+        )
+    )
     return 0 if not failed else 1
 
 
@@ -225,7 +239,9 @@ def run_retire_key(args: argparse.Namespace) -> int:
         if all(k.id != key_id for k in keys):
             raise CommandError(f"No master key {key_id!r} in {source.describe()}.", code="key-not-found")
         if keys[0].id == key_id:
-            raise CommandError(f"{key_id!r} is the active key; rotate to a new one first.", code="key-active", exit_code=exit_codes.CONFLICT)
+            raise CommandError(
+                f"{key_id!r} is the active key; rotate to a new one first.", code="key-active", exit_code=exit_codes.CONFLICT
+            )
         # Every sealed column counts: a key some database password still needs must stay.
         users = {label: n for label, per_key in _rotation(services).usage_by_column().items() if (n := per_key.get(key_id, 0))}
         if users:
@@ -240,11 +256,15 @@ def run_retire_key(args: argparse.Namespace) -> int:
             assert source.file is not None
             write_key_file(source.file, [k for k in keys if k.id != key_id])
     removed = source.is_file
-    print(json.dumps({
-        "retired": key_id,
-        "removed_from": source.describe() if removed else None,
-        "note": None if removed else "No value uses it: remove it from MOORAGE_MASTER_KEYS and restart.",
-    }))
+    print(
+        json.dumps(
+            {
+                "retired": key_id,
+                "removed_from": source.describe() if removed else None,
+                "note": None if removed else "No value uses it: remove it from MOORAGE_MASTER_KEYS and restart.",
+            }
+        )
+    )
     return 0
 
 
@@ -257,7 +277,14 @@ def run_master_keys(_args: argparse.Namespace) -> int:
         usage = rotation.key_usage()
     keys = [{"id": k, "active": k == keyring.active_id, "values": usage.get(k, 0)} for k in keyring.key_ids]
     unknown = {k: n for k, n in usage.items() if k not in keyring.key_ids}
-    print(json.dumps({
-        "source": source.describe(), "keys": keys, "values_per_column": per_column, "values_under_unknown_keys": unknown,
-    }))
+    print(
+        json.dumps(
+            {
+                "source": source.describe(),
+                "keys": keys,
+                "values_per_column": per_column,
+                "values_under_unknown_keys": unknown,
+            }
+        )
+    )
     return 0

@@ -37,8 +37,11 @@ class BackupService:
 
     def _available(self, database: Database, what: str) -> None:
         if database.status != Status.AVAILABLE:
-            raise Conflict(f"Database '{database.name}' is {database.status}; {what} needs it 'available'. "
-                           "Poll GET /v1/databases/{db} and retry.", code="database-not-available")
+            raise Conflict(
+                f"Database '{database.name}' is {database.status}; {what} needs it 'available'. "
+                "Poll GET /v1/databases/{db} and retry.",
+                code="database-not-available",
+            )
 
     # -- backups ----------------------------------------------------------------------------
     def create(self, tenant_id: str, database_ref: str) -> Backup:
@@ -46,7 +49,8 @@ class BackupService:
         self._available(database, "a backup")
         with self.db.write() as session:
             backup = BackupRepository(session, tenant_id).add(
-                id=new_id("bak"), tenant_id=tenant_id, database_id=database.id, engine=database.engine, status=PENDING)
+                id=new_id("bak"), tenant_id=tenant_id, database_id=database.id, engine=database.engine, status=PENDING
+            )
             self.queue.enqueue(BACKUP_JOB, backup.id, tenant_id=tenant_id, max_attempts=self.databases.config.max_attempts)
         return backup
 
@@ -82,15 +86,21 @@ class BackupService:
     def restore(self, tenant_id: str, database_ref: str, backup_id: str, target_ref: str | None) -> Restore:
         backup = self.get(tenant_id, database_ref, backup_id)
         if backup.status != SUCCEEDED:
-            raise Conflict(f"Backup {backup.id} is {backup.status}; only a finished backup can be restored.", code="backup-not-ready")
+            raise Conflict(
+                f"Backup {backup.id} is {backup.status}; only a finished backup can be restored.", code="backup-not-ready"
+            )
         target = self.databases.get(tenant_id, target_ref or backup.database_id)  # another tenant's: 404
         if target.engine != backup.engine:
-            raise Conflict(f"Backup {backup.id} is a {backup.engine} backup; database '{target.name}' runs {target.engine}. "
-                           "Restore into a database of the same engine.", code="engine-mismatch")
+            raise Conflict(
+                f"Backup {backup.id} is a {backup.engine} backup; database '{target.name}' runs {target.engine}. "
+                "Restore into a database of the same engine.",
+                code="engine-mismatch",
+            )
         self._available(target, "a restore")
         with self.db.write() as session:
             restore = BackupRepository(session, tenant_id).add_restore(
-                id=new_id("rst"), tenant_id=tenant_id, backup_id=backup.id, target_id=target.id, status=PENDING)
+                id=new_id("rst"), tenant_id=tenant_id, backup_id=backup.id, target_id=target.id, status=PENDING
+            )
             self.queue.enqueue(RESTORE_JOB, restore.id, tenant_id=tenant_id, max_attempts=1)  # never twice
         return restore
 
@@ -138,7 +148,7 @@ class BackupService:
             if database is None:
                 return []
             repo = BackupRepository(session, None)
-            expired = repo.succeeded(database_id)[self.retention_of(database):]
+            expired = repo.succeeded(database_id)[self.retention_of(database) :]
             for backup in expired:
                 repo.delete(backup.id)
         for backup in expired:  # files after the commit: a listed backup always has its file

@@ -34,10 +34,30 @@ from control.domain import image_refs
 from control.domain.image_refs import BadReference, ImageRef
 
 LINEAGE_LABEL = "moorage.build-lineage"
-REMOTE_ADD_HINT = ("download it in a RUN step instead, which runs inside the build sandbox "
-                   "(e.g. RUN curl -fsSL -o /dest/file <url>), or add the file to the source")
-_INSTRUCTIONS = {"from", "run", "cmd", "label", "maintainer", "expose", "env", "add", "copy", "entrypoint",
-                 "volume", "user", "workdir", "arg", "onbuild", "stopsignal", "healthcheck", "shell"}
+REMOTE_ADD_HINT = (
+    "download it in a RUN step instead, which runs inside the build sandbox "
+    "(e.g. RUN curl -fsSL -o /dest/file <url>), or add the file to the source"
+)
+_INSTRUCTIONS = {
+    "from",
+    "run",
+    "cmd",
+    "label",
+    "maintainer",
+    "expose",
+    "env",
+    "add",
+    "copy",
+    "entrypoint",
+    "volume",
+    "user",
+    "workdir",
+    "arg",
+    "onbuild",
+    "stopsignal",
+    "healthcheck",
+    "shell",
+}
 _ESCAPE_DIRECTIVE = re.compile(r"#[ \t]*escape[ \t]*=[ \t]*(.).*", re.IGNORECASE)
 _CONTINUATION = re.compile(r"\\[ \t]*$")
 _ARG_SPLIT = re.compile(r"[\t\v\f\r ]+")
@@ -77,8 +97,7 @@ class DockerfileRefused(Exception):
 
     @property
     def reason(self) -> str:
-        return ("the Dockerfile was refused by the build policy, nothing was built: "
-                + "; ".join(self.problems))
+        return "the Dockerfile was refused by the build policy, nothing was built: " + "; ".join(self.problems)
 
 
 @dataclass(frozen=True)
@@ -150,8 +169,10 @@ class BuildPolicy:
 
     def allowed_text(self) -> str:
         names = ", ".join(self.allowed_images) or "(none)"
-        return (f"use one of the platform's base images ({names}), 'scratch', an earlier stage of this "
-                f"Dockerfile, or one of your own images by its full name ({self.own_repository}<app>:<deployment>)")
+        return (
+            f"use one of the platform's base images ({names}), 'scratch', an earlier stage of this "
+            f"Dockerfile, or one of your own images by its full name ({self.own_repository}<app>:<deployment>)"
+        )
 
 
 class _Checker:
@@ -166,13 +187,14 @@ class _Checker:
     def run(self, text: str) -> str:
         escape = _escape_directive(text)
         if escape is not None:
-            raise DockerfileRefused([f"the escape directive '# escape={escape}' is not supported here; "
-                                     "remove it and use the default '\\'"])
+            raise DockerfileRefused(
+                [f"the escape directive '# escape={escape}' is not supported here; remove it and use the default '\\'"]
+            )
         out: list[str] = []
         lines = logical_lines(text)
         if not lines:
             raise DockerfileRefused(["the Dockerfile has no instructions; start it with FROM"])
-        lineage = f'LABEL {LINEAGE_LABEL}={json.dumps(self.policy.lineage)}'
+        lineage = f"LABEL {LINEAGE_LABEL}={json.dumps(self.policy.lineage)}"
         for line in lines:
             keyword, rest = self._split(line)
             if line.text == lineage and out and out[-1] == lineage:
@@ -219,8 +241,9 @@ class _Checker:
                     self._refuse(line, f"{what} {raw!r}: write it without ${{...:-...}} forms or special variables")
                     return None
                 if name not in known:
-                    self._refuse(line, f"{what} {raw!r} uses ${name}, which this Dockerfile does not define "
-                                       "with ARG or ENV before it")
+                    self._refuse(
+                        line, f"{what} {raw!r} uses ${name}, which this Dockerfile does not define with ARG or ENV before it"
+                    )
                     return None
         value: str = WordSplitter(raw, args=dict(known), envs={}).dequote()  # dockerfile-parse is untyped
         return value
@@ -278,8 +301,11 @@ class _Checker:
         if value == "scratch" and what == "FROM":
             return
         if image_refs.looks_like_image_id(value) or value.isdigit():
-            self._refuse(line, f"{what} {value}: image ids (or prefixes of them) are not allowed, and no earlier "
-                               f"stage has that name; {self.policy.allowed_text()}")
+            self._refuse(
+                line,
+                f"{what} {value}: image ids (or prefixes of them) are not allowed, and no earlier "
+                f"stage has that name; {self.policy.allowed_text()}",
+            )
             return
         try:
             ref = image_refs.parse(value)
@@ -291,12 +317,19 @@ class _Checker:
         if ref.domain == image_refs.DEFAULT_DOMAIN and ref.path.startswith("moorage-apps/"):
             self._refuse(line, f"{what} {value}: that image belongs to another tenant; {self.policy.allowed_text()}")
             return
-        self._refuse(line, f"{what} {value}: not in the platform's base-image allow-list "
-                           f"(MOORAGE_BUILD_ALLOWED_IMAGES); {self.policy.allowed_text()}")
+        self._refuse(
+            line,
+            f"{what} {value}: not in the platform's base-image allow-list "
+            f"(MOORAGE_BUILD_ALLOWED_IMAGES); {self.policy.allowed_text()}",
+        )
 
     def _own(self, ref: ImageRef) -> bool:
-        return (ref.domain == image_refs.DEFAULT_DOMAIN and ref.digest is None
-                and ref.path.startswith(self.own) and ref.path.count("/") == self.own.count("/"))
+        return (
+            ref.domain == image_refs.DEFAULT_DOMAIN
+            and ref.digest is None
+            and ref.path.startswith(self.own)
+            and ref.path.count("/") == self.own.count("/")
+        )
 
     # -- every other instruction ------------------------------------------------------
     def _instruction(self, line: Line, keyword: str, rest: str, *, onbuild: bool) -> None:
@@ -371,8 +404,11 @@ class _Checker:
         for raw in sources:
             source = self._value(line, raw, "ADD source", self._known())
             if source is not None and (_URLISH.search(source) or _URLISH.search(raw)):
-                self._refuse(line, f"ADD {source.strip('[],')}: downloading from a URL with ADD is not allowed (the daemon would "
-                                   f"fetch it from the host's network); {REMOTE_ADD_HINT}")
+                self._refuse(
+                    line,
+                    f"ADD {source.strip('[],')}: downloading from a URL with ADD is not allowed (the daemon would "
+                    f"fetch it from the host's network); {REMOTE_ADD_HINT}",
+                )
 
     def _run(self, line: Line, rest: str, onbuild: bool) -> None:
         flags, _ = self._flags(self._words(rest))
@@ -384,5 +420,4 @@ class _Checker:
                 if key.strip().lower() == "from":
                     resolved = self._value(line, source, "RUN --mount from", self._known())
                     if resolved is not None:
-                        self._source(line, "RUN --mount from", resolved, stages_before=len(self.stages) - 1,
-                                     onbuild=onbuild)
+                        self._source(line, "RUN --mount from", resolved, stages_before=len(self.stages) - 1, onbuild=onbuild)

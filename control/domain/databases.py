@@ -100,7 +100,9 @@ def open_credentials(keyring: ReloadingKeyring, database: Database) -> Credentia
     try:
         password = keyring.open(database.password_ciphertext, password_aad(database.tenant_id, database.id))
     except KeyringError as exc:
-        log.error("database_credentials_unreadable", database_id=database.id, master_key_id=database.master_key_id, reason=exc.reason)
+        log.error(
+            "database_credentials_unreadable", database_id=database.id, master_key_id=database.master_key_id, reason=exc.reason
+        )
         raise CredentialsUnreadable(database, exc) from None
     return Credentials(password=password, user=database.db_user, database=database.db_name)
 
@@ -122,7 +124,9 @@ def _check_request(name: str, engine: str, memory_mb: int | None, retention: int
     if retention is not None and not 1 <= retention <= MAX_RETENTION:
         errors.append({"field": "backup_retention", "message": f"between 1 and {MAX_RETENTION}"})
     if errors:
-        raise Invalid("Invalid database request (" + ", ".join(e["field"] for e in errors) + "); nothing was created.", errors=errors)
+        raise Invalid(
+            "Invalid database request (" + ", ".join(e["field"] for e in errors) + "); nothing was created.", errors=errors
+        )
 
 
 class DatabaseService:
@@ -147,7 +151,11 @@ class DatabaseService:
         )
 
     def set_limits(self, tenant_id: str, overrides: DatabaseOverrides) -> DatabaseLimits:
-        bad = [f for f, v in (("max_databases", overrides.max_databases), ("max_memory_mb", overrides.max_memory_mb)) if v is not None and v < 0]
+        bad = [
+            f
+            for f, v in (("max_databases", overrides.max_databases), ("max_memory_mb", overrides.max_memory_mb))
+            if v is not None and v < 0
+        ]
         if bad:
             raise Invalid("Limits cannot be negative.", errors=[{"field": f, "message": "0 or more"} for f in bad])
         with self.db.write() as session:
@@ -173,8 +181,9 @@ class DatabaseService:
             )
 
     # -- lifecycle ------------------------------------------------------------------------
-    def create(self, tenant_id: str, name: str, engine: str, *, memory_mb: int | None = None,
-               backup_retention: int | None = None) -> Database:
+    def create(
+        self, tenant_id: str, name: str, engine: str, *, memory_mb: int | None = None, backup_retention: int | None = None
+    ) -> Database:
         _check_request(name, engine, memory_mb, backup_retention)
         memory = memory_mb or DEFAULT_MEMORY_MB[engine]
         database_id = new_id("db")
@@ -186,14 +195,23 @@ class DatabaseService:
             if taken is not None:
                 raise Conflict(self._name_taken(taken), code="name-taken")
             if AppRepository(session, tenant_id).get(hostname_for(name)) is not None:
-                raise Conflict(f"An app named '{hostname_for(name)}' holds the hostname this database would get; "
-                               "pick another name.", code="name-taken")
+                raise Conflict(
+                    f"An app named '{hostname_for(name)}' holds the hostname this database would get; pick another name.",
+                    code="name-taken",
+                )
             limits = self._effective(DatabaseLimitsRepository(session).get(tenant_id))
             self._check_quota(repo, limits, memory)
             created = repo.add(
-                id=database_id, name=name, engine=engine, status=Status.PROVISIONING, memory_mb=memory,
-                backup_retention=backup_retention, db_user="app", db_name="app" if engine == POSTGRES else "0",
-                password_ciphertext=sealed.blob, master_key_id=sealed.key_id,
+                id=database_id,
+                name=name,
+                engine=engine,
+                status=Status.PROVISIONING,
+                memory_mb=memory,
+                backup_retention=backup_retention,
+                db_user="app",
+                db_name="app" if engine == POSTGRES else "0",
+                password_ciphertext=sealed.blob,
+                master_key_id=sealed.key_id,
             )
             self.queue.enqueue(PROVISION_JOB, database_id, tenant_id=tenant_id, max_attempts=self.config.max_attempts)
         log.info("database_requested", database_id=database_id, engine=engine, memory_mb=memory)
@@ -202,8 +220,10 @@ class DatabaseService:
     @staticmethod
     def _name_taken(taken: Database) -> str:
         if taken.status == Status.DELETED and taken.purge_after is not None:
-            return (f"A deleted database named '{taken.name}' keeps its volume until {taken.purge_after.isoformat()}. "
-                    f"Free the name now with DELETE /v1/databases/{taken.name}?purge=true, or pick another name.")
+            return (
+                f"A deleted database named '{taken.name}' keeps its volume until {taken.purge_after.isoformat()}. "
+                f"Free the name now with DELETE /v1/databases/{taken.name}?purge=true, or pick another name."
+            )
         return f"A database named '{taken.name}' already exists; pick another name."
 
     def get(self, tenant_id: str, ref: str) -> Database:
@@ -235,16 +255,21 @@ class DatabaseService:
             if row.status == Status.DELETING:
                 raise Conflict(f"Database '{row.name}' is already being deleted.", code="database-deleting")
             if row.status == Status.DELETED and not purge:
-                raise Conflict(f"Database '{row.name}' is already deleted; its volume is kept until "
-                               f"{row.purge_after.isoformat() if row.purge_after else 'purged'}. Add ?purge=true to remove it now.",
-                               code="database-deleted")
+                raise Conflict(
+                    f"Database '{row.name}' is already deleted; its volume is kept until "
+                    f"{row.purge_after.isoformat() if row.purge_after else 'purged'}. Add ?purge=true to remove it now.",
+                    code="database-deleted",
+                )
             links = LinkRepository(session, tenant_id)
             linked = links.for_database(row.id)
             if linked and not force:
                 names = ", ".join(f"{lk.app_name} ({lk.env_name}, link {lk.id})" for lk in linked)
-                raise Conflict(f"Database '{row.name}' is linked to app(s) {names}. Remove the links with "
-                               "DELETE /v1/apps/{app}/links/{link}, or delete with ?force=true to remove them too "
-                               "(the apps keep the old URL until their next release).", code="database-linked")
+                raise Conflict(
+                    f"Database '{row.name}' is linked to app(s) {names}. Remove the links with "
+                    "DELETE /v1/apps/{app}/links/{link}, or delete with ?force=true to remove them too "
+                    "(the apps keep the old URL until their next release).",
+                    code="database-linked",
+                )
             env = EnvVarRepository(session, tenant_id)
             for link in linked:  # force: the apps' next release drops the variable
                 links.remove(link.id)
@@ -265,8 +290,15 @@ class DatabaseService:
     def credentials(self, database: Database) -> Credentials:
         return open_credentials(self.keyring, database)
 
-    def mark(self, database_id: str, status: str, *, expect: tuple[str, ...], reason: str | None = None,
-             container_id: str | None = None) -> bool:
+    def mark(
+        self,
+        database_id: str,
+        status: str,
+        *,
+        expect: tuple[str, ...],
+        reason: str | None = None,
+        container_id: str | None = None,
+    ) -> bool:
         """Move to ``status`` only from one of ``expect``: a delete requested meanwhile wins."""
         with self.db.write() as session:
             row = DatabaseRepository(session, None).row(database_id)

@@ -152,7 +152,9 @@ class DeploymentService:
             if row is None:
                 raise NotFound.of("deployment", deployment_id)
             if Status(row.status) in (Status.RUNNING, Status.FAILED, Status.CANCELLED):
-                raise Conflict(f"Deployment {deployment_id} already ended ('{row.status}'); nothing to cancel.", code="deployment-finished")
+                raise Conflict(
+                    f"Deployment {deployment_id} already ended ('{row.status}'); nothing to cancel.", code="deployment-finished"
+                )
             row.cancel_requested = True
             # On the spot only while no worker holds its job. A worker that claimed it is
             # still 'queued' until its first step, and honours the flag at its next check:

@@ -88,7 +88,9 @@ def _problems(name: str, value: EnvValue | None, name_field: str, value_field: s
     if not ENV_NAME.accepts(name):
         errors.append({"field": name_field, "message": f"must be {ENV_NAME.kind}: {ENV_NAME.rule}"})
     elif name in RESERVED_NAMES or name.upper().startswith(RESERVED_PREFIX):
-        errors.append({"field": name_field, "message": f"reserved: {sorted(RESERVED_NAMES)} and {RESERVED_PREFIX}* are set by the platform"})
+        errors.append(
+            {"field": name_field, "message": f"reserved: {sorted(RESERVED_NAMES)} and {RESERVED_PREFIX}* are set by the platform"}
+        )
     if value is not None:
         if "\0" in value.value:
             errors.append({"field": value_field, "message": "values cannot contain NUL characters"})
@@ -129,8 +131,7 @@ class EnvService:
 
     def _view(self, app: EnvApp, stored: list[StoredEnvVar], *, reveal: bool) -> EnvSet:
         items = [
-            EnvVar(v.name, v.version, v.secret, v.created_at, v.updated_at, self._open(v) if reveal else None)
-            for v in stored
+            EnvVar(v.name, v.version, v.secret, v.created_at, v.updated_at, self._open(v) if reveal else None) for v in stored
         ]
         return EnvSet(app.id, app.name, app.env_version, items)
 

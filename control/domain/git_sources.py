@@ -59,8 +59,10 @@ def check_git_url(url: str, *, allow_http: bool) -> GitTarget:
     except ValueError:
         raise _field_error("the URL could not be parsed") from None
     if parts.scheme.lower() not in schemes:
-        raise _field_error(f"only {allowed} repository URLs are allowed (file://, ssh://, git:// and "
-                           "others would make the host fetch on your behalf)")
+        raise _field_error(
+            f"only {allowed} repository URLs are allowed (file://, ssh://, git:// and "
+            "others would make the host fetch on your behalf)"
+        )
     if "@" in parts.netloc:
         raise _field_error("credentials in the URL are not accepted; deploy from a public repository")
     match = _NETLOC.fullmatch(parts.netloc)
@@ -75,8 +77,15 @@ def check_git_url(url: str, *, allow_http: bool) -> GitTarget:
 def _refused(address: Address) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    return (address.is_loopback or address.is_private or address.is_link_local or address.is_multicast
-            or address.is_reserved or address.is_unspecified or not address.is_global)
+    return (
+        address.is_loopback
+        or address.is_private
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_reserved
+        or address.is_unspecified
+        or not address.is_global
+    )
 
 
 def _allowed_by_operator(address: Address, networks: Sequence[Network]) -> bool:
@@ -109,7 +118,8 @@ def resolve_git_host(target: GitTarget, networks: Sequence[Network], resolver: R
             raise GitHostRefused(
                 f"the git host {target.host!r} resolves to {address}, an internal address (loopback, private, "
                 "link-local, multicast or reserved), which deployments may not fetch from; use a repository on "
-                "a public host, or ask the operator to allow that network (MOORAGE_GIT_ALLOWED_NETWORKS)")
+                "a public host, or ask the operator to allow that network (MOORAGE_GIT_ALLOWED_NETWORKS)"
+            )
     return found
 
 

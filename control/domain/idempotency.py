@@ -165,4 +165,3 @@ class IdempotencyService:
     def purge_expired(self) -> int:
         with self.db.write() as session:
             return IdempotencyRepository(session).purge_expired(self.now())
-

@@ -56,14 +56,22 @@ class LinkService:
             existing = links.for_app(app.id)
             for link in existing:
                 if link.env_name == name:
-                    raise Conflict(f"App '{app.name}' already gets {name} from database '{link.database_name}' "
-                                   f"(link {link.id}); pick another env_name or remove that link first.", code="link-conflict")
+                    raise Conflict(
+                        f"App '{app.name}' already gets {name} from database '{link.database_name}' "
+                        f"(link {link.id}); pick another env_name or remove that link first.",
+                        code="link-conflict",
+                    )
                 if link.database_id == database.id:
-                    raise Conflict(f"App '{app.name}' is already linked to database '{database.name}' as {link.env_name} "
-                                   f"(link {link.id}).", code="link-conflict")
+                    raise Conflict(
+                        f"App '{app.name}' is already linked to database '{database.name}' as {link.env_name} (link {link.id}).",
+                        code="link-conflict",
+                    )
             if any(v.name == name for v in env.list(app.id)):
-                raise Conflict(f"App '{app.name}' already has an env var named {name}; remove it "
-                               f"(DELETE /v1/apps/{app.name}/env/{name}) or pick another env_name.", code="env-name-taken")
+                raise Conflict(
+                    f"App '{app.name}' already has an env var named {name}; remove it "
+                    f"(DELETE /v1/apps/{app.name}/env/{name}) or pick another env_name.",
+                    code="env-name-taken",
+                )
             link_id = new_id("lnk")
             links.add(id=link_id, app_id=app.id, database_id=database.id, env_name=name)
             env.bump_env_version(app.id)

@@ -84,8 +84,17 @@ NODE_NAME = _text("a node name", 100, min_chars=1)
 MODEL_NAME = _text("a model name", 200, min_chars=1)
 
 RULES: tuple[NameRule, ...] = (
-    DNS_LABEL, ENV_NAME, RELEASE_NAME, RESOURCE_ID, IDEMPOTENCY_KEY, REQUEST_ID, MASTER_KEY_ID,
-    KEY_NAME, DISPLAY_NAME, NODE_NAME, MODEL_NAME,
+    DNS_LABEL,
+    ENV_NAME,
+    RELEASE_NAME,
+    RESOURCE_ID,
+    IDEMPOTENCY_KEY,
+    REQUEST_ID,
+    MASTER_KEY_ID,
+    KEY_NAME,
+    DISPLAY_NAME,
+    NODE_NAME,
+    MODEL_NAME,
 )
 RULE = DNS_LABEL.rule  # kept for callers that quote the DNS label rule
 

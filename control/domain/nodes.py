@@ -108,9 +108,7 @@ class NodeService:
         NODE_NAME.check("name", name)
         issued = issue_node_token()
         with self.db.write() as session:
-            node = NodeRepository(session).add(
-                id=issued.id, name=name, secret_hash=issued.secret_hash, created_by=created_by
-            )
+            node = NodeRepository(session).add(id=issued.id, name=name, secret_hash=issued.secret_hash, created_by=created_by)
         self._changed()
         return EnrolledNode(node, issued.token)
 
@@ -171,9 +169,7 @@ class NodeService:
 
     def heartbeat(self, node: Node, registration: NodeRegistration) -> Node:
         if node.registered_at is None:
-            raise Conflict(
-                f"Node {node.id} has not registered yet: POST /v1/nodes/register first.", code="node-not-registered"
-            )
+            raise Conflict(f"Node {node.id} has not registered yet: POST /v1/nodes/register first.", code="node-not-registered")
         return self._report(node, registration, register=False)
 
     def _report(self, node: Node, registration: NodeRegistration, *, register: bool) -> Node:

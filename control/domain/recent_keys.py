@@ -68,8 +68,14 @@ class RecentKeys:
         """Call before reading the key: (generation, clock) to pass to ``remember``."""
         return self.generation, self._clock()
 
-    def remember(self, started: tuple[int, float], principal: Principal, secret_hash: str,
-                 expires_at: datetime | None, used_at: datetime | None) -> None:
+    def remember(
+        self,
+        started: tuple[int, float],
+        principal: Principal,
+        secret_hash: str,
+        expires_at: datetime | None,
+        used_at: datetime | None,
+    ) -> None:
         generation, read_at = started
         with self._lock:
             if generation != self.generation:  # revoked or suspended while we were reading

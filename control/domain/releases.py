@@ -58,8 +58,19 @@ class ReleaseService:
         with self.db.read() as session:
             return ReleaseRepository(session, None).by_deployment(deployment_id)
 
-    def create(self, *, tenant_id: str, app_id: str, deployment_id: str, image_id: str, image_tag: str,
-               env_version: int, port: int, health_check_path: str, rollback_of: str | None = None) -> Release:
+    def create(
+        self,
+        *,
+        tenant_id: str,
+        app_id: str,
+        deployment_id: str,
+        image_id: str,
+        image_tag: str,
+        env_version: int,
+        port: int,
+        health_check_path: str,
+        rollback_of: str | None = None,
+    ) -> Release:
         """One release per deployment: a retried job gets the release it already made."""
         with self.db.write() as session:
             repo = ReleaseRepository(session, None)
@@ -67,16 +78,26 @@ class ReleaseService:
             if existing is not None:
                 return existing
             return repo.add(
-                id=new_id("rel"), tenant_id=tenant_id, app_id=app_id, deployment_id=deployment_id, image_id=image_id,
-                image_tag=image_tag, env_version=env_version, port=port, health_check_path=health_check_path,
+                id=new_id("rel"),
+                tenant_id=tenant_id,
+                app_id=app_id,
+                deployment_id=deployment_id,
+                image_id=image_id,
+                image_tag=image_tag,
+                env_version=env_version,
+                port=port,
+                health_check_path=health_check_path,
                 rollback_of=rollback_of,
             )
 
     def make_current(self, release: Release, container_id: str, container_name: str) -> None:
         with self.db.write() as session:
             AppRuntimeRepository(session).set(
-                app_id=release.app_id, tenant_id=release.tenant_id, release_id=release.id,
-                container_id=container_id, container_name=container_name,
+                app_id=release.app_id,
+                tenant_id=release.tenant_id,
+                release_id=release.id,
+                container_id=container_id,
+                container_name=container_name,
             )
 
     def set_container(self, app_id: str, container_id: str, container_name: str) -> None:

@@ -27,12 +27,22 @@ log = structlog.get_logger("moorage.rotation")
 
 SEALED_COLUMNS: tuple[SealedColumn, ...] = (
     SealedColumn(
-        "env_vars.ciphertext", EnvVarRow.id, EnvVarRow.ciphertext, EnvVarRow.master_key_id,
-        owner=(EnvVarRow.tenant_id, EnvVarRow.app_id, EnvVarRow.name), aad=value_aad, name=EnvVarRow.name,
+        "env_vars.ciphertext",
+        EnvVarRow.id,
+        EnvVarRow.ciphertext,
+        EnvVarRow.master_key_id,
+        owner=(EnvVarRow.tenant_id, EnvVarRow.app_id, EnvVarRow.name),
+        aad=value_aad,
+        name=EnvVarRow.name,
     ),
     SealedColumn(
-        "databases.password_ciphertext", DatabaseRow.id, DatabaseRow.password_ciphertext, DatabaseRow.master_key_id,
-        owner=(DatabaseRow.tenant_id, DatabaseRow.id), aad=password_aad, name=DatabaseRow.name,
+        "databases.password_ciphertext",
+        DatabaseRow.id,
+        DatabaseRow.password_ciphertext,
+        DatabaseRow.master_key_id,
+        owner=(DatabaseRow.tenant_id, DatabaseRow.id),
+        aad=password_aad,
+        name=DatabaseRow.name,
     ),
 )
 
@@ -78,9 +88,22 @@ class RotationService:
             try:
                 plaintext = self.keyring.open(value.ciphertext, aad)
             except KeyringError as exc:
-                log.warning("sealed_value_unreadable", column=column.label, id=value.id, master_key_id=value.master_key_id, reason=exc.reason)
-                failed.append({"column": column.label, "id": value.id, "name": value.name,
-                               "master_key_id": value.master_key_id, "reason": exc.reason})
+                log.warning(
+                    "sealed_value_unreadable",
+                    column=column.label,
+                    id=value.id,
+                    master_key_id=value.master_key_id,
+                    reason=exc.reason,
+                )
+                failed.append(
+                    {
+                        "column": column.label,
+                        "id": value.id,
+                        "name": value.name,
+                        "master_key_id": value.master_key_id,
+                        "reason": exc.reason,
+                    }
+                )
                 continue
             sealed = keyring.seal(plaintext, aad)
             swaps.append((value, sealed.blob, sealed.key_id))

@@ -108,17 +108,33 @@ def _tree_size(root: Path) -> int:
     return sum(p.lstat().st_size for p in root.rglob("*"))
 
 
-def clone(url: str, ref: str, dest: Path, *, timeout: float, max_bytes: int,
-          pins: Sequence[str] = (), allow_http: bool = False) -> None:
+def clone(
+    url: str, ref: str, dest: Path, *, timeout: float, max_bytes: int, pins: Sequence[str] = (), allow_http: bool = False
+) -> None:
     """``pins``: ``host:port:address[,address]`` entries for curl, so git connects only to
     the addresses that were checked, whatever DNS answers by then."""
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/false", "GIT_CONFIG_NOSYSTEM": "1",
-           "GIT_CONFIG_GLOBAL": "/dev/null"}  # no url.insteadOf or credential helpers from the host
+    env = {
+        **os.environ,
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_ASKPASS": "/bin/false",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+    }  # no url.insteadOf or credential helpers from the host
     # init + fetch of one ref at depth 1 works for branches, tags and commit ids alike.
-    safe = ["-c", "core.hooksPath=/dev/null", "-c", "protocol.allow=never", "-c", "protocol.https.allow=always",
-            "-c", f"protocol.http.allow={'always' if allow_http else 'never'}", "-c", "http.followRedirects=false"]
+    safe = [
+        "-c",
+        "core.hooksPath=/dev/null",
+        "-c",
+        "protocol.allow=never",
+        "-c",
+        "protocol.https.allow=always",
+        "-c",
+        f"protocol.http.allow={'always' if allow_http else 'never'}",
+        "-c",
+        "http.followRedirects=false",
+    ]
     for pin in pins:
         safe += ["-c", f"http.curloptResolve={pin}"]
     steps = [
@@ -130,7 +146,9 @@ def clone(url: str, ref: str, dest: Path, *, timeout: float, max_bytes: int,
         try:
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
-            raise SourceError(f"git {cmd[cmd.index('-C') + 2] if '-C' in cmd else 'init'} took longer than {timeout:.0f}s") from None
+            raise SourceError(
+                f"git {cmd[cmd.index('-C') + 2] if '-C' in cmd else 'init'} took longer than {timeout:.0f}s"
+            ) from None
         if done.returncode != 0:
             detail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["(no output)"]
             raise SourceError(f"git could not fetch ref {ref!r} from the repository: {detail[0][:300]}")
@@ -161,8 +179,9 @@ class SourceBuild:
         choice = select_builder(app.builder, src)
         tag = f"{tenant_repository(dep.tenant_id)}{app.name}:{dep.id}"
         out.step(f"building with {choice} (app builder: {app.builder}) as {tag}")
-        policy = BuildPolicy(allowed_images=self.settings.allowed_images, own_repository=tenant_repository(dep.tenant_id),
-                             lineage=dep.tenant_id)
+        policy = BuildPolicy(
+            allowed_images=self.settings.allowed_images, own_repository=tenant_repository(dep.tenant_id), lineage=dep.tenant_id
+        )
 
         def checked(dockerfile: str) -> str:
             text = policy.check(dockerfile)
@@ -178,9 +197,17 @@ class SourceBuild:
             return ctx.lease_lost.is_set() or self.deployments.cancel_requested(dep.id)
 
         started = time.monotonic()
-        request = BuildRequest(source=src, tag=tag, tenant=tenant, app=app.name, timeout=float(self.settings.build_timeout_s),
-                               on_line=out.line, cancelled=cancelled, work_dir=workdir,
-                               prepare_dockerfile=checked)
+        request = BuildRequest(
+            source=src,
+            tag=tag,
+            tenant=tenant,
+            app=app.name,
+            timeout=float(self.settings.build_timeout_s),
+            on_line=out.line,
+            cancelled=cancelled,
+            work_dir=workdir,
+            prepare_dockerfile=checked,
+        )
         try:
             built = self.runtime.build_image(choice, request)
         except BuilderUnavailable as exc:
@@ -213,7 +240,14 @@ class SourceBuild:
             raise Failed(str(exc)) from None
         out.step(f"git host {target.host} resolves to {', '.join(addresses)}: allowed; fetching from exactly that")
         try:
-            clone(url, ref, src, timeout=self.settings.git_timeout_s, max_bytes=self.settings.max_source_bytes,
-                  pins=curl_resolve_entries(target, addresses), allow_http=self.settings.git_allow_http)
+            clone(
+                url,
+                ref,
+                src,
+                timeout=self.settings.git_timeout_s,
+                max_bytes=self.settings.max_source_bytes,
+                pins=curl_resolve_entries(target, addresses),
+                allow_http=self.settings.git_allow_http,
+            )
         except SourceError as exc:
             raise Failed(str(exc)) from None

@@ -126,8 +126,10 @@ class DatabaseJobs:
     def _instance(self, database: Database) -> DatabaseInstance:
         found = self.runtime.databases.find(self._tenant(database), database.id)
         if found is None:
-            raise JobFailed(f"the container of database '{database.name}' is missing; the reconciler or a new "
-                            "provision must bring it back first")
+            raise JobFailed(
+                f"the container of database '{database.name}' is missing; the reconciler or a new "
+                "provision must bring it back first"
+            )
         return found
 
     @contextmanager
@@ -151,8 +153,15 @@ class DatabaseJobs:
                 creds = self.databases.credentials(database)
                 secrets = creds.secrets()
                 tenant = self._tenant(database)
-                spec = DatabaseSpec(tenant, database.name, database.engine, self.runtime.network(tenant), creds,
-                                    database.id, labels={INSTANCE_LABEL: self.runtime.app_runtime.instance})
+                spec = DatabaseSpec(
+                    tenant,
+                    database.name,
+                    database.engine,
+                    self.runtime.network(tenant),
+                    creds,
+                    database.id,
+                    labels={INSTANCE_LABEL: self.runtime.app_runtime.instance},
+                )
                 instance = self.runtime.databases.provision(spec, self.runtime.policy(database), timeout=self.provision_timeout_s)
             except (DatabaseError, CredentialsUnreadable, docker.errors.APIError) as exc:
                 # Runtime errors are redacted already; Docker's own are masked here to be sure.
@@ -160,7 +169,9 @@ class DatabaseJobs:
                 self.databases.mark(database.id, Status.FAILED, expect=(Status.PROVISIONING,), reason=reason)
                 log.warning("database_failed", database_id=database.id, reason=reason)
                 return
-            if self.databases.mark(database.id, Status.AVAILABLE, expect=(Status.PROVISIONING,), container_id=instance.container_id):
+            if self.databases.mark(
+                database.id, Status.AVAILABLE, expect=(Status.PROVISIONING,), container_id=instance.container_id
+            ):
                 log.info("database_available", database_id=database.id, engine=database.engine)
 
     # -- backup ----------------------------------------------------------------------------
@@ -174,8 +185,12 @@ class DatabaseJobs:
             try:
                 if database.status != Status.AVAILABLE:
                     raise JobFailed(f"database '{database.name}' is {database.status}")
-                result = self.runtime.backups.backup(self._instance(database), self.databases.credentials(database),
-                                                     self.databases.backup_dir(database), stem=backup.id)
+                result = self.runtime.backups.backup(
+                    self._instance(database),
+                    self.databases.credentials(database),
+                    self.databases.backup_dir(database),
+                    stem=backup.id,
+                )
             except (JobFailed, DatabaseError, CredentialsUnreadable, OSError) as exc:
                 self.backups.mark(backup.id, FAILED, reason=_reason(exc))
                 return
@@ -200,10 +215,17 @@ class DatabaseJobs:
                     if target.status != Status.AVAILABLE:
                         raise JobFailed(f"database '{target.name}' is {target.status}; nothing was restored")
                     # The recorded digest, checked before the runtime touches the database.
-                    self.runtime.backups.restore(self._instance(target), self.databases.credentials(target), path,
-                                                 expected_sha256=backup.sha256 or "", timeout=self.provision_timeout_s)
+                    self.runtime.backups.restore(
+                        self._instance(target),
+                        self.databases.credentials(target),
+                        path,
+                        expected_sha256=backup.sha256 or "",
+                        timeout=self.provision_timeout_s,
+                    )
             except BackupIntegrityError as exc:
-                self.backups.mark_restore(restore.id, FAILED, reason=f"{exc}; database '{target.name if target else '?'}' was not touched")
+                self.backups.mark_restore(
+                    restore.id, FAILED, reason=f"{exc}; database '{target.name if target else '?'}' was not touched"
+                )
                 return
             except (JobFailed, DatabaseError, CredentialsUnreadable, OSError) as exc:
                 self.backups.mark_restore(restore.id, FAILED, reason=_reason(exc))
@@ -243,7 +265,9 @@ class DatabaseJobs:
         for container in self.runtime.databases.containers.find(role=DATABASE_ROLE):
             database_id = container.labels.get(ID_LABEL, "")
             row = self.databases.load(database_id) if database_id else None
-            ours = container.labels.get(INSTANCE_LABEL) == instance or (row is not None and INSTANCE_LABEL not in container.labels)
+            ours = container.labels.get(INSTANCE_LABEL) == instance or (
+                row is not None and INSTANCE_LABEL not in container.labels
+            )
             if not ours or (row is not None and row.status != Status.DELETED):
                 continue
             with self.locks.try_hold(database_id or container.id) as held:
@@ -286,4 +310,3 @@ class DatabaseJobs:
 
 def _reason(exc: BaseException) -> str:
     return getattr(exc, "detail", None) or str(exc) or type(exc).__name__
-

@@ -128,18 +128,30 @@ class DeployPipeline:
             raise Failed(exc.detail) from None
         values = {v.name: v.value for v in env.vars if v.value is not None} | linked | {"PORT": str(port)}
         release = self.releases.create(
-            tenant_id=dep.tenant_id, app_id=app.id, deployment_id=dep.id, image_id=image, image_tag=tag,
-            env_version=env.env_version, port=port, health_check_path=health_path,
+            tenant_id=dep.tenant_id,
+            app_id=app.id,
+            deployment_id=dep.id,
+            image_id=image,
+            image_tag=tag,
+            env_version=env.env_version,
+            port=port,
+            health_check_path=health_path,
             rollback_of=target.id if target else None,
         )
-        out.step(f"release {release.name}: env version {env.env_version} ({len(env.vars)} vars, {len(linked)} database links), port {port}")
+        out.step(
+            f"release {release.name}: env version {env.env_version} ({len(env.vars)} vars, {len(linked)} database links), port {port}"
+        )
         self.deployments.update(dep.id, release_id=release.id)
         check_step(self.deployments, dep.id, ctx)
         plan = SwapPlan(tenant=tenant, app=app.name, app_id=app.id, deployment_id=dep.id, release=release, env=values)
         with self.locks.hold(app.id):
             timings = swap(
-                self.runtime, plan, out, health_timeout=float(self.settings.health_timeout_s),
-                verify_timeout=float(self.settings.route_verify_timeout_s), drain_s=self.settings.swap_drain_ms / 1000,
+                self.runtime,
+                plan,
+                out,
+                health_timeout=float(self.settings.health_timeout_s),
+                verify_timeout=float(self.settings.route_verify_timeout_s),
+                drain_s=self.settings.swap_drain_ms / 1000,
                 make_current=lambda cid, name: self.releases.make_current(release, cid, name),
                 cancelled=lambda: self.deployments.cancel_requested(dep.id),
             )
@@ -170,13 +182,21 @@ def container_name(tenant: str, app: str, deployment_id: str) -> str:
     return f"moorage-{tenant}-{app}-{deployment_id}"
 
 
-def swap(rt: AppRuntime, plan: SwapPlan, log: BuildLog, *, health_timeout: float, verify_timeout: float,
-         drain_s: float, make_current: Callable[[str, str], None], cancelled: Callable[[], bool]) -> SwapTimings:
+def swap(
+    rt: AppRuntime,
+    plan: SwapPlan,
+    log: BuildLog,
+    *,
+    health_timeout: float,
+    verify_timeout: float,
+    drain_s: float,
+    make_current: Callable[[str, str], None],
+    cancelled: Callable[[], bool],
+) -> SwapTimings:
     release = plan.release
     name = container_name(plan.tenant, plan.app, plan.deployment_id)
     started = time.monotonic()
-    new = rt.start_app(tenant=plan.tenant, app=plan.app, release=release.name, image=release.image_id,
-                       env=plan.env, name=name)
+    new = rt.start_app(tenant=plan.tenant, app=plan.app, release=release.name, image=release.image_id, env=plan.env, name=name)
     start_s = time.monotonic() - started
     log.step(f"started {name} at {new.ip} in {start_s:.2f}s; health check GET {release.health_check_path} on port {release.port}")
 
@@ -201,8 +221,10 @@ def swap(rt: AppRuntime, plan: SwapPlan, log: BuildLog, *, health_timeout: float
     seen = rt.wait_served(route, verify_timeout)
     route_s = time.monotonic() - switched
     if seen is None:
-        log.step(f"warning: Traefik did not answer with {release.name} within {verify_timeout}s "
-                 "(check MOORAGE_TRAEFIK_URL); the route file is written")
+        log.step(
+            f"warning: Traefik did not answer with {release.name} within {verify_timeout}s "
+            "(check MOORAGE_TRAEFIK_URL); the route file is written"
+        )
     else:
         log.step(f"Traefik serves {release.name} after {seen:.2f}s")
     make_current(new.id, name)

@@ -48,7 +48,11 @@ class JobQueue:
         """In the caller's unit of work: the job exists iff its subject does."""
         with self.db.write() as session:
             job = JobRepository(session).add(
-                id=new_id("job"), kind=kind, tenant_id=tenant_id, subject_id=subject_id, max_attempts=max_attempts,
+                id=new_id("job"),
+                kind=kind,
+                tenant_id=tenant_id,
+                subject_id=subject_id,
+                max_attempts=max_attempts,
                 now=self.clock(),
             )
         self.db.after_commit(self.wakeup.set)  # a worker woken before the commit would find nothing
@@ -100,9 +104,7 @@ class JobQueue:
         with self.db.write() as session:
             for row in JobRepository(session).expired(now):
                 give_up = row.attempts >= row.max_attempts
-                reason = (
-                    f"the worker running it stopped (lease expired) on attempt {row.attempts} of {row.max_attempts}"
-                )
+                reason = f"the worker running it stopped (lease expired) on attempt {row.attempts} of {row.max_attempts}"
                 row.lease_owner, row.lease_expires_at, row.last_error = None, None, reason
                 if give_up:
                     row.state = "failed"

@@ -88,8 +88,12 @@ class DockerAppRuntime:
     # Breakers register (and so appear in /readyz and /metrics) on first use, like the adapters.
     @cached_property
     def docker_guard(self) -> Guard:
-        breaker = CircuitBreaker("docker", failure_threshold=self.rt.breaker_failure_threshold,
-                                 reset_timeout=self.rt.breaker_reset_timeout, registry=self.breakers)
+        breaker = CircuitBreaker(
+            "docker",
+            failure_threshold=self.rt.breaker_failure_threshold,
+            reset_timeout=self.rt.breaker_reset_timeout,
+            registry=self.breakers,
+        )
         return Guard(breaker, RetryPolicy())
 
     @cached_property
@@ -151,8 +155,16 @@ class DockerAppRuntime:
     def start_app(self, *, tenant: str, app: str, release: str, image: str, env: dict[str, str], name: str) -> AppContainer:
         network = self.networks.ensure(tenant).name
         self.containers.remove(name, force=True)
-        spec = ContainerSpec(tenant=tenant, app=app, image=image, network=network, release=release, name=name,
-                             env=env, labels={INSTANCE_LABEL: self.instance})
+        spec = ContainerSpec(
+            tenant=tenant,
+            app=app,
+            image=image,
+            network=network,
+            release=release,
+            name=name,
+            env=env,
+            labels={INSTANCE_LABEL: self.instance},
+        )
         info = self.containers.run(spec, self.policy)
         info.ip_on(network)  # no address on the tenant's network: nothing could route to it
         return self._app_container(info)
@@ -198,8 +210,16 @@ class DockerAppRuntime:
     def _app_container(self, info: ContainerInfo) -> AppContainer:
         tenant = info.labels.get(L.TENANT, "")
         ip = info.ip_addresses.get(self.networks.name_for(tenant)) if L.is_dns_label(tenant) else None
-        return AppContainer(id=info.id, name=info.name, tenant=tenant, app=info.labels.get(L.APP, ""),
-                            release=info.labels.get(L.RELEASE, ""), image=info.image, status=info.status, ip=ip)
+        return AppContainer(
+            id=info.id,
+            name=info.name,
+            tenant=tenant,
+            app=info.labels.get(L.APP, ""),
+            release=info.labels.get(L.RELEASE, ""),
+            image=info.image,
+            status=info.status,
+            ip=ip,
+        )
 
     # -- routes ---------------------------------------------------------------------------
     # A route is keyed by the app's id; tenant and app names only make its hostname.

@@ -59,8 +59,16 @@ class FakeContainer:
     log: list[str] = field(default_factory=list)
 
     def view(self) -> AppContainer:
-        return AppContainer(id=self.id, name=self.name, tenant=self.tenant, app=self.app, release=self.release,
-                            image=self.image, status=self.status, ip=self.ip if self.status == "running" else None)
+        return AppContainer(
+            id=self.id,
+            name=self.name,
+            tenant=self.tenant,
+            app=self.app,
+            release=self.release,
+            image=self.image,
+            status=self.status,
+            ip=self.ip if self.status == "running" else None,
+        )
 
 
 class InMemoryAppRuntime:
@@ -194,8 +202,7 @@ class InMemoryAppRuntime:
         return exists
 
     # -- app containers -------------------------------------------------------------------
-    def start_app(self, *, tenant: str, app: str, release: str, image: str, env: dict[str, str],
-                  name: str) -> AppContainer:
+    def start_app(self, *, tenant: str, app: str, release: str, image: str, env: dict[str, str], name: str) -> AppContainer:
         self._enter("start_app")
         if image not in self.images:
             raise LookupError(f"no such image: {image}")
@@ -204,8 +211,15 @@ class InMemoryAppRuntime:
             del self.containers[same_name]
         serial = next(self._serial)
         container = FakeContainer(
-            id=self._new_id(), name=name, tenant=tenant, app=app, release=release, image=image, env=dict(env),
-            ip=f"10.88.{serial // 250}.{serial % 250 + 2}", health=self._health,
+            id=self._new_id(),
+            name=name,
+            tenant=tenant,
+            app=app,
+            release=release,
+            image=image,
+            env=dict(env),
+            ip=f"10.88.{serial // 250}.{serial % 250 + 2}",
+            health=self._health,
             log=[f"{app} {release} listening on port {env.get('PORT', '?')}"],
         )
         self.containers[container.id] = container
@@ -329,8 +343,7 @@ class InMemoryAppRuntime:
         _fire(self._after, step)
 
     def _apps(self, tenant: str | None, app: str | None) -> list[FakeContainer]:
-        return [c for c in self.containers.values()
-                if (tenant is None or c.tenant == tenant) and (app is None or c.app == app)]
+        return [c for c in self.containers.values() if (tenant is None or c.tenant == tenant) and (app is None or c.app == app)]
 
     def _container(self, container_id: str) -> FakeContainer:
         found = self.containers.get(container_id)

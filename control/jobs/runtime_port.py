@@ -77,8 +77,7 @@ class AppRuntime(Protocol):
     def image_exists(self, image_id: str) -> bool: ...
 
     # -- app containers -------------------------------------------------------------------
-    def start_app(self, *, tenant: str, app: str, release: str, image: str, env: dict[str, str],
-                  name: str) -> AppContainer:
+    def start_app(self, *, tenant: str, app: str, release: str, image: str, env: dict[str, str], name: str) -> AppContainer:
         """Start ``image`` sandboxed on the tenant's network, replacing any container called
         ``name`` (a retried deployment's, one the reconciler recreated). ``env`` goes in at
         create and is never logged. The container returned is running and has an address."""

@@ -46,8 +46,9 @@ def as_outage(exc: BaseException) -> RetryLater | None:
     if isinstance(exc, CircuitOpenError):
         return RetryLater(f"dependency '{exc.name}' unavailable (circuit open)", delay_s=max(1.0, exc.retry_after))
     if is_dependency_failure(exc, idempotent=False):  # unreachable, reset or timed out; a 5xx answer is not an outage
-        return RetryLater(f"lost the connection to the Docker engine ({type(exc).__name__}: {str(exc)[:200]})",
-                          delay_s=OUTAGE_RETRY_S)
+        return RetryLater(
+            f"lost the connection to the Docker engine ({type(exc).__name__}: {str(exc)[:200]})", delay_s=OUTAGE_RETRY_S
+        )
     return None
 
 
@@ -99,8 +100,9 @@ class JobKind:
 
 
 class WorkerPool:
-    def __init__(self, queue: JobQueue, kinds: Mapping[str, JobKind], *, count: int = 2, poll_s: float = 0.5,
-                 recover_every_s: float = 5.0) -> None:
+    def __init__(
+        self, queue: JobQueue, kinds: Mapping[str, JobKind], *, count: int = 2, poll_s: float = 0.5, recover_every_s: float = 5.0
+    ) -> None:
         self.queue = queue
         self.kinds: Mapping[str, JobKind] = MappingProxyType(dict(kinds))  # the one registry, fixed at construction
         self.count = count
@@ -114,7 +116,9 @@ class WorkerPool:
         self._stop.clear()
         self.recover()  # on start: whatever a crashed process left running gets a verdict now or at lease end
         for n in range(self.count):
-            thread = threading.Thread(target=self._loop, args=(f"{self.process_id}:w{n}",), name=f"moorage-worker-{n}", daemon=True)
+            thread = threading.Thread(
+                target=self._loop, args=(f"{self.process_id}:w{n}",), name=f"moorage-worker-{n}", daemon=True
+            )
             thread.start()
             self._threads.append(thread)
         if self.count:

@@ -55,10 +55,21 @@ class _Backoff:
 
 
 class Reconciler:
-    def __init__(self, releases: ReleaseService, deployments: DeploymentService, env_vars: EnvService, runtime: AppRuntime,
-                 locks: AppLocks, *, interval_s: float, base_backoff_s: float = 1.0, clock: Callable[[], float] = time.monotonic,
-                 links: LinkService | None = None, tenant_names: Callable[[], set[str]] = set,
-                 sweeps: Mapping[str, Callable[[], list[str]]] | None = None) -> None:
+    def __init__(
+        self,
+        releases: ReleaseService,
+        deployments: DeploymentService,
+        env_vars: EnvService,
+        runtime: AppRuntime,
+        locks: AppLocks,
+        *,
+        interval_s: float,
+        base_backoff_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        links: LinkService | None = None,
+        tenant_names: Callable[[], set[str]] = set,
+        sweeps: Mapping[str, Callable[[], list[str]]] | None = None,
+    ) -> None:
         self.releases = releases
         self.deployments = deployments
         self.env_vars = env_vars
@@ -131,8 +142,14 @@ class Reconciler:
         env = self.env_vars.list(d.tenant_id, d.app_id, reveal=True)
         linked = self.links.resolve(d.tenant_id, d.app_id) if self.links else {}  # database links, as the deploy did
         values = {v.name: v.value for v in env.vars if v.value is not None} | linked | {"PORT": str(d.release.port)}
-        info = self.runtime.start_app(tenant=d.tenant_name, app=d.app_name, release=d.release.name,
-                                      image=d.release.image_id, env=values, name=d.container_name)
+        info = self.runtime.start_app(
+            tenant=d.tenant_name,
+            app=d.app_name,
+            release=d.release.name,
+            image=d.release.image_id,
+            env=values,
+            name=d.container_name,
+        )
         self.releases.set_container(d.app_id, info.id, d.container_name)
         return info
 

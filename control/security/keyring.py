@@ -141,7 +141,9 @@ class ReloadingKeyring:
                 log.error("master_keys_reload_failed", source=self.source.describe(), error=str(exc))
                 return self._keyring
             if self._keyring is None or keyring.key_ids != self._keyring.key_ids:
-                log.info("master_keys_loaded", source=self.source.describe(), active=keyring.active_id, keys=list(keyring.key_ids))
+                log.info(
+                    "master_keys_loaded", source=self.source.describe(), active=keyring.active_id, keys=list(keyring.key_ids)
+                )
             # The signature from BEFORE loading: a change racing the load triggers another.
             self._keyring, self._signature = keyring, signature
             return keyring

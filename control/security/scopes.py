@@ -55,8 +55,12 @@ KEY_LIMITS = (
 
 def describe() -> str:
     """The scopes as Markdown, for the OpenAPI document."""
-    lines = [f"- `{scope}`: {DESCRIPTIONS[scope]}" for scope in (KeyScope.READ, KeyScope.DEPLOY, KeyScope.ADMIN, KeyScope.INFERENCE, KeyScope.OPERATOR)]
+    lines = [
+        f"- `{scope}`: {DESCRIPTIONS[scope]}"
+        for scope in (KeyScope.READ, KeyScope.DEPLOY, KeyScope.ADMIN, KeyScope.INFERENCE, KeyScope.OPERATOR)
+    ]
     return "Scopes (`admin` includes `deploy`, which includes `read`):\n" + "\n".join(lines) + "\n\n" + KEY_LIMITS
+
 
 _IMPLIES: dict[str, frozenset[str]] = {
     KeyScope.ADMIN: frozenset({KeyScope.ADMIN, KeyScope.DEPLOY, KeyScope.READ}),

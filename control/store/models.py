@@ -53,9 +53,7 @@ class ApiKeyRow(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     # NULL tenant: an operator key, which manages the platform rather than one tenant.
-    tenant_id: Mapped[str | None] = mapped_column(
-        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
-    )
+    tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(100), default="")
     secret_hash: Mapped[str] = mapped_column(String(64))
     scopes: Mapped[list[str]] = mapped_column(JSONList)

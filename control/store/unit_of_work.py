@@ -154,5 +154,8 @@ def _quietly(action: Callable[[], object]) -> None:
     try:
         action()
     except Exception as exc:  # noqa: BLE001 - the writes' fate is settled; a follow-up failing must not change it
-        log.warning("unit_of_work_follow_up_failed", action=getattr(action, "__qualname__", repr(action)),
-                    error=f"{type(exc).__name__}: {exc}")
+        log.warning(
+            "unit_of_work_follow_up_failed",
+            action=getattr(action, "__qualname__", repr(action)),
+            error=f"{type(exc).__name__}: {exc}",
+        )

@@ -19,9 +19,7 @@ def check_bind_host(host: str, *, allow_public: bool = False) -> str:
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        raise UnsafeBindAddress(
-            f"engine host {host!r} is not an IP address: use 127.0.0.1 or a private address"
-        ) from None
+        raise UnsafeBindAddress(f"engine host {host!r} is not an IP address: use 127.0.0.1 or a private address") from None
     if address.is_unspecified:
         raise UnsafeBindAddress(
             f"engine host {host} listens on every interface and the engine's endpoints are "

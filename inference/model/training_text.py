@@ -38,8 +38,5 @@ def question_answers() -> list[tuple[str, str]]:
 
 def training_documents() -> list[str]:
     """Every document the tokenizer and the model are trained on."""
-    chats = [
-        render_chatml([{"role": "user", "content": q}, {"role": "assistant", "content": a}])
-        for q, a in question_answers()
-    ]
+    chats = [render_chatml([{"role": "user", "content": q}, {"role": "assistant", "content": a}]) for q, a in question_answers()]
     return plain_lines() + chats

@@ -13,5 +13,13 @@ from runtime.builders.base import (
     select_builder,
 )
 
-__all__ = ["BuildCancelled", "BuildError", "BuildRequest", "BuildTimeout", "Builder", "BuilderUnavailable", "BuiltImage",
-           "select_builder"]
+__all__ = [
+    "BuildCancelled",
+    "BuildError",
+    "BuildRequest",
+    "BuildTimeout",
+    "Builder",
+    "BuilderUnavailable",
+    "BuiltImage",
+    "select_builder",
+]

@@ -39,8 +39,13 @@ class DockerfileBuilder:
         if request.prepare_dockerfile is not None:
             _prepare(context / dockerfile, request.prepare_dockerfile)
         stream = self.images.build_stream(
-            context, request.tag, tenant=request.tenant, app=request.app, release=request.release,
-            dockerfile=dockerfile, timeout=request.timeout,
+            context,
+            request.tag,
+            tenant=request.tenant,
+            app=request.app,
+            release=request.release,
+            dockerfile=dockerfile,
+            timeout=request.timeout,
         )
         try:
             while True:

@@ -58,7 +58,10 @@ class NixpacksBuilder:
     def _plan(self, binary: str, request: BuildRequest, out: Path, deadline: float) -> None:
         proc = subprocess.Popen(
             [binary, "build", str(request.source), "--out", str(out)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
         )
         killer = threading.Timer(max(0.0, deadline - time.monotonic()), proc.kill)
         killer.start()

@@ -73,22 +73,22 @@ def verify(path: Path, expected_sha256: str | None = None) -> str:
         expected_sha256 = sidecar.read_text().split()[0] if sidecar.read_text().strip() else ""
     actual = sha256_file(path)
     if actual != expected_sha256.lower():
-        raise BackupIntegrityError(f"checksum mismatch for {path.name}: expected {expected_sha256[:16]}..., "
-                                   f"got {actual[:16]}...; refusing to restore a corrupt backup")
+        raise BackupIntegrityError(
+            f"checksum mismatch for {path.name}: expected {expected_sha256[:16]}..., "
+            f"got {actual[:16]}...; refusing to restore a corrupt backup"
+        )
     return actual
 
 
 class Backups:
-    def __init__(self, engine: DockerEngine, databases: Databases | None = None,
-                 exec_io: ExecIO | None = None) -> None:
+    def __init__(self, engine: DockerEngine, databases: Databases | None = None, exec_io: ExecIO | None = None) -> None:
         self.engine = engine
         self.guard = engine.guard
         self.databases = databases or Databases(engine)
         self.exec = exec_io or ExecIO(engine)
 
     # --- backup ---------------------------------------------------------------------------
-    def backup(self, instance: DatabaseInstance, creds: Credentials, dest_dir: Path,
-               *, stem: str | None = None) -> BackupResult:
+    def backup(self, instance: DatabaseInstance, creds: Credentials, dest_dir: Path, *, stem: str | None = None) -> BackupResult:
         """Stream a consistent snapshot to `dest_dir/<stem><suffix>` (+ `.sha256`)."""
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         path = Path(dest_dir) / f"{stem or f'{instance.tenant}-{instance.name}-{stamp}'}{SUFFIX[instance.engine]}"
@@ -101,23 +101,32 @@ class Backups:
         size, digest = self._stream_to_file(instance, creds, cmd, env, path)
         sidecar = checksum_path(path)
         sidecar.write_text(f"{digest}  {path.name}\n")
-        log.info("database.backup.done", tenant=instance.tenant, database=instance.name,
-                 engine=instance.engine, file=path.name, bytes=size, sha256=digest)
-        return BackupResult(path=path, checksum_path=sidecar, size=size, sha256=digest,
-                            engine=instance.engine)
+        log.info(
+            "database.backup.done",
+            tenant=instance.tenant,
+            database=instance.name,
+            engine=instance.engine,
+            file=path.name,
+            bytes=size,
+            sha256=digest,
+        )
+        return BackupResult(path=path, checksum_path=sidecar, size=size, sha256=digest, engine=instance.engine)
 
-    def _stream_to_file(self, instance: DatabaseInstance, creds: Credentials, cmd: list[str],
-                        env: dict[str, str], path: Path) -> tuple[int, str]:
+    def _stream_to_file(
+        self, instance: DatabaseInstance, creds: Credentials, cmd: list[str], env: dict[str, str], path: Path
+    ) -> tuple[int, str]:
         path.parent.mkdir(parents=True, exist_ok=True)
         digest, size = hashlib.sha256(), 0
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
         try:
             with os.fdopen(fd, "wb") as out:
+
                 def sink(chunk: bytes) -> None:
                     nonlocal size
                     out.write(chunk)
                     digest.update(chunk)
                     size += len(chunk)
+
                 outcome = self.exec.run(instance.container_id, cmd, env=env, on_stdout=sink)
                 self._check(outcome, instance, creds, "backup")
                 out.flush()
@@ -138,8 +147,9 @@ class Backups:
             raise DatabaseError(f"redis BGSAVE refused on {instance.name}: {redact_text(reply, creds.secrets())[:200]}")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            info = dict(line.split(":", 1) for line in self._redis(instance, creds, "INFO", "persistence").splitlines()
-                        if ":" in line)
+            info = dict(
+                line.split(":", 1) for line in self._redis(instance, creds, "INFO", "persistence").splitlines() if ":" in line
+            )
             if info.get("rdb_bgsave_in_progress", "1").strip() == "0":
                 if info.get("rdb_last_bgsave_status", "").strip() != "ok":
                     raise DatabaseError(f"redis BGSAVE failed on {instance.name}")
@@ -149,21 +159,31 @@ class Backups:
 
     def _redis(self, instance: DatabaseInstance, creds: Credentials, *args: str) -> str:
         chunks: list[bytes] = []
-        outcome = self.exec.run(instance.container_id, ["redis-cli", "-h", "127.0.0.1", *args],
-                                env=_redis_env(creds), on_stdout=chunks.append)
+        outcome = self.exec.run(
+            instance.container_id, ["redis-cli", "-h", "127.0.0.1", *args], env=_redis_env(creds), on_stdout=chunks.append
+        )
         self._check(outcome, instance, creds, f"redis {args[0]}")
         return b"".join(chunks).decode("utf-8", "replace")
 
     # --- restore --------------------------------------------------------------------------
-    def restore(self, instance: DatabaseInstance, creds: Credentials, backup_path: Path, *,
-                expected_sha256: str | None = None, database: str | None = None,
-                create_database: bool = False, timeout: float = 120.0) -> None:
+    def restore(
+        self,
+        instance: DatabaseInstance,
+        creds: Credentials,
+        backup_path: Path,
+        *,
+        expected_sha256: str | None = None,
+        database: str | None = None,
+        create_database: bool = False,
+        timeout: float = 120.0,
+    ) -> None:
         """Verify the checksum first, then restore. Postgres: into `database` (default the
         credentials' one; `create_database` makes it first). Redis: replaces the whole data set."""
         backup_path = Path(backup_path)
         digest = verify(backup_path, expected_sha256)  # before anything touches the database
-        bound = log.bind(tenant=instance.tenant, database=instance.name, engine=instance.engine,
-                         file=backup_path.name, sha256=digest)
+        bound = log.bind(
+            tenant=instance.tenant, database=instance.name, engine=instance.engine, file=backup_path.name, sha256=digest
+        )
         bound.info("database.restore.verified")
         if instance.engine == POSTGRES:
             self._pg_restore(instance, creds, backup_path, database or creds.database, create_database)
@@ -171,20 +191,20 @@ class Backups:
             self._redis_restore(instance, backup_path, timeout)
         bound.info("database.restore.done")
 
-    def _pg_restore(self, instance: DatabaseInstance, creds: Credentials, path: Path,
-                    database: str, create: bool) -> None:
+    def _pg_restore(self, instance: DatabaseInstance, creds: Credentials, path: Path, database: str, create: bool) -> None:
         if not _PG_IDENT.fullmatch(database):
             raise ValueError(f"database name {database!r}: letters, digits, '_' or '-', at most 63")
         base = ["-h", PG_SOCKET_DIR, "-U", creds.user]
         if create:
             sql = f'CREATE DATABASE "{database}"'
-            outcome = self.exec.run(instance.container_id,
-                                    ["psql", *base, "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            outcome = self.exec.run(instance.container_id, ["psql", *base, "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c", sql])
             self._check(outcome, instance, creds, "create database")
         with path.open("rb") as src:
-            outcome = self.exec.run(instance.container_id,
-                                    ["pg_restore", *base, "-d", database, "--clean", "--if-exists",
-                                     "--single-transaction", "--exit-on-error"], stdin=src)
+            outcome = self.exec.run(
+                instance.container_id,
+                ["pg_restore", *base, "-d", database, "--clean", "--if-exists", "--single-transaction", "--exit-on-error"],
+                stdin=src,
+            )
         self._check(outcome, instance, creds, "restore")
 
     def _redis_restore(self, instance: DatabaseInstance, path: Path, timeout: float) -> None:
@@ -211,10 +231,8 @@ class Backups:
     def _check(outcome: ExecOutcome, instance: DatabaseInstance, creds: Credentials, what: str) -> None:
         if outcome.exit_code != 0:
             detail = redact_text(outcome.stderr.strip(), creds.secrets())[-1000:]
-            raise DatabaseError(f"{what} of {instance.engine} {instance.name} failed "
-                                f"(exit {outcome.exit_code}): {detail}")
+            raise DatabaseError(f"{what} of {instance.engine} {instance.name} failed (exit {outcome.exit_code}): {detail}")
 
 
 def _redis_env(creds: Credentials) -> dict[str, str]:
     return {"REDISCLI_AUTH": creds.password}  # redis-cli reads it; keeps -a off argv
-

@@ -46,8 +46,7 @@ class EngineFacts:
         """Container environment the image's entrypoint reads (docker keeps it off argv);
         ``memory_bytes``: the container's memory limit."""
         if self.name == POSTGRES:
-            return {"POSTGRES_USER": creds.user, "POSTGRES_PASSWORD": creds.password,
-                    "POSTGRES_DB": creds.database}
+            return {"POSTGRES_USER": creds.user, "POSTGRES_PASSWORD": creds.password, "POSTGRES_DB": creds.database}
         env = {"REDIS_PASSWORD": creds.password}
         if memory_bytes:
             env["REDIS_MAXMEMORY"] = str(int(memory_bytes * REDIS_MAXMEMORY_SHARE))
@@ -65,12 +64,24 @@ class EngineFacts:
 
 
 ENGINES: Mapping[str, EngineFacts] = {
-    POSTGRES: EngineFacts(name=POSTGRES, image="moorage/postgres:15", port=5432,
-                          data_path="/var/lib/postgresql/data", uid=999, scheme="postgres",
-                          limits=Limits(memory_bytes=512 * 2**20, nano_cpus=1_000_000_000, pids=1024)),
-    REDIS: EngineFacts(name=REDIS, image="moorage/redis:7", port=6379, data_path="/data",
-                       uid=999, scheme="redis",
-                       limits=Limits(memory_bytes=256 * 2**20, nano_cpus=500_000_000, pids=512)),
+    POSTGRES: EngineFacts(
+        name=POSTGRES,
+        image="moorage/postgres:15",
+        port=5432,
+        data_path="/var/lib/postgresql/data",
+        uid=999,
+        scheme="postgres",
+        limits=Limits(memory_bytes=512 * 2**20, nano_cpus=1_000_000_000, pids=1024),
+    ),
+    REDIS: EngineFacts(
+        name=REDIS,
+        image="moorage/redis:7",
+        port=6379,
+        data_path="/data",
+        uid=999,
+        scheme="redis",
+        limits=Limits(memory_bytes=256 * 2**20, nano_cpus=500_000_000, pids=512),
+    ),
 }
 
 # Unix socket inside the Postgres container: local connections are trusted there, so the

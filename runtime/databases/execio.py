@@ -40,10 +40,10 @@ class ExecIO:
         return self.engine.client.api
 
     @guarded(idempotent=False)
-    def _create(self, container_id: str, cmd: list[str], env: Mapping[str, str] | None,
-                user: str, stdin: bool) -> str:
-        res = self._api.exec_create(container_id, cmd, stdin=stdin, stdout=True, stderr=True,
-                                    environment=dict(env) if env else None, user=user)
+    def _create(self, container_id: str, cmd: list[str], env: Mapping[str, str] | None, user: str, stdin: bool) -> str:
+        res = self._api.exec_create(
+            container_id, cmd, stdin=stdin, stdout=True, stderr=True, environment=dict(env) if env else None, user=user
+        )
         return str(res["Id"])
 
     @guarded(idempotent=False)
@@ -56,9 +56,16 @@ class ExecIO:
     def _inspect(self, exec_id: str) -> dict[str, Any]:
         return dict(self._api.exec_inspect(exec_id))
 
-    def run(self, container_id: str, cmd: list[str], *, env: Mapping[str, str] | None = None,
-            user: str = "", stdin: BinaryIO | None = None,
-            on_stdout: Callable[[bytes], None] | None = None) -> ExecOutcome:
+    def run(
+        self,
+        container_id: str,
+        cmd: list[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        user: str = "",
+        stdin: BinaryIO | None = None,
+        on_stdout: Callable[[bytes], None] | None = None,
+    ) -> ExecOutcome:
         """Run `cmd`; stream `stdin` in (then half-close) and stdout chunks to `on_stdout`."""
         exec_id = self._create(container_id, cmd, env, user, stdin is not None)
         raw = self._start(exec_id)

@@ -182,15 +182,20 @@ class Databases:
     def container_spec(self, spec: DatabaseSpec, volume: str, memory_bytes: int | None = None) -> ContainerSpec:
         facts = spec.facts
         return ContainerSpec(
-            tenant=spec.tenant, app=spec.hostname, image=spec.image or facts.image,
-            network=spec.network, role=ROLE, name=spec.resource_name,
-            env=facts.env(spec.credentials, memory_bytes), mounts=(Mount(volume, facts.data_path),),
+            tenant=spec.tenant,
+            app=spec.hostname,
+            image=spec.image or facts.image,
+            network=spec.network,
+            role=ROLE,
+            name=spec.resource_name,
+            env=facts.env(spec.credentials, memory_bytes),
+            mounts=(Mount(volume, facts.data_path),),
             labels=spec.object_labels(),
-            user=str(facts.uid), restart="unless-stopped",
+            user=str(facts.uid),
+            restart="unless-stopped",
         )
 
-    def provision(self, spec: DatabaseSpec, policy: SandboxPolicy | None = None, *,
-                  timeout: float = 120.0) -> DatabaseInstance:
+    def provision(self, spec: DatabaseSpec, policy: SandboxPolicy | None = None, *, timeout: float = 120.0) -> DatabaseInstance:
         """Volume + container, then wait until the image's HEALTHCHECK passes. An existing
         volume keeps its data (and its original password: the entrypoint only initialises
         an empty data directory)."""
@@ -213,12 +218,21 @@ class Databases:
             info = self.containers.run(self.container_spec(spec, volume, limits.memory_bytes), policy)
         except docker.errors.APIError as exc:
             if exc.status_code == 409:  # Docker's message names the other container's id: not for tenants
-                raise NameHeldByAnother(f"a container named {spec.resource_name} exists but is not this "
-                                        "database's; it was left alone") from None
+                raise NameHeldByAnother(
+                    f"a container named {spec.resource_name} exists but is not this database's; it was left alone"
+                ) from None
             raise
-        instance = DatabaseInstance(tenant=spec.tenant, name=spec.name, engine=spec.engine, id=spec.id,
-                                    container_id=info.id, container_name=info.name, volume=volume,
-                                    hostname=spec.hostname, network=spec.network)
+        instance = DatabaseInstance(
+            tenant=spec.tenant,
+            name=spec.name,
+            engine=spec.engine,
+            id=spec.id,
+            container_id=info.id,
+            container_name=info.name,
+            volume=volume,
+            hostname=spec.hostname,
+            network=spec.network,
+        )
         try:
             elapsed = self.wait_healthy(instance, spec.credentials, timeout=timeout)
         except Exception:
@@ -227,8 +241,9 @@ class Databases:
         bound.info("database.healthy", container=info.name, seconds=round(elapsed, 2))
         return instance
 
-    def wait_healthy(self, instance: DatabaseInstance, creds: Credentials | None = None, *,
-                     timeout: float = 120.0, interval: float = 0.5) -> float:
+    def wait_healthy(
+        self, instance: DatabaseInstance, creds: Credentials | None = None, *, timeout: float = 120.0, interval: float = 0.5
+    ) -> float:
         """Seconds until Docker reports the container healthy; raises `DatabaseNotHealthy` when
         it exits or the deadline passes (with the health check's last output, redacted)."""
         started = time.monotonic()
@@ -245,18 +260,18 @@ class Databases:
             if info.status in ("exited", "dead") or info.attrs.get("RestartCount", 0) > restarts:
                 tail = "\n".join(self.containers.logs(instance.container_id, tail=20))
                 raise DatabaseNotHealthy(
-                    f"{instance.engine} {instance.name} exited with code {info.exit_code}: "
-                    f"{redact_text(tail, secrets)[-2000:]}")
+                    f"{instance.engine} {instance.name} exited with code {info.exit_code}: {redact_text(tail, secrets)[-2000:]}"
+                )
             if time.monotonic() - started > timeout:
                 raise DatabaseNotHealthy(
                     f"{instance.engine} {instance.name} not healthy after {timeout:.0f}s "
-                    f"(status {health}): {redact_text(_last_probe(info), secrets)}")
+                    f"(status {health}): {redact_text(_last_probe(info), secrets)}"
+                )
             time.sleep(interval)
 
     def find(self, tenant: str, database_id: str) -> DatabaseInstance | None:
         """The database's container, by its labels: the tenant's, with this database's id."""
-        found = [c for c in self.containers.find(tenant=tenant, role=ROLE)
-                 if c.labels.get(ID_LABEL) == database_id]
+        found = [c for c in self.containers.find(tenant=tenant, role=ROLE) if c.labels.get(ID_LABEL) == database_id]
         return _instance(found[0]) if found else None
 
     def list(self, tenant: str) -> list[DatabaseInstance]:
@@ -287,8 +302,9 @@ class Databases:
         self.containers.remove(instance.container_id, force=True)
         if purge_volume:
             self.purge_volumes(instance.tenant, instance.id)
-        log.info("database.removed", tenant=instance.tenant, database=instance.name,
-                 engine=instance.engine, volume_purged=purge_volume)
+        log.info(
+            "database.removed", tenant=instance.tenant, database=instance.name, engine=instance.engine, volume_purged=purge_volume
+        )
 
 
 def _label_filters(labels: Mapping[str, str]) -> list[str]:
@@ -308,7 +324,14 @@ def _instance(c: ContainerInfo) -> DatabaseInstance:
     mounts = c.attrs.get("Mounts") or []
     volume = next((m.get("Name", "") for m in mounts if m.get("Type") == "volume"), "")
     network = next(iter(c.ip_addresses), "") or str((c.attrs.get("HostConfig") or {}).get("NetworkMode", ""))
-    return DatabaseInstance(tenant=c.labels.get(L.TENANT, ""), name=c.labels.get(NAME_LABEL, ""),
-                            engine=c.labels.get(ENGINE_LABEL, ""), id=c.labels.get(ID_LABEL, ""), container_id=c.id,
-                            container_name=c.name, volume=volume, hostname=c.labels.get(L.APP, ""),
-                            network=network)
+    return DatabaseInstance(
+        tenant=c.labels.get(L.TENANT, ""),
+        name=c.labels.get(NAME_LABEL, ""),
+        engine=c.labels.get(ENGINE_LABEL, ""),
+        id=c.labels.get(ID_LABEL, ""),
+        container_id=c.id,
+        container_name=c.name,
+        volume=volume,
+        hostname=c.labels.get(L.APP, ""),
+        network=network,
+    )

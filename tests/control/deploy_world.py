@@ -55,8 +55,9 @@ class DeployWorld:
         self.pipeline = DeployPipeline(settings, self.deployments, self.releases, self.env_vars, self.runtime, locks)
         self.workers = WorkerPool(self.queue, {DEPLOY_JOB: JobKind(self.pipeline, self.pipeline.give_up)}, count=0)
         tenants = TenantService(self.db)
-        self.reconciler = Reconciler(self.releases, self.deployments, self.env_vars, self.runtime, locks, interval_s=0,
-                                     tenant_names=tenants.names)
+        self.reconciler = Reconciler(
+            self.releases, self.deployments, self.env_vars, self.runtime, locks, interval_s=0, tenant_names=tenants.names
+        )
         self.tenant = tenants.create("acme")
         self.app: App = AppService(self.db).create(self.tenant.id, "web", port=8080, health_check_path="/healthz")
 
@@ -78,8 +79,9 @@ class DeployWorld:
 
     def roll_back_to(self, release: Release) -> str:
         deployment_id = self.deployments.new_id()
-        self.deployments.create(self.tenant.id, self.app, deployment_id, "rollback",
-                                {"release": release.name, "release_id": release.id})
+        self.deployments.create(
+            self.tenant.id, self.app, deployment_id, "rollback", {"release": release.name, "release_id": release.id}
+        )
         return deployment_id
 
     def cancel(self, deployment_id: str) -> None:

@@ -147,7 +147,14 @@ def test_the_log_never_holds_tokens_or_values(app, operator: Caller, tenant: Cal
         rows = session.execute(select(AuditEventRow)).all()
         dumped = repr([tuple(r[0].__dict__.values()) for r in rows])
     assert len(rows) >= 7
-    for needle in [issued["token"], issued["token"].rsplit("_", 1)[1], tenant.token, operator.token, *secret_values, "AUDIT-CANARY"]:
+    for needle in [
+        issued["token"],
+        issued["token"].rsplit("_", 1)[1],
+        tenant.token,
+        operator.token,
+        *secret_values,
+        "AUDIT-CANARY",
+    ]:
         assert needle not in dumped
 
 

@@ -35,7 +35,9 @@ def test_backup_needs_an_available_database(tenant: Caller) -> None:
     assert r.status_code == 409 and r.json()["code"] == "database-not-available"
 
 
-def test_backup_is_checksummed_listed_and_downloaded_by_admins_only(app: Litestar, tenant: Caller, operator: Caller, fake: FakeRuntime) -> None:
+def test_backup_is_checksummed_listed_and_downloaded_by_admins_only(
+    app: Litestar, tenant: Caller, operator: Caller, fake: FakeRuntime
+) -> None:
     db = create(tenant, app, name="orders")
     fake.fake_backups.content["orders"] = b"PGDMP the rows"
     done = backup(app, tenant, "orders")
@@ -60,7 +62,9 @@ def test_retention_keeps_the_newest_backups_per_database(app: Litestar, tenant: 
     listed = [b["id"] for b in tenant.get("/v1/databases/orders/backups").json()["items"]]
     assert listed == made[1:]
     folder = app.state.services.settings.data_dir / "backups" / tenant.tenant_id / db["id"]
-    assert sorted(p.name for p in folder.iterdir()) == sorted([f"{i}.dump" for i in made[1:]] + [f"{i}.dump.sha256" for i in made[1:]])
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [f"{i}.dump" for i in made[1:]] + [f"{i}.dump.sha256" for i in made[1:]]
+    )
     assert tenant.get(f"/v1/databases/orders/backups/{made[0]}").status_code == 404
 
 

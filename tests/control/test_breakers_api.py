@@ -72,10 +72,10 @@ def attempts() -> list[int]:
 
 
 @pytest.fixture
-def guard(app: Litestar, registry: BreakerRegistry, refusing_port: int, clock: ManualClock, attempts: list[int]) -> Iterator[Guard]:
-    breaker = CircuitBreaker(
-        "probe-dependency", failure_threshold=2, reset_timeout=RESET_S, registry=registry, clock=clock
-    )
+def guard(
+    app: Litestar, registry: BreakerRegistry, refusing_port: int, clock: ManualClock, attempts: list[int]
+) -> Iterator[Guard]:
+    breaker = CircuitBreaker("probe-dependency", failure_threshold=2, reset_timeout=RESET_S, registry=registry, clock=clock)
     guard = Guard(breaker, NO_RETRY)
 
     def connect(address: tuple[str, int], timeout: float) -> socket.socket:

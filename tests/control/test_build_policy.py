@@ -14,8 +14,11 @@ from control.domain.build_policy import (
 )
 from control.settings import Settings, SettingsError
 
-POLICY = BuildPolicy(allowed_images=("moorage/python:3-bookworm", "moorage/busybox:latest", "python"),
-                     own_repository="moorage-apps/acme/", lineage="ten_acme")
+POLICY = BuildPolicy(
+    allowed_images=("moorage/python:3-bookworm", "moorage/busybox:latest", "python"),
+    own_repository="moorage-apps/acme/",
+    lineage="ten_acme",
+)
 PY = "moorage/python:3-bookworm"
 VICTIM_ID = "2106f3b0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8"
 
@@ -27,7 +30,7 @@ def refused(dockerfile: str) -> str:
 
 
 ALLOWED = {
-    "plain": f"FROM {PY}\nWORKDIR /app\nCOPY app.py /app/\nCMD [\"python3\", \"app.py\"]\n",
+    "plain": f'FROM {PY}\nWORKDIR /app\nCOPY app.py /app/\nCMD ["python3", "app.py"]\n',
     "lower-case keyword": f"from {PY}\nrun echo hi\n",
     "docker.io spelled out": "FROM docker.io/moorage/busybox:latest\n",
     "index.docker.io": "FROM index.docker.io/moorage/busybox:latest\n",
@@ -44,7 +47,7 @@ ALLOWED = {
     "FROM an earlier stage": f"FROM {PY} AS base\nFROM base AS final\n",
     "stage name shadowing an image": f"FROM {PY} AS python\nFROM python\n",
     "COPY --from own image": f"FROM {PY}\nCOPY --from=moorage-apps/acme/lib:dep_1 /lib /lib\n",
-    "ADD of a local file": f"FROM {PY}\nADD app.tar.gz /app/\nADD [\"a b.txt\", \"/x\"]\n",
+    "ADD of a local file": f'FROM {PY}\nADD app.tar.gz /app/\nADD ["a b.txt", "/x"]\n',
     "comments and continuations": f"# a comment\nFROM \\\n  {PY}\nRUN apt-get update && \\\n# inside\n    apt-get install -y curl\n",
     "escape directive, default": f"# escape=\\\nFROM {PY}\n",
     "stage ARG overrides the variable": f"ARG S=0\nFROM {PY}\nFROM scratch\nARG S=0\nCOPY --from=$S /a /a\n",
@@ -84,7 +87,10 @@ REFUSED = {
     "upper case": ("FROM Moorage/Python:3-bookworm\n", "not a valid image reference"),
     "undefined variable": ("FROM $NOPE\n", "does not define"),
     "substitution modifier": (f"FROM ${{B:-{PY}}}\n", "without"),
-    "stage ARG overrides the global one": (f"ARG S=build\nFROM {PY} AS build\nFROM scratch\nARG S=2106\nCOPY --from=$S /a /a\n", "image ids"),
+    "stage ARG overrides the global one": (
+        f"ARG S=build\nFROM {PY} AS build\nFROM scratch\nARG S=2106\nCOPY --from=$S /a /a\n",
+        "image ids",
+    ),
     "COPY --from id": (f"FROM {PY}\nCOPY --from=2106 /app/app.py /x\n", "image ids"),
     "COPY --from quoted flag": (f'FROM {PY}\nCOPY "--from=2106" /app/app.py /x\n', "image ids"),
     "COPY --from a later stage": (f"FROM {PY}\nCOPY --from=later /a /b\nFROM {PY} AS later\n", "allow-list"),
@@ -130,8 +136,11 @@ def test_refused_dockerfiles_say_what_to_change(dockerfile: str, says: str | Non
         assert "2106" not in "".join(line for line in built.splitlines() if line.lower().startswith("from"))
         return
     reason = refused(dockerfile)
-    assert reason.startswith("the Dockerfile was refused by the build policy, nothing was built: line") or "escape" in reason \
+    assert (
+        reason.startswith("the Dockerfile was refused by the build policy, nothing was built: line")
+        or "escape" in reason
         or "no instructions" in reason
+    )
     assert says in reason, reason
 
 
@@ -144,7 +153,11 @@ def test_a_refusal_names_the_line_and_every_problem_at_once() -> None:
 def test_logical_lines_follow_dockerd() -> None:
     text = "FROM a \\\n  # note\n\n  b\nRUN x \\  \t\ny\r\nRUN z \\\u00a0\nLABEL k=v"
     assert [(line.number, line.text) for line in logical_lines(text)] == [
-        (1, "FROM a   b"), (5, "RUN x y"), (7, "RUN z \\\u00a0"), (8, "LABEL k=v")]
+        (1, "FROM a   b"),
+        (5, "RUN x y"),
+        (7, "RUN z \\\u00a0"),
+        (8, "LABEL k=v"),
+    ]
 
 
 def test_the_built_text_is_the_checked_text() -> None:
@@ -154,16 +167,19 @@ def test_the_built_text_is_the_checked_text() -> None:
     assert "FROM takes" in refused(f"FROM {PY} AS b \\\n\nRUN a\n")
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("python", ("docker.io", "library/python", None)),
-    ("python:3", ("docker.io", "library/python", "3")),
-    ("library/python:3", ("docker.io", "library/python", "3")),
-    ("docker.io/library/python:3", ("docker.io", "library/python", "3")),
-    ("moorage/python:3-bookworm", ("docker.io", "moorage/python", "3-bookworm")),
-    ("localhost/x", ("localhost", "x", None)),
-    ("localhost:5000/x:1", ("localhost:5000", "x", "1")),
-    ("ghcr.io/railwayapp/nixpacks:ubuntu", ("ghcr.io", "railwayapp/nixpacks", "ubuntu")),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("python", ("docker.io", "library/python", None)),
+        ("python:3", ("docker.io", "library/python", "3")),
+        ("library/python:3", ("docker.io", "library/python", "3")),
+        ("docker.io/library/python:3", ("docker.io", "library/python", "3")),
+        ("moorage/python:3-bookworm", ("docker.io", "moorage/python", "3-bookworm")),
+        ("localhost/x", ("localhost", "x", None)),
+        ("localhost:5000/x:1", ("localhost:5000", "x", "1")),
+        ("ghcr.io/railwayapp/nixpacks:ubuntu", ("ghcr.io", "railwayapp/nixpacks", "ubuntu")),
+    ],
+)
 def test_image_references_normalise_like_dockerd(text: str, expected: tuple) -> None:
     ref = image_refs.parse(text)
     assert (ref.domain, ref.path, ref.tag) == expected
@@ -177,6 +193,9 @@ def test_bad_image_references_are_refused(text: str) -> None:
 
 def test_the_allow_list_is_a_setting_checked_at_startup() -> None:
     assert "moorage/python:3-bookworm" in Settings().allowed_images
-    assert Settings.from_env({"MOORAGE_BUILD_ALLOWED_IMAGES": "python, ghcr.io/x/y:1"}).allowed_images == ("python", "ghcr.io/x/y:1")
+    assert Settings.from_env({"MOORAGE_BUILD_ALLOWED_IMAGES": "python, ghcr.io/x/y:1"}).allowed_images == (
+        "python",
+        "ghcr.io/x/y:1",
+    )
     with pytest.raises(SettingsError, match="MOORAGE_BUILD_ALLOWED_IMAGES"):
         Settings.from_env({"MOORAGE_BUILD_ALLOWED_IMAGES": "Not A Ref"})

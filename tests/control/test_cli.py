@@ -55,9 +55,7 @@ def test_server_can_require_an_operator_key(tmp_path: Path) -> None:
 def test_moorage_serve_answers_health_and_openapi(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "MOORAGE_DATA_DIR": str(tmp_path), "MOORAGE_PORT": str(port)}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "control.cli.main", "serve"], env=env, stderr=subprocess.PIPE, text=True
-    )
+    server = subprocess.Popen([sys.executable, "-m", "control.cli.main", "serve"], env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
         while True:

@@ -111,7 +111,9 @@ def _records(setup: Setup, key: str) -> list[IdempotencyRecordRow]:
         return list(session.scalars(select(IdempotencyRecordRow).where(IdempotencyRecordRow.idempotency_key == key)))
 
 
-def _create_through(proxy: FlakyProxy, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, dict, str]:
+def _create_through(
+    proxy: FlakyProxy, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, dict, str]:
     url, server = proxy.serve()
     monkeypatch.setenv("MOORAGE_URL", url)
     try:

@@ -46,8 +46,17 @@ class FakeDatabases:
         if self.fail:
             raise DatabaseNotHealthy(self.fail)
         self.volumes.add(spec.resource_name)
-        inst = DatabaseInstance(spec.tenant, spec.name, spec.engine, spec.id, f"cid-{spec.name}", spec.resource_name,
-                                spec.resource_name, spec.hostname, spec.network)
+        inst = DatabaseInstance(
+            spec.tenant,
+            spec.name,
+            spec.engine,
+            spec.id,
+            f"cid-{spec.name}",
+            spec.resource_name,
+            spec.resource_name,
+            spec.hostname,
+            spec.network,
+        )
         self.instances[(spec.tenant, spec.id)] = inst
         return inst
 
@@ -169,13 +178,16 @@ def test_a_failed_provision_says_why(app: Litestar, tenant: Caller, fake: FakeRu
     assert db["status"] == "failed" and "initdb: could not create directory" in db["reason"]
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({"name": "Bad_Name", "engine": "postgres"}, "name"),
-    ({"name": "x" * 61, "engine": "postgres"}, "name"),
-    ({"name": "ok", "engine": "mysql"}, "engine"),
-    ({"name": "ok", "engine": "redis", "memory_mb": 16}, "memory_mb"),
-    ({"name": "ok", "engine": "redis", "backup_retention": 0}, "backup_retention"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "Bad_Name", "engine": "postgres"}, "name"),
+        ({"name": "x" * 61, "engine": "postgres"}, "name"),
+        ({"name": "ok", "engine": "mysql"}, "engine"),
+        ({"name": "ok", "engine": "redis", "memory_mb": 16}, "memory_mb"),
+        ({"name": "ok", "engine": "redis", "backup_retention": 0}, "backup_retention"),
+    ],
+)
 def test_invalid_requests_are_422_naming_the_field(tenant: Caller, body: dict[str, Any], field: str) -> None:
     r = tenant.post("/v1/databases", json=body)
     assert r.status_code == 422 and field in [e["field"] for e in r.json()["errors"]], r.text
@@ -193,7 +205,9 @@ def test_names_are_unique_and_never_shadow_an_app(tenant: Caller, new_tenant) ->
 # --- credentials ----------------------------------------------------------------------------
 
 
-def test_credentials_never_listed_and_revealed_only_to_admin_keys_audited(app: Litestar, tenant: Caller, operator: Caller, fake: FakeRuntime) -> None:
+def test_credentials_never_listed_and_revealed_only_to_admin_keys_audited(
+    app: Litestar, tenant: Caller, operator: Caller, fake: FakeRuntime
+) -> None:
     db = create(tenant, app, name="orders")
     password = password_of(tenant, "orders")
     for path in ("/v1/databases", "/v1/databases/orders", "/v1/databases/orders/connection"):
@@ -229,7 +243,9 @@ def test_the_password_is_sealed_and_bound_to_its_row(app: Litestar, tenant: Call
 # --- quotas ---------------------------------------------------------------------------------
 
 
-def test_quotas_count_databases_and_memory_and_say_what_to_delete(app: Litestar, tenant: Caller, operator: Caller, fake: FakeRuntime) -> None:
+def test_quotas_count_databases_and_memory_and_say_what_to_delete(
+    app: Litestar, tenant: Caller, operator: Caller, fake: FakeRuntime
+) -> None:
     create(tenant, name="big", engine="redis", memory_mb=800)
     too_much = tenant.post("/v1/databases", json={"name": "more", "engine": "redis", "memory_mb": 300})
     assert too_much.status_code == 409 and too_much.json()["code"] == "quota-exceeded"
@@ -237,7 +253,11 @@ def test_quotas_count_databases_and_memory_and_say_what_to_delete(app: Litestar,
     create(tenant, name="a", engine="redis", memory_mb=64)
     create(tenant, name="b", engine="redis", memory_mb=64)
     full = tenant.post("/v1/databases", json={"name": "c", "engine": "redis", "memory_mb": 64})
-    assert full.status_code == 409 and "may run 3 database(s)" in full.json()["detail"] and "DELETE /v1/databases" in full.json()["detail"]
+    assert (
+        full.status_code == 409
+        and "may run 3 database(s)" in full.json()["detail"]
+        and "DELETE /v1/databases" in full.json()["detail"]
+    )
     # An operator raises the tenant's limits; a tenant key cannot.
     limits = {"max_databases": 10, "max_memory_mb": 4096}
     assert tenant.request("PUT", f"/v1/tenants/{tenant.tenant_id}/database-limits", json=limits).status_code == 403

@@ -56,7 +56,11 @@ def test_git_deploy_of_a_missing_repo_fails_with_a_reason(tenant: Caller) -> Non
     r = tenant.post("/v1/apps/web/deployments", json={"git": {"url": "https://127.0.0.1:9/nonexistent/repo.git", "ref": "main"}})
     assert r.status_code == 202, r.text
     assert r.headers["location"] == f"/v1/apps/{r.json()['app_id']}/deployments/{r.json()['id']}"
-    assert r.json()["status"] == "queued" and r.json()["source"] == {"kind": "git", "url": "https://127.0.0.1:9/nonexistent/repo.git", "ref": "main"}
+    assert r.json()["status"] == "queued" and r.json()["source"] == {
+        "kind": "git",
+        "url": "https://127.0.0.1:9/nonexistent/repo.git",
+        "ref": "main",
+    }
     body = _wait_terminal(tenant, "web", r.json()["id"])
     assert body["status"] == "failed" and "git could not fetch" in body["reason"]
     assert [t["status"] for t in body["transitions"]] == ["queued", "building", "failed"]

@@ -244,7 +244,12 @@ def test_values_never_reach_the_logs(app, web: Caller) -> None:
         put(web, ENV, {"vars": {"A": "LOG-CANARY-1"}})
         web.get(ENV, params={"reveal": "true"})
         row = _rows(app)[0]
-        _sql(app, update(EnvVarRow).where(EnvVarRow.id == row.id).values(ciphertext=row.ciphertext[:-1] + bytes([row.ciphertext[-1] ^ 1])))
+        _sql(
+            app,
+            update(EnvVarRow)
+            .where(EnvVarRow.id == row.id)
+            .values(ciphertext=row.ciphertext[:-1] + bytes([row.ciphertext[-1] ^ 1])),
+        )
         web.get(ENV, params={"reveal": "true"})
     finally:
         logging.getLogger().removeHandler(handler)

@@ -18,12 +18,27 @@ from control.domain.git_sources import (
 from control.settings import Settings, SettingsError
 
 
-@pytest.mark.parametrize("url", [
-    "file:///srv/git/repo.git", "ssh://host/repo.git", "git://host/repo.git", "http://host/repo.git",
-    "ext::sh -c touch% /tmp/x", "/srv/git/repo.git", "host:repo.git", "HTTPS://user:pw@host/r.git",
-    "https://user@host/r.git", "https://host\\@127.0.0.1/r.git", "https://ho st/r.git", "https://host%2f/r.git",
-    "https://[::1/r.git", "https://host:0/r.git", "https://host:99999/r.git", "https://host/r.git\n",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:///srv/git/repo.git",
+        "ssh://host/repo.git",
+        "git://host/repo.git",
+        "http://host/repo.git",
+        "ext::sh -c touch% /tmp/x",
+        "/srv/git/repo.git",
+        "host:repo.git",
+        "HTTPS://user:pw@host/r.git",
+        "https://user@host/r.git",
+        "https://host\\@127.0.0.1/r.git",
+        "https://ho st/r.git",
+        "https://host%2f/r.git",
+        "https://[::1/r.git",
+        "https://host:0/r.git",
+        "https://host:99999/r.git",
+        "https://host/r.git\n",
+    ],
+)
 def test_urls_other_than_plain_https_are_refused(url: str) -> None:
     with pytest.raises(Invalid) as caught:
         check_git_source(url, "main", allow_http=False)
@@ -37,11 +52,31 @@ def test_http_only_when_the_operator_allows_it() -> None:
     assert check_git_url("https://[2001:db8::1]/r.git", allow_http=False).host == "2001:db8::1"
 
 
-@pytest.mark.parametrize("address", [
-    "127.0.0.1", "127.1.2.3", "10.0.0.5", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1",
-    "0.0.0.0", "224.0.0.1", "240.0.0.1", "255.255.255.255", "::1", "::", "fe80::1", "fc00::1", "ff02::1",
-    "::ffff:127.0.0.1", "::ffff:169.254.169.254", "::127.0.0.1", "192.0.2.1",
-])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "127.1.2.3",
+        "10.0.0.5",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "0.0.0.0",
+        "224.0.0.1",
+        "240.0.0.1",
+        "255.255.255.255",
+        "::1",
+        "::",
+        "fe80::1",
+        "fc00::1",
+        "ff02::1",
+        "::ffff:127.0.0.1",
+        "::ffff:169.254.169.254",
+        "::127.0.0.1",
+        "192.0.2.1",
+    ],
+)
 def test_internal_addresses_are_refused(address: str) -> None:
     target = check_git_url("https://git.example/r.git", allow_http=False)
     with pytest.raises(GitHostRefused, match="internal address"):

@@ -45,9 +45,7 @@ def test_same_key_same_request_replays_byte_for_byte(app, tenant: Caller) -> Non
     assert again.headers["x-request-id"] != first.headers["x-request-id"]  # fresh per answer
     assert _app_count(app) == 1
     [row] = _rows(app)
-    assert (row.state, row.api_key_id, row.tenant_id, row.response_status) == (
-        "completed", tenant.key_id, tenant.tenant_id, 201
-    )
+    assert (row.state, row.api_key_id, row.tenant_id, row.response_status) == ("completed", tenant.key_id, tenant.tenant_id, 201)
     assert row.fingerprint == fingerprint("POST", "/v1/apps", "", first.request.content)
 
 
@@ -173,9 +171,7 @@ def test_expired_lease_is_taken_over_by_a_retry(app, tenant: Caller) -> None:
     body = b'{"name":"web"}'
     crashed = _claim_as(app, tenant, "k-crash", body)
     with app.state.services.db.write() as session:  # let the lease run out
-        session.execute(
-            update(IdempotencyRecordRow).values(lease_expires_at=datetime.now(UTC) - timedelta(seconds=1))
-        )
+        session.execute(update(IdempotencyRecordRow).values(lease_expires_at=datetime.now(UTC) - timedelta(seconds=1)))
     headers = {"content-type": "application/json", **_key("k-crash")}
     retry = tenant.post("/v1/apps", content=body, headers=headers)
     assert retry.status_code == 201 and "idempotent-replayed" not in retry.headers

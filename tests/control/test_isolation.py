@@ -68,7 +68,9 @@ def tenants(new_tenant) -> tuple[Caller, Caller, dict[str, list[str]]]:
     app = alpha.post("/v1/apps", json={"name": "secret-app"}).json()
     beta.post("/v1/apps", json={"name": "beta-app"})
     alpha.request("PUT", f"/v1/apps/{app['id']}/env/API_TOKEN", json={"value": "alpha-only"})
-    deployment = alpha.post(f"/v1/apps/{app['id']}/deployments", json={"git": {"url": "https://127.0.0.1:9/nonexistent/repo.git", "ref": "main"}})
+    deployment = alpha.post(
+        f"/v1/apps/{app['id']}/deployments", json={"git": {"url": "https://127.0.0.1:9/nonexistent/repo.git", "ref": "main"}}
+    )
     assert deployment.status_code == 202, deployment.text
     database = alpha.post("/v1/databases", json={"name": "secret-db", "engine": "postgres"}).json()
     managed = alpha.client.app.state.services.databases  # what the jobs would record, without Docker

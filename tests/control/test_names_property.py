@@ -32,11 +32,13 @@ RULES = {rule.kind: rule for rule in names.RULES}
 
 def _refuses(call: Callable[[str], object], *errors: type[Exception]) -> Callable[[str], bool]:
     """An entry point as a predicate: refusing means raising one of ``errors`` or answering None."""
+
     def accepts(value: str) -> bool:
         try:
             return call(value) is not None
         except errors:
             return False
+
     return accepts
 
 
@@ -52,8 +54,10 @@ ENTRY_POINTS: dict[str, tuple[Callable[[str], bool], re.Pattern[str]]] = {
     "link env_name": (_refuses(lambda v: check_env_name(v) or v, Invalid), names.ENV_NAME.pattern),
     "release_number": (_refuses(release_number, Invalid), names.RELEASE_NAME.pattern),
     "Idempotency-Key": (_refuses(parse_key), names.IDEMPOTENCY_KEY.pattern),
-    "X-Request-ID": (_refuses(lambda v: _incoming_id({"headers": [(b"x-request-id", v.encode("latin-1", "replace"))]})),
-                     names.REQUEST_ID.pattern),
+    "X-Request-ID": (
+        _refuses(lambda v: _incoming_id({"headers": [(b"x-request-id", v.encode("latin-1", "replace"))]})),
+        names.REQUEST_ID.pattern,
+    ),
     "master key id": (_refuses(_master_key, MasterKeyError), names.MASTER_KEY_ID.pattern),
     "runtime dns_label": (_refuses(lambda v: labels.dns_label(v, "app"), ValueError), labels._DNS_LABEL),
     "runtime database hostname": (_refuses(hostname_for, ValueError), re.compile(r"[a-z0-9](?:[a-z0-9-]{0,57}[a-z0-9])?")),

@@ -77,11 +77,12 @@ def test_key_and_tenant_policies_hold_together(
     admitted: dict[str, list[float]] = {"a": [], "b": []}
     for step, key in requests:
         clock.now += step
-        policies = [Policy("key", f"key:{key}", key_quota, float(window)), Policy("tenant", "tenant:t", tenant_quota, float(window))]
+        policies = [
+            Policy("key", f"key:{key}", key_quota, float(window)),
+            Policy("tenant", "tenant:t", tenant_quota, float(window)),
+        ]
         both = admitted["a"] + admitted["b"]
-        expected = (
-            _in_window(admitted[key], clock.now, window) < key_quota and _in_window(both, clock.now, window) < tenant_quota
-        )
+        expected = _in_window(admitted[key], clock.now, window) < key_quota and _in_window(both, clock.now, window) < tenant_quota
         decision = limiter.acquire(policies)
         assert decision.admitted == expected
         if decision.admitted:

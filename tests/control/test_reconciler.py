@@ -53,8 +53,9 @@ def test_orphans_go_and_what_a_live_app_owns_stays(world: DeployWorld) -> None:
     world.deploy()
     [live] = world.running()
     live_route = world.route()
-    orphan = world.runtime.start_app(tenant="acme", app="gone", release="v4", image=live.image, env={"PORT": "8080"},
-                                     name="moorage-acme-gone-dep_gone")
+    orphan = world.runtime.start_app(
+        tenant="acme", app="gone", release="v4", image=live.image, env={"PORT": "8080"}, name="moorage-acme-gone-dep_gone"
+    )
     world.runtime.write_route(Route("app_gone", "acme", "gone", orphan.address(), 8080, "v4"))
     world.runtime.legacy |= {"acme--gone", "acme--web", "stranger--app"}
     report = world.reconciler.run_once()

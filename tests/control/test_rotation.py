@@ -118,7 +118,11 @@ def test_retirement_is_refused_while_any_value_uses_the_key(app, web: Caller, da
 
     with app.state.services.db.write() as session:  # one value altered on disk
         row = session.scalars(select(EnvVarRow).where(EnvVarRow.name == "VAR_07")).one()
-        session.execute(update(EnvVarRow).where(EnvVarRow.id == row.id).values(ciphertext=row.ciphertext[:-1] + bytes([row.ciphertext[-1] ^ 1])))
+        session.execute(
+            update(EnvVarRow)
+            .where(EnvVarRow.id == row.id)
+            .values(ciphertext=row.ciphertext[:-1] + bytes([row.ciphertext[-1] ^ 1]))
+        )
     code, summary = cli(capsys, "rotate-key")
     assert code == 1 and summary["resealed"] == 19
     assert [(f["name"], f["reason"]) for f in summary["failed"]] == [("VAR_07", "authentication-failed")]
@@ -259,11 +263,15 @@ def test_rotation_reseals_database_credentials_too(app, databases: Caller, data_
     assert database_urls(app, databases.tenant_id) == urls_before
     with app.state.services.db.read() as session:  # the password did not change, so neither did the row
         assert dict(session.execute(select(DatabaseRow.id, DatabaseRow.updated_at)).all()) == stamps
-        assert all(not blob.startswith(bytes([1, len(old)]) + old.encode())
-                   for blob in session.scalars(select(DatabaseRow.password_ciphertext)))
+        assert all(
+            not blob.startswith(bytes([1, len(old)]) + old.encode())
+            for blob in session.scalars(select(DatabaseRow.password_ciphertext))
+        )
 
 
-def test_retirement_is_refused_while_only_a_database_password_uses_the_key(app, databases: Caller, data_dir: Path, capsys) -> None:
+def test_retirement_is_refused_while_only_a_database_password_uses_the_key(
+    app, databases: Caller, data_dir: Path, capsys
+) -> None:
     [old] = key_ids(data_dir)
     urls = database_urls(app, databases.tenant_id)
     new = generate_master_key("next")

@@ -24,8 +24,10 @@ TENANT = f"contract-{RUN_ID}"
 APP = "web"
 APP_ID = f"app_contract{RUN_ID}"
 # busybox httpd on $PORT, as every app listens on the PORT it is given; a first log line.
-DOCKERFILE = (f"FROM {BUSYBOX}\n"
-              'CMD ["sh", "-c", "echo ready; mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p $PORT -h /www"]\n')
+DOCKERFILE = (
+    f"FROM {BUSYBOX}\n"
+    'CMD ["sh", "-c", "echo ready; mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p $PORT -h /www"]\n'
+)
 
 
 @dataclass
@@ -44,8 +46,15 @@ def _source(root: Path) -> Path:
 
 
 def _request(source: Path, **fields: object) -> BuildRequest:
-    return BuildRequest(source=source, tag=f"moorage-apps/{TENANT}/{APP}:contract", tenant=TENANT, app=APP, timeout=120.0,
-                        work_dir=source.parent, **fields)  # type: ignore[arg-type]
+    return BuildRequest(
+        source=source,
+        tag=f"moorage-apps/{TENANT}/{APP}:contract",
+        tenant=TENANT,
+        app=APP,
+        timeout=120.0,
+        work_dir=source.parent,
+        **fields,
+    )  # type: ignore[arg-type]
 
 
 @dataclass
@@ -75,8 +84,7 @@ def docker_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerWor
 
 
 def _docker_settings(data_dir: Path, traefik: TraefikProcess) -> Settings:
-    return Settings(data_dir=data_dir, base_domain="apps.test", traefik_dynamic_dir=traefik.dynamic_dir,
-                    traefik_url=traefik.url)
+    return Settings(data_dir=data_dir, base_domain="apps.test", traefik_dynamic_dir=traefik.dynamic_dir, traefik_url=traefik.url)
 
 
 def _docker_subject(world: DockerWorld, tmp_path: Path) -> Iterator[Subject]:
@@ -86,9 +94,13 @@ def _docker_subject(world: DockerWorld, tmp_path: Path) -> Iterator[Subject]:
     def plant_legacy_route(tenant: str, app: str) -> None:
         (world.traefik.dynamic_dir / f"{tenant}--{app}.yml").write_text("http: {}\n")
 
-    yield Subject(rt, world.image_id, _source(tmp_path / "src"),
-                  stop_behind_our_back=lambda container_id: rt.containers.stop(container_id, timeout=1),
-                  plant_legacy_route=plant_legacy_route)
+    yield Subject(
+        rt,
+        world.image_id,
+        _source(tmp_path / "src"),
+        stop_behind_our_back=lambda container_id: rt.containers.stop(container_id, timeout=1),
+        plant_legacy_route=plant_legacy_route,
+    )
     for container in rt.owned_apps(tenant=TENANT):
         rt.remove(container.id)
     rt.remove_route(APP_ID)
@@ -99,8 +111,13 @@ def _fake_subject(tmp_path: Path) -> Iterator[Subject]:
     fake = InMemoryAppRuntime()
     source = _source(tmp_path / "src")
     image_id = fake.build_image("dockerfile", _request(source)).image_id
-    yield Subject(fake, image_id, source, stop_behind_our_back=fake.stop_behind_our_back,
-                  plant_legacy_route=lambda tenant, app: fake.legacy.add(f"{tenant}--{app}"))
+    yield Subject(
+        fake,
+        image_id,
+        source,
+        stop_behind_our_back=fake.stop_behind_our_back,
+        plant_legacy_route=lambda tenant, app: fake.legacy.add(f"{tenant}--{app}"),
+    )
 
 
 @pytest.fixture(params=["in-memory", pytest.param("docker", marks=pytest.mark.docker)])
@@ -112,8 +129,9 @@ def subject(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Subject]
 
 
 def _start(subject: Subject, release: str = "v1", name: str = f"moorage-{TENANT}-{APP}-dep_contract") -> Route:
-    container = subject.runtime.start_app(tenant=TENANT, app=APP, release=release, image=subject.image_id,
-                                          env={"PORT": "8080", "GREETING": "hello"}, name=name)
+    container = subject.runtime.start_app(
+        tenant=TENANT, app=APP, release=release, image=subject.image_id, env={"PORT": "8080", "GREETING": "hello"}, name=name
+    )
     return Route(APP_ID, TENANT, APP, container.address(), 8080, release)
 
 
@@ -148,8 +166,14 @@ def test_a_cancelled_build_stops(subject: Subject) -> None:
 def test_a_started_app_runs_is_listed_and_answers_its_health_check_on_its_port(subject: Subject) -> None:
     rt = subject.runtime
     assert not rt.ever_started_anything()
-    container = rt.start_app(tenant=TENANT, app=APP, release="v1", image=subject.image_id,
-                             env={"PORT": "8080"}, name=f"moorage-{TENANT}-{APP}-dep_contract")
+    container = rt.start_app(
+        tenant=TENANT,
+        app=APP,
+        release="v1",
+        image=subject.image_id,
+        env={"PORT": "8080"},
+        name=f"moorage-{TENANT}-{APP}-dep_contract",
+    )
     assert container.running and container.ip
     assert (container.tenant, container.app, container.release, container.image) == (TENANT, APP, "v1", subject.image_id)
     assert rt.ever_started_anything()

@@ -156,8 +156,7 @@ def test_a_keyed_upload_is_unpacked_before_any_write_transaction_begins(
     monkeypatch.setattr(deployments_api, "extract_tar_gz", watched_unpack)
     transactions.clear()
     body = tar_gz(source("v1"))
-    response = warm.post("/v1/apps/web/deployments", content=body,
-                         headers={"Content-Type": "application/gzip", **_key()})
+    response = warm.post("/v1/apps/web/deployments", content=body, headers={"Content-Type": "application/gzip", **_key()})
     assert response.status_code == 202, response.text
     assert transactions.writes == 2, transactions.log
     # The claim committed before the body was unpacked; the second began after.

@@ -19,8 +19,13 @@ GZIP = {"Content-Type": "application/gzip"}
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", base_domain="apps.test", max_upload_bytes=64 * 1024,
-                    max_source_bytes=1024 * 1024, job_workers=0)
+    return Settings(
+        data_dir=tmp_path / "data",
+        base_domain="apps.test",
+        max_upload_bytes=64 * 1024,
+        max_source_bytes=1024 * 1024,
+        job_workers=0,
+    )
 
 
 def tar_gz(*members: tuple[tarfile.TarInfo, bytes | None]) -> bytes:
@@ -103,7 +108,9 @@ def test_an_oversized_upload_is_413_whether_declared_or_streamed(tenant: Caller,
 
 def test_a_good_archive_is_extracted_and_queued(tenant: Caller, settings: Settings) -> None:
     tenant.post("/v1/apps", json={"name": "web"})
-    good = tar_gz(file("Dockerfile", b"FROM moorage/busybox:latest\n"), file("app/main.py", b"print(1)\n"), link("app/alias.py", "main.py"))
+    good = tar_gz(
+        file("Dockerfile", b"FROM moorage/busybox:latest\n"), file("app/main.py", b"print(1)\n"), link("app/alias.py", "main.py")
+    )
     r = tenant.post("/v1/apps/web/deployments", content=good, headers=GZIP)
     assert r.status_code == 202, r.text
     src = settings.data_dir / "deployments" / r.json()["id"] / "src"

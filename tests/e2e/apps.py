@@ -8,7 +8,7 @@ import tarfile
 
 BASE = "moorage/python:3-bookworm"
 
-APP = '''\
+APP = """\
 import http.server, os, sys
 VERSION = "{version}"
 {startup}
@@ -25,14 +25,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 print(f"serving version {{VERSION}} on port {{os.environ['PORT']}}", flush=True)
 http.server.ThreadingHTTPServer(("", int(os.environ["PORT"])), Handler).serve_forever()
-'''
+"""
 
-DOCKERFILE = f'''\
+DOCKERFILE = f"""\
 FROM {BASE}
 WORKDIR /app
 {{extra}}COPY app.py /app/app.py
 CMD ["python3", "-u", "/app/app.py"]
-'''
+"""
 
 
 def source(version: str, *, startup: str = "", extra_steps: str = "", dockerfile: bool = True) -> dict[str, str]:

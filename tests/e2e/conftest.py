@@ -30,8 +30,10 @@ def cleanup_tenant(tenant: str) -> None:
     client = docker.from_env()
     # All at once: each forced removal mostly waits for its own sandbox to stop.
     with ThreadPoolExecutor(max_workers=8) as pool:
-        for removal in [pool.submit(c.remove, force=True, v=True)
-                        for c in client.containers.list(all=True, filters={"label": f"moorage.tenant={tenant}"})]:
+        for removal in [
+            pool.submit(c.remove, force=True, v=True)
+            for c in client.containers.list(all=True, filters={"label": f"moorage.tenant={tenant}"})
+        ]:
             removal.result()
     for n in client.networks.list(names=[f"moorage-t-{tenant}"]):
         if n.name == f"moorage-t-{tenant}":
@@ -58,16 +60,26 @@ def traefik() -> Iterator[TraefikProcess]:
 
 def e2e_settings(data_dir: Path, traefik: TraefikProcess, **overrides: object) -> Settings:
     base = dict(
-        data_dir=data_dir, base_domain="apps.test", traefik_dynamic_dir=traefik.dynamic_dir, traefik_url=traefik.url,
-        reconcile_interval_s=2, health_timeout_s=20, swap_drain_ms=500, build_timeout_s=300, job_lease_s=10,
+        data_dir=data_dir,
+        base_domain="apps.test",
+        traefik_dynamic_dir=traefik.dynamic_dir,
+        traefik_url=traefik.url,
+        reconcile_interval_s=2,
+        health_timeout_s=20,
+        swap_drain_ms=500,
+        build_timeout_s=300,
+        job_lease_s=10,
         # API rate limits are tested in tests/control; here they would only throttle polling loops.
-        rate_limit_key_quota=100_000, rate_limit_tenant_quota=100_000,
+        rate_limit_key_quota=100_000,
+        rate_limit_tenant_quota=100_000,
     )
     return Settings(**{**base, **overrides})  # type: ignore[arg-type]
 
 
 class Platform:
-    def __init__(self, app: Litestar, client: TestClient[Litestar], tenant: Caller, tenant_name: str, traefik: TraefikProcess) -> None:
+    def __init__(
+        self, app: Litestar, client: TestClient[Litestar], tenant: Caller, tenant_name: str, traefik: TraefikProcess
+    ) -> None:
         self.app, self.client, self.tenant, self.tenant_name, self.traefik = app, client, tenant, tenant_name, traefik
 
     def host(self, app: str) -> str:

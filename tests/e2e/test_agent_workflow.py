@@ -31,7 +31,7 @@ from tests.runtime.helpers import RUN_ID
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-APP = '''\
+APP = """\
 import http.server, os
 VERSION = "{version}"
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -46,7 +46,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 print(f"serving version {{VERSION}} on port {{os.environ['PORT']}}", flush=True)
 http.server.ThreadingHTTPServer(("", int(os.environ["PORT"])), Handler).serve_forever()
-'''
+"""
 DOCKERFILE = f'FROM {BASE}\nWORKDIR /app\nCOPY app.py /app/app.py\nCMD ["python3", "-u", "/app/app.py"]\n'
 
 
@@ -146,6 +146,9 @@ def test_an_agent_ships_an_app_with_a_database_and_rolls_back(agent_env: dict[st
     assert back["deployment"]["source"] == {"kind": "rollback", "release": "v1"}
     releases = moorage("releases", "shop")
     assert [(r["name"], r["current"], r["rollback_of"] is not None) for r in releases] == [
-        ("v1", False, False), ("v2", False, False), ("v3", True, True)]
+        ("v1", False, False),
+        ("v2", False, False),
+        ("v3", True, True),
+    ]
     # v1's image, the current env (the link too: its URL is now in the environment)
     assert through_traefik(traefik, back["url"]).startswith("version=1 greeting=hello-agent")

@@ -44,14 +44,16 @@ from tests.runtime.helpers import PYTHON, RUN_ID
 
 pytestmark = pytest.mark.docker
 APP_NAME = "notes"
-CONNECT = ("import socket, sys\n"
-           "try:\n"
-           "    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()\n"
-           "    print('connected')\n"
-           "except OSError as e:\n"
-           "    print('blocked', type(e).__name__, e); sys.exit(1)\n")
+CONNECT = (
+    "import socket, sys\n"
+    "try:\n"
+    "    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()\n"
+    "    print('connected')\n"
+    "except OSError as e:\n"
+    "    print('blocked', type(e).__name__, e); sys.exit(1)\n"
+)
 
-APP = r'''
+APP = r"""
 import http.server, os, socket, subprocess
 from urllib.parse import unquote, urlsplit
 
@@ -122,7 +124,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 print(f"db app on port {os.environ['PORT']}", flush=True)
 http.server.ThreadingHTTPServer(("", int(os.environ["PORT"])), Handler).serve_forever()
-'''
+"""
 
 DOCKERFILE = """\
 FROM moorage/postgres:15
@@ -132,8 +134,6 @@ HEALTHCHECK NONE
 COPY app.py /app/app.py
 CMD ["python3", "-u", "/app/app.py"]
 """
-
-
 
 
 @dataclass
@@ -173,8 +173,9 @@ def _remove_volumes(tenant: str) -> None:
 def world(traefik: TraefikProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     a_name, b_name = f"e2e-dba-{RUN_ID}", f"e2e-dbb-{RUN_ID}"
     # Three workers, three jobs of a tenant at once: both databases provision beside the build.
-    settings = e2e_settings(tmp_path_factory.mktemp("e2e-db-data"), traefik, job_workers=3, deploys_per_tenant=3,
-                            health_timeout_s=60)
+    settings = e2e_settings(
+        tmp_path_factory.mktemp("e2e-db-data"), traefik, job_workers=3, deploys_per_tenant=3, health_timeout_s=60
+    )
     app = create_app(settings)
     logs = io.StringIO()
     handler = attach_stream(logs)  # every log line the control plane writes, as rendered JSON
@@ -309,25 +310,42 @@ def test_redis_backup_restore_and_corrupt_backup_refused(world: World, provision
 def test_tenant_b_can_neither_reach_nor_see_tenant_a_databases(world: World, provisioned: dict) -> None:
     runtime = world.app.state.services.deploys.runtime
     b_net = runtime.networks.ensure(world.b_name).name
-    probe = runtime.containers.run(ContainerSpec(tenant=world.b_name, app="probe", image=PYTHON, network=b_net,
-                                                 name=f"moorage-e2e-probe-{RUN_ID}", command=["sleep", "300"]), runtime.policy)
+    probe = runtime.containers.run(
+        ContainerSpec(
+            tenant=world.b_name,
+            app="probe",
+            image=PYTHON,
+            network=b_net,
+            name=f"moorage-e2e-probe-{RUN_ID}",
+            command=["sleep", "300"],
+        ),
+        runtime.policy,
+    )
     try:
         client = docker.from_env()
         attempts = []
         for name, port in (("orders", 5432), ("cache", 6379)):
-            [c] = client.containers.list(filters={"label": [f"moorage.tenant={world.platform.tenant_name}", f"db.moorage/name={name}"]})
+            [c] = client.containers.list(
+                filters={"label": [f"moorage.tenant={world.platform.tenant_name}", f"db.moorage/name={name}"]}
+            )
             ip = c.attrs["NetworkSettings"]["Networks"][f"moorage-t-{world.platform.tenant_name}"]["IPAddress"]
             attempts += [(name, host, port) for host in (ip, f"db-{name}")]
         # All at once: a dropped connection waits out its whole timeout.
         with ThreadPoolExecutor(max_workers=len(attempts)) as pool:
-            results = list(pool.map(lambda a: runtime.containers.exec(probe.id, ["python3", "-c", CONNECT, a[1], str(a[2])]), attempts))
+            results = list(
+                pool.map(lambda a: runtime.containers.exec(probe.id, ["python3", "-c", CONNECT, a[1], str(a[2])]), attempts)
+            )
         for (name, host, _), result in zip(attempts, results, strict=True):
             assert result.exit_code != 0 and "blocked" in result.output, f"B reached A's {name} at {host}: {result.output}"
     finally:
         runtime.containers.remove(probe.id, force=True)
     a_db = provisioned["orders"]
-    for path in (f"/v1/databases/{a_db['id']}", "/v1/databases/orders", f"/v1/databases/{a_db['id']}/connection?reveal=true",
-                 f"/v1/databases/{a_db['id']}/backups"):
+    for path in (
+        f"/v1/databases/{a_db['id']}",
+        "/v1/databases/orders",
+        f"/v1/databases/{a_db['id']}/connection?reveal=true",
+        f"/v1/databases/{a_db['id']}/backups",
+    ):
         assert world.b.get(path).status_code == 404, path
     assert world.b.get("/v1/databases").json()["items"] == []
     assert world.b.post("/v1/apps", json={"name": "thief"}).status_code == 201

@@ -55,8 +55,9 @@ def first_release(platform: Platform) -> dict:
     dep = platform.deploy(APP, tar_gz(source("1.0")))
     # Follow the build log live: SSE until the final status event.
     events = []
-    with platform.client.stream("GET", f"/v1/apps/{APP}/deployments/{dep}/logs?follow=true",
-                                headers={"Authorization": f"Bearer {t.token}"}) as stream:
+    with platform.client.stream(
+        "GET", f"/v1/apps/{APP}/deployments/{dep}/logs?follow=true", headers={"Authorization": f"Bearer {t.token}"}
+    ) as stream:
         assert stream.headers["content-type"].startswith("text/event-stream")
         event = None
         for line in stream.iter_lines():

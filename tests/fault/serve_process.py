@@ -22,8 +22,15 @@ class ServeProcess:
         self.port = free_loopback_port()
         self.url = f"http://127.0.0.1:{self.port}"
         defaults = {
-            "DATA_DIR": data_dir, "PORT": self.port, "BASE_DOMAIN": "apps.test", "TRAEFIK_DYNAMIC_DIR": traefik.dynamic_dir,
-            "TRAEFIK_URL": traefik.url, "JOB_LEASE_S": 3, "RECONCILE_INTERVAL_S": 2, "HEALTH_TIMEOUT_S": 30, "SWAP_DRAIN_MS": 200,
+            "DATA_DIR": data_dir,
+            "PORT": self.port,
+            "BASE_DOMAIN": "apps.test",
+            "TRAEFIK_DYNAMIC_DIR": traefik.dynamic_dir,
+            "TRAEFIK_URL": traefik.url,
+            "JOB_LEASE_S": 3,
+            "RECONCILE_INTERVAL_S": 2,
+            "HEALTH_TIMEOUT_S": 30,
+            "SWAP_DRAIN_MS": 200,
         }
         overrides = {name.upper(): value for name, value in settings.items()}
         self.env = {**os.environ, **{f"MOORAGE_{k}": str(v) for k, v in (defaults | overrides).items()}}
@@ -31,8 +38,15 @@ class ServeProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "control.cli.main", *args], env=self.env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=60, check=True)
+        return subprocess.run(
+            [sys.executable, "-m", "control.cli.main", *args],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
 
     def bootstrap(self) -> dict[str, str]:
         """The operator's Authorization header (``admin bootstrap`` before the first start)."""
@@ -42,8 +56,9 @@ class ServeProcess:
 
     def start(self) -> None:
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "control.cli.main", "serve"], env=self.env, cwd=ROOT,
-                                         stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "control.cli.main", "serve"], env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:

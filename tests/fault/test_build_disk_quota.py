@@ -45,7 +45,9 @@ class Poller(threading.Thread):
                     self.seen[type(exc).__name__] += 1
 
 
-def test_a_build_filling_the_disk_fails_and_the_app_keeps_serving(make_platform: PlatformFactory, traefik: TraefikProcess) -> None:
+def test_a_build_filling_the_disk_fails_and_the_app_keeps_serving(
+    make_platform: PlatformFactory, traefik: TraefikProcess
+) -> None:
     with make_platform("quota", traefik, build_disk_bytes=QUOTA) as platform:
         t = platform.tenant
         assert t.post("/v1/apps", json={"name": APP, "port": 8080, "health_check_path": "/healthz"}).status_code == 201
@@ -79,7 +81,9 @@ def test_a_build_filling_the_disk_fails_and_the_app_keeps_serving(make_platform:
         assert sum(poller.seen.values()) > 20, poller.seen
         client = docker.from_env()
         try:
-            apps = client.containers.list(all=True, filters={"label": [f"moorage.tenant={platform.tenant_name}", "moorage.role=app"]})
+            apps = client.containers.list(
+                all=True, filters={"label": [f"moorage.tenant={platform.tenant_name}", "moorage.role=app"]}
+            )
             assert len(apps) == 1 and apps[0].status == "running", apps
             # No build step container, tag or refused layer left.
             steps = re.findall(r"^ ---> Running in ([0-9a-f]{12})$", log, flags=re.MULTILINE)

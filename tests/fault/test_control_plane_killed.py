@@ -61,7 +61,9 @@ def test_sigkill_mid_build_then_restart_never_leaves_it_stuck(server: ServeProce
         assert api.post("/v1/apps", json={"name": "slow"}, headers=auth).status_code == 201
         marker = f"slow-step-started # {RUN_ID}"
         slow = tar_gz(source(f"crash-{RUN_ID}", extra_steps=f"RUN echo {marker} && sleep 12\n"))
-        dep = api.post("/v1/apps/slow/deployments", content=slow, headers={**auth, "Content-Type": "application/gzip"}).json()["id"]
+        dep = api.post("/v1/apps/slow/deployments", content=slow, headers={**auth, "Content-Type": "application/gzip"}).json()[
+            "id"
+        ]
         deadline = time.monotonic() + 120
         while "slow-step-started" not in api.get(f"/v1/apps/slow/deployments/{dep}/logs", headers=auth).text:
             assert time.monotonic() < deadline, "the slow build step never started"
@@ -77,8 +79,10 @@ def test_sigkill_mid_build_then_restart_never_leaves_it_stuck(server: ServeProce
             if body["status"] in TERMINAL:
                 break
             time.sleep(0.5)
-        print(f"\nafter restart: {body['status']} in {time.monotonic() - killed_at:.1f}s; transitions "
-              f"{[(t['status'], t.get('reason')) for t in body['transitions']]}")
+        print(
+            f"\nafter restart: {body['status']} in {time.monotonic() - killed_at:.1f}s; transitions "
+            f"{[(t['status'], t.get('reason')) for t in body['transitions']]}"
+        )
         assert body["status"] in {"running", "failed"}, body
         if body["status"] == "failed":
             assert body["reason"]
@@ -118,7 +122,9 @@ def test_sigkill_mid_idempotent_post_never_loses_or_duplicates(api_server: Serve
         assert api.post("/v1/apps", json={"name": "web"}, headers=auth).status_code == 201
         headers = {**auth, "Content-Type": "application/gzip"}
         started = time.perf_counter()
-        calibration = api.post("/v1/apps/web/deployments", content=archive, headers={**headers, "Idempotency-Key": f"cal-{RUN_ID}"})
+        calibration = api.post(
+            "/v1/apps/web/deployments", content=archive, headers={**headers, "Idempotency-Key": f"cal-{RUN_ID}"}
+        )
         usual_s = time.perf_counter() - started
         assert calibration.status_code == 202
         created = [calibration.json()["id"]]
@@ -152,7 +158,9 @@ def test_sigkill_mid_idempotent_post_never_loses_or_duplicates(api_server: Serve
         for n in range(COMMIT_TRIES):
             key = f"commit-{RUN_ID}-{n}"
             seen: list[str] = []
-            first = _post_then_kill(server, api, headers, archive, key, lambda k=key, out=seen: out.append(_freeze_at_commit(server, k)))
+            first = _post_then_kill(
+                server, api, headers, archive, key, lambda k=key, out=seen: out.append(_freeze_at_commit(server, k))
+            )
             at_commit += seen[0] == "committed"
             split += seen[0] == "writes without answer"
             retry(key, first)
@@ -160,8 +168,10 @@ def test_sigkill_mid_idempotent_post_never_loses_or_duplicates(api_server: Serve
                 break
 
         listed = [d["id"] for d in api.get("/v1/apps/web/deployments?limit=100", headers=auth).json()["items"]]
-        print(f"\nPOST usually {usual_s * 1000:.0f} ms; {SPREAD_KILLS + n + 1} kills: {dict(outcomes)}; "
-              f"in-flight 409s meanwhile: {in_flight_409s}; kills at the commit {at_commit} of {n + 1} tries")
+        print(
+            f"\nPOST usually {usual_s * 1000:.0f} ms; {SPREAD_KILLS + n + 1} kills: {dict(outcomes)}; "
+            f"in-flight 409s meanwhile: {in_flight_409s}; kills at the commit {at_commit} of {n + 1} tries"
+        )
         assert sorted(listed) == sorted(created), "a deployment was lost or duplicated"
         assert len(set(created)) == len(created) == SPREAD_KILLS + n + 2
         assert split == 0, "a deployment row was visible before its answer was stored"
@@ -171,8 +181,9 @@ def test_sigkill_mid_idempotent_post_never_loses_or_duplicates(api_server: Serve
         cleanup_tenant(tenant_name)
 
 
-def _post_then_kill(server: ServeProcess, api: httpx.Client, headers: dict[str, str], archive: bytes, key: str,
-                    wait: Callable[[], object]) -> httpx.Response | str:
+def _post_then_kill(
+    server: ServeProcess, api: httpx.Client, headers: dict[str, str], archive: bytes, key: str, wait: Callable[[], object]
+) -> httpx.Response | str:
     """POST on a warm connection from a thread; SIGKILL the server once ``wait()`` returns."""
     api.get("/healthz")  # the connection is open before the clock starts
     answer: list[httpx.Response | str] = []
@@ -199,8 +210,7 @@ def _freeze_at_commit(server: ServeProcess, key: str, timeout: float = 5.0) -> s
     answer) shows, SIGSTOP the server (the caller then SIGKILLs it). Says what it saw: both at
     once ("committed"), one without the other ("writes without answer", which the unit of
     work rules out), or nothing in time ("timeout")."""
-    database = sqlite3.connect(f"file:{server.env['MOORAGE_DATA_DIR']}/moorage.db?mode=ro", uri=True,
-                               isolation_level=None)
+    database = sqlite3.connect(f"file:{server.env['MOORAGE_DATA_DIR']}/moorage.db?mode=ro", uri=True, isolation_level=None)
     deployments = "SELECT count(*) FROM deployments"
     answer = "SELECT state FROM idempotency_records WHERE idempotency_key = ?"
     try:

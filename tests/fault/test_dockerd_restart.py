@@ -33,7 +33,9 @@ def short_docker_breaker(monkeypatch: pytest.MonkeyPatch) -> float:
     time; 5 s takes the same path: open, wait, trial call, closed."""
     reset_s = 5.0
     real = runtime_docker.runtime_settings
-    monkeypatch.setattr(runtime_docker, "runtime_settings", lambda settings: replace(real(settings), breaker_reset_timeout=reset_s))
+    monkeypatch.setattr(
+        runtime_docker, "runtime_settings", lambda settings: replace(real(settings), breaker_reset_timeout=reset_s)
+    )
     return reset_s
 
 
@@ -68,7 +70,10 @@ class Poller(threading.Thread):
 def _containers_by_app(tenant: str) -> Counter[str]:
     client = docker.from_env()
     try:
-        return Counter(c.labels.get("moorage.app", "?") for c in client.containers.list(all=True, filters={"label": f"moorage.tenant={tenant}"}))
+        return Counter(
+            c.labels.get("moorage.app", "?")
+            for c in client.containers.list(all=True, filters={"label": f"moorage.tenant={tenant}"})
+        )
     finally:
         client.close()
 
@@ -82,8 +87,9 @@ def _build_step_containers(marker: str) -> list[str]:
         client.close()
 
 
-def test_dockerd_restart_mid_build(make_platform: PlatformFactory, traefik: TraefikProcess, dockerd_argv: list[str],
-                                   short_docker_breaker: float) -> None:
+def test_dockerd_restart_mid_build(
+    make_platform: PlatformFactory, traefik: TraefikProcess, dockerd_argv: list[str], short_docker_breaker: float
+) -> None:
     assert dockerd.live_restore(), "dockerd runs without live-restore: run deploy/host-setup.sh (it sets it)"
     with make_platform("dockerd", traefik, health_timeout_s=30, job_lease_s=10) as p:
         for name in ("steady", "victim"):
@@ -118,9 +124,11 @@ def test_dockerd_restart_mid_build(make_platform: PlatformFactory, traefik: Trae
         poller.halt.set()
         poller.join(5)
         log = p.tenant.get(f"/v1/apps/victim/deployments/{victim}/logs").text
-        print(f"\ndockerd down {outage_s:.1f}s; victim {body['status']} {recovered_s:.1f}s after the stop; "
-              f"steady through Traefik meanwhile: {dict(poller.seen)}; transitions "
-              f"{[(t['status'], t.get('reason')) for t in body['transitions']]}")
+        print(
+            f"\ndockerd down {outage_s:.1f}s; victim {body['status']} {recovered_s:.1f}s after the stop; "
+            f"steady through Traefik meanwhile: {dict(poller.seen)}; transitions "
+            f"{[(t['status'], t.get('reason')) for t in body['transitions']]}"
+        )
 
         assert body["status"] == "running", (body, log[-3000:])
         assert [t["status"] for t in body["transitions"]].count("building") >= 2  # started over after the outage

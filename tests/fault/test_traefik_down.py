@@ -31,8 +31,10 @@ def _answer(url: str, host: str) -> str:
 
 def test_traefik_down_then_back_without_its_route_files(make_platform: PlatformFactory) -> None:
     # Two deploys of the tenant at once: the apps do not depend on each other.
-    with TraefikProcess(throttle=TRAEFIK_THROTTLE) as traefik, make_platform("traefik", traefik, reconcile_interval_s=RECONCILE_S,
-                                                     route_verify_timeout_s=2, deploys_per_tenant=2) as p:
+    with (
+        TraefikProcess(throttle=TRAEFIK_THROTTLE) as traefik,
+        make_platform("traefik", traefik, reconcile_interval_s=RECONCILE_S, route_verify_timeout_s=2, deploys_per_tenant=2) as p,
+    ):
         versions = {"alpha": f"alpha1-{RUN_ID}", "beta": f"beta1-{RUN_ID}"}
         for app in versions:
             assert p.tenant.post("/v1/apps", json={"name": app}).status_code == 201
@@ -75,7 +77,10 @@ def test_traefik_down_then_back_without_its_route_files(make_platform: PlatformF
         assert p.client.get("/readyz").json()["checks"]["router"] == "ok"
 
         client = docker.from_env()  # nothing duplicated: one container and one current release per app
-        by_app = sorted(c.labels["moorage.app"] for c in client.containers.list(all=True, filters={"label": f"moorage.tenant={p.tenant_name}"}))
+        by_app = sorted(
+            c.labels["moorage.app"]
+            for c in client.containers.list(all=True, filters={"label": f"moorage.tenant={p.tenant_name}"})
+        )
         client.close()
         assert by_app == ["alpha", "beta", "gamma"]
         assert len(p.tenant.get("/v1/apps/alpha/releases").json()["items"]) == 2

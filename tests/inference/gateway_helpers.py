@@ -89,7 +89,9 @@ class Platform:
         assert response.status_code == 201, response.text
         return response.json()["node"]["id"], response.json()["token"]
 
-    def register(self, token: str, base_url: str, model: str = "tiny", engine_model: str = "stand-in", **report: Any) -> httpx.Response:
+    def register(
+        self, token: str, base_url: str, model: str = "tiny", engine_model: str = "stand-in", **report: Any
+    ) -> httpx.Response:
         body = {"state": "healthy", "engine": "transformers", "base_url": base_url,
                 "models": [{"name": model, "engine_model": engine_model}], **report}  # fmt: skip
         return self.http.post(self.url + "/v1/nodes/register", json=body, headers={"Authorization": f"Bearer {token}"})

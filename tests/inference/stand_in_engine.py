@@ -34,7 +34,7 @@ def main() -> None:
             if self.path == "/health" and not args.never_healthy:
                 self._reply(200, b'{"status":"ok"}')
             elif self.path == "/metrics":
-                self._reply(200, f"vllm:num_requests_running{{model_name=\"x\"}} {args.in_flight}.0\n".encode())
+                self._reply(200, f'vllm:num_requests_running{{model_name="x"}} {args.in_flight}.0\n'.encode())
             else:
                 self._reply(503, b"{}")
 

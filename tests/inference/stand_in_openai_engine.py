@@ -111,7 +111,9 @@ def main() -> None:
             if args.openai_style:
                 self._event(chunk("", "length"))
                 if wants_usage:
-                    self._event({"id": "chunk-stand-in", "object": kind, "model": body.get("model"), "choices": [], "usage": usage})
+                    self._event(
+                        {"id": "chunk-stand-in", "object": kind, "model": body.get("model"), "choices": [], "usage": usage}
+                    )
                 self._write(b"data: [DONE]\n\n")
             else:
                 self._event(chunk("", "length", usage=usage))

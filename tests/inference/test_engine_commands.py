@@ -89,9 +89,7 @@ def test_backoff_grows_exponentially_to_a_cap() -> None:
     assert [policy.backoff(n) for n in range(1, 6)] == [1, 2, 4, 5, 5]
 
 
-def test_node_run_refuses_unsafe_options_before_starting_anything(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_node_run_refuses_unsafe_options_before_starting_anything(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "config.json").write_text("{}")
     base = ["node", "run", "--engine", "transformers", "--model", str(tmp_path), "--port", "9"]
     assert main([*base, "--host", "0.0.0.0"]) == 2

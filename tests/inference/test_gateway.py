@@ -123,7 +123,10 @@ def test_a_client_gone_before_the_first_token_frees_its_node_and_reservation(tmp
     (as ASGI 2.4 asks) raises on the response's first send: the stream is never iterated.
     The node's in-flight count, the token reservation and the upstream connection must be
     released all the same."""
-    with control_plane(tmp_path, asgi_2_4_send, inference_tokens_per_minute=100) as platform, stand_in_engine("--first-token-delay", "1") as engine:
+    with (
+        control_plane(tmp_path, asgi_2_4_send, inference_tokens_per_minute=100) as platform,
+        stand_in_engine("--first-token-delay", "1") as engine,
+    ):
         node_id = platform.node(engine.base_url)
         _, token = platform.tenant("acme")
         payload = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 80})
@@ -261,5 +264,8 @@ def test_gateway_metrics(platform: Platform) -> None:
         assert f'moorage_inference_node_tokens_total{{kind="completion",model="tiny",node="{node_id}"}} 4.0' in text
         assert f'moorage_inference_tenant_tokens_total{{kind="completion",model="tiny",tenant="{tenant_id}"}} 4.0' in text
         assert f'moorage_inference_node_ttft_seconds_count{{model="tiny",node="{node_id}"}} 1.0' in text
-        assert f'moorage_inference_tenant_request_duration_seconds_count{{model="tiny",status="ok",tenant="{tenant_id}"}} 1.0' in text
+        assert (
+            f'moorage_inference_tenant_request_duration_seconds_count{{model="tiny",status="ok",tenant="{tenant_id}"}} 1.0'
+            in text
+        )
         assert f'moorage_inference_node_requests_in_flight{{node="{node_id}",source="gateway"}} 0.0' in text

@@ -120,7 +120,9 @@ def test_registered_node_serves_plain_and_streamed_chat_with_exact_usage(real_no
     assert plain.json()["model"] == MODEL and plain.json()["choices"][0]["message"]["content"] is not None
     seen[plain.headers["x-request-id"]] = plain.json()["usage"]
 
-    request_id, chunks = _stream(real_node, {"model": MODEL, "messages": QUESTION, "max_tokens": 16, "stream_options": {"include_usage": True}})
+    request_id, chunks = _stream(
+        real_node, {"model": MODEL, "messages": QUESTION, "max_tokens": 16, "stream_options": {"include_usage": True}}
+    )
     assert chunks[-1] == {"done": True}  # the gateway ends the stream properly; the engine does not
     usage = [c["usage"] for c in chunks[:-1] if c.get("usage")]
     assert len(usage) == 1 and all(c["model"] == MODEL for c in chunks[:-1])
@@ -189,7 +191,9 @@ def test_engine_killed_mid_stream(real_node: RealNode, tmp_path: Path) -> None:
     )
     events: list[str] = []
     try:
-        with platform.http.stream("POST", platform.url + "/v1/chat/completions", json=body, headers=headers, timeout=180) as response:
+        with platform.http.stream(
+            "POST", platform.url + "/v1/chat/completions", json=body, headers=headers, timeout=180
+        ) as response:
             assert response.status_code == 200
             lines = response.iter_lines()
             while len([e for e in events if '"content"' in e]) < 3:  # tokens are flowing from the real engine

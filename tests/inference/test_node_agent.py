@@ -19,7 +19,9 @@ from tests.inference.gateway_helpers import (
     stand_in_openai_command,
 )
 
-FAST = SupervisorPolicy(health_timeout_s=20, health_interval_s=0.05, heartbeat_interval_s=0.2, drain_grace_s=2, terminate_timeout_s=2)
+FAST = SupervisorPolicy(
+    health_timeout_s=20, health_interval_s=0.05, heartbeat_interval_s=0.2, drain_grace_s=2, terminate_timeout_s=2
+)
 
 
 def _wait_status(platform: Platform, node_id: str, status: str, timeout: float = 20) -> dict:

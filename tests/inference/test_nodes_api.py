@@ -19,7 +19,9 @@ REPORT = {
     "requests_in_flight": 2,
     "gpus": [{"index": 0, "used_mib": 1000, "total_mib": 8000}],
     "expert_load": {
-        "tokens": 5, "experts": 4, "top_k": 2,
+        "tokens": 5,
+        "experts": 4,
+        "top_k": 2,
         "layers": [{"layer": 0, "load": [4, 3, 2, 1], "utilisation": [1.6, 1.2, 0.8, 0.4], "load_entropy": 0.92}],
     },
     "future_field": "ignored",

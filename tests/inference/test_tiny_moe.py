@@ -84,7 +84,9 @@ def test_greedy_generation_produces_corpus_words(tiny_moe: TinyMoe) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     ids = tokenizer("The engine", return_tensors="pt")["input_ids"]
-    text = tokenizer.decode(model.generate(ids, min_new_tokens=12, max_new_tokens=20, do_sample=False)[0], skip_special_tokens=True)
+    text = tokenizer.decode(
+        model.generate(ids, min_new_tokens=12, max_new_tokens=20, do_sample=False)[0], skip_special_tokens=True
+    )
     vocabulary = {word.strip(".,").lower() for line in plain_lines() for word in line.split()}
     words = [word.strip(".,").lower() for word in text.split()]
     assert len(words) >= 6

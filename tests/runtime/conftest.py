@@ -40,9 +40,12 @@ def run_id() -> str:
 
 @pytest.fixture(scope="session")
 def runtime_settings(tmp_path_factory: pytest.TempPathFactory) -> RuntimeSettings:
-    return RuntimeSettings(docker_url=os.environ.get("MOORAGE_DOCKER_URL", RuntimeSettings.docker_url),
-                           base_domain="apps.test", breaker_reset_timeout=5.0,
-                           traefik_dynamic_dir=tmp_path_factory.mktemp("dynamic"))
+    return RuntimeSettings(
+        docker_url=os.environ.get("MOORAGE_DOCKER_URL", RuntimeSettings.docker_url),
+        base_domain="apps.test",
+        breaker_reset_timeout=5.0,
+        traefik_dynamic_dir=tmp_path_factory.mktemp("dynamic"),
+    )
 
 
 @pytest.fixture(scope="session")

@@ -96,8 +96,9 @@ def log_capture_fixture() -> Iterator[LogCapture]:
 
 
 @pytest.fixture(scope="module", name="db_env")
-def db_env_fixture(engine: DockerEngine, containers: Containers, networks: TenantNetworks,
-           log_capture: LogCapture) -> Iterator[DbEnv]:
+def db_env_fixture(
+    engine: DockerEngine, containers: Containers, networks: TenantNetworks, log_capture: LogCapture
+) -> Iterator[DbEnv]:
     for facts in ENGINES.values():
         try:
             engine.client.images.get(facts.image)
@@ -113,17 +114,37 @@ def db_env_fixture(engine: DockerEngine, containers: Containers, networks: Tenan
         # Both databases and the clients start at once: each mostly waits for its own sandbox
         # and health check. The teardown finds the databases by label, whatever happens here.
         with ThreadPoolExecutor(max_workers=2) as pool:
-            provisions = [pool.submit(databases.provision, DatabaseSpec(a, name, engine, a_net, creds, database_id(), labels=labels),
-                                      timeout=180)
-                          for name, engine, creds in (("orders", POSTGRES, pg_creds), ("cache", REDIS, redis_creds))]
-            made += run_all(containers, sleeper(a, "web", a_net), sleeper(b, "web", b_net),
-                            spec(a, "psql", a_net, image=ENGINES[POSTGRES].image, command=["sleep", "900"]),
-                            spec(a, "rcli", a_net, image=ENGINES[REDIS].image, command=["sleep", "900"]))
+            provisions = [
+                pool.submit(
+                    databases.provision, DatabaseSpec(a, name, engine, a_net, creds, database_id(), labels=labels), timeout=180
+                )
+                for name, engine, creds in (("orders", POSTGRES, pg_creds), ("cache", REDIS, redis_creds))
+            ]
+            made += run_all(
+                containers,
+                sleeper(a, "web", a_net),
+                sleeper(b, "web", b_net),
+                spec(a, "psql", a_net, image=ENGINES[POSTGRES].image, command=["sleep", "900"]),
+                spec(a, "rcli", a_net, image=ENGINES[REDIS].image, command=["sleep", "900"]),
+            )
         pg, cache = (provision.result() for provision in provisions)
-        yield DbEnv(a=a, b=b, a_net=a_net, b_net=b_net, pg=pg, pg_creds=pg_creds,
-                    redis=cache, redis_creds=redis_creds, a_app=made[0], b_app=made[1],
-                    pg_client=made[2], redis_client=made[3], databases=databases,
-                    backups=Backups(engine, databases), logs=log_capture)
+        yield DbEnv(
+            a=a,
+            b=b,
+            a_net=a_net,
+            b_net=b_net,
+            pg=pg,
+            pg_creds=pg_creds,
+            redis=cache,
+            redis_creds=redis_creds,
+            a_app=made[0],
+            b_app=made[1],
+            pg_client=made[2],
+            redis_client=made[3],
+            databases=databases,
+            backups=Backups(engine, databases),
+            logs=log_capture,
+        )
     finally:
         _teardown(engine, containers, networks, databases, made, (a, b))
 
@@ -133,15 +154,20 @@ def database_id() -> str:
     return f"db_{secrets.token_hex(13)}"
 
 
-def _teardown(engine: DockerEngine, containers: Containers, networks: TenantNetworks,
-              databases: Databases, made: list[ContainerInfo], tenants: tuple[str, str]) -> None:
+def _teardown(
+    engine: DockerEngine,
+    containers: Containers,
+    networks: TenantNetworks,
+    databases: Databases,
+    made: list[ContainerInfo],
+    tenants: tuple[str, str],
+) -> None:
     """Every step runs even if one fails (a leftover volume must not survive a failed test);
     the first error is raised at the end. The containers go first, all at once (each removal
     mostly waits for its own sandbox), then the volumes, then the networks."""
     removals: list[Callable[[], object]] = [functools.partial(containers.remove, c.id, force=True) for c in made]
     # Tests may replace an instance (re-provision): look them up rather than keep a list.
-    removals += [functools.partial(databases.remove, inst, purge_volume=True)
-                 for inst in databases.list(tenants[0])]
+    removals += [functools.partial(databases.remove, inst, purge_volume=True) for inst in databases.list(tenants[0])]
     errors: list[Exception] = []
 
     def volumes() -> None:

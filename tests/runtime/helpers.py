@@ -28,11 +28,19 @@ def tenant_name(label: str) -> str:
     return f"{label}-{RUN_ID}"
 
 
-def spec(tenant: str, app: str, network: str, image: str = BUSYBOX,
-         command: list[str] | None = None, **kw: object) -> ContainerSpec:
-    return ContainerSpec(tenant=tenant, app=app, image=image, network=network,
-                         name=f"moorage-test-{RUN_ID}-{tenant}-{app}"[:120], command=command,
-                         labels={RUN_LABEL: RUN_ID}, **kw)  # type: ignore[arg-type]
+def spec(
+    tenant: str, app: str, network: str, image: str = BUSYBOX, command: list[str] | None = None, **kw: object
+) -> ContainerSpec:
+    return ContainerSpec(
+        tenant=tenant,
+        app=app,
+        image=image,
+        network=network,
+        name=f"moorage-test-{RUN_ID}-{tenant}-{app}"[:120],
+        command=command,
+        labels={RUN_LABEL: RUN_ID},
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 def httpd(tenant: str, app: str, network: str, body: str, port: int = 8080) -> ContainerSpec:
@@ -79,6 +87,5 @@ def wait_http(url: str, host: str, expect: str | None = None, timeout: float = 1
 def pyhttp(tenant: str, app: str, network: str, body: str, port: int = 8000) -> ContainerSpec:
     """python3 -m http.server (threaded, keep-alive safe) serving `body` at /. Preferred behind
     Traefik: busybox httpd drops some pooled proxy connections (sporadic 502s, seen here)."""
-    script = (f"mkdir -p /srv && echo {body} > /srv/index.html && "
-              f"exec python3 -m http.server -d /srv {port}")
+    script = f"mkdir -p /srv && echo {body} > /srv/index.html && exec python3 -m http.server -d /srv {port}"
     return spec(tenant, app, network, image=PYTHON, command=["sh", "-c", script])

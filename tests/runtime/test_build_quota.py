@@ -105,8 +105,10 @@ def test_infinite_fill_is_killed_at_the_quota(quota_images: Images, tmp_path: Pa
         build.run(timeout=120)
     error = stopped.value
     took = time.monotonic() - build.step_started
-    print(f"\nkilled {took:.1f}s after the step started, having written {error.written / MiB:.0f} MiB "
-          f"(the test saw {build.largest / MiB:.0f} MiB) of a {QUOTA // MiB} MiB quota")
+    print(
+        f"\nkilled {took:.1f}s after the step started, having written {error.written / MiB:.0f} MiB "
+        f"(the test saw {build.largest / MiB:.0f} MiB) of a {QUOTA // MiB} MiB quota"
+    )
     assert isinstance(error, BuildError)  # control/jobs/deploy.py fails the deployment with it
     assert took < 10, f"the step ran {took:.1f}s"
     assert QUOTA < error.written < QUOTA + 64 * MiB and build.largest < QUOTA + 64 * MiB
@@ -121,8 +123,9 @@ def test_infinite_fill_is_killed_at_the_quota(quota_images: Images, tmp_path: Pa
     assert watchdog_threads() == []
 
 
-def test_a_step_too_fast_for_a_poll_is_refused_at_its_commit(quota_images: Images, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_step_too_fast_for_a_poll_is_refused_at_its_commit(
+    quota_images: Images, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # No measurement of running steps at all: only the check at the commit can catch it.
     monkeypatch.setattr(BuildWatchdog, "_measure", lambda self: None)
     build = Build(quota_images, tmp_path, "RUN head -c 209715200 /dev/zero > /big\nRUN echo next-step-ran", "fast")
@@ -176,8 +179,12 @@ def test_silent_step_times_out_at_its_deadline(quota_images: Images, tmp_path: P
 
 
 def test_a_build_under_the_quota_is_untouched(quota_images: Images, tmp_path: Path) -> None:
-    build = Build(quota_images, tmp_path, "RUN head -c 16777216 /dev/zero > /data && echo wrote-16-mib\n"
-                                          "RUN head -c 16777216 /dev/zero > /more", "normal")
+    build = Build(
+        quota_images,
+        tmp_path,
+        "RUN head -c 16777216 /dev/zero > /data && echo wrote-16-mib\nRUN head -c 16777216 /dev/zero > /more",
+        "normal",
+    )
     try:
         image_id = build.run(timeout=120)
         assert image_id.startswith("sha256:") and quota_images.exists(build.tag)
@@ -200,8 +207,9 @@ def test_a_cancelled_build_stops_its_watchdog(quota_images: Images, tmp_path: Pa
     assert watchdog_threads() == []
 
 
-def test_forged_log_lines_kill_nothing_else(quota_images: Images, containers: Containers, networks: TenantNetworks,
-                                            tmp_path: Path) -> None:
+def test_forged_log_lines_kill_nothing_else(
+    quota_images: Images, containers: Containers, networks: TenantNetworks, tmp_path: Path
+) -> None:
     """A step prints what the builder prints, naming another tenant's container: past the
     deadline the watchdog kills the build's own step only."""
     tenant = tenant_name("victim")
@@ -228,8 +236,13 @@ def test_volume_usage_walks_the_volume_or_asks_the_daemon(engine: DockerEngine) 
     name = f"moorage-test-{RUN_ID}-usage"
     client.volumes.create(name, labels={RUN_LABEL: RUN_ID})
     try:
-        client.containers.run(BUSYBOX, ["sh", "-c", "head -c 3145728 /dev/zero > /v/a && mkdir /v/d && head -c 1048576 /dev/zero > /v/d/b"],
-                              volumes={name: {"bind": "/v", "mode": "rw"}}, remove=True, labels={RUN_LABEL: RUN_ID})
+        client.containers.run(
+            BUSYBOX,
+            ["sh", "-c", "head -c 3145728 /dev/zero > /v/a && mkdir /v/d && head -c 1048576 /dev/zero > /v/d/b"],
+            volumes={name: {"bind": "/v", "mode": "rw"}},
+            remove=True,
+            labels={RUN_LABEL: RUN_ID},
+        )
         walked = volume_bytes(client.api, [name], {})
         reported = volume_bytes(client.api, [name], {name: ""})  # no local path: the daemon's report
         assert walked == reported == 4 * MiB

@@ -55,10 +55,13 @@ def test_missing_nixpacks_says_how_to_install_it(tmp_path: Path) -> None:
 
 @pytest.mark.docker
 def test_stand_in_nixpacks_builds_an_image_honouring_nixpacks_toml(tmp_path: Path, images: Images) -> None:
-    src = _tree(tmp_path / "src", {
-        "main.py": "print('hello from nixpacks app')\n",
-        "nixpacks.toml": '[start]\ncmd = "python3 main.py --from-toml"\n',
-    })
+    src = _tree(
+        tmp_path / "src",
+        {
+            "main.py": "print('hello from nixpacks app')\n",
+            "nixpacks.toml": '[start]\ncmd = "python3 main.py --from-toml"\n',
+        },
+    )
     tenant = tenant_name("nix")
     tag = f"moorage-test/nix-{tenant}:1"
     lines: list[str] = []
@@ -104,7 +107,9 @@ def test_the_built_dockerfile_is_the_text_the_policy_returned(tmp_path: Path) ->
             return "sha256:" + "0" * 64
             yield  # a generator, like Images.build_stream
 
-    request = BuildRequest(source=src, tag="t:1", tenant="a", app="b", timeout=30, prepare_dockerfile=lambda text: text + "LABEL checked=1\n")
+    request = BuildRequest(
+        source=src, tag="t:1", tenant="a", app="b", timeout=30, prepare_dockerfile=lambda text: text + "LABEL checked=1\n"
+    )
     DockerfileBuilder(Recording()).build(request)  # type: ignore[arg-type]
     assert calls == [(src, "FROM x\nLABEL checked=1\n")]
     (src / "Dockerfile").unlink()

@@ -42,18 +42,19 @@ __all__ = ["db_env_fixture", "log_capture_fixture"]  # fixtures, used by name
 pytestmark = pytest.mark.docker
 REPO = Path(__file__).resolve().parents[2]
 
-CONNECT = ("import socket, sys\n"
-           "try:\n"
-           "    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()\n"
-           "    print('connected')\n"
-           "except OSError as e:\n"
-           "    print('blocked', type(e).__name__, e); sys.exit(1)\n")
+CONNECT = (
+    "import socket, sys\n"
+    "try:\n"
+    "    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()\n"
+    "    print('connected')\n"
+    "except OSError as e:\n"
+    "    print('blocked', type(e).__name__, e); sys.exit(1)\n"
+)
 
 
 def sh(env: DbEnv, container: ContainerInfo, script: str, *args: str, **envvars: str) -> tuple[int, str]:
     out: list[bytes] = []
-    res = env.backups.exec.run(container.id, ["sh", "-c", script, "sh", *args], env=envvars,
-                               on_stdout=out.append)
+    res = env.backups.exec.run(container.id, ["sh", "-c", script, "sh", *args], env=envvars, on_stdout=out.append)
     return res.exit_code, b"".join(out).decode() + res.stderr
 
 
@@ -61,15 +62,15 @@ def psql(env: DbEnv, sql: str, database: str | None = None) -> str:
     url = env.pg.url(env.pg_creds)
     if database:
         url = url.rsplit("/", 1)[0] + f"/{database}"
-    code, out = sh(env, env.pg_client, 'psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -Atc "$1"', sql,
-                   DATABASE_URL=url)
+    code, out = sh(env, env.pg_client, 'psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -Atc "$1"', sql, DATABASE_URL=url)
     assert code == 0, redact_text(out, env.pg_creds.secrets())
     return out.strip()
 
 
 def redis(env: DbEnv, *args: str) -> str:
-    code, out = sh(env, env.redis_client, 'redis-cli --no-auth-warning -u "$REDIS_URL" "$@"', *args,
-                   REDIS_URL=env.redis.url(env.redis_creds))
+    code, out = sh(
+        env, env.redis_client, 'redis-cli --no-auth-warning -u "$REDIS_URL" "$@"', *args, REDIS_URL=env.redis.url(env.redis_creds)
+    )
     assert code == 0, redact_text(out, env.redis_creds.secrets())
     return out.strip()
 
@@ -92,12 +93,14 @@ def corrupt_copy(src: Path, dest_dir: Path) -> Path:
 def forbid_touching(env: DbEnv, monkeypatch: pytest.MonkeyPatch) -> None:
     def touched(*_: Any, **__: Any) -> None:
         raise AssertionError("restore touched the database before the checksum check")
+
     monkeypatch.setattr(env.backups.exec, "run", touched)
     monkeypatch.setattr(env.databases, "stop", touched)
     monkeypatch.setattr(env.backups, "_put_archive", touched)
 
 
 # --- 1. provisioned on the tenant network, hardened, reachable by hostname ----------------
+
 
 def test_database_containers_are_sandboxed_on_the_tenant_network(db_env: DbEnv) -> None:
     for inst in (db_env.pg, db_env.redis):
@@ -134,6 +137,7 @@ def test_redis_write_and_read_from_another_container(db_env: DbEnv) -> None:
 
 # --- 3. another tenant cannot reach them --------------------------------------------------
 
+
 def test_redis_has_a_ceiling_of_its_own_under_the_container_limit(db_env: DbEnv) -> None:
     limit = db_env.databases.containers.inspect(db_env.redis.container_id).attrs["HostConfig"]["Memory"]
     assert redis(db_env, "CONFIG", "GET", "maxmemory").split() == ["maxmemory", str(int(limit * 0.75))]
@@ -158,6 +162,7 @@ def test_other_tenant_cannot_reach_the_databases(db_env: DbEnv) -> None:
 
 # --- 2. backup -> damage -> restore; corrupt backups refused -------------------------------
 
+
 def test_postgres_backup_and_restore(db_env: DbEnv, tmp_path: Path) -> None:
     psql(db_env, "CREATE TABLE IF NOT EXISTS ledger (id int, note text); INSERT INTO ledger VALUES (7, 'keep me')")
     result = db_env.backups.backup(db_env.pg, db_env.pg_creds, tmp_path)
@@ -174,7 +179,8 @@ def test_postgres_backup_and_restore(db_env: DbEnv, tmp_path: Path) -> None:
 
 
 def test_postgres_corrupt_backup_is_refused_before_touching_the_database(
-        db_env: DbEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db_env: DbEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     psql(db_env, "CREATE TABLE IF NOT EXISTS ledger (id int, note text)")
     result = db_env.backups.backup(db_env.pg, db_env.pg_creds, tmp_path)
     psql(db_env, "INSERT INTO ledger VALUES (8, 'after the backup')")
@@ -209,10 +215,10 @@ def test_redis_backup_and_restore(db_env: DbEnv, tmp_path: Path, monkeypatch: py
 
 # --- lifecycle: retried provision, data kept across remove, crash reported fast -----------
 
+
 def test_provision_again_reuses_and_volume_keeps_data(db_env: DbEnv) -> None:
     redis(db_env, "SET", "durable", "yes")
-    spec = DatabaseSpec(db_env.a, "cache", REDIS, db_env.a_net, db_env.redis_creds, db_env.redis.id,
-                        labels={RUN_LABEL: RUN_ID})
+    spec = DatabaseSpec(db_env.a, "cache", REDIS, db_env.a_net, db_env.redis_creds, db_env.redis.id, labels={RUN_LABEL: RUN_ID})
     assert db_env.databases.provision(spec, timeout=180).container_id == db_env.redis.container_id
     db_env.databases.remove(db_env.redis)  # container gone (Redis saves on SIGTERM), volume kept
     db_env.redis = db_env.databases.provision(spec, timeout=180)
@@ -222,11 +228,12 @@ def test_provision_again_reuses_and_volume_keeps_data(db_env: DbEnv) -> None:
 def test_an_object_holding_a_databases_name_without_its_labels_is_never_adopted(db_env: DbEnv) -> None:
     """A volume named like the database but labelled as another tenant's (or no one's) is
     refused, left as it was, and nothing is started on it."""
-    spec = DatabaseSpec(db_env.b, "cache", REDIS, db_env.b_net, db_env.redis_creds, database_id(),
-                        labels={RUN_LABEL: RUN_ID})
+    spec = DatabaseSpec(db_env.b, "cache", REDIS, db_env.b_net, db_env.redis_creds, database_id(), labels={RUN_LABEL: RUN_ID})
     client = db_env.databases.engine.client
-    squatter = client.volumes.create(spec.resource_name, labels={"moorage.managed": "true", "moorage.tenant": db_env.a,
-                                                                 "db.moorage/id": spec.id, RUN_LABEL: RUN_ID})
+    squatter = client.volumes.create(
+        spec.resource_name,
+        labels={"moorage.managed": "true", "moorage.tenant": db_env.a, "db.moorage/id": spec.id, RUN_LABEL: RUN_ID},
+    )
     try:
         with pytest.raises(NameHeldByAnother, match="left alone"):
             db_env.databases.provision(spec, timeout=60)
@@ -238,8 +245,9 @@ def test_an_object_holding_a_databases_name_without_its_labels_is_never_adopted(
 
 
 def test_a_database_that_cannot_start_fails_fast(db_env: DbEnv) -> None:
-    spec = DatabaseSpec(db_env.a, "broken", REDIS, db_env.a_net, Credentials(password=""), database_id(),
-                        labels={RUN_LABEL: RUN_ID})
+    spec = DatabaseSpec(
+        db_env.a, "broken", REDIS, db_env.a_net, Credentials(password=""), database_id(), labels={RUN_LABEL: RUN_ID}
+    )
     started = time.monotonic()
     with pytest.raises(DatabaseNotHealthy, match="REDIS_PASSWORD is required"):
         db_env.databases.provision(spec, timeout=180)
@@ -249,10 +257,16 @@ def test_a_database_that_cannot_start_fails_fast(db_env: DbEnv) -> None:
 
 # --- 4. credentials never logged (runs after provision, backups and restores above) ------
 
+
 def test_credentials_never_appear_in_logs(db_env: DbEnv) -> None:
     names = {e.get("event") for e in db_env.logs.events}
-    assert {"database.provisioning", "database.healthy", "database.backup.done",
-            "database.restore.verified", "database.restore.done"} <= names, names
+    assert {
+        "database.provisioning",
+        "database.healthy",
+        "database.backup.done",
+        "database.restore.verified",
+        "database.restore.done",
+    } <= names, names
     text = db_env.logs.text()
     assert db_env.logs.records, "stdlib logging (docker SDK, urllib3) was not captured"
     for creds in (db_env.pg_creds, db_env.redis_creds):
@@ -263,10 +277,12 @@ def test_credentials_never_appear_in_logs(db_env: DbEnv) -> None:
 
 # --- 5. host setup stays idempotent with the service images present ----------------------
 
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="host-setup runs as root")
 def test_host_setup_rerun_changes_nothing(db_env: DbEnv) -> None:
-    proc = subprocess.run(["bash", str(REPO / "deploy" / "host-setup.sh")], capture_output=True,
-                          text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        ["bash", str(REPO / "deploy" / "host-setup.sh")], capture_output=True, text=True, timeout=300, check=False
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "image present: moorage/postgres:15" in proc.stdout
     assert "image present: moorage/redis:7" in proc.stdout

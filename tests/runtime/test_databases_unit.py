@@ -45,12 +45,15 @@ def test_unknown_engine_is_refused() -> None:
         engine_facts("mysql")
 
 
-@pytest.mark.parametrize(("url", "expected"), [
-    ("postgres://app:s3cret@db-x:5432/app", "postgres://app:***@db-x:5432/app"),
-    ("redis://default:p%40ss@db-c:6379/0", "redis://default:***@db-c:6379/0"),
-    ("redis://:pw@db-c:6379/0", "redis://:***@db-c:6379/0"),
-    ("postgres://db-x:5432/app", "postgres://db-x:5432/app"),  # nothing to hide
-])
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgres://app:s3cret@db-x:5432/app", "postgres://app:***@db-x:5432/app"),
+        ("redis://default:p%40ss@db-c:6379/0", "redis://default:***@db-c:6379/0"),
+        ("redis://:pw@db-c:6379/0", "redis://:***@db-c:6379/0"),
+        ("postgres://db-x:5432/app", "postgres://db-x:5432/app"),  # nothing to hide
+    ],
+)
 def test_redact_url(url: str, expected: str) -> None:
     assert redact_url(url) == expected
 

@@ -28,14 +28,17 @@ def test_engine_health_lists_runsc(engine: DockerEngine) -> None:
     assert "runsc" in health.runtimes and health.version
 
 
-def test_build_streams_lines_labels_and_prunes(images: Images, containers: Containers,
-                                               networks: TenantNetworks, tmp_path: Path) -> None:
+def test_build_streams_lines_labels_and_prunes(
+    images: Images, containers: Containers, networks: TenantNetworks, tmp_path: Path
+) -> None:
     tenant = tenant_name("img")
-    ctx = context(tmp_path, "FROM moorage/busybox:latest\nCOPY hello.txt /hello.txt\n"
-                            f"LABEL {RUN_LABEL}={RUN_ID}\nRUN echo built-step-output\nCMD [\"cat\", \"/hello.txt\"]\n")
+    ctx = context(
+        tmp_path,
+        "FROM moorage/busybox:latest\nCOPY hello.txt /hello.txt\n"
+        f'LABEL {RUN_LABEL}={RUN_ID}\nRUN echo built-step-output\nCMD ["cat", "/hello.txt"]\n',
+    )
     lines: list[str] = []
-    used = images.build(ctx, f"moorage-test/{tenant}:used", tenant=tenant, app="api", release="r1",
-                        on_line=lines.append)
+    used = images.build(ctx, f"moorage-test/{tenant}:used", tenant=tenant, app="api", release="r1", on_line=lines.append)
     assert any("built-step-output" in line for line in lines), lines
     assert any(line.startswith("Step 1/") for line in lines)
     info = images.inspect(used.tag)
@@ -87,8 +90,9 @@ def test_concurrent_ensure_makes_one_network(networks: TenantNetworks, engine: D
     with ThreadPoolExecutor(max_workers=6) as pool:
         made = list(pool.map(lambda _: networks.ensure(tenant).id, range(6)))
     try:
-        same_name = [n for n in engine.client.networks.list(names=[networks.name_for(tenant)])
-                     if n.name == networks.name_for(tenant)]
+        same_name = [
+            n for n in engine.client.networks.list(names=[networks.name_for(tenant)]) if n.name == networks.name_for(tenant)
+        ]
         assert len(same_name) == 1 and set(made) == {same_name[0].id}
     finally:
         for net in engine.client.networks.list(names=[networks.name_for(tenant)]):
@@ -103,10 +107,10 @@ def test_containerised_traefik_is_attached_to_tenant_networks(engine: DockerEngi
     from runtime.resilience import BreakerRegistry
 
     stand_in = f"moorage-test-{RUN_ID}-traefik-stand-in"
-    c = engine.client.containers.run("moorage/busybox:latest", ["sleep", "60"], name=stand_in,
-                                     detach=True, labels={RUN_LABEL: RUN_ID}, runtime="runsc")
-    eng = Engine(replace(engine.settings, traefik_container=stand_in), client=engine.client,
-                 registry=BreakerRegistry())
+    c = engine.client.containers.run(
+        "moorage/busybox:latest", ["sleep", "60"], name=stand_in, detach=True, labels={RUN_LABEL: RUN_ID}, runtime="runsc"
+    )
+    eng = Engine(replace(engine.settings, traefik_container=stand_in), client=engine.client, registry=BreakerRegistry())
     nets = TenantNetworks(eng)
     tenant = tenant_name("tfk")
     try:

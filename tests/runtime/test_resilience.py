@@ -41,10 +41,12 @@ class ManualClock:
         return self.now
 
 
-def breaker(clock: ManualClock, threshold: int = 3, reset: float = 10.0,
-            registry: BreakerRegistry | None = None) -> CircuitBreaker:
-    return CircuitBreaker("dep", failure_threshold=threshold, reset_timeout=reset, clock=clock,
-                          registry=registry or BreakerRegistry())
+def breaker(
+    clock: ManualClock, threshold: int = 3, reset: float = 10.0, registry: BreakerRegistry | None = None
+) -> CircuitBreaker:
+    return CircuitBreaker(
+        "dep", failure_threshold=threshold, reset_timeout=reset, clock=clock, registry=registry or BreakerRegistry()
+    )
 
 
 def boom() -> None:
@@ -170,6 +172,7 @@ def test_async_acall_and_cancellation_leaves_no_stuck_trial() -> None:
 
 # --- a real failing dependency -----------------------------------------------------------
 
+
 @pytest.fixture
 def refusing_port() -> Iterator[int]:
     """A loopback port with nothing listening: connections are really refused."""
@@ -197,8 +200,7 @@ class Pinger:
 def test_refusing_socket_opens_breaker_then_recovers(refusing_port: int) -> None:
     clock = ManualClock()
     sleeps: list[float] = []
-    guard = Guard(breaker(clock, threshold=2, reset=5.0),
-                  RetryPolicy(attempts=3, sleep=sleeps.append))
+    guard = Guard(breaker(clock, threshold=2, reset=5.0), RetryPolicy(attempts=3, sleep=sleeps.append))
     pinger = Pinger(guard, f"http://127.0.0.1:{refusing_port}/")
     for _ in range(2):
         with pytest.raises(httpx.ConnectError):
@@ -248,8 +250,7 @@ def test_async_guard_on_refusing_socket(refusing_port: int) -> None:
 
 def test_docker_engine_down_fails_fast(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The real docker SDK against a socket path where no dockerd listens."""
-    settings = RuntimeSettings(docker_url=f"unix://{tmp_path}/docker.sock",
-                               breaker_failure_threshold=2, breaker_reset_timeout=30)
+    settings = RuntimeSettings(docker_url=f"unix://{tmp_path}/docker.sock", breaker_failure_threshold=2, breaker_reset_timeout=30)
     engine = DockerEngine(settings, registry=BreakerRegistry())
     engine.guard.retry = RetryPolicy(attempts=2, initial_backoff=0.001, jitter=0.001)
     for _ in range(2):
@@ -264,6 +265,7 @@ def test_docker_engine_down_fails_fast(tmp_path) -> None:  # type: ignore[no-unt
 
 
 # --- what is retried --------------------------------------------------------------------
+
 
 class StatusError(Exception):
     def __init__(self, status: int) -> None:
@@ -327,8 +329,7 @@ def test_answers_do_not_count_as_dependency_failures() -> None:
 
 # --- property: the breaker agrees with a reference model ---------------------------------
 
-OPS = st.lists(st.one_of(st.just("ok"), st.just("fail"), st.floats(0, 20).map(lambda d: ("tick", d))),
-               max_size=60)
+OPS = st.lists(st.one_of(st.just("ok"), st.just("fail"), st.floats(0, 20).map(lambda d: ("tick", d))), max_size=60)
 
 
 @settings(max_examples=200, deadline=None)

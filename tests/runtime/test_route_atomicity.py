@@ -31,8 +31,9 @@ def backends(containers: Containers, networks: TenantNetworks) -> Iterator[tuple
     networks.remove(tenant)
 
 
-def test_rewrites_under_load_never_404_or_502(backends: tuple[str, str, list[Backend]],
-                                             router: Router, traefik: TraefikProcess) -> None:
+def test_rewrites_under_load_never_404_or_502(
+    backends: tuple[str, str, list[Backend]], router: Router, traefik: TraefikProcess
+) -> None:
     tenant, _, (one, two) = backends
     app = "swapper"
     host = router.hostname(tenant, app)

@@ -22,8 +22,16 @@ def router(tmp_path: Path, **kw: object) -> Router:
 
 def test_one_file_per_app_with_host_rule_and_service(tmp_path: Path) -> None:
     r = router(tmp_path)
-    path = r.write(AppRoute("acme", "web", [Backend("172.18.0.5", 8000), Backend("172.18.0.6", 8000)],
-                            extra_hosts=["www.acme.com"], health_path="/healthz", key="app_web1"))
+    path = r.write(
+        AppRoute(
+            "acme",
+            "web",
+            [Backend("172.18.0.5", 8000), Backend("172.18.0.6", 8000)],
+            extra_hosts=["www.acme.com"],
+            health_path="/healthz",
+            key="app_web1",
+        )
+    )
     assert path == tmp_path / "app_web1.yml"
     cfg = yaml.safe_load(path.read_text())
     router_cfg = cfg["http"]["routers"]["app_web1"]
@@ -47,7 +55,8 @@ def test_names_that_joined_to_one_key_get_files_of_their_own(tmp_path: Path) -> 
     rule = yaml.safe_load(victim.read_text())["http"]["routers"]["app_victim"]["rule"]
     assert rule == "Host(`app.rt-v--w.apps.example.com`)"
     assert yaml.safe_load(victim.read_text())["http"]["services"]["app_victim"]["loadBalancer"]["servers"] == [
-        {"url": "http://10.0.0.2:80"}]
+        {"url": "http://10.0.0.2:80"}
+    ]
 
 
 @pytest.mark.parametrize("key", ["acme--web", "../x", "a.b", "a/b", "", "App_1", "x\n", "a" * 101])

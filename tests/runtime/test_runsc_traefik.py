@@ -44,8 +44,7 @@ def test_runs_under_gvisor_kernel(web: ContainerInfo, containers: Containers) ->
     assert "gVisor" in dmesg.output, dmesg.output[:300]
 
 
-def test_serves_through_traefik_by_host_header(web: ContainerInfo, router: Router,
-                                               traefik: TraefikProcess) -> None:
+def test_serves_through_traefik_by_host_header(web: ContainerInfo, router: Router, traefik: TraefikProcess) -> None:
     tenant, app = web.labels["moorage.tenant"], web.labels["moorage.app"]
     net = f"moorage-t-{tenant}"
     router.write(AppRoute(tenant, app, [Backend(web.ip_on(net), 8000)], key=f"route_{tenant.replace('-', '_')}"))
@@ -79,8 +78,7 @@ def test_limits_and_hardening_visible_in_inspect(web: ContainerInfo, containers:
 def test_read_only_rootfs(containers: Containers, networks: TenantNetworks) -> None:
     tenant = tenant_name("ro")
     net = networks.ensure(tenant)
-    info = run(containers, spec(tenant, "ro", net.name, command=["sleep", "600"]),
-               SandboxPolicy(read_only_rootfs=True))
+    info = run(containers, spec(tenant, "ro", net.name, command=["sleep", "600"]), SandboxPolicy(read_only_rootfs=True))
     try:
         assert containers.inspect(info.id).attrs["HostConfig"]["ReadonlyRootfs"] is True
         assert containers.exec(info.id, ["touch", "/probe"]).exit_code != 0

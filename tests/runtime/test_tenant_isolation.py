@@ -15,12 +15,14 @@ from tests.runtime.helpers import httpd, run_all, sleeper, tenant_name
 
 pytestmark = pytest.mark.docker
 
-CONNECT = ("import socket, sys\n"
-           "try:\n"
-           "    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()\n"
-           "    print('connected')\n"
-           "except OSError as e:\n"
-           "    print('blocked', type(e).__name__, e); sys.exit(1)\n")
+CONNECT = (
+    "import socket, sys\n"
+    "try:\n"
+    "    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()\n"
+    "    print('connected')\n"
+    "except OSError as e:\n"
+    "    print('blocked', type(e).__name__, e); sys.exit(1)\n"
+)
 
 
 @dataclass
@@ -36,7 +38,9 @@ class Tenants:
 def tenants(containers: Containers, networks: TenantNetworks) -> Iterator[Tenants]:
     a, b = tenant_name("iso-a"), tenant_name("iso-b")
     a_net, b_net = networks.ensure(a).name, networks.ensure(b).name
-    made = run_all(containers, httpd(b, "api", b_net, "tenant-b-secret"), sleeper(b, "worker", b_net), sleeper(a, "client", a_net))
+    made = run_all(
+        containers, httpd(b, "api", b_net, "tenant-b-secret"), sleeper(b, "worker", b_net), sleeper(a, "client", a_net)
+    )
     yield Tenants(a_client=made[2], b_client=made[1], b_server=made[0], a_net=a_net, b_net=b_net)
     for c in made:
         containers.remove(c.id, force=True)

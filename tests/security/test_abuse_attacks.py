@@ -42,7 +42,9 @@ def _open_stream(platform: Platform, token: str, max_tokens: int, receive_buffer
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)  # before connect: it sets the window
     raw.settimeout(30)
     raw.connect((host, int(port)))
-    payload = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": max_tokens})
+    payload = json.dumps(
+        {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": max_tokens}
+    )
     raw.sendall(
         f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n{payload}".encode()
@@ -141,9 +143,11 @@ def test_a_slow_reader_and_a_slow_engine_are_not_cut_off(tmp_path: Path) -> None
     nor on the engine's pace: a client that keeps pausing for less than the limit (with
     the server's sends blocked meanwhile) gets the whole stream, and so does one whose
     engine is silent for longer than the limit between two tokens."""
-    with (_gateway(tmp_path, "--words", "30000") as (platform, _, _, token, _),
-          _gateway(tmp_path / "slow-engine", "--words", "2", "--delay", str(STREAM_IDLE_S * 1.5)) as slow_engine,
-          ThreadPoolExecutor(max_workers=1) as pool):
+    with (
+        _gateway(tmp_path, "--words", "30000") as (platform, _, _, token, _),
+        _gateway(tmp_path / "slow-engine", "--words", "2", "--delay", str(STREAM_IDLE_S * 1.5)) as slow_engine,
+        ThreadPoolExecutor(max_workers=1) as pool,
+    ):
         # The slow engine's stream (a control plane of its own) mostly waits: it runs meanwhile.
         slow_lines = pool.submit(_stream_lines, slow_engine[0], slow_engine[3])
         with _open_stream(platform, token, 30000) as client:

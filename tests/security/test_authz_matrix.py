@@ -84,7 +84,9 @@ def test_every_route_declares_a_known_access() -> None:
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return settings.with_overrides(git_allowed_networks="127.0.0.0/8", job_workers=0, reconcile_interval_s=0)  # nothing really deployed
+    return settings.with_overrides(
+        git_allowed_networks="127.0.0.0/8", job_workers=0, reconcile_interval_s=0
+    )  # nothing really deployed
 
 
 @pytest.fixture
@@ -103,7 +105,9 @@ def world(operator: Caller, new_tenant) -> tuple[dict[str, Caller | None], dict[
 
     app = alpha.post("/v1/apps", json={"name": "alpha-app"}).json()
     alpha.request("PUT", f"/v1/apps/{app['id']}/env/API_TOKEN", json={"value": "alpha-only"})
-    deployment = alpha.post(f"/v1/apps/{app['id']}/deployments", json={"git": {"url": "https://127.0.0.1:9/nonexistent/repo.git", "ref": "main"}})
+    deployment = alpha.post(
+        f"/v1/apps/{app['id']}/deployments", json={"git": {"url": "https://127.0.0.1:9/nonexistent/repo.git", "ref": "main"}}
+    )
     database = alpha.post("/v1/databases", json={"name": "alpha-db", "engine": "postgres"}).json()
     managed = alpha.client.app.state.services.databases  # what the jobs would record, without Docker
     managed.databases.mark(database["id"], "available", expect=("provisioning",))
@@ -116,9 +120,17 @@ def world(operator: Caller, new_tenant) -> tuple[dict[str, Caller | None], dict[
     assert link.status_code == 201 and node.status_code == 201, (link.text, node.text)
     callers["node"] = Caller(operator.client, node.json()["token"])
     values = {
-        "app": app["id"], "name": "API_TOKEN", "deployment": deployment.json()["id"], "db": database["id"],
-        "backup": backup["id"], "restore": restore.json()["id"], "link": link.json()["id"],
-        "key_id": victim["id"], "tenant_id": alpha.tenant_id, "node": node.json()["node"]["id"], "path": "openapi.json",
+        "app": app["id"],
+        "name": "API_TOKEN",
+        "deployment": deployment.json()["id"],
+        "db": database["id"],
+        "backup": backup["id"],
+        "restore": restore.json()["id"],
+        "link": link.json()["id"],
+        "key_id": victim["id"],
+        "tenant_id": alpha.tenant_id,
+        "node": node.json()["node"]["id"],
+        "path": "openapi.json",
     }
     return callers, values
 

@@ -85,7 +85,13 @@ def _stack(traefik, data_dir: Path, label: str, **overrides: object) -> Iterator
             for name in names:
                 tenant = operator.post("/v1/tenants", json={"name": name}).json()
                 key = operator.post(f"/v1/tenants/{tenant['id']}/keys", json={"scopes": ["admin"], "name": "own"}).json()
-                tenants.append(Tenant(name, tenant["id"], httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {key['token']}"})))
+                tenants.append(
+                    Tenant(
+                        name,
+                        tenant["id"],
+                        httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {key['token']}"}),
+                    )
+                )
             yield Stack(url, port, *tenants)
     finally:  # once the control plane (and its reconciler) stopped
         for name in names:
@@ -123,9 +129,11 @@ def test_add_from_the_control_planes_loopback_port_fails_before_any_fetch(stack:
     stack.attacker.app("ssrf")
     readyz = httpx.get(f"{stack.url}/readyz").text
     assert '"checks"' in readyz  # the live server answers on loopback: the fetch would work
-    for add in (f"ADD http://127.0.0.1:{stack.port}/readyz /readyz",
-                f"ARG U=http://127.0.0.1:{stack.port}/readyz\nADD $U /readyz",
-                "ADD http://169.254.169.254/latest/meta-data/ /meta"):
+    for add in (
+        f"ADD http://127.0.0.1:{stack.port}/readyz /readyz",
+        f"ARG U=http://127.0.0.1:{stack.port}/readyz\nADD $U /readyz",
+        "ADD http://169.254.169.254/latest/meta-data/ /meta",
+    ):
         done = stack.attacker.deploy("ssrf", {"Dockerfile": f"FROM {PY}\n{add}\nRUN cat /readyz\n"})
         log = stack.attacker.log("ssrf", done["id"])
         assert '"checks"' not in log, f"the control plane's /readyz leaked into the build: {log[-1500:]}"
@@ -135,9 +143,16 @@ def test_add_from_the_control_planes_loopback_port_fails_before_any_fetch(stack:
 
 
 GIT_URLS_TO_THE_HOST = [
-    "https://localhost/app.git", "https://127.0.0.1/app.git", "https://[::1]/app.git",
-    "https://[::ffff:127.0.0.1]/app.git", "https://2130706433/app.git", "https://169.254.169.254/app.git",
-    "https://10.0.0.1/app.git", "ssh://127.0.0.1/srv/app.git", "git://127.0.0.1/app.git", "http://example.com/app.git",
+    "https://localhost/app.git",
+    "https://127.0.0.1/app.git",
+    "https://[::1]/app.git",
+    "https://[::ffff:127.0.0.1]/app.git",
+    "https://2130706433/app.git",
+    "https://169.254.169.254/app.git",
+    "https://10.0.0.1/app.git",
+    "ssh://127.0.0.1/srv/app.git",
+    "git://127.0.0.1/app.git",
+    "http://example.com/app.git",
 ]
 
 
@@ -179,8 +194,9 @@ def test_git_fetches_only_from_the_address_that_was_checked(traefik, tmp_path: P
     from control.domain import git_sources
 
     make_repo(tmp_path / "repos", "app", source(f"from-git-{RUN_ID}"))
-    monkeypatch.setattr(git_sources, "system_resolver",
-                        lambda host, port: ["127.0.0.1"] if host == "git.moorage.test" else pytest.fail(host))
+    monkeypatch.setattr(
+        git_sources, "system_resolver", lambda host, port: ["127.0.0.1"] if host == "git.moorage.test" else pytest.fail(host)
+    )
     with (
         git_http_server(tmp_path / "repos") as git_port,
         _stack(traefik, tmp_path / "data", "g", git_allow_http=True, git_allowed_networks="127.0.0.0/8") as stack,
@@ -204,7 +220,7 @@ def _copy_step_cached(log: str) -> bool:
     lines = log.splitlines()
     for i, line in enumerate(lines):
         if " : COPY app.py /app/app.py" in line:
-            return any("Using cache" in later for later in lines[i + 1:i + 3])
+            return any("Using cache" in later for later in lines[i + 1 : i + 3])
     raise AssertionError(f"no COPY step in the log:\n{log[-3000:]}")
 
 

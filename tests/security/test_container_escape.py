@@ -122,8 +122,15 @@ def setup(engine: DockerEngine, containers: Containers, networks: TenantNetworks
         (spec(a, "ro-client", a_net, image=PYTHON, command=["sleep", "600"]), SandboxPolicy(read_only_rootfs=True)),
     )
     try:
-        yield Setup(client=made[1], read_only_client=made[2], other=made[0], other_net=b_net, gateway=gateway,
-                    loopback_port=loopback_port, wildcard_port=wildcard_port)
+        yield Setup(
+            client=made[1],
+            read_only_client=made[2],
+            other=made[0],
+            other_net=b_net,
+            gateway=gateway,
+            loopback_port=loopback_port,
+            wildcard_port=wildcard_port,
+        )
     finally:
         loopback.close()
         wildcard.close()
@@ -141,15 +148,19 @@ def probe(containers: Containers, client: ContainerInfo, targets: dict[str, tupl
 
 @pytest.fixture(scope="module")
 def seen(setup: Setup, containers: Containers) -> dict:  # noqa: F811
-    return probe(containers, setup.client, {
-        "host-loopback-via-gateway": (setup.gateway, setup.loopback_port),
-        "own-loopback": ("127.0.0.1", setup.loopback_port),
-        "other-tenant": (setup.other.ip_on(setup.other_net), 8080),
-        "metadata": ("169.254.169.254", 80),
-        "metadata-ecs": ("169.254.170.2", 80),
-        "test-net": ("203.0.113.7", 80),  # RFC 5737: no host can exist there (control for egress interception)
-        "host-wildcard-via-gateway": (setup.gateway, setup.wildcard_port),
-    })
+    return probe(
+        containers,
+        setup.client,
+        {
+            "host-loopback-via-gateway": (setup.gateway, setup.loopback_port),
+            "own-loopback": ("127.0.0.1", setup.loopback_port),
+            "other-tenant": (setup.other.ip_on(setup.other_net), 8080),
+            "metadata": ("169.254.169.254", 80),
+            "metadata-ecs": ("169.254.170.2", 80),
+            "test-net": ("203.0.113.7", 80),  # RFC 5737: no host can exist there (control for egress interception)
+            "host-wildcard-via-gateway": (setup.gateway, setup.wildcard_port),
+        },
+    )
 
 
 def test_docker_socket_is_absent(seen: dict) -> None:

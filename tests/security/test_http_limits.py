@@ -33,9 +33,15 @@ def live(tmp_path_factory: pytest.TempPathFactory, migrated_database: Path) -> I
     data_dir.mkdir(mode=0o700)
     shutil.copyfile(migrated_database, data_dir / "moorage.db")
     settings = Settings(
-        data_dir=data_dir, base_domain="apps.test", port=free_port(), job_workers=0, reconcile_interval_s=0,
-        database_purge_interval_s=0, max_upload_bytes=UPLOAD_LIMIT,
-        request_body_timeout_s=BODY_TOTAL_S, request_body_idle_timeout_s=int(BODY_IDLE_S) or 1,
+        data_dir=data_dir,
+        base_domain="apps.test",
+        port=free_port(),
+        job_workers=0,
+        reconcile_interval_s=0,
+        database_purge_interval_s=0,
+        max_upload_bytes=UPLOAD_LIMIT,
+        request_body_timeout_s=BODY_TOTAL_S,
+        request_body_idle_timeout_s=int(BODY_IDLE_S) or 1,
     )
     with serving(settings) as (base_url, app):
         operator = app.state.services.keys.bootstrap_operator("limits-operator").token

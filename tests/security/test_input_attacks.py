@@ -41,8 +41,14 @@ def settings(tmp_path: Path, migrated_database: Path) -> Settings:
     data_dir = tmp_path / "data"
     data_dir.mkdir(mode=0o700)
     shutil.copyfile(migrated_database, data_dir / "moorage.db")
-    return Settings(data_dir=data_dir, base_domain="apps.test", job_workers=0, reconcile_interval_s=0,
-                    max_source_entries=1500, database_purge_interval_s=0)
+    return Settings(
+        data_dir=data_dir,
+        base_domain="apps.test",
+        job_workers=0,
+        reconcile_interval_s=0,
+        max_source_entries=1500,
+        database_purge_interval_s=0,
+    )
 
 
 def assert_refused(r: httpx.Response, status: int, code: str, field: str | None = None) -> dict[str, Any]:
@@ -73,8 +79,12 @@ def test_an_app_name_with_any_control_character_is_refused(tenant: Caller, name:
 def test_an_env_var_named_port_newline_is_refused_and_never_stored(tenant: Caller) -> None:
     assert tenant.post("/v1/apps", json={"name": "web"}).status_code == 201
     assert_refused(tenant.patch("/v1/apps/web/env", json={"vars": {"PORT\n": "1"}}), 422, "validation-failed", "vars.PORT\n")
-    assert_refused(tenant.request("PUT", "/v1/apps/web/env", json={"vars": {"OK": "1", "NAME\n": "2"}}),
-                   422, "validation-failed", "vars.NAME\n")
+    assert_refused(
+        tenant.request("PUT", "/v1/apps/web/env", json={"vars": {"OK": "1", "NAME\n": "2"}}),
+        422,
+        "validation-failed",
+        "vars.NAME\n",
+    )
     assert_refused(tenant.request("PUT", "/v1/apps/web/env/NAME%0A", json={"value": "1"}), 422, "validation-failed", "name")
     env = tenant.get("/v1/apps/web/env").json()
     assert env["vars"] == [] and env["env_version"] == 0  # all-or-nothing: the valid OK was not kept either
@@ -89,14 +99,20 @@ def test_a_database_named_with_a_trailing_newline_is_422_not_500(tenant: Caller)
 
 def test_the_operator_cannot_create_a_tenant_named_with_a_trailing_newline(operator: Caller) -> None:
     assert_refused(operator.post("/v1/tenants", json={"name": "rt-nl\n"}), 422, "validation-failed", "name")
-    assert_refused(operator.post("/v1/tenants", json={"name": "rt-nl", "display_name": "RT\nadmin"}),
-                   422, "validation-failed", "display_name")
+    assert_refused(
+        operator.post("/v1/tenants", json={"name": "rt-nl", "display_name": "RT\nadmin"}),
+        422,
+        "validation-failed",
+        "display_name",
+    )
     assert operator.get("/v1/tenants").json()["items"] == []
 
 
 def test_key_and_release_names_with_a_newline_are_refused(tenant: Caller) -> None:
     before = [k["id"] for k in tenant.get("/v1/keys").json()["items"]]
-    assert_refused(tenant.post("/v1/keys", json={"scopes": ["read"], "name": "ci\nscopes=admin"}), 422, "validation-failed", "name")
+    assert_refused(
+        tenant.post("/v1/keys", json={"scopes": ["read"], "name": "ci\nscopes=admin"}), 422, "validation-failed", "name"
+    )
     assert [k["id"] for k in tenant.get("/v1/keys").json()["items"]] == before
     assert tenant.post("/v1/apps", json={"name": "web"}).status_code == 201
     assert_refused(tenant.post("/v1/apps/web/rollback", json={"release": "v1\n"}), 422, "validation-failed", "release")
@@ -155,8 +171,9 @@ def test_an_expiring_operator_key_cannot_mint_a_tenant_key_that_outlives_it(app:
     op = Caller(operator.client, short.token, short.key.id)
     tenant_id = op.post("/v1/tenants", json={"name": "rt-op"}).json()["id"]
     later = (soon + timedelta(days=1)).isoformat()
-    assert_refused(op.post(f"/v1/tenants/{tenant_id}/keys", json={"scopes": ["admin"], "expires_at": later}),
-                   403, "expiry-exceeds-issuer")
+    assert_refused(
+        op.post(f"/v1/tenants/{tenant_id}/keys", json={"scopes": ["admin"], "expires_at": later}), 403, "expiry-exceeds-issuer"
+    )
     assert op.get(f"/v1/tenants/{tenant_id}/keys").json()["items"] == []
     minted = op.post(f"/v1/tenants/{tenant_id}/keys", json={"scopes": ["admin", "inference"]})
     assert minted.status_code == 201, minted.text  # operators grant any tenant scope ...
@@ -195,10 +212,13 @@ ARCHIVES = {
     "2000-levels-deep": (_tar_gz(_file("Dockerfile"), _file(_deep(2000) + "/f")), "nested 2001 levels"),
     "65-levels-deep": (_tar_gz(_file(_deep(64) + "/f")), "nested 65 levels"),
     "deep-through-a-symlink": (
-        _tar_gz(_file(_deep(60) + "/f"), _symlink("s", _deep(60)), _file("s/e/e/e/e/e/f")), "through symlinks"),
+        _tar_gz(_file(_deep(60) + "/f"), _symlink("s", _deep(60)), _file("s/e/e/e/e/e/f")),
+        "through symlinks",
+    ),
     "symlink-chain": (
         _tar_gz(_file("f"), _symlink("s0", "."), *[_symlink(f"s{i}", f"s{i - 1}") for i in range(1, 1200)]),
-        "too deeply"),
+        "too deeply",
+    ),
     "long-component": (_tar_gz(_file("a" * 300)), "over 255 bytes"),
     "long-name": (_tar_gz(_file("/".join(["b" * 200] * 6))), "names are at most 1024"),
     "newline-in-name": (_tar_gz(_file("app\n.py")), "control character"),
@@ -220,8 +240,9 @@ def test_a_hostile_archive_is_refused_with_422_and_leaves_nothing(tenant: Caller
 
 def test_an_archive_at_the_limits_is_accepted(tenant: Caller, settings: Settings) -> None:
     assert tenant.post("/v1/apps", json={"name": "web"}).status_code == 201
-    archive = _tar_gz(_file("Dockerfile"), _file(_deep(63) + "/f"), _file("c" * 255), _symlink("s", _deep(10)),
-                      _file("s/" + _deep(53) + "/g"))
+    archive = _tar_gz(
+        _file("Dockerfile"), _file(_deep(63) + "/f"), _file("c" * 255), _symlink("s", _deep(10)), _file("s/" + _deep(53) + "/g")
+    )
     r = tenant.post("/v1/apps/web/deployments", content=archive, headers=GZIP)
     assert r.status_code == 202, r.text
     src = settings.data_dir / "deployments" / r.json()["id"] / "src"

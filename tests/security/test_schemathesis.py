@@ -61,8 +61,14 @@ def live(tmp_path_factory: pytest.TempPathFactory, migrated_database: Path) -> I
     data_dir.mkdir(mode=0o700)
     shutil.copyfile(migrated_database, data_dir / "moorage.db")
     settings = Settings(
-        data_dir=data_dir, base_domain="apps.test", port=free_port(), job_workers=0, reconcile_interval_s=0,
-        database_purge_interval_s=0, rate_limit_key_quota=1_000_000, rate_limit_tenant_quota=1_000_000,
+        data_dir=data_dir,
+        base_domain="apps.test",
+        port=free_port(),
+        job_workers=0,
+        reconcile_interval_s=0,
+        database_purge_interval_s=0,
+        rate_limit_key_quota=1_000_000,
+        rate_limit_tenant_quota=1_000_000,
         auth_failure_quota=1_000_000,  # the mangled credentials it sends must stay 401
         traefik_dynamic_dir=data_dir / "traefik",
     )
@@ -121,7 +127,9 @@ def _header(response: Any, name: str) -> str:
 
 @schema.parametrize()
 @hypothesis_settings(
-    max_examples=MAX_EXAMPLES, deadline=None, derandomize=True,
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    derandomize=True,
     suppress_health_check=list(HealthCheck),
 )
 def test_every_operation_answers_within_its_contract(case: Any, live: dict[str, Any]) -> None:

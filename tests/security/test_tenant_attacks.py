@@ -70,18 +70,21 @@ class Arena:
         caller = self.callers[tenant]
         if caller.get(f"/v1/apps/{app}").status_code == 404:
             assert caller.post("/v1/apps", json={"name": app, "port": 8080}).status_code == 201
-        r = caller.post(f"/v1/apps/{app}/deployments", content=tar_gz(source(version)),
-                        headers={"Content-Type": "application/gzip"})
+        r = caller.post(
+            f"/v1/apps/{app}/deployments", content=tar_gz(source(version)), headers={"Content-Type": "application/gzip"}
+        )
         assert r.status_code == 202, r.text
-        return self.wait(tenant, f"/v1/apps/{app}/deployments/{r.json()['id']}", "status",
-                         {"running", "failed", "cancelled"})
+        return self.wait(tenant, f"/v1/apps/{app}/deployments/{r.json()['id']}", "status", {"running", "failed", "cancelled"})
 
 
 @pytest.fixture(scope="module")
 def arena(traefik: TraefikProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Arena]:  # noqa: F811
     tenants = (DB_VICTIM, DB_ATTACKER, ROUTE_VICTIM, ROUTE_ATTACKER)
-    app = create_app(e2e_settings(tmp_path_factory.mktemp("attacks"), traefik, job_workers=2, deploys_per_tenant=2,
-                                  database_purge_interval_s=0))
+    app = create_app(
+        e2e_settings(
+            tmp_path_factory.mktemp("attacks"), traefik, job_workers=2, deploys_per_tenant=2, database_purge_interval_s=0
+        )
+    )
     try:
         with TestClient(app, raise_server_exceptions=False, timeout=120) as client:
             operator = Caller(client, app.state.services.keys.bootstrap_operator("attacks").token)
@@ -188,8 +191,14 @@ def test_a_prefix_named_tenant_neither_reaches_nor_deletes_the_victims_database(
     assert _volumes_of(DB_VICTIM) == retained, "the attacker's purge removed the victim's volume"
     client = docker.from_env()
     (name,) = retained
-    probe = client.containers.run("moorage/redis:7", [f"grep -c {SECRET} /data/dump.rdb || true"], remove=True,
-                                  volumes={name: {"bind": "/data", "mode": "ro"}}, entrypoint=["sh", "-c"], user="0")
+    probe = client.containers.run(
+        "moorage/redis:7",
+        [f"grep -c {SECRET} /data/dump.rdb || true"],
+        remove=True,
+        volumes={name: {"bind": "/data", "mode": "ro"}},
+        entrypoint=["sh", "-c"],
+        user="0",
+    )
     client.close()
     assert probe.strip() == b"1", "the victim's data did not survive"
 
@@ -249,18 +258,36 @@ def test_the_reconciler_removes_what_no_live_app_or_database_accounts_for(arena:
     rt.write_route(Route("app_0000000000orphan0000000000", tenant, "ghost", "10.255.0.9", 8080, "v9"))
     (dynamic / f"{tenant}--ghost.yml").write_text("http: {}\n")
     net = rt.networks.ensure(tenant).name
-    orphan_db = rt.containers.run(ContainerSpec(
-        tenant=tenant, app="db-ghost", image=PYTHON, network=net, role="database", command=["sleep", "600"],
-        name=f"moorage-test-{RUN_ID}-orphan-db", labels={ID_LABEL: "db_0000000000ghost000000000000", INSTANCE_LABEL: rt.instance}),
-        rt.policy)
+    orphan_db = rt.containers.run(
+        ContainerSpec(
+            tenant=tenant,
+            app="db-ghost",
+            image=PYTHON,
+            network=net,
+            role="database",
+            command=["sleep", "600"],
+            name=f"moorage-test-{RUN_ID}-orphan-db",
+            labels={ID_LABEL: "db_0000000000ghost000000000000", INSTANCE_LABEL: rt.instance},
+        ),
+        rt.policy,
+    )
     # Not ours: a route file another writer made, an old-style file of no tenant of ours, and
     # a database container of another control plane.
     (dynamic / "app_0000000000foreign00000000000.yml").write_text("http: {}\n")
     (dynamic / f"z{RUN_ID}-nobody--x.yml").write_text("http: {}\n")
-    foreign_db = rt.containers.run(ContainerSpec(
-        tenant=tenant, app="db-other", image=PYTHON, network=net, role="database", command=["sleep", "600"],
-        name=f"moorage-test-{RUN_ID}-foreign-db", labels={ID_LABEL: "db_0000000000other000000000000", INSTANCE_LABEL: "mrg-other"}),
-        rt.policy)
+    foreign_db = rt.containers.run(
+        ContainerSpec(
+            tenant=tenant,
+            app="db-other",
+            image=PYTHON,
+            network=net,
+            role="database",
+            command=["sleep", "600"],
+            name=f"moorage-test-{RUN_ID}-foreign-db",
+            labels={ID_LABEL: "db_0000000000other000000000000", INSTANCE_LABEL: "mrg-other"},
+        ),
+        rt.policy,
+    )
     try:
         report = arena.app.state.services.deploys.reconciler.run_once()
         assert not report.errors, report.errors

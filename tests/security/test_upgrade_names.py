@@ -41,7 +41,7 @@ TENANT = f"up-{RUN_ID}"
 SECRET = "kept-across-upgrade"
 
 # Runs under the previous release's code (PYTHONPATH): makes the install, prints what it made.
-LEGACY_INSTALL = r'''
+LEGACY_INSTALL = r"""
 import json, sys, time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -88,17 +88,22 @@ with TestClient(app, raise_server_exceptions=False, timeout=120) as client:
     container.exec_run(["redis-cli", "--no-auth-warning", "-a", password, "SAVE"])
     print(json.dumps({"token": key["token"], "database": db["id"],
                       "app": get("/v1/apps/web").json()["id"]}))
-'''
+"""
 
 
 def _legacy_tree(tmp: Path) -> Path:
     """The previous release's source, unpacked from git (a fresh clone has its history)."""
     tree = tmp / "legacy"
     tree.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", LEGACY_COMMIT, "control", "runtime", "tests", "migrations"], check=False,
-                             capture_output=True)
-    assert archive.returncode == 0, (f"git cannot read {LEGACY_COMMIT} ({archive.stderr.decode().strip()}): "
-                                     "this test needs the repository's history (a full clone)")
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", LEGACY_COMMIT, "control", "runtime", "tests", "migrations"],
+        check=False,
+        capture_output=True,
+    )
+    assert archive.returncode == 0, (
+        f"git cannot read {LEGACY_COMMIT} ({archive.stderr.decode().strip()}): "
+        "this test needs the repository's history (a full clone)"
+    )
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
     return tree
 
@@ -110,8 +115,15 @@ def legacy_install(traefik: TraefikProcess, tmp_path_factory: pytest.TempPathFac
     tree = _legacy_tree(tmp)
     env = {**os.environ, "PYTHONPATH": str(tree)}
     try:
-        made = subprocess.run([sys.executable, "-c", LEGACY_INSTALL, str(data_dir), str(traefik.dynamic_dir),
-                               traefik.url, TENANT, SECRET], check=False, env=env, cwd=tree, capture_output=True, text=True, timeout=400)
+        made = subprocess.run(
+            [sys.executable, "-c", LEGACY_INSTALL, str(data_dir), str(traefik.dynamic_dir), traefik.url, TENANT, SECRET],
+            check=False,
+            env=env,
+            cwd=tree,
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
         assert made.returncode == 0, made.stderr[-3000:]
         yield {**json.loads(made.stdout.strip().splitlines()[-1]), "data_dir": data_dir}
     finally:
@@ -148,7 +160,10 @@ def test_an_install_of_the_previous_release_keeps_working(legacy_install: dict, 
             assert caller.get("/v1/databases/cache").json()["status"] == "available"
             backup = caller.post("/v1/databases/cache/backups").json()
             deadline = time.monotonic() + 120
-            while (done := caller.get(f"/v1/databases/cache/backups/{backup['id']}").json())["status"] not in ("succeeded", "failed"):
+            while (done := caller.get(f"/v1/databases/cache/backups/{backup['id']}").json())["status"] not in (
+                "succeeded",
+                "failed",
+            ):
                 assert time.monotonic() < deadline, done
                 time.sleep(0.3)
             assert done["status"] == "succeeded", done

@@ -152,8 +152,9 @@ class ApiClient:
         def retryable(exc: BaseException) -> bool:
             return isinstance(exc, _Retryable) and (method == "GET" or exc.error.status in (429, 503))
 
-        retrying = Retrying(retry=retry_if_exception(retryable), wait=self._wait,
-                            stop=stop_after_delay(self.retry_for_s), reraise=True)
+        retrying = Retrying(
+            retry=retry_if_exception(retryable), wait=self._wait, stop=stop_after_delay(self.retry_for_s), reraise=True
+        )
         try:
             response = retrying(self._open, method, path, query, json)
         except _Retryable as exc:

@@ -58,9 +58,7 @@ class ApiKeyRepository:
         return None if row is None else to_key(row)
 
     def list(self, *, tenant_id: str | None, limit: int, cursor: str | None) -> Page[ApiKey]:
-        query = select(ApiKeyRow).where(
-            ApiKeyRow.tenant_id.is_(None) if tenant_id is None else ApiKeyRow.tenant_id == tenant_id
-        )
+        query = select(ApiKeyRow).where(ApiKeyRow.tenant_id.is_(None) if tenant_id is None else ApiKeyRow.tenant_id == tenant_id)
         return paginate(self.session, query, ApiKeyRow.id, to_key, limit=limit, cursor=cursor)
 
     def any_operator_key(self) -> bool:

@@ -14,8 +14,19 @@ from control.store.repositories.paging import SelectT, paginate
 
 
 def to_backup(row: DatabaseBackupRow) -> Backup:
-    return Backup(row.id, row.tenant_id, row.database_id, row.engine, row.status, row.reason, row.file_name, row.size,
-                  row.sha256, row.created_at, row.finished_at)
+    return Backup(
+        row.id,
+        row.tenant_id,
+        row.database_id,
+        row.engine,
+        row.status,
+        row.reason,
+        row.file_name,
+        row.size,
+        row.sha256,
+        row.created_at,
+        row.finished_at,
+    )
 
 
 def to_restore(row: DatabaseRestoreRow) -> Restore:
@@ -54,7 +65,9 @@ class BackupRepository:
 
     def succeeded(self, database_id: str) -> Sequence[Backup]:
         """Newest first (ids are time-ordered)."""
-        query = select(DatabaseBackupRow).where(DatabaseBackupRow.database_id == database_id, DatabaseBackupRow.status == "succeeded")
+        query = select(DatabaseBackupRow).where(
+            DatabaseBackupRow.database_id == database_id, DatabaseBackupRow.status == "succeeded"
+        )
         return [to_backup(r) for r in self.session.scalars(query.order_by(DatabaseBackupRow.id.desc()))]
 
     def delete(self, backup_id: str) -> None:
@@ -65,7 +78,9 @@ class BackupRepository:
 
     # -- restores -------------------------------------------------------------------------
     def restore_row(self, restore_id: str) -> DatabaseRestoreRow | None:
-        return self.session.scalar(self._scoped(select(DatabaseRestoreRow).where(DatabaseRestoreRow.id == restore_id), DatabaseRestoreRow))
+        return self.session.scalar(
+            self._scoped(select(DatabaseRestoreRow).where(DatabaseRestoreRow.id == restore_id), DatabaseRestoreRow)
+        )
 
     def get_restore(self, restore_id: str, backup_id: str | None = None) -> Restore | None:
         row = self.restore_row(restore_id)

@@ -18,10 +18,22 @@ ID_PREFIX = "db"
 
 def to_database(row: DatabaseRow) -> Database:
     return Database(
-        id=row.id, tenant_id=row.tenant_id, name=row.name, engine=row.engine, status=row.status, reason=row.reason,
-        memory_mb=row.memory_mb, backup_retention=row.backup_retention, db_user=row.db_user, db_name=row.db_name,
-        master_key_id=row.master_key_id, container_id=row.container_id, created_at=row.created_at,
-        updated_at=row.updated_at, deleted_at=row.deleted_at, purge_after=row.purge_after,
+        id=row.id,
+        tenant_id=row.tenant_id,
+        name=row.name,
+        engine=row.engine,
+        status=row.status,
+        reason=row.reason,
+        memory_mb=row.memory_mb,
+        backup_retention=row.backup_retention,
+        db_user=row.db_user,
+        db_name=row.db_name,
+        master_key_id=row.master_key_id,
+        container_id=row.container_id,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        deleted_at=row.deleted_at,
+        purge_after=row.purge_after,
         password_ciphertext=row.password_ciphertext,
     )
 
@@ -61,8 +73,9 @@ class DatabaseRepository:
     def usage(self, statuses: tuple[str, ...]) -> tuple[Sequence[tuple[str, int]], int]:
         """(name, memory_mb) of the tenant's databases in ``statuses``, and their memory total."""
         rows = self.session.execute(
-            self._scoped(select(DatabaseRow.name, DatabaseRow.memory_mb).where(DatabaseRow.status.in_(statuses)))
-            .order_by(DatabaseRow.memory_mb.desc())
+            self._scoped(select(DatabaseRow.name, DatabaseRow.memory_mb).where(DatabaseRow.status.in_(statuses))).order_by(
+                DatabaseRow.memory_mb.desc()
+            )
         ).all()
         items = [(str(name), int(mb)) for name, mb in rows]
         return items, sum(mb for _, mb in items)

@@ -17,12 +17,22 @@ from control.store.repositories.paging import SelectT, paginate
 
 def to_deployment(row: DeploymentRow) -> Deployment:
     return Deployment(
-        id=row.id, tenant_id=row.tenant_id, app_id=row.app_id, status=row.status,
-        source_kind=row.source_kind, source=json.loads(row.source or "{}"), builder=row.builder,
-        release_id=row.release_id, image=row.image, reason=row.reason,
-        cancel_requested=bool(row.cancel_requested), log_path=row.log_path,
-        timings=json.loads(row.timings or "{}"), transitions=json.loads(row.transitions or "[]"),
-        created_at=row.created_at, updated_at=row.updated_at,
+        id=row.id,
+        tenant_id=row.tenant_id,
+        app_id=row.app_id,
+        status=row.status,
+        source_kind=row.source_kind,
+        source=json.loads(row.source or "{}"),
+        builder=row.builder,
+        release_id=row.release_id,
+        image=row.image,
+        reason=row.reason,
+        cancel_requested=bool(row.cancel_requested),
+        log_path=row.log_path,
+        timings=json.loads(row.timings or "{}"),
+        transitions=json.loads(row.transitions or "[]"),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
     )
 
 
@@ -50,9 +60,18 @@ class DeploymentRepository:
         assert self.tenant_id is not None
         now = utcnow()
         row = DeploymentRow(
-            id=id, tenant_id=self.tenant_id, app_id=app_id, status="queued", source_kind=source_kind,
-            source=json.dumps(source), log_path=log_path, cancel_requested=False, timings="{}",
-            transitions=json.dumps([{"status": "queued", "at": now.isoformat()}]), created_at=now, updated_at=now,
+            id=id,
+            tenant_id=self.tenant_id,
+            app_id=app_id,
+            status="queued",
+            source_kind=source_kind,
+            source=json.dumps(source),
+            log_path=log_path,
+            cancel_requested=False,
+            timings="{}",
+            transitions=json.dumps([{"status": "queued", "at": now.isoformat()}]),
+            created_at=now,
+            updated_at=now,
         )
         self.session.add(row)
         self.session.flush()

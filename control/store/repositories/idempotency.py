@@ -91,9 +91,7 @@ class IdempotencyRepository:
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    def complete(
-        self, record_id: int, lease: datetime, response: StoredResponse, expires_at: datetime
-    ) -> bool:
+    def complete(self, record_id: int, lease: datetime, response: StoredResponse, expires_at: datetime) -> bool:
         result = self.session.execute(
             update(IdempotencyRecordRow)
             .where(

@@ -14,9 +14,17 @@ from control.store.models import JobRow
 
 def to_job(row: JobRow) -> Job:
     return Job(
-        id=row.id, kind=row.kind, tenant_id=row.tenant_id, subject_id=row.subject_id, state=row.state,
-        attempts=row.attempts, max_attempts=row.max_attempts, run_after=row.run_after,
-        lease_owner=row.lease_owner, lease_expires_at=row.lease_expires_at, last_error=row.last_error,
+        id=row.id,
+        kind=row.kind,
+        tenant_id=row.tenant_id,
+        subject_id=row.subject_id,
+        state=row.state,
+        attempts=row.attempts,
+        max_attempts=row.max_attempts,
+        run_after=row.run_after,
+        lease_owner=row.lease_owner,
+        lease_expires_at=row.lease_expires_at,
+        last_error=row.last_error,
         created_at=row.created_at,
     )
 
@@ -27,8 +35,16 @@ class JobRepository:
 
     def add(self, *, id: str, kind: str, tenant_id: str | None, subject_id: str, max_attempts: int, now: datetime) -> Job:
         row = JobRow(
-            id=id, kind=kind, tenant_id=tenant_id, subject_id=subject_id, state="queued", attempts=0,
-            max_attempts=max_attempts, run_after=now, created_at=now, updated_at=now,
+            id=id,
+            kind=kind,
+            tenant_id=tenant_id,
+            subject_id=subject_id,
+            state="queued",
+            attempts=0,
+            max_attempts=max_attempts,
+            run_after=now,
+            created_at=now,
+            updated_at=now,
         )
         self.session.add(row)
         self.session.flush()
@@ -49,7 +65,10 @@ class JobRepository:
             ).all()
         )
         candidates = self.session.scalars(
-            select(JobRow).where(JobRow.state == "queued", JobRow.run_after <= now).order_by(JobRow.run_after, JobRow.id).limit(100)
+            select(JobRow)
+            .where(JobRow.state == "queued", JobRow.run_after <= now)
+            .order_by(JobRow.run_after, JobRow.id)
+            .limit(100)
         )
         for row in candidates:
             if row.tenant_id is not None and running.get(row.tenant_id, 0) >= per_tenant:

@@ -40,7 +40,9 @@ class LinkRepository:
         return None if found is None else self._link(*found)
 
     def add(self, *, id: str, app_id: str, database_id: str, env_name: str) -> None:
-        self.session.add(DatabaseLinkRow(id=id, tenant_id=self.tenant_id, app_id=app_id, database_id=database_id, env_name=env_name))
+        self.session.add(
+            DatabaseLinkRow(id=id, tenant_id=self.tenant_id, app_id=app_id, database_id=database_id, env_name=env_name)
+        )
         self.session.flush()
 
     def remove(self, link_id: str) -> None:

@@ -12,10 +12,18 @@ from control.store.repositories.paging import paginate
 
 def to_release(row: ReleaseRow) -> Release:
     return Release(
-        id=row.id, tenant_id=row.tenant_id, app_id=row.app_id, number=row.number,
-        deployment_id=row.deployment_id, image_id=row.image_id, image_tag=row.image_tag,
-        env_version=row.env_version, port=row.port, health_check_path=row.health_check_path,
-        rollback_of=row.rollback_of, created_at=row.created_at,
+        id=row.id,
+        tenant_id=row.tenant_id,
+        app_id=row.app_id,
+        number=row.number,
+        deployment_id=row.deployment_id,
+        image_id=row.image_id,
+        image_tag=row.image_tag,
+        env_version=row.env_version,
+        port=row.port,
+        health_check_path=row.health_check_path,
+        rollback_of=row.rollback_of,
+        created_at=row.created_at,
     )
 
 

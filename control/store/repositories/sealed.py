@@ -52,10 +52,7 @@ class SealedValueRepository:
             .order_by(c.id)
             .limit(limit)
         )
-        return [
-            SealedValue(row[0], row[1], row[2], tuple(row[4:]), row[3])
-            for row in self.session.execute(query)
-        ]
+        return [SealedValue(row[0], row[1], row[2], tuple(row[4:]), row[3]) for row in self.session.execute(query)]
 
     def reseal(self, value: SealedValue, *, ciphertext: bytes, master_key_id: str) -> bool:
         """Swap the blob only if nobody changed it since it was read. The value itself did
@@ -65,7 +62,5 @@ class SealedValueRepository:
         values: dict[str, object] = {c.ciphertext.key: ciphertext, c.master_key_id.key: master_key_id}
         if hasattr(model, "updated_at"):
             values["updated_at"] = model.updated_at  # SET updated_at = updated_at: no onupdate
-        result = self.session.execute(
-            update(model).where(c.id == value.id, c.ciphertext == value.ciphertext).values(values)
-        )
+        result = self.session.execute(update(model).where(c.id == value.id, c.ciphertext == value.ciphertext).values(values))
         return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -26,9 +26,7 @@ def common_options() -> argparse.ArgumentParser:
     common.add_argument("--url", help="API base URL (MOORAGE_URL; default http://127.0.0.1:7800)")
     common.add_argument("--api-key", help="API key (prefer MOORAGE_API_KEY or a profile)")
     common.add_argument("--profile", help="profile in ~/.config/moorage/profiles.toml (MOORAGE_PROFILE)")
-    common.add_argument(
-        "--retry-for", type=float, default=120.0, metavar="SECONDS", help="retry 429/503 for this long (120)"
-    )
+    common.add_argument("--retry-for", type=float, default=120.0, metavar="SECONDS", help="retry 429/503 for this long (120)")
     return common
 
 

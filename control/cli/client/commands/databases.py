@@ -105,7 +105,10 @@ def run_unlink(args: argparse.Namespace, api: ApiClient) -> int:
     links = api.get(f"/v1/apps/{args.app}/links")["items"]
     link = next((lk for lk in links if args.db in (lk["database_name"], lk["database_id"])), None)
     if link is None:
-        raise ApiError(404, {"code": "not-found", "detail": f"App '{args.app}' has no link to '{args.db}'; see GET /v1/apps/{args.app}/links."})
+        raise ApiError(
+            404,
+            {"code": "not-found", "detail": f"App '{args.app}' has no link to '{args.db}'; see GET /v1/apps/{args.app}/links."},
+        )
     api.delete(f"/v1/apps/{args.app}/links/{link['id']}")
     emit({"unlinked": link["id"], "app": args.app, "database": link["database_name"]}, as_json=args.json)
     return 0
@@ -125,5 +128,3 @@ def run_restore(args: argparse.Namespace, api: ApiClient) -> int:
     restore = api.post(f"/v1/databases/{args.db}/backups/{args.backup}/restore", {"target": args.target})
     path = f"/v1/databases/{args.db}/backups/{args.backup}/restores/{restore['id']}"
     return _waited(args, api, restore, path)
-
-

@@ -38,7 +38,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], comm
     deploy = commands.add_parser("deploy", parents=[common], help="deploy a source directory (or a git ref)")
     deploy.add_argument("dir", nargs="?", default=".", help="source directory (default: .)")
     deploy.add_argument("--app", help="app name (default: the directory's name)")
-    deploy.add_argument("--git", metavar="URL", help="deploy from a git repository instead of DIR (https:// on a public host; no credentials)")
+    deploy.add_argument(
+        "--git", metavar="URL", help="deploy from a git repository instead of DIR (https:// on a public host; no credentials)"
+    )
     deploy.add_argument("--ref", default="main", help="git branch, tag or commit (with --git; default main)")
     deploy.add_argument("--wait", action="store_true", help="follow the build log until running or failed")
     deploy.set_defaults(api=run_deploy)
@@ -58,7 +60,10 @@ def pack(directory: Path) -> bytes:
 
 def upload(api: ApiClient, app: str, archive: bytes) -> dict[str, Any]:
     return api.request(  # type: ignore[no-any-return]
-        "POST", f"/v1/apps/{app}/deployments", content=archive, headers={"Content-Type": "application/gzip"},
+        "POST",
+        f"/v1/apps/{app}/deployments",
+        content=archive,
+        headers={"Content-Type": "application/gzip"},
         idempotent=len(archive) <= KEYED_UPLOAD_LIMIT,
     )
 

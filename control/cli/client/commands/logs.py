@@ -55,8 +55,18 @@ def run_logs(args: argparse.Namespace, api: ApiClient) -> int:
     text = api.get(_path(args), tail=tail) or ""
     lines, truncated, full = bounded(text, args.app)
     if args.json:
-        emit({"app": args.app, "source": "build" if args.deployment else "runtime", "deployment": args.deployment,
-              "lines": lines, "truncated": truncated, "total_lines": len(text.splitlines()), "full_log": full}, as_json=True)
+        emit(
+            {
+                "app": args.app,
+                "source": "build" if args.deployment else "runtime",
+                "deployment": args.deployment,
+                "lines": lines,
+                "truncated": truncated,
+                "total_lines": len(text.splitlines()),
+                "full_log": full,
+            },
+            as_json=True,
+        )
         return 0
     if truncated:
         print(f"... {len(text.splitlines()) - len(lines)} earlier lines cut; full log: {full}")

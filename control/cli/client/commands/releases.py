@@ -38,8 +38,16 @@ def run_status(args: argparse.Namespace, api: ApiClient) -> int:
     if args.json:
         emit({"app": app, "release": current, "deployment": latest}, as_json=True)
     else:
-        emit({"app": app["name"], "url": app["url"], "release": current and current["name"],
-              "deployment": latest and f"{latest['id']} {latest['status']}", "reason": latest and latest["reason"]}, as_json=False)
+        emit(
+            {
+                "app": app["name"],
+                "url": app["url"],
+                "release": current and current["name"],
+                "deployment": latest and f"{latest['id']} {latest['status']}",
+                "reason": latest and latest["reason"],
+            },
+            as_json=False,
+        )
     return 0
 
 

@@ -77,7 +77,9 @@ def run_install(args: argparse.Namespace) -> int:
     if args.json:
         emit(report, as_json=True)
     else:
-        print(f"{len(report['created'])} created, {len(report['updated'])} updated, {report['unchanged']} unchanged in {report['target']}")
+        print(
+            f"{len(report['created'])} created, {len(report['updated'])} updated, {report['unchanged']} unchanged in {report['target']}"
+        )
         for path in [*report["created"], *report["updated"]]:
             print(f"  {path}")
     return 0

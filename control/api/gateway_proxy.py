@@ -245,10 +245,12 @@ class Relay:
             if not outcome.finished:  # closed before a finish_reason: the engine died between two events
                 raise EngineStreamError("the stream ended before a finish_reason")
             outcome.status, outcome.http_status, self._verdict = "ok", 200, breaker.record_success
+            await self.close()  # settled (usage written) before the client sees the end: what it reads next counts this call
             yield DONE
         except (httpx.HTTPError, msgspec.DecodeError, EngineStreamError) as exc:
             outcome.status, outcome.http_status, self._verdict = "error", 502, breaker.record_failure
             log.warning("inference_stream_broken", node_id=answer.node.id, error=type(exc).__name__, detail=str(exc)[:200])
+            await self.close()
             yield error_event(
                 "The inference node failed in the middle of the response; what was streamed is incomplete. Retry the request.",
                 code="inference-stream-interrupted",

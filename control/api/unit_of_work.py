@@ -16,8 +16,8 @@ So a keyed mutating request makes two write transactions (its claim, then this o
 unkeyed one makes one. A streaming answer (SSE, the inference gateway) commits when it
 starts; what it writes later commits on its own.
 
-``AuditTrail`` was a separate layer writing after the response; being inside the unit is
-what makes the trail exact: an event is recorded iff its outcome is.
+The audit row is written inside the unit, not after the answer: an event is recorded if and
+only if its outcome is.
 """
 
 from __future__ import annotations

@@ -98,6 +98,16 @@ def operator(app: Litestar, client: TestClient[Litestar]) -> Caller:
 @pytest.fixture
 def new_tenant(operator: Caller):
     """Factory: a tenant plus a key with the given scopes."""
+    return tenant_maker(operator)
+
+
+@pytest.fixture
+def tenant(new_tenant) -> Caller:
+    return new_tenant("acme", ["admin", "inference"])
+
+
+def tenant_maker(operator: Caller):
+    """``make(name, scopes)``: a tenant plus a key with those scopes, made through the API."""
 
     def make(name: str, scopes: list[str] | None = None) -> Caller:
         tenant = operator.post("/v1/tenants", json={"name": name})
@@ -110,6 +120,33 @@ def new_tenant(operator: Caller):
     return make
 
 
-@pytest.fixture
-def tenant(new_tenant) -> Caller:
-    return new_tenant("acme", ["admin", "inference"])
+@dataclass(frozen=True)
+class WorldSnapshot:
+    """A world some tests share, made once through the API: its data directory (database,
+    master keys) and what its builder returned. Each test runs on a copy of the directory
+    (``copy_to``), so what one test's calls change, no other test sees; ``Caller``s in the
+    result are bound to the test's client with ``dataclasses.replace(caller, client=...)``."""
+
+    data_dir: Path
+    made: Any
+
+    def copy_to(self, tmp_path: Path) -> Path:
+        data_dir = tmp_path / "data"
+        shutil.copytree(self.data_dir, data_dir)
+        return data_dir
+
+
+def snapshot_world(directory: Path, migrated_database: Path, settings_for: Any, build: Any) -> WorldSnapshot:
+    """Run ``build(operator, new_tenant)`` once on an app of its own over ``settings_for(data_dir)``."""
+    data_dir = directory / "data"
+    data_dir.mkdir(mode=0o700)
+    shutil.copyfile(migrated_database, data_dir / "moorage.db")
+    app = create_app(settings_for(data_dir))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        issued = app.state.services.keys.bootstrap_operator("test-operator")
+        operator = Caller(client, issued.token, issued.key.id)
+        made = build(operator, tenant_maker(operator))
+    with app.state.services.db.engine.connect() as connection:  # every page in the file, for copying
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    app.state.services.db.dispose()
+    return WorldSnapshot(data_dir, made)

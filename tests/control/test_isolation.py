@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from litestar import Litestar
+from litestar.testing import TestClient
 
 from control.app import create_app
 from control.security.scopes import TENANT_SCOPES
 from control.settings import Settings
-from tests.conftest import Caller
+from tests.conftest import Caller, WorldSnapshot, snapshot_world
 
 _PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")
 
@@ -35,10 +39,21 @@ SAMPLE_BODIES: dict[tuple[str, str], Any] = {
 }
 
 
-@pytest.fixture
-def settings(settings: Settings) -> Settings:
+def _world_settings(data_dir: Path) -> Settings:
     # No job workers: A's database below must not really be provisioned on this host.
-    return settings.with_overrides(git_allowed_networks="127.0.0.0/8", job_workers=0)
+    return Settings(data_dir=data_dir, base_domain="apps.test", log_level="info").with_overrides(
+        git_allowed_networks="127.0.0.0/8", job_workers=0
+    )
+
+
+@pytest.fixture(scope="module")
+def world_snapshot(tmp_path_factory: pytest.TempPathFactory, migrated_database: Path) -> WorldSnapshot:
+    return snapshot_world(tmp_path_factory.mktemp("isolation-world"), migrated_database, _world_settings, _build_tenants)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, world_snapshot: WorldSnapshot) -> Settings:
+    return _world_settings(world_snapshot.copy_to(tmp_path))
 
 
 def _tenant_routes() -> list[tuple[str, str]]:
@@ -62,7 +77,15 @@ def test_the_route_table_was_read() -> None:
 
 
 @pytest.fixture
-def tenants(new_tenant) -> tuple[Caller, Caller, dict[str, list[str]]]:
+def tenants(client: TestClient[Litestar], world_snapshot: WorldSnapshot) -> tuple[Caller, Caller, dict[str, list[str]]]:
+    """A with one of every resource, B with every scope (made once for the module; each test calls a copy)."""
+    alpha, beta, values = world_snapshot.made
+    return replace(alpha, client=client), replace(beta, client=client), values
+
+
+def _build_tenants(
+    _operator: Caller, new_tenant: Callable[[str, list[str]], Caller]
+) -> tuple[Caller, Caller, dict[str, list[str]]]:
     alpha = new_tenant("alpha", sorted(TENANT_SCOPES))
     beta = new_tenant("beta", sorted(TENANT_SCOPES))
     app = alpha.post("/v1/apps", json={"name": "secret-app"}).json()

@@ -21,10 +21,14 @@ from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from litestar import Litestar
+from litestar.testing import TestClient
 
 from control.api.auth import PUBLIC_PATHS
 from control.api.node_auth import NODE_ACCESS
@@ -37,7 +41,7 @@ from control.security.scopes import (
     effective,
 )
 from control.settings import Settings
-from tests.conftest import Caller
+from tests.conftest import Caller, WorldSnapshot, snapshot_world
 
 _PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")
 PUBLIC = "public"  # no access declared: a route under PUBLIC_PATHS (health, OpenAPI)
@@ -82,16 +86,33 @@ def test_every_route_declares_a_known_access() -> None:
     assert len(ROUTES) > 50 and {a for *_, a in ROUTES} >= {PUBLIC, OPERATOR_ACCESS, NODE_ACCESS, *TENANT_SCOPES}
 
 
-@pytest.fixture
-def settings(settings: Settings) -> Settings:
-    return settings.with_overrides(
+def _world_settings(data_dir: Path) -> Settings:
+    return Settings(data_dir=data_dir, base_domain="apps.test", log_level="info").with_overrides(
         git_allowed_networks="127.0.0.0/8", job_workers=0, reconcile_interval_s=0
     )  # nothing really deployed
 
 
+@pytest.fixture(scope="module")
+def world_snapshot(tmp_path_factory: pytest.TempPathFactory, migrated_database: Path) -> WorldSnapshot:
+    return snapshot_world(tmp_path_factory.mktemp("authz-world"), migrated_database, _world_settings, _build_world)
+
+
 @pytest.fixture
-def world(operator: Caller, new_tenant) -> tuple[dict[str, Caller | None], dict[str, list[str]]]:
-    """Tenant alpha with one key per scope and one of every resource; beta with every scope."""
+def settings(tmp_path: Path, world_snapshot: WorldSnapshot) -> Settings:
+    return _world_settings(world_snapshot.copy_to(tmp_path))
+
+
+@pytest.fixture
+def world(client: TestClient[Litestar], world_snapshot: WorldSnapshot) -> tuple[dict[str, Caller | None], dict[str, str]]:
+    """Tenant alpha with one key per scope and one of every resource; beta with every scope
+    (made once for the module; each test calls a copy)."""
+    callers, values = world_snapshot.made
+    return {name: None if c is None else replace(c, client=client) for name, c in callers.items()}, values
+
+
+def _build_world(
+    operator: Caller, new_tenant: Callable[[str, list[str]], Caller]
+) -> tuple[dict[str, Caller | None], dict[str, str]]:
     alpha = new_tenant("alpha", ["admin"])
     callers: dict[str, Caller | None] = {KeyScope.ADMIN: alpha, "operator": operator, "no-key": None}
     for scope in (KeyScope.READ, KeyScope.DEPLOY, KeyScope.INFERENCE):

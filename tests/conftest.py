@@ -150,3 +150,18 @@ def snapshot_world(directory: Path, migrated_database: Path, settings_for: Any, 
         connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     app.state.services.db.dispose()
     return WorldSnapshot(data_dir, made)
+
+
+def shared_world(label: str, settings_for: Any, build: Any) -> tuple[Any, Any]:
+    """The fixtures of a module whose tests share one world: ``world_snapshot`` (made once for
+    the module) and ``settings`` (each test's copy of it). Assign them to those names."""
+
+    @pytest.fixture(scope="module")
+    def world_snapshot(tmp_path_factory: pytest.TempPathFactory, migrated_database: Path) -> WorldSnapshot:
+        return snapshot_world(tmp_path_factory.mktemp(label), migrated_database, settings_for, build)
+
+    @pytest.fixture
+    def settings(tmp_path: Path, world_snapshot: WorldSnapshot) -> Settings:
+        return settings_for(world_snapshot.copy_to(tmp_path))
+
+    return world_snapshot, settings

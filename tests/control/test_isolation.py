@@ -22,7 +22,7 @@ from litestar.testing import TestClient
 from control.app import create_app
 from control.security.scopes import TENANT_SCOPES
 from control.settings import Settings
-from tests.conftest import Caller, WorldSnapshot, snapshot_world
+from tests.conftest import Caller, WorldSnapshot, shared_world
 
 _PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")
 
@@ -44,16 +44,6 @@ def _world_settings(data_dir: Path) -> Settings:
     return Settings(data_dir=data_dir, base_domain="apps.test", log_level="info").with_overrides(
         git_allowed_networks="127.0.0.0/8", job_workers=0
     )
-
-
-@pytest.fixture(scope="module")
-def world_snapshot(tmp_path_factory: pytest.TempPathFactory, migrated_database: Path) -> WorldSnapshot:
-    return snapshot_world(tmp_path_factory.mktemp("isolation-world"), migrated_database, _world_settings, _build_tenants)
-
-
-@pytest.fixture
-def settings(tmp_path: Path, world_snapshot: WorldSnapshot) -> Settings:
-    return _world_settings(world_snapshot.copy_to(tmp_path))
 
 
 def _tenant_routes() -> list[tuple[str, str]]:
@@ -115,6 +105,9 @@ def _build_tenants(
         "link": [link.json()["id"]],
     }
     return alpha, beta, values
+
+
+world_snapshot, settings = shared_world("isolation-world", _world_settings, _build_tenants)
 
 
 def _fill(path: str, values: dict[str, list[str]]) -> list[str]:

@@ -41,7 +41,7 @@ from control.security.scopes import (
     effective,
 )
 from control.settings import Settings
-from tests.conftest import Caller, WorldSnapshot, snapshot_world
+from tests.conftest import Caller, WorldSnapshot, shared_world
 
 _PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")
 PUBLIC = "public"  # no access declared: a route under PUBLIC_PATHS (health, OpenAPI)
@@ -90,16 +90,6 @@ def _world_settings(data_dir: Path) -> Settings:
     return Settings(data_dir=data_dir, base_domain="apps.test", log_level="info").with_overrides(
         git_allowed_networks="127.0.0.0/8", job_workers=0, reconcile_interval_s=0
     )  # nothing really deployed
-
-
-@pytest.fixture(scope="module")
-def world_snapshot(tmp_path_factory: pytest.TempPathFactory, migrated_database: Path) -> WorldSnapshot:
-    return snapshot_world(tmp_path_factory.mktemp("authz-world"), migrated_database, _world_settings, _build_world)
-
-
-@pytest.fixture
-def settings(tmp_path: Path, world_snapshot: WorldSnapshot) -> Settings:
-    return _world_settings(world_snapshot.copy_to(tmp_path))
 
 
 @pytest.fixture
@@ -154,6 +144,9 @@ def _build_world(
         "path": "openapi.json",
     }
     return callers, values
+
+
+world_snapshot, settings = shared_world("authz-world", _world_settings, _build_world)
 
 
 def _fill(template: str, values: dict[str, str]) -> str:

@@ -117,6 +117,9 @@ class RequestUnitOfWork:
         """Commit (or undo) the request's writes for an answer with ``status``; None when
         done, else what to send instead."""
         action = audited_action(scope)
+        if action is None and uow.idle:  # most reads: nothing to commit, so no trip to a worker thread
+            uow.commit()
+            return None
 
         def settle() -> None:
             if status >= 500:

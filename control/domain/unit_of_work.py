@@ -23,6 +23,11 @@ DeferredWrite = Callable[[Any], None]
 
 
 class UnitOfWork(Protocol):
+    @property
+    def idle(self) -> bool:
+        """Nothing written, deferred or waiting for the commit: committing does no I/O."""
+        ...
+
     def defer(self, write: DeferredWrite) -> None:
         """Run ``write`` inside this unit's transaction just before it commits; a discard
         keeps it (the audit row and the key's last use are written whatever the outcome)."""

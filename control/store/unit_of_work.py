@@ -53,6 +53,10 @@ class SqlUnitOfWork:
         """Has this unit written (and so taken the write turn)?"""
         return self._session is not None
 
+    @property
+    def idle(self) -> bool:
+        return self._session is None and not self._deferred and not self._after_commit
+
     def read_session(self) -> Session | None:
         """The unit's session once it has written: reads then see the unit's own writes."""
         return self._session

@@ -209,3 +209,25 @@ def test_a_unit_that_is_never_committed_leaves_nothing(app: Litestar, warm: Call
         assert apps.get(warm.tenant_id, "ghost").name == "ghost"  # the unit reads its own writes
         store.after_commit(lambda: woken.append("after"))
     assert _count(app, AppRow) == 0 and woken == []
+
+
+def test_a_unit_is_idle_until_something_is_written_deferred_or_awaits_the_commit(app: Litestar, warm: Caller) -> None:
+    store = app.state.services.db
+    with store.unit_of_work() as uow:
+        assert uow.idle  # a read that wrote nothing is settled without a trip to a worker thread
+        store.defer_write(lambda session: None)
+        assert not uow.idle
+    with store.unit_of_work() as uow:
+        app.state.services.apps.create(warm.tenant_id, "web")
+        assert not uow.idle
+    with store.unit_of_work() as uow:
+        store.after_commit(lambda: None)
+        assert not uow.idle
+
+
+def test_a_read_whose_key_use_is_due_writes_it_once(app: Litestar, tenant: Caller, transactions: Transactions) -> None:
+    transactions.clear()
+    assert tenant.get("/v1/apps").status_code == 200  # the key's first use: its last_used_at is due
+    assert transactions.writes == 1, transactions.log
+    [key] = [k for k in tenant.get("/v1/keys").json()["items"] if k["id"] == tenant.key_id]
+    assert key["last_used_at"] is not None

@@ -28,6 +28,7 @@ from control.api.request_context import RequestContext
 from control.api.routes import route_handlers
 from control.api.unit_of_work import RequestUnitOfWork
 from control.bootstrap import Services, bootstrap
+from control.domain.errors import DatabaseInUse
 from control.logging import configure_logging
 from control.security import scopes
 from control.security.master_keys import MasterKeyError
@@ -100,14 +101,15 @@ def build_app(settings: Settings) -> Litestar:
             services.keyring.current()
         except MasterKeyError as exc:
             raise StartupRefused(str(exc)) from None
-        services.deploys.start()  # job workers + reconciler, after migrations
-        services.databases.start()
+        try:
+            services.start()  # job workers + reconciler, after migrations
+        except DatabaseInUse as exc:
+            raise StartupRefused(str(exc)) from None
         log.info("started", database=services.db.engine.url.render_as_string(hide_password=True))
 
     async def on_shutdown(app: Litestar) -> None:
         services: Services = app.state.services
-        services.databases.stop()
-        services.deploys.stop()
+        services.stop()
         await services.upstream.aclose()
         services.db.dispose()
 

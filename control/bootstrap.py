@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import ClassVar
 
+import structlog
+
 from control.api.gateway_proxy import Upstream
 from control.api.inference_metrics import InferenceMetrics
 from control.api.metrics import Metrics
@@ -43,6 +45,8 @@ from control.settings import Settings
 from control.store.database import Store
 from runtime.resilience import BreakerRegistry, default_registry
 
+log = structlog.get_logger("moorage.bootstrap")
+
 
 @dataclass(frozen=True)
 class Deploys:
@@ -53,8 +57,8 @@ class Deploys:
     workers: WorkerPool
     reconciler: Reconciler
 
-    def start(self) -> None:
-        self.workers.start()
+    def start(self, *, sole: bool = False) -> None:
+        self.workers.start(sole=sole)
         self.reconciler.start()
 
     def stop(self) -> None:
@@ -122,6 +126,23 @@ class Services:
         "prometheus": "metrics",
         "inference_metrics": "inference_metrics",
     }
+
+    def start(self) -> None:
+        """Begin serving: the background work starts, after migrations. A server that is the
+        only one on its database (SQLite) first takes back what the process before it held:
+        Idempotency-Keys in flight and running jobs, so retries and deployments go on at
+        once instead of after their leases. ``DatabaseInUse`` when another server is live."""
+        sole = self.db.claim_sole_use()
+        if sole:
+            released = self.idempotency.release_all_in_flight()
+            if released:
+                log.warning("idempotency_claims_released", count=released, reason="the previous server process stopped")
+        self.deploys.start(sole=sole)  # job workers + reconciler
+        self.databases.start()
+
+    def stop(self) -> None:
+        self.databases.stop()
+        self.deploys.stop()
 
 
 def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) -> Services:

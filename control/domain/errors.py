@@ -72,5 +72,10 @@ class DatabaseBusy(RuntimeError):
 
 
 class LeaseLost(RuntimeError):
-    """This request's Idempotency-Key lease lapsed and another attempt took the key over;
-    nothing this attempt did is kept."""
+    """The lease a write depended on is no longer this writer's: a request's Idempotency-Key
+    was taken over by a retry, or a job by another worker (or by the server that restarted
+    after this one's process died). Nothing this attempt was committing is kept."""
+
+
+class DatabaseInUse(RuntimeError):
+    """Another live server holds the SQLite database's server lock."""

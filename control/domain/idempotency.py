@@ -7,7 +7,8 @@ Decisions:
   body *bytes*. JSON is not canonicalised: a retry is expected to resend the same bytes, so
   re-ordering a body's keys or changing its whitespace counts as a different request (422).
 - A claim holds a lease; a process that dies mid-request leaves the key locked only until the
-  lease lapses, then a retry takes it over. Responses 5xx are not kept (the lease is released
+  lease lapses, then a retry takes it over. A server that restarts as the only one on its
+  database releases every claim in flight at once (they were all the dead process's). Responses 5xx are not kept (the lease is released
   so a retry runs again); 2xx-4xx are kept for ``retention`` and replayed byte for byte.
 - The claim commits on its own, at once: that is what makes a concurrent duplicate wait.
   Everything else (the handler's writes and the stored answer) commits in the request's
@@ -161,6 +162,13 @@ class IdempotencyService:
         """Forget the key at once (the request's unit of work failed to commit)."""
         with self.db.write() as session:
             return IdempotencyRepository(session).release(claim.record_id, claim.lease)
+
+    def release_all_in_flight(self) -> int:
+        """For a server starting as the only one on its database (``Store.claim_sole_use``):
+        every claim in flight is a dead process's, so a retry may run at once instead of
+        waiting out the lease. A late settle from that process finds no claim (``LeaseLost``)."""
+        with self.db.write() as session:
+            return IdempotencyRepository(session).release_all_in_flight()
 
     def purge_expired(self) -> int:
         with self.db.write() as session:

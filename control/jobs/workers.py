@@ -23,6 +23,7 @@ from types import MappingProxyType
 
 import structlog
 
+from control.domain.errors import LeaseLost
 from control.domain.records import Job
 from control.jobs.queue import JobQueue
 from runtime.failures import CircuitOpenError, is_dependency_failure
@@ -112,9 +113,14 @@ class WorkerPool:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    def start(self) -> None:
+    def start(self, *, sole: bool = False) -> None:
+        """Start the workers. ``sole``: this process is the only one on its database
+        (``Store.claim_sole_use``), so every job still running is a dead process's and is
+        reclaimed now; otherwise such jobs get their verdict when their lease runs out."""
         self._stop.clear()
-        self.recover()  # on start: whatever a crashed process left running gets a verdict now or at lease end
+        if sole:
+            self._settle(self.queue.reclaim_running)
+        self.recover()
         for n in range(self.count):
             thread = threading.Thread(
                 target=self._loop, args=(f"{self.process_id}:w{n}",), name=f"moorage-worker-{n}", daemon=True
@@ -136,8 +142,11 @@ class WorkerPool:
     def recover(self) -> list[tuple[Job, bool]]:
         """Put back (False) or give up (True) the jobs whose worker died, telling the owners of
         those given up; the pool does this on start and periodically."""
+        return self._settle(self.queue.recover_expired)
+
+    def _settle(self, recover: Callable[[], list[tuple[Job, bool]]]) -> list[tuple[Job, bool]]:
         try:
-            outcomes = self.queue.recover_expired()
+            outcomes = recover()
         except Exception as exc:  # noqa: BLE001 (a failed sweep must not kill the pool; the next one retries)
             log.warning("job_recovery_failed", error=f"{type(exc).__name__}: {exc}")
             return []
@@ -171,7 +180,10 @@ class WorkerPool:
         bound = structlog.contextvars.bound_contextvars(job_id=job.id, kind=job.kind, tenant_id=job.tenant_id)
         with bound:
             try:
-                self.kinds[job.kind].run(job, ctx)
+                with self.queue.db.fenced(self.queue.fence(job, owner)):
+                    self.kinds[job.kind].run(job, ctx)
+            except LeaseLost as exc:  # another worker holds the job now: it owns what happens next
+                log.warning("job_lease_lost", error=str(exc))
             except RetryLater as exc:
                 requeued = self.queue.retry_later(job, owner, exc.reason, exc.delay_s)
                 log.warning("job_retry_later", reason=exc.reason, requeued=requeued)
@@ -179,8 +191,8 @@ class WorkerPool:
                     self._give_up(job, exc.reason)
             except Exception as exc:
                 log.error("job_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
-                self.queue.finish(job, owner, "failed", f"{type(exc).__name__}: {exc}")
-                self._give_up(job, f"internal error: {type(exc).__name__}")
+                if self.queue.finish(job, owner, "failed", f"{type(exc).__name__}: {exc}"):
+                    self._give_up(job, f"internal error: {type(exc).__name__}")
             else:
                 self.queue.finish(job, owner, "succeeded")
             finally:

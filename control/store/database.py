@@ -15,18 +15,21 @@ meet at SQLite's lock. A writer that waits longer than the busy timeout gets
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from control.domain.errors import DatabaseBusy
+from control.domain.errors import DatabaseBusy, DatabaseInUse
 from control.domain.unit_of_work import DeferredWrite
-from control.store.unit_of_work import SqlUnitOfWork, current
+from control.store.unit_of_work import SqlUnitOfWork, current, fence
 
 _BEGIN = "moorage_begin"
 BUSY_TIMEOUT_S = 10.0
@@ -74,6 +77,7 @@ class Store:
         self._writer = sessionmaker(writer_bind, expire_on_commit=False)
         # A plain lock: a request's unit of work may take it in one thread and give it back in another.
         self._write_turn = threading.Lock() if self.engine.dialect.name == "sqlite" else None
+        self._sole_lock: TextIO | None = None
 
     # -- units of work ------------------------------------------------------------------
     @contextmanager
@@ -126,6 +130,16 @@ class Store:
         finally:
             current.reset(token)
 
+    @contextmanager
+    def fenced(self, check: DeferredWrite) -> Iterator[None]:
+        """Every unit of work that commits in this context runs ``check(session)`` first, in
+        its transaction, and commits nothing if it raises: a job's writes are fenced by its lease."""
+        token = fence.set(check)
+        try:
+            yield
+        finally:
+            fence.reset(token)
+
     def defer_write(self, write: DeferredWrite) -> None:
         """``write(session)`` at the commit of the open unit of work, or now when none is open."""
         uow = current.get()
@@ -160,5 +174,38 @@ class Store:
         with self.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
 
+    def claim_sole_use(self) -> bool:
+        """For a server about to serve: on a SQLite file, take the file's server lock (an
+        exclusive ``flock`` on ``<file>.server-lock``, which the kernel frees when the process
+        dies, however it dies) and return True: this process is then the only server on the
+        database, and every lease in it is a dead process's. Raises ``DatabaseInUse`` when a
+        live server holds the lock. False where several servers may share the database
+        (PostgreSQL): their leases are left to run out."""
+        url = make_url(self.url)
+        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+            return False
+        if self._sole_lock is not None:
+            return True
+        path = Path(url.database + ".server-lock")
+        handle = open(path, "a+")  # noqa: SIM115 (held open for the life of the process: that is the lock)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise DatabaseInUse(
+                f"{holder} is already serving {url.database}. With SQLite one server at a time runs on a "
+                "database: stop the other one, or give this one its own MOORAGE_DATA_DIR."
+            ) from None
+        handle.truncate(0)
+        handle.write(f"moorage serve (pid {os.getpid()} on {os.uname().nodename})\n")
+        handle.flush()
+        self._sole_lock = handle
+        return True
+
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._sole_lock is not None:
+            self._sole_lock.close()  # closing the file frees the lock
+            self._sole_lock = None

@@ -30,6 +30,9 @@ log = structlog.get_logger("moorage.store")
 
 # The unit of work ``write()`` joins in this context: a request's, or the outermost write block's.
 current: ContextVar[SqlUnitOfWork | None] = ContextVar("moorage_unit_of_work", default=None)
+# What every unit of work committing in this context checks first, inside its transaction
+# (a job's lease): a writer that lost its right to write commits nothing.
+fence: ContextVar[DeferredWrite | None] = ContextVar("moorage_write_fence", default=None)
 
 
 def busy_from(exc: OperationalError) -> DatabaseBusy | None:
@@ -45,6 +48,7 @@ class SqlUnitOfWork:
         self._deferred: list[DeferredWrite] = []
         self._after_commit: list[Callable[[], None]] = []
         self._on_failure: list[Callable[[], object]] = []
+        self._fence = fence.get()
         self.closed = False
 
     # -- what the store's read() and write() use ----------------------------------------
@@ -96,6 +100,9 @@ class SqlUnitOfWork:
                     for write in self._deferred:
                         write(session)
             self._deferred.clear()
+            if self._fence is not None and self._session is not None:
+                with _busy_as_domain_error():
+                    self._fence(self._session)
             self._end(commit=True)
         except BaseException:
             self._end(commit=False)

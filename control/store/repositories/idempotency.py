@@ -120,6 +120,12 @@ class IdempotencyRepository:
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
+    def release_all_in_flight(self) -> int:
+        """Forget every claim still in flight: for a server that starts as the only one, they
+        are all a dead process's (its writes, one unit of work with the answer, were never kept)."""
+        result = self.session.execute(delete(IdempotencyRecordRow).where(IdempotencyRecordRow.state == IN_FLIGHT))
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
     def delete(self, record_id: int) -> None:
         self.session.execute(delete(IdempotencyRecordRow).where(IdempotencyRecordRow.id == record_id))
 

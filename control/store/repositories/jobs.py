@@ -83,6 +83,16 @@ class JobRepository:
         row = self.session.get(JobRow, job_id)
         return row if row is not None and row.state == "running" and row.lease_owner == owner else None
 
+    def holds(self, job_id: str, owner: str) -> bool:
+        """Whether ``owner`` still holds the job's lease, read afresh (and, on PostgreSQL,
+        share-locked to the end of the transaction, so no take-over slips in before the commit)."""
+        query = (
+            select(JobRow.id)
+            .where(JobRow.id == job_id, JobRow.state == "running", JobRow.lease_owner == owner)
+            .with_for_update(read=True)
+        )
+        return self.session.execute(query).first() is not None
+
     def heartbeat(self, job_id: str, owner: str, *, now: datetime, lease: timedelta) -> bool:
         row = self._owned(job_id, owner)
         if row is None:
@@ -108,6 +118,9 @@ class JobRepository:
 
     def expired(self, now: datetime) -> list[JobRow]:
         return list(self.session.scalars(select(JobRow).where(JobRow.state == "running", JobRow.lease_expires_at < now)))
+
+    def running(self) -> list[JobRow]:
+        return list(self.session.scalars(select(JobRow).where(JobRow.state == "running")))
 
     def cancel_queued(self, subject_id: str) -> int:
         rows = self.session.scalars(select(JobRow).where(JobRow.subject_id == subject_id, JobRow.state == "queued"))

@@ -71,7 +71,11 @@ def test_a_second_server_on_one_sqlite_file_is_refused_and_told_who_holds_it(db:
 def test_the_lock_is_free_the_moment_its_holder_is_killed(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'moorage.db'}"
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"from control.store.database import Store; s = Store({url!r}); s.claim_sole_use(); print('held', flush=True); input()"],
+        [
+            sys.executable,
+            "-c",
+            f"from control.store.database import Store; s = Store({url!r}); s.claim_sole_use(); print('held', flush=True); input()",
+        ],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -205,5 +209,7 @@ def test_a_restarted_sole_server_releases_claims_in_flight_and_fences_the_late_s
 
 
 def test_release_all_in_flight_leaves_nothing_else(db: Store) -> None:
-    keys = IdempotencyService(db, retention=timedelta(hours=1), lease=timedelta(seconds=60), now=lambda: datetime(2026, 1, 1, tzinfo=UTC))
+    keys = IdempotencyService(
+        db, retention=timedelta(hours=1), lease=timedelta(seconds=60), now=lambda: datetime(2026, 1, 1, tzinfo=UTC)
+    )
     assert keys.release_all_in_flight() == 0

@@ -33,7 +33,6 @@ from tests.e2e.conftest import TERMINAL, cleanup_tenant
 from tests.fault.serve_process import ServeProcess
 from tests.runtime.helpers import RUN_ID
 
-
 JOB_LEASE_S = 30  # production's: a restart must not wait it out
 IDEMPOTENCY_LEASE_S = 60
 LIVE_AFTER_RESTART_S = 10

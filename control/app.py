@@ -19,7 +19,7 @@ from control.api.auth import PUBLIC_PATHS, ApiKeyAuthentication, access_guard
 from control.api.caller import caller_tenant
 from control.api.gateway import gateway_dependency
 from control.api.http_limits import BodyTimeout, HeaderLimit
-from control.api.idempotency import IdempotencyMiddleware, idempotency_sweeper
+from control.api.idempotency import IdempotencyMiddleware
 from control.api.metrics import HttpMetrics
 from control.api.node_auth import NODE_TOKEN_SCHEME
 from control.api.problems import EXCEPTION_HANDLERS
@@ -29,6 +29,7 @@ from control.api.routes import route_handlers
 from control.api.unit_of_work import RequestUnitOfWork
 from control.bootstrap import Services, bootstrap
 from control.domain.errors import DatabaseInUse
+from control.jobs.retention import retention_sweeper
 from control.logging import configure_logging
 from control.security import scopes
 from control.security.master_keys import MasterKeyError
@@ -131,7 +132,7 @@ def build_app(settings: Settings) -> Litestar:
         openapi_config=_openapi(),
         on_startup=[on_startup],
         on_shutdown=[on_shutdown],
-        lifespan=[idempotency_sweeper],
+        lifespan=[retention_sweeper],
         logging_config=None,
         debug=False,
     )

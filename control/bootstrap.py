@@ -34,7 +34,9 @@ from control.domain.usage import UsageService
 from control.jobs.databases import DatabaseJobs, DatabaseRuntime
 from control.jobs.deploy import DeployPipeline
 from control.jobs.queue import JobQueue, QueueConfig
+from control.jobs.retention import Retention
 from control.jobs.runtime_docker import DockerAppRuntime
+from control.jobs.teardown import RuntimeTeardown
 from control.jobs.workers import AppLocks, JobKind, WorkerPool
 from control.reconcile.reconciler import Reconciler
 from control.security.auth_throttle import AuthThrottle
@@ -56,6 +58,7 @@ class Deploys:
     runtime: DockerAppRuntime
     workers: WorkerPool
     reconciler: Reconciler
+    teardown: RuntimeTeardown  # what a deleted app or tenant had running
 
     def start(self, *, sole: bool = False) -> None:
         self.workers.start(sole=sole)
@@ -64,6 +67,7 @@ class Deploys:
     def stop(self) -> None:
         self.reconciler.stop()
         self.workers.stop()
+        self.teardown.drain()
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,7 @@ class Services:
     env_vars: EnvService
     audit: AuditService
     deploys: Deploys  # deployments, releases, job workers, reconciler
+    retention: Retention  # the sweep that trims expired keys, old audit events, finished jobs
     inference: Inference  # nodes, gateway routing, quotas, usage
     databases: ManagedDatabases  # managed Postgres/Redis, links, backups
 
@@ -151,7 +156,9 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
     db = Store(settings.database_url)
     registry = default_registry if breakers is None else breakers
     keyring = ReloadingKeyring(KeySource.of(settings))
-    tenants = TenantService(db)
+    runtime = DockerAppRuntime(settings, registry)  # adapters made on first use: building this needs no Docker
+    teardown = RuntimeTeardown(runtime, tenant_name=lambda tenant_id: tenants.name(tenant_id))
+    tenants = TenantService(db, teardown)
     env_vars = EnvService(db, keyring)
     links = LinkService(db, keyring)  # the deploy pipeline resolves database links at container start
     queue = JobQueue(
@@ -162,7 +169,6 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
             dependency_wait_s=float(settings.job_dependency_wait_s),
         ),
     )
-    runtime = DockerAppRuntime(settings, registry)  # adapters made on first use: building this needs no Docker
     locks = AppLocks()
 
     deployments = DeploymentService(db, queue, settings.data_dir, max_attempts=settings.job_max_attempts)
@@ -205,6 +211,8 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         interval_s=float(settings.reconcile_interval_s),
         links=links,
         tenant_names=tenants.names,
+        tenant_ids=tenants.ids,
+        kept_releases=settings.kept_releases,
         sweeps={"database containers": database_jobs.remove_orphan_containers},
     )
 
@@ -230,17 +238,19 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
     )
     metrics = Metrics(registry)
     limiter = SlidingWindowLimiter()
+    idempotency = IdempotencyService(
+        db,
+        retention=timedelta(seconds=settings.idempotency_retention_s),
+        lease=timedelta(seconds=settings.idempotency_lease_s),
+    )
+    audit = AuditService(db)
     return Services(
         settings=settings,
         db=db,
         tenants=tenants,
         keys=KeyService(db, last_used_resolution=timedelta(seconds=settings.key_last_used_resolution_s)),
-        apps=AppService(db, unroute=runtime.remove_route),
-        idempotency=IdempotencyService(
-            db,
-            retention=timedelta(seconds=settings.idempotency_retention_s),
-            lease=timedelta(seconds=settings.idempotency_lease_s),
-        ),
+        apps=AppService(db, teardown),
+        idempotency=idempotency,
         limits=LimitsService(
             db,
             Defaults(settings.rate_limit_key_quota, settings.rate_limit_tenant_quota, settings.rate_limit_window_s),
@@ -251,8 +261,16 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         breakers=registry,
         keyring=keyring,
         env_vars=env_vars,
-        audit=AuditService(db),
-        deploys=Deploys(deployments, releases, queue, runtime, workers, reconciler),
+        audit=audit,
+        retention=Retention(
+            idempotency,
+            audit,
+            queue,
+            audit_for=timedelta(seconds=settings.audit_retention_s) if settings.audit_retention_s else None,
+            jobs_for=timedelta(seconds=settings.job_retention_s),
+            jobs_kept=settings.jobs_kept,
+        ),
+        deploys=Deploys(deployments, releases, queue, runtime, workers, reconciler, teardown),
         inference=inference,
         databases=ManagedDatabases(databases, links, backups, database_jobs),
         upstream=Upstream(settings),

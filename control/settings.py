@@ -40,7 +40,10 @@ class Settings:
     key_last_used_resolution_s: int = 60  # how stale `last_used_at` may be, to spare writes
     idempotency_retention_s: int = 86400  # how long a stored response can be replayed (24 h)
     idempotency_lease_s: int = 60  # in-flight lock; after it lapses (a crash) a retry takes over
-    idempotency_purge_interval_s: int = 300  # background sweep of expired records
+    retention_sweep_interval_s: int = 300  # how often expired keys, old audit events and finished jobs go (0: never)
+    audit_retention_s: int = 90 * 86400  # audit events older than this are removed (0 keeps them all)
+    job_retention_s: int = 7 * 86400  # finished jobs older than this are removed
+    jobs_kept: int = 1000  # and at most this many finished jobs are kept, the newest
     rate_limit_window_s: int = 60  # the `w` of every rate-limit policy
     rate_limit_key_quota: int = 120  # requests per window per API key (operator keys too)
     rate_limit_tenant_quota: int = 600  # requests per window per tenant, all its keys together
@@ -80,6 +83,7 @@ class Settings:
     swap_drain_ms: int = 1000  # after Traefik serves the new release, before the old one stops
     route_verify_timeout_s: int = 10  # how long to wait to see Traefik serve the new release
     reconcile_interval_s: int = 30  # 0 disables the reconciler
+    kept_releases: int = 5  # per app, the newest releases whose images stay for rollback; older ones are removed
     traefik_dynamic_dir: Path = Path("/var/lib/moorage/traefik/dynamic")  # as deploy/host-setup.sh
     traefik_url: str = "http://127.0.0.1:80"  # Traefik's HTTP entrypoint, to verify new routes
     docker_url: str = "unix:///var/run/docker.sock"

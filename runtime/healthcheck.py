@@ -65,12 +65,22 @@ def wait_healthy(
 def wait_header(url: str, host: str, header: str, value: str, *, timeout: float, interval: float = 0.1) -> float | None:
     """Seconds until ``url`` (Traefik) answers for ``host`` with ``header: value``; None on
     timeout. Polls start 10 ms apart and back off to ``interval``."""
+    return _wait_answer(url, host, lambda answer: answer.headers.get(header) == value, timeout=timeout, interval=interval)
+
+
+def wait_header_gone(url: str, host: str, header: str, *, timeout: float, interval: float = 0.1) -> float | None:
+    """Seconds until ``url`` (Traefik) answers for ``host`` without ``header`` (its own 404
+    once the route is gone); None on timeout."""
+    return _wait_answer(url, host, lambda answer: header not in answer.headers, timeout=timeout, interval=interval)
+
+
+def _wait_answer(url: str, host: str, done: Callable[[httpx.Response], bool], *, timeout: float, interval: float) -> float | None:
     started = time.monotonic()
     pauses = intervals(min(FIRST_INTERVAL_S, interval), interval)
     with httpx.Client(timeout=2.0) as client:
         while time.monotonic() - started < timeout:
             try:
-                if client.get(url, headers={"Host": host}).headers.get(header) == value:
+                if done(client.get(url, headers={"Host": host})):
                     return time.monotonic() - started
             except httpx.HTTPError:
                 pass

@@ -9,8 +9,10 @@ each tenant network instead (`settings.traefik_container`).
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -44,8 +46,9 @@ def _info(net: Network) -> NetworkInfo:
 
 
 class TenantNetworks:
-    def __init__(self, engine: DockerEngine) -> None:
+    def __init__(self, engine: DockerEngine, owner_labels: Callable[[], dict[str, str]] = dict) -> None:
         self.engine = engine
+        self.owner_labels = owner_labels  # who created a network, for its clean-up: read at creation
         self.guard = engine.guard
         self.settings = engine.settings
 
@@ -66,7 +69,7 @@ class TenantNetworks:
             driver="bridge",
             check_duplicate=True,
             internal=self.settings.tenant_networks_internal,
-            labels=L.moorage_labels(tenant, role="network"),
+            labels=L.moorage_labels(tenant, role="network") | self.owner_labels(),
             # Same-tenant traffic allowed; cross-tenant traffic is blocked between bridges.
             options={"com.docker.network.bridge.enable_icc": "true"},
         )
@@ -128,9 +131,27 @@ class TenantNetworks:
             net.remove()
         except docker.errors.NotFound:
             return False
+        except docker.errors.APIError as exc:  # a container is still attached: not an outage
+            if exc.status_code in (403, 409):
+                return False
+            raise
         return True
 
     @guarded(idempotent=True)
     def list(self) -> list[NetworkInfo]:
         nets = self.engine.client.networks.list(filters={"label": L.selector(role="network")})
         return [_info(self.engine.client.networks.get(str(n.id))) for n in nets]
+
+    @guarded(idempotent=True)
+    def labelled(self, label: str, value: str) -> builtins.list[str]:
+        """Tenants of the networks carrying ``label=value``."""
+        nets = self.engine.client.networks.list(filters={"label": [*L.selector(role="network"), f"{label}={value}"]})
+        return sorted({(n.attrs.get("Labels") or {}).get(L.TENANT, "") for n in nets} - {""})
+
+    @guarded(idempotent=True)
+    def labels_of(self, tenant: str) -> dict[str, str] | None:
+        try:
+            net = self.engine.client.networks.get(self.name_for(tenant))
+        except docker.errors.NotFound:
+            return None
+        return dict(net.attrs.get("Labels") or {})

@@ -14,12 +14,8 @@ Kept for replay: status, body and the headers in ``KEPT_HEADERS``; everything el
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any, cast
+from typing import cast
 
 import anyio
 import anyio.to_thread
@@ -211,34 +207,4 @@ async def _send_replay(response: StoredResponse, send: Send) -> None:
     await send({"type": "http.response.body", "body": response.body, "more_body": False})
 
 
-async def purge_expired_forever(service: IdempotencyService, interval_s: float) -> None:
-    """Background sweep; a claim also replaces an expired row with the same key on the spot."""
-    while True:
-        await anyio.sleep(interval_s)  # first sweep after one interval: migrations run at startup
-        try:
-            purged = await anyio.to_thread.run_sync(service.purge_expired)
-            if purged:
-                log.info("idempotency_purged", records=purged)
-        except Exception as exc:  # noqa: BLE001 - a failed sweep must not end the loop; the next retries
-            log.warning("idempotency_purge_failed", error=type(exc).__name__)
-
-
-@asynccontextmanager
-async def idempotency_sweeper(app: Any) -> AsyncIterator[None]:
-    """A Litestar lifespan manager running ``purge_expired_forever`` while the app runs, with
-    the services attached to it."""
-    services = app.state.services
-    # A plain task, not a task group: a startup failure must surface as itself, not wrapped
-    # in an ExceptionGroup.
-    task = asyncio.get_running_loop().create_task(
-        purge_expired_forever(services.idempotency, services.settings.idempotency_purge_interval_s)
-    )
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-__all__ = ["IdempotencyMiddleware", "idempotency_sweeper", "purge_expired_forever"]
+__all__ = ["IdempotencyMiddleware"]

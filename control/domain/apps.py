@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
-
-import structlog
 
 from control.domain.errors import Conflict, Invalid, NotFound
 from control.domain.names import check_dns_label
 from control.domain.records import App, Page
+from control.domain.teardown import Teardown
 from control.ids import new_id
 from control.store.database import Store
 from control.store.repositories.apps import AppRepository
 
-log = structlog.get_logger("moorage.apps")
 BUILDERS = ("auto", "dockerfile", "nixpacks")
 
 
@@ -34,10 +31,9 @@ def _check_fields(fields: dict[str, Any]) -> None:
 
 
 class AppService:
-    def __init__(self, db: Store, unroute: Callable[[str], object] | None = None) -> None:
+    def __init__(self, db: Store, teardown: Teardown | None = None) -> None:
         self.db = db
-        # Takes a deleted app's hostname off the router before the delete answers (by app id).
-        self.unroute = unroute
+        self.teardown = teardown  # what runs for a deleted app: its route, containers, images
 
     def create(self, tenant_id: str, name: str, **fields: Any) -> App:
         check_dns_label("name", name)
@@ -68,18 +64,17 @@ class AppService:
         return app
 
     def delete(self, tenant_id: str, ref: str) -> App:
+        """The app and everything recorded about it; once that is committed, its route comes
+        off the router before the answer, and its containers and images stop within about a second."""
         with self.db.write() as session:
-            app = AppRepository(session, tenant_id).delete(ref)
+            apps = AppRepository(session, tenant_id)
+            found = apps.get(ref)
+            deployment_ids = apps.deployment_ids(found.id) if found else []
+            app = apps.delete(ref)
         if app is None:
             raise NotFound.of("app", ref)
-        if self.unroute is not None:
-            unroute = self.unroute
-
-            def remove_route() -> None:  # once the delete is committed: a failed commit keeps the app routed
-                try:
-                    unroute(app.id)
-                except Exception as exc:  # noqa: BLE001 (the row is gone: the reconciler removes the file on its next pass)
-                    log.warning("app_route_not_removed", app_id=app.id, error=f"{type(exc).__name__}: {exc}")
-
-            self.db.after_commit(remove_route)
+        if self.teardown is not None:
+            teardown = self.teardown
+            # Only after the commit: a delete that fails to commit keeps the app serving.
+            self.db.after_commit(lambda: teardown.app_deleted(app, deployment_ids))
         return app

@@ -47,6 +47,11 @@ class AuditService:
             AuditRepository(session).add(event)
         return event
 
+    def purge_before(self, cutoff: datetime) -> int:
+        """Events older than ``cutoff`` (the operator's retention period) go."""
+        with self.db.write() as session:
+            return AuditRepository(session).purge_before(cutoff)
+
     def list(
         self,
         *,

@@ -108,6 +108,10 @@ class ReleaseService:
         with self.db.read() as session:
             return AppRuntimeRepository(session).desired(app_id)
 
+    def kept_images(self, per_app: int) -> set[str]:
+        with self.db.read() as session:
+            return AppRuntimeRepository(session).kept_images(per_app)
+
     def any_desired(self) -> bool:
         with self.db.read() as session:
             return AppRuntimeRepository(session).any_exist()

@@ -6,14 +6,16 @@ from control.domain.errors import Conflict, NotFound
 from control.domain.names import DISPLAY_NAME, check_dns_label
 from control.domain.recent_keys import recent_keys
 from control.domain.records import Page, Tenant
+from control.domain.teardown import Teardown
 from control.ids import new_id
 from control.store.database import Store
 from control.store.repositories.tenants import TenantRepository
 
 
 class TenantService:
-    def __init__(self, db: Store) -> None:
+    def __init__(self, db: Store, teardown: Teardown | None = None) -> None:
         self.db = db
+        self.teardown = teardown  # what outlives the rows: its network, images its apps left
         # Tenant names never change, and ids are never reused: a name once read stays true.
         self._names: dict[str, str] = {}
 
@@ -39,6 +41,9 @@ class TenantService:
             known = self._names[tenant_id] = self.get(tenant_id).name
         return known
 
+    def _forget_name(self, tenant_id: str) -> None:
+        self._names.pop(tenant_id, None)
+
     def known_name(self, tenant_id: str) -> str | None:
         """The tenant's name if this process has read it before (no database), else None."""
         return self._names.get(tenant_id)
@@ -51,6 +56,10 @@ class TenantService:
         with self.db.read() as session:
             return TenantRepository(session).names()
 
+    def ids(self) -> set[str]:
+        with self.db.read() as session:
+            return TenantRepository(session).ids()
+
     def set_status(self, tenant_id: str, status: str) -> Tenant:
         with self.db.write() as session:
             tenant = TenantRepository(session).set_status(tenant_id, status)
@@ -60,9 +69,12 @@ class TenantService:
         return tenant
 
     def delete(self, tenant_id: str) -> None:
+        """An empty tenant: apps deleted, databases purged (their volumes follow their own
+        grace period first). Once committed, its network and anything its apps left go too."""
         with self.db.write() as session:
             tenants = TenantRepository(session)
-            if tenants.get(tenant_id) is None:
+            tenant = tenants.get(tenant_id)
+            if tenant is None:
                 raise NotFound.of("tenant", tenant_id)
             owned = {kind: n for kind, n in tenants.owned(tenant_id).items() if n}
             if owned:
@@ -74,4 +86,8 @@ class TenantService:
                 )
             tenants.delete(tenant_id)
         recent_keys(self.db).forget_tenant(tenant_id)
-        self._names.pop(tenant_id, None)
+        if self.teardown is not None:
+            teardown = self.teardown
+            self.db.after_commit(lambda: teardown.tenant_deleted(tenant))
+        # The name stays known until then: the apps' teardowns, still running, look it up.
+        self.db.after_commit(lambda: self._forget_name(tenant_id))

@@ -99,6 +99,12 @@ class JobQueue:
         with self.db.read() as session:
             return JobRepository(session).get(job_id)
 
+    def prune_finished(self, *, retention: timedelta, keep: int) -> int:
+        """Finished jobs older than ``retention``, and any past the ``keep`` newest: their
+        deployment or database keeps its own history."""
+        with self.db.write() as session:
+            return JobRepository(session).prune_finished(before=self.clock() - retention, keep=keep)
+
     def fence(self, job: Job, owner: str) -> Callable[[Session], None]:
         """The check a job's writes commit behind (``Store.fenced``): a worker whose lease was
         taken over, or a process that outlived its lease, commits nothing (``LeaseLost``)."""

@@ -32,7 +32,8 @@ from pathlib import Path
 import docker.errors
 import structlog
 
-from control.jobs.runtime_port import AppContainer, RemovalRefused, Route
+from control.jobs.build import tenant_repository
+from control.jobs.runtime_port import AppContainer, RemovalRefused, Route, TenantImage
 from control.settings import Settings
 from runtime import labels as L
 from runtime.builders import Builder, BuildRequest, BuiltImage
@@ -40,7 +41,7 @@ from runtime.builders.dockerfile import DockerfileBuilder
 from runtime.builders.nixpacks import NixpacksBuilder
 from runtime.containers import ContainerInfo, Containers
 from runtime.docker_engine import DockerEngine
-from runtime.healthcheck import HealthResult, wait_header, wait_healthy
+from runtime.healthcheck import HealthResult, wait_header, wait_header_gone, wait_healthy
 from runtime.images import Images
 from runtime.networks import TenantNetworks
 from runtime.resilience import BreakerRegistry, CircuitBreaker, Guard, RetryPolicy
@@ -110,7 +111,7 @@ class DockerAppRuntime:
 
     @cached_property
     def networks(self) -> TenantNetworks:
-        return TenantNetworks(self.engine)
+        return TenantNetworks(self.engine, owner_labels=lambda: {INSTANCE_LABEL: self.instance})
 
     @cached_property
     def build_images(self) -> Images:
@@ -150,6 +151,25 @@ class DockerAppRuntime:
 
     def image_exists(self, image_id: str) -> bool:
         return self.images.exists(image_id)
+
+    def tenant_images(self, *tenant_ids: str) -> list[TenantImage]:
+        prefix = tuple(tenant_repository(tenant_id) for tenant_id in tenant_ids)
+        found: list[TenantImage] = []
+        if not prefix:
+            return found
+        for image in self.images.list_managed(role="image"):
+            tags = tuple(tag for tag in image.tags if tag.startswith(prefix))
+            if tags:
+                found.append(TenantImage(image.id, tags))
+        return found
+
+    def remove_image(self, image_id: str) -> bool:
+        try:
+            return self.images.remove(image_id)
+        except docker.errors.APIError as exc:  # 409: a container uses it (one created meanwhile, say)
+            if exc.status_code == 409:
+                return False
+            raise
 
     # -- app containers -------------------------------------------------------------------
     def start_app(self, *, tenant: str, app: str, release: str, image: str, env: dict[str, str], name: str) -> AppContainer:
@@ -221,6 +241,17 @@ class DockerAppRuntime:
             ip=ip,
         )
 
+    # -- tenant networks ------------------------------------------------------------------
+    def owned_networks(self) -> list[str]:
+        tenants: list[str] = self.networks.labelled(INSTANCE_LABEL, self.instance)
+        return tenants
+
+    def remove_network(self, tenant: str) -> bool:
+        labels = self.networks.labels_of(tenant)
+        if labels is None or labels.get(INSTANCE_LABEL) != self.instance:
+            return False  # gone, or made by another control plane (or before networks carried our mark)
+        return self.networks.remove(tenant)
+
     # -- routes ---------------------------------------------------------------------------
     # A route is keyed by the app's id; tenant and app names only make its hostname.
     def route_body(self, route: Route) -> str:
@@ -258,6 +289,10 @@ class DockerAppRuntime:
 
     def remove_legacy_route(self, stem: str) -> bool:
         return self.router.remove_legacy_stem(stem)
+
+    def wait_unrouted(self, tenant: str, app: str, timeout: float) -> float | None:
+        host = self.router.hostname(tenant, app)
+        return wait_header_gone(self.settings.traefik_url, host, RELEASE_HEADER, timeout=timeout)
 
     def wait_served(self, route: Route, timeout: float) -> float | None:
         host = self.router.hostname(route.tenant, route.app)

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from control.jobs.runtime_port import AppContainer, AppRuntime, RemovalRefused, Route
+from control.jobs.build import tenant_repository
+from control.jobs.runtime_port import AppContainer, AppRuntime, RemovalRefused, Route, TenantImage
 from runtime.builders import (
     BuildCancelled,
     BuildError,
@@ -78,6 +79,7 @@ class InMemoryAppRuntime:
         self.images: dict[str, str] = {}  # image id -> tag
         self.containers: dict[str, FakeContainer] = {}  # app containers by id
         self.routes: dict[str, Route] = {}  # by app id
+        self.networks: set[str] = set()  # tenants whose network this control plane created
         self.legacy: set[str] = set()  # stems (tenant--app) of route files from before id keys
         self.step_containers: dict[str, Path] = {}  # build step container id -> the work dir of its build
         self.calls: list[str] = []  # the steps called, in order
@@ -201,12 +203,43 @@ class InMemoryAppRuntime:
         self._leave("image_exists")
         return exists
 
+    def tenant_images(self, *tenant_ids: str) -> list[TenantImage]:
+        self._enter("tenant_images")
+        prefix = tuple(tenant_repository(tenant_id) for tenant_id in tenant_ids)
+        found = [TenantImage(image_id, (tag,)) for image_id, tag in self.images.items() if prefix and tag.startswith(prefix)]
+        self._leave("tenant_images")
+        return found
+
+    def remove_image(self, image_id: str) -> bool:
+        self._enter("remove_image")
+        in_use = any(c.image == image_id for c in self.containers.values())
+        removed = not in_use and self.images.pop(image_id, None) is not None
+        self._leave("remove_image")
+        return removed
+
+    # -- tenant networks ------------------------------------------------------------------
+    def owned_networks(self) -> list[str]:
+        self._enter("owned_networks")
+        owned = sorted(self.networks)
+        self._leave("owned_networks")
+        return owned
+
+    def remove_network(self, tenant: str) -> bool:
+        self._enter("remove_network")
+        in_use = any(c.tenant == tenant for c in self.containers.values())
+        removed = not in_use and tenant in self.networks
+        if removed:
+            self.networks.discard(tenant)
+        self._leave("remove_network")
+        return removed
+
     # -- app containers -------------------------------------------------------------------
     def start_app(self, *, tenant: str, app: str, release: str, image: str, env: dict[str, str], name: str) -> AppContainer:
         self._enter("start_app")
         if image not in self.images:
             raise LookupError(f"no such image: {image}")
         self._started_anything = True
+        self.networks.add(tenant)
         for same_name in [c.id for c in self.containers.values() if c.name == name]:
             del self.containers[same_name]
         serial = next(self._serial)
@@ -327,6 +360,12 @@ class InMemoryAppRuntime:
         self.legacy.discard(stem)
         self._leave("remove_legacy_route")
         return existed
+
+    def wait_unrouted(self, tenant: str, app: str, timeout: float) -> float | None:
+        self._enter("wait_unrouted")
+        routed = any((r.tenant, r.app) == (tenant, app) for r in self.routes.values())
+        self._leave("wait_unrouted")
+        return None if routed else 0.0
 
     def wait_served(self, route: Route, timeout: float) -> float | None:
         self._enter("wait_served")

@@ -56,6 +56,17 @@ class Route:
     release: str
 
 
+@dataclass(frozen=True)
+class TenantImage:
+    """An image built for a tenant: tagged ``moorage-apps/<tenant id>/<app>:<deployment id>``."""
+
+    id: str
+    tags: tuple[str, ...]
+
+    def deployment_ids(self) -> set[str]:
+        return {tag.rpartition(":")[2] for tag in self.tags}
+
+
 class RemovalRefused(RuntimeError):
     """The engine would not stop or remove a container (already gone, or its removal is
     under way); the message is the engine's status code."""
@@ -75,6 +86,14 @@ class AppRuntime(Protocol):
         ...
 
     def image_exists(self, image_id: str) -> bool: ...
+
+    def tenant_images(self, *tenant_ids: str) -> list[TenantImage]:
+        """The images built for these tenants (by id: a later tenant of the same name has its own)."""
+        ...
+
+    def remove_image(self, image_id: str) -> bool:
+        """Remove an image that no container uses; False when it is gone or still in use."""
+        ...
 
     # -- app containers -------------------------------------------------------------------
     def start_app(self, *, tenant: str, app: str, release: str, image: str, env: dict[str, str], name: str) -> AppContainer:
@@ -115,6 +134,16 @@ class AppRuntime(Protocol):
         there to reconcile, so no reason to call the engine."""
         ...
 
+    # -- tenant networks ------------------------------------------------------------------
+    def owned_networks(self) -> list[str]:
+        """Names of the tenants whose network this control plane created."""
+        ...
+
+    def remove_network(self, tenant: str) -> bool:
+        """Remove the tenant's network if this control plane created it; False when it is gone,
+        not ours, or a container still uses it."""
+        ...
+
     # -- routes ---------------------------------------------------------------------------
     def write_route(self, route: Route) -> None:
         """Create or replace the app's route at once: the router sees the old or the new."""
@@ -135,6 +164,11 @@ class AppRuntime(Protocol):
         ...
 
     def remove_legacy_route(self, stem: str) -> bool: ...
+
+    def wait_unrouted(self, tenant: str, app: str, timeout: float) -> float | None:
+        """Seconds until the router stops sending the app's hostname to any release (after
+        ``remove_route``); None when it still did at ``timeout``."""
+        ...
 
     def wait_served(self, route: Route, timeout: float) -> float | None:
         """Seconds until the router answers for the route's hostname with its release; None

@@ -12,6 +12,11 @@ and remove *orphans*, what no live app and no in-progress deployment accounts fo
   deleted app, so a hostname never keeps pointing at an IP another container may get;
 - route files of the code before routes were keyed by app id (`tenant--app.yml`) whose tenant
   is one of ours: a live app's is replaced by its id-keyed file, any other is removed;
+- tenant networks it created whose tenant is gone (and that nothing uses any more);
+- images built for a live tenant that no release it keeps needs: each app keeps the images
+  of its ``kept_releases`` newest releases (what a rollback reuses) and of its current one,
+  and a deployment in flight keeps the image it builds or rolls back to; a deleted app's
+  images therefore all go. A deleted tenant's images go with its delete;
 - the further sweeps it was built with (database containers).
 
 Containers and files without our marks are never touched. Apps with a deployment in flight
@@ -68,6 +73,8 @@ class Reconciler:
         clock: Callable[[], float] = time.monotonic,
         links: LinkService | None = None,
         tenant_names: Callable[[], set[str]] = set,
+        tenant_ids: Callable[[], set[str]] = set,
+        kept_releases: int = 5,
         sweeps: Mapping[str, Callable[[], list[str]]] | None = None,
     ) -> None:
         self.releases = releases
@@ -80,6 +87,8 @@ class Reconciler:
         self.base_backoff_s = base_backoff_s
         self.clock = clock
         self.tenant_names = tenant_names
+        self.tenant_ids = tenant_ids
+        self.kept_releases = kept_releases
         self._sweeps = dict(sweeps or {})  # further sweeps, each returning what it removed
         self._backoff: dict[str, _Backoff] = {}
         self._stop = threading.Event()
@@ -103,6 +112,8 @@ class Reconciler:
                     self._guarded(report, desired.app_name, lambda d=desired: self._converge(d, report))  # type: ignore[misc]
         self._guarded(report, "orphans", lambda: self._remove_orphans(report))
         self._guarded(report, "orphan routes", lambda: self._remove_orphan_routes(report))
+        self._guarded(report, "orphan networks", lambda: self._remove_orphan_networks(report))
+        self._guarded(report, "old images", lambda: self._remove_unkept_images(report))
         for name, sweep in self._sweeps.items():
             self._guarded(report, name, partial(_run_sweep, report, name, sweep))
         if report.actions:
@@ -196,6 +207,27 @@ class Reconciler:
                 continue  # not ours, or a live app's: its converge replaces the file
             if rt.remove_legacy_route(stem):
                 report.actions.append(f"removed orphan route {stem} (written before id keys)")
+
+    def _remove_orphan_networks(self, report: Report) -> None:
+        live = self.tenant_names()
+        for tenant in self.runtime.owned_networks():
+            if tenant not in live and self.runtime.remove_network(tenant):
+                report.actions.append(f"removed orphan network of {tenant}")
+
+    def _remove_unkept_images(self, report: Report) -> None:
+        # The deployments in flight first, then the images: an image listed here was built
+        # before these reads, so its deployment is either still active or has made its release.
+        active = self.deployments.active()
+        in_flight = {d.id for d in active}
+        kept = self.releases.kept_images(self.kept_releases)
+        for dep in active:
+            if dep.source_kind == "rollback" and (target := self.releases.get(dep.source.get("release_id", ""))):
+                kept.add(target.image_id)
+        for image in self.runtime.tenant_images(*sorted(self.tenant_ids())):
+            if image.id in kept or image.deployment_ids() & in_flight:
+                continue
+            if self.runtime.remove_image(image.id):
+                report.actions.append(f"removed image {image.tags[0]}")
 
     # -- the loop -------------------------------------------------------------------------
     def start(self) -> None:

@@ -20,6 +20,7 @@ from control.jobs.deploy import DeployPipeline, container_name
 from control.jobs.queue import JobQueue, QueueConfig
 from control.jobs.runtime_fake import FakeContainer, InMemoryAppRuntime
 from control.jobs.runtime_port import Route
+from control.jobs.teardown import RuntimeTeardown
 from control.jobs.workers import AppLocks, JobKind, WorkerPool
 from control.reconcile.reconciler import Reconciler
 from control.security.keyring import ReloadingKeyring
@@ -54,14 +55,25 @@ class DeployWorld:
         locks = AppLocks()
         self.pipeline = DeployPipeline(settings, self.deployments, self.releases, self.env_vars, self.runtime, locks)
         self.workers = WorkerPool(self.queue, {DEPLOY_JOB: JobKind(self.pipeline, self.pipeline.give_up)}, count=0)
-        tenants = TenantService(self.db)
+        self.teardown = RuntimeTeardown(self.runtime, tenant_name=lambda tenant_id: self.tenants.name(tenant_id))
+        self.tenants = TenantService(self.db, self.teardown)
         self.reconciler = Reconciler(
-            self.releases, self.deployments, self.env_vars, self.runtime, locks, interval_s=0, tenant_names=tenants.names
+            self.releases,
+            self.deployments,
+            self.env_vars,
+            self.runtime,
+            locks,
+            interval_s=0,
+            tenant_names=self.tenants.names,
+            tenant_ids=self.tenants.ids,
+            kept_releases=settings.kept_releases,
         )
-        self.tenant = tenants.create("acme")
-        self.app: App = AppService(self.db).create(self.tenant.id, "web", port=8080, health_check_path="/healthz")
+        self.tenant = self.tenants.create("acme")
+        self.apps = AppService(self.db, self.teardown)
+        self.app: App = self.apps.create(self.tenant.id, "web", port=8080, health_check_path="/healthz")
 
     def close(self) -> None:
+        self.teardown.drain()
         self.db.dispose()
 
     # -- acting -------------------------------------------------------------------------

@@ -193,3 +193,35 @@ def test_high_volume_non_mutating_posts_stay_out_of_the_log(operator: Caller, te
     actions = [e["action"] for e in operator.get("/v1/operator/audit").json()["items"]]
     assert {"POST /v1/apps", "POST /v1/nodes", "POST /v1/nodes/register"} <= set(actions)
     assert not [a for a in actions if "completions" in a or "heartbeat" in a]
+
+
+def test_the_retention_sweep_removes_events_past_the_retention_period_only(tmp_path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from control.bootstrap import bootstrap
+    from control.settings import Settings
+    from control.store import migrate
+    from control.store.models import AuditEventRow
+
+    services = bootstrap(Settings(data_dir=tmp_path, audit_retention_s=3600))
+    migrate.upgrade(services.db.engine)
+    try:
+        old = services.audit.record(
+            tenant_id=None, api_key_id=None, action="POST /v1/apps", target="/v1/apps", request_id="r1", outcome=201
+        )
+        new = services.audit.record(
+            tenant_id=None, api_key_id=None, action="POST /v1/apps", target="/v1/apps", request_id="r2", outcome=201
+        )
+        with services.db.write() as session:
+            session.execute(
+                update(AuditEventRow).where(AuditEventRow.id == old.id).values(created_at=datetime.now(UTC) - timedelta(hours=2))
+            )
+        assert services.retention.sweep()["audit_events"] == 1
+        assert [e.id for e in services.audit.list(tenant_id=None).items] == [new.id]
+        keep_all = bootstrap(Settings(data_dir=tmp_path, audit_retention_s=0))
+        assert keep_all.retention.audit_for is None and keep_all.retention.sweep()["audit_events"] == 0
+        keep_all.db.dispose()
+    finally:
+        services.db.dispose()

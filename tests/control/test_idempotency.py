@@ -11,7 +11,7 @@ import pytest
 from litestar import post
 from sqlalchemy import func, select, update
 
-from control.api.idempotency import purge_expired_forever
+from control.jobs.retention import sweep_forever
 from control.domain.errors import LeaseLost
 from control.domain.idempotency import Claimed, InFlight, fingerprint
 from control.domain.records import StoredResponse
@@ -272,7 +272,7 @@ def test_background_sweep_purges(app, tenant: Caller) -> None:
 
     async def sweep_briefly() -> None:
         with anyio.move_on_after(0.3):  # several sweeps at 20 ms intervals
-            await purge_expired_forever(app.state.services.idempotency, 0.02)
+            await sweep_forever(app.state.services.retention, 0.02)
 
     anyio.run(sweep_briefly)
     assert _rows(app) == []
@@ -338,10 +338,13 @@ def test_answers_too_large_to_keep_are_passed_on_and_released(app, tenant: Calle
 
 
 def test_a_failing_sweep_does_not_end_the_loop(tmp_path) -> None:
+    from control.domain.audit import AuditService
     from control.domain.idempotency import IdempotencyService
+    from control.jobs.queue import JobQueue
+    from control.jobs.retention import Retention
     from control.store.database import Store
 
-    unmigrated = Store(f"sqlite:///{tmp_path / 'empty.db'}")  # no idempotency table: every sweep fails
+    unmigrated = Store(f"sqlite:///{tmp_path / 'empty.db'}")  # no tables: every step of every sweep fails
     service = IdempotencyService(unmigrated, retention=timedelta(hours=1), lease=timedelta(seconds=5))
     failures: list[int] = []
     original = service.purge_expired
@@ -354,7 +357,15 @@ def test_a_failing_sweep_does_not_end_the_loop(tmp_path) -> None:
 
     async def sweep_briefly() -> None:
         with anyio.move_on_after(0.2):
-            await purge_expired_forever(service, 0.02)
+            retention = Retention(
+                service,
+                AuditService(unmigrated),
+                JobQueue(unmigrated),
+                audit_for=timedelta(days=1),
+                jobs_for=timedelta(days=1),
+                jobs_kept=10,
+            )
+            await sweep_forever(retention, 0.02)
 
     anyio.run(sweep_briefly)
     assert len(failures) >= 2  # it kept going after the first failure

@@ -153,3 +153,31 @@ def test_retry_later_keeps_the_attempt_but_gives_up_after_the_dependency_wait(db
     assert not queue.retry_later(job, "w", "docker down", delay_s=20)  # 50 s waited + 20 > 60
     failed = queue.get(created.id)
     assert failed is not None and failed.state == "failed" and failed.last_error == "docker down"
+
+
+def test_finished_jobs_are_pruned_by_age_and_by_count_and_live_ones_never(db: Store) -> None:
+    clock = Clock()
+    queue = JobQueue(db, QueueConfig(per_tenant=100), clock=clock)
+    finished = []
+    for n in range(6):
+        job = _enqueue(queue, f"dep_{n}")
+        claimed = queue.claim("w1")
+        assert claimed is not None and claimed.id == job.id
+        assert queue.finish(claimed, "w1", "succeeded" if n % 2 else "failed")
+        finished.append(job.id)
+    running = _enqueue(queue, "dep_running")
+    assert queue.claim("w1") is not None
+    queued = _enqueue(queue, "dep_queued")
+
+    assert queue.prune_finished(retention=timedelta(days=1), keep=4) == 2  # the count bound: the newest 4 stay
+    assert queue.prune_finished(retention=timedelta(days=1), keep=4) == 0
+    with db.write() as session:  # what updated_at says: the clock of the process that wrote it
+        from sqlalchemy import update
+
+        from control.store.models import JobRow
+
+        session.execute(update(JobRow).where(JobRow.id == finished[2]).values(updated_at=datetime.now(UTC) - timedelta(days=2)))
+    clock.now = datetime.now(UTC)
+    assert queue.prune_finished(retention=timedelta(days=1), keep=4) == 1  # the age bound
+    left = {job_id for job_id in [*finished, running.id, queued.id] if queue.get(job_id) is not None}
+    assert left == {*finished[3:], running.id, queued.id}

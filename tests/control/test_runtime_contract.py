@@ -250,3 +250,40 @@ def test_a_route_from_before_id_keys_is_replaced_by_the_new_one(subject: Subject
 
 def test_a_missing_container_inspects_as_none(subject: Subject) -> None:
     assert subject.runtime.inspect("0" * 64) is None  # where the engine raises NotFound
+
+
+# -- what a delete and the retention sweep remove -------------------------------------------
+def test_a_tenants_images_are_listed_by_its_id_and_removed_only_once_unused(subject: Subject, tmp_path: Path) -> None:
+    rt = subject.runtime
+    source = tmp_path / "gc" / "src"
+    source.mkdir(parents=True)
+    (source / "Dockerfile").write_text(DOCKERFILE + f"LABEL contract.gc={RUN_ID}\n")  # an image of its own
+    tag = f"moorage-apps/{TENANT}/{APP}:dep_gc"
+    built = rt.build_image("dockerfile", replace(_request(source), tag=tag))
+    assert any(image.id == built.image_id and tag in image.tags for image in rt.tenant_images(TENANT))
+    assert all(image.id != built.image_id for image in rt.tenant_images(f"{TENANT}x"))
+    assert "dep_gc" in next(i for i in rt.tenant_images(TENANT) if i.id == built.image_id).deployment_ids()
+    container = rt.start_app(
+        tenant=TENANT, app=APP, release="v1", image=built.image_id, env={"PORT": "8080"}, name=f"moorage-{TENANT}-{APP}-dep_gc"
+    )
+    assert rt.remove_image(built.image_id) is False  # a container uses it
+    rt.remove(container.id)
+    assert rt.remove_image(built.image_id) is True
+    assert not rt.image_exists(built.image_id)
+    assert rt.remove_image(built.image_id) is False  # gone already
+
+
+def test_a_tenant_network_is_ours_until_removed_and_never_removed_in_use(subject: Subject) -> None:
+    rt, tenant = subject.runtime, f"{TENANT}-net"
+    assert tenant not in rt.owned_networks()
+    container = rt.start_app(
+        tenant=tenant, app=APP, release="v1", image=subject.image_id, env={"PORT": "8080"}, name=f"moorage-{tenant}-{APP}-dep_net"
+    )
+    try:
+        assert tenant in rt.owned_networks()
+        assert rt.remove_network(tenant) is False  # a container is attached
+    finally:
+        rt.remove(container.id)
+    assert rt.remove_network(tenant) is True
+    assert tenant not in rt.owned_networks()
+    assert rt.remove_network(tenant) is False

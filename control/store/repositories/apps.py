@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from control.domain.records import App, Page
-from control.store.models import AppRow
+from control.store.models import AppRow, DeploymentRow
 from control.store.repositories.paging import paginate
 
 
@@ -62,6 +63,10 @@ class AppRepository:
             setattr(row, name, value)
         self.session.flush()
         return to_app(row)
+
+    def deployment_ids(self, app_id: str) -> builtins.list[str]:
+        query = select(DeploymentRow.id).where(DeploymentRow.app_id == app_id, DeploymentRow.tenant_id == self.tenant_id)
+        return list(self.session.scalars(query))
 
     def delete(self, ref: str) -> App | None:
         row = self._row(ref)

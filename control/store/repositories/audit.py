@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from control.domain.records import AuditEvent, Page
@@ -65,3 +65,7 @@ class AuditRepository:
         rows = self.session.scalars(query.order_by(AuditEventRow.id.desc()).limit(limit + 1)).all()
         items = [to_event(row) for row in rows[:limit]]
         return Page(items=items, next_cursor=items[-1].id if len(rows) > limit else None)
+
+    def purge_before(self, cutoff: datetime) -> int:
+        result = self.session.execute(delete(AuditEventRow).where(AuditEventRow.created_at < cutoff))
+        return int(result.rowcount)  # type: ignore[attr-defined]

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from control.domain.records import Job
 from control.store.models import JobRow
+
+FINISHED = ("succeeded", "failed", "cancelled")
 
 
 def to_job(row: JobRow) -> Job:
@@ -128,3 +130,12 @@ class JobRepository:
         for row in rows:
             row.state, count = "cancelled", count + 1
         return count
+
+    def prune_finished(self, *, before: datetime, keep: int) -> int:
+        """Finished jobs (succeeded, failed, cancelled) last changed before ``before``, and
+        all but the ``keep`` most recent of the rest. Queued and running jobs are never touched."""
+        finished = JobRow.state.in_(FINISHED)
+        newest = select(JobRow.id).where(finished).order_by(JobRow.updated_at.desc(), JobRow.id.desc()).limit(keep)
+        doomed = delete(JobRow).where(finished, or_(JobRow.updated_at < before, JobRow.id.not_in(newest)))
+        result = self.session.execute(doomed.execution_options(synchronize_session=False))
+        return int(result.rowcount)  # type: ignore[attr-defined]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
@@ -97,6 +99,17 @@ class AppRuntimeRepository:
             DesiredApp(rt.tenant_id, tenant_name, rt.app_id, app_name, to_release(rel), rt.container_id, rt.container_name)
             for rt, rel, app_name, tenant_name in self.session.execute(query)
         ]
+
+    def kept_images(self, per_app: int) -> builtins.set[str]:
+        """Image ids of each app's ``per_app`` newest releases (what a rollback may reuse), and
+        of every app's current one, whatever its age."""
+        numbered = select(
+            ReleaseRow.image_id,
+            func.row_number().over(partition_by=ReleaseRow.app_id, order_by=ReleaseRow.number.desc()).label("n"),
+        ).subquery()
+        newest = set(self.session.scalars(select(numbered.c.image_id).where(numbered.c.n <= per_app)))
+        current = select(ReleaseRow.image_id).join(AppRuntimeRow, AppRuntimeRow.release_id == ReleaseRow.id)
+        return newest | set(self.session.scalars(current))
 
     def any_exist(self) -> bool:
         return self.session.scalar(select(AppRuntimeRow.app_id).limit(1)) is not None

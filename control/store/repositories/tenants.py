@@ -36,6 +36,9 @@ class TenantRepository:
     def names(self) -> set[str]:
         return set(self.session.scalars(select(TenantRow.name)))
 
+    def ids(self) -> set[str]:
+        return set(self.session.scalars(select(TenantRow.id)))
+
     def name_taken(self, name: str) -> bool:
         return self.session.scalar(select(TenantRow.id).where(TenantRow.name == name)) is not None
 

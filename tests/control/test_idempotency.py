@@ -11,10 +11,10 @@ import pytest
 from litestar import post
 from sqlalchemy import func, select, update
 
-from control.jobs.retention import sweep_forever
 from control.domain.errors import LeaseLost
 from control.domain.idempotency import Claimed, InFlight, fingerprint
 from control.domain.records import StoredResponse
+from control.jobs.retention import sweep_forever
 from control.store.models import AppRow, IdempotencyRecordRow
 from tests.conftest import Caller
 from tests.control.test_problems import assert_problem

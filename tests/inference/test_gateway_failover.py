@@ -120,8 +120,10 @@ def test_a_node_killed_before_its_first_token_is_replaced_without_the_client_see
         assert (row["node_id"], row["status"], row["http_status"], row["usage_reported"]) == (good_id, "ok", 200, True)
         assert (row["prompt_tokens"], row["completion_tokens"]) == (usage["prompt_tokens"], usage["completion_tokens"])
         assert usage["completion_tokens"] == 4  # the served node's count, nothing added for the dead one
-        assert _node(platform, dying_id)["breaker"] == "open"  # its failure was recorded (threshold 1)
-        assert _node(platform, good_id)["breaker"] == "closed"
+        dead = _node(platform, dying_id)
+        assert dead["breaker"] == "open"  # its failure was recorded (threshold 1) ...
+        assert dead["status"] == "unhealthy" and "circuit breaker" in dead["status_reason"]  # ... and shown, no heartbeat needed
+        assert (_node(platform, good_id)["breaker"], _node(platform, good_id)["status"]) == ("closed", "healthy")
         assert platform.app.state.services.inference.router.in_flight(dying_id) == 0
 
 
@@ -179,11 +181,37 @@ def test_every_node_killed_before_a_token_is_a_503_the_client_can_retry(platform
         problem = json.loads(body)
         assert problem["code"] == "inference-unavailable" and "nothing was generated" in problem["detail"]
         assert problem["request_id"].startswith("req_")
-        assert [_node(platform, n)["breaker"] for n in ids] == ["open", "open"]
+        assert [(_node(platform, n)["breaker"], _node(platform, n)["status"]) for n in ids] == [("open", "unhealthy")] * 2
         [row] = _usage_rows(platform, token)
         assert (row["status"], row["http_status"], row["prompt_tokens"], row["completion_tokens"]) == ("error", 503, 0, 0)
         retry = platform.chat(token, max_tokens=2)  # both breakers open now: refused at once, with when to retry
         assert retry.status_code == 503 and int(retry.headers["Retry-After"]) >= 1
+
+
+def test_a_node_is_unhealthy_from_its_engines_death_until_a_trial_request_succeeds(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    with (
+        control_plane(tmp_path, inference_breaker_failures=1, inference_breaker_reset_s=1) as platform,
+        stand_in_engine(*HANG_AFTER_ROLE, "--ready-file", str(ready)) as dying,
+    ):
+        node_id, node_token = platform.enroll("gpu-1")
+        assert platform.register(node_token, dying.base_url).status_code == 200
+        _, token = platform.tenant("acme")
+        with killed_when_ready((dying, ready)):
+            assert _stream(platform, token, max_tokens=2)[0] == 503
+        assert _node(platform, node_id)["status"] == "unhealthy"  # its last heartbeat still says healthy
+
+        with stand_in_engine("--role-event") as restarted:  # the node agent restarts its engine and says so
+            assert platform.register(node_token, restarted.base_url).status_code == 200
+            node = _node(platform, node_id)
+            assert (node["status"], node["breaker"], node["state"]) == ("unhealthy", "open", "healthy")
+            time.sleep(1.1)  # inference_breaker_reset_s
+            node = _node(platform, node_id)
+            assert (node["status"], node["breaker"]) == ("unhealthy", "half_open") and "trial" in node["status_reason"]
+            status, _, events = _stream(platform, token, max_tokens=2)  # the trial request
+            assert status == 200 and events[-1] == "[DONE]"
+            node = _node(platform, node_id)
+            assert (node["status"], node["status_reason"], node["breaker"]) == ("healthy", None, "closed")
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,11 @@ max_tokens against the tenant's quotas (429 ``inference-rate-limited`` /
 ``inference-quota-exceeded``, with Retry-After); the end of the request settles it with
 the engine's reported usage and writes a usage row (GET /v1/usage).
 
-A stream is sent as fast as the client takes it; a client that takes nothing for
-``gateway_stream_idle_s`` (its receive window stays full) is cut off: the engine request
-ends and the usage row says ``stalled``.
+A stream's response starts with its first token: a node that fails before it is replaced
+by the next one without the client seeing it (see ``gateway_proxy``). It is sent as fast
+as the client takes it; a client that takes nothing for ``gateway_stream_idle_s`` (its
+receive window stays full) is cut off: the engine request ends and the usage row says
+``stalled``.
 """
 
 from __future__ import annotations

@@ -1,16 +1,22 @@
 """The gateway's upstream side: pick a node, send the request, fail over, relay.
 
 Failover happens only while the client has seen nothing: a connect failure, a timeout
-or a 5xx (or, when streaming, a stream that breaks before its first event) records a
-failure on that node's breaker and the next node is tried. Once the first event has gone
-to the client, a broken stream ends with an error event (``data: {"error": {...}}``,
-no ``[DONE]``) and the breaker records the failure.
+or a 5xx (or, when streaming, a stream that breaks before its first token) records a
+failure on that node's breaker and the next node is tried. A stream's events before its
+first token (the role announcement, empty deltas) are held back, not sent: they say
+nothing another node cannot say too, and the response (its 200 included) starts only
+with the first token, so a node that dies before it is replaced invisibly and the client
+sees one role event, from the node that answers. Once a token has gone to the client, a
+broken stream ends with an error event (``data: {"error": {...}}``, no ``[DONE]``) and
+the breaker records the failure. Only the node that answers is billed: the usage row is
+written once per request, for the node that served it.
 
 Streams are relayed as they arrive (each event re-encoded: ``model`` becomes the public
 name, and the usage the gateway asked for is removed when the client did not ask; the
 events one read from the engine brought go to the client in one write), with a keep-alive
 comment when the engine is silent, and always end with ``data: [DONE]`` (``transformers
-serve`` omits it). Nothing is buffered beyond what one read brought.
+serve`` omits it). Nothing is buffered beyond what one read brought, except the events
+before the first token.
 """
 
 from __future__ import annotations
@@ -99,14 +105,14 @@ class Outcome:
 
 @dataclass
 class Answer:
-    """A non-streamed answer, or the first event of a stream and the open response."""
+    """A non-streamed answer, or the start of a stream (up to its first token) and the open response."""
 
     node: Node
     status_code: int
     content: bytes = b""
     response: httpx.Response | None = None
     events: AsyncIterator[list[bytes]] | None = None
-    first: list[bytes] | None = None  # the events the first read brought
+    first: list[bytes] | None = None  # the events held back until the first token, that one included
 
 
 class UpstreamFailed(Exception):
@@ -150,7 +156,7 @@ async def open_answer(upstream: Upstream, router: NodeRouter, call: Call, candid
                 return Answer(node, response.status_code, content=content)
             events = sse_batches(response)
             try:
-                first = await events.__anext__()  # failover is still possible until this is relayed
+                first = await read_until_token(events)  # failover is still possible until this is relayed
             except BaseException:
                 await response.aclose()
                 raise
@@ -161,7 +167,10 @@ async def open_answer(upstream: Upstream, router: NodeRouter, call: Call, candid
                 breaker.release()
                 raise
             breaker.record_failure()
-            log.warning("inference_node_failed", node_id=node_id, error=type(exc).__name__, detail=str(exc)[:200])
+            log.warning(
+                "inference_node_failed", node_id=node_id, request_id=call.request_id, error=type(exc).__name__,
+                detail=str(exc)[:200],
+            )  # fmt: skip
         except BaseException:  # cancelled: the client left; no verdict on the node
             breaker.release()
             raise
@@ -169,6 +178,39 @@ async def open_answer(upstream: Upstream, router: NodeRouter, call: Call, candid
             if not committed:  # a stream's relay ends it
                 router.end(node_id)
     raise UpstreamFailed(tried)
+
+
+async def read_until_token(events: AsyncIterator[list[bytes]]) -> list[bytes]:
+    """The stream's events up to and including the first that commits it to this node (see
+    ``commits``). Raises ``StopAsyncIteration`` if the stream ends before one, and whatever
+    reading raised if the node failed: the caller fails over then."""
+    held: list[bytes] = []
+    while True:
+        batch = await events.__anext__()
+        held += batch
+        if any(commits(data) for data in batch):
+            return held
+
+
+def commits(data: bytes) -> bool:
+    """Whether relaying this event ties the answer to this node: it brings generated output
+    (content, text, a tool call, reasoning: anything in a delta besides its role), a
+    finish_reason, usage, an error, or is ``[DONE]``. An event that is not a JSON object
+    raises ``msgspec.DecodeError``: the node is failing, and nothing has been sent yet."""
+    if data.strip() == b"[DONE]":
+        return True
+    chunk = msgspec.json.decode(data)
+    if not isinstance(chunk, dict):
+        raise msgspec.DecodeError("stream event is not a JSON object")
+    if "error" in chunk or chunk.get("usage"):
+        return True
+    for choice in chunk.get("choices") or ():
+        if not isinstance(choice, dict) or choice.get("finish_reason") or choice.get("text"):
+            return True
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and any(value for key, value in delta.items() if key != "role"):
+            return True
+    return False
 
 
 def rewrite_chunk(data: bytes, call: Call, outcome: Outcome) -> bytes | None:

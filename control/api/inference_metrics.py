@@ -84,7 +84,7 @@ class _NodeCollector(Collector):
         healthy, in_flight, gpu_used, gpu_total, load, utilisation, entropy = families = self._families()
         for node in self.inference.nodes.snapshot():
             report = node.report
-            healthy.add_metric([node.id], 1.0 if self.inference.nodes.health(node) == "healthy" else 0.0)
+            healthy.add_metric([node.id], 1.0 if self.inference.health(node).status == "healthy" else 0.0)
             in_flight.add_metric([node.id, "gateway"], self.inference.router.in_flight(node.id))
             if isinstance(report.get("requests_in_flight"), int):
                 in_flight.add_metric([node.id, "engine"], report["requests_in_flight"])
@@ -103,7 +103,7 @@ class _NodeCollector(Collector):
 
     @staticmethod
     def _families() -> list[GaugeMetricFamily]:
-        healthy = GaugeMetricFamily("moorage_inference_node_healthy", "1 if the node is routable", labels=["node"])
+        healthy = GaugeMetricFamily("moorage_inference_node_healthy", "1 if the node's status is healthy", labels=["node"])
         in_flight = GaugeMetricFamily(
             "moorage_inference_node_requests_in_flight", "Requests in flight (gateway: counted here; engine: reported)",
             labels=["node", "source"],

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from control.domain.nodes import NodeHealth, NodeStatus
 from control.domain.records import Node, ServedModel
 
 
@@ -83,12 +84,15 @@ class NodeOut(msgspec.Struct):
     id: str
     name: str
     status: Annotated[
-        str,
+        NodeStatus,
         msgspec.Meta(
-            description="healthy (routable) | draining (operator) | unregistered | stale (heartbeat too old) | "
+            description="healthy (heartbeats say healthy and the gateway's breaker is closed) | unhealthy (heartbeats "
+            "say healthy, but the gateway's circuit breaker for the node is open or half-open: requests to it failed) | "
+            "draining (operator) | unregistered | stale (heartbeat too old) | "
             "the engine's state (starting, restarting, draining, stopped, failed)"
         ),
     ]
+    status_reason: Annotated[str | None, msgspec.Meta(description="Why the node is not healthy; null when it is")]
     state: Annotated[str, msgspec.Meta(description="The engine state last reported")]
     draining: bool
     engine: str
@@ -102,11 +106,12 @@ class NodeOut(msgspec.Struct):
     report: Annotated[dict[str, Any], msgspec.Meta(description="The node's last heartbeat (in flight, GPUs, expert load, ...)")]
 
     @classmethod
-    def of(cls, node: Node, *, status: str, gateway_in_flight: int, breaker: str) -> NodeOut:
+    def of(cls, node: Node, *, health: NodeHealth, gateway_in_flight: int, breaker: str) -> NodeOut:
         return cls(
             id=node.id,
             name=node.name,
-            status=status,
+            status=health.status,
+            status_reason=health.reason,
             state=node.state,
             draining=node.draining,
             engine=node.engine,
@@ -132,6 +137,6 @@ class NodeList(msgspec.Struct):
 
 class NodeAck(msgspec.Struct):
     id: str
-    status: str
+    status: Annotated[NodeStatus, msgspec.Meta(description="As GET /v1/nodes/{node} reports it")]
     draining: bool
     stale_after_s: Annotated[int, msgspec.Meta(description="Heartbeat at least this often to stay routable")]

@@ -35,7 +35,7 @@ from control.security.scopes import OPERATOR_ACCESS
 def node_out(inference: Inference, node: Node) -> NodeOut:
     return NodeOut.of(
         node,
-        status=inference.nodes.health(node),
+        health=inference.health(node),
         gateway_in_flight=inference.router.in_flight(node.id),
         breaker=inference.router.breaker_state(node.id),
     )
@@ -109,7 +109,7 @@ def _registration(report: NodeReport) -> NodeRegistration:
 def _ack(inference: Inference, node: Node) -> NodeAck:
     return NodeAck(
         id=node.id,
-        status=inference.nodes.health(node),
+        status=inference.health(node).status,
         draining=node.draining,
         stale_after_s=int(inference.nodes.stale_after.total_seconds()),
     )

@@ -15,7 +15,7 @@ import threading
 from collections import Counter
 from typing import TypeVar
 
-from runtime.resilience import BreakerRegistry, BreakerState, CircuitBreaker
+from runtime.resilience import BreakerRegistry, BreakerSnapshot, BreakerState, CircuitBreaker
 
 BREAKER_PREFIX = "inference-node:"
 T = TypeVar("T")
@@ -51,9 +51,14 @@ class NodeRouter:
             return breaker
 
     def breaker_state(self, node_id: str) -> str:
+        snapshot = self.breaker_snapshot(node_id)
+        return BreakerState.CLOSED.value if snapshot is None else snapshot.state.value
+
+    def breaker_snapshot(self, node_id: str) -> BreakerSnapshot | None:
+        """None: no request has gone to the node yet (its breaker is created on first use)."""
         with self._lock:
             breaker = self._breakers.get(node_id)
-        return BreakerState.CLOSED.value if breaker is None else breaker.state.value
+        return None if breaker is None else breaker.snapshot()
 
     def order(self, candidates: list[tuple[str, T]]) -> list[tuple[str, T]]:
         """(node id, anything) pairs in the order to try them; open breakers left out."""

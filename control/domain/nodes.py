@@ -2,7 +2,9 @@
 heartbeats, drain, delete, and which nodes the gateway may route to.
 
 A node is *healthy* (routable) when it is not deleted, not drained by an operator, its
-engine last reported ``healthy``, and that report is at most ``stale_after_s`` old.
+engine last reported ``healthy``, and that report is at most ``stale_after_s`` old. What
+operators read also weighs the gateway's own evidence, its circuit breaker for the node
+(``Inference.health``): heartbeats alone lag an engine's death by up to an interval.
 The gateway asks ``routable()`` on every request, so it reads a snapshot cached for
 ``cache_ttl_s`` (every change made through this service drops it at once).
 """
@@ -15,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from control.clock import utcnow
@@ -34,6 +36,15 @@ from control.store.repositories.nodes import NodeRepository
 
 _BAD_TOKEN = "The node token is missing or not valid. Send 'Authorization: Bearer mrg_node_...' (from POST /v1/nodes)."
 ENGINE_STATES = frozenset({"starting", "healthy", "restarting", "draining", "stopped", "failed"})
+NodeStatus = Literal["healthy", "unhealthy", "draining", "unregistered", "stale", "starting", "restarting", "stopped", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeHealth:
+    """A node's status and, unless it is healthy, why, in words an operator can act on."""
+
+    status: NodeStatus
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,15 +65,23 @@ class NodeRegistration:
     models: list[ServedModel] | None = None
 
 
-def health_of(node: Node, now: datetime, stale_after: timedelta) -> str:
+def health_of(node: Node, now: datetime, stale_after: timedelta) -> NodeHealth:
     """healthy | draining (operator) | unregistered | stale (no recent heartbeat) | the engine's state."""
     if node.draining:
-        return "draining"
+        return NodeHealth("draining", f"Drained by an operator: no new requests go to it (POST /v1/nodes/{node.id}/resume).")
     if node.registered_at is None or node.last_heartbeat_at is None:
-        return "unregistered"
-    if now - node.last_heartbeat_at > stale_after:
-        return "stale"
-    return node.state
+        return NodeHealth("unregistered", "Enrolled, but its node agent has not registered yet (`moorage node run`).")
+    silent = now - node.last_heartbeat_at
+    if silent > stale_after:
+        return NodeHealth(
+            "stale",
+            f"No heartbeat for {silent.total_seconds():.0f} s (stale after {stale_after.total_seconds():.0f} s): "
+            "is its node agent running and able to reach the control plane?",
+        )
+    if node.state == "healthy":
+        return NodeHealth("healthy")
+    error = node.report.get("last_error")
+    return NodeHealth(cast(NodeStatus, node.state), f"Its engine reports '{node.state}'" + (f": {error}" if error else "."))
 
 
 def check_engine_url(base_url: str) -> str:
@@ -138,7 +157,8 @@ class NodeService:
             NodeRepository(session).revoke(node_id, utcnow())
         self._changed()
 
-    def health(self, node: Node) -> str:
+    def health(self, node: Node) -> NodeHealth:
+        """As heartbeats tell it; ``Inference.health`` adds the gateway's breaker."""
         return health_of(node, utcnow(), self.stale_after)
 
     # ---- node ----
@@ -216,12 +236,12 @@ class NodeService:
 
     def routable(self, model: str) -> list[tuple[Node, ServedModel]]:
         now = utcnow()
-        return [(n, m) for n, m in self.serving(model) if health_of(n, now, self.stale_after) == "healthy"]
+        return [(n, m) for n, m in self.serving(model) if health_of(n, now, self.stale_after).status == "healthy"]
 
     def models(self) -> list[str]:
         """Public model names with at least one healthy node."""
         now = utcnow()
-        names = {m.name for n in self.snapshot() if health_of(n, now, self.stale_after) == "healthy" for m in n.models}
+        names = {m.name for n in self.snapshot() if health_of(n, now, self.stale_after).status == "healthy" for m in n.models}
         return sorted(names)
 
     def _changed(self) -> None:

@@ -9,6 +9,11 @@ no `data: [DONE]` (``--openai-style``: a separate usage chunk only when asked, t
 
     python stand_in_openai_engine.py --port P [--name N] [--words 8] [--delay S]
         [--first-token-delay S] [--fail-status 500] [--die-after-chunks K] [--expect-model M]
+        [--role-event] [--hang-after-chunks K --ready-file PATH]
+
+``--hang-after-chunks K`` stops a stream after K content chunks (0: after the role event,
+before any token), creates ``--ready-file`` and waits to be killed: a test kills the
+process at exactly that point.
 
 GET /last-request returns the last completion request body it received; GET /streams
 how many streams it is still writing (a stream ends when it is done or its reader hangs up).
@@ -23,6 +28,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 
@@ -37,6 +43,9 @@ def main() -> None:
     parser.add_argument("--die-after-chunks", type=int, help="exit the process mid-stream after K chunks")
     parser.add_argument("--expect-model", help="400 unless the request's model is exactly this")
     parser.add_argument("--openai-style", action="store_true", help="usage chunk only when asked, then [DONE]")
+    parser.add_argument("--role-event", action="store_true", help="chat streams start with a role-only event, as vLLM's")
+    parser.add_argument("--hang-after-chunks", type=int, help="after K content chunks, create --ready-file and hang")
+    parser.add_argument("--ready-file", help="created once a stream hangs (--hang-after-chunks)")
     args = parser.parse_args()
     last: dict[str, Any] = {}
     streams = {"open": 0}
@@ -96,17 +105,26 @@ def main() -> None:
             kind = "chat.completion.chunk" if chat else "text_completion"
             time.sleep(args.first_token_delay)  # a model still reading its prompt: headers out, no event yet
 
-            def chunk(piece: str, finish: str | None = None, **extra: Any) -> dict[str, Any]:
+            def chunk(piece: str, finish: str | None = None, delta: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
                 choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
-                choice |= {"delta": {"content": piece} if piece else {}} if chat else {"text": piece}
+                choice |= {"delta": delta or ({"content": piece} if piece else {})} if chat else {"text": piece}
                 return {"id": "chunk-stand-in", "object": kind, "created": 0, "model": body.get("model"),
                         "choices": [choice], **extra}  # fmt: skip
 
+            def hang_if_due(sent: int) -> None:
+                if args.hang_after_chunks == sent:
+                    Path(args.ready_file).touch()  # what was written is flushed: the test may kill now
+                    threading.Event().wait()
+
+            if chat and args.role_event:
+                self._event(chunk("", delta={"role": "assistant", "content": ""}))
             for i in range(words):
+                hang_if_due(i)
                 if args.die_after_chunks is not None and i >= args.die_after_chunks:
                     os._exit(9)  # like a SIGKILLed engine: the connection just drops
                 self._event(chunk(f"w{i} "))
                 time.sleep(args.delay)
+            hang_if_due(words)
             wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             if args.openai_style:
                 self._event(chunk("", "length"))

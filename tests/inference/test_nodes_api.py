@@ -5,9 +5,11 @@ cannot pass for them and they cannot pass for API keys."""
 from __future__ import annotations
 
 import time
+from typing import get_args
 
 import pytest
 
+from control.domain.nodes import ENGINE_STATES, NodeStatus
 from control.settings import Settings
 from tests.conftest import Caller
 
@@ -30,7 +32,9 @@ REPORT = {
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", inference_node_stale_s=2, job_workers=0, reconcile_interval_s=0)
+    return Settings(
+        data_dir=tmp_path / "data", inference_node_stale_s=2, inference_breaker_reset_s=1, job_workers=0, reconcile_interval_s=0
+    )
 
 
 def _node(operator: Caller, name: str = "gpu-1") -> tuple[str, str]:
@@ -53,6 +57,7 @@ def test_enroll_register_heartbeat_and_read_back(operator: Caller) -> None:
 
     ack = _as_node(operator.client, token, "/v1/nodes/register", REPORT)
     assert ack.status_code == 200, ack.text
+    assert operator.get(f"/v1/nodes/{node_id}").json()["status_reason"] is None  # healthy: nothing to explain
     assert ack.json() == {"id": node_id, "status": "healthy", "draining": False, "stale_after_s": 2}
     beat = _as_node(operator.client, token, f"/v1/nodes/{node_id}/heartbeat", {"state": "restarting", "restarts": 1})
     assert beat.status_code == 200 and beat.json()["status"] == "restarting"
@@ -140,3 +145,60 @@ def test_heartbeat_figures_are_metrics(operator: Caller) -> None:
     assert f'moorage_inference_node_gpu_memory_used_mib{{gpu="0",node="{node_id}"}} 1000.0' in text
     assert f'moorage_inference_expert_load_tokens{{expert="0",layer="0",node="{node_id}"}} 4.0' in text
     assert f'moorage_inference_expert_load_entropy{{layer="0",node="{node_id}"}} 0.92' in text
+
+
+def test_status_follows_the_gateways_breaker_at_once(operator: Caller) -> None:
+    """The breaker opens on the gateway's own failed requests, at once; heartbeats can lag
+    an engine's death by an interval. A healthy heartbeat does not hide an open breaker."""
+    node_id, token = _node(operator)
+    _as_node(operator.client, token, "/v1/nodes/register", REPORT)
+    breaker = operator.client.app.state.services.inference.router.breaker(node_id)
+    for _ in range(breaker.failure_threshold):  # as the gateway records failed requests
+        breaker.record_failure()
+
+    def status() -> tuple[str, str | None, str]:
+        node = operator.get(f"/v1/nodes/{node_id}").json()
+        [listed] = [n for n in operator.get("/v1/nodes").json()["items"] if n["id"] == node_id]
+        assert (listed["status"], listed["status_reason"]) == (node["status"], node["status_reason"])
+        return node["status"], node["status_reason"], node["breaker"]
+
+    state, reason, breaker_state = status()
+    assert (state, breaker_state) == ("unhealthy", "open") and "circuit breaker" in reason and "open" in reason
+    assert f'moorage_inference_node_healthy{{node="{node_id}"}} 0.0' in operator.get("/metrics").text
+    beat = _as_node(operator.client, token, f"/v1/nodes/{node_id}/heartbeat", {"state": "healthy"})
+    assert beat.json()["status"] == "unhealthy"  # the node's own word does not close the gateway's breaker
+    assert status()[0] == "unhealthy"
+
+    time.sleep(1.1)  # inference_breaker_reset_s: the next request is a trial
+    state, reason, breaker_state = status()
+    assert (state, breaker_state) == ("unhealthy", "half_open") and "trial" in reason
+
+    breaker.record_success()  # the trial request succeeded
+    assert status() == ("healthy", None, "closed")
+    assert f'moorage_inference_node_healthy{{node="{node_id}"}} 1.0' in operator.get("/metrics").text
+
+
+def test_a_closed_breaker_does_not_hide_what_heartbeats_say(operator: Caller) -> None:
+    node_id, token = _node(operator)
+    _as_node(operator.client, token, "/v1/nodes/register", REPORT)
+    breaker = operator.client.app.state.services.inference.router.breaker(node_id)
+    for _ in range(breaker.failure_threshold):
+        breaker.record_failure()
+    beat = {"state": "restarting", "last_error": "engine exited with -9"}
+    _as_node(operator.client, token, f"/v1/nodes/{node_id}/heartbeat", beat)
+    node = operator.get(f"/v1/nodes/{node_id}").json()
+    assert node["status"] == "restarting" and "engine exited with -9" in node["status_reason"]  # the engine's own account
+    breaker.record_success()
+    assert operator.get(f"/v1/nodes/{node_id}").json()["status"] == "restarting"  # closed, but not healthy yet
+    _as_node(operator.client, token, f"/v1/nodes/{node_id}/heartbeat", {"state": "healthy"})
+    assert operator.get(f"/v1/nodes/{node_id}").json()["status"] == "healthy"
+
+
+def test_node_statuses_in_the_openapi_document(operator: Caller) -> None:
+    schemas = operator.get("/openapi.json").json()["components"]["schemas"]
+    expected = ENGINE_STATES | {"unhealthy", "unregistered", "stale"}
+    assert set(get_args(NodeStatus)) == expected
+    for shape in ("NodeOut", "NodeAck"):
+        assert set(schemas[shape]["properties"]["status"]["enum"]) == expected, shape
+    assert "breaker" in schemas["NodeOut"]["properties"]["status"]["description"]
+    assert "status_reason" in schemas["NodeOut"]["required"]

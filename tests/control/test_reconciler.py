@@ -84,29 +84,34 @@ def _images(world: DeployWorld) -> set[str]:
     return {image.id for image in world.runtime.tenant_images(world.tenant.id)}
 
 
-def test_images_past_the_kept_releases_go_and_the_current_and_in_flight_ones_stay(settings: Settings) -> None:
-    for world in world_on(settings.with_overrides(swap_drain_ms=0, kept_releases=2)):
-        deployments = [world.deploy() for _ in range(4)]
-        images = [world.release_of(dep).image_id for dep in deployments]  # type: ignore[union-attr]
-        assert _images(world) == set(images)
-        report = world.reconciler.run_once()
-        assert not report.errors, report.errors
-        assert _images(world) == set(images[2:]), "the two newest releases keep their images"
+@pytest.fixture
+def keeping_two(settings: Settings) -> Iterator[DeployWorld]:
+    yield from world_on(settings.with_overrides(swap_drain_ms=0, kept_releases=2))
 
-        # A rollback to v3 makes v5 from v3's image; v4's image is still among the two newest.
-        world.roll_back_to(world.release_of(deployments[2]))  # type: ignore[arg-type]
-        world.run_next()
-        world.reconciler.run_once()
-        assert _images(world) == set(images[2:])
 
-        # A sweep between a build and its release keeps the image the deployment just built.
-        in_flight = world.upload()
-        swept: list[object] = []
-        world.runtime.before("start_app", lambda: swept.append(world.reconciler.run_once()))
-        world.run_next()
-        assert world.deployment(in_flight).status == "running", world.log(in_flight)
-        assert swept and not swept[0].errors  # type: ignore[attr-defined]
-        assert world.release_of(in_flight).image_id in _images(world)  # type: ignore[union-attr]
+def test_images_past_the_kept_releases_go_and_the_current_and_in_flight_ones_stay(keeping_two: DeployWorld) -> None:
+    world = keeping_two
+    deployments = [world.deploy() for _ in range(4)]
+    images = [world.release_of(dep).image_id for dep in deployments]  # type: ignore[union-attr]
+    assert _images(world) == set(images)
+    report = world.reconciler.run_once()
+    assert not report.errors, report.errors
+    assert _images(world) == set(images[2:]), "the two newest releases keep their images"
+
+    # A rollback to v3 makes v5 from v3's image; v4's image is still among the two newest.
+    world.roll_back_to(world.release_of(deployments[2]))  # type: ignore[arg-type]
+    world.run_next()
+    world.reconciler.run_once()
+    assert _images(world) == set(images[2:])
+
+    # A sweep between a build and its release keeps the image the deployment just built.
+    in_flight = world.upload()
+    swept: list[object] = []
+    world.runtime.before("start_app", lambda: swept.append(world.reconciler.run_once()))
+    world.run_next()
+    assert world.deployment(in_flight).status == "running", world.log(in_flight)
+    assert swept and not swept[0].errors  # type: ignore[attr-defined]
+    assert world.release_of(in_flight).image_id in _images(world)  # type: ignore[union-attr]
 
 
 def test_a_deleted_apps_route_goes_before_the_delete_returns_and_its_containers_and_images_right_after(

@@ -243,7 +243,19 @@ class Images:
 
     @guarded(idempotent=True)
     def list_managed(self, **labels: str) -> list[ImageInfo]:
-        return [_info(i) for i in self.engine.client.images.list(filters={"label": L.selector(**labels)})]
+        # The summary list, one call: docker-py's images.list() inspects each image after
+        # listing, and fails outright on one removed in between (a teardown running meanwhile).
+        summaries = self.engine.client.api.images(filters={"label": L.selector(**labels)})
+        return [
+            ImageInfo(
+                id=str(row["Id"]),
+                tags=[tag for tag in row.get("RepoTags") or [] if tag != "<none>:<none>"],
+                labels=dict(row.get("Labels") or {}),
+                size=int(row.get("Size", 0)),
+                created=str(row.get("Created", "")),
+            )
+            for row in summaries
+        ]
 
     @guarded(idempotent=True)
     def prune_unreferenced(self, keep: frozenset[str] = frozenset(), **labels: str) -> list[str]:

@@ -58,7 +58,8 @@ def _deploy(platform: Platform, name: str) -> None:
 
 def _images(client: docker.DockerClient, tenant_id: str, app: str = "") -> list[str]:
     prefix = f"moorage-apps/{tenant_id}/{app}"
-    return [tag for image in client.images.list() for tag in image.tags if tag.startswith(prefix)]
+    # The summary list: images.list() inspects each image and fails on one removed meanwhile.
+    return [tag for image in client.api.images() for tag in image.get("RepoTags") or [] if tag.startswith(prefix)]
 
 
 def test_a_deleted_app_stops_serving_at_once_and_leaves_nothing_running(world: tuple[Platform, Caller]) -> None:

@@ -49,8 +49,9 @@ pid_alive() { [[ -s "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 mkdir -p "$STATE_DIR" "$LOG_DIR" "$RUN_DIR" "$CACHE_DIR" "$TRAEFIK_DYNAMIC_DIR"
 
 # --- 1. Debian packages ---------------------------------------------------------------
-# wrk: the HTTP load generator bench/api_overhead.py drives the API with.
-PACKAGES=(docker.io runsc busybox-static debootstrap python3 python3-venv iptables ca-certificates wrk)
+# wrk: the HTTP load generator bench/api_overhead.py drives the API with; curl, jq: the
+# README's tour.
+PACKAGES=(docker.io runsc busybox-static debootstrap python3 python3-venv iptables ca-certificates wrk curl jq)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -22,7 +22,7 @@ from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 
 from control.domain.unit_of_work import Transactions
-from control.jobs.runtime_docker import host_targets
+from control.jobs.host_targets import host_targets
 from control.settings import Settings
 from runtime.host_check import OK, Finding, check_host
 from runtime.resilience import BreakerRegistry

@@ -298,7 +298,7 @@ def run_master_keys(_args: argparse.Namespace) -> int:
 
 def run_check_host(args: argparse.Namespace) -> int:
     """Exit 0 when every component is there, 6 (unavailable) when one is missing."""
-    from control.jobs.runtime_docker import host_targets
+    from control.jobs.host_targets import host_targets
     from runtime.host_check import check_host
 
     findings = check_host(host_targets(Settings.from_env()))

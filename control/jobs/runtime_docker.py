@@ -39,10 +39,8 @@ from runtime.builders import Builder, BuildRequest, BuiltImage
 from runtime.builders.dockerfile import DockerfileBuilder
 from runtime.builders.nixpacks import NixpacksBuilder
 from runtime.containers import ContainerInfo, Containers
-from runtime.databases.engines import ENGINES
 from runtime.docker_engine import DockerEngine
 from runtime.healthcheck import HealthResult, wait_header, wait_healthy
-from runtime.host_check import HostTargets
 from runtime.images import Images
 from runtime.networks import TenantNetworks
 from runtime.resilience import BreakerRegistry, CircuitBreaker, Guard, RetryPolicy
@@ -69,21 +67,6 @@ def runtime_settings(settings: Settings) -> RuntimeSettings:
         build_timeout=float(settings.build_timeout_s),
         build_memory_bytes=settings.build_memory_bytes,
         build_disk_bytes=settings.build_disk_bytes,
-    )
-
-
-def host_targets(settings: Settings) -> HostTargets:
-    """Where this control plane expects Docker, runsc, Traefik and the base images: what
-    /readyz and `moorage admin check-host` look for."""
-    # An allow-list entry without a tag (a whole repository) names no one image to look for.
-    tagged = [image for image in settings.allowed_images if ":" in image.rsplit("/", 1)[-1] or "@" in image]
-    return HostTargets(
-        docker_url=settings.docker_url,
-        sandbox_runtime=settings.docker_runtime,
-        images=tuple(dict.fromkeys([*tagged, *(engine.image for engine in ENGINES.values())])),
-        router_url=settings.traefik_url,
-        traefik_ping_address=settings.traefik_ping_address,
-        route_dir=settings.traefik_dynamic_dir,
     )
 
 

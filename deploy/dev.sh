@@ -1,15 +1,42 @@
 #!/usr/bin/env bash
 # One entry point for a fresh checkout:
-#   ./deploy/dev.sh run    set up and run the control plane (embedded SQLite in ./.moorage)
-#   ./deploy/dev.sh test   lint and type-check, set up the host (dockerd, runsc, Traefik, base images), run every test
+#   ./deploy/dev.sh run    set up the host (as root: dockerd, runsc, Traefik, base images) and
+#                          run the control plane (embedded SQLite in ./.moorage)
+#   ./deploy/dev.sh test   lint and type-check, set up the host, run every test
+# MOORAGE_VENV=DIR uses that virtual environment as it is (nothing is installed into it);
+# MOORAGE_HOST_SETUP=0 makes `run` leave the host as it is (it still says what is missing).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
-venv="$repo/.venv"
+venv="${MOORAGE_VENV:-$repo/.venv}"
+# This checkout's code first, whichever environment supplies the dependencies.
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 say() { printf '[dev] %s\n' "$*" >&2; }
+moorage() { "$venv/bin/python" -m control.cli.main "$@"; }
 
 ensure_venv() {
+  if [[ -n "${MOORAGE_VENV:-}" ]]; then
+    # Someone else's environment: an install here would repoint its editable moorage at this
+    # checkout. Only check that it has this checkout's dependencies (by name, in a blink).
+    local missing
+    missing="$("$venv/bin/python" - <<'PY'
+import importlib.metadata as md, re, tomllib
+names = [re.split(r"[<>=!~;\[ ]", dep, maxsplit=1)[0] for dep in tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]]
+def absent(name):
+    try:
+        return not md.version(name)
+    except md.PackageNotFoundError:
+        return True
+print(", ".join(name for name in names if absent(name)))
+PY
+)" || missing="(its python does not run)"
+    if [[ -n "$missing" ]]; then
+      say "MOORAGE_VENV=$venv lacks $missing: pip install -e '.[test]' there, or unset MOORAGE_VENV"
+      exit 1
+    fi
+    return
+  fi
   local stamp="$venv/.moorage-installed" want
   want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
   if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
@@ -26,16 +53,39 @@ ensure_venv() {
   echo "$want" >"$stamp"
 }
 
+# Deployments need dockerd with runsc, Traefik and the base images. As root, the same
+# idempotent host setup as `test` brings them up (about a second when all are there);
+# otherwise, or if it fails, say what is missing and how to get it. The API serves either way.
+prepare_host() {
+  if [[ "$(id -u)" != 0 ]]; then
+    say "not root: the host is left as it is (sudo bash deploy/host-setup.sh sets it up)"
+  elif [[ "${MOORAGE_HOST_SETUP:-1}" != 1 ]]; then
+    say "MOORAGE_HOST_SETUP=${MOORAGE_HOST_SETUP}: the host is left as it is"
+  else
+    say "host setup: dockerd + runsc + Traefik + base images (deploy/host-setup.sh; minutes the first time)"
+    bash "$repo/deploy/host-setup.sh" >&2 || say "host setup failed (above)"
+  fi
+  local report
+  if report="$(moorage admin check-host)"; then
+    say "host ready to deploy: Docker engine, runsc, base images, Traefik, route directory"
+  else
+    say "deployments will fail until these are fixed (GET /readyz lists them too):"
+    printf '%s\n' "$report" | sed 's/^/[dev]   /' >&2
+    say "serving the API anyway"
+  fi
+}
+
 run() {
   ensure_venv
   export MOORAGE_DATA_DIR="${MOORAGE_DATA_DIR:-$repo/.moorage}"
+  prepare_host
   local key_file="$MOORAGE_DATA_DIR/operator.key"
   if [[ ! -f "$key_file" ]]; then
     say "first start: creating the operator key in $key_file (mode 0600)"
-    "$venv/bin/moorage" admin bootstrap --output-file "$key_file" >/dev/null
+    moorage admin bootstrap --output-file "$key_file" >/dev/null
   fi
   say "operator key: $key_file   API: http://${MOORAGE_HOST:-127.0.0.1}:${MOORAGE_PORT:-7800}  (spec at /openapi.json)"
-  exec "$venv/bin/moorage" serve "$@"
+  exec "$venv/bin/python" -m control.cli.main serve "$@"
 }
 
 test_all() {
@@ -46,7 +96,7 @@ test_all() {
   fi
   if [[ "${MOORAGE_SKIP_LINT:-}" != 1 ]]; then  # the quick loop on one test file may skip it
     say "lint, format and strict types (deploy/lint.sh)"
-    bash "$repo/deploy/lint.sh"
+    MOORAGE_VENV="$venv" bash "$repo/deploy/lint.sh"
   fi
   say "host setup: dockerd + runsc + Traefik + base images"
   bash "$repo/deploy/host-setup.sh"

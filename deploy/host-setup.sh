@@ -35,6 +35,7 @@ BUILD_SERVICE_IMAGES="${MOORAGE_BUILD_SERVICE_IMAGES:-1}"
 POSTGRES_IMAGE="${MOORAGE_POSTGRES_IMAGE:-moorage/postgres:15}"
 REDIS_IMAGE="${MOORAGE_REDIS_IMAGE:-moorage/redis:7}"
 DOCKER=/usr/bin/docker   # Debian's client; another `docker` earlier on PATH may be any version
+INSTALL_UNITS="${MOORAGE_INSTALL_UNITS:-1}"  # moorage's own units, systemd hosts only (deploy/install-units.sh)
 
 CHANGES=()
 STARTED=$SECONDS
@@ -48,8 +49,9 @@ pid_alive() { [[ -s "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 mkdir -p "$STATE_DIR" "$LOG_DIR" "$RUN_DIR" "$CACHE_DIR" "$TRAEFIK_DYNAMIC_DIR"
 
 # --- 1. Debian packages ---------------------------------------------------------------
-# wrk: the HTTP load generator bench/api_overhead.py drives the API with.
-PACKAGES=(docker.io runsc busybox-static debootstrap python3 python3-venv iptables ca-certificates wrk)
+# wrk: the HTTP load generator bench/api_overhead.py drives the API with; curl, jq: the
+# README's tour.
+PACKAGES=(docker.io runsc busybox-static debootstrap python3 python3-venv iptables ca-certificates wrk curl jq)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -289,6 +291,22 @@ if [[ "$START_TRAEFIK" == 1 ]]; then
   for _ in $(seq 1 100); do traefik_ping && break; sleep 0.2; done
   traefik_ping || die "traefik did not answer http://$TRAEFIK_PING_ADDRESS/ping, see $LOG_DIR/traefik.log"
   log "traefik answers on $TRAEFIK_PING_ADDRESS; HTTP entrypoint $TRAEFIK_HTTP_ADDRESS; watching $TRAEFIK_DYNAMIC_DIR"
+fi
+
+# --- 7. moorage's own units: the control plane and inference nodes (systemd hosts) ------
+if [[ "$INSTALL_UNITS" != 1 ]]; then
+  log "not installing moorage.service (MOORAGE_INSTALL_UNITS=$INSTALL_UNITS)"
+elif ! have_systemd; then
+  log "no systemd: moorage.service and moorage-node@.service not installed (./deploy/dev.sh run serves the control plane)"
+else
+  units_status=0
+  MOORAGE_STATE_DIR="$STATE_DIR" MOORAGE_LOG_DIR="$LOG_DIR" MOORAGE_TRAEFIK_DYNAMIC_DIR="$TRAEFIK_DYNAMIC_DIR" \
+    MOORAGE_CHANGED_EXIT=10 bash "$REPO_DIR/deploy/install-units.sh" || units_status=$?
+  case $units_status in
+    0) ;;
+    10) changed "moorage units (above)" ;;
+    *) die "deploy/install-units.sh failed" ;;
+  esac
 fi
 
 # --- summary -----------------------------------------------------------------------------

@@ -1,40 +1,72 @@
 """Liveness and readiness: no authentication, cheap, for supervisors and load balancers.
 
 Readiness is 503 only when the database, the control plane's own store, fails: then no
-request can be served. Circuit breakers (Docker, builders, inference nodes) are reported
-under ``breakers`` and the ingress (Traefik's entrypoint, ``traefik_url``) under
-``checks.router``; an open breaker or an unreachable router makes ``status`` "degraded",
-still 200: those dependencies are shared by every instance, so taking this one out of
-rotation would only stop the reads and tenant/key management that still work; calls that
-need the broken dependency answer 503 ``dependency-unavailable`` with Retry-After on their own.
+request can be served. Everything a deployment needs from the host is checked too
+(``runtime.host_check``: the Docker engine, the sandbox runtime registered in it, the base
+images, Traefik's entrypoint (``checks.router``) and ping, the route directory), and the
+circuit breakers (Docker, builders, inference nodes) are listed under ``breakers``. Any of
+those failing makes ``status`` "degraded", still 200: they are shared by every instance, so
+taking this one out of rotation would only stop the reads and tenant/key management that
+still work; calls that need the broken dependency answer 503 ``dependency-unavailable``
+with Retry-After on their own. Each failing check is also one entry of ``problems``, which
+says what to do next.
 """
 
 from __future__ import annotations
 
-import socket
-from typing import Annotated
-from urllib.parse import urlsplit
+from typing import Annotated, Literal, cast
 
 import msgspec
 from litestar import Response, get
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 
-from control.api.problems import Problem, problem_responses
 from control.domain.unit_of_work import Transactions
+from control.jobs.host_targets import host_targets
 from control.settings import Settings
+from runtime.host_check import OK, Finding, check_host
 from runtime.resilience import BreakerRegistry
+
+Status = Literal["ready", "degraded", "not-ready"]
+BreakerState = Literal["closed", "half_open", "open"]  # runtime.resilience.BreakerState's values
+Component = Literal["database", "docker", "sandbox_runtime", "base_images", "router", "traefik_ping", "route_dir"]
+_CHECK = "ok, or what is wrong"
 
 
 class Health(msgspec.Struct):
     status: str
 
 
+class ReadinessChecks(msgspec.Struct):
+    database: Annotated[str, msgspec.Meta(description=f"the control plane's own store: {_CHECK}")]
+    docker: Annotated[str, msgspec.Meta(description=f"the Docker engine answers at MOORAGE_DOCKER_URL: {_CHECK}")]
+    sandbox_runtime: Annotated[
+        str, msgspec.Meta(description=f"MOORAGE_DOCKER_RUNTIME (runsc) is registered in dockerd: {_CHECK}")
+    ]
+    base_images: Annotated[str, msgspec.Meta(description=f"the images builds and managed databases use are present: {_CHECK}")]
+    router: Annotated[
+        str, msgspec.Meta(description=f"Traefik's HTTP entrypoint (MOORAGE_TRAEFIK_URL) accepts connections: {_CHECK}")
+    ]
+    traefik_ping: Annotated[str, msgspec.Meta(description=f"Traefik answers its ping (MOORAGE_TRAEFIK_PING_ADDRESS): {_CHECK}")]
+    route_dir: Annotated[str, msgspec.Meta(description=f"MOORAGE_TRAEFIK_DYNAMIC_DIR exists and is writable: {_CHECK}")]
+
+
+class ReadinessProblem(msgspec.Struct):
+    component: Annotated[Component, msgspec.Meta(description="the check that failed, a key of `checks`")]
+    detail: Annotated[str, msgspec.Meta(description="what is wrong")]
+    remedy: Annotated[str, msgspec.Meta(description="what to do next")]
+
+
 class Readiness(msgspec.Struct):
     status: Annotated[
-        str, msgspec.Meta(description="ready | degraded (a breaker is not closed or the router is unreachable) | not-ready")
+        Status,
+        msgspec.Meta(
+            description="ready | degraded (a check failed or a breaker is not closed: still 200) | not-ready (the database: 503)"
+        ),
     ]
-    checks: dict[str, str]
-    breakers: Annotated[dict[str, str], msgspec.Meta(description="breaker name -> closed | half_open | open")] = {}
+    checks: ReadinessChecks
+    problems: Annotated[list[ReadinessProblem], msgspec.Meta(description="one entry per failing check; empty when ready")]
+    breakers: Annotated[dict[str, BreakerState], msgspec.Meta(description="breaker name -> closed | half_open | open")]
 
 
 @get("/healthz", opt={"public": True}, summary="Process is alive", tags=["health"])
@@ -46,36 +78,43 @@ async def healthz() -> Health:
     "/readyz",
     opt={"public": True},
     summary="Dependencies are reachable",
+    description="Each check of the control plane and of the host it deploys to; `problems` says what to do about each "
+    "failing one. 503 (same body) only when the database fails.",
     tags=["health"],
-    responses={503: problem_responses(503)[503]},
+    responses={
+        503: ResponseSpec(
+            data_container=Readiness, description="The database fails: no request can be served", generate_examples=False
+        )
+    },
     sync_to_thread=True,
 )
 def readyz(
     store: NamedDependency[Transactions], settings: NamedDependency[Settings], breakers: NamedDependency[BreakerRegistry]
 ) -> Response[Readiness]:
-    checks: dict[str, str] = {}
+    findings = [_database(store), *check_host(host_targets(settings))]
+    states = {snap.name: snap.state.value for snap in breakers.snapshot()}
+    ready = findings[0].ok
+    degraded = not all(f.ok for f in findings) or any(state != "closed" for state in states.values())
+    status: Status = "not-ready" if not ready else "degraded" if degraded else "ready"
+    body = Readiness(
+        status=status,
+        checks=ReadinessChecks(**{f.component: f.detail for f in findings}),
+        problems=[ReadinessProblem(cast(Component, f.component), f.detail, f.remedy) for f in findings if not f.ok],
+        breakers=cast(dict[str, BreakerState], states),
+    )
+    return Response(body, status_code=200 if ready else 503)
+
+
+def _database(store: Transactions) -> Finding:
     try:
         store.ping()
-        checks["database"] = "ok"
     except Exception as exc:  # readiness reports, it does not raise
-        checks["database"] = f"failing: {type(exc).__name__}"
-    checks["router"] = _router_check(settings.traefik_url)
-    states = {snap.name: snap.state.value for snap in breakers.snapshot()}
-    ready = checks["database"] == "ok"
-    degraded = checks["router"] != "ok" or any(state != "closed" for state in states.values())
-    status = "not-ready" if not ready else "degraded" if degraded else "ready"
-    return Response(Readiness(status=status, checks=checks, breakers=states), status_code=200 if ready else 503)
+        return Finding(
+            "database",
+            f"failing: {type(exc).__name__}",
+            "check MOORAGE_DATABASE_URL and that the data directory is there and writable; the server log names the error",
+        )
+    return Finding("database", OK)
 
 
-def _router_check(url: str, timeout: float = 0.5) -> str:
-    """Does Traefik's entrypoint accept connections? Apps are unreachable while it does not."""
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        socket.create_connection((parts.hostname or "127.0.0.1", port), timeout=timeout).close()
-    except OSError as exc:
-        return f"unreachable: {type(exc).__name__} at {parts.hostname}:{port}; apps cannot be reached until it is back"
-    return "ok"
-
-
-__all__ = ["Problem", "healthz", "readyz"]
+__all__ = ["Readiness", "healthz", "readyz"]

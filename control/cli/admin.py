@@ -64,6 +64,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     usage = sub.add_parser("master-keys", help="list master key ids, the active one, and how many values each seals")
     usage.set_defaults(run=run_master_keys)
 
+    check = sub.add_parser(
+        "check-host", help="can this host run deployments? each missing component and what to do (the checks of /readyz)"
+    )
+    check.add_argument("--json", action="store_true", help="print {ready, checks, problems} as one JSON document")
+    check.set_defaults(run=run_check_host)
+
 
 def _write_secret_file(path: Path, token: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -288,3 +294,26 @@ def run_master_keys(_args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def run_check_host(args: argparse.Namespace) -> int:
+    """Exit 0 when every component is there, 6 (unavailable) when one is missing."""
+    from control.jobs.host_targets import host_targets
+    from runtime.host_check import check_host
+
+    findings = check_host(host_targets(Settings.from_env()))
+    problems = [f for f in findings if not f.ok]
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "ready": not problems,
+                    "checks": {f.component: f.detail for f in findings},
+                    "problems": [{"component": f.component, "detail": f.detail, "remedy": f.remedy} for f in problems],
+                }
+            )
+        )
+    else:
+        for f in findings:
+            print(f"ok       {f.component}" if f.ok else f"MISSING  {f.component}: {f.detail}\n         -> {f.remedy}")
+    return exit_codes.OK if not problems else exit_codes.UNAVAILABLE

@@ -42,6 +42,22 @@ def test_migrate_reports_the_revision(data_dir: Path, capsys) -> None:
     assert json.loads(capsys.readouterr().out)["migrated"] is True
 
 
+def test_check_host_names_what_a_bare_host_lacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """What deploy/dev.sh run prints when it cannot set the host up: /readyz's checks."""
+    monkeypatch.setenv("MOORAGE_DOCKER_URL", f"unix://{tmp_path}/no-docker.sock")
+    monkeypatch.setenv("MOORAGE_TRAEFIK_PING_ADDRESS", f"127.0.0.1:{free_port()}")
+    monkeypatch.setenv("MOORAGE_TRAEFIK_DYNAMIC_DIR", str(tmp_path / "no-routes"))
+    monkeypatch.setenv("MOORAGE_TRAEFIK_URL", f"http://127.0.0.1:{free_port()}")
+    assert main(["admin", "check-host", "--json"]) == 6  # unavailable
+    report = json.loads(capsys.readouterr().out)
+    assert report["ready"] is False
+    assert [p["component"] for p in report["problems"]] == list(report["checks"])  # every one is missing
+    assert main(["admin", "check-host"]) == 6
+    text = capsys.readouterr().out
+    assert f"MISSING  docker: no Docker engine socket at {tmp_path}/no-docker.sock" in text
+    assert text.count("-> ") == len(report["problems"]) and "sudo bash deploy/host-setup.sh" in text
+
+
 def test_server_can_require_an_operator_key(tmp_path: Path) -> None:
     env = {**os.environ, "MOORAGE_DATA_DIR": str(tmp_path), "MOORAGE_REQUIRE_OPERATOR_KEY": "true"}
     env["MOORAGE_PORT"] = str(free_port())

@@ -13,6 +13,7 @@ from litestar.testing import TestClient
 from control.api.node_auth import NODE_ACCESS
 from control.app import create_app
 from control.security.scopes import ANY_KEY_ACCESS, OPERATOR_ACCESS, TENANT_SCOPES
+from runtime.traefik import TraefikProcess
 from tests.live_server import free_port
 
 
@@ -30,9 +31,11 @@ def test_readyz_reports_an_unreachable_router_as_degraded(settings) -> None:
         assert down.status_code == 200  # the API still serves; apps are unreachable meanwhile
         assert down.json()["status"] == "degraded"
         assert down.json()["checks"]["router"].startswith(f"unreachable: ConnectionRefusedError at 127.0.0.1:{port}")
+        assert "router" in [p["component"] for p in down.json()["problems"]]
         with socket.create_server(("127.0.0.1", port)):
             back = client.get("/readyz").json()
-        assert back["checks"]["router"] == "ok" and back["status"] == "ready"
+        # Whether it is "ready" now depends on the rest of the host: test_readyz_is_ready_on_a_set_up_host.
+        assert back["checks"]["router"] == "ok" and "router" not in [p["component"] for p in back["problems"]]
 
 
 def test_readyz_reports_a_broken_database(app, client) -> None:
@@ -44,6 +47,71 @@ def test_readyz_reports_a_broken_database(app, client) -> None:
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["checks"]["database"].startswith("failing")
+    assert response.json()["status"] == "not-ready"
+    assert response.json()["problems"][0]["component"] == "database"
+
+
+HOST_COMPONENTS = ["docker", "sandbox_runtime", "base_images", "router", "traefik_ping", "route_dir"]
+
+
+def test_readyz_names_each_missing_host_component_and_what_to_do(settings, tmp_path: Path) -> None:
+    """A bare host: no Docker engine, no Traefik, no route directory. The API still serves
+    (200, degraded) and each missing piece is a problem that says how to get it."""
+    bare = replace(
+        settings,
+        docker_url=f"unix://{tmp_path}/no-docker.sock",
+        traefik_url=f"http://127.0.0.1:{free_port()}",
+        traefik_ping_address=f"127.0.0.1:{free_port()}",
+        traefik_dynamic_dir=tmp_path / "no-such-dir",
+    )
+    with TestClient(create_app(bare)) as client:
+        ready = client.get("/readyz")
+    assert ready.status_code == 200
+    body = ready.json()
+    assert body["status"] == "degraded" and body["checks"]["database"] == "ok"
+    assert [p["component"] for p in body["problems"]] == HOST_COMPONENTS
+    problems = {p["component"]: p for p in body["problems"]}
+    assert body["checks"] == {"database": "ok", **{name: problems[name]["detail"] for name in HOST_COMPONENTS}}
+    assert problems["docker"]["detail"] == f"no Docker engine socket at {tmp_path}/no-docker.sock"
+    assert problems["sandbox_runtime"]["detail"].startswith("not checked")  # cannot be known without the engine
+    assert problems["traefik_ping"]["detail"].startswith(f"no answer at http://{bare.traefik_ping_address}/ping")
+    assert problems["route_dir"]["detail"] == f"{tmp_path}/no-such-dir does not exist"
+    for problem in body["problems"]:
+        assert "deploy/host-setup.sh" in problem["remedy"], problem
+
+
+@pytest.mark.docker
+def test_readyz_names_a_missing_runtime_and_missing_images(settings) -> None:
+    """The engine answers but lacks what deployments need: an unregistered sandbox runtime and
+    a base image nobody built."""
+    lacking = replace(settings, docker_runtime="no-such-runtime", build_allowed_images="moorage/never-built:1,moorage/any")
+    with TestClient(create_app(lacking)) as client:
+        body = client.get("/readyz").json()
+    problems = {p["component"]: p for p in body["problems"]}
+    assert body["checks"]["docker"] == "ok" and body["status"] == "degraded"
+    assert problems["sandbox_runtime"]["detail"].startswith("dockerd has no runtime 'no-such-runtime' (registered: ")
+    assert "runsc" in problems["sandbox_runtime"]["detail"]  # what host setup registers, so it is named
+    # Only the missing one is named; a whole repository (no tag) names no image to look for.
+    assert problems["base_images"]["detail"].startswith("missing: moorage/never-built:1 (")
+    assert "host-setup.sh" in problems["base_images"]["remedy"]
+
+
+@pytest.mark.docker
+def test_readyz_is_ready_on_a_set_up_host(settings) -> None:
+    """dockerd with runsc and the base images (deploy/host-setup.sh), a real Traefik and a
+    writable route directory: nothing to report."""
+    with TraefikProcess() as traefik:
+        at_traefik = replace(
+            settings,
+            traefik_url=traefik.url,
+            traefik_ping_address=traefik.opts.ping_address,
+            traefik_dynamic_dir=traefik.dynamic_dir,
+        )
+        with TestClient(create_app(at_traefik)) as client:
+            ready = client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["problems"] == [] and ready.json()["status"] == "ready"
+    assert set(ready.json()["checks"].values()) == {"ok"}
 
 
 @pytest.fixture

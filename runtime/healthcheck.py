@@ -70,17 +70,31 @@ def wait_header(url: str, host: str, header: str, value: str, *, timeout: float,
 
 def wait_header_gone(url: str, host: str, header: str, *, timeout: float, interval: float = 0.1) -> float | None:
     """Seconds until ``url`` (Traefik) answers for ``host`` without ``header`` (its own 404
-    once the route is gone); None on timeout."""
-    return _wait_answer(url, host, lambda answer: header not in answer.headers, timeout=timeout, interval=interval)
+    once the route is gone), or cannot be reached at all (then it routes nothing); None on
+    timeout."""
+    return _wait_answer(
+        url, host, lambda answer: header not in answer.headers, timeout=timeout, interval=interval, unreachable_is_done=True
+    )
 
 
-def _wait_answer(url: str, host: str, done: Callable[[httpx.Response], bool], *, timeout: float, interval: float) -> float | None:
+def _wait_answer(
+    url: str,
+    host: str,
+    done: Callable[[httpx.Response], bool],
+    *,
+    timeout: float,
+    interval: float,
+    unreachable_is_done: bool = False,
+) -> float | None:
     started = time.monotonic()
     pauses = intervals(min(FIRST_INTERVAL_S, interval), interval)
     with httpx.Client(timeout=2.0) as client:
         while time.monotonic() - started < timeout:
             try:
                 if done(client.get(url, headers={"Host": host})):
+                    return time.monotonic() - started
+            except httpx.ConnectError:
+                if unreachable_is_done:
                     return time.monotonic() - started
             except httpx.HTTPError:
                 pass

@@ -39,9 +39,9 @@ class RuntimeTeardown:
 
     def app_deleted(self, app: App, deployment_ids: Collection[str]) -> None:
         """After the app's delete committed: its route now, the rest in the background."""
-        self._quietly("route", app.id, lambda: self.runtime.remove_route(app.id))
+        routed = bool(self._quietly("route", app.id, lambda: self.runtime.remove_route(app.id)))
         ids, tenant = frozenset(deployment_ids), self.tenant_name(app.tenant_id)
-        self._pool.submit(self._quietly, "containers and images", app.id, lambda: self._app_leftovers(app, tenant, ids))
+        self._pool.submit(self._quietly, "containers and images", app.id, lambda: self._app_leftovers(app, tenant, ids, routed))
 
     def tenant_deleted(self, tenant: Tenant) -> None:
         """After the (empty) tenant's delete committed: whatever its apps left, then its network."""
@@ -53,8 +53,8 @@ class RuntimeTeardown:
         pool.shutdown(wait=True)
 
     # -- inside -----------------------------------------------------------------------------
-    def _app_leftovers(self, app: App, tenant: str, deployment_ids: frozenset[str]) -> list[str]:
-        if self.runtime.wait_unrouted(tenant, app.name, self.unroute_wait_s) is None:
+    def _app_leftovers(self, app: App, tenant: str, deployment_ids: frozenset[str], routed: bool) -> list[str]:
+        if routed and self.runtime.wait_unrouted(tenant, app.name, self.unroute_wait_s) is None:
             log.warning("teardown_route_still_served", app_id=app.id, waited_s=self.unroute_wait_s)
         removed = []
         for container in self.runtime.owned_apps(tenant=tenant, app=app.name):
@@ -78,11 +78,12 @@ class RuntimeTeardown:
         return removed
 
     @staticmethod
-    def _quietly(what: str, subject: str, action: Callable[[], object]) -> None:
+    def _quietly(what: str, subject: str, action: Callable[[], object]) -> object:
         try:
             done = action()
         except Exception as exc:  # noqa: BLE001 (the delete is committed; the reconciler finishes the job)
             log.warning("teardown_incomplete", what=what, subject=subject, error=f"{type(exc).__name__}: {exc}")
-            return
+            return None
         if isinstance(done, list) and done:
             log.info("torn_down", what=what, subject=subject, removed=done)
+        return done

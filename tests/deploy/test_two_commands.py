@@ -22,7 +22,10 @@ def test_the_readme_names_two_commands_and_ci_runs_its_test_command() -> None:
     run, test = commands(block.group(1))
     assert (run, test) == ("./deploy/dev.sh run", "./deploy/dev.sh test")
     ci = [line for line in commands((REPO / ".ci" / "run").read_text()) if not line.startswith(("set ", "cd ", "apt-get"))]
-    assert ci == [test], f".ci/run should run the README's test command ({test}), runs {ci}"
+    # First the README's main command and tour on the bare machine (.ci/first-run-tour runs
+    # `./deploy/dev.sh run`), then exactly the README's test command.
+    assert ci == ["bash .ci/first-run-tour", test], f".ci/run should run the first-run tour, then {test}; runs {ci}"
+    assert "./deploy/dev.sh run" in (REPO / ".ci" / "first-run-tour").read_text()
     dev = (REPO / "deploy" / "dev.sh").read_text()
     for command in (run, test):
         assert f"\n  {shlex.split(command)[1]}) shift;" in dev, f"deploy/dev.sh has no `{command}`"

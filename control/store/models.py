@@ -185,6 +185,9 @@ class ReleaseRow(Base):
     port: Mapped[int] = mapped_column(Integer)
     health_check_path: Mapped[str] = mapped_column(String(200))
     rollback_of: Mapped[str | None] = mapped_column(String(40))  # release id whose image this reuses
+    # The env vars (sealed, exactly as stored then) and database links it was made with, as
+    # JSON; None for releases made before releases kept their config.
+    config: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

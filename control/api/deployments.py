@@ -8,8 +8,10 @@ application/gzip``, the raw archive as the body; streamed to disk, at most
 deployment to poll (and ``Location``); its log streams at ``.../{deployment}/logs``.
 
 A rollback is a new deployment that reuses an earlier release's image (no build) with that
-release's port and health path, and the app's *current* env vars (values are not versioned).
-It makes a new release (``rollback_of`` names the one it copies).
+release's port, health path and config: the env vars and database links it was made with
+(each release keeps its vars sealed as they were). Once it is live, the app's env vars are
+that release's again. It makes a new release (``rollback_of`` names the one it copies); its
+``source.config`` says whose config it restores, by names and versions, never values.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from control.domain.git_sources import (
     check_git_source,
     resolve_git_host,
 )
-from control.domain.records import Deployment, Release
+from control.domain.records import Deployment, Release, ReleaseConfig
 from control.domain.releases import ReleaseService
 from control.security.principal import Principal
 from control.security.scopes import KeyScope
@@ -287,6 +289,33 @@ class DeploymentController(Controller):
 
 
 # -- releases and rollback -------------------------------------------------------------------
+class ConfigVarOut(msgspec.Struct):
+    name: str
+    version: Annotated[int, msgspec.Meta(description="the var's version when the release was made")]
+    secret: bool
+
+
+class ConfigLinkOut(msgspec.Struct):
+    env_name: str
+    database_id: str
+
+
+class ReleaseConfigOut(msgspec.Struct):
+    """What a release was made with besides its image (names and versions, never values)."""
+
+    env_version: int
+    vars: list[ConfigVarOut]
+    links: list[ConfigLinkOut]
+
+    @classmethod
+    def of(cls, config: ReleaseConfig) -> ReleaseConfigOut:
+        return cls(
+            config.env_version,
+            [ConfigVarOut(v.name, v.version, v.secret) for v in config.vars],
+            [ConfigLinkOut(link.env_name, link.database_id) for link in config.links],
+        )
+
+
 class ReleaseOut(msgspec.Struct):
     id: str
     name: Annotated[str, msgspec.Meta(description="v1, v2, ... per app")]
@@ -299,6 +328,10 @@ class ReleaseOut(msgspec.Struct):
     deployment_id: str
     rollback_of: str | None
     created_at: datetime
+    config: Annotated[
+        ReleaseConfigOut | None,
+        msgspec.Meta(description="the env vars and links it was made with; null for releases made before releases kept it"),
+    ]
 
     @classmethod
     def of(cls, r: Release, current_id: str | None) -> ReleaseOut:
@@ -314,6 +347,7 @@ class ReleaseOut(msgspec.Struct):
             r.deployment_id,
             r.rollback_of,
             r.created_at,
+            ReleaseConfigOut.of(r.config) if r.config else None,
         )
 
 
@@ -367,6 +401,11 @@ class ReleaseController(Controller):
                 f"{release.name} is already the current release; pick an earlier one from GET .../releases.",
                 code="already-current",
             )
-        source = {"release": release.name, "release_id": release.id}
+        restores = (
+            f"{release.name}'s: {release.config.summary()}"
+            if release.config
+            else f"none: {release.name} was made before releases kept their config, so today's is used"
+        )
+        source = {"release": release.name, "release_id": release.id, "config": restores}
         created = deployments.create(tenant_id, target_app, deployments.new_id(), "rollback", source)
         return accepted(deployment_out(created, releases))

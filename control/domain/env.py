@@ -16,7 +16,7 @@ import structlog
 
 from control.domain.errors import DomainError, Invalid, NotFound
 from control.domain.names import ENV_NAME
-from control.domain.records import EnvApp, StoredEnvVar
+from control.domain.records import ConfigVar, EnvApp, ReleaseConfig, StoredEnvVar
 from control.security.keyring import (
     KeyringError,
     ReloadingKeyring,
@@ -146,6 +146,38 @@ class EnvService:
         """Plaintext env for a deploy, in memory only; any unreadable value fails the whole call."""
         env = self.list(tenant_id, app_id, reveal=True)
         return {v.name: v.value for v in env.vars if v.value is not None}
+
+    def current_config(self, tenant_id: str, app_id: str) -> tuple[dict[str, str], int, tuple[ConfigVar, ...]]:
+        """For a release: the plaintext values (in memory only), the env version, and which
+        kept version of each var they are, from one read."""
+        with self.db.read() as session:
+            repo = EnvVarRepository(session, tenant_id)
+            app = self._app(repo, app_id)
+            stored = repo.list(app.id)
+            kept = repo.current_version_ids(app.id)
+        values = {v.name: self._open(v) for v in stored}
+        vars_ = tuple(ConfigVar(v.name, v.version, v.secret, kept[v.name]) for v in stored if v.name in kept)
+        return values, app.env_version, vars_
+
+    def open_config(self, tenant_id: str, app_id: str, config: ReleaseConfig) -> dict[str, str]:
+        """The plaintext values a release was made with. ``SecretUnreadable`` if one cannot
+        be opened (its master key is gone), ``NotFound`` if a version is no longer kept."""
+        with self.db.read() as session:
+            kept = EnvVarRepository(session, tenant_id).versions(app_id, [v.version_id for v in config.vars])
+        values = {}
+        for var in config.vars:
+            stored = kept.get(var.version_id)
+            if stored is None:
+                raise NotFound(f"Version {var.version} of env var {var.name} is no longer kept; deploy from source instead.")
+            values[var.name] = self._open(stored)
+        return values
+
+    def restore(self, tenant_id: str, app_id: str, config: ReleaseConfig) -> EnvSet:
+        """The app's env vars become exactly those of ``config`` (a rollback's), values and
+        secrecy; a var whose value differs gets a new version, as any change does."""
+        values = self.open_config(tenant_id, app_id, config)
+        secret = {v.name: v.secret for v in config.vars}
+        return self._write(tenant_id, app_id, {n: EnvValue(v, secret[n]) for n, v in values.items()}, replace_all=True)
 
     def replace(self, tenant_id: str, app_ref: str, desired: dict[str, EnvValue]) -> EnvSet:
         return self._write(tenant_id, app_ref, dict(desired), replace_all=True)

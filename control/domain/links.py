@@ -11,7 +11,7 @@ from control.domain.databases import ENGINES, Status, connection_url
 from control.domain.env import RESERVED_NAMES, RESERVED_PREFIX
 from control.domain.errors import Conflict, Invalid, NotFound
 from control.domain.names import ENV_NAME
-from control.domain.records import Link
+from control.domain.records import ConfigLink, Link
 from control.ids import new_id
 from control.security.keyring import ReloadingKeyring
 from control.store.database import Store
@@ -31,6 +31,12 @@ def check_env_name(name: str) -> None:
     else:
         return
     raise Invalid(f"'env_name' {name[:80]!r} is not usable: {message}.", errors=[{"field": "env_name", "message": message}])
+
+
+class LinkedDatabaseGone(Exception):
+    def __init__(self, env_name: str, database_id: str) -> None:
+        super().__init__(f"{env_name} was linked to database {database_id}, which no longer exists")
+        self.env_name, self.database_id = env_name, database_id
 
 
 class LinkService:
@@ -95,6 +101,26 @@ class LinkService:
                 raise NotFound.of("link", link_id)
             links.remove(link_id)
             env.bump_env_version(app.id)
+
+    def current(self, tenant_id: str, app_id: str) -> tuple[ConfigLink, ...]:
+        """The app's links as a release keeps them: by database id, never a URL or password."""
+        with self.db.read() as session:
+            return tuple(
+                ConfigLink(link.env_name, link.database_id) for link in LinkRepository(session, tenant_id).for_app(app_id)
+            )
+
+    def resolve_config(self, tenant_id: str, links: tuple[ConfigLink, ...]) -> dict[str, str]:
+        """``{env_name: url}`` for the links a release was made with. ``LinkedDatabaseGone`` when
+        one of those databases no longer exists (or is being deleted)."""
+        with self.db.read() as session:
+            repo = DatabaseRepository(session, tenant_id)
+            databases = {link.env_name: (link.database_id, repo.get(link.database_id)) for link in links}
+        urls = {}
+        for env_name, (database_id, database) in databases.items():
+            if database is None or database.status in (Status.DELETING, Status.DELETED):
+                raise LinkedDatabaseGone(env_name, database_id)
+            urls[env_name] = connection_url(self.keyring, database)
+        return urls
 
     def resolve(self, tenant_id: str, app_id: str) -> dict[str, str]:
         """``{env_name: url}`` for a container start, in memory only. An unreadable password

@@ -3,6 +3,7 @@ make them from rows; nothing here knows about SQLAlchemy."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -266,6 +267,57 @@ class Node:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfigVar:
+    """One env var as a release was made with it: which version (``version_id`` names the kept
+    value, sealed in the store like every value), never the value itself."""
+
+    name: str
+    version: int
+    secret: bool
+    version_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigLink:
+    env_name: str
+    database_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseConfig:
+    """What a release was made with besides its image: env vars and database links."""
+
+    env_version: int
+    vars: tuple[ConfigVar, ...]
+    links: tuple[ConfigLink, ...]
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "env_version": self.env_version,
+                "vars": [
+                    {"name": v.name, "version": v.version, "secret": v.secret, "version_id": v.version_id} for v in self.vars
+                ],
+                "links": [{"env_name": link.env_name, "database_id": link.database_id} for link in self.links],
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> ReleaseConfig:
+        doc = json.loads(text)
+        return cls(
+            env_version=int(doc["env_version"]),
+            vars=tuple(ConfigVar(v["name"], int(v["version"]), bool(v["secret"]), v["version_id"]) for v in doc["vars"]),
+            links=tuple(ConfigLink(link["env_name"], link["database_id"]) for link in doc["links"]),
+        )
+
+    def summary(self) -> str:
+        """Names and versions, never values: ``GREETING v2, DATABASE_URL -> db_...``."""
+        parts = [f"{v.name} v{v.version}" for v in self.vars] + [f"{k.env_name} -> {k.database_id}" for k in self.links]
+        return ", ".join(parts) or "no env vars or links"
+
+
+@dataclass(frozen=True, slots=True)
 class Release:
     id: str
     tenant_id: str
@@ -279,6 +331,7 @@ class Release:
     health_check_path: str
     rollback_of: str | None
     created_at: datetime
+    config: ReleaseConfig | None = None  # None: made before releases kept their config
 
     @property
     def name(self) -> str:

@@ -7,7 +7,7 @@ import builtins  # `list` in a class body with a list() method names the method,
 
 from control.domain.errors import Invalid, NotFound
 from control.domain.names import RELEASE_NAME
-from control.domain.records import App, DesiredApp, Page, Release
+from control.domain.records import App, DesiredApp, Page, Release, ReleaseConfig
 from control.ids import new_id
 from control.store.database import Store
 from control.store.repositories.apps import AppRepository
@@ -70,6 +70,7 @@ class ReleaseService:
         port: int,
         health_check_path: str,
         rollback_of: str | None = None,
+        config: ReleaseConfig | None = None,
     ) -> Release:
         """One release per deployment: a retried job gets the release it already made."""
         with self.db.write() as session:
@@ -88,7 +89,16 @@ class ReleaseService:
                 port=port,
                 health_check_path=health_check_path,
                 rollback_of=rollback_of,
+                config=config.to_json() if config is not None else None,
             )
+
+    def discard_unreleased(self, deployment_id: str) -> bool:
+        """The release of a deployment that never went live goes: release numbers count what
+        served (the next release takes the number back)."""
+        with self.db.write() as session:
+            repo = ReleaseRepository(session, None)
+            release = repo.by_deployment(deployment_id)
+            return release is not None and repo.remove_unless_current(release.id)
 
     def make_current(self, release: Release, container_id: str, container_name: str) -> None:
         with self.db.write() as session:

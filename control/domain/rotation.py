@@ -16,7 +16,7 @@ from control.domain.databases import password_aad
 from control.domain.env import value_aad
 from control.security.keyring import KeyringError, ReloadingKeyring
 from control.store.database import Store
-from control.store.models import DatabaseRow, EnvVarRow
+from control.store.models import DatabaseRow, EnvVarRow, EnvVarVersionRow
 from control.store.repositories.sealed import (
     SealedColumn,
     SealedValue,
@@ -34,6 +34,15 @@ SEALED_COLUMNS: tuple[SealedColumn, ...] = (
         owner=(EnvVarRow.tenant_id, EnvVarRow.app_id, EnvVarRow.name),
         aad=value_aad,
         name=EnvVarRow.name,
+    ),
+    SealedColumn(
+        "env_var_versions.ciphertext",
+        EnvVarVersionRow.id,
+        EnvVarVersionRow.ciphertext,
+        EnvVarVersionRow.master_key_id,
+        owner=(EnvVarVersionRow.tenant_id, EnvVarVersionRow.app_id, EnvVarVersionRow.name),
+        aad=value_aad,
+        name=EnvVarVersionRow.name,
     ),
     SealedColumn(
         "databases.password_ciphertext",

@@ -32,8 +32,9 @@ import structlog
 from control.domain.databases import CredentialsUnreadable
 from control.domain.deployments import DeploymentService, Status
 from control.domain.env import EnvService, SecretUnreadable
-from control.domain.links import LinkService
-from control.domain.records import App, Deployment, Job, Release
+from control.domain.errors import NotFound
+from control.domain.links import LinkedDatabaseGone, LinkService
+from control.domain.records import App, Deployment, Job, Release, ReleaseConfig
 from control.domain.releases import ReleaseService
 from control.jobs.build import BuildLog, Cancelled, Failed, SourceBuild, check_step
 from control.jobs.runtime_port import AppRuntime, RemovalRefused, Route
@@ -74,9 +75,11 @@ class DeployPipeline:
             self._release(dep, app, tenant, image, tag, out, ctx)
         except Cancelled:
             out.step("cancelled")
+            self._never_live(dep.id)
             self.deployments.transition(dep.id, Status.CANCELLED, reason="cancelled by request")
         except Failed as exc:
             out.step(f"failed: {exc.reason}")
+            self._never_live(dep.id)
             self.deployments.transition(dep.id, Status.FAILED, reason=exc.reason)
         except Exception as exc:
             outage = as_outage(exc)
@@ -90,8 +93,15 @@ class DeployPipeline:
                 self._clean_up(dep.id)
 
     def give_up(self, job: Job, reason: str) -> None:
+        self._never_live(job.subject_id)
         self.deployments.fail_if_active(job.subject_id, f"gave up after {job.attempts} attempt(s): {reason}")
         self._clean_up(job.subject_id)
+
+    def _never_live(self, deployment_id: str) -> None:
+        """A release that never served gives its number back (the next one takes it)."""
+        with self.releases.db.write():
+            if self.releases.discard_unreleased(deployment_id):
+                self.deployments.update(deployment_id, release_id=None)
 
     def _clean_up(self, deployment_id: str) -> None:
         self.deployments.discard_source(deployment_id)
@@ -121,25 +131,43 @@ class DeployPipeline:
         target = self.releases.get(dep.source["release_id"]) if dep.source_kind == "rollback" else None
         port = target.port if target else app.port
         health_path = target.health_check_path if target else app.health_check_path
+        # A rollback runs with the config its target was made with, and makes it the app's
+        # once it is live; a release made before releases kept their config gets today's.
+        restoring = target.config if target is not None else None
+        if target is not None and restoring is None:
+            out.step(f"{target.name} was made before releases kept their config: it runs with the app's config of today")
         try:
-            env = self.env_vars.list(dep.tenant_id, app.id, reveal=True)
-            linked = self.links.resolve(dep.tenant_id, app.id) if self.links else {}  # a link wins over a same-named var
-        except (SecretUnreadable, CredentialsUnreadable) as exc:
+            if restoring is not None:
+                env_values = self.env_vars.open_config(dep.tenant_id, app.id, restoring)
+                linked = self.links.resolve_config(dep.tenant_id, restoring.links) if self.links else {}
+                config = restoring
+            else:
+                env_values, env_version, sealed = self.env_vars.current_config(dep.tenant_id, app.id)
+                links = self.links.current(dep.tenant_id, app.id) if self.links else ()
+                linked = self.links.resolve(dep.tenant_id, app.id) if self.links else {}  # a link wins over a same-named var
+                config = ReleaseConfig(env_version, sealed, links)
+        except (SecretUnreadable, CredentialsUnreadable, NotFound) as exc:  # NotFound: a kept version is gone
             raise Failed(exc.detail) from None
-        values = {v.name: v.value for v in env.vars if v.value is not None} | linked | {"PORT": str(port)}
+        except LinkedDatabaseGone as exc:
+            raise Failed(f"cannot restore the config of {target.name if target else 'the release'}: {exc}") from None
+        values = env_values | linked | {"PORT": str(port)}
         release = self.releases.create(
             tenant_id=dep.tenant_id,
             app_id=app.id,
             deployment_id=dep.id,
             image_id=image,
             image_tag=tag,
-            env_version=env.env_version,
+            env_version=config.env_version,
             port=port,
             health_check_path=health_path,
             rollback_of=target.id if target else None,
+            config=config,
         )
+        restored = f"the config of {target.name} ({config.summary()})" if restoring is not None and target else None
         out.step(
-            f"release {release.name}: env version {env.env_version} ({len(env.vars)} vars, {len(linked)} database links), port {port}"
+            f"release {release.name}: "
+            + (f"restoring {restored}" if restored else f"env version {config.env_version} ({config.summary()})")
+            + f", port {port}"
         )
         self.deployments.update(dep.id, release_id=release.id)
         check_step(self.deployments, dep.id, ctx)
@@ -152,12 +180,22 @@ class DeployPipeline:
                 health_timeout=float(self.settings.health_timeout_s),
                 verify_timeout=float(self.settings.route_verify_timeout_s),
                 drain_s=self.settings.swap_drain_ms / 1000,
-                make_current=lambda cid, name: self.releases.make_current(release, cid, name),
+                make_current=lambda cid, name: self._go_live(release, cid, name, dep.tenant_id, restoring),
                 cancelled=lambda: self.deployments.cancel_requested(dep.id),
             )
         self.deployments.record_timing(dep.id, start_s=timings.start_s, health_s=timings.health_s, route_s=timings.route_s)
         self.deployments.transition(dep.id, Status.RUNNING)
         out.step(f"running {release.name}")
+
+    def _go_live(
+        self, release: Release, container_id: str, container_name: str, tenant_id: str, restoring: ReleaseConfig | None
+    ) -> None:
+        # One unit of work: the release is current and, for a rollback, the app's config is
+        # the one it runs with, together or not at all.
+        with self.releases.db.write():
+            self.releases.make_current(release, container_id, container_name)
+            if restoring is not None:
+                self.env_vars.restore(tenant_id, release.app_id, restoring)
 
 
 # -- the swap -------------------------------------------------------------------------------

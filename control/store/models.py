@@ -126,6 +126,24 @@ class EnvVarRow(Timestamps, Base):
     secret: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
+class EnvVarVersionRow(Base):
+    """Every value an env var has had (sealed as it was), so a release can be made again with
+    the config it had: releases name the versions they were made with, by these ids."""
+
+    __tablename__ = "env_var_versions"
+    __table_args__ = (Index("ix_env_var_versions_var", "app_id", "name", "version"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(255))
+    version: Mapped[int] = mapped_column(Integer)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    master_key_id: Mapped[str] = mapped_column(String(64), index=True)
+    secret: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class AuditEventRow(Base):
     __tablename__ = "audit_events"
     __table_args__ = (Index("ix_audit_events_tenant", "tenant_id", "id"),)

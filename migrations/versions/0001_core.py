@@ -4,6 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2026-11-23
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -39,9 +40,7 @@ def upgrade() -> None:
         sa.Column("expires_at", sa.DateTime(), nullable=True),
         sa.Column("revoked_at", sa.DateTime(), nullable=True),
         sa.Column("last_used_at", sa.DateTime(), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["tenant_id"], ["tenants.id"], name="fk_api_keys_tenant_id_tenants", ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name="fk_api_keys_tenant_id_tenants", ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name="pk_api_keys"),
     )
     op.create_index("ix_api_keys_tenant_id", "api_keys", ["tenant_id"])
@@ -56,9 +55,7 @@ def upgrade() -> None:
         sa.Column("builder", sa.String(16), nullable=False),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("updated_at", sa.DateTime(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["tenant_id"], ["tenants.id"], name="fk_apps_tenant_id_tenants", ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name="fk_apps_tenant_id_tenants", ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name="pk_apps"),
         sa.UniqueConstraint("tenant_id", "name", name="uq_apps_tenant_id"),
     )

@@ -4,22 +4,23 @@ Revision ID: 0009
 Revises: 0008
 Create Date: 2026-11-23
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0009'
-down_revision = '0008'
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('idempotency_records', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('effects', sa.Text(), nullable=True))
+    with op.batch_alter_table("idempotency_records", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("effects", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('idempotency_records', schema=None) as batch_op:
-        batch_op.drop_column('effects')
+    with op.batch_alter_table("idempotency_records", schema=None) as batch_op:
+        batch_op.drop_column("effects")

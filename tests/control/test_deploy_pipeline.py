@@ -150,11 +150,13 @@ def test_a_cancel_after_the_release_is_made_ends_it_before_the_swap(world: Deplo
     world.run_next()
     done = world.deployment(deployment_id)
     assert done.status == "cancelled"
-    release = world.release_of(deployment_id)
-    assert release is not None and release.name == "v3"  # made, never current
+    assert world.release_of(deployment_id) is None, "made, never live: its number is given back"
+    assert done.release_id is None
     current = world.current()
     assert current is not None and current[0].name == "v2"
     assert world.running() == [v2_container] and world.serving() == v2_container
+    world.deploy()
+    assert [r.name for r in world.app_releases()] == ["v1", "v2", "v3"], "the next release that serves is v3"
 
 
 def test_a_cancel_during_the_health_wait_removes_the_new_container(world: DeployWorld, v1: Serving) -> None:
@@ -331,3 +333,44 @@ def test_a_rollback_to_an_image_no_longer_on_the_host_fails_and_keeps_serving(wo
     done = world.deployment(deployment_id)
     assert done.status == "failed" and done.reason is not None and "was removed from this host" in done.reason
     assert world.running() == [v2_container] and world.serving() == v2_container
+
+
+# -- releases carry their config ---------------------------------------------------------------
+def test_a_rollback_runs_with_its_releases_config_and_makes_it_the_apps(world: DeployWorld) -> None:
+    world.set_env("GREETING", "v1-hello")
+    world.set_env("ONLY_IN_V1", "yes")
+    first = world.deploy()
+    v1 = world.release_of(first)
+    assert v1 is not None and v1.config is not None
+    assert [(v.name, v.version) for v in v1.config.vars] == [("GREETING", 1), ("ONLY_IN_V1", 1)]
+    world.set_env("GREETING", "v2-hello")
+    world.env_vars.unset(world.tenant.id, world.app.id, "ONLY_IN_V1")
+    world.set_env("ADDED_LATER", "new")
+    world.deploy()
+    [v2_container] = world.running()
+    assert v2_container.env == {"GREETING": "v2-hello", "ADDED_LATER": "new", "PORT": "8080"}
+
+    rollback = world.roll_back_to(v1)
+    world.run_next()
+    assert world.deployment(rollback).status == "running", world.log(rollback)
+    [v3_container] = world.running()
+    assert v3_container.env == {"GREETING": "v1-hello", "ONLY_IN_V1": "yes", "PORT": "8080"}, "v1's config, not today's"
+    v3 = world.release_of(rollback)
+    assert v3 is not None and v3.rollback_of == v1.id and v3.config == v1.config
+    today = world.env_vars.list(world.tenant.id, world.app.id, reveal=True)
+    assert {v.name: v.value for v in today.vars} == {"GREETING": "v1-hello", "ONLY_IN_V1": "yes"}, "the app's config is v1's now"
+    assert "restoring the config of v1 (GREETING v1, ONLY_IN_V1 v1)" in world.log(rollback)
+
+
+def test_a_rollback_that_never_goes_live_leaves_the_apps_config_as_it_was(world: DeployWorld) -> None:
+    world.set_env("GREETING", "v1-hello")
+    v1 = world.release_of(world.deploy())
+    world.set_env("GREETING", "v2-hello")
+    world.deploy()
+    world.runtime.never_healthy()
+    rollback = world.roll_back_to(v1)  # type: ignore[arg-type]
+    world.run_next()
+    assert world.deployment(rollback).status == "failed"
+    today = world.env_vars.list(world.tenant.id, world.app.id, reveal=True)
+    assert {v.name: v.value for v in today.vars} == {"GREETING": "v2-hello"}
+    assert [r.name for r in world.app_releases()] == ["v1", "v2"]

@@ -96,8 +96,9 @@ def test_rotation_reseals_everything_while_the_app_keeps_serving(app, web: Calle
 
     new = summary["active_key"]
     assert key_ids(data_dir) == [new, old] and summary["added_key"] == new
-    assert summary["resealed"] == 20 and summary["failed"] == [] and summary["retirable"] == [old]
-    assert [p["batch"] for p in progress] == list(range(1, 11)) and progress[-1]["resealed"] == 20
+    # Each var twice: its current value and the kept version releases name.
+    assert summary["resealed"] == 40 and summary["failed"] == [] and summary["retirable"] == [old]
+    assert [p["batch"] for p in progress] == list(range(1, 21)) and progress[-1]["resealed"] == 40
     assert all(read == before for read in reads)
     assert rows_per_key(app) == {new: 20}  # every row, by the column rotation queries use
     assert revealed(web) == before  # the running app picked the new key up without a restart
@@ -124,11 +125,11 @@ def test_retirement_is_refused_while_any_value_uses_the_key(app, web: Caller, da
             .values(ciphertext=row.ciphertext[:-1] + bytes([row.ciphertext[-1] ^ 1]))
         )
     code, summary = cli(capsys, "rotate-key")
-    assert code == 1 and summary["resealed"] == 19
+    assert code == 1 and summary["resealed"] == 39  # the var's kept version was not altered
     assert [(f["name"], f["reason"]) for f in summary["failed"]] == [("VAR_07", "authentication-failed")]
     assert "value" not in json.dumps(summary["failed"])
     new = summary["active_key"]
-    assert summary["retirable"] == [] and summary["values_per_key"] == {new: 19, old: 1}
+    assert summary["retirable"] == [] and summary["values_per_key"] == {new: 39, old: 1}
 
     code, refused = cli(capsys, "rotate-key", "--retire", old)
     assert (code, refused["error"]) == (3, "key-in-use") and "1 value" in refused["detail"]
@@ -151,11 +152,11 @@ def test_rotation_to_a_key_from_a_file(web: Caller, data_dir: Path, capsys, tmp_
     assert cli(capsys, "generate-master-key", "--output-file", str(new_file))[1]["error"] == "file-exists"
 
     code, summary = cli(capsys, "rotate-key", "--new-key-file", str(new_file), "--batch-size", "50")
-    assert code == 0 and summary["active_key"] == "next-2027" and summary["resealed"] == 20
+    assert code == 0 and summary["active_key"] == "next-2027" and summary["resealed"] == 40
     code, again = cli(capsys, "rotate-key", "--new-key-file", str(new_file))
     assert (code, again["error"]) == (3, "key-exists")
     code, usage = cli(capsys, "master-keys")
-    assert usage["keys"][0] == {"id": "next-2027", "active": True, "values": 20}
+    assert usage["keys"][0] == {"id": "next-2027", "active": True, "values": 40}
     assert usage["keys"][1]["values"] == 0 and usage["values_under_unknown_keys"] == {}
     assert cli(capsys, "rotate-key", "--new-key-file", str(tmp_path / "absent"))[1]["error"] == "file-not-found"
     assert cli(capsys, "rotate-key", "--batch-size", "0")[1]["error"] == "usage"
@@ -190,7 +191,7 @@ def test_keys_from_the_environment_rotate_with_reencrypt_only(data_dir: Path, mo
     assert (code, refused["error"]) == (2, "keys-from-environment")
     monkeypatch.setenv("MOORAGE_MASTER_KEYS", f"{second.line()},{first.line()}")  # the operator's restart
     code, summary = cli(capsys, "rotate-key", "--reencrypt-only")
-    assert code == 0 and summary["resealed"] == 2 and summary["retirable"] == ["env-1"]
+    assert code == 0 and summary["resealed"] == 4 and summary["retirable"] == ["env-1"]
     code, retired = cli(capsys, "retire-key", "env-1")
     assert code == 0 and retired["removed_from"] is None and "MOORAGE_MASTER_KEYS" in retired["note"]
 
@@ -214,7 +215,7 @@ def test_an_app_missing_the_new_key_fails_closed(app, web: Caller, data_dir: Pat
 
 
 # --- every sealed column, not only env vars ----------------------------------------------
-ENV_COLUMN, DB_COLUMN = "env_vars.ciphertext", "databases.password_ciphertext"
+ENV_COLUMN, VERSIONS_COLUMN, DB_COLUMN = "env_vars.ciphertext", "env_var_versions.ciphertext", "databases.password_ciphertext"
 
 
 def database_urls(app, tenant_id: str) -> dict[str, str]:
@@ -244,18 +245,18 @@ def test_rotation_reseals_database_credentials_too(app, databases: Caller, data_
         stamps = dict(session.execute(select(DatabaseRow.id, DatabaseRow.updated_at)).all())
 
     code, usage = cli(capsys, "master-keys")
-    assert code == 0 and usage["keys"] == [{"id": old, "active": True, "values": 22}]
-    assert usage["values_per_column"] == {ENV_COLUMN: {old: 20}, DB_COLUMN: {old: 2}}
+    assert code == 0 and usage["keys"] == [{"id": old, "active": True, "values": 42}]
+    assert usage["values_per_column"] == {ENV_COLUMN: {old: 20}, VERSIONS_COLUMN: {old: 20}, DB_COLUMN: {old: 2}}
 
     assert main(["admin", "rotate-key", "--batch-size", "3"]) == 0
     out, err = capsys.readouterr()
     summary = json.loads(out.strip().splitlines()[-1])
     progress = [json.loads(line) for line in err.splitlines() if line.startswith('{"batch"')]
     new = summary["active_key"]
-    assert summary["resealed"] == 22 and summary["failed"] == [] and summary["retirable"] == [old]
-    assert summary["values_per_key"] == {new: 22}
-    assert summary["values_per_column"] == {ENV_COLUMN: {new: 20}, DB_COLUMN: {new: 2}}
-    assert [p["column"] for p in progress] == [ENV_COLUMN] * 7 + [DB_COLUMN]  # 20 = 6x3 + 2; then 2
+    assert summary["resealed"] == 42 and summary["failed"] == [] and summary["retirable"] == [old]
+    assert summary["values_per_key"] == {new: 42}
+    assert summary["values_per_column"] == {ENV_COLUMN: {new: 20}, VERSIONS_COLUMN: {new: 20}, DB_COLUMN: {new: 2}}
+    assert [p["column"] for p in progress] == [ENV_COLUMN] * 7 + [VERSIONS_COLUMN] * 7 + [DB_COLUMN]  # 20 = 6x3 + 2; then 2
     assert rows_per_key(app) == {new: 20} and db_rows_per_key(app) == {new: 2}
 
     assert cli(capsys, "retire-key", old)[0] == 0  # old key gone: every value must open without it
@@ -277,8 +278,11 @@ def test_retirement_is_refused_while_only_a_database_password_uses_the_key(
     new = generate_master_key("next")
     write_key_file(data_dir / "master.keys", [new, *parse_keys((data_dir / "master.keys").read_text(), origin="test")])
     services = app.state.services
-    env_only = RotationService(services.db, services.keyring, tuple(c for c in SEALED_COLUMNS if c.label == ENV_COLUMN))
-    env_only.reseal_batch(env_only.columns[0], limit=100)  # what rotation used to cover
+    env_only = RotationService(
+        services.db, services.keyring, tuple(c for c in SEALED_COLUMNS if c.label in (ENV_COLUMN, VERSIONS_COLUMN))
+    )
+    for column in env_only.columns:  # what rotation used to cover: env values only
+        env_only.reseal_batch(column, limit=100)
     assert rows_per_key(app) == {"next": 20} and db_rows_per_key(app) == {old: 2}
 
     code, refused = cli(capsys, "retire-key", old)
@@ -286,7 +290,7 @@ def test_retirement_is_refused_while_only_a_database_password_uses_the_key(
     assert "2 value(s)" in refused["detail"] and f"{DB_COLUMN}: 2" in refused["detail"] and ENV_COLUMN not in refused["detail"]
     assert key_ids(data_dir) == ["next", old]
     code, usage = cli(capsys, "master-keys")
-    assert usage["keys"] == [{"id": "next", "active": True, "values": 20}, {"id": old, "active": False, "values": 2}]
+    assert usage["keys"] == [{"id": "next", "active": True, "values": 40}, {"id": old, "active": False, "values": 2}]
 
     code, summary = cli(capsys, "rotate-key", "--reencrypt-only")
     assert code == 0 and summary["resealed"] == 2 and summary["retirable"] == [old]
@@ -300,7 +304,7 @@ def test_an_altered_database_password_is_reported_never_rewritten(app, databases
         altered = row.password_ciphertext[:-1] + bytes([row.password_ciphertext[-1] ^ 1])
         row.password_ciphertext = altered
     code, summary = cli(capsys, "rotate-key")
-    assert code == 1 and summary["resealed"] == 21
+    assert code == 1 and summary["resealed"] == 41  # 20 env vars, their 20 kept versions, the other password
     [failure] = summary["failed"]
     assert (failure["column"], failure["name"], failure["reason"]) == (DB_COLUMN, "cache", "authentication-failed")
     with app.state.services.db.read() as session:

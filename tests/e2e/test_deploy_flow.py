@@ -112,15 +112,24 @@ def test_redeploy_has_zero_failed_requests_and_rollback_restores(platform: Platf
     running = client.containers.list(filters={"label": [f"moorage.tenant={platform.tenant_name}", "moorage.app=web"]})
     assert [c.labels["moorage.release"] for c in running] == ["v2"]  # the old one is gone
 
+    # Changed after v1 (and v2): the rollback brings back v1's value, not today's.
+    changed = platform.tenant.request("PUT", f"/v1/apps/{APP}/env/GREETING", json={"value": "changed-later", "secret": True})
+    assert changed.status_code == 200 and changed.json()["version"] == 2
     rollback = platform.tenant.post(f"/v1/apps/{APP}/rollback", json={"release": "v1"})
     assert rollback.status_code == 202, rollback.text
+    restores = {"kind": "rollback", "release": "v1", "config": "v1's: GREETING v1"}
+    assert rollback.json()["source"] == restores, "the answer names the config it restores"
     body = platform.wait(APP, rollback.json()["id"])
-    assert body["status"] == "running" and body["release"] == "v3" and body["source"] == {"kind": "rollback", "release": "v1"}
+    assert body["status"] == "running" and body["release"] == "v3" and body["source"] == restores
     assert "building" not in [t["status"] for t in body["transitions"]]  # no build
     assert platform.get(APP).text.strip() == "version=1.0 greeting=hello-from-env"
+    env = platform.tenant.get(f"/v1/apps/{APP}/env", params={"reveal": "true"}).json()["vars"]
+    assert [(v["name"], v["value"]) for v in env] == [("GREETING", "hello-from-env")], "the app's config is v1's again"
     releases = platform.tenant.get(f"/v1/apps/{APP}/releases").json()["items"]
     assert [(r["name"], r["current"]) for r in releases] == [("v1", False), ("v2", False), ("v3", True)]
     assert releases[2]["image_id"] == releases[0]["image_id"] and releases[2]["rollback_of"] == releases[0]["id"]
+    assert releases[0]["config"] == {"env_version": 1, "vars": [{"name": "GREETING", "version": 1, "secret": True}], "links": []}
+    assert releases[2]["config"] == releases[0]["config"]
 
 
 def test_failing_health_check_keeps_the_previous_release(platform: Platform, first_release: dict) -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from control.domain.records import EnvApp, StoredEnvVar
 from control.ids import new_id
-from control.store.models import AppRow, EnvVarRow
+from control.store.models import AppRow, EnvVarRow, EnvVarVersionRow
 
 
 def to_stored(row: EnvVarRow) -> StoredEnvVar:
@@ -56,6 +56,7 @@ class EnvVarRepository:
                 secret=secret,
             )
         )
+        self._keep_version(app_id, name, 1, ciphertext, master_key_id, secret)
 
     def overwrite(self, var_id: str, *, ciphertext: bytes, master_key_id: str, secret: bool) -> None:
         self.session.execute(
@@ -63,6 +64,57 @@ class EnvVarRepository:
             .where(EnvVarRow.id == var_id, EnvVarRow.tenant_id == self.tenant_id)
             .values(ciphertext=ciphertext, master_key_id=master_key_id, secret=secret, version=EnvVarRow.version + 1)
         )
+        row = self.session.execute(
+            select(EnvVarRow.app_id, EnvVarRow.name, EnvVarRow.version).where(EnvVarRow.id == var_id)
+        ).one()
+        self._keep_version(row.app_id, row.name, row.version, ciphertext, master_key_id, secret)
+
+    def _keep_version(self, app_id: str, name: str, version: int, ciphertext: bytes, master_key_id: str, secret: bool) -> None:
+        self.session.add(
+            EnvVarVersionRow(
+                id=new_id("env"),
+                tenant_id=self.tenant_id,
+                app_id=app_id,
+                name=name,
+                version=version,
+                ciphertext=ciphertext,
+                master_key_id=master_key_id,
+                secret=secret,
+            )
+        )
+
+    def current_version_ids(self, app_id: str) -> dict[str, str]:
+        """Each current var's kept value: the newest version row of its name and version (a
+        var removed and set again restarts at version 1, under a newer id)."""
+        query = (
+            select(EnvVarVersionRow.name, func.max(EnvVarVersionRow.id))
+            .join(
+                EnvVarRow,
+                (EnvVarRow.app_id == EnvVarVersionRow.app_id)
+                & (EnvVarRow.name == EnvVarVersionRow.name)
+                & (EnvVarRow.version == EnvVarVersionRow.version),
+            )
+            .where(EnvVarVersionRow.tenant_id == self.tenant_id, EnvVarVersionRow.app_id == app_id)
+            .group_by(EnvVarVersionRow.name)
+        )
+        return {str(name): str(version_id) for name, version_id in self.session.execute(query)}
+
+    def versions(self, app_id: str, version_ids: Sequence[str]) -> dict[str, StoredEnvVar]:
+        """Kept values by version id, as stored vars (only this tenant's app's)."""
+        rows = self.session.scalars(
+            select(EnvVarVersionRow).where(
+                EnvVarVersionRow.tenant_id == self.tenant_id,
+                EnvVarVersionRow.app_id == app_id,
+                EnvVarVersionRow.id.in_(version_ids),
+            )
+        )
+        return {
+            row.id: StoredEnvVar(
+                row.id, row.tenant_id, row.app_id, row.name, row.ciphertext, row.master_key_id, row.version, row.secret,
+                row.created_at, row.created_at,
+            )
+            for row in rows
+        }  # fmt: skip
 
     def remove(self, app_id: str, names: Sequence[str]) -> None:
         if names:

@@ -7,7 +7,7 @@ import builtins
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from control.domain.records import DesiredApp, Page, Release
+from control.domain.records import DesiredApp, Page, Release, ReleaseConfig
 from control.store.models import AppRow, AppRuntimeRow, ReleaseRow, TenantRow
 from control.store.repositories.paging import paginate
 
@@ -26,6 +26,7 @@ def to_release(row: ReleaseRow) -> Release:
         health_check_path=row.health_check_path,
         rollback_of=row.rollback_of,
         created_at=row.created_at,
+        config=ReleaseConfig.from_json(row.config) if row.config else None,
     )
 
 
@@ -59,6 +60,15 @@ class ReleaseRepository:
         self.session.add(row)
         self.session.flush()
         return to_release(row)
+
+    def remove_unless_current(self, release_id: str) -> bool:
+        current = self.session.scalar(select(AppRuntimeRow.app_id).where(AppRuntimeRow.release_id == release_id))
+        row = self.session.get(ReleaseRow, release_id)
+        if row is None or current is not None:
+            return False
+        self.session.delete(row)
+        self.session.flush()
+        return True
 
     def list(self, app_id: str, *, limit: int, cursor: str | None) -> Page[Release]:
         return paginate(self.session, self._query(app_id), ReleaseRow.id, to_release, limit=limit, cursor=cursor)

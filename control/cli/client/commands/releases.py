@@ -1,17 +1,19 @@
 """``moorage status``, ``releases`` and ``rollback``.
 
 ``status --json``: ``{"app": <App>, "release": <Release current>|null, "deployment": <latest Deployment>|null}``.
-``releases --json``: ``[<Release>, ...]`` oldest first. ``rollback --json``: as ``deploy``."""
+``releases --json``: ``[<Release>, ...]`` oldest first, each with the ``config`` it was made
+with (env var names and versions, database links; never values). ``rollback --json``: as ``deploy``."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from control.cli.client.commands.deploy import finish
 from control.cli.client.http import ApiClient
 from control.cli.client.render import emit
 
-COLUMNS = ("name", "current", "deployment_id", "rollback_of", "created_at")
+COLUMNS = ("name", "current", "config", "deployment_id", "rollback_of", "created_at")
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -52,8 +54,21 @@ def run_status(args: argparse.Namespace, api: ApiClient) -> int:
 
 
 def run_releases(args: argparse.Namespace, api: ApiClient) -> int:
-    emit(api.paginate(f"/v1/apps/{args.app}/releases"), as_json=args.json, columns=COLUMNS)
+    releases = api.paginate(f"/v1/apps/{args.app}/releases")
+    if args.json:
+        emit(releases, as_json=True)
+    else:  # the config by names and versions (the API never sends values)
+        emit([{**r, "config": config_line(r.get("config"))} for r in releases], as_json=False, columns=COLUMNS)
     return 0
+
+
+def config_line(config: dict[str, Any] | None) -> str:
+    if config is None:
+        return "(not kept)"
+    parts = [f"{v['name']} v{v['version']}" for v in config["vars"]] + [
+        f"{k['env_name']}->{k['database_id']}" for k in config["links"]
+    ]
+    return ", ".join(parts) or "-"
 
 
 def run_rollback(args: argparse.Namespace, api: ApiClient) -> int:

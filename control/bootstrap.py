@@ -213,6 +213,8 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         tenant_names=tenants.names,
         tenant_ids=tenants.ids,
         kept_releases=settings.kept_releases,
+        # Traefik's reload (its provider throttle) and the requests already sent: then the stop.
+        drain_s=max(1.0, settings.swap_drain_ms / 1000),
         sweeps={"database containers": database_jobs.remove_orphan_containers},
     )
 
@@ -249,7 +251,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         db=db,
         tenants=tenants,
         keys=KeyService(db, last_used_resolution=timedelta(seconds=settings.key_last_used_resolution_s)),
-        apps=AppService(db, teardown),
+        apps=AppService(db, teardown, max_replicas=settings.max_replicas, rescaled=reconciler.wake),
         idempotency=idempotency,
         limits=LimitsService(
             db,

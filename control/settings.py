@@ -83,6 +83,7 @@ class Settings:
     swap_drain_ms: int = 1000  # after Traefik serves the new release, before the old one stops
     route_verify_timeout_s: int = 10  # how long to wait to see Traefik serve the new release
     reconcile_interval_s: int = 30  # 0 disables the reconciler
+    max_replicas: int = 10  # containers one app may run in (PATCH /v1/apps/{app} {"replicas"})
     kept_releases: int = 5  # per app, the newest releases whose images stay for rollback; older ones are removed
     traefik_dynamic_dir: Path = Path("/var/lib/moorage/traefik/dynamic")  # as deploy/host-setup.sh
     traefik_url: str = "http://127.0.0.1:80"  # Traefik's HTTP entrypoint, to verify new routes

@@ -128,7 +128,9 @@ class Router:
             router["middlewares"] = list(route.middlewares)
         lb: dict[str, Any] = {"servers": [{"url": b.url} for b in route.backends], "passHostHeader": True}
         if route.health_path:
-            lb["healthCheck"] = {"path": route.health_path, "interval": "5s", "timeout": "2s"}
+            # A replica that dies leaves the balance within a second or two, before the
+            # reconciler has even noticed it.
+            lb["healthCheck"] = {"path": route.health_path, "interval": "1s", "timeout": "1s"}
         return {"http": {"routers": {key: router}, "services": {key: {"loadBalancer": lb}}}}
 
     @staticmethod

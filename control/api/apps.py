@@ -19,6 +19,14 @@ from control.security.scopes import KeyScope
 from control.settings import Settings
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535, description="Port the app listens on inside its container")]
+Replicas = Annotated[
+    int,
+    msgspec.Meta(
+        ge=1,
+        le=100,
+        description="containers the app runs in, balanced by Traefik (at most MOORAGE_MAX_REPLICAS); a change applies within seconds",
+    ),
+]
 
 
 class AppCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -27,6 +35,7 @@ class AppCreate(msgspec.Struct, forbid_unknown_fields=True):
     port: Port = 8080
     health_check_path: str = "/"
     builder: Annotated[str, msgspec.Meta(description="auto | dockerfile | nixpacks")] = "auto"
+    replicas: Replicas = 1
 
 
 class AppPatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -36,6 +45,7 @@ class AppPatch(msgspec.Struct, forbid_unknown_fields=True):
     port: Port | None = None
     health_check_path: str | None = None
     builder: str | None = None
+    replicas: Replicas | None = None
 
 
 class AppOut(msgspec.Struct):
@@ -45,6 +55,7 @@ class AppOut(msgspec.Struct):
     port: int
     health_check_path: str
     builder: str
+    replicas: int
     created_at: datetime
     updated_at: datetime
     url: Annotated[str, msgspec.Meta(description="where the app answers once deployed: http://<app>.<tenant>.<base-domain>")] = ""
@@ -58,6 +69,7 @@ class AppOut(msgspec.Struct):
             port=app.port,
             health_check_path=app.health_check_path,
             builder=app.builder,
+            replicas=app.replicas,
             created_at=app.created_at,
             updated_at=app.updated_at,
             url=f"http://{app.name}.{apps_domain}" if apps_domain else "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from control.domain.errors import Conflict, Invalid, NotFound
@@ -31,13 +32,23 @@ def _check_fields(fields: dict[str, Any]) -> None:
 
 
 class AppService:
-    def __init__(self, db: Store, teardown: Teardown | None = None) -> None:
+    def __init__(
+        self,
+        db: Store,
+        teardown: Teardown | None = None,
+        *,
+        max_replicas: int = 10,
+        rescaled: Callable[[], None] | None = None,
+    ) -> None:
         self.db = db
         self.teardown = teardown  # what runs for a deleted app: its route, containers, images
+        self.max_replicas = max_replicas
+        self.rescaled = rescaled  # a changed replica count: the reconciler applies it at once
 
     def create(self, tenant_id: str, name: str, **fields: Any) -> App:
         check_dns_label("name", name)
         _check_fields(fields)
+        self._check_replicas(fields)
         with self.db.write() as session:
             apps = AppRepository(session, tenant_id)
             if apps.name_taken(name):
@@ -57,11 +68,24 @@ class AppService:
 
     def update(self, tenant_id: str, ref: str, **fields: Any) -> App:
         _check_fields(fields)
+        self._check_replicas(fields)
         with self.db.write() as session:
-            app = AppRepository(session, tenant_id).update(ref, **fields)
-        if app is None:
+            apps = AppRepository(session, tenant_id)
+            before = apps.get(ref)
+            app = apps.update(ref, **fields)
+        if app is None or before is None:
             raise NotFound.of("app", ref)
+        if app.replicas != before.replicas and self.rescaled is not None:
+            self.db.after_commit(self.rescaled)
         return app
+
+    def _check_replicas(self, fields: dict[str, Any]) -> None:
+        replicas = fields.get("replicas")
+        if replicas is not None and not 1 <= replicas <= self.max_replicas:
+            raise Invalid(
+                f"'replicas' must be between 1 and {self.max_replicas} (MOORAGE_MAX_REPLICAS); got {replicas}.",
+                errors=[{"field": "replicas", "message": f"1..{self.max_replicas}"}],
+            )
 
     def delete(self, tenant_id: str, ref: str) -> App:
         """The app and everything recorded about it; once that is committed, its route comes

@@ -54,6 +54,7 @@ class App:
     builder: str
     created_at: datetime
     updated_at: datetime
+    replicas: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,7 +341,8 @@ class Release:
 
 @dataclass(frozen=True, slots=True)
 class DesiredApp:
-    """One app the reconciler must keep running: its names, release and container."""
+    """One app the reconciler must keep running: its names, release, how many replicas it
+    should run, and the containers recorded for them (``(id, name)``, first replica first)."""
 
     tenant_id: str
     tenant_name: str
@@ -349,6 +351,12 @@ class DesiredApp:
     release: Release
     container_id: str
     container_name: str
+    replicas: int = 1
+    containers: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def replica_containers(self) -> tuple[tuple[str, str], ...]:
+        return self.containers or ((self.container_id, self.container_name),)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ numbered per app (``v1``, ``v2``...), and the app's current release (desired sta
 from __future__ import annotations
 
 import builtins  # `list` in a class body with a list() method names the method, not the type
+from collections.abc import Sequence
 
 from control.domain.errors import Invalid, NotFound
 from control.domain.names import RELEASE_NAME
@@ -100,19 +101,16 @@ class ReleaseService:
             release = repo.by_deployment(deployment_id)
             return release is not None and repo.remove_unless_current(release.id)
 
-    def make_current(self, release: Release, container_id: str, container_name: str) -> None:
+    def make_current(self, release: Release, containers: Sequence[tuple[str, str]]) -> None:
+        """``release`` is what the app runs now, in ``containers`` (``(id, name)`` per replica)."""
         with self.db.write() as session:
             AppRuntimeRepository(session).set(
-                app_id=release.app_id,
-                tenant_id=release.tenant_id,
-                release_id=release.id,
-                container_id=container_id,
-                container_name=container_name,
+                app_id=release.app_id, tenant_id=release.tenant_id, release_id=release.id, containers=containers
             )
 
-    def set_container(self, app_id: str, container_id: str, container_name: str) -> None:
+    def set_containers(self, app_id: str, containers: Sequence[tuple[str, str]]) -> None:
         with self.db.write() as session:
-            AppRuntimeRepository(session).set_container(app_id, container_id, container_name)
+            AppRuntimeRepository(session).set_containers(app_id, containers)
 
     def desired(self, app_id: str | None = None) -> builtins.list[DesiredApp]:
         with self.db.read() as session:

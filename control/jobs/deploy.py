@@ -37,7 +37,7 @@ from control.domain.links import LinkedDatabaseGone, LinkService
 from control.domain.records import App, Deployment, Job, Release, ReleaseConfig
 from control.domain.releases import ReleaseService
 from control.jobs.build import BuildLog, Cancelled, Failed, SourceBuild, check_step
-from control.jobs.runtime_port import AppRuntime, RemovalRefused, Route
+from control.jobs.runtime_port import AppContainer, AppRuntime, RemovalRefused, Route
 from control.jobs.workers import AppLocks, JobContext, as_outage
 from control.settings import Settings
 
@@ -171,7 +171,9 @@ class DeployPipeline:
         )
         self.deployments.update(dep.id, release_id=release.id)
         check_step(self.deployments, dep.id, ctx)
-        plan = SwapPlan(tenant=tenant, app=app.name, app_id=app.id, deployment_id=dep.id, release=release, env=values)
+        plan = SwapPlan(
+            tenant=tenant, app=app.name, app_id=app.id, deployment_id=dep.id, release=release, env=values, replicas=app.replicas
+        )
         with self.locks.hold(app.id):
             timings = swap(
                 self.runtime,
@@ -180,7 +182,7 @@ class DeployPipeline:
                 health_timeout=float(self.settings.health_timeout_s),
                 verify_timeout=float(self.settings.route_verify_timeout_s),
                 drain_s=self.settings.swap_drain_ms / 1000,
-                make_current=lambda cid, name: self._go_live(release, cid, name, dep.tenant_id, restoring),
+                make_current=lambda containers: self._go_live(release, containers, dep.tenant_id, restoring),
                 cancelled=lambda: self.deployments.cancel_requested(dep.id),
             )
         self.deployments.record_timing(dep.id, start_s=timings.start_s, health_s=timings.health_s, route_s=timings.route_s)
@@ -188,12 +190,12 @@ class DeployPipeline:
         out.step(f"running {release.name}")
 
     def _go_live(
-        self, release: Release, container_id: str, container_name: str, tenant_id: str, restoring: ReleaseConfig | None
+        self, release: Release, containers: list[tuple[str, str]], tenant_id: str, restoring: ReleaseConfig | None
     ) -> None:
         # One unit of work: the release is current and, for a rollback, the app's config is
         # the one it runs with, together or not at all.
         with self.releases.db.write():
-            self.releases.make_current(release, container_id, container_name)
+            self.releases.make_current(release, containers)
             if restoring is not None:
                 self.env_vars.restore(tenant_id, release.app_id, restoring)
 
@@ -207,6 +209,7 @@ class SwapPlan:
     deployment_id: str
     release: Release
     env: dict[str, str]  # plaintext, in memory only: passed at create, never logged
+    replicas: int = 1
 
 
 @dataclass(frozen=True)
@@ -220,6 +223,11 @@ def container_name(tenant: str, app: str, deployment_id: str) -> str:
     return f"moorage-{tenant}-{app}-{deployment_id}"
 
 
+def replica_name(base: str, index: int) -> str:
+    """The first replica keeps the deployment's container name; the others add their number."""
+    return base if index == 0 else f"{base}-r{index + 1}"
+
+
 def swap(
     rt: AppRuntime,
     plan: SwapPlan,
@@ -228,33 +236,49 @@ def swap(
     health_timeout: float,
     verify_timeout: float,
     drain_s: float,
-    make_current: Callable[[str, str], None],
+    make_current: Callable[[list[tuple[str, str]]], None],
     cancelled: Callable[[], bool],
 ) -> SwapTimings:
+    """Start every replica of the new release and wait for each to pass its health check;
+    then send the route to all of them at once, and only then stop the old containers. The
+    route never points at a container that has not passed, nor at fewer than the old ones."""
     release = plan.release
-    name = container_name(plan.tenant, plan.app, plan.deployment_id)
-    started = time.monotonic()
-    new = rt.start_app(tenant=plan.tenant, app=plan.app, release=release.name, image=release.image_id, env=plan.env, name=name)
-    start_s = time.monotonic() - started
-    log.step(f"started {name} at {new.ip} in {start_s:.2f}s; health check GET {release.health_check_path} on port {release.port}")
-
-    health = rt.wait_healthy(new, port=release.port, path=release.health_check_path, timeout=health_timeout)
-    if not health.ok or cancelled():
-        tail = _last_lines(rt, new.id)
-        for line in tail:
-            log.line(f"[{release.name}] {line}")
-        rt.remove(new.id)
-        if health.ok:
-            raise Cancelled()
-        raise Failed(
-            f"health check GET {release.health_check_path} on port {release.port} did not pass within "
-            f"{health_timeout:.0f}s ({health.detail}); the previous release keeps serving. "
-            "Last log lines of the new container:\n" + ("\n".join(tail) or "(none)")
+    base = container_name(plan.tenant, plan.app, plan.deployment_id)
+    new: list[AppContainer] = []
+    start_s = health_s = 0.0
+    for index in range(plan.replicas):
+        name = replica_name(base, index)
+        started = time.monotonic()
+        container = rt.start_app(
+            tenant=plan.tenant, app=plan.app, release=release.name, image=release.image_id, env=plan.env, name=name
         )
-    log.step(f"healthy after {health.elapsed:.2f}s ({health.detail}); switching the route")
-    old = [c for c in rt.owned_apps(tenant=plan.tenant, app=plan.app) if c.id != new.id]
+        new.append(container)
+        start_s += time.monotonic() - started
+        log.step(
+            f"started {name} at {container.ip} in {time.monotonic() - started:.2f}s; "
+            f"health check GET {release.health_check_path} on port {release.port}"
+        )
+        health = rt.wait_healthy(container, port=release.port, path=release.health_check_path, timeout=health_timeout)
+        health_s += health.elapsed
+        if not health.ok or cancelled():
+            tail = _last_lines(rt, container.id)
+            for line in tail:
+                log.line(f"[{release.name}] {line}")
+            for started_one in new:
+                rt.remove(started_one.id)
+            if health.ok:
+                raise Cancelled()
+            raise Failed(
+                f"health check GET {release.health_check_path} on port {release.port} did not pass within "
+                f"{health_timeout:.0f}s ({health.detail}); the previous release keeps serving. "
+                "Last log lines of the new container:\n" + ("\n".join(tail) or "(none)")
+            )
+        log.step(f"{name} healthy after {health.elapsed:.2f}s ({health.detail})")
+    log.step(f"{len(new)} of {plan.replicas} replica(s) healthy; switching the route")
+    ours = {c.id for c in new}
+    old = [c for c in rt.owned_apps(tenant=plan.tenant, app=plan.app) if c.id not in ours]
     switched = time.monotonic()
-    route = Route(plan.app_id, plan.tenant, plan.app, new.address(), release.port, release.name)
+    route = Route.to(plan.app_id, plan.tenant, plan.app, new, release.port, release.name, release.health_check_path)
     rt.write_route(route)
     seen = rt.wait_served(route, verify_timeout)
     route_s = time.monotonic() - switched
@@ -265,16 +289,16 @@ def swap(
         )
     else:
         log.step(f"Traefik serves {release.name} after {seen:.2f}s")
-    make_current(new.id, name)
+    make_current([(c.id, c.name) for c in new])
     if old:
-        time.sleep(drain_s)  # requests already sent to the old container finish first
+        time.sleep(drain_s)  # requests already sent to the old containers finish first
     for container in old:
         try:
             rt.stop_and_remove(container.id)
             log.step(f"stopped the previous container {container.name}")
         except RemovalRefused as exc:  # already gone or going: the new release is live either way
             log.step(f"previous container {container.name} not removed ({exc}); the reconciler will")
-    return SwapTimings(start_s=start_s, health_s=health.elapsed, route_s=route_s)
+    return SwapTimings(start_s=start_s, health_s=health_s, route_s=route_s)
 
 
 def _last_lines(rt: AppRuntime, container_id: str, n: int = 20) -> list[str]:

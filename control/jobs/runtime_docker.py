@@ -255,7 +255,8 @@ class DockerAppRuntime:
     # -- routes ---------------------------------------------------------------------------
     # A route is keyed by the app's id; tenant and app names only make its hostname.
     def route_body(self, route: Route) -> str:
-        doc = self.router.render(AppRoute(route.tenant, route.app, [Backend(route.ip, route.port)], key=route.app_id))
+        backends = [Backend(ip, route.port) for ip in route.ips]
+        doc = self.router.render(AppRoute(route.tenant, route.app, backends, key=route.app_id, health_path=route.health_path))
         # A response header naming the release: how the swap *sees* that Traefik serves it.
         middleware = f"{route.app_id}-release"
         doc["http"]["middlewares"] = {middleware: {"headers": {"customResponseHeaders": {RELEASE_HEADER: route.release}}}}

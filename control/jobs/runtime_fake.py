@@ -145,6 +145,13 @@ class InMemoryAppRuntime:
             return None
         return next((c for c in self.containers.values() if c.ip == route.ip and c.status == "running"), None)
 
+    def serving_all(self, app_id: str) -> list[FakeContainer]:
+        """Every running container the app's route balances over."""
+        route = self.routes.get(app_id)
+        if route is None:
+            return []
+        return [c for c in self.containers.values() if c.ip in route.ips and c.status == "running"]
+
     # -- images ---------------------------------------------------------------------------
     def build_image(self, builder: str, request: BuildRequest) -> BuiltImage:
         self._enter("build_image")

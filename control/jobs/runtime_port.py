@@ -14,6 +14,7 @@ pipeline tells those apart from the app's own failures with ``control.jobs.worke
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -45,15 +46,28 @@ class AppContainer:
 
 @dataclass(frozen=True)
 class Route:
-    """The app's hostname (made from tenant and app names) sent to one container, which
-    serves ``release``."""
+    """The app's hostname (made from tenant and app names) sent to its containers (one per
+    replica, balanced), which serve ``release``."""
 
     app_id: str  # keys the route: names are only what its hostname is made of
     tenant: str
     app: str
-    ip: str
+    ip: str  # the first replica's address
     port: int
     release: str
+    more_ips: tuple[str, ...] = ()  # the other replicas'
+    health_path: str | None = None  # with several replicas: the router checks each and skips the failing
+
+    @property
+    def ips(self) -> tuple[str, ...]:
+        return (self.ip, *self.more_ips)
+
+    @classmethod
+    def to(
+        cls, app_id: str, tenant: str, app: str, containers: Sequence[AppContainer], port: int, release: str, health_path: str
+    ) -> Route:
+        first, *rest = (c.address() for c in containers)
+        return cls(app_id, tenant, app, first, port, release, tuple(rest), health_path if rest else None)
 
 
 @dataclass(frozen=True)

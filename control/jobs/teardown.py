@@ -9,7 +9,7 @@ between, or Docker be down, the reconciler removes what is left on its next pass
 routes, containers, networks and images that no live app or tenant accounts for.
 
 Containers and images are matched by the deleted app's deployment ids (their names and tags
-end with one), never by its name alone: an app created again under the same name keeps its own.
+carry one), never by its name alone: an app created again under the same name keeps its own.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class RuntimeTeardown:
             log.warning("teardown_route_still_served", app_id=app.id, waited_s=self.unroute_wait_s)
         removed = []
         for container in self.runtime.owned_apps(tenant=tenant, app=app.name):
-            if any(container.name.endswith(dep) for dep in deployment_ids) and self.runtime.remove(container.id):
+            if any(dep in container.name for dep in deployment_ids) and self.runtime.remove(container.id):
                 removed.append(container.name)
         for image in self.runtime.tenant_images(app.tenant_id):
             if image.deployment_ids() & deployment_ids and self.runtime.remove_image(image.id):

@@ -25,6 +25,7 @@ are skipped (the swap owns them until it finishes).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -38,7 +39,8 @@ from control.domain.env import EnvService
 from control.domain.links import LinkService
 from control.domain.records import DesiredApp
 from control.domain.releases import ReleaseService
-from control.jobs.runtime_port import AppContainer, AppRuntime, Route
+from control.jobs.deploy import container_name, replica_name
+from control.jobs.runtime_port import AppContainer, AppRuntime, RemovalRefused, Route
 from control.jobs.workers import AppLocks
 from runtime.router import legacy_owners
 
@@ -75,6 +77,7 @@ class Reconciler:
         tenant_names: Callable[[], set[str]] = set,
         tenant_ids: Callable[[], set[str]] = set,
         kept_releases: int = 5,
+        drain_s: float = 1.0,
         sweeps: Mapping[str, Callable[[], list[str]]] | None = None,
     ) -> None:
         self.releases = releases
@@ -89,9 +92,11 @@ class Reconciler:
         self.tenant_names = tenant_names
         self.tenant_ids = tenant_ids
         self.kept_releases = kept_releases
+        self.drain_s = drain_s  # a scaled-down replica keeps serving this long after leaving the route
         self._sweeps = dict(sweeps or {})  # further sweeps, each returning what it removed
         self._backoff: dict[str, _Backoff] = {}
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- one pass -------------------------------------------------------------------------
@@ -128,41 +133,73 @@ class Reconciler:
             log.warning("reconcile_failed", target=what, error=f"{type(exc).__name__}: {exc}")
 
     def _converge(self, d: DesiredApp, report: Report) -> None:
+        """Every replica running (restarted, or recreated from the release, with backoff),
+        as many as the app asks for (a changed ``replicas`` scales here), and the route
+        balancing over the running ones."""
         rt = self.runtime
-        info = rt.inspect(d.container_id)
+        base = container_name(d.tenant_name, d.app_name, d.release.deployment_id)
+        names = [replica_name(base, index) for index in range(d.replicas)]
+        recorded = {name: container_id for container_id, name in d.replica_containers}
+        if d.container_name not in names[:1] and d.container_name in recorded:  # named before replicas: it is the first
+            names[0] = d.container_name
         backoff = self._backoff.setdefault(d.app_id, _Backoff())
-        if info is not None and info.running:
+        found = {name: rt.inspect(recorded[name]) if name in recorded else None for name in names}
+        due = self.clock() >= backoff.next_at
+        if all(info is not None and info.running for info in found.values()):
             backoff.failures = 0
-        else:
-            if self.clock() < backoff.next_at:
-                return
+        elif due:
             backoff.failures += 1
             backoff.next_at = self.clock() + min(MAX_BACKOFF_S, self.base_backoff_s * 2 ** (backoff.failures - 1))
-            if info is None:
-                info = self._recreate(d)
-                report.actions.append(f"recreated {d.tenant_name}/{d.app_name} ({d.release.name})")
-            else:
-                info = rt.restart(info.id)
-                report.actions.append(f"restarted {d.tenant_name}/{d.app_name} ({d.release.name})")
-        route = Route(d.app_id, d.tenant_name, d.app_name, info.address(), d.release.port, d.release.name)
+        running: list[AppContainer] = []
+        for name, info in found.items():
+            if info is None or not info.running:
+                if not due:
+                    continue
+                if info is None:
+                    info = self._recreate(d, name)
+                    report.actions.append(f"recreated {d.tenant_name}/{d.app_name} ({d.release.name}) as {name}")
+                else:
+                    info = rt.restart(info.id)
+                    report.actions.append(f"restarted {d.tenant_name}/{d.app_name} ({d.release.name})")
+            running.append(info)
+        surplus = [(name, container_id) for name, container_id in recorded.items() if name not in found]
+        if not running:
+            return  # nothing to route to yet: the route keeps what it had
+        kept = [(c.id, c.name) for c in running]
+        if surplus or kept != list(d.replica_containers):
+            self.releases.set_containers(d.app_id, kept)
+        route = Route.to(
+            d.app_id, d.tenant_name, d.app_name, running, d.release.port, d.release.name, d.release.health_check_path
+        )
         if not rt.route_is(route):
             rt.write_route(route)
-            report.actions.append(f"route rewritten {d.tenant_name}/{d.app_name} -> {route.ip}")
+            report.actions.append(f"route rewritten {d.tenant_name}/{d.app_name} -> {', '.join(route.ips)}")
+        if surplus:  # scaled down: off the route first, then a grace period, then stopped
+            time.sleep(self.drain_s)
+        for name, container_id in surplus:
+            with contextlib.suppress(RemovalRefused):  # already gone
+                rt.stop_and_remove(container_id)
+            report.actions.append(f"removed replica {name} of {d.tenant_name}/{d.app_name} (replicas: {d.replicas})")
 
-    def _recreate(self, d: DesiredApp) -> AppContainer:
-        env = self.env_vars.list(d.tenant_id, d.app_id, reveal=True)
-        linked = self.links.resolve(d.tenant_id, d.app_id) if self.links else {}  # database links, as the deploy did
-        values = {v.name: v.value for v in env.vars if v.value is not None} | linked | {"PORT": str(d.release.port)}
-        info = self.runtime.start_app(
+    def _recreate(self, d: DesiredApp, name: str) -> AppContainer:
+        # The config the release was made with (an env change since is the next deploy's),
+        # or, for a release from before releases kept it, the app's of today.
+        config = d.release.config
+        if config is not None:
+            env = self.env_vars.open_config(d.tenant_id, d.app_id, config)
+            linked = self.links.resolve_config(d.tenant_id, config.links) if self.links else {}
+        else:
+            env = self.env_vars.resolve(d.tenant_id, d.app_id)
+            linked = self.links.resolve(d.tenant_id, d.app_id) if self.links else {}
+        values = env | linked | {"PORT": str(d.release.port)}
+        return self.runtime.start_app(
             tenant=d.tenant_name,
             app=d.app_name,
             release=d.release.name,
             image=d.release.image_id,
             env=values,
-            name=d.container_name,
+            name=name,
         )
-        self.releases.set_container(d.app_id, info.id, d.container_name)
-        return info
 
     def _remove_orphans(self, report: Report) -> None:
         # Containers first, then the database: a container listed here was created before
@@ -171,10 +208,10 @@ class Reconciler:
         active = self.deployments.active()
         active_ids, busy_apps = {d.id for d in active}, {d.app_id for d in active}
         desired = self.releases.desired()
-        wanted = {d.container_id for d in desired}
+        wanted = {container_id for d in desired for container_id, _ in d.replica_containers}
         app_ids = {(d.tenant_name, d.app_name): d.app_id for d in desired}
         for container in owned:
-            if container.id in wanted or any(container.name.endswith(dep) for dep in active_ids):
+            if container.id in wanted or any(dep in container.name for dep in active_ids):
                 continue
             app_id = app_ids.get((container.tenant, container.app))
             if app_id in busy_apps:
@@ -237,8 +274,13 @@ class Reconciler:
         self._thread = threading.Thread(target=self._loop, name="moorage-reconciler", daemon=True)
         self._thread.start()
 
+    def wake(self) -> None:
+        """Run a pass now rather than at the end of the interval (a changed replica count)."""
+        self._wake.set()
+
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -249,7 +291,9 @@ class Reconciler:
                 self.run_once()
             except Exception as exc:  # noqa: BLE001 (a failed pass must not end the loop; the next one runs)
                 log.warning("reconcile_pass_failed", error=f"{type(exc).__name__}: {exc}")
-            if self._stop.wait(self.interval_s):
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            if self._stop.is_set():
                 return
 
 

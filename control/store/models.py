@@ -76,6 +76,7 @@ class AppRow(Timestamps, Base):
     health_check_path: Mapped[str] = mapped_column(String(200), default="/")
     builder: Mapped[str] = mapped_column(String(16), default="auto")
     env_version: Mapped[int] = mapped_column(Integer, default=0)  # bumped by every env change
+    replicas: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # containers the release runs in
 
 
 class IdempotencyRecordRow(Base):
@@ -218,8 +219,10 @@ class AppRuntimeRow(Base):
     app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     release_id: Mapped[str] = mapped_column(ForeignKey("releases.id", ondelete="CASCADE"))
-    container_id: Mapped[str] = mapped_column(String(80))
+    container_id: Mapped[str] = mapped_column(String(80))  # the first replica's
     container_name: Mapped[str] = mapped_column(String(200))
+    # Every replica's [id, name] as JSON; None for rows made before replicas (one container).
+    containers: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 

@@ -67,6 +67,7 @@ class DeployWorld:
             tenant_names=self.tenants.names,
             tenant_ids=self.tenants.ids,
             kept_releases=settings.kept_releases,
+            drain_s=0,
         )
         self.tenant = self.tenants.create("acme")
         self.apps = AppService(self.db, self.teardown)

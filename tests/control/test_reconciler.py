@@ -158,3 +158,80 @@ def test_a_deleted_tenants_network_goes_and_a_live_ones_stays(world: DeployWorld
     world.tenants.delete(world.tenant.id)
     world.teardown.drain()
     assert world.runtime.owned_networks() == [] and world.runtime.images == {}
+
+
+# -- replicas ---------------------------------------------------------------------------------
+def _scale(world: DeployWorld, replicas: int) -> None:
+    world.app = world.apps.update(world.tenant.id, world.app.id, replicas=replicas)
+
+
+def test_a_release_runs_in_every_replica_and_the_route_balances_over_them(world: DeployWorld) -> None:
+    _scale(world, 3)
+    world.deploy()
+    running = world.running()
+    assert len(running) == 3 and len({c.ip for c in running}) == 3
+    assert {c.id for c in world.runtime.serving_all(world.app.id)} == {c.id for c in running}
+    [desired] = world.releases.desired(world.app.id)
+    assert {cid for cid, _ in desired.replica_containers} == {c.id for c in running}
+    assert world.reconciler.run_once().actions == [], "a converged app needs nothing"
+
+
+def test_a_killed_replica_is_recreated_and_rejoins_the_route(world: DeployWorld) -> None:
+    _scale(world, 3)
+    world.deploy()
+    victim = world.running()[1]
+    world.runtime.remove(victim.id)
+    report = world.reconciler.run_once()
+    assert not report.errors, report.errors
+    running = world.running()
+    assert len(running) == 3 and victim.id not in {c.id for c in running}
+    assert {c.id for c in world.runtime.serving_all(world.app.id)} == {c.id for c in running}
+    assert any(a.startswith("recreated acme/web (v1) as ") for a in report.actions)
+
+
+def test_a_changed_replica_count_is_applied_without_a_deploy(world: DeployWorld) -> None:
+    world.deploy()
+    [first] = world.running()
+    _scale(world, 3)
+    world.reconciler.run_once()
+    assert len(world.running()) == 3 and first in world.running(), "scaling up keeps the running one"
+    assert len(world.runtime.serving_all(world.app.id)) == 3
+    _scale(world, 1)
+    report = world.reconciler.run_once()
+    assert world.running() == [first] and world.runtime.serving_all(world.app.id) == [first]
+    assert sum(a.startswith("removed replica") for a in report.actions) == 2
+    assert world.reconciler.run_once().actions == []
+
+
+def test_a_redeploy_of_replicas_switches_only_once_every_new_one_is_healthy(world: DeployWorld) -> None:
+    _scale(world, 3)
+    world.deploy()
+    old = {c.id for c in world.running()}
+    routes: list[tuple[str, ...]] = []
+    world.runtime.before("stop_and_remove", lambda: routes.append(world.route().ips))  # type: ignore[union-attr]
+    world.deploy()
+    new = {c.id for c in world.running()}
+    assert len(new) == 3 and not new & old, "every old replica replaced"
+    new_ips = {c.ip for c in world.running()}
+    assert routes and all(set(r) == new_ips for r in routes), "the old ones leave only once the route has all new ones"
+
+
+def test_a_replica_failing_its_health_check_leaves_the_old_release_and_no_new_container(world: DeployWorld) -> None:
+    _scale(world, 2)
+    world.deploy()
+    before = {c.id for c in world.running()}
+    route = world.route()
+    world.runtime.never_healthy()
+    failed = world.deploy()
+    assert world.deployment(failed).status == "failed"
+    assert {c.id for c in world.running()} == before and world.route() == route
+    assert world.release_of(failed) is None
+
+
+def test_replicas_are_bounded_by_the_setting(world: DeployWorld) -> None:
+    from control.domain.errors import Invalid
+
+    with pytest.raises(Invalid, match="between 1 and 10"):
+        world.apps.update(world.tenant.id, world.app.id, replicas=11)
+    with pytest.raises(Invalid):
+        world.apps.update(world.tenant.id, world.app.id, replicas=0)

@@ -22,6 +22,7 @@ def to_app(row: AppRow) -> App:
         builder=row.builder,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        replicas=row.replicas,
     )
 
 

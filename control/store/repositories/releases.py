@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import builtins
+import json
+from collections.abc import Sequence
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
@@ -82,23 +84,24 @@ class AppRuntimeRepository:
         row = self.session.get(AppRuntimeRow, app_id)
         return None if row is None else row.release_id
 
-    def set(self, *, app_id: str, tenant_id: str, release_id: str, container_id: str, container_name: str) -> None:
+    def set(self, *, app_id: str, tenant_id: str, release_id: str, containers: Sequence[tuple[str, str]]) -> None:
         row = self.session.get(AppRuntimeRow, app_id)
         if row is None:
             row = AppRuntimeRow(app_id=app_id, tenant_id=tenant_id)
             self.session.add(row)
-        row.release_id, row.container_id, row.container_name = release_id, container_id, container_name
+        row.release_id = release_id
+        _set_containers(row, containers)
         self.session.flush()
 
-    def set_container(self, app_id: str, container_id: str, container_name: str) -> None:
+    def set_containers(self, app_id: str, containers: Sequence[tuple[str, str]]) -> None:
         row = self.session.get(AppRuntimeRow, app_id)
         if row is not None:
-            row.container_id, row.container_name = container_id, container_name
+            _set_containers(row, containers)
             self.session.flush()
 
     def desired(self, app_id: str | None = None) -> list[DesiredApp]:
         query = (
-            select(AppRuntimeRow, ReleaseRow, AppRow.name, TenantRow.name)
+            select(AppRuntimeRow, ReleaseRow, AppRow.name, AppRow.replicas, TenantRow.name)
             .join(ReleaseRow, ReleaseRow.id == AppRuntimeRow.release_id)
             .join(AppRow, AppRow.id == AppRuntimeRow.app_id)
             .join(TenantRow, TenantRow.id == AppRuntimeRow.tenant_id)
@@ -106,8 +109,18 @@ class AppRuntimeRepository:
         if app_id is not None:
             query = query.where(AppRuntimeRow.app_id == app_id)
         return [
-            DesiredApp(rt.tenant_id, tenant_name, rt.app_id, app_name, to_release(rel), rt.container_id, rt.container_name)
-            for rt, rel, app_name, tenant_name in self.session.execute(query)
+            DesiredApp(
+                rt.tenant_id,
+                tenant_name,
+                rt.app_id,
+                app_name,
+                to_release(rel),
+                rt.container_id,
+                rt.container_name,
+                replicas,
+                tuple((str(cid), str(name)) for cid, name in json.loads(rt.containers)) if rt.containers else (),
+            )
+            for rt, rel, app_name, replicas, tenant_name in self.session.execute(query)
         ]
 
     def kept_images(self, per_app: int) -> builtins.set[str]:
@@ -123,3 +136,10 @@ class AppRuntimeRepository:
 
     def any_exist(self) -> bool:
         return self.session.scalar(select(AppRuntimeRow.app_id).limit(1)) is not None
+
+
+def _set_containers(row: AppRuntimeRow, containers: Sequence[tuple[str, str]]) -> None:
+    if not containers:
+        raise ValueError("an app's runtime needs at least one container")
+    row.container_id, row.container_name = containers[0]
+    row.containers = json.dumps([list(pair) for pair in containers])

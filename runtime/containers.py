@@ -100,10 +100,15 @@ class Containers:
 
     @guarded(idempotent=True)
     def remove(self, container_id: str, force: bool = False) -> bool:
+        """False when the container is gone, or another caller's removal of it is under way."""
         try:
             self._api.containers.get(container_id).remove(force=force, v=True)
         except docker.errors.NotFound:
             return False
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409 and "already in progress" in str(exc):
+                return False
+            raise
         return True
 
     @guarded(idempotent=True)

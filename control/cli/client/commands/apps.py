@@ -8,7 +8,7 @@ from typing import Any
 from control.cli.client.http import ApiClient
 from control.cli.client.render import emit
 
-COLUMNS = ("name", "id", "port", "builder", "health_check_path", "updated_at")
+COLUMNS = ("name", "id", "port", "replicas", "builder", "health_check_path", "updated_at")
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -41,10 +41,11 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--health-path", dest="health_check_path", help="HTTP health check path")
     parser.add_argument("--builder", choices=["auto", "dockerfile", "nixpacks"])
     parser.add_argument("--description")
+    parser.add_argument("--replicas", type=int, help="containers the app runs in, balanced (applies within seconds)")
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    fields = ("port", "health_check_path", "builder", "description")
+    fields = ("port", "health_check_path", "builder", "description", "replicas")
     return {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
 
 

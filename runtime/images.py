@@ -124,12 +124,13 @@ class Images:
         dockerfile: str | None = None,
         buildargs: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> Generator[str, None, str]:
         """Yield build log lines as they arrive; returns (StopIteration.value) the image id.
         Raises BuildError on a failed step, BuildTimeout past the deadline and
         BuildDiskQuotaExceeded past the disk quota (a BuildWatchdog kills the running step;
         closing the stream early makes dockerd cancel the build)."""
-        labels = L.moorage_labels(tenant, app, release, role="image")
+        labels = L.moorage_labels(tenant, app, release, role="image", extra=labels)
         s = self.engine.settings
         limit = timeout or s.build_timeout
         watchdog = BuildWatchdog(

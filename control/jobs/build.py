@@ -65,10 +65,13 @@ def check_step(deployments: DeploymentService, deployment_id: str, ctx: JobConte
         raise Cancelled()
 
 
+TENANT_IMAGES = "moorage-apps/"  # every tenant's images are tagged under here
+
+
 def tenant_repository(tenant_id: str) -> str:
     """Where a tenant's images are tagged; the build policy lets it build FROM these only. By
     id, not name: a tenant made later under a deleted one's name must not reach its images."""
-    return f"moorage-apps/{tenant_id}/"
+    return f"{TENANT_IMAGES}{tenant_id}/"
 
 
 # -- the log --------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from datetime import datetime
 from functools import cached_property
@@ -32,7 +32,7 @@ from pathlib import Path
 import docker.errors
 import structlog
 
-from control.jobs.build import tenant_repository
+from control.jobs.build import TENANT_IMAGES, tenant_repository
 from control.jobs.runtime_port import AppContainer, RemovalRefused, Route, TenantImage
 from control.settings import Settings
 from runtime import labels as L
@@ -144,6 +144,8 @@ class DockerAppRuntime:
             raise ValueError(f"unknown builder {builder!r}")
         if request.work_dir is not None:
             request = replace(request, on_line=noting_step_containers(request.work_dir, request.on_line))
+        # Marked as this control plane's: once its tenant is gone, only the mark says whose it was.
+        request = replace(request, labels={**request.labels, INSTANCE_LABEL: self.instance})
         return builders[builder]().build(request)
 
     def remove_build_leftovers(self, work_dir: Path) -> list[str]:
@@ -161,6 +163,17 @@ class DockerAppRuntime:
             tags = tuple(tag for tag in image.tags if tag.startswith(prefix))
             if tags:
                 found.append(TenantImage(image.id, tags))
+        return found
+
+    def orphan_images(self, live_tenant_ids: Collection[str]) -> list[TenantImage]:
+        instance, live = self.instance, tuple(tenant_repository(tenant_id) for tenant_id in live_tenant_ids)
+        found = []
+        for image in self.images.list_managed(role="image"):
+            tagged = tuple(tag for tag in image.tags if tag.startswith(TENANT_IMAGES))
+            # Only what carries our mark (another control plane's, or one built before images
+            # carried it, is never touched), and only when none of its tags is a live tenant's.
+            if image.labels.get(INSTANCE_LABEL) == instance and tagged and not any(t.startswith(live) for t in tagged):
+                found.append(TenantImage(image.id, tagged))
         return found
 
     def remove_image(self, image_id: str) -> bool:

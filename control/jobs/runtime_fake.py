@@ -19,12 +19,12 @@ import hashlib
 import itertools
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from control.jobs.build import tenant_repository
+from control.jobs.build import TENANT_IMAGES, tenant_repository
 from control.jobs.runtime_port import AppContainer, AppRuntime, RemovalRefused, Route, TenantImage
 from runtime.builders import (
     BuildCancelled,
@@ -215,6 +215,17 @@ class InMemoryAppRuntime:
         prefix = tuple(tenant_repository(tenant_id) for tenant_id in tenant_ids)
         found = [TenantImage(image_id, (tag,)) for image_id, tag in self.images.items() if prefix and tag.startswith(prefix)]
         self._leave("tenant_images")
+        return found
+
+    def orphan_images(self, live_tenant_ids: Collection[str]) -> list[TenantImage]:
+        self._enter("orphan_images")
+        live = tuple(tenant_repository(tenant_id) for tenant_id in live_tenant_ids)
+        found = [
+            TenantImage(image_id, (tag,))
+            for image_id, tag in self.images.items()
+            if tag.startswith(TENANT_IMAGES) and not (live and tag.startswith(live))
+        ]
+        self._leave("orphan_images")
         return found
 
     def remove_image(self, image_id: str) -> bool:

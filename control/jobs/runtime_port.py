@@ -14,7 +14,7 @@ pipeline tells those apart from the app's own failures with ``control.jobs.worke
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -103,6 +103,11 @@ class AppRuntime(Protocol):
 
     def tenant_images(self, *tenant_ids: str) -> list[TenantImage]:
         """The images built for these tenants (by id: a later tenant of the same name has its own)."""
+        ...
+
+    def orphan_images(self, live_tenant_ids: Collection[str]) -> list[TenantImage]:
+        """Images this control plane built for tenants that are no longer live (a teardown
+        that could not finish: a container still held the image, Docker was down)."""
         ...
 
     def remove_image(self, image_id: str) -> bool:

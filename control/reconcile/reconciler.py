@@ -260,11 +260,15 @@ class Reconciler:
         for dep in active:
             if dep.source_kind == "rollback" and (target := self.releases.get(dep.source.get("release_id", ""))):
                 kept.add(target.image_id)
-        for image in self.runtime.tenant_images(*sorted(self.tenant_ids())):
+        live = sorted(self.tenant_ids())
+        for image in self.runtime.tenant_images(*live):
             if image.id in kept or image.deployment_ids() & in_flight:
                 continue
             if self.runtime.remove_image(image.id):
                 report.actions.append(f"removed image {image.tags[0]}")
+        for image in self.runtime.orphan_images(live):  # a deleted tenant's, its teardown cut short
+            if self.runtime.remove_image(image.id):
+                report.actions.append(f"removed image {image.tags[0]} (its tenant is gone)")
 
     # -- the loop -------------------------------------------------------------------------
     def start(self) -> None:

@@ -46,6 +46,7 @@ class DockerfileBuilder:
             release=request.release,
             dockerfile=dockerfile,
             timeout=request.timeout,
+            labels=request.labels,
         )
         try:
             while True:

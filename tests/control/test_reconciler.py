@@ -160,6 +160,16 @@ def test_a_deleted_tenants_network_goes_and_a_live_ones_stays(world: DeployWorld
     assert world.runtime.owned_networks() == [] and world.runtime.images == {}
 
 
+def test_a_deleted_tenants_image_its_teardown_left_is_removed_by_the_reconciler(world: DeployWorld) -> None:
+    world.deploy()
+    world.runtime.images["sha256:left"] = "moorage-apps/ten_gone/web:dep_old"  # its tenant's teardown was cut short
+    report = world.reconciler.run_once()
+    assert not report.errors, report.errors
+    assert "sha256:left" not in world.runtime.images
+    assert "removed image moorage-apps/ten_gone/web:dep_old (its tenant is gone)" in report.actions
+    assert len(world.runtime.tenant_images(world.tenant.id)) == 1, "a live tenant's current image stays"
+
+
 # -- replicas ---------------------------------------------------------------------------------
 def _scale(world: DeployWorld, replicas: int) -> None:
     world.app = world.apps.update(world.tenant.id, world.app.id, replicas=replicas)

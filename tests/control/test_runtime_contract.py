@@ -267,6 +267,8 @@ def test_a_tenants_images_are_listed_by_its_id_and_removed_only_once_unused(subj
         tenant=TENANT, app=APP, release="v1", image=built.image_id, env={"PORT": "8080"}, name=f"moorage-{TENANT}-{APP}-dep_gc"
     )
     assert rt.remove_image(built.image_id) is False  # a container uses it
+    assert built.image_id not in {i.id for i in rt.orphan_images([TENANT])}, "its tenant is live"
+    assert built.image_id in {i.id for i in rt.orphan_images([f"{TENANT}x"])}, "its tenant is gone: ours to remove"
     rt.remove(container.id)
     assert rt.remove_image(built.image_id) is True
     assert not rt.image_exists(built.image_id)

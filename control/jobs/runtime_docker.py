@@ -23,7 +23,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import cached_property
@@ -33,7 +33,8 @@ import docker.errors
 import structlog
 
 from control.jobs.build import tenant_repository
-from control.jobs.runtime_port import AppContainer, RemovalRefused, Route, RunOutcome, RunRefused, TenantImage
+from control.jobs.docker_runs import run_in_container
+from control.jobs.runtime_port import AppContainer, RemovalRefused, Route, RunOutcome, TenantImage
 from control.settings import Settings
 from runtime import labels as L
 from runtime.builders import Builder, BuildRequest, BuiltImage
@@ -41,7 +42,6 @@ from runtime.builders.dockerfile import DockerfileBuilder
 from runtime.builders.nixpacks import NixpacksBuilder
 from runtime.containers import ContainerInfo, Containers
 from runtime.docker_engine import DockerEngine
-from runtime.failures import is_dependency_failure
 from runtime.healthcheck import HealthResult, wait_header, wait_header_gone, wait_healthy
 from runtime.images import Images
 from runtime.networks import TenantNetworks
@@ -57,11 +57,6 @@ STEP_CONTAINER = re.compile(r"^\s*---> Running in ([0-9a-f]{12,64})\s*$")
 STEP_CONTAINERS_NOTE = "build-containers"
 CLOCK_SLACK_S = 5.0  # dockerd's clock and ours, and a step created just before its line arrives
 RUN_ROLE = "run"  # the role label of one-off run containers (apps' is "app": the reconciler keeps those)
-RUN_POLL_S = 0.2  # how often a run's container is looked at (exited? past its time? cancelled?)
-CANCEL_CHECK_S = 0.5
-KILL_WAIT_S = 15.0  # a killed sandbox that has not stopped by then is removed by force
-OUTPUT_DRAIN_S = 5.0  # after the exit, for the last lines of its log to arrive
-MAX_LINE_BYTES = 64 * 1024  # output with no newline for this long is passed on in pieces
 
 
 def runtime_settings(settings: Settings) -> RuntimeSettings:
@@ -250,7 +245,6 @@ class DockerAppRuntime:
         cancelled: Callable[[], bool],
     ) -> RunOutcome:
         network = self.networks.ensure(tenant).name
-        self.containers.remove(name, force=True)
         spec = ContainerSpec(
             tenant=tenant,
             app=app,
@@ -264,59 +258,7 @@ class DockerAppRuntime:
             labels={INSTANCE_LABEL: self.instance},
             app_alias=False,
         )
-        started = time.monotonic()
-        try:
-            info = self.containers.run(spec, self.policy)
-        except docker.errors.APIError as exc:
-            if exc.status_code in (400, 404, 500) and not is_dependency_failure(exc, idempotent=False):
-                raise RunRefused(f"the container would not start: {exc.explanation or exc}") from None
-            raise
-        try:
-            return self._watch(info.id, started + timeout, on_output, cancelled)
-        finally:
-            try:
-                self.containers.remove(info.id, force=True)
-            except Exception as exc:  # noqa: BLE001 (the outcome, or the error that ended the watch, matters more; the reconciler removes it)
-                log.warning("run_container_not_removed", container=info.id[:12], error=f"{type(exc).__name__}: {exc}")
-
-    def _watch(
-        self, container_id: str, deadline: float, on_output: Callable[[str], None], cancelled: Callable[[], bool]
-    ) -> RunOutcome:
-        pump = threading.Thread(
-            target=self._pump, args=(container_id, on_output), name=f"moorage-run-output-{container_id[:12]}", daemon=True
-        )
-        pump.start()
-        killed: str | None = None
-        killed_at = next_cancel_check = 0.0
-        while True:
-            info = self.containers.inspect(container_id)
-            now = time.monotonic()
-            if info.status in ("exited", "dead") or (killed and now - killed_at > KILL_WAIT_S):
-                break
-            if killed is None:
-                if now >= deadline:
-                    killed = "timeout"
-                elif now >= next_cancel_check:
-                    next_cancel_check = now + CANCEL_CHECK_S
-                    killed = "cancelled" if cancelled() else None
-                if killed is not None:
-                    killed_at = now
-                    self.containers.kill(container_id)
-            time.sleep(RUN_POLL_S)
-        pump.join(OUTPUT_DRAIN_S)
-        if killed == "timeout":
-            return RunOutcome(None, timed_out=True)
-        if killed == "cancelled":
-            return RunOutcome(None, cancelled=True)
-        return RunOutcome(info.exit_code)
-
-    def _pump(self, container_id: str, on_output: Callable[[str], None]) -> None:
-        """The container's output, line by line, until its log ends (it exited, or was removed)."""
-        try:
-            for line in output_lines(self.containers._log_stream(container_id, "all")):
-                on_output(line)
-        except Exception as exc:  # noqa: BLE001 (cut off: the container was removed under the stream)
-            log.info("run_output_stream_ended", container=container_id[:12], error=f"{type(exc).__name__}: {exc}")
+        return run_in_container(self.containers, spec, self.policy, timeout=timeout, on_output=on_output, cancelled=cancelled)
 
     def owned_runs(self, *, tenant: str | None = None) -> list[AppContainer]:
         labels = {} if tenant is None else {"tenant": tenant}
@@ -394,22 +336,6 @@ class DockerAppRuntime:
     def wait_served(self, route: Route, timeout: float) -> float | None:
         host = self.router.hostname(route.tenant, route.app)
         return wait_header(self.settings.traefik_url, host, RELEASE_HEADER, route.release, timeout=timeout)
-
-
-def output_lines(chunks: Iterator[bytes]) -> Iterator[str]:
-    """Lines from a byte stream; a line longer than ``MAX_LINE_BYTES`` comes in pieces, so
-    output without newlines cannot pile up in memory."""
-    buf = b""
-    for chunk in chunks:
-        buf += chunk
-        *complete, buf = buf.split(b"\n")
-        for line in complete:
-            yield line.decode("utf-8", "replace")
-        while len(buf) >= MAX_LINE_BYTES:
-            piece, buf = buf[:MAX_LINE_BYTES], buf[MAX_LINE_BYTES:]
-            yield piece.decode("utf-8", "replace")
-    if buf:
-        yield buf.decode("utf-8", "replace")
 
 
 # -- build step containers ------------------------------------------------------------------

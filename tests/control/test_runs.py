@@ -15,6 +15,7 @@ import pytest
 from litestar import Litestar
 
 from control.domain.runs import RUN_JOB, RunStatus
+from control.jobs.docker_runs import MAX_LINE_BYTES, output_lines
 from control.jobs.runs import RESTARTED, run_container_name
 from control.jobs.runtime_fake import FakeContainer
 from control.settings import Settings
@@ -298,3 +299,8 @@ def test_the_retention_sweep_keeps_each_apps_newest_finished_runs_and_their_logs
     assert left == [made[3], made[2]]  # the queued one is never pruned; of the finished, the newest
     assert not Path(runs.log_path(made[0])).exists() and Path(runs.log_path(made[3])).exists()
     assert not stray.exists()
+
+
+def test_output_is_split_into_lines_and_a_line_without_end_comes_in_pieces() -> None:
+    chunks = [b"one\ntw", b"o\n", b"x" * (MAX_LINE_BYTES + 5), b"\nlast"]
+    assert list(output_lines(iter(chunks))) == ["one", "two", "x" * MAX_LINE_BYTES, "xxxxx", "last"]

@@ -8,7 +8,7 @@ A due one fires once and its next time is computed *from now*, so firings missed
 control plane was down run at most once on its return. Overlap policy: while the
 schedule's previous run is still queued or running the firing is skipped, and the skip is
 recorded on the schedule (``skipped``, ``last_skipped_at``, ``last_skip_reason``); so is a
-firing of an app that has no release to run.
+firing of an app that has no release to run, or of a suspended tenant.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from control.store.database import Store
 from control.store.models import CronScheduleRow
 from control.store.repositories.apps import AppRepository
 from control.store.repositories.runs import CronRepository, RunRepository, to_schedule
+from control.store.repositories.tenants import TenantRepository
 
 log = structlog.get_logger("moorage.cron")
 SCHEDULE_RULE = (
@@ -207,6 +208,9 @@ class CronService:
             except (CroniterError, ValueError) as exc:  # it came round before, but never will again
                 row.enabled, row.next_fire_at = False, None
                 return self._skip(row, now, f"switched off: the schedule no longer comes round ({exc})")
+            tenant = TenantRepository(session).get(row.tenant_id)
+            if tenant is not None and tenant.is_suspended:  # its keys are refused: its schedules wait too
+                return self._skip(row, now, "the tenant is suspended")
             last = RunRepository(session, None).get(row.last_run_id) if row.last_run_id else None
             if last is not None and last.status in RUN_ACTIVE_STATUSES:
                 return self._skip(row, now, f"the previous run {last.id} is still {last.status}")

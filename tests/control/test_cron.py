@@ -213,6 +213,19 @@ def test_a_firing_of_an_app_with_no_release_is_skipped_and_says_why(world: RunWo
     assert world.caller.get("/v1/apps/web/cron/early").json()["skipped"] == 1
 
 
+def test_a_suspended_tenants_schedules_are_skipped(world: RunWorld, cron: CronService, clock: Clock, operator: Caller) -> None:
+    world.release()
+    cron.create(world.tenant_id, "web", name="job", schedule="* * * * *", command=["true"], timeout_s=None)
+    assert operator.post(f"/v1/tenants/{world.tenant_id}/suspend").status_code == 200
+    clock.advance(61)
+    [skipped] = cron.fire_due()
+    assert skipped.run_id is None and skipped.skipped == "the tenant is suspended"
+    assert operator.post(f"/v1/tenants/{world.tenant_id}/resume").status_code == 200
+    clock.advance(60)
+    [fired] = cron.fire_due()
+    assert fired.run_id is not None
+
+
 def test_a_switched_off_schedule_never_fires_and_switching_it_on_fires_nothing_missed(
     world: RunWorld, cron: CronService, clock: Clock
 ) -> None:

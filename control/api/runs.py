@@ -17,7 +17,7 @@ import anyio.to_thread
 import msgspec
 from litestar import Controller, Response
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody, KwargDefinition, QueryParameter
 from litestar.response import ServerSentEvent
 
 from control.api.endpoints import Cursor, Limit, endpoint, route
@@ -28,7 +28,11 @@ from control.domain.runs import ARG_MAX_CHARS, COMMAND_MAX_ITEMS, RunService
 from control.jobs.build import read_from
 from control.security.scopes import KeyScope
 
-Argument = Annotated[str, msgspec.Meta(max_length=ARG_MAX_CHARS, pattern="^[^\\x00]*$")]
+NO_NUL = "^[^\\x00]*$"
+# Both: msgspec enforces the first; Litestar documents constraints of list items only from the second.
+Argument = Annotated[
+    str, msgspec.Meta(max_length=ARG_MAX_CHARS, pattern=NO_NUL), KwargDefinition(max_length=ARG_MAX_CHARS, pattern=NO_NUL)
+]
 Command = Annotated[
     list[Argument],
     msgspec.Meta(

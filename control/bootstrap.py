@@ -16,6 +16,7 @@ from control.api.metrics import Metrics
 from control.domain.apps import AppService
 from control.domain.audit import AuditService
 from control.domain.backups import BackupService
+from control.domain.cron import CronService
 from control.domain.databases import DatabaseConfig, DatabaseService
 from control.domain.deployments import DEPLOY_JOB, DeploymentService
 from control.domain.env import EnvService
@@ -29,13 +30,16 @@ from control.domain.limits import Defaults, LimitsService
 from control.domain.links import LinkService
 from control.domain.nodes import NodeService
 from control.domain.releases import ReleaseService
+from control.domain.runs import RUN_JOB, RunLimits, RunService
 from control.domain.tenants import TenantService
 from control.domain.usage import UsageService
 from control.jobs.databases import DatabaseJobs, DatabaseRuntime
 from control.jobs.deploy import DeployPipeline
 from control.jobs.queue import JobQueue, QueueConfig
 from control.jobs.retention import Retention
+from control.jobs.runs import RunJob
 from control.jobs.runtime_docker import DockerAppRuntime
+from control.jobs.scheduler import CronScheduler
 from control.jobs.teardown import RuntimeTeardown
 from control.jobs.workers import AppLocks, JobKind, WorkerPool
 from control.reconcile.reconciler import Reconciler
@@ -85,6 +89,20 @@ class ManagedDatabases:
 
 
 @dataclass(frozen=True)
+class OneOffRuns:
+    runs: RunService
+    cron: CronService
+    job: RunJob  # the ``run`` job kind, on the one worker pool
+    scheduler: CronScheduler  # fires due schedules: each firing is a run
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        self.scheduler.stop()
+
+
+@dataclass(frozen=True)
 class Services:
     settings: Settings
     db: Store
@@ -103,6 +121,7 @@ class Services:
     retention: Retention  # the sweep that trims expired keys, old audit events, finished jobs
     inference: Inference  # nodes, gateway routing, quotas, usage
     databases: ManagedDatabases  # managed Postgres/Redis, links, backups
+    runs: OneOffRuns  # one-off runs of an app's release, and the cron schedules that start them
 
     upstream: Upstream  # pooled connections to inference nodes, opened in the serving loop
     metrics: Metrics  # Prometheus, per process
@@ -126,6 +145,8 @@ class Services:
         "databases": "databases.databases",
         "links": "databases.links",
         "backups": "databases.backups",
+        "runs": "runs.runs",
+        "cron": "runs.cron",
         "app_runtime": "deploys.runtime",
         "upstream": "upstream",
         "prometheus": "metrics",
@@ -144,8 +165,10 @@ class Services:
                 log.warning("idempotency_claims_released", count=released, reason="the previous server process stopped")
         self.deploys.start(sole=sole)  # job workers + reconciler
         self.databases.start()
+        self.runs.start()  # after the workers: a firing missed while down is queued at once
 
     def stop(self) -> None:
+        self.runs.stop()
         self.databases.stop()
         self.deploys.stop()
 
@@ -198,9 +221,23 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         sweep_interval_s=float(settings.database_purge_interval_s),
     )
 
+    runs = RunService(
+        db,
+        queue,
+        settings.data_dir,
+        RunLimits(timeout_default_s=settings.run_timeout_default_s, timeout_max_s=settings.run_timeout_max_s),
+        max_attempts=settings.job_max_attempts,
+    )
+    run_job = RunJob(
+        runs, releases, env_vars, runtime, tenant_name=tenants.name, output_max_bytes=settings.run_output_max_bytes, links=links
+    )
+    cron = CronService(db, runs, max_per_app=settings.cron_max_per_app)
+
     # The one registry of job kinds, fixed here: what each kind runs, and whom it tells when given up.
     workers = WorkerPool(
-        queue, {DEPLOY_JOB: JobKind(pipeline, pipeline.give_up), **database_jobs.kinds()}, count=settings.job_workers
+        queue,
+        {DEPLOY_JOB: JobKind(pipeline, pipeline.give_up), RUN_JOB: JobKind(run_job, run_job.give_up), **database_jobs.kinds()},
+        count=settings.job_workers,
     )
     reconciler = Reconciler(
         releases,
@@ -215,7 +252,10 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         kept_releases=settings.kept_releases,
         # Traefik's reload (its provider throttle) and the requests already sent: then the stop.
         drain_s=max(1.0, settings.swap_drain_ms / 1000),
-        sweeps={"database containers": database_jobs.remove_orphan_containers},
+        sweeps={
+            "database containers": database_jobs.remove_orphan_containers,
+            "run containers": run_job.remove_orphan_containers,
+        },
     )
 
     usage = UsageService(db)
@@ -271,10 +311,13 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
             audit_for=timedelta(seconds=settings.audit_retention_s) if settings.audit_retention_s else None,
             jobs_for=timedelta(seconds=settings.job_retention_s),
             jobs_kept=settings.jobs_kept,
+            runs=runs,
+            runs_kept=settings.runs_kept_per_app,
         ),
         deploys=Deploys(deployments, releases, queue, runtime, workers, reconciler, teardown),
         inference=inference,
         databases=ManagedDatabases(databases, links, backups, database_jobs),
+        runs=OneOffRuns(runs, cron, run_job, CronScheduler(cron, interval_s=settings.cron_tick_ms / 1000)),
         upstream=Upstream(settings),
         metrics=metrics,
         inference_metrics=InferenceMetrics(metrics.registry, inference),

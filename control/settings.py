@@ -85,6 +85,13 @@ class Settings:
     reconcile_interval_s: int = 30  # 0 disables the reconciler
     max_replicas: int = 10  # containers one app may run in (PATCH /v1/apps/{app} {"replicas"})
     kept_releases: int = 5  # per app, the newest releases whose images stay for rollback; older ones are removed
+    # One-off runs and cron schedules: commands in a new container from an app's current release.
+    run_timeout_default_s: int = 600  # a run that names no timeout_s is killed after this
+    run_timeout_max_s: int = 3600  # the largest timeout_s a run or schedule may ask for
+    run_output_max_bytes: int = 1024 * 1024  # a run's captured output; past it the log says where it was cut
+    runs_kept_per_app: int = 200  # per app, the newest finished runs (and their logs) the retention sweep keeps
+    cron_max_per_app: int = 20  # schedules one app may have
+    cron_tick_ms: int = 500  # how often the scheduler looks for due schedules (0: schedules never fire)
     traefik_dynamic_dir: Path = Path("/var/lib/moorage/traefik/dynamic")  # as deploy/host-setup.sh
     traefik_url: str = "http://127.0.0.1:80"  # Traefik's HTTP entrypoint, to verify new routes
     traefik_ping_address: str = "127.0.0.1:8082"  # Traefik's ping entrypoint, for /readyz (as deploy/host-setup.sh)

@@ -74,7 +74,7 @@ class Containers:
     @guarded(idempotent=False)
     def create(self, spec: ContainerSpec, policy: SandboxPolicy = SandboxPolicy()) -> ContainerInfo:
         kwargs = create_kwargs(spec, policy, self.engine.settings)
-        aliases = [spec.app, *spec.aliases]
+        aliases = [spec.app, *spec.aliases] if spec.app_alias else list(spec.aliases)
         kwargs["networking_config"] = {spec.network: self._api.api.create_endpoint_config(aliases=aliases)}
         return _info(self._api.containers.create(**kwargs))
 
@@ -97,6 +97,19 @@ class Containers:
     @guarded(idempotent=True)
     def stop(self, container_id: str, timeout: int = 10) -> None:
         self._api.containers.get(container_id).stop(timeout=timeout)
+
+    @guarded(idempotent=True)
+    def kill(self, container_id: str) -> bool:
+        """SIGKILL, no grace period; False when it was not running (any more)."""
+        try:
+            self._api.containers.get(container_id).kill()
+        except docker.errors.NotFound:
+            return False
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # not running: it exited meanwhile
+                return False
+            raise
+        return True
 
     @guarded(idempotent=True)
     def remove(self, container_id: str, force: bool = False) -> bool:

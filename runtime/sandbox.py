@@ -64,6 +64,9 @@ class ContainerSpec:
     mounts: tuple[Mount, ...] = ()
     runtime: str | None = None  # None = settings.sandbox_runtime
     aliases: tuple[str, ...] = ()  # extra DNS names on the tenant network (the app name is one)
+    # Whether the app name is one of its DNS names: not for a one-off run, which must never
+    # answer for the app it was started from.
+    app_alias: bool = True
     labels: Mapping[str, str] = field(default_factory=dict)
     user: str | None = None
     working_dir: str | None = None

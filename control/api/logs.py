@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio.to_thread
 import docker.errors
@@ -23,7 +22,7 @@ from litestar.params import FromPath, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from control.api.endpoints import route
-from control.api.streaming import KEEPALIVE_S, keepalive
+from control.api.streaming import KEEPALIVE_S, follow_log, keepalive
 from control.domain.deployments import DeploymentService
 from control.domain.errors import Conflict
 from control.domain.releases import ReleaseService
@@ -33,36 +32,23 @@ from control.security.scopes import KeyScope
 
 Follow = QueryParameter(description="Stream (SSE) until the end instead of returning the text so far.", required=False)
 Tail = QueryParameter(ge=0, le=10000, description="Runtime log lines from before now to start with.", required=False)
-POLL_S = 0.25
 
 
-async def _build_events(
-    deployments: DeploymentService, releases: ReleaseService, deployment_id: str, path: Path
-) -> AsyncIterator[ServerSentEventMessage]:
-    offset, quiet_since = 0, time.monotonic()
-    while True:
-        text, offset = await anyio.to_thread.run_sync(read_from, path, offset)
-        for line in text.splitlines():
-            yield ServerSentEventMessage(data=line, event="log")
-        if text:
-            quiet_since = time.monotonic()
-        deployment = await anyio.to_thread.run_sync(deployments.load, deployment_id)
-        if deployment is None or deployment.is_terminal:
-            text, offset = await anyio.to_thread.run_sync(read_from, path, offset)
-            for line in text.splitlines():
-                yield ServerSentEventMessage(data=line, event="log")
-            release = releases.get(deployment.release_id) if deployment and deployment.release_id else None
-            final = {
-                "status": deployment.status if deployment else "gone",
-                "reason": deployment.reason if deployment else None,
-                "release": release.name if release else None,
-            }
-            yield ServerSentEventMessage(data=json.dumps(final), event="status")
-            return
-        if time.monotonic() - quiet_since >= KEEPALIVE_S:
-            quiet_since = time.monotonic()
-            yield keepalive()
-        await asyncio.sleep(POLL_S)
+def _build_status(
+    deployments: DeploymentService, releases: ReleaseService, deployment_id: str
+) -> Callable[[], dict[str, Any] | None]:
+    def final() -> dict[str, Any] | None:
+        deployment = deployments.load(deployment_id)
+        if deployment is not None and not deployment.is_terminal:
+            return None
+        release = releases.get(deployment.release_id) if deployment and deployment.release_id else None
+        return {
+            "status": deployment.status if deployment else "gone",
+            "reason": deployment.reason if deployment else None,
+            "release": release.name if release else None,
+        }
+
+    return final
 
 
 async def _container_events(runtime: DockerAppRuntime, container_id: str, tail: int) -> AsyncIterator[ServerSentEventMessage]:
@@ -130,7 +116,7 @@ class LogController(Controller):
         if not follow:
             text, _ = await anyio.to_thread.run_sync(read_from, path, 0)
             return Response(text, media_type="text/plain; charset=utf-8")
-        return ServerSentEvent(_build_events(deployments, releases, found.id, path))
+        return ServerSentEvent(follow_log(path, _build_status(deployments, releases, found.id)))
 
     @route(
         "GET", "/logs", access=KeyScope.READ, errors=(404, 503), summary="The running app's log (text, or SSE with follow=true)"

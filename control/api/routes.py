@@ -7,6 +7,7 @@ from typing import Any
 from control.api.apps import AppController
 from control.api.audit import operator_audit, tenant_audit
 from control.api.backups import BackupController
+from control.api.cron import CronController
 from control.api.databases import DATABASE_LIMIT_ROUTES, DatabaseController
 from control.api.deployments import DeploymentController, ReleaseController
 from control.api.env import EnvController
@@ -18,6 +19,7 @@ from control.api.links import LinkController
 from control.api.logs import LogController
 from control.api.metrics import metrics_handler
 from control.api.nodes import NODE_ROUTES
+from control.api.runs import RunController
 from control.api.spec import openapi_document
 from control.api.tenants import TenantController
 from control.api.usage import USAGE_ROUTES
@@ -27,7 +29,7 @@ from control.settings import Settings
 def route_handlers(settings: Settings) -> list[Any]:
     platform = [openapi_document, healthz, readyz, metrics_handler(public=settings.metrics_public)]
     identity = [whoami, TenantController, KeyController, tenant_audit, operator_audit]
-    apps = [AppController, EnvController, DeploymentController, ReleaseController, LogController]
+    apps = [AppController, EnvController, DeploymentController, ReleaseController, LogController, RunController, CronController]
     databases = [DatabaseController, BackupController, LinkController, *DATABASE_LIMIT_ROUTES]
     inference = [*NODE_ROUTES, *GATEWAY_ROUTES, *USAGE_ROUTES, *INFERENCE_LIMIT_ROUTES]
     return [*platform, *identity, *apps, *databases, *inference]

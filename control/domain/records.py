@@ -393,3 +393,55 @@ class UsageBucket:
     errors: int
     prompt_tokens: int
     completion_tokens: int
+
+
+RUN_ACTIVE_STATUSES = ("queued", "running")  # a run in one of these has not ended
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One command run in a new container from an app's release (by API or by a schedule)."""
+
+    id: str
+    tenant_id: str
+    app_id: str
+    status: str
+    command: tuple[str, ...]
+    timeout_s: int
+    trigger: str  # "api" | "cron:<schedule name>"
+    release_id: str
+    image: str
+    exit_code: int | None
+    reason: str | None
+    output_truncated: bool
+    output_bytes: int
+    cancel_requested: bool
+    log_path: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status not in RUN_ACTIVE_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class CronSchedule:
+    id: str
+    tenant_id: str
+    app_id: str
+    name: str
+    schedule: str
+    command: tuple[str, ...]
+    timeout_s: int
+    enabled: bool
+    next_fire_at: datetime | None  # None while disabled
+    last_run_id: str | None
+    last_fired_at: datetime | None
+    skipped: int  # firings skipped (the previous run still going, or no release to run)
+    last_skipped_at: datetime | None
+    last_skip_reason: str | None
+    created_at: datetime
+    updated_at: datetime

@@ -4,7 +4,8 @@
   the same key on the spot);
 - audit events older than the operator's retention period (0 keeps them all);
 - finished jobs past their retention, and beyond a fixed count: a deployment or database
-  keeps its own history, a job row is only how it was run.
+  keeps its own history, a job row is only how it was run;
+- finished runs beyond each app's newest ``runs_kept``, with their output logs.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import structlog
 from control.clock import utcnow
 from control.domain.audit import AuditService
 from control.domain.idempotency import IdempotencyService
+from control.domain.runs import RunService
 from control.jobs.queue import JobQueue
 
 log = structlog.get_logger("moorage.retention")
@@ -36,6 +38,8 @@ class Retention:
     audit_for: timedelta | None  # None: kept for good
     jobs_for: timedelta
     jobs_kept: int
+    runs: RunService | None = None
+    runs_kept: int = 200
 
     def sweep(self) -> dict[str, int]:
         """One pass; what it removed, by kind. One kind failing does not stop the others."""
@@ -44,6 +48,7 @@ class Retention:
             "idempotency_records": self.idempotency.purge_expired,
             "audit_events": self._old_audit_events,
             "jobs": lambda: self.jobs.prune_finished(retention=self.jobs_for, keep=self.jobs_kept),
+            "runs": lambda: self.runs.prune(self.runs_kept) if self.runs is not None else 0,
         }
         for kind, step in steps.items():
             try:

@@ -23,7 +23,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import cached_property
@@ -33,7 +33,8 @@ import docker.errors
 import structlog
 
 from control.jobs.build import TENANT_IMAGES, tenant_repository
-from control.jobs.runtime_port import AppContainer, RemovalRefused, Route, TenantImage
+from control.jobs.docker_runs import run_in_container
+from control.jobs.runtime_port import AppContainer, RemovalRefused, Route, RunOutcome, TenantImage
 from control.settings import Settings
 from runtime import labels as L
 from runtime.builders import Builder, BuildRequest, BuiltImage
@@ -55,6 +56,7 @@ RELEASE_HEADER = "X-Moorage-Release"
 STEP_CONTAINER = re.compile(r"^\s*---> Running in ([0-9a-f]{12,64})\s*$")
 STEP_CONTAINERS_NOTE = "build-containers"
 CLOCK_SLACK_S = 5.0  # dockerd's clock and ours, and a step created just before its line arrives
+RUN_ROLE = "run"  # the role label of one-off run containers (apps' is "app": the reconciler keeps those)
 
 
 def runtime_settings(settings: Settings) -> RuntimeSettings:
@@ -239,6 +241,43 @@ class DockerAppRuntime:
 
     def ever_started_anything(self) -> bool:
         return (self.settings.data_dir / "instance-id").exists()
+
+    # -- one-off runs ---------------------------------------------------------------------
+    def run_command(
+        self,
+        *,
+        tenant: str,
+        app: str,
+        release: str,
+        image: str,
+        env: dict[str, str],
+        command: Sequence[str],
+        name: str,
+        timeout: float,
+        on_output: Callable[[str], None],
+        cancelled: Callable[[], bool],
+    ) -> RunOutcome:
+        network = self.networks.ensure(tenant).name
+        spec = ContainerSpec(
+            tenant=tenant,
+            app=app,
+            image=image,
+            network=network,
+            release=release,
+            role=RUN_ROLE,
+            name=name,
+            command=list(command),
+            env=env,
+            labels={INSTANCE_LABEL: self.instance},
+            app_alias=False,
+        )
+        return run_in_container(self.containers, spec, self.policy, timeout=timeout, on_output=on_output, cancelled=cancelled)
+
+    def owned_runs(self, *, tenant: str | None = None) -> list[AppContainer]:
+        labels = {} if tenant is None else {"tenant": tenant}
+        instance = self.instance
+        found = self.containers.find(role=RUN_ROLE, **labels)
+        return [self._app_container(c) for c in found if c.labels.get(INSTANCE_LABEL) == instance]
 
     def _app_container(self, info: ContainerInfo) -> AppContainer:
         tenant = info.labels.get(L.TENANT, "")

@@ -6,6 +6,10 @@ app containers (running or exited, each with an address, its env and its log), r
 interrupted build left. An app listens on ``$PORT``: a health check on another port fails,
 as it would for real.
 
+One-off runs print the lines and exit with the code that ``script_runs`` set (after its
+``duration_s``: ``math.inf`` runs until killed); ``runs`` keeps what each was started with
+and how it ended, ``max_parallel_runs`` how many ran at once at most.
+
 Failures are scripted, each in a sentence: ``fail_builds``, ``hang_builds``,
 ``crash_mid_build``, ``never_healthy``, ``die_after_start``, ``traefik_never_serves``; and
 at any step (a port method's name) ``crash_before``/``crash_after`` (``SimulatedCrash``) or
@@ -17,15 +21,16 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from control.jobs.build import TENANT_IMAGES, tenant_repository
-from control.jobs.runtime_port import AppContainer, AppRuntime, RemovalRefused, Route, TenantImage
+from control.jobs.runtime_port import AppContainer, AppRuntime, RemovalRefused, Route, RunOutcome, TenantImage
 from runtime.builders import (
     BuildCancelled,
     BuildError,
@@ -72,6 +77,31 @@ class FakeContainer:
         )
 
 
+@dataclass(frozen=True)
+class RunScript:
+    """What the next runs do: print ``output``, then exit ``exit_code`` after ``duration_s``."""
+
+    output: tuple[str, ...] = ()
+    exit_code: int = 0
+    duration_s: float = 0.0
+
+
+@dataclass
+class FakeRun:
+    """One run as it was started, and how it ended (None while it runs)."""
+
+    name: str
+    tenant: str
+    app: str
+    release: str
+    image: str
+    env: dict[str, str]
+    command: tuple[str, ...]
+    started_at: float
+    ended_at: float | None = None
+    outcome: RunOutcome | None = None
+
+
 class InMemoryAppRuntime:
     """The app runtime port's fake for tests: in-memory state, scripted failures, no Docker."""
 
@@ -94,6 +124,12 @@ class InMemoryAppRuntime:
         self._traefik_serves = True
         self._serial = itertools.count(1)
         self._started_anything = False
+        self.run_containers: dict[str, FakeContainer] = {}  # one-off runs going on, by container id
+        self.runs: list[FakeRun] = []  # every run started, in order
+        self.max_parallel_runs = 0
+        self._run_script = RunScript()
+        self._run_lock = threading.Lock()
+        self._parallel_runs = 0
 
     # -- scripting ------------------------------------------------------------------------
     def fail_builds(self, message: str = "The command '/bin/sh -c make' returned a non-zero code: 2") -> None:
@@ -129,6 +165,10 @@ class InMemoryAppRuntime:
 
     def after(self, step: str, action: Callable[[], None]) -> None:
         self._after[_step(step)].append(action)
+
+    def script_runs(self, *, output: Sequence[str] = (), exit_code: int = 0, duration_s: float = 0.0) -> None:
+        """Runs started from now on print ``output``, then exit ``exit_code`` after ``duration_s``."""
+        self._run_script = RunScript(tuple(output), exit_code, duration_s)
 
     def stop_behind_our_back(self, container_id: str) -> None:
         """The container exits, as if killed by someone else."""
@@ -318,7 +358,7 @@ class InMemoryAppRuntime:
 
     def remove(self, container_id: str) -> bool:
         self._enter("remove")
-        existed = self.containers.pop(container_id, None) is not None
+        existed = (self.containers.pop(container_id, None) or self.run_containers.pop(container_id, None)) is not None
         self._leave("remove")
         return existed
 
@@ -339,6 +379,76 @@ class InMemoryAppRuntime:
         started = self._started_anything
         self._leave("ever_started_anything")
         return started
+
+    # -- one-off runs ---------------------------------------------------------------------
+    def run_command(
+        self,
+        *,
+        tenant: str,
+        app: str,
+        release: str,
+        image: str,
+        env: dict[str, str],
+        command: Sequence[str],
+        name: str,
+        timeout: float,
+        on_output: Callable[[str], None],
+        cancelled: Callable[[], bool],
+    ) -> RunOutcome:
+        self._enter("run_command")
+        if image not in self.images:
+            raise LookupError(f"no such image: {image}")
+        self._started_anything = True
+        self.networks.add(tenant)
+        for same_name in [c.id for c in self.run_containers.values() if c.name == name]:
+            del self.run_containers[same_name]
+        serial = next(self._serial)
+        container = FakeContainer(
+            id=self._new_id(),
+            name=name,
+            tenant=tenant,
+            app=app,
+            release=release,
+            image=image,
+            env=dict(env),
+            ip=f"10.89.{serial // 250}.{serial % 250 + 2}",
+        )
+        self.run_containers[container.id] = container
+        record = FakeRun(name, tenant, app, release, image, dict(env), tuple(command), time.monotonic())
+        self.runs.append(record)
+        with self._run_lock:
+            self._parallel_runs += 1
+            self.max_parallel_runs = max(self.max_parallel_runs, self._parallel_runs)
+        try:
+            record.outcome = self._run(self._run_script, timeout, on_output, cancelled)
+        finally:
+            with self._run_lock:
+                self._parallel_runs -= 1
+            self.run_containers.pop(container.id, None)  # gone however the run ends
+            record.ended_at = time.monotonic()
+        self._leave("run_command")
+        return record.outcome
+
+    @staticmethod
+    def _run(script: RunScript, timeout: float, on_output: Callable[[str], None], cancelled: Callable[[], bool]) -> RunOutcome:
+        started = time.monotonic()
+        for line in script.output:
+            on_output(line)
+        while True:
+            elapsed = time.monotonic() - started
+            if elapsed >= script.duration_s:
+                return RunOutcome(script.exit_code)
+            if elapsed >= timeout:
+                return RunOutcome(None, timed_out=True)
+            if cancelled():
+                return RunOutcome(None, cancelled=True)
+            time.sleep(0.01)
+
+    def owned_runs(self, *, tenant: str | None = None) -> list[AppContainer]:
+        self._enter("owned_runs")
+        found = [c.view() for c in list(self.run_containers.values()) if tenant is None or c.tenant == tenant]
+        self._leave("owned_runs")
+        return found
 
     # -- routes ---------------------------------------------------------------------------
     def write_route(self, route: Route) -> None:

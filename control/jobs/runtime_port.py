@@ -8,13 +8,13 @@ scripted). Nothing here imports Docker.
 
 Failures a caller acts on have types of their own: the builders' (``runtime.builders``:
 ``BuildError``, ``BuildTimeout``, ``BuildCancelled``, ``BuilderUnavailable``) and
-``RemovalRefused``. A dependency that is down raises whatever its client raises; the
+``RemovalRefused``, ``RunRefused``. A dependency that is down raises whatever its client raises; the
 pipeline tells those apart from the app's own failures with ``control.jobs.workers.as_outage``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -79,6 +79,20 @@ class TenantImage:
 
     def deployment_ids(self) -> set[str]:
         return {tag.rpartition(":")[2] for tag in self.tags}
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a one-off command ended: its exit code, or killed (past its timeout, or cancelled)."""
+
+    exit_code: int | None  # None when it was killed
+    timed_out: bool = False
+    cancelled: bool = False
+
+
+class RunRefused(RuntimeError):
+    """The engine would not start a one-off command (its program is not in the image, say);
+    the message is the engine's, for the tenant. No container is left."""
 
 
 class RemovalRefused(RuntimeError):
@@ -151,6 +165,35 @@ class AppRuntime(Protocol):
     def ever_started_anything(self) -> bool:
         """False while this control plane has never started a container: nothing can be
         there to reconcile, so no reason to call the engine."""
+        ...
+
+    # -- one-off runs ---------------------------------------------------------------------
+    def run_command(
+        self,
+        *,
+        tenant: str,
+        app: str,
+        release: str,
+        image: str,
+        env: dict[str, str],
+        command: Sequence[str],
+        name: str,
+        timeout: float,
+        on_output: Callable[[str], None],
+        cancelled: Callable[[], bool],
+    ) -> RunOutcome:
+        """Run ``command`` (an argv, no shell) in a new container from ``image``, sandboxed on
+        the tenant's network like an app but with no route and no DNS name, replacing any
+        container called ``name``. Each line it prints (stdout and stderr) goes to
+        ``on_output`` as it comes. Blocks until it exits; kills it once ``timeout`` seconds
+        have passed (``timed_out``) or once ``cancelled()`` says so (asked about twice a
+        second). The container is gone when this returns, however it returns. Raises
+        ``RunRefused`` when the engine will not start the command."""
+        ...
+
+    def owned_runs(self, *, tenant: str | None = None) -> list[AppContainer]:
+        """The run containers this control plane started that are still there; ``remove``
+        takes one away."""
         ...
 
     # -- tenant networks ------------------------------------------------------------------

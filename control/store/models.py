@@ -249,6 +249,59 @@ class JobRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
+class RunRow(Timestamps, Base):
+    """A one-off command in a new container from a release of the app; its output is a log
+    file under the data dir (``log_path``)."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        Index("ix_runs_app", "app_id", "id"),
+        Index("ix_runs_app_trigger", "app_id", "trigger", "id"),
+        Index("ix_runs_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16))  # queued | running | succeeded | failed | timed_out | cancelled
+    command: Mapped[str] = mapped_column(Text)  # JSON list of strings, in order
+    timeout_s: Mapped[int] = mapped_column(Integer)
+    trigger: Mapped[str] = mapped_column(String(80))  # api | cron:<schedule name>
+    release_id: Mapped[str] = mapped_column(String(40))  # the release whose image it runs
+    image: Mapped[str] = mapped_column(String(200))
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(Text)
+    output_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    output_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    log_path: Mapped[str] = mapped_column(String(500))
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class CronScheduleRow(Timestamps, Base):
+    """A named schedule that starts a run of the app's current release; ``next_fire_at`` is
+    when it is due next (kept, so a firing missed while the control plane was down runs once)."""
+
+    __tablename__ = "cron_schedules"
+    __table_args__ = (UniqueConstraint("app_id", "name"), Index("ix_cron_schedules_due", "enabled", "next_fire_at"))
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))
+    schedule: Mapped[str] = mapped_column(String(200))
+    command: Mapped[str] = mapped_column(Text)  # JSON list of strings
+    timeout_s: Mapped[int] = mapped_column(Integer)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    next_fire_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_run_id: Mapped[str | None] = mapped_column(String(40))
+    last_fired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    skipped: Mapped[int] = mapped_column(Integer, default=0)
+    last_skipped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_skip_reason: Mapped[str | None] = mapped_column(Text)
+
+
 # --- inference -----------------------------------------------------------------
 
 

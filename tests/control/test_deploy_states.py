@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import time
 
 import pytest
@@ -67,6 +68,10 @@ def test_git_deploy_of_a_missing_repo_fails_with_a_reason(tenant: Caller) -> Non
     assert all(t["at"] for t in body["transitions"])
     log = tenant.get(f"/v1/apps/web/deployments/{body['id']}/logs")
     assert log.status_code == 200 and "cloning https://127.0.0.1:9/nonexistent/repo.git" in log.text
+    streamed = tenant.get(f"/v1/apps/web/deployments/{body['id']}/logs", params={"follow": "true"}).text.replace("\r\n", "\n")
+    assert "event: log\ndata: [moorage " in streamed and "cloning https://127.0.0.1:9" in streamed
+    last = streamed.strip().split("\n\n")[-1]
+    assert last == "event: status\ndata: " + json.dumps({"status": "failed", "reason": body["reason"], "release": None})
     listed = tenant.get("/v1/apps/web/deployments").json()["items"]
     assert [d["id"] for d in listed] == [body["id"]]
 

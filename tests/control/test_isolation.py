@@ -36,6 +36,9 @@ SAMPLE_BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/apps/{app}/rollback"): {"release": "v1"},
     ("POST", "/v1/apps/{app}/links"): {"database": "secret-db"},
     ("POST", "/v1/databases/{db}/backups/{backup}/restore"): {"target": "secret-db"},
+    ("POST", "/v1/apps/{app}/runs"): {"command": ["true"]},
+    ("POST", "/v1/apps/{app}/cron"): {"name": "from-b", "schedule": "0 4 * * *", "command": ["true"]},
+    ("PATCH", "/v1/apps/{app}/cron/{schedule}"): {"enabled": False},
 }
 
 
@@ -93,6 +96,21 @@ def _build_tenants(
     restore = alpha.post(f"/v1/databases/{database['id']}/backups/{backup['id']}/restore", json={})
     link = alpha.post(f"/v1/apps/{app['id']}/links", json={"database": "secret-db"})
     assert restore.status_code == 202 and link.status_code == 201, (restore.text, link.text)
+    releases = alpha.client.app.state.services.deploys.releases  # what a deploy would leave, without Docker
+    release = releases.create(
+        tenant_id=alpha.tenant_id,
+        app_id=app["id"],
+        deployment_id=deployment.json()["id"],
+        image_id="sha256:" + "0" * 64,
+        image_tag="secret-app:v1",
+        env_version=0,
+        port=8080,
+        health_check_path="/",
+    )
+    releases.make_current(release, [("0" * 64, "secret-app-v1")])
+    run = alpha.post(f"/v1/apps/{app['id']}/runs", json={"command": ["true"]})
+    schedule = alpha.post(f"/v1/apps/{app['id']}/cron", json={"name": "nightly", "schedule": "0 3 * * *", "command": ["true"]})
+    assert run.status_code == 202 and schedule.status_code == 201, (run.text, schedule.text)
     # Each path parameter, filled with A's real identifiers: by id and by name.
     values = {
         "app": [app["id"], app["name"]],
@@ -103,6 +121,8 @@ def _build_tenants(
         "backup": [backup["id"]],
         "restore": [restore.json()["id"]],
         "link": [link.json()["id"]],
+        "run": [run.json()["id"]],
+        "schedule": ["nightly"],
     }
     return alpha, beta, values
 

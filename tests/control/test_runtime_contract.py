@@ -5,7 +5,9 @@ stand for what Docker does."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 
 from control.jobs.runtime_docker import DockerAppRuntime
 from control.jobs.runtime_fake import InMemoryAppRuntime
-from control.jobs.runtime_port import AppRuntime, RemovalRefused, Route
+from control.jobs.runtime_port import AppContainer, AppRuntime, RemovalRefused, Route, RunOutcome
 from control.settings import Settings
 from runtime.builders import BuildCancelled, BuildError, BuildRequest
 from runtime.resilience import BreakerRegistry
@@ -37,6 +39,8 @@ class Subject:
     source: Path  # a source tree with DOCKERFILE
     stop_behind_our_back: Callable[[str], None]
     plant_legacy_route: Callable[[str, str], None]  # a route file written before id keys
+    # What the next one-off runs print and how they end: the fake is told; Docker runs the command itself.
+    script_runs: Callable[..., None] = lambda **_: None
 
 
 def _source(root: Path) -> Path:
@@ -101,7 +105,7 @@ def _docker_subject(world: DockerWorld, tmp_path: Path) -> Iterator[Subject]:
         stop_behind_our_back=lambda container_id: rt.containers.stop(container_id, timeout=1),
         plant_legacy_route=plant_legacy_route,
     )
-    for container in rt.owned_apps(tenant=TENANT):
+    for container in [*rt.owned_apps(tenant=TENANT), *rt.owned_runs(tenant=TENANT)]:
         rt.remove(container.id)
     rt.remove_route(APP_ID)
     legacy.unlink(missing_ok=True)
@@ -117,6 +121,7 @@ def _fake_subject(tmp_path: Path) -> Iterator[Subject]:
         source,
         stop_behind_our_back=fake.stop_behind_our_back,
         plant_legacy_route=lambda tenant, app: fake.legacy.add(f"{tenant}--{app}"),
+        script_runs=fake.script_runs,
     )
 
 
@@ -289,3 +294,65 @@ def test_a_tenant_network_is_ours_until_removed_and_never_removed_in_use(subject
     assert rt.remove_network(tenant) is True
     assert tenant not in rt.owned_networks()
     assert rt.remove_network(tenant) is False
+
+
+# -- one-off runs ---------------------------------------------------------------------------
+RUN_NAME = f"moorage-run-contract{RUN_ID}"
+
+
+def _run(
+    subject: Subject, command: Sequence[str], *, timeout: float = 60.0, cancelled: Callable[[], bool] = lambda: False
+) -> tuple[RunOutcome, list[str], float]:
+    lines: list[str] = []
+    started = time.monotonic()
+    outcome = subject.runtime.run_command(
+        tenant=TENANT,
+        app=APP,
+        release="v1",
+        image=subject.image_id,
+        env={"PORT": "8080", "GREETING": "hello"},
+        command=command,
+        name=RUN_NAME,
+        timeout=timeout,
+        on_output=lines.append,
+        cancelled=cancelled,
+    )
+    return outcome, lines, time.monotonic() - started
+
+
+def test_a_run_ends_with_its_exit_code_and_passes_on_each_line_it_prints(subject: Subject) -> None:
+    subject.script_runs(output=["hello", "to stderr"], exit_code=3)
+    outcome, lines, _ = _run(subject, ["sh", "-c", 'echo "$GREETING"; echo "to stderr" >&2; exit 3'])
+    assert outcome == RunOutcome(3)
+    assert sorted(lines) == ["hello", "to stderr"]  # stdout and stderr, the env given
+    assert subject.runtime.owned_runs(tenant=TENANT) == []  # its container is gone
+    assert subject.runtime.owned_apps(tenant=TENANT) == []  # and it never was an app's
+
+
+def test_a_run_that_succeeds_exits_0(subject: Subject) -> None:
+    outcome, lines, _ = _run(subject, ["true"])
+    assert outcome == RunOutcome(0) and lines == []
+
+
+def test_a_run_past_its_timeout_is_killed(subject: Subject) -> None:
+    subject.script_runs(output=["started"], duration_s=math.inf)
+    outcome, lines, elapsed = _run(subject, ["sh", "-c", "echo started; exec sleep 60"], timeout=2.0)
+    assert outcome == RunOutcome(None, timed_out=True)
+    assert lines == ["started"] and 2.0 <= elapsed < 15
+    assert subject.runtime.owned_runs(tenant=TENANT) == []
+
+
+def test_a_cancelled_run_is_killed_and_is_listed_while_it_runs(subject: Subject) -> None:
+    subject.script_runs(duration_s=math.inf)
+    seen: list[AppContainer] = []
+    began = time.monotonic()
+
+    def cancelled() -> bool:
+        if not seen:
+            seen.extend(subject.runtime.owned_runs(tenant=TENANT))
+        return time.monotonic() - began > 1.5
+
+    outcome, _, elapsed = _run(subject, ["sleep", "60"], cancelled=cancelled)
+    assert outcome == RunOutcome(None, cancelled=True) and elapsed < 15
+    assert [(c.name, c.tenant, c.app, c.release, c.image) for c in seen] == [(RUN_NAME, TENANT, APP, "v1", subject.image_id)]
+    assert subject.runtime.owned_runs(tenant=TENANT) == []

@@ -54,6 +54,9 @@ SAMPLE_BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/apps/{app}/deployments"): {"git": {"url": "https://127.0.0.1:9/nonexistent/other.git", "ref": "main"}},
     ("POST", "/v1/apps/{app}/rollback"): {"release": "v1"},
     ("POST", "/v1/apps/{app}/links"): {"database": "alpha-db"},
+    ("POST", "/v1/apps/{app}/runs"): {"command": ["true"]},
+    ("POST", "/v1/apps/{app}/cron"): {"name": "another", "schedule": "0 4 * * *", "command": ["true"]},
+    ("PATCH", "/v1/apps/{app}/cron/{schedule}"): {"enabled": False},
 }
 KNOWN_ACCESS = {PUBLIC, OPERATOR_ACCESS, ANY_KEY_ACCESS, NODE_ACCESS, *TENANT_SCOPES}
 SINGLE_SCOPE_CALLERS = [KeyScope.READ, KeyScope.DEPLOY, KeyScope.ADMIN, KeyScope.INFERENCE]
@@ -127,6 +130,21 @@ def _build_world(
     restore = alpha.post(f"/v1/databases/{database['id']}/backups/{backup['id']}/restore", json={})
     link = alpha.post(f"/v1/apps/{app['id']}/links", json={"database": "alpha-db"})
     node = operator.post("/v1/nodes", json={"name": "gpu-1"})
+    releases = alpha.client.app.state.services.deploys.releases  # what a deploy would leave, without Docker
+    release = releases.create(
+        tenant_id=alpha.tenant_id,
+        app_id=app["id"],
+        deployment_id=deployment.json()["id"],
+        image_id="sha256:" + "0" * 64,
+        image_tag="alpha-app:v1",
+        env_version=0,
+        port=8080,
+        health_check_path="/",
+    )
+    releases.make_current(release, [("0" * 64, "alpha-app-v1")])
+    run = alpha.post(f"/v1/apps/{app['id']}/runs", json={"command": ["true"]})
+    schedule = alpha.post(f"/v1/apps/{app['id']}/cron", json={"name": "nightly", "schedule": "0 3 * * *", "command": ["true"]})
+    assert run.status_code == 202 and schedule.status_code == 201, (run.text, schedule.text)
     assert deployment.status_code == 202 and restore.status_code == 202, (deployment.text, restore.text)
     assert link.status_code == 201 and node.status_code == 201, (link.text, node.text)
     callers["node"] = Caller(operator.client, node.json()["token"])
@@ -138,6 +156,8 @@ def _build_world(
         "backup": backup["id"],
         "restore": restore.json()["id"],
         "link": link.json()["id"],
+        "run": run.json()["id"],
+        "schedule": "nightly",
         "key_id": victim["id"],
         "tenant_id": alpha.tenant_id,
         "node": node.json()["node"]["id"],

@@ -24,10 +24,12 @@ def paginate(
     *,
     limit: int,
     cursor: str | None,
+    newest_first: bool = False,
 ) -> Page[T]:
     if cursor:
-        query = query.where(id_column > cursor)
-    rows = session.scalars(query.order_by(id_column).limit(limit + 1)).all()
+        query = query.where(id_column < cursor if newest_first else id_column > cursor)
+    order = id_column.desc() if newest_first else id_column
+    rows = session.scalars(query.order_by(order).limit(limit + 1)).all()
     items = [to_record(row) for row in rows[:limit]]
     next_cursor = rows[limit - 1].id if len(rows) > limit else None
     return Page(items=items, next_cursor=next_cursor)

@@ -13,10 +13,11 @@ from control.cli.client.commands import (
     inference,
     logs,
     releases,
+    runs,
     skills,
 )
 
-MODULES = (identity, apps, env, deploy, releases, logs, databases, inference, skills)
+MODULES = (identity, apps, env, deploy, releases, logs, runs, databases, inference, skills)
 
 
 def common_options() -> argparse.ArgumentParser:

@@ -1,11 +1,11 @@
-"""``moorage logs APP``: the running app's log, or a deployment's build log.
+"""``moorage logs APP``: the running app's log, a deployment's build log, or a run's output.
 
 Bounded: at most ``MAX_LINES`` lines are printed (the newest); the whole text is then
 written to a file under the temp dir, named in the output, so an agent's context is not
 flooded yet nothing is lost.
 
-``--json``: ``{"app", "source": "runtime"|"build", "deployment": id|null, "lines": [...],
-"truncated": bool, "total_lines": n, "full_log": path|null}``. ``--follow --json`` prints
+``--json``: ``{"app", "source": "runtime"|"build"|"run", "deployment": id|null, "run": id|null,
+"lines": [...], "truncated": bool, "total_lines": n, "full_log": path|null}``. ``--follow --json`` prints
 JSON Lines instead: ``{"line": "..."}`` per line and a last ``{"status": ...}``.
 """
 
@@ -26,7 +26,9 @@ MAX_LINES = 200
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     logs = commands.add_parser("logs", parents=[common], help="an app's runtime log, or a deployment's build log")
     logs.add_argument("app", help="app name or id")
-    logs.add_argument("--deployment", metavar="ID", help="show this deployment's build log instead")
+    which = logs.add_mutually_exclusive_group()
+    which.add_argument("--deployment", metavar="ID", help="show this deployment's build log instead")
+    which.add_argument("--run", metavar="ID", help="show this run's output instead (moorage runs list APP)")
     logs.add_argument("--tail", type=int, default=100, metavar="N", help="runtime log lines to start with (100)")
     logs.add_argument("--follow", action="store_true", help="stream until the log ends (Ctrl-C to stop)")
     logs.set_defaults(api=run_logs)
@@ -35,7 +37,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], comm
 def _path(args: argparse.Namespace) -> str:
     if args.deployment:
         return f"/v1/apps/{args.app}/deployments/{args.deployment}/logs"
+    if args.run:
+        return f"/v1/apps/{args.app}/runs/{args.run}/logs"
     return f"/v1/apps/{args.app}/logs"
+
+
+def _source(args: argparse.Namespace) -> str:
+    return "build" if args.deployment else "run" if args.run else "runtime"
 
 
 def bounded(text: str, label: str) -> tuple[list[str], bool, str | None]:
@@ -49,7 +57,7 @@ def bounded(text: str, label: str) -> tuple[list[str], bool, str | None]:
 
 
 def run_logs(args: argparse.Namespace, api: ApiClient) -> int:
-    tail = None if args.deployment else args.tail
+    tail = None if args.deployment or args.run else args.tail
     if args.follow:
         return _follow(args, api, tail)
     text = api.get(_path(args), tail=tail) or ""
@@ -58,8 +66,9 @@ def run_logs(args: argparse.Namespace, api: ApiClient) -> int:
         emit(
             {
                 "app": args.app,
-                "source": "build" if args.deployment else "runtime",
+                "source": _source(args),
                 "deployment": args.deployment,
+                "run": args.run,
                 "lines": lines,
                 "truncated": truncated,
                 "total_lines": len(text.splitlines()),

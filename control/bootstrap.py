@@ -31,12 +31,14 @@ from control.domain.nodes import NodeService
 from control.domain.releases import ReleaseService
 from control.domain.tenants import TenantService
 from control.domain.usage import UsageService
+from control.domain.volumes import VolumeConfig, VolumeService
 from control.jobs.databases import DatabaseJobs, DatabaseRuntime
 from control.jobs.deploy import DeployPipeline
 from control.jobs.queue import JobQueue, QueueConfig
 from control.jobs.retention import Retention
 from control.jobs.runtime_docker import DockerAppRuntime
 from control.jobs.teardown import RuntimeTeardown
+from control.jobs.volumes import RuntimeVolumes, VolumeUpkeep
 from control.jobs.workers import AppLocks, JobKind, WorkerPool
 from control.reconcile.reconciler import Reconciler
 from control.security.auth_throttle import AuthThrottle
@@ -103,6 +105,7 @@ class Services:
     retention: Retention  # the sweep that trims expired keys, old audit events, finished jobs
     inference: Inference  # nodes, gateway routing, quotas, usage
     databases: ManagedDatabases  # managed Postgres/Redis, links, backups
+    volumes: VolumeService  # app volumes and per-tenant storage quotas
 
     upstream: Upstream  # pooled connections to inference nodes, opened in the serving loop
     metrics: Metrics  # Prometheus, per process
@@ -126,6 +129,7 @@ class Services:
         "databases": "databases.databases",
         "links": "databases.links",
         "backups": "databases.backups",
+        "volumes": "volumes",
         "app_runtime": "deploys.runtime",
         "upstream": "upstream",
         "prometheus": "metrics",
@@ -170,10 +174,20 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         ),
     )
     locks = AppLocks()
+    volumes = VolumeService(
+        db,
+        RuntimeVolumes(runtime, locks),
+        VolumeConfig(
+            quota=settings.volume_quota,
+            max_size_mb=settings.volume_max_size_mb,
+            max_volumes=settings.volume_max_per_tenant,
+            max_total_mb=settings.volume_max_total_mb,
+        ),
+    )
 
     deployments = DeploymentService(db, queue, settings.data_dir, max_attempts=settings.job_max_attempts)
     releases = ReleaseService(db)
-    pipeline = DeployPipeline(settings, deployments, releases, env_vars, runtime, locks, links)
+    pipeline = DeployPipeline(settings, deployments, releases, env_vars, runtime, locks, links, volumes)
 
     databases = DatabaseService(
         db,
@@ -214,6 +228,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         tenant_ids=tenants.ids,
         kept_releases=settings.kept_releases,
         sweeps={"database containers": database_jobs.remove_orphan_containers},
+        volumes=VolumeUpkeep(volumes, runtime, orphan_grace_s=float(settings.volume_orphan_grace_s)),
     )
 
     usage = UsageService(db)
@@ -273,6 +288,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         deploys=Deploys(deployments, releases, queue, runtime, workers, reconciler, teardown),
         inference=inference,
         databases=ManagedDatabases(databases, links, backups, database_jobs),
+        volumes=volumes,
         upstream=Upstream(settings),
         metrics=metrics,
         inference_metrics=InferenceMetrics(metrics.registry, inference),

@@ -9,7 +9,7 @@ import anyio.to_thread
 import msgspec
 from litestar import Controller
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from control.api.endpoints import Cursor, Limit, endpoint
 from control.domain.apps import AppService
@@ -19,6 +19,10 @@ from control.security.scopes import KeyScope
 from control.settings import Settings
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535, description="Port the app listens on inside its container")]
+Purge = QueryParameter(
+    description="Also delete the app's volumes and their data (an app with volumes is 409 `app-has-volumes` without it).",
+    required=False,
+)
 
 
 class AppCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -128,6 +132,12 @@ class AppController(Controller):
         changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
         return AppOut.of(apps.update(caller_tenant, app, **changes), apps_domain)
 
-    @endpoint("DELETE", "/{app:str}", access=KeyScope.DEPLOY, errors=(404,), summary="Delete an app")
-    def remove(self, caller_tenant: NamedDependency[str], apps: NamedDependency[AppService], app: FromPath[str]) -> None:
-        apps.delete(caller_tenant, app)
+    @endpoint("DELETE", "/{app:str}", access=KeyScope.DEPLOY, errors=(404,), summary="Delete an app (with volumes: ?purge=true)")
+    def remove(
+        self,
+        caller_tenant: NamedDependency[str],
+        apps: NamedDependency[AppService],
+        app: FromPath[str],
+        purge: Annotated[bool, Purge] = False,
+    ) -> None:
+        apps.delete(caller_tenant, app, purge=purge)

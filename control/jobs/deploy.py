@@ -16,6 +16,14 @@ The swap of one app to its new release, with no downtime:
 4. record the new desired state, let in-flight requests to the old container drain, stop
    and remove the old container(s).
 
+An app with volumes has one writer at a time: the old container that mounts them is stopped
+(kept, not removed) *before* the new one starts, so there is a gap of a few seconds (stop,
+start, health check, route switch) in which the app answers 502. Two containers could share
+the mount (dockerd mounts a volume once), but not safely: a file lock taken in one gVisor
+sandbox is not seen in another, so an app's own locking (SQLite's) would not keep two
+releases from writing the same files at once. If the new one fails (or is cancelled), the
+old container is started again and the route points back at it.
+
 A cancel is honoured up to the route switch; once the route points at the new release the
 swap runs to its end and the deployment ends ``running``.
 """
@@ -34,12 +42,15 @@ from control.domain.deployments import DeploymentService, Status
 from control.domain.env import EnvService, SecretUnreadable
 from control.domain.errors import NotFound
 from control.domain.links import LinkedDatabaseGone, LinkService
-from control.domain.records import App, Deployment, Job, Release, ReleaseConfig
+from control.domain.records import App, Deployment, DesiredApp, Job, Release, ReleaseConfig
 from control.domain.releases import ReleaseService
+from control.domain.volumes import FULL, VolumeService, full_reason
 from control.jobs.build import BuildLog, Cancelled, Failed, SourceBuild, check_step
-from control.jobs.runtime_port import AppRuntime, RemovalRefused, Route
+from control.jobs.runtime_port import AppContainer, AppRuntime, RemovalRefused, Route, VolumeMount
+from control.jobs.volumes import mounts_of
 from control.jobs.workers import AppLocks, JobContext, as_outage
 from control.settings import Settings
+from runtime.volumes import VolumeError
 
 log = structlog.get_logger("moorage.deploy")
 
@@ -53,6 +64,7 @@ class DeployPipeline:
     runtime: AppRuntime
     locks: AppLocks
     links: LinkService | None = None  # managed databases: URLs resolved at container start
+    volumes: VolumeService | None = None  # app volumes: mounted at container start
     source_build: SourceBuild = field(init=False)
 
     def __post_init__(self) -> None:
@@ -171,7 +183,23 @@ class DeployPipeline:
         )
         self.deployments.update(dep.id, release_id=release.id)
         check_step(self.deployments, dep.id, ctx)
-        plan = SwapPlan(tenant=tenant, app=app.name, app_id=app.id, deployment_id=dep.id, release=release, env=values)
+        volumes = self.volumes.for_app(app.id) if self.volumes else []
+        full = [v for v in volumes if v.status == FULL]
+        if full:
+            raise Failed(full_reason(app.name, full[0]))
+        if volumes:
+            out.step("volumes: " + ", ".join(f"{v.name} at {v.mount_path} ({v.size_mb} MiB, {v.quota})" for v in volumes))
+        previous = next(iter(self.releases.desired(app.id)), None)
+        plan = SwapPlan(
+            tenant=tenant,
+            app=app.name,
+            app_id=app.id,
+            deployment_id=dep.id,
+            release=release,
+            env=values,
+            volumes=mounts_of(volumes),
+            previous=previous,
+        )
         with self.locks.hold(app.id):
             timings = swap(
                 self.runtime,
@@ -207,6 +235,8 @@ class SwapPlan:
     deployment_id: str
     release: Release
     env: dict[str, str]  # plaintext, in memory only: passed at create, never logged
+    volumes: tuple[VolumeMount, ...] = ()  # the app's volumes, as they are now (a rollback does not roll data back)
+    previous: DesiredApp | None = None  # what serves now: started again if the new release fails after it stopped
 
 
 @dataclass(frozen=True)
@@ -233,8 +263,24 @@ def swap(
 ) -> SwapTimings:
     release = plan.release
     name = container_name(plan.tenant, plan.app, plan.deployment_id)
+    stopped = _stop_other_writers(rt, plan, log)
     started = time.monotonic()
-    new = rt.start_app(tenant=plan.tenant, app=plan.app, release=release.name, image=release.image_id, env=plan.env, name=name)
+    try:
+        new = rt.start_app(
+            tenant=plan.tenant,
+            app=plan.app,
+            release=release.name,
+            image=release.image_id,
+            env=plan.env,
+            name=name,
+            volumes=plan.volumes,
+        )
+    except VolumeError as exc:  # its data gone, or the host cannot attach it: not the app's fault, not an outage
+        again = _start_previous_again(rt, plan, stopped, log)
+        raise Failed(f"{exc}; " + ("the previous release was started again" if again else "nothing was changed")) from None
+    except Exception:
+        _start_previous_again(rt, plan, stopped, log)
+        raise
     start_s = time.monotonic() - started
     log.step(f"started {name} at {new.ip} in {start_s:.2f}s; health check GET {release.health_check_path} on port {release.port}")
 
@@ -244,11 +290,15 @@ def swap(
         for line in tail:
             log.line(f"[{release.name}] {line}")
         rt.remove(new.id)
+        again = _start_previous_again(rt, plan, stopped, log)
         if health.ok:
             raise Cancelled()
+        serving = "the previous release was started again and serves" if again else "the previous release keeps serving"
+        if stopped and not again:
+            serving = "the previous release could not be started again (the reconciler retries)"
         raise Failed(
             f"health check GET {release.health_check_path} on port {release.port} did not pass within "
-            f"{health_timeout:.0f}s ({health.detail}); the previous release keeps serving. "
+            f"{health_timeout:.0f}s ({health.detail}); {serving}. "
             "Last log lines of the new container:\n" + ("\n".join(tail) or "(none)")
         )
     log.step(f"healthy after {health.elapsed:.2f}s ({health.detail}); switching the route")
@@ -266,7 +316,7 @@ def swap(
     else:
         log.step(f"Traefik serves {release.name} after {seen:.2f}s")
     make_current(new.id, name)
-    if old:
+    if any(c.running for c in old):
         time.sleep(drain_s)  # requests already sent to the old container finish first
     for container in old:
         try:
@@ -275,6 +325,39 @@ def swap(
         except RemovalRefused as exc:  # already gone or going: the new release is live either way
             log.step(f"previous container {container.name} not removed ({exc}); the reconciler will")
     return SwapTimings(start_s=start_s, health_s=health.elapsed, route_s=route_s)
+
+
+def _stop_other_writers(rt: AppRuntime, plan: SwapPlan, log: BuildLog) -> list[AppContainer]:
+    """One writer per volume: the app's running containers that mount one of its volumes stop
+    (and stay, to start again should the new release fail) before the new one starts."""
+    ours = {v.volume_id for v in plan.volumes}
+    if not ours:
+        return []
+    stopped = []
+    for container in rt.owned_apps(tenant=plan.tenant, app=plan.app):
+        if container.running and ours & set(container.volumes):
+            rt.stop(container.id)
+            stopped.append(container)
+            log.step(
+                f"stopped {container.name} first: a volume has one writer at a time, so the app answers 502 until {plan.release.name} serves"
+            )
+    return stopped
+
+
+def _start_previous_again(rt: AppRuntime, plan: SwapPlan, stopped: list[AppContainer], log: BuildLog) -> bool:
+    """The release that served before, back (its container started again, the route at it)."""
+    previous = plan.previous
+    if previous is None or previous.container_id not in {c.id for c in stopped}:
+        return False
+    try:
+        again = rt.restart(previous.container_id)
+        route = Route(plan.app_id, plan.tenant, plan.app, again.address(), previous.release.port, previous.release.name)
+        rt.write_route(route)
+    except Exception as exc:  # noqa: BLE001 (the deployment's reason must still be written; the reconciler restarts it)
+        log.step(f"could not start {previous.container_name} again ({type(exc).__name__}: {exc}); the reconciler will")
+        return False
+    log.step(f"started {previous.container_name} again: {previous.release.name} serves")
+    return True
 
 
 def _last_lines(rt: AppRuntime, container_id: str, n: int = 20) -> list[str]:

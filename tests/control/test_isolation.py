@@ -20,8 +20,10 @@ from litestar import Litestar
 from litestar.testing import TestClient
 
 from control.app import create_app
+from control.ids import new_id
 from control.security.scopes import TENANT_SCOPES
 from control.settings import Settings
+from control.store.repositories.volumes import VolumeRepository
 from tests.conftest import Caller, WorldSnapshot, shared_world
 
 _PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")
@@ -36,6 +38,7 @@ SAMPLE_BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/apps/{app}/rollback"): {"release": "v1"},
     ("POST", "/v1/apps/{app}/links"): {"database": "secret-db"},
     ("POST", "/v1/databases/{db}/backups/{backup}/restore"): {"target": "secret-db"},
+    ("POST", "/v1/apps/{app}/volumes"): {"name": "from-b", "mount_path": "/from-b", "size_mb": 1},
 }
 
 
@@ -93,6 +96,11 @@ def _build_tenants(
     restore = alpha.post(f"/v1/databases/{database['id']}/backups/{backup['id']}/restore", json={})
     link = alpha.post(f"/v1/apps/{app['id']}/links", json={"database": "secret-db"})
     assert restore.status_code == 202 and link.status_code == 201, (restore.text, link.text)
+    volume_id = new_id("vol")
+    with alpha.client.app.state.services.db.write() as session:  # as the API records it, without storage on this host
+        VolumeRepository(session, alpha.tenant_id).add(
+            id=volume_id, app_id=app["id"], name="secret-data", mount_path="/data", size_mb=1, quota="enforced", status="ready"
+        )
     # Each path parameter, filled with A's real identifiers: by id and by name.
     values = {
         "app": [app["id"], app["name"]],
@@ -103,6 +111,7 @@ def _build_tenants(
         "backup": [backup["id"]],
         "restore": [restore.json()["id"]],
         "link": [link.json()["id"]],
+        "volume": [volume_id, "secret-data"],
     }
     return alpha, beta, values
 

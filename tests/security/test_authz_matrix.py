@@ -54,6 +54,9 @@ SAMPLE_BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/apps/{app}/deployments"): {"git": {"url": "https://127.0.0.1:9/nonexistent/other.git", "ref": "main"}},
     ("POST", "/v1/apps/{app}/rollback"): {"release": "v1"},
     ("POST", "/v1/apps/{app}/links"): {"database": "alpha-db"},
+    # Past the schema, refused by the rules after the app's lookup: no storage is made on this host.
+    ("POST", "/v1/apps/{app}/volumes"): {"name": "probe", "mount_path": "/proc/probe", "size_mb": 1},
+    ("PUT", "/v1/tenants/{tenant_id}/storage-limits"): {"max_volumes": 3},
 }
 KNOWN_ACCESS = {PUBLIC, OPERATOR_ACCESS, ANY_KEY_ACCESS, NODE_ACCESS, *TENANT_SCOPES}
 SINGLE_SCOPE_CALLERS = [KeyScope.READ, KeyScope.DEPLOY, KeyScope.ADMIN, KeyScope.INFERENCE]
@@ -126,6 +129,7 @@ def _build_world(
     managed.backups.mark(backup["id"], "succeeded", file_name=f"{backup['id']}.pgdump", size=1, sha256="0" * 64)
     restore = alpha.post(f"/v1/databases/{database['id']}/backups/{backup['id']}/restore", json={})
     link = alpha.post(f"/v1/apps/{app['id']}/links", json={"database": "alpha-db"})
+    volume = _volume_without_storage(alpha, app["id"])
     node = operator.post("/v1/nodes", json={"name": "gpu-1"})
     assert deployment.status_code == 202 and restore.status_code == 202, (deployment.text, restore.text)
     assert link.status_code == 201 and node.status_code == 201, (link.text, node.text)
@@ -138,12 +142,27 @@ def _build_world(
         "backup": backup["id"],
         "restore": restore.json()["id"],
         "link": link.json()["id"],
+        "volume": volume,
         "key_id": victim["id"],
         "tenant_id": alpha.tenant_id,
         "node": node.json()["node"]["id"],
         "path": "openapi.json",
     }
     return callers, values
+
+
+def _volume_without_storage(alpha: Caller, app_id: str) -> str:
+    """A volume of alpha's app as the API records it, without making storage on this host."""
+    from control.ids import new_id
+    from control.store.repositories.volumes import VolumeRepository
+
+    services = alpha.client.app.state.services
+    volume_id = new_id("vol")
+    with services.db.write() as session:
+        VolumeRepository(session, alpha.tenant_id).add(
+            id=volume_id, app_id=app_id, name="alpha-data", mount_path="/data", size_mb=1, quota="enforced", status="ready"
+        )
+    return volume_id
 
 
 world_snapshot, settings = shared_world("authz-world", _world_settings, _build_world)

@@ -14,9 +14,10 @@ from control.cli.client.commands import (
     logs,
     releases,
     skills,
+    volumes,
 )
 
-MODULES = (identity, apps, env, deploy, releases, logs, databases, inference, skills)
+MODULES = (identity, apps, env, deploy, releases, logs, databases, volumes, inference, skills)
 
 
 def common_options() -> argparse.ArgumentParser:

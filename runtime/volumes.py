@@ -47,7 +47,7 @@ import structlog
 from runtime import labels as L
 from runtime.docker_engine import DockerEngine
 from runtime.resilience import guarded
-from runtime.volume_usage import volume_bytes
+from runtime.volume_usage import each_volume_bytes
 
 log = structlog.get_logger("moorage.runtime.volumes")
 
@@ -209,10 +209,11 @@ class LoopImages:
         """Volume id -> when its storage was last made or touched (seconds since the epoch)."""
         found: dict[str, float] = {}
         if self.root.is_dir():
-            for image in self.root.glob("vol_*.img"):
-                if is_volume_id(image.stem):
+            for path in [*self.root.glob("vol_*.img"), *self.root.glob("vol_*.dev")]:
+                if is_volume_id(path.stem):
                     with contextlib.suppress(FileNotFoundError):
-                        found[image.stem] = image.stat().st_ctime
+                        made = path.lstat().st_ctime
+                        found[path.stem] = max(found.get(path.stem, 0.0), made)
         for volume_id in self.attached().values():
             found.setdefault(volume_id, 0.0)  # a device whose image is gone: nothing to wait for
         return found
@@ -343,20 +344,24 @@ class Volumes:
                 found[volume_id] = max(found.get(volume_id, 0.0), _timestamp(str(volume.get("CreatedAt", ""))))
         return found
 
-    def used_bytes(self, volume_id: str, enforced: bool) -> int | None:
-        """What the volume holds now; None when it cannot be told (an enforced volume no
-        container has mounted, a volume that is gone)."""
-        name = docker_name(volume_id)
-        if enforced:
-            found = self._inspect(name)
-            mountpoint = str((found or {}).get("Mountpoint") or "")
-            if not mountpoint or not os.path.ismount(mountpoint):
-                return None
-            stats = os.statvfs(mountpoint)
-            return (stats.f_blocks - stats.f_bfree) * stats.f_frsize
-        if self._inspect(name) is None:
-            return None
-        return int(self.guard.call(volume_bytes, self._client.api, [name], self._mountpoints, idempotent=True))
+    def used_bytes(self, volumes: Mapping[str, bool]) -> dict[str, int | None]:
+        """What each volume (id -> enforced) holds now; None where it cannot be told: an
+        enforced volume no container has mounted, a volume that is gone."""
+        found: dict[str, int | None] = {}
+        measured = []
+        for volume_id, enforced in volumes.items():
+            name = docker_name(volume_id)
+            volume = self._inspect(name)
+            if volume is None:
+                found[volume_id] = None
+            elif enforced:
+                found[volume_id] = _mounted_bytes(str(volume.get("Mountpoint") or ""))
+            else:
+                measured.append(name)
+        if measured:  # one disk-usage report for all of them, where their directories are not readable
+            sizes = self.guard.call(each_volume_bytes, self._client.api, measured, self._mountpoints, idempotent=True)
+            found.update({vid: sizes.get(name) for name in measured if (vid := volume_id_of(name))})
+        return found
 
     # -- inside -------------------------------------------------------------------------------
     def _ensure_docker_volume(self, spec: VolumeSpec) -> None:
@@ -395,6 +400,14 @@ class Volumes:
     def _list(self, labels: Mapping[str, str]) -> list[dict[str, Any]]:
         filters = [f"{L.MANAGED}=true", f"{L.ROLE}={ROLE}", *(f"{k}={v}" for k, v in labels.items())]
         return list(self._client.api.volumes(filters={"label": filters}).get("Volumes") or [])
+
+
+def _mounted_bytes(mountpoint: str) -> int | None:
+    """Blocks in use in an enforced volume's filesystem, while dockerd has it mounted."""
+    if not mountpoint or not os.path.ismount(mountpoint):
+        return None
+    stats = os.statvfs(mountpoint)
+    return (stats.f_blocks - stats.f_bfree) * stats.f_frsize
 
 
 def _is_own(volume: Mapping[str, Any], volume_id: str, tenant: str) -> bool:

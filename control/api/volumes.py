@@ -16,7 +16,7 @@ measured; over ``size_mb`` it turns ``full`` and deploys of the app are refused)
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Response
@@ -76,11 +76,12 @@ class VolumeOut(msgspec.Struct):
         msgspec.Meta(description="What it held when last measured (MiB; the reconciler measures); null until then"),
     ]
     status: Annotated[
-        str, msgspec.Meta(description="ready | full (a measured volume over its size: deploys of the app are refused)")
+        Literal["ready", "full"],
+        msgspec.Meta(description="full: a measured volume over its size (deploys of the app are refused)"),
     ]
     quota: Annotated[
-        str,
-        msgspec.Meta(description="enforced (writes past size_mb fail with ENOSPC) | measured (use measured, not bounded)"),
+        Literal["enforced", "measured"],
+        msgspec.Meta(description="enforced: writes past size_mb fail with ENOSPC; measured: its use is measured, not bounded"),
     ]
     measured_at: datetime | None
     created_at: datetime
@@ -88,7 +89,18 @@ class VolumeOut(msgspec.Struct):
     @classmethod
     def of(cls, v: Volume) -> VolumeOut:
         used = None if v.used_bytes is None else round(v.used_bytes / 2**20, 2)
-        return cls(v.id, v.app_id, v.name, v.mount_path, v.size_mb, used, v.status, v.quota, v.measured_at, v.created_at)
+        return cls(
+            v.id,
+            v.app_id,
+            v.name,
+            v.mount_path,
+            v.size_mb,
+            used,
+            v.status,  # type: ignore[arg-type]
+            v.quota,  # type: ignore[arg-type]
+            v.measured_at,
+            v.created_at,
+        )
 
 
 class VolumeList(msgspec.Struct):

@@ -189,18 +189,19 @@ class DeployPipeline:
             raise Failed(full_reason(app.name, full[0]))
         if volumes:
             out.step("volumes: " + ", ".join(f"{v.name} at {v.mount_path} ({v.size_mb} MiB, {v.quota})" for v in volumes))
-        previous = next(iter(self.releases.desired(app.id)), None)
-        plan = SwapPlan(
-            tenant=tenant,
-            app=app.name,
-            app_id=app.id,
-            deployment_id=dep.id,
-            release=release,
-            env=values,
-            volumes=mounts_of(volumes),
-            previous=previous,
-        )
         with self.locks.hold(app.id):
+            plan = SwapPlan(
+                tenant=tenant,
+                app=app.name,
+                app_id=app.id,
+                deployment_id=dep.id,
+                release=release,
+                env=values,
+                volumes=mounts_of(volumes),
+                previous=next(
+                    iter(self.releases.desired(app.id)), None
+                ),  # read holding the lock: the reconciler may have recreated it
+            )
             timings = swap(
                 self.runtime,
                 plan,

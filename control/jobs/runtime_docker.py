@@ -289,14 +289,7 @@ class DockerAppRuntime:
         return self.volumes.owned({INSTANCE_LABEL: self.instance})
 
     def volume_usage(self, volumes: Sequence[VolumeMount]) -> dict[str, int | None]:
-        usage: dict[str, int | None] = {}
-        for mount in volumes:
-            try:
-                usage[mount.volume_id] = self.volumes.used_bytes(mount.volume_id, mount.enforced)
-            except Exception as exc:  # noqa: BLE001 (one volume that cannot be measured leaves the others measured)
-                log.warning("volume_not_measured", volume_id=mount.volume_id, error=f"{type(exc).__name__}: {exc}")
-                usage[mount.volume_id] = None
-        return usage
+        return self.volumes.used_bytes({v.volume_id: v.enforced for v in volumes})
 
     # -- tenant networks ------------------------------------------------------------------
     def owned_networks(self) -> list[str]:

@@ -33,6 +33,7 @@ from control.domain.releases import ReleaseService
 from control.domain.runs import RUN_JOB, RunLimits, RunService
 from control.domain.tenants import TenantService
 from control.domain.usage import UsageService
+from control.domain.volumes import VolumeConfig, VolumeService
 from control.jobs.databases import DatabaseJobs, DatabaseRuntime
 from control.jobs.deploy import DeployPipeline
 from control.jobs.queue import JobQueue, QueueConfig
@@ -41,6 +42,7 @@ from control.jobs.runs import RunJob
 from control.jobs.runtime_docker import DockerAppRuntime
 from control.jobs.scheduler import CronScheduler
 from control.jobs.teardown import RuntimeTeardown
+from control.jobs.volumes import RuntimeVolumes, VolumeUpkeep
 from control.jobs.workers import AppLocks, JobKind, WorkerPool
 from control.reconcile.reconciler import Reconciler
 from control.security.auth_throttle import AuthThrottle
@@ -122,6 +124,7 @@ class Services:
     inference: Inference  # nodes, gateway routing, quotas, usage
     databases: ManagedDatabases  # managed Postgres/Redis, links, backups
     runs: OneOffRuns  # one-off runs of an app's release, and the cron schedules that start them
+    volumes: VolumeService  # app volumes and per-tenant storage quotas
 
     upstream: Upstream  # pooled connections to inference nodes, opened in the serving loop
     metrics: Metrics  # Prometheus, per process
@@ -147,6 +150,7 @@ class Services:
         "backups": "databases.backups",
         "runs": "runs.runs",
         "cron": "runs.cron",
+        "volumes": "volumes",
         "app_runtime": "deploys.runtime",
         "upstream": "upstream",
         "prometheus": "metrics",
@@ -193,10 +197,20 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         ),
     )
     locks = AppLocks()
+    volumes = VolumeService(
+        db,
+        RuntimeVolumes(runtime, locks),
+        VolumeConfig(
+            quota=settings.volume_quota,
+            max_size_mb=settings.volume_max_size_mb,
+            max_volumes=settings.volume_max_per_tenant,
+            max_total_mb=settings.volume_max_total_mb,
+        ),
+    )
 
     deployments = DeploymentService(db, queue, settings.data_dir, max_attempts=settings.job_max_attempts)
     releases = ReleaseService(db)
-    pipeline = DeployPipeline(settings, deployments, releases, env_vars, runtime, locks, links)
+    pipeline = DeployPipeline(settings, deployments, releases, env_vars, runtime, locks, links, volumes)
 
     databases = DatabaseService(
         db,
@@ -256,6 +270,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
             "database containers": database_jobs.remove_orphan_containers,
             "run containers": run_job.remove_orphan_containers,
         },
+        volumes=VolumeUpkeep(volumes, runtime, orphan_grace_s=float(settings.volume_orphan_grace_s)),
     )
 
     usage = UsageService(db)
@@ -318,6 +333,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         inference=inference,
         databases=ManagedDatabases(databases, links, backups, database_jobs),
         runs=OneOffRuns(runs, cron, run_job, CronScheduler(cron, interval_s=settings.cron_tick_ms / 1000)),
+        volumes=volumes,
         upstream=Upstream(settings),
         metrics=metrics,
         inference_metrics=InferenceMetrics(metrics.registry, inference),

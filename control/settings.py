@@ -17,6 +17,11 @@ class SettingsError(ValueError):
     """A MOORAGE_* variable holds a value that cannot be used."""
 
 
+def default_volume_quota() -> str:
+    """Enforced volumes need loop devices, which need root (CAP_SYS_ADMIN)."""
+    return "enforced" if os.geteuid() == 0 else "measured"
+
+
 def default_data_dir() -> Path:
     if os.geteuid() == 0:
         return Path("/var/lib/moorage")
@@ -120,12 +125,22 @@ class Settings:
     database_volume_grace_s: int = 7 * 86400  # a deleted database's volume is kept this long
     database_purge_interval_s: int = 3600  # sweep for volumes past their grace (0 disables)
     database_provision_timeout_s: int = 180  # a database not healthy by then fails
+    # App volumes: `enforced` (an ext4 image on a loop device per volume: its size is a hard
+    # limit; needs root) or `measured` (plain Docker volumes; use measured, a full one blocks deploys).
+    volume_quota: str = field(default_factory=default_volume_quota)
+    volume_max_size_mb: int = 10240  # one volume's size_mb at most
+    volume_max_per_tenant: int = 10  # volumes of all of a tenant's apps together (operators override)
+    volume_max_total_mb: int = 20480  # size_mb of all of a tenant's volumes together (operators override)
+    volume_command_timeout_s: int = 60  # each losetup / mkfs.ext4 / debugfs call
+    volume_orphan_grace_s: int = 600  # storage no volume accounts for is removed once this old
 
     def __post_init__(self) -> None:
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'moorage.db'}")
         if self.log_format not in {"json", "console"}:
             raise SettingsError("MOORAGE_LOG_FORMAT must be 'json' or 'console'")
+        if self.volume_quota not in {"enforced", "measured"}:
+            raise SettingsError("MOORAGE_VOLUME_QUOTA must be 'enforced' or 'measured'")
         if self.inference_budget_period not in {"day", "month"}:
             raise SettingsError("MOORAGE_INFERENCE_BUDGET_PERIOD must be 'day' or 'month'")
         try:

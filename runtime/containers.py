@@ -131,7 +131,8 @@ class Containers:
     @guarded(idempotent=True)
     def find(self, **labels: str) -> list[ContainerInfo]:
         """Containers moorage created, by short label name: find(tenant='a', app='web')."""
-        cs = self._api.containers.list(all=True, filters={"label": L.selector(**labels)})
+        # ignore_removed: one removed between the listing and its inspection is just not listed.
+        cs = self._api.containers.list(all=True, filters={"label": L.selector(**labels)}, ignore_removed=True)
         return [_info(c) for c in cs]
 
     @guarded(idempotent=True)

@@ -1,6 +1,6 @@
-"""How many bytes Docker volumes hold, for the build watchdog: a RUN step after a `VOLUME`
-(the Dockerfile's or its base image's) writes into an anonymous volume, which its container's
-`SizeRw` does not count.
+"""How many bytes Docker volumes hold: for the build watchdog (a RUN step after a `VOLUME`,
+the Dockerfile's or its base image's, writes into an anonymous volume, which its container's
+`SizeRw` does not count) and for measured app volumes (`runtime.volumes`).
 
 Where this host sees the daemon's volume directories (the usual install: the control plane
 beside dockerd, as root) they are walked directly, which costs only what those volumes hold.
@@ -16,19 +16,24 @@ from typing import Any
 
 def volume_bytes(api: Any, names: list[str], mountpoints: dict[str, str]) -> int:
     """`mountpoints` caches each volume's path between calls."""
-    total, unseen = 0, []
+    return sum(each_volume_bytes(api, names, mountpoints).values())
+
+
+def each_volume_bytes(api: Any, names: list[str], mountpoints: dict[str, str]) -> dict[str, int]:
+    """Bytes per volume: walked where readable, the rest from one disk-usage report."""
+    sizes, unseen = {}, []
     for name in names:
         if name not in mountpoints:
             mountpoints[name] = str(api.inspect_volume(name).get("Mountpoint") or "")
         path = mountpoints[name]
         if path and os.access(path, os.R_OK | os.X_OK):
-            total += tree_bytes(path)
+            sizes[name] = tree_bytes(path)
         else:
             unseen.append(name)
     if unseen:
         usage = {v.get("Name"): v.get("UsageData") or {} for v in api.df().get("Volumes") or []}
-        total += sum(max(0, int(usage.get(name, {}).get("Size", 0))) for name in unseen)
-    return total
+        sizes.update({name: max(0, int(usage.get(name, {}).get("Size", 0))) for name in unseen})
+    return sizes
 
 
 def tree_bytes(root: str) -> int:

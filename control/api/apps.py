@@ -9,7 +9,7 @@ import anyio.to_thread
 import msgspec
 from litestar import Controller
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from control.api.endpoints import Cursor, Limit, endpoint
 from control.domain.apps import AppService
@@ -27,6 +27,10 @@ Replicas = Annotated[
         description="containers the app runs in, balanced by Traefik (at most MOORAGE_MAX_REPLICAS); a change applies within seconds",
     ),
 ]
+Purge = QueryParameter(
+    description="Also delete the app's volumes and their data (an app with volumes is 409 `app-has-volumes` without it).",
+    required=False,
+)
 
 
 class AppCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -128,7 +132,7 @@ class AppController(Controller):
     ) -> AppOut:
         return AppOut.of(apps.get(caller_tenant, app), apps_domain)
 
-    @endpoint("PATCH", "/{app:str}", access=KeyScope.DEPLOY, errors=(404,), summary="Change an app's settings")
+    @endpoint("PATCH", "/{app:str}", access=KeyScope.DEPLOY, errors=(404, 409), summary="Change an app's settings")
     def update(
         self,
         caller_tenant: NamedDependency[str],
@@ -140,6 +144,12 @@ class AppController(Controller):
         changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
         return AppOut.of(apps.update(caller_tenant, app, **changes), apps_domain)
 
-    @endpoint("DELETE", "/{app:str}", access=KeyScope.DEPLOY, errors=(404,), summary="Delete an app")
-    def remove(self, caller_tenant: NamedDependency[str], apps: NamedDependency[AppService], app: FromPath[str]) -> None:
-        apps.delete(caller_tenant, app)
+    @endpoint("DELETE", "/{app:str}", access=KeyScope.DEPLOY, errors=(404,), summary="Delete an app (with volumes: ?purge=true)")
+    def remove(
+        self,
+        caller_tenant: NamedDependency[str],
+        apps: NamedDependency[AppService],
+        app: FromPath[str],
+        purge: Annotated[bool, Purge] = False,
+    ) -> None:
+        apps.delete(caller_tenant, app, purge=purge)

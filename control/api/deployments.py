@@ -159,6 +159,7 @@ class DeploymentController(Controller):
     ) -> Response[DeploymentOut] | Response[Problem]:
         tenant_id = caller_tenant
         target = await anyio.to_thread.run_sync(deployments.app, tenant_id, app)  # 404 before reading any body
+        await anyio.to_thread.run_sync(deployments.refuse_if_volume_full, tenant_id, target)  # and 409 before an upload
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type == "application/json":
             return await self._from_git(request, deployments, releases, settings, tenant_id, target)
@@ -205,7 +206,11 @@ class DeploymentController(Controller):
             shutil.rmtree(workdir, ignore_errors=True)
             raise
         upload.unlink(missing_ok=True)
-        created = await anyio.to_thread.run_sync(deployments.create, tenant_id, target, deployment_id, "archive", {})
+        try:
+            created = await anyio.to_thread.run_sync(deployments.create, tenant_id, target, deployment_id, "archive", {})
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
         return accepted(deployment_out(created, releases))
 
     async def _from_git(

@@ -23,13 +23,23 @@ from control.api.runs import RunController
 from control.api.spec import openapi_document
 from control.api.tenants import TenantController
 from control.api.usage import USAGE_ROUTES
+from control.api.volumes import STORAGE_LIMIT_ROUTES, VolumeController
 from control.settings import Settings
 
 
 def route_handlers(settings: Settings) -> list[Any]:
     platform = [openapi_document, healthz, readyz, metrics_handler(public=settings.metrics_public)]
     identity = [whoami, TenantController, KeyController, tenant_audit, operator_audit]
-    apps = [AppController, EnvController, DeploymentController, ReleaseController, LogController, RunController, CronController]
-    databases = [DatabaseController, BackupController, LinkController, *DATABASE_LIMIT_ROUTES]
+    apps = [
+        AppController,
+        EnvController,
+        DeploymentController,
+        ReleaseController,
+        LogController,
+        RunController,
+        CronController,
+        VolumeController,
+    ]
+    databases = [DatabaseController, BackupController, LinkController, *DATABASE_LIMIT_ROUTES, *STORAGE_LIMIT_ROUTES]
     inference = [*NODE_ROUTES, *GATEWAY_ROUTES, *USAGE_ROUTES, *INFERENCE_LIMIT_ROUTES]
     return [*platform, *identity, *apps, *databases, *inference]

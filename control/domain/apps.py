@@ -12,6 +12,7 @@ from control.domain.teardown import Teardown
 from control.ids import new_id
 from control.store.database import Store
 from control.store.repositories.apps import AppRepository
+from control.store.repositories.volumes import VolumeRepository
 
 BUILDERS = ("auto", "dockerfile", "nixpacks")
 
@@ -72,6 +73,14 @@ class AppService:
         with self.db.write() as session:
             apps = AppRepository(session, tenant_id)
             before = apps.get(ref)
+            if before is not None and fields.get("replicas", 1) > 1:
+                volumes = VolumeRepository(session, tenant_id).for_app(before.id)
+                if volumes:
+                    raise Conflict(
+                        f"App '{before.name}' has volume(s) {', '.join(v.name for v in volumes)}, and a volume has one "
+                        "writer at a time: it runs 1 replica. Delete its volumes to scale it out.",
+                        code="replicas-with-volume",
+                    )
             app = apps.update(ref, **fields)
         if app is None or before is None:
             raise NotFound.of("app", ref)
@@ -87,18 +96,27 @@ class AppService:
                 errors=[{"field": "replicas", "message": f"1..{self.max_replicas}"}],
             )
 
-    def delete(self, tenant_id: str, ref: str) -> App:
+    def delete(self, tenant_id: str, ref: str, *, purge: bool = False) -> App:
         """The app and everything recorded about it; once that is committed, its route comes
-        off the router before the answer, and its containers and images stop within about a second."""
+        off the router before the answer, and its containers and images stop within about a
+        second. An app with volumes needs ``purge``: their data goes too (right after its containers)."""
         with self.db.write() as session:
             apps = AppRepository(session, tenant_id)
             found = apps.get(ref)
             deployment_ids = apps.deployment_ids(found.id) if found else []
+            volumes = VolumeRepository(session, tenant_id).for_app(found.id) if found else []
+            if found is not None and volumes and not purge:
+                names = ", ".join(f"'{v.name}' ({v.mount_path}, {v.size_mb} MiB)" for v in volumes)
+                raise Conflict(
+                    f"App '{found.name}' has volume(s) {names}: deleting it would delete their data. Delete it with "
+                    f"?purge=true to remove the volumes too, or delete them first with DELETE /v1/apps/{found.name}/volumes/{{name}}.",
+                    code="app-has-volumes",
+                )
             app = apps.delete(ref)
         if app is None:
             raise NotFound.of("app", ref)
         if self.teardown is not None:
-            teardown = self.teardown
+            teardown, volume_ids = self.teardown, [v.id for v in volumes]
             # Only after the commit: a delete that fails to commit keeps the app serving.
-            self.db.after_commit(lambda: teardown.app_deleted(app, deployment_ids))
+            self.db.after_commit(lambda: teardown.app_deleted(app, deployment_ids, volume_ids))
         return app

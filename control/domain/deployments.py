@@ -21,11 +21,13 @@ from control.clock import utcnow
 from control.domain.errors import Conflict, NotFound
 from control.domain.jobs import JobEnqueuer
 from control.domain.records import App, Deployment, Page
+from control.domain.volumes import FULL, full_reason
 from control.ids import new_id
 from control.store.database import Store
 from control.store.models import DeploymentRow
 from control.store.repositories.apps import AppRepository
 from control.store.repositories.deployments import DeploymentRepository, to_deployment
+from control.store.repositories.volumes import VolumeRepository
 
 DEPLOY_JOB = "deploy"
 
@@ -93,7 +95,15 @@ class DeploymentService:
     def new_id(self) -> str:
         return new_id("dep")
 
+    def refuse_if_volume_full(self, tenant_id: str, app: App) -> None:
+        """409 ``volume-full`` while a measured volume of the app holds more than its size."""
+        with self.db.read() as session:
+            full = [v for v in VolumeRepository(session, tenant_id).for_app(app.id) if v.status == FULL]
+        if full:
+            raise Conflict(f"Not deployed: {full_reason(app.name, full[0])}.", code="volume-full")
+
     def create(self, tenant_id: str, app: App, deployment_id: str, source_kind: str, source: dict[str, Any]) -> Deployment:
+        self.refuse_if_volume_full(tenant_id, app)
         log = self.log_path(deployment_id)
         log.parent.mkdir(parents=True, exist_ok=True)
         log.touch()

@@ -129,6 +129,32 @@ class DatabaseOverrides:
     max_memory_mb: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Volume:
+    id: str
+    tenant_id: str
+    app_id: str
+    name: str
+    mount_path: str
+    size_mb: int
+    quota: str  # enforced | measured
+    status: str  # ready | full
+    used_bytes: int | None
+    measured_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def enforced(self) -> bool:
+        return self.quota == "enforced"
+
+
+@dataclass(frozen=True, slots=True)
+class StorageOverrides:
+    max_volumes: int | None = None
+    max_total_mb: int | None = None
+
+
 ACTIVE_STATUSES = ("queued", "building", "releasing")  # a deployment in one of these has not ended
 
 

@@ -16,6 +16,14 @@ The swap of one app to its new release, with no downtime:
 4. record the new desired state, let in-flight requests to the old container drain, stop
    and remove the old container(s).
 
+An app with volumes has one writer at a time: the old container that mounts them is stopped
+(kept, not removed) *before* the new one starts, so there is a gap of a few seconds (stop,
+start, health check, route switch) in which the app answers 502. Two containers could share
+the mount (dockerd mounts a volume once), but not safely: a file lock taken in one gVisor
+sandbox is not seen in another, so an app's own locking (SQLite's) would not keep two
+releases from writing the same files at once. If the new one fails (or is cancelled), the
+old container is started again and the route points back at it.
+
 A cancel is honoured up to the route switch; once the route points at the new release the
 swap runs to its end and the deployment ends ``running``.
 """
@@ -34,12 +42,15 @@ from control.domain.deployments import DeploymentService, Status
 from control.domain.env import EnvService, SecretUnreadable
 from control.domain.errors import NotFound
 from control.domain.links import LinkedDatabaseGone, LinkService
-from control.domain.records import App, Deployment, Job, Release, ReleaseConfig
+from control.domain.records import App, Deployment, DesiredApp, Job, Release, ReleaseConfig
 from control.domain.releases import ReleaseService
+from control.domain.volumes import FULL, VolumeService, full_reason
 from control.jobs.build import BuildLog, Cancelled, Failed, SourceBuild, check_step
-from control.jobs.runtime_port import AppContainer, AppRuntime, RemovalRefused, Route
+from control.jobs.runtime_port import AppContainer, AppRuntime, RemovalRefused, Route, VolumeMount
+from control.jobs.volumes import mounts_of
 from control.jobs.workers import AppLocks, JobContext, as_outage
 from control.settings import Settings
+from runtime.volumes import VolumeError
 
 log = structlog.get_logger("moorage.deploy")
 
@@ -53,6 +64,7 @@ class DeployPipeline:
     runtime: AppRuntime
     locks: AppLocks
     links: LinkService | None = None  # managed databases: URLs resolved at container start
+    volumes: VolumeService | None = None  # app volumes: mounted at container start
     source_build: SourceBuild = field(init=False)
 
     def __post_init__(self) -> None:
@@ -171,10 +183,26 @@ class DeployPipeline:
         )
         self.deployments.update(dep.id, release_id=release.id)
         check_step(self.deployments, dep.id, ctx)
-        plan = SwapPlan(
-            tenant=tenant, app=app.name, app_id=app.id, deployment_id=dep.id, release=release, env=values, replicas=app.replicas
-        )
+        volumes = self.volumes.for_app(app.id) if self.volumes else []
+        full = [v for v in volumes if v.status == FULL]
+        if full:
+            raise Failed(full_reason(app.name, full[0]))
+        if volumes:
+            out.step("volumes: " + ", ".join(f"{v.name} at {v.mount_path} ({v.size_mb} MiB, {v.quota})" for v in volumes))
         with self.locks.hold(app.id):
+            plan = SwapPlan(
+                tenant=tenant,
+                app=app.name,
+                app_id=app.id,
+                deployment_id=dep.id,
+                release=release,
+                env=values,
+                replicas=1 if volumes else app.replicas,  # one writer per volume
+                volumes=mounts_of(volumes),
+                previous=next(
+                    iter(self.releases.desired(app.id)), None
+                ),  # read holding the lock: the reconciler may have recreated it
+            )
             timings = swap(
                 self.runtime,
                 plan,
@@ -210,6 +238,8 @@ class SwapPlan:
     release: Release
     env: dict[str, str]  # plaintext, in memory only: passed at create, never logged
     replicas: int = 1
+    volumes: tuple[VolumeMount, ...] = ()  # the app's volumes, as they are now (a rollback does not roll data back)
+    previous: DesiredApp | None = None  # what serves now: started again if the new release fails after it stopped
 
 
 @dataclass(frozen=True)
@@ -244,14 +274,30 @@ def swap(
     route never points at a container that has not passed, nor at fewer than the old ones."""
     release = plan.release
     base = container_name(plan.tenant, plan.app, plan.deployment_id)
+    stopped = _stop_other_writers(rt, plan, log)
     new: list[AppContainer] = []
     start_s = health_s = 0.0
     for index in range(plan.replicas):
         name = replica_name(base, index)
         started = time.monotonic()
-        container = rt.start_app(
-            tenant=plan.tenant, app=plan.app, release=release.name, image=release.image_id, env=plan.env, name=name
-        )
+        try:
+            container = rt.start_app(
+                tenant=plan.tenant,
+                app=plan.app,
+                release=release.name,
+                image=release.image_id,
+                env=plan.env,
+                name=name,
+                volumes=plan.volumes,
+            )
+        except VolumeError as exc:  # its data gone, or the host cannot attach it: not the app's fault, not an outage
+            _remove_all(rt, new)
+            again = _start_previous_again(rt, plan, stopped, log)
+            raise Failed(f"{exc}; " + ("the previous release was started again" if again else "nothing was changed")) from None
+        except Exception:
+            _remove_all(rt, new)
+            _start_previous_again(rt, plan, stopped, log)
+            raise
         new.append(container)
         start_s += time.monotonic() - started
         log.step(
@@ -264,13 +310,16 @@ def swap(
             tail = _last_lines(rt, container.id)
             for line in tail:
                 log.line(f"[{release.name}] {line}")
-            for started_one in new:
-                rt.remove(started_one.id)
+            _remove_all(rt, new)
+            again = _start_previous_again(rt, plan, stopped, log)
             if health.ok:
                 raise Cancelled()
+            serving = "the previous release was started again and serves" if again else "the previous release keeps serving"
+            if stopped and not again:
+                serving = "the previous release could not be started again (the reconciler retries)"
             raise Failed(
                 f"health check GET {release.health_check_path} on port {release.port} did not pass within "
-                f"{health_timeout:.0f}s ({health.detail}); the previous release keeps serving. "
+                f"{health_timeout:.0f}s ({health.detail}); {serving}. "
                 "Last log lines of the new container:\n" + ("\n".join(tail) or "(none)")
             )
         log.step(f"{name} healthy after {health.elapsed:.2f}s ({health.detail})")
@@ -290,7 +339,7 @@ def swap(
     else:
         log.step(f"Traefik serves {release.name} after {seen:.2f}s")
     make_current([(c.id, c.name) for c in new])
-    if old:
+    if any(c.running for c in old):
         time.sleep(drain_s)  # requests already sent to the old containers finish first
     for container in old:
         try:
@@ -299,6 +348,44 @@ def swap(
         except RemovalRefused as exc:  # already gone or going: the new release is live either way
             log.step(f"previous container {container.name} not removed ({exc}); the reconciler will")
     return SwapTimings(start_s=start_s, health_s=health_s, route_s=route_s)
+
+
+def _stop_other_writers(rt: AppRuntime, plan: SwapPlan, log: BuildLog) -> list[AppContainer]:
+    """One writer per volume: the app's running containers that mount one of its volumes stop
+    (and stay, to start again should the new release fail) before the new one starts."""
+    ours = {v.volume_id for v in plan.volumes}
+    if not ours:
+        return []
+    stopped = []
+    for container in rt.owned_apps(tenant=plan.tenant, app=plan.app):
+        if container.running and ours & set(container.volumes):
+            rt.stop(container.id)
+            stopped.append(container)
+            log.step(
+                f"stopped {container.name} first: a volume has one writer at a time, so the app answers 502 until {plan.release.name} serves"
+            )
+    return stopped
+
+
+def _start_previous_again(rt: AppRuntime, plan: SwapPlan, stopped: list[AppContainer], log: BuildLog) -> bool:
+    """The release that served before, back (its container started again, the route at it)."""
+    previous = plan.previous
+    if previous is None or previous.container_id not in {c.id for c in stopped}:
+        return False
+    try:
+        again = rt.restart(previous.container_id)
+        route = Route(plan.app_id, plan.tenant, plan.app, again.address(), previous.release.port, previous.release.name)
+        rt.write_route(route)
+    except Exception as exc:  # noqa: BLE001 (the deployment's reason must still be written; the reconciler restarts it)
+        log.step(f"could not start {previous.container_name} again ({type(exc).__name__}: {exc}); the reconciler will")
+        return False
+    log.step(f"started {previous.container_name} again: {previous.release.name} serves")
+    return True
+
+
+def _remove_all(rt: AppRuntime, containers: list[AppContainer]) -> None:
+    for container in containers:
+        rt.remove(container.id)
 
 
 def _last_lines(rt: AppRuntime, container_id: str, n: int = 20) -> list[str]:

@@ -34,7 +34,7 @@ import structlog
 
 from control.jobs.build import TENANT_IMAGES, tenant_repository
 from control.jobs.docker_runs import run_in_container
-from control.jobs.runtime_port import AppContainer, RemovalRefused, Route, RunOutcome, TenantImage
+from control.jobs.runtime_port import AppContainer, RemovalRefused, Route, RunOutcome, TenantImage, VolumeMount
 from control.settings import Settings
 from runtime import labels as L
 from runtime.builders import Builder, BuildRequest, BuiltImage
@@ -47,8 +47,9 @@ from runtime.images import Images
 from runtime.networks import TenantNetworks
 from runtime.resilience import BreakerRegistry, CircuitBreaker, Guard, RetryPolicy
 from runtime.router import AppRoute, Backend, Router, atomic_write
-from runtime.sandbox import ContainerSpec, SandboxPolicy
+from runtime.sandbox import ContainerSpec, Mount, SandboxPolicy
 from runtime.settings import RuntimeSettings
+from runtime.volumes import LoopImages, Volumes, VolumeSpec, volume_id_of
 
 log = structlog.get_logger("moorage.deploy")
 INSTANCE_LABEL = "org.moorage.control-plane"
@@ -114,6 +115,11 @@ class DockerAppRuntime:
     @cached_property
     def networks(self) -> TenantNetworks:
         return TenantNetworks(self.engine, owner_labels=lambda: {INSTANCE_LABEL: self.instance})
+
+    @cached_property
+    def volumes(self) -> Volumes:
+        loops = LoopImages(self.settings.data_dir / "volumes", timeout=float(self.settings.volume_command_timeout_s))
+        return Volumes(self.engine, loops)
 
     @cached_property
     def build_images(self) -> Images:
@@ -187,9 +193,21 @@ class DockerAppRuntime:
             raise
 
     # -- app containers -------------------------------------------------------------------
-    def start_app(self, *, tenant: str, app: str, release: str, image: str, env: dict[str, str], name: str) -> AppContainer:
+    def start_app(
+        self,
+        *,
+        tenant: str,
+        app: str,
+        release: str,
+        image: str,
+        env: dict[str, str],
+        name: str,
+        volumes: Sequence[VolumeMount] = (),
+    ) -> AppContainer:
         network = self.networks.ensure(tenant).name
-        self.containers.remove(name, force=True)
+        self.containers.remove(name, force=True)  # first: it may hold a volume the new one mounts
+        # Named volumes only, writable at their paths; the rest of the hardening is the sandbox's as for any app.
+        mounts = tuple(Mount(self.volumes.prepare(self._volume_spec(v, tenant, app)), v.mount_path) for v in volumes)
         spec = ContainerSpec(
             tenant=tenant,
             app=app,
@@ -198,6 +216,7 @@ class DockerAppRuntime:
             release=release,
             name=name,
             env=env,
+            mounts=mounts,
             labels={INSTANCE_LABEL: self.instance},
         )
         info = self.containers.run(spec, self.policy)
@@ -211,7 +230,16 @@ class DockerAppRuntime:
             return None
 
     def restart(self, container_id: str) -> AppContainer:
+        for name in self._mounted_volumes(self.containers.inspect(container_id)):
+            self.volumes.prepare_existing(name)  # a reboot detached its loop device
         return self._app_container(self.containers.start(container_id))
+
+    def stop(self, container_id: str) -> bool:
+        try:
+            self.containers.stop(container_id, timeout=10)
+        except docker.errors.NotFound:
+            return False
+        return True
 
     def log_tail(self, container_id: str, lines: int) -> list[str]:
         return self.containers.logs(container_id, tail=lines)
@@ -282,6 +310,7 @@ class DockerAppRuntime:
     def _app_container(self, info: ContainerInfo) -> AppContainer:
         tenant = info.labels.get(L.TENANT, "")
         ip = info.ip_addresses.get(self.networks.name_for(tenant)) if L.is_dns_label(tenant) else None
+        volumes = tuple(vid for name in self._mounted_volumes(info) if (vid := volume_id_of(name)))
         return AppContainer(
             id=info.id,
             name=info.name,
@@ -291,7 +320,28 @@ class DockerAppRuntime:
             image=info.image,
             status=info.status,
             ip=ip,
+            volumes=volumes,
         )
+
+    @staticmethod
+    def _mounted_volumes(info: ContainerInfo) -> list[str]:
+        return [str(m.get("Name", "")) for m in info.attrs.get("Mounts") or [] if m.get("Type") == "volume"]
+
+    # -- app volumes ----------------------------------------------------------------------
+    def _volume_spec(self, mount: VolumeMount, tenant: str, app: str, size_mb: int = 0) -> VolumeSpec:
+        return VolumeSpec(mount.volume_id, tenant, app, size_mb, mount.enforced, labels={INSTANCE_LABEL: self.instance})
+
+    def create_volume(self, *, volume_id: str, tenant: str, app: str, size_mb: int, enforced: bool) -> None:
+        self.volumes.create(VolumeSpec(volume_id, tenant, app, size_mb, enforced, labels={INSTANCE_LABEL: self.instance}))
+
+    def remove_volume(self, volume_id: str) -> bool:
+        return self.volumes.remove(volume_id)
+
+    def owned_volumes(self) -> dict[str, float]:
+        return self.volumes.owned({INSTANCE_LABEL: self.instance})
+
+    def volume_usage(self, volumes: Sequence[VolumeMount]) -> dict[str, int | None]:
+        return self.volumes.used_bytes({v.volume_id: v.enforced for v in volumes})
 
     # -- tenant networks ------------------------------------------------------------------
     def owned_networks(self) -> list[str]:

@@ -1,10 +1,11 @@
 """``InMemoryAppRuntime``: the app runtime port's fake, for tests that must not need Docker.
 
 It keeps real state, so a test asserts on outcomes rather than on calls: images built,
-app containers (running or exited, each with an address, its env and its log), routes
-(app id → container address and release), legacy route files, and the step containers an
-interrupted build left. An app listens on ``$PORT``: a health check on another port fails,
-as it would for real.
+app containers (running or exited, each with an address, its env, its log and its mounts),
+app volumes (each holding files: ``write_file``/``read_file`` as the app in a container would,
+so a test sees what survives which container), routes (app id → container address and
+release), legacy route files, and the step containers an interrupted build left. An app
+listens on ``$PORT``: a health check on another port fails, as it would for real.
 
 One-off runs print the lines and exit with the code that ``script_runs`` set (after its
 ``duration_s``: ``math.inf`` runs until killed); ``runs`` keeps what each was started with
@@ -19,8 +20,10 @@ at the next call of their step.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
+import posixpath
 import threading
 import time
 from collections import defaultdict
@@ -30,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from control.jobs.build import TENANT_IMAGES, tenant_repository
-from control.jobs.runtime_port import AppContainer, AppRuntime, RemovalRefused, Route, RunOutcome, TenantImage
+from control.jobs.runtime_port import AppContainer, AppRuntime, RemovalRefused, Route, RunOutcome, TenantImage, VolumeMount
 from runtime.builders import (
     BuildCancelled,
     BuildError,
@@ -39,6 +42,7 @@ from runtime.builders import (
     BuiltImage,
 )
 from runtime.healthcheck import HealthResult
+from runtime.volumes import NameHeldByAnother, VolumeInUse, VolumeStorageMissing
 
 STEPS = frozenset(name for name in vars(AppRuntime) if not name.startswith("_"))
 BUILDERS = ("dockerfile", "nixpacks")
@@ -63,6 +67,8 @@ class FakeContainer:
     status: str = "running"
     health: str = "healthy"  # healthy | never | dies: what its health check will find
     log: list[str] = field(default_factory=list)
+    mounts: tuple[VolumeMount, ...] = ()
+    files: dict[str, str] = field(default_factory=dict)  # written outside its volumes: gone with it
 
     def view(self) -> AppContainer:
         return AppContainer(
@@ -74,6 +80,7 @@ class FakeContainer:
             image=self.image,
             status=self.status,
             ip=self.ip if self.status == "running" else None,
+            volumes=tuple(m.volume_id for m in self.mounts),
         )
 
 
@@ -102,12 +109,27 @@ class FakeRun:
     outcome: RunOutcome | None = None
 
 
+@dataclass
+class FakeVolume:
+    id: str
+    tenant: str
+    app: str
+    size_mb: int
+    enforced: bool
+    created: float = field(default_factory=time.time)
+    files: dict[str, str] = field(default_factory=dict)  # path inside the volume -> text
+
+    def used(self) -> int:
+        return sum(len(text.encode()) for text in self.files.values())
+
+
 class InMemoryAppRuntime:
     """The app runtime port's fake for tests: in-memory state, scripted failures, no Docker."""
 
     def __init__(self) -> None:
         self.images: dict[str, str] = {}  # image id -> tag
         self.containers: dict[str, FakeContainer] = {}  # app containers by id
+        self.volumes: dict[str, FakeVolume] = {}  # app volumes by id
         self.routes: dict[str, Route] = {}  # by app id
         self.networks: set[str] = set()  # tenants whose network this control plane created
         self.legacy: set[str] = set()  # stems (tenant--app) of route files from before id keys
@@ -173,6 +195,35 @@ class InMemoryAppRuntime:
     def stop_behind_our_back(self, container_id: str) -> None:
         """The container exits, as if killed by someone else."""
         self.containers[container_id].status = "exited"
+
+    # -- what the app in a container does ---------------------------------------------------
+    def write_file(self, container_id: str, path: str, text: str) -> None:
+        """The app writes ``path``: into the volume mounted there (an enforced one refuses to
+        grow past its size with ENOSPC), else into the container's own files."""
+        container = self._container(container_id)
+        if container.status != "running":
+            raise LookupError(f"container {container.name} is not running")
+        volume, inner = self._volume_at(container, path)
+        if volume is None:
+            container.files[path] = text
+            return
+        if (
+            volume.enforced
+            and volume.used() - len(volume.files.get(inner, "").encode()) + len(text.encode()) > volume.size_mb * 2**20
+        ):
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        volume.files[inner] = text
+
+    def read_file(self, container_id: str, path: str) -> str | None:
+        container = self._container(container_id)
+        volume, inner = self._volume_at(container, path)
+        return container.files.get(path) if volume is None else volume.files.get(inner)
+
+    def _volume_at(self, container: FakeContainer, path: str) -> tuple[FakeVolume | None, str]:
+        for mount in container.mounts:
+            if path.startswith(mount.mount_path.rstrip("/") + "/"):
+                return self.volumes[mount.volume_id], posixpath.relpath(path, mount.mount_path)
+        return None, path
 
     # -- reading the state (for assertions) -----------------------------------------------
     def running(self, *, tenant: str | None = None, app: str | None = None) -> list[FakeContainer]:
@@ -292,10 +343,23 @@ class InMemoryAppRuntime:
         return removed
 
     # -- app containers -------------------------------------------------------------------
-    def start_app(self, *, tenant: str, app: str, release: str, image: str, env: dict[str, str], name: str) -> AppContainer:
+    def start_app(
+        self,
+        *,
+        tenant: str,
+        app: str,
+        release: str,
+        image: str,
+        env: dict[str, str],
+        name: str,
+        volumes: Sequence[VolumeMount] = (),
+    ) -> AppContainer:
         self._enter("start_app")
         if image not in self.images:
             raise LookupError(f"no such image: {image}")
+        for mount in volumes:
+            if mount.volume_id not in self.volumes:
+                raise VolumeStorageMissing(f"the storage of volume {mount.volume_id} is gone, so its data is lost")
         self._started_anything = True
         self.networks.add(tenant)
         for same_name in [c.id for c in self.containers.values() if c.name == name]:
@@ -312,6 +376,7 @@ class InMemoryAppRuntime:
             ip=f"10.88.{serial // 250}.{serial % 250 + 2}",
             health=self._health,
             log=[f"{app} {release} listening on port {env.get('PORT', '?')}"],
+            mounts=tuple(volumes),
         )
         self.containers[container.id] = container
         self._leave("start_app")
@@ -330,6 +395,14 @@ class InMemoryAppRuntime:
         container.status, container.ip = "running", f"10.88.{serial // 250}.{serial % 250 + 2}"
         self._leave("restart")
         return container.view()
+
+    def stop(self, container_id: str) -> bool:
+        self._enter("stop")
+        found = self.containers.get(container_id)
+        if found is not None:
+            found.status = "exited"
+        self._leave("stop")
+        return found is not None
 
     def log_tail(self, container_id: str, lines: int) -> list[str]:
         self._enter("log_tail")
@@ -449,6 +522,36 @@ class InMemoryAppRuntime:
         found = [c.view() for c in list(self.run_containers.values()) if tenant is None or c.tenant == tenant]
         self._leave("owned_runs")
         return found
+
+    # -- app volumes ----------------------------------------------------------------------
+    def create_volume(self, *, volume_id: str, tenant: str, app: str, size_mb: int, enforced: bool) -> None:
+        self._enter("create_volume")
+        if volume_id in self.volumes:
+            raise NameHeldByAnother(f"a volume named for {volume_id} exists already; it was left alone")
+        self._started_anything = True
+        self.volumes[volume_id] = FakeVolume(volume_id, tenant, app, size_mb, enforced)
+        self._leave("create_volume")
+
+    def remove_volume(self, volume_id: str) -> bool:
+        self._enter("remove_volume")
+        users = [c.name for c in self.containers.values() if any(m.volume_id == volume_id for m in c.mounts)]
+        if users and volume_id in self.volumes:
+            raise VolumeInUse(f"container(s) {users} still use volume {volume_id}; remove them first")
+        removed = self.volumes.pop(volume_id, None) is not None
+        self._leave("remove_volume")
+        return removed
+
+    def owned_volumes(self) -> dict[str, float]:
+        self._enter("owned_volumes")
+        owned = {v.id: v.created for v in self.volumes.values()}
+        self._leave("owned_volumes")
+        return owned
+
+    def volume_usage(self, volumes: Sequence[VolumeMount]) -> dict[str, int | None]:
+        self._enter("volume_usage")
+        usage = {m.volume_id: (v.used() if (v := self.volumes.get(m.volume_id)) else None) for m in volumes}
+        self._leave("volume_usage")
+        return usage
 
     # -- routes ---------------------------------------------------------------------------
     def write_route(self, route: Route) -> None:

@@ -8,8 +8,10 @@ scripted). Nothing here imports Docker.
 
 Failures a caller acts on have types of their own: the builders' (``runtime.builders``:
 ``BuildError``, ``BuildTimeout``, ``BuildCancelled``, ``BuilderUnavailable``) and
-``RemovalRefused``, ``RunRefused``. A dependency that is down raises whatever its client raises; the
-pipeline tells those apart from the app's own failures with ``control.jobs.workers.as_outage``.
+``RemovalRefused``, ``RunRefused``, and the volumes' (``runtime.volumes``: ``VolumeStorageMissing``,
+``VolumeInUse``, ``VolumeHostError``, ``NameHeldByAnother``, all ``VolumeError``). A dependency
+that is down raises whatever its client raises; the pipeline tells those apart from the app's
+own failures with ``control.jobs.workers.as_outage``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,20 @@ from typing import Protocol
 
 from runtime.builders import BuildRequest, BuiltImage
 from runtime.healthcheck import HealthResult
+from runtime.volumes import docker_name
+
+
+@dataclass(frozen=True)
+class VolumeMount:
+    """An app volume as its containers mount it."""
+
+    volume_id: str
+    mount_path: str  # absolute, normalised, checked by the domain
+    enforced: bool  # its size is its filesystem's (ext4 on a loop device), else only measured
+
+    @property
+    def docker_name(self) -> str:
+        return docker_name(self.volume_id)
 
 
 @dataclass(frozen=True)
@@ -33,6 +49,7 @@ class AppContainer:
     image: str
     status: str  # created | running | exited | ...
     ip: str | None  # its address on the tenant's network, while it has one
+    volumes: tuple[str, ...] = ()  # ids of the app volumes it mounts
 
     @property
     def running(self) -> bool:
@@ -129,10 +146,23 @@ class AppRuntime(Protocol):
         ...
 
     # -- app containers -------------------------------------------------------------------
-    def start_app(self, *, tenant: str, app: str, release: str, image: str, env: dict[str, str], name: str) -> AppContainer:
+    def start_app(
+        self,
+        *,
+        tenant: str,
+        app: str,
+        release: str,
+        image: str,
+        env: dict[str, str],
+        name: str,
+        volumes: Sequence[VolumeMount] = (),
+    ) -> AppContainer:
         """Start ``image`` sandboxed on the tenant's network, replacing any container called
         ``name`` (a retried deployment's, one the reconciler recreated). ``env`` goes in at
-        create and is never logged. The container returned is running and has an address."""
+        create and is never logged. ``volumes`` are mounted writable at their paths, their
+        storage made ready first (an enforced volume's loop device attached again after a
+        reboot); ``VolumeStorageMissing`` when one's data is gone. The container returned is
+        running and has an address."""
         ...
 
     def inspect(self, container_id: str) -> AppContainer | None:
@@ -140,7 +170,12 @@ class AppRuntime(Protocol):
         ...
 
     def restart(self, container_id: str) -> AppContainer:
-        """Start a stopped container again."""
+        """Start a stopped container again (its volumes made ready first, as for ``start_app``)."""
+        ...
+
+    def stop(self, container_id: str) -> bool:
+        """Stop (in-flight requests get a grace period) and keep the container, to start it
+        again or remove it later; False when it was gone."""
         ...
 
     def log_tail(self, container_id: str, lines: int) -> list[str]: ...
@@ -194,6 +229,27 @@ class AppRuntime(Protocol):
     def owned_runs(self, *, tenant: str | None = None) -> list[AppContainer]:
         """The run containers this control plane started that are still there; ``remove``
         takes one away."""
+        ...
+
+    # -- app volumes ----------------------------------------------------------------------
+    def create_volume(self, *, volume_id: str, tenant: str, app: str, size_mb: int, enforced: bool) -> None:
+        """Make the volume's storage: with ``enforced``, an ext4 filesystem of ``size_mb`` MiB
+        (writes past it fail with ENOSPC), else a plain volume. Nothing is left when it raises."""
+        ...
+
+    def remove_volume(self, volume_id: str) -> bool:
+        """Remove the volume's storage and its data; False when none was there. ``VolumeInUse``
+        while a container, even a stopped one, still has it."""
+        ...
+
+    def owned_volumes(self) -> dict[str, float]:
+        """Volume id -> when its storage was made (epoch seconds), for every volume this
+        control plane made (never another installation's)."""
+        ...
+
+    def volume_usage(self, volumes: Sequence[VolumeMount]) -> dict[str, int | None]:
+        """Bytes each volume holds; None where it cannot be told now (an enforced volume that
+        no container mounts, a volume that is gone)."""
         ...
 
     # -- tenant networks ------------------------------------------------------------------

@@ -37,11 +37,13 @@ class RuntimeTeardown:
         self._workers = workers
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="moorage-teardown")
 
-    def app_deleted(self, app: App, deployment_ids: Collection[str]) -> None:
+    def app_deleted(self, app: App, deployment_ids: Collection[str], volume_ids: Collection[str] = ()) -> None:
         """After the app's delete committed: its route now, the rest in the background."""
         routed = bool(self._quietly("route", app.id, lambda: self.runtime.remove_route(app.id)))
-        ids, tenant = frozenset(deployment_ids), self.tenant_name(app.tenant_id)
-        self._pool.submit(self._quietly, "containers and images", app.id, lambda: self._app_leftovers(app, tenant, ids, routed))
+        ids, tenant, volumes = frozenset(deployment_ids), self.tenant_name(app.tenant_id), tuple(volume_ids)
+        self._pool.submit(
+            self._quietly, "containers and images", app.id, lambda: self._app_leftovers(app, tenant, ids, routed, volumes)
+        )
 
     def tenant_deleted(self, tenant: Tenant) -> None:
         """After the (empty) tenant's delete committed: whatever its apps left, then its network."""
@@ -53,13 +55,19 @@ class RuntimeTeardown:
         pool.shutdown(wait=True)
 
     # -- inside -----------------------------------------------------------------------------
-    def _app_leftovers(self, app: App, tenant: str, deployment_ids: frozenset[str], routed: bool) -> list[str]:
+    def _app_leftovers(
+        self, app: App, tenant: str, deployment_ids: frozenset[str], routed: bool, volume_ids: tuple[str, ...] = ()
+    ) -> list[str]:
         if routed and self.runtime.wait_unrouted(tenant, app.name, self.unroute_wait_s) is None:
             log.warning("teardown_route_still_served", app_id=app.id, waited_s=self.unroute_wait_s)
         removed = []
         for container in self.runtime.owned_apps(tenant=tenant, app=app.name):
-            if any(dep in container.name for dep in deployment_ids) and self.runtime.remove(container.id):
+            mounts_ours = bool(set(container.volumes) & set(volume_ids))
+            if (mounts_ours or any(dep in container.name for dep in deployment_ids)) and self.runtime.remove(container.id):
                 removed.append(container.name)
+        for volume_id in volume_ids:  # after the containers: a volume in use cannot go
+            if self.runtime.remove_volume(volume_id):
+                removed.append(f"volume {volume_id}")
         for image in self.runtime.tenant_images(app.tenant_id):
             if image.deployment_ids() & deployment_ids and self.runtime.remove_image(image.id):
                 removed.append(image.tags[0])

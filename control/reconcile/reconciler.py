@@ -1,6 +1,7 @@
 """The reconciler: on start and every ``interval_s``, for each app with a current release:
 
-- its container is missing → recreate it from the release (env resolved in memory);
+- its container is missing → recreate it from the release (env resolved in memory, its
+  volumes mounted);
 - its container is not running → start it again, with exponential backoff per app so a
   crash-looping app is not hammered;
 - its route file is missing or stale (e.g. the container's IP changed) → rewrite it;
@@ -17,7 +18,13 @@ and remove *orphans*, what no live app and no in-progress deployment accounts fo
   of its ``kept_releases`` newest releases (what a rollback reuses) and of its current one,
   and a deployment in flight keeps the image it builds or rolls back to; a deleted app's
   images therefore all go. A deleted tenant's images go with its delete;
+- app volume storage (Docker volumes, image files, loop devices) of this control plane that
+  no volume accounts for, once past a grace period (a create in flight makes its storage
+  before its row commits);
 - the further sweeps it was built with (database containers).
+
+It also measures what each app volume holds (``used_mb``); a measured volume over its size
+turns ``full`` (deploys refused) and ``ready`` again once under.
 
 Containers and files without our marks are never touched. Apps with a deployment in flight
 are skipped (the swap owns them until it finishes).
@@ -41,6 +48,7 @@ from control.domain.records import DesiredApp
 from control.domain.releases import ReleaseService
 from control.jobs.deploy import container_name, replica_name
 from control.jobs.runtime_port import AppContainer, AppRuntime, RemovalRefused, Route
+from control.jobs.volumes import VolumeUpkeep
 from control.jobs.workers import AppLocks
 from runtime.router import legacy_owners
 
@@ -79,6 +87,7 @@ class Reconciler:
         kept_releases: int = 5,
         drain_s: float = 1.0,
         sweeps: Mapping[str, Callable[[], list[str]]] | None = None,
+        volumes: VolumeUpkeep | None = None,
     ) -> None:
         self.releases = releases
         self.deployments = deployments
@@ -94,6 +103,7 @@ class Reconciler:
         self.kept_releases = kept_releases
         self.drain_s = drain_s  # a scaled-down replica keeps serving this long after leaving the route
         self._sweeps = dict(sweeps or {})  # further sweeps, each returning what it removed
+        self.volumes = volumes
         self._backoff: dict[str, _Backoff] = {}
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -119,6 +129,10 @@ class Reconciler:
         self._guarded(report, "orphan routes", lambda: self._remove_orphan_routes(report))
         self._guarded(report, "orphan networks", lambda: self._remove_orphan_networks(report))
         self._guarded(report, "old images", lambda: self._remove_unkept_images(report))
+        if self.volumes is not None:
+            upkeep = self.volumes
+            self._guarded(report, "orphan volumes", partial(_run_sweep, report, "app volumes", upkeep.remove_orphans))
+            self._guarded(report, "volume usage", lambda: report.actions.extend(upkeep.measure()))
         for name, sweep in self._sweeps.items():
             self._guarded(report, name, partial(_run_sweep, report, name, sweep))
         if report.actions:
@@ -199,6 +213,7 @@ class Reconciler:
             image=d.release.image_id,
             env=values,
             name=name,
+            volumes=self.volumes.mounts(d.app_id) if self.volumes else (),
         )
 
     def _remove_orphans(self, report: Report) -> None:

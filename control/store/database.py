@@ -157,6 +157,14 @@ class Store:
         else:
             action()
 
+    def on_failure(self, action: Callable[[], object]) -> None:
+        """``action()`` if the open unit of work fails to commit, so that nothing it wrote is
+        kept (undo what was done outside the database); nothing when none is open: then
+        every write so far is committed already."""
+        uow = current.get()
+        if uow is not None and not uow.closed:
+            uow.on_failure(action)
+
     # -- what a unit of work uses -------------------------------------------------------
     def new_write_session(self) -> Session:
         return self._writer()

@@ -449,3 +449,36 @@ class TenantDatabaseLimitsRow(Base):
     max_databases: Mapped[int | None] = mapped_column(Integer)
     max_memory_mb: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+# --- app volumes ---------------------------------------------------------------
+
+
+class VolumeRow(Timestamps, Base):
+    """An app's persistent volume: its storage on the host is named from its id
+    (``moorage-vol-<id>``) and lives until the volume, or the app with ``?purge=true``, is deleted."""
+
+    __tablename__ = "volumes"
+    __table_args__ = (UniqueConstraint("app_id", "name"), Index("ix_volumes_tenant", "tenant_id", "id"))
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))
+    mount_path: Mapped[str] = mapped_column(String(255))
+    size_mb: Mapped[int] = mapped_column(Integer)
+    quota: Mapped[str] = mapped_column(String(16))  # enforced | measured: how it was made, for good
+    status: Mapped[str] = mapped_column(String(16), default="ready")  # ready | full (measured, over its size)
+    used_bytes: Mapped[int | None] = mapped_column(BigInteger)  # the last measurement
+    measured_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class TenantStorageLimitsRow(Base):
+    """Per-tenant volume quotas set by operators; NULL means the platform default."""
+
+    __tablename__ = "tenant_storage_limits"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    max_volumes: Mapped[int | None] = mapped_column(Integer)
+    max_total_mb: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

@@ -16,11 +16,13 @@ from control.domain.env import EnvService, EnvValue
 from control.domain.records import App, Deployment, Job, Release
 from control.domain.releases import ReleaseService
 from control.domain.tenants import TenantService
+from control.domain.volumes import VolumeConfig, VolumeService
 from control.jobs.deploy import DeployPipeline, container_name
 from control.jobs.queue import JobQueue, QueueConfig
 from control.jobs.runtime_fake import FakeContainer, InMemoryAppRuntime
 from control.jobs.runtime_port import Route
 from control.jobs.teardown import RuntimeTeardown
+from control.jobs.volumes import RuntimeVolumes, VolumeUpkeep
 from control.jobs.workers import AppLocks, JobKind, WorkerPool
 from control.reconcile.reconciler import Reconciler
 from control.security.keyring import ReloadingKeyring
@@ -53,7 +55,10 @@ class DeployWorld:
         self.env_vars = EnvService(self.db, ReloadingKeyring(KeySource.of(settings)))
         self.runtime = InMemoryAppRuntime()
         locks = AppLocks()
-        self.pipeline = DeployPipeline(settings, self.deployments, self.releases, self.env_vars, self.runtime, locks)
+        self.volumes = VolumeService(self.db, RuntimeVolumes(self.runtime, locks), VolumeConfig(quota="enforced"))
+        self.pipeline = DeployPipeline(
+            settings, self.deployments, self.releases, self.env_vars, self.runtime, locks, volumes=self.volumes
+        )
         self.workers = WorkerPool(self.queue, {DEPLOY_JOB: JobKind(self.pipeline, self.pipeline.give_up)}, count=0)
         self.teardown = RuntimeTeardown(self.runtime, tenant_name=lambda tenant_id: self.tenants.name(tenant_id))
         self.tenants = TenantService(self.db, self.teardown)
@@ -68,6 +73,7 @@ class DeployWorld:
             tenant_ids=self.tenants.ids,
             kept_releases=settings.kept_releases,
             drain_s=0,
+            volumes=VolumeUpkeep(self.volumes, self.runtime, clock=lambda: self.clock.now.timestamp()),
         )
         self.tenant = self.tenants.create("acme")
         self.apps = AppService(self.db, self.teardown)
@@ -80,6 +86,10 @@ class DeployWorld:
     # -- acting -------------------------------------------------------------------------
     def set_env(self, name: str, value: str) -> None:
         self.env_vars.set(self.tenant.id, self.app.id, name, EnvValue(value))
+
+    def add_volume(self, name: str = "data", mount_path: str = "/data", size_mb: int = 10) -> str:
+        """A volume of the app (mounted from its next container start); its id."""
+        return self.volumes.create(self.tenant.id, self.app.id, name, mount_path, size_mb).id
 
     def upload(self, dockerfile: str = DOCKERFILE) -> str:
         """A deployment of an uploaded source tree, queued (as the API leaves it)."""

@@ -63,3 +63,28 @@ def test_logs_are_bounded_with_the_full_text_in_a_file() -> None:
     lines, truncated, full = logs_command.bounded(text, "web")
     assert truncated and len(lines) == logs_command.MAX_LINES and lines[-1] == "line 499"
     assert full and Path(full).read_text() == text
+
+
+def test_volumes_commands_shapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from control.jobs.runtime_fake import InMemoryAppRuntime
+    from control.jobs.volumes import RuntimeVolumes
+    from control.jobs.workers import AppLocks
+
+    with cli_tenant(tmp_path / "data", monkeypatch) as served:
+        fake = InMemoryAppRuntime()  # the storage a create makes, without Docker
+        served.app.state.services.volumes.storage = RuntimeVolumes(fake, AppLocks())
+        run_json(capsys, "apps", "create", "web")
+        code, volume = run_json(capsys, "volumes", "create", "web", "data", "--mount-path", "/app/instance", "--size-mb", "64")
+        assert code == 0 and volume["mount_path"] == "/app/instance" and volume["size_mb"] == 64  # type: ignore[index]
+        assert list(fake.volumes) == [volume["id"]]  # type: ignore[index]
+        code, listed = run_json(capsys, "volumes", "list", "web")
+        assert code == 0 and [v["name"] for v in listed] == ["data"]  # type: ignore[union-attr]
+        assert run_json(capsys, "volumes", "get", "web", "data") == (0, volume)
+        assert main(["volumes", "create", "web", "data", "--mount-path", "/other", "--size-mb", "1", "--json"]) == 3
+        assert main(["volumes", "create", "web", "more", "--mount-path", "/etc", "--size-mb", "1", "--json"]) == 8
+        assert main(["apps", "delete", "web", "--json"]) == 3  # app-has-volumes
+        assert run_json(capsys, "volumes", "delete", "web", "data", "--force") == (0, {"deleted": "data", "app": "web"})
+        assert fake.volumes == {}
+        assert main(["volumes", "get", "web", "data", "--json"]) == 4
+        assert run_json(capsys, "volumes", "create", "web", "data", "--mount-path", "/d", "--size-mb", "1")[0] == 0
+        assert run_json(capsys, "apps", "delete", "web", "--purge") == (0, {"deleted": "web"})

@@ -20,8 +20,10 @@ from litestar import Litestar
 from litestar.testing import TestClient
 
 from control.app import create_app
+from control.ids import new_id
 from control.security.scopes import TENANT_SCOPES
 from control.settings import Settings
+from control.store.repositories.volumes import VolumeRepository
 from tests.conftest import Caller, WorldSnapshot, shared_world
 
 _PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")
@@ -39,6 +41,7 @@ SAMPLE_BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/apps/{app}/runs"): {"command": ["true"]},
     ("POST", "/v1/apps/{app}/cron"): {"name": "from-b", "schedule": "0 4 * * *", "command": ["true"]},
     ("PATCH", "/v1/apps/{app}/cron/{schedule}"): {"enabled": False},
+    ("POST", "/v1/apps/{app}/volumes"): {"name": "from-b", "mount_path": "/from-b", "size_mb": 1},
 }
 
 
@@ -111,6 +114,11 @@ def _build_tenants(
     run = alpha.post(f"/v1/apps/{app['id']}/runs", json={"command": ["true"]})
     schedule = alpha.post(f"/v1/apps/{app['id']}/cron", json={"name": "nightly", "schedule": "0 3 * * *", "command": ["true"]})
     assert run.status_code == 202 and schedule.status_code == 201, (run.text, schedule.text)
+    volume_id = new_id("vol")
+    with alpha.client.app.state.services.db.write() as session:  # as the API records it, without storage on this host
+        VolumeRepository(session, alpha.tenant_id).add(
+            id=volume_id, app_id=app["id"], name="secret-data", mount_path="/data", size_mb=1, quota="enforced", status="ready"
+        )
     # Each path parameter, filled with A's real identifiers: by id and by name.
     values = {
         "app": [app["id"], app["name"]],
@@ -123,6 +131,7 @@ def _build_tenants(
         "link": [link.json()["id"]],
         "run": [run.json()["id"]],
         "schedule": ["nightly"],
+        "volume": [volume_id, "secret-data"],
     }
     return alpha, beta, values
 

@@ -245,3 +245,17 @@ def test_replicas_are_bounded_by_the_setting(world: DeployWorld) -> None:
         world.apps.update(world.tenant.id, world.app.id, replicas=11)
     with pytest.raises(Invalid):
         world.apps.update(world.tenant.id, world.app.id, replicas=0)
+
+
+def test_an_app_with_a_volume_runs_one_replica(world: DeployWorld) -> None:
+    from control.domain.errors import Conflict
+
+    world.volumes.create(world.tenant.id, world.app.id, "data", "/data", 4)
+    with pytest.raises(Conflict) as refused:
+        world.apps.update(world.tenant.id, world.app.id, replicas=2)
+    assert refused.value.code == "replicas-with-volume" and "data" in refused.value.detail
+    world.apps.update(world.tenant.id, world.app.id, replicas=1)  # what it runs already: fine
+    other = world.apps.create(world.tenant.id, "many", port=8080, replicas=3)
+    with pytest.raises(Conflict) as refused:
+        world.volumes.create(world.tenant.id, other.id, "data", "/data", 4)
+    assert refused.value.code == "replicas-with-volume"

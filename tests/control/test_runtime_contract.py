@@ -5,6 +5,7 @@ stand for what Docker does."""
 
 from __future__ import annotations
 
+import errno
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -15,11 +16,12 @@ import pytest
 
 from control.jobs.runtime_docker import DockerAppRuntime
 from control.jobs.runtime_fake import InMemoryAppRuntime
-from control.jobs.runtime_port import AppContainer, AppRuntime, RemovalRefused, Route, RunOutcome
+from control.jobs.runtime_port import AppContainer, AppRuntime, RemovalRefused, Route, RunOutcome, VolumeMount
 from control.settings import Settings
 from runtime.builders import BuildCancelled, BuildError, BuildRequest
 from runtime.resilience import BreakerRegistry
 from runtime.traefik import TraefikProcess
+from runtime.volumes import VolumeInUse, VolumeStorageMissing
 from tests.runtime.helpers import BUSYBOX, RUN_ID, SETUP_HINT
 
 TENANT = f"contract-{RUN_ID}"
@@ -39,6 +41,11 @@ class Subject:
     source: Path  # a source tree with DOCKERFILE
     stop_behind_our_back: Callable[[str], None]
     plant_legacy_route: Callable[[str, str], None]  # a route file written before id keys
+    # What the app in a container does with its files, and what a host reboot does to volumes.
+    write_file: Callable[[str, str, str], None]  # container id, path, text
+    read_file: Callable[[str, str], str | None]
+    fill: Callable[[str, str, int], None]  # container id, path, bytes: OSError(ENOSPC) when it does not fit
+    reboot_volumes: Callable[[], None]
     # What the next one-off runs print and how they end: the fake is told; Docker runs the command itself.
     script_runs: Callable[..., None] = lambda **_: None
 
@@ -98,15 +105,43 @@ def _docker_subject(world: DockerWorld, tmp_path: Path) -> Iterator[Subject]:
     def plant_legacy_route(tenant: str, app: str) -> None:
         (world.traefik.dynamic_dir / f"{tenant}--{app}.yml").write_text("http: {}\n")
 
+    def sh(container_id: str, script: str, *args: str) -> tuple[int, str]:
+        done = rt.containers.exec(container_id, ["sh", "-c", script, "sh", *args])
+        if "No space left on device" in done.output:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return done.exit_code, done.output
+
+    def read_file(container_id: str, path: str) -> str | None:
+        code, out = sh(container_id, 'cat "$1"', path)
+        return out if code == 0 else None
+
+    def write_file(container_id: str, path: str, text: str) -> None:
+        code, out = sh(container_id, 'printf %s "$1" > "$2"', text, path)
+        assert code == 0, out
+
+    def fill(container_id: str, path: str, n: int) -> None:
+        code, out = sh(container_id, 'dd if=/dev/zero of="$2" bs=1024 count="$1"', str(n // 1024), path)
+        assert code == 0, out
+
+    def reboot_volumes() -> None:  # loop devices do not survive a reboot
+        for device in rt.volumes.loops.attached():
+            rt.volumes.loops.detach(device)
+
     yield Subject(
         rt,
         world.image_id,
         _source(tmp_path / "src"),
         stop_behind_our_back=lambda container_id: rt.containers.stop(container_id, timeout=1),
         plant_legacy_route=plant_legacy_route,
+        write_file=write_file,
+        read_file=read_file,
+        fill=fill,
+        reboot_volumes=reboot_volumes,
     )
     for container in [*rt.owned_apps(tenant=TENANT), *rt.owned_runs(tenant=TENANT)]:
         rt.remove(container.id)
+    for volume_id in rt.owned_volumes():
+        rt.remove_volume(volume_id)
     rt.remove_route(APP_ID)
     legacy.unlink(missing_ok=True)
 
@@ -122,6 +157,10 @@ def _fake_subject(tmp_path: Path) -> Iterator[Subject]:
         stop_behind_our_back=fake.stop_behind_our_back,
         plant_legacy_route=lambda tenant, app: fake.legacy.add(f"{tenant}--{app}"),
         script_runs=fake.script_runs,
+        write_file=fake.write_file,
+        read_file=fake.read_file,
+        fill=lambda container_id, path, n: fake.write_file(container_id, path, "\0" * n),
+        reboot_volumes=lambda: None,
     )
 
 
@@ -133,9 +172,20 @@ def subject(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Subject]
         yield from _fake_subject(tmp_path)
 
 
-def _start(subject: Subject, release: str = "v1", name: str = f"moorage-{TENANT}-{APP}-dep_contract") -> Route:
+def _start(
+    subject: Subject,
+    release: str = "v1",
+    name: str = f"moorage-{TENANT}-{APP}-dep_contract",
+    volumes: tuple[VolumeMount, ...] = (),
+) -> Route:
     container = subject.runtime.start_app(
-        tenant=TENANT, app=APP, release=release, image=subject.image_id, env={"PORT": "8080", "GREETING": "hello"}, name=name
+        tenant=TENANT,
+        app=APP,
+        release=release,
+        image=subject.image_id,
+        env={"PORT": "8080", "GREETING": "hello"},
+        name=name,
+        volumes=volumes,
     )
     return Route(APP_ID, TENANT, APP, container.address(), 8080, release)
 
@@ -356,3 +406,64 @@ def test_a_cancelled_run_is_killed_and_is_listed_while_it_runs(subject: Subject)
     assert outcome == RunOutcome(None, cancelled=True) and elapsed < 15
     assert [(c.name, c.tenant, c.app, c.release, c.image) for c in seen] == [(RUN_NAME, TENANT, APP, "v1", subject.image_id)]
     assert subject.runtime.owned_runs(tenant=TENANT) == []
+
+
+# -- app volumes ----------------------------------------------------------------------------
+VOLUME_ID = f"vol_{RUN_ID}000000000000000001"
+
+
+def _volume(subject: Subject, *, enforced: bool, size_mb: int = 4, volume_id: str = VOLUME_ID) -> VolumeMount:
+    subject.runtime.create_volume(volume_id=volume_id, tenant=TENANT, app=APP, size_mb=size_mb, enforced=enforced)
+    return VolumeMount(volume_id, "/data", enforced)
+
+
+@pytest.mark.parametrize("enforced", [True, False], ids=["enforced", "measured"])
+def test_a_volume_keeps_its_files_from_one_container_to_the_next(subject: Subject, enforced: bool) -> None:
+    rt, volume = subject.runtime, _volume(subject, enforced=enforced)
+    assert VOLUME_ID in rt.owned_volumes()
+    first = _container_id(subject, _start(subject, "v1", volumes=(volume,)))
+    assert rt.inspect(first).volumes == (VOLUME_ID,)  # type: ignore[union-attr]
+    subject.write_file(first, "/data/notes.txt", "kept")
+    subject.write_file(first, "/tmp/scratch.txt", "not kept")
+    second = _container_id(subject, _start(subject, "v2", volumes=(volume,)))  # same name: the first is replaced
+    assert rt.inspect(first) is None
+    assert subject.read_file(second, "/data/notes.txt") == "kept"
+    assert subject.read_file(second, "/tmp/scratch.txt") is None
+    used = rt.volume_usage([volume])[VOLUME_ID]
+    assert used is None or used >= len("kept")  # an enforced volume counts its filesystem's blocks
+
+
+def test_a_volume_in_use_is_not_removed_and_a_removed_one_is_gone(subject: Subject) -> None:
+    rt, volume = subject.runtime, _volume(subject, enforced=True)
+    container = _container_id(subject, _start(subject, volumes=(volume,)))
+    assert rt.stop(container) is True  # stopped, kept: it still holds the volume
+    assert rt.inspect(container) is not None
+    with pytest.raises(VolumeInUse):
+        rt.remove_volume(VOLUME_ID)
+    rt.remove(container)
+    assert rt.remove_volume(VOLUME_ID) is True
+    assert VOLUME_ID not in rt.owned_volumes()
+    assert rt.remove_volume(VOLUME_ID) is False
+    assert rt.stop(container) is False
+    with pytest.raises(VolumeStorageMissing):  # lost data is never replaced by an empty volume
+        _start(subject, volumes=(volume,))
+
+
+def test_an_enforced_volume_refuses_writes_past_its_size(subject: Subject) -> None:
+    volume = _volume(subject, enforced=True, size_mb=1)
+    container = _container_id(subject, _start(subject, volumes=(volume,)))
+    subject.fill(container, "/data/small", 100 * 1024)
+    with pytest.raises(OSError) as refused:
+        subject.fill(container, "/data/big", 2 * 2**20)
+    assert refused.value.errno == errno.ENOSPC
+
+
+def test_a_container_restarted_after_a_reboot_has_its_volume_again(subject: Subject) -> None:
+    rt, volume = subject.runtime, _volume(subject, enforced=True)
+    container = _container_id(subject, _start(subject, volumes=(volume,)))
+    subject.write_file(container, "/data/notes.txt", "before the reboot")
+    subject.stop_behind_our_back(container)
+    subject.reboot_volumes()
+    again = rt.restart(container)
+    assert again.running and again.volumes == (VOLUME_ID,)
+    assert subject.read_file(container, "/data/notes.txt") == "before the reboot"

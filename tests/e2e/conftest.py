@@ -20,6 +20,7 @@ from litestar.testing import TestClient
 from control.app import create_app
 from control.settings import Settings
 from runtime.traefik import TraefikProcess
+from runtime.volumes import LoopImages, volume_id_of
 from tests.conftest import Caller
 from tests.runtime.helpers import PYTHON, RUN_ID, SETUP_HINT, TRAEFIK_THROTTLE
 
@@ -35,6 +36,10 @@ def cleanup_tenant(tenant: str) -> None:
             for c in client.containers.list(all=True, filters={"label": f"moorage.tenant={tenant}"})
         ]:
             removal.result()
+    for volume in client.volumes.list(filters={"label": f"moorage.tenant={tenant}"}):
+        remove_volume_storage(volume.attrs)
+        with contextlib.suppress(docker.errors.NotFound):
+            volume.remove(force=True)
     for n in client.networks.list(names=[f"moorage-t-{tenant}"]):
         if n.name == f"moorage-t-{tenant}":
             n.remove()
@@ -42,6 +47,17 @@ def cleanup_tenant(tenant: str) -> None:
         with contextlib.suppress(docker.errors.APIError):
             client.images.remove(i.id, force=True)
     client.close()
+
+
+def remove_volume_storage(volume: dict[str, object]) -> None:
+    """An enforced app volume's image file and loop devices (its Docker volume names them by the
+    link beside the image): what a host keeps attached until someone detaches it."""
+    options = volume.get("Options") or {}
+    device = options.get("device") if isinstance(options, dict) else None
+    volume_id = volume_id_of(str(volume.get("Name", "")))
+    if not device or volume_id is None:
+        return
+    LoopImages(Path(str(device)).parent).remove(volume_id)
 
 
 @pytest.fixture(scope="session")

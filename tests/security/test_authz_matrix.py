@@ -57,6 +57,9 @@ SAMPLE_BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/apps/{app}/runs"): {"command": ["true"]},
     ("POST", "/v1/apps/{app}/cron"): {"name": "another", "schedule": "0 4 * * *", "command": ["true"]},
     ("PATCH", "/v1/apps/{app}/cron/{schedule}"): {"enabled": False},
+    # Past the schema, refused by the rules after the app's lookup: no storage is made on this host.
+    ("POST", "/v1/apps/{app}/volumes"): {"name": "probe", "mount_path": "/proc/probe", "size_mb": 1},
+    ("PUT", "/v1/tenants/{tenant_id}/storage-limits"): {"max_volumes": 3},
 }
 KNOWN_ACCESS = {PUBLIC, OPERATOR_ACCESS, ANY_KEY_ACCESS, NODE_ACCESS, *TENANT_SCOPES}
 SINGLE_SCOPE_CALLERS = [KeyScope.READ, KeyScope.DEPLOY, KeyScope.ADMIN, KeyScope.INFERENCE]
@@ -129,6 +132,7 @@ def _build_world(
     managed.backups.mark(backup["id"], "succeeded", file_name=f"{backup['id']}.pgdump", size=1, sha256="0" * 64)
     restore = alpha.post(f"/v1/databases/{database['id']}/backups/{backup['id']}/restore", json={})
     link = alpha.post(f"/v1/apps/{app['id']}/links", json={"database": "alpha-db"})
+    volume = _volume_without_storage(alpha, app["id"])
     node = operator.post("/v1/nodes", json={"name": "gpu-1"})
     releases = alpha.client.app.state.services.deploys.releases  # what a deploy would leave, without Docker
     release = releases.create(
@@ -158,12 +162,27 @@ def _build_world(
         "link": link.json()["id"],
         "run": run.json()["id"],
         "schedule": "nightly",
+        "volume": volume,
         "key_id": victim["id"],
         "tenant_id": alpha.tenant_id,
         "node": node.json()["node"]["id"],
         "path": "openapi.json",
     }
     return callers, values
+
+
+def _volume_without_storage(alpha: Caller, app_id: str) -> str:
+    """A volume of alpha's app as the API records it, without making storage on this host."""
+    from control.ids import new_id
+    from control.store.repositories.volumes import VolumeRepository
+
+    services = alpha.client.app.state.services
+    volume_id = new_id("vol")
+    with services.db.write() as session:
+        VolumeRepository(session, alpha.tenant_id).add(
+            id=volume_id, app_id=app_id, name="alpha-data", mount_path="/data", size_mb=1, quota="enforced", status="ready"
+        )
+    return volume_id
 
 
 world_snapshot, settings = shared_world("authz-world", _world_settings, _build_world)

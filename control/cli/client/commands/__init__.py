@@ -15,9 +15,10 @@ from control.cli.client.commands import (
     releases,
     runs,
     skills,
+    volumes,
 )
 
-MODULES = (identity, apps, env, deploy, releases, logs, runs, databases, inference, skills)
+MODULES = (identity, apps, env, deploy, releases, logs, runs, databases, volumes, inference, skills)
 
 
 def common_options() -> argparse.ArgumentParser:

@@ -33,6 +33,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], comm
 
     delete = sub.add_parser("delete", parents=[common], help="delete an app")
     delete.add_argument("app", help="app name or id")
+    delete.add_argument("--purge", action="store_true", help="also delete its volumes and their data (needed when it has any)")
     delete.set_defaults(api=run_delete)
 
 
@@ -70,6 +71,6 @@ def run_update(args: argparse.Namespace, api: ApiClient) -> int:
 
 
 def run_delete(args: argparse.Namespace, api: ApiClient) -> int:
-    api.delete(f"/v1/apps/{args.app}")
+    api.delete(f"/v1/apps/{args.app}" + ("?purge=true" if args.purge else ""))
     emit({"deleted": args.app}, as_json=args.json)
     return 0

@@ -80,20 +80,20 @@ class SlidingWindowLimiter:
     def _decide(self, policies: Sequence[Policy], *, count: bool) -> Decision:
         with self._lock:
             now = self.clock()
-            logs = [self._log(policy, now) for policy in policies]
-            exhausted = [(p, log) for p, log in zip(policies, logs, strict=True) if len(log) >= p.quota]
+            logs = [(policy, self._log(policy, now)) for policy in policies]
+            exhausted = [(p, log) for p, log in logs if len(log) >= p.quota]
             if exhausted:
                 # Room returns once enough entries age out to bring the count below the quota.
                 waits = [log[len(log) - p.quota] + p.window - now for p, log in exhausted]
-                states = tuple(self._state(p, log, now) for p, log in zip(policies, logs, strict=True))
+                states = tuple(self._state(p, log, now) for p, log in logs)
                 return Decision(False, states, max(waits), tuple(p.name for p, _ in exhausted))
             if count:
-                for policy, log in zip(policies, logs, strict=True):
+                for policy, log in logs:
                     self._buckets.setdefault(policy.bucket, log).append(now)
                     self._windows[policy.bucket] = policy.window
-                logs = [self._buckets[p.bucket] for p in policies]  # two policies may count one bucket
+                logs = [(p, self._buckets[p.bucket]) for p in policies]  # two policies may count one bucket
                 self._maybe_sweep(now)
-            states = tuple(self._state(p, log, now) for p, log in zip(policies, logs, strict=True))
+            states = tuple(self._state(p, log, now) for p, log in logs)
             return Decision(True, states, 0.0, ())
 
     def _log(self, policy: Policy, now: float) -> deque[float]:

@@ -66,11 +66,14 @@ def test_the_sweep_runs_every_sweep_every_admissions() -> None:
     assert limiter.footprint() == (SWEEP - 1, SWEEP - 1)
     limiter.acquire([_key(-1, window=1.0)])  # the SWEEP-th admission
     assert limiter.footprint() == (1, 1)
-    for n in range(SWEEP - 1):
-        limiter.acquire([_key(n, window=1.0)])
-    clock.now += 1.0
-    limiter.acquire([_key(-1, window=1.0)])
-    assert limiter.footprint() == (1, 1)
+    clock.now += 1.0  # key:-1 is idle from here
+    busy = Policy("key", "key:busy", 2 * SWEEP, 10.0)
+    for _ in range(SWEEP // 2 + 1):
+        limiter.acquire([busy])
+    assert limiter.footprint() == (2, SWEEP // 2 + 2)  # the sweep waits for SWEEP admissions, no fewer
+    for _ in range(SWEEP // 2 - 1):
+        limiter.acquire([busy])
+    assert limiter.footprint() == (1, SWEEP)
 
 
 def test_the_sweep_drops_a_bucket_exactly_when_its_newest_entry_leaves_the_window() -> None:

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # One entry point for a fresh checkout:
-#   ./deploy/dev.sh run    set up the host (as root: dockerd, runsc, Traefik, base images) and
-#                          run the control plane (embedded SQLite in ./.moorage)
-#   ./deploy/dev.sh test   lint and type-check, set up the host, run every test
+#   ./deploy/dev.sh run       set up the host (as root: dockerd, runsc, Traefik, base images) and
+#                             run the control plane (embedded SQLite in ./.moorage)
+#   ./deploy/dev.sh test      lint and type-check, set up the host, run every test
+#   ./deploy/dev.sh mutation  mutation-test control/security/ and the Idempotency-Key modules (mutmut, [tool.mutmut] in
+#                             pyproject.toml; fast tests only, no Docker, not part of `test`). Prints the score per file and
+#                             fails below 90% or on a survivor not listed in docs/mutation-survivors.md. Extra arguments go
+#                             to `mutmut run` (e.g. --max-children 4).
 # MOORAGE_VENV=DIR uses that virtual environment as it is (nothing is installed into it);
 # MOORAGE_HOST_SETUP=0 makes `run` leave the host as it is (it still says what is missing).
 set -euo pipefail
@@ -104,8 +108,35 @@ test_all() {
   exec "$venv/bin/python" -m pytest "$@"
 }
 
+mutation() {
+  if [[ -n "${MOORAGE_VENV:-}" ]]; then
+    venv="$MOORAGE_VENV"  # provisioned elsewhere: only the mutation extra is added to it
+  else
+    ensure_venv
+  fi
+  # The extra's own requirements, not `-e .[mutation]`: reinstalling the project would
+  # re-point an editable install that another checkout may share.
+  local wanted
+  wanted="$("$venv/bin/python" -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["mutation"])')"
+  say "mutation extra: $wanted"
+  # shellcheck disable=SC2086  # one requirement per word
+  "$venv/bin/python" -m pip install --quiet $wanted 2>&1 | grep -v '^WARNING: Location' || true
+  "$venv/bin/python" -c 'import mutmut' || { say "installing mutmut failed"; exit 1; }
+  # A fresh run each time: mutmut reuses results kept in mutants/, which may come from other tests.
+  rm -rf "$repo/mutants"
+  say "mutmut run on control/security/ and the Idempotency-Key modules (work tree: mutants/)"
+  local started=$SECONDS rc=0
+  "$venv/bin/mutmut" run "$@" || rc=$?
+  say "mutmut finished in $((SECONDS - started)) s (exit $rc)"
+  if (( rc != 0 )); then
+    exit "$rc"
+  fi
+  "$venv/bin/python" "$repo/deploy/mutation_report.py" --survivors "$repo/docs/mutation-survivors.md"
+}
+
 case "${1:-}" in
   run) shift; run "$@" ;;
   test) shift; test_all "$@" ;;
-  *) echo "usage: $0 run|test [args...]" >&2; exit 2 ;;
+  mutation) shift; mutation "$@" ;;
+  *) echo "usage: $0 run|test|mutation [args...]" >&2; exit 2 ;;
 esac

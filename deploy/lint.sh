@@ -8,7 +8,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 venv="${MOORAGE_VENV:-$repo/.venv}"
-sources=(control runtime inference tests bench)
+sources=(control runtime inference tests bench deploy)
 typed=(control runtime inference)
 say() { printf '[lint] %s\n' "$*" >&2; }
 

@@ -56,7 +56,7 @@ log = structlog.get_logger("moorage.idempotency")
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
+    for key, value in scope["headers"]:  # required in an HTTP scope (ASGI spec)
         if key == name:
             return value.decode("latin-1")
     return None
@@ -155,7 +155,7 @@ class IdempotencyMiddleware:
             await send_problem(scope, receive, send, 413, "payload-too-large", "The request body is too large.")
             return
         service: IdempotencyService = scope["app"].state.services.idempotency
-        query = scope.get("query_string", b"").decode("latin-1")
+        query = scope["query_string"].decode("latin-1")  # required in an HTTP scope, b"" when none
         request_fingerprint = fingerprint(scope["method"], scope["path"], query, body)
         outcome = await anyio.to_thread.run_sync(service.claim, principal.key_id, principal.tenant_id, key, request_fingerprint)
         if isinstance(outcome, Replay):

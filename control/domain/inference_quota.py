@@ -13,6 +13,11 @@ Settlement writes the usage row and updates the counters under the tenant's lock
 reload of the period total sees each request exactly once. State is per process, like
 the API rate limiter (the single-process deployment is the supported one).
 
+Memory: per tenant, at most ``requests_per_minute`` floats and entries (refusals count
+nothing). Every ``_SWEEP_EVERY`` reservations, tenants idle for a whole window with nothing
+outstanding are dropped (their period total is read again on their next request), so a
+tenant that stopped calling, or was deleted, holds nothing.
+
 Prompt estimate (documented in the API): one token per 3 characters of message text,
 rounded up, plus 8 per chat message for the template. Byte-level BPE tokenizers average
 3-4 characters per English token, so this leans high; settlement corrects it either way.
@@ -30,11 +35,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from control.clock import utcnow
-from control.domain.inference_limits import InferenceLimitsService
+from control.domain.inference_limits import InferenceLimits, InferenceLimitsService
 from control.domain.records import UsageRecord
 from control.domain.usage import UsageService
 
 WINDOW_S = 60.0
+_SWEEP_EVERY = 1024  # reservations between sweeps of idle tenants
 CHARS_PER_TOKEN = 3
 TOKENS_PER_MESSAGE = 8
 
@@ -68,6 +74,7 @@ class _TenantState:
     period_start: datetime | None = None
     period_used: int = 0  # settled tokens in the current period
     outstanding: int = 0  # reserved, not yet settled
+    dropped: bool = False  # swept while idle: a reservation that raced the sweep looks again
 
 
 def _text_length(value: Any) -> int:
@@ -115,40 +122,50 @@ class InferenceQuota:
         self._now = now
         self._lock = threading.Lock()
         self._tenants: dict[str, _TenantState] = {}
+        self._reservations = 0
 
     def reserve(self, tenant_id: str, tokens: int) -> Reservation:
         """Admit a request reserving ``tokens``, or raise QuotaExceeded (nothing counted). Blocking."""
         limits = self.limits.effective(tenant_id)
-        state = self._state(tenant_id)
-        with state.lock:
-            now = self._clock()
-            self._prune(state, now)
-            start, end = period_bounds(self._now(), limits.budget_period)
-            if state.period_start != start:
-                state.period_used = self.usage.tokens_since(tenant_id, start)
-                state.period_start = start
-            if len(state.requests) >= limits.requests_per_minute:
-                raise QuotaExceeded(
-                    "inference-rate-limited",
-                    f"The tenant's limit of {limits.requests_per_minute} inference requests per minute is reached. "
-                    "Retry after Retry-After seconds; an operator can raise it.",
-                    state.requests[0] + WINDOW_S - now,
-                )
-            self._check_tokens_per_minute(state, tokens, limits.tokens_per_minute, now)
-            if state.period_used + state.outstanding + tokens > limits.token_budget:
-                left = max(0, limits.token_budget - state.period_used - state.outstanding)
-                raise QuotaExceeded(
-                    "inference-quota-exceeded",
-                    f"The tenant's token budget for this {limits.budget_period} ({limits.token_budget} tokens) cannot "
-                    f"cover this request: it reserves {tokens} tokens (prompt estimate + max_tokens) and {left} are "
-                    f"left. Lower max_tokens, wait for the next {limits.budget_period} (Retry-After), or ask an operator.",
-                    (end - self._now()).total_seconds(),
-                )
-            entry = _Entry(now, tokens)
-            state.requests.append(now)
-            state.tokens.append(entry)
-            state.outstanding += tokens
-            return Reservation(tenant_id, tokens, entry)
+        try:
+            while True:
+                state = self._state(tenant_id)
+                with state.lock:
+                    if not state.dropped:
+                        return self._reserve(state, tenant_id, tokens, limits)
+        finally:
+            self._maybe_sweep()
+
+    def _reserve(self, state: _TenantState, tenant_id: str, tokens: int, limits: InferenceLimits) -> Reservation:
+        """``reserve`` for one tenant, under its lock."""
+        now = self._clock()
+        self._prune(state, now)
+        start, end = period_bounds(self._now(), limits.budget_period)
+        if state.period_start != start:
+            state.period_used = self.usage.tokens_since(tenant_id, start)
+            state.period_start = start
+        if len(state.requests) >= limits.requests_per_minute:
+            raise QuotaExceeded(
+                "inference-rate-limited",
+                f"The tenant's limit of {limits.requests_per_minute} inference requests per minute is reached. "
+                "Retry after Retry-After seconds; an operator can raise it.",
+                state.requests[0] + WINDOW_S - now,
+            )
+        self._check_tokens_per_minute(state, tokens, limits.tokens_per_minute, now)
+        if state.period_used + state.outstanding + tokens > limits.token_budget:
+            left = max(0, limits.token_budget - state.period_used - state.outstanding)
+            raise QuotaExceeded(
+                "inference-quota-exceeded",
+                f"The tenant's token budget for this {limits.budget_period} ({limits.token_budget} tokens) cannot "
+                f"cover this request: it reserves {tokens} tokens (prompt estimate + max_tokens) and {left} are "
+                f"left. Lower max_tokens, wait for the next {limits.budget_period} (Retry-After), or ask an operator.",
+                (end - self._now()).total_seconds(),
+            )
+        entry = _Entry(now, tokens)
+        state.requests.append(now)
+        state.tokens.append(entry)
+        state.outstanding += tokens
+        return Reservation(tenant_id, tokens, entry)
 
     def settle(self, reservation: Reservation, record: UsageRecord) -> None:
         """Write the usage row and replace the reservation by what was used. Blocking."""
@@ -187,6 +204,30 @@ class InferenceQuota:
     def _state(self, tenant_id: str) -> _TenantState:
         with self._lock:
             return self._tenants.setdefault(tenant_id, _TenantState())
+
+    def _maybe_sweep(self) -> None:
+        # Tenants that stopped calling (or were deleted) would otherwise stay forever.
+        with self._lock:
+            self._reservations += 1
+            if self._reservations % _SWEEP_EVERY:
+                return
+            now = self._clock()
+            for tenant_id, state in list(self._tenants.items()):
+                if not state.lock.acquire(blocking=False):
+                    continue  # in use this moment: not idle
+                try:
+                    self._prune(state, now)
+                    # One token entry per request, pruned alike: no requests means no entries.
+                    if not state.requests and not state.outstanding:
+                        state.dropped = True
+                        del self._tenants[tenant_id]
+                finally:
+                    state.lock.release()
+
+    def footprint(self) -> tuple[int, int]:
+        """(tenants, window entries) held now: what the memory bound is about."""
+        with self._lock:
+            return len(self._tenants), sum(len(s.requests) + len(s.tokens) for s in self._tenants.values())
 
     @staticmethod
     def _prune(state: _TenantState, now: float) -> None:

@@ -20,8 +20,14 @@ out the window like a guess.
 The address is the socket peer, or the client named by ``X-Forwarded-For`` when the
 connection comes from a proxy in ``MOORAGE_TRUSTED_PROXIES`` (uvicorn resolves it, and
 ignores the header from anyone else). An IPv6 address counts as its /64: one host
-usually holds a whole /64, and per-address counting would hand it 2^64 budgets. Memory is per process: one float per counted
-failure, and one digest per (address, credential) that worked, dropped after ``remember_s``.
+usually holds a whole /64, and per-address counting would hand it 2^64 budgets.
+
+Memory is per process: one float per counted failure (the limiter's bound), and one digest
+per (address, credential) that worked, dropped after ``remember_s``: at most
+``_KNOWN_PER_ADDRESS`` per address and ``_MAX_ADDRESSES`` addresses, the least recently
+successful dropped first. A caller with one valid key and many addresses (an IPv6 host
+hopping /64s) therefore cannot grow it without bound; what a dropped address loses is only
+its pass through a throttle that may never come.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from control.security.rate_limit import Policy, SlidingWindowLimiter
 
 REMEMBER_S = 24 * 3600.0
 _KNOWN_PER_ADDRESS = 64  # credentials remembered per address (least recently used dropped)
+_MAX_ADDRESSES = 65_536  # addresses remembered (least recently successful dropped): a few MiB at most
 _SWEEP_EVERY = 1024
 
 
@@ -54,7 +61,7 @@ class AuthThrottle:
         self.limiter, self.quota, self.window_s, self.remember_s = limiter, quota, window_s, remember_s
         self._clock = clock
         self._lock = threading.Lock()
-        self._known: dict[str, OrderedDict[bytes, float]] = {}
+        self._known: OrderedDict[str, OrderedDict[bytes, float]] = OrderedDict()
         self._successes = 0
 
     @property
@@ -85,12 +92,16 @@ class AuthThrottle:
         if not self.enabled:
             return
         now, address = self._clock(), client_bucket(address)
+        digest = _digest(credential)
         with self._lock:
             known = self._known.setdefault(address, OrderedDict())
-            known[_digest(credential)] = now
-            known.move_to_end(_digest(credential))
+            self._known.move_to_end(address)
+            known[digest] = now
+            known.move_to_end(digest)
             while len(known) > _KNOWN_PER_ADDRESS:
                 known.popitem(last=False)
+            while len(self._known) > _MAX_ADDRESSES:
+                self._known.popitem(last=False)
             self._successes += 1
             if self._successes % _SWEEP_EVERY == 0:
                 self._sweep(now)
@@ -100,6 +111,11 @@ class AuthThrottle:
             known = self._known.get(address)
             seen = None if known is None else known.get(_digest(credential))
             return seen is not None and self._clock() - seen < self.remember_s
+
+    def footprint(self) -> tuple[int, int]:
+        """(addresses, credentials) remembered now: what the memory bound is about."""
+        with self._lock:
+            return len(self._known), sum(len(known) for known in self._known.values())
 
     def _sweep(self, now: float) -> None:
         for address, known in list(self._known.items()):

@@ -5,8 +5,13 @@ seconds; a request is admitted only if *every* policy that applies to it has roo
 then it is counted in all of them at once, so a request refused by one policy consumes
 nothing from the others. That makes the guarantee exact: no interval of ``window``
 seconds ever holds more than ``quota`` admissions (a token bucket can admit up to twice
-its quota across a window boundary). Memory is one float per admitted request still in
-its window.
+its quota across a window boundary).
+
+Memory is one float per admitted request still in its window (at most ``quota`` per
+bucket: refusals count nothing), and only buckets that admitted something are kept: a
+``peek`` or a refusal stores nothing. Every ``_SWEEP_EVERY`` admissions, buckets whose
+newest entry has left its window are dropped, so the buckets held are those active in
+the last window plus at most ``_SWEEP_EVERY`` admissions' worth of idle ones.
 
 The state lives in this process: with several control-plane processes each enforces
 its own budget (the single-process SQLite deployment is the supported one). The clock is
@@ -75,23 +80,26 @@ class SlidingWindowLimiter:
     def _decide(self, policies: Sequence[Policy], *, count: bool) -> Decision:
         with self._lock:
             now = self.clock()
-            logs = [self._log(policy, now) for policy in policies]
-            exhausted = [(p, log) for p, log in zip(policies, logs, strict=True) if len(log) >= p.quota]
+            logs = [(policy, self._log(policy, now)) for policy in policies]
+            exhausted = [(p, log) for p, log in logs if len(log) >= p.quota]
             if exhausted:
                 # Room returns once enough entries age out to bring the count below the quota.
                 waits = [log[len(log) - p.quota] + p.window - now for p, log in exhausted]
-                states = tuple(self._state(p, log, now) for p, log in zip(policies, logs, strict=True))
+                states = tuple(self._state(p, log, now) for p, log in logs)
                 return Decision(False, states, max(waits), tuple(p.name for p, _ in exhausted))
             if count:
-                for log in logs:
-                    log.append(now)
+                for policy, log in logs:
+                    self._buckets.setdefault(policy.bucket, log).append(now)
+                    self._windows[policy.bucket] = policy.window
+                logs = [(p, self._buckets[p.bucket]) for p in policies]  # two policies may count one bucket
                 self._maybe_sweep(now)
-            states = tuple(self._state(p, log, now) for p, log in zip(policies, logs, strict=True))
+            states = tuple(self._state(p, log, now) for p, log in logs)
             return Decision(True, states, 0.0, ())
 
     def _log(self, policy: Policy, now: float) -> deque[float]:
-        log = self._buckets.setdefault(policy.bucket, deque())
-        self._windows[policy.bucket] = policy.window
+        log = self._buckets.get(policy.bucket)
+        if log is None:
+            return deque()  # stored only once something is counted in it
         while log and now - log[0] >= policy.window:
             log.popleft()
         return log
@@ -107,6 +115,11 @@ class SlidingWindowLimiter:
         if self._calls % _SWEEP_EVERY:
             return
         for bucket, log in list(self._buckets.items()):
-            if not log or now - log[-1] >= self._windows.get(bucket, 0.0):
+            if not log or now - log[-1] >= self._windows[bucket]:  # a peek may have emptied it
                 del self._buckets[bucket]
-                self._windows.pop(bucket, None)
+                del self._windows[bucket]
+
+    def footprint(self) -> tuple[int, int]:
+        """(buckets, timestamps) held now: what the memory bound is about."""
+        with self._lock:
+            return len(self._buckets), sum(len(log) for log in self._buckets.values())

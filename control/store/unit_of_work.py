@@ -107,6 +107,9 @@ class SqlUnitOfWork:
         except BaseException:
             self._end(commit=False)
             self._after_commit.clear()
+            # Closed first: a failure action that writes (the Idempotency-Key release) then runs in a
+            # unit of its own. Joining this dead one took the write turn and never gave it back.
+            self.closed = True
             for action in self._on_failure:
                 _quietly(action)
             raise

@@ -314,7 +314,7 @@ def test_oversized_request_body_is_413_and_claims_nothing(app, tenant: Caller) -
 
     body = b"x" * (MAX_BODY_BYTES + 1)
     response = tenant.post("/v1/apps", content=body, headers={"content-type": "application/json", **_key("k-big")})
-    assert_problem(response, 413, "payload-too-large")
+    assert assert_problem(response, 413, "payload-too-large")["detail"] == "The request body is too large."
     assert _rows(app) == []
 
 
@@ -335,6 +335,7 @@ def test_answers_too_large_to_keep_are_passed_on_and_released(app, tenant: Calle
     second = tenant.post("/v1/test-huge", json={}, headers=_key("k-huge"))
     assert second.status_code == 200 and "idempotent-replayed" not in second.headers
     assert len(calls) == 2 and _rows(app) == []  # not kept: a retry runs again, as after a 5xx
+    assert _outcomes(app) == {"released": 2}
 
 
 def test_a_failing_sweep_does_not_end_the_loop(tmp_path) -> None:
@@ -370,3 +371,64 @@ def test_a_failing_sweep_does_not_end_the_loop(tmp_path) -> None:
     anyio.run(sweep_briefly)
     assert len(failures) >= 2  # it kept going after the first failure
     unmigrated.dispose()
+
+
+def _outcomes(app: Any) -> dict[str, float]:
+    registry = app.state.services.metrics.registry
+    names = ("stored", "released", "replayed", "in_flight", "key_reused", "invalid_key", "taken_over")
+    counts = {name: registry.get_sample_value("moorage_idempotency_outcomes_total", {"outcome": name}) or 0.0 for name in names}
+    return {name: count for name, count in counts.items() if count}
+
+
+def test_every_outcome_is_counted_and_says_what_to_do(app, tenant: Caller) -> None:
+    from control.domain.idempotency import KEY_RULE
+
+    assert _outcomes(app) == {}
+    json_body = {"content-type": "application/json"}
+    invalid = assert_problem(tenant.post("/v1/apps", json={"name": "web"}, headers=_key("")), 400, "idempotency-key-invalid")
+    assert invalid["detail"] == f"The Idempotency-Key header must be {KEY_RULE}. Send a new, valid key."
+    assert tenant.post("/v1/apps", content=b'{"name":"web"}', headers={**json_body, **_key("k-1")}).status_code == 201
+    assert tenant.post("/v1/apps", content=b'{"name":"web"}', headers={**json_body, **_key("k-1")}).status_code == 201
+    reused = assert_problem(tenant.post("/v1/apps", json={"name": "other"}, headers=_key("k-1")), 422, "idempotency-key-reused")
+    assert reused["detail"] == (
+        "This Idempotency-Key was already used for a different request (method, path, query or body differ). "
+        "Use a new key for a new request; resend the exact same request to get its answer."
+    )
+    _claim_as(app, tenant, "k-busy", b'{"name":"busy"}')
+    busy = tenant.post("/v1/apps", content=b'{"name":"busy"}', headers={**json_body, **_key("k-busy")})
+    detail = assert_problem(busy, 409, "idempotency-key-in-flight")["detail"]
+    assert busy.headers["retry-after"] == "1"  # poll soon: the first attempt may finish any moment
+    assert detail == (
+        "A request with this Idempotency-Key is still being processed. Retry after Retry-After seconds "
+        "to get its answer (if it was lost, the key frees up within 60 s)."
+    )
+    _expire_leases(app)
+    assert tenant.post("/v1/apps", content=b'{"name":"busy"}', headers={**json_body, **_key("k-busy")}).status_code == 201
+    assert _outcomes(app) == {"invalid_key": 1, "stored": 2, "replayed": 1, "key_reused": 1, "in_flight": 1, "taken_over": 1}
+
+
+def test_a_query_string_is_part_of_the_fingerprint(app, tenant: Caller) -> None:
+    assert tenant.post("/v1/apps?x=1", json={"name": "web"}, headers=_key("k-query")).status_code == 201
+    [row] = _rows(app)
+    assert row.fingerprint == fingerprint("POST", "/v1/apps", "x=1", b'{"name":"web"}')
+
+
+@pytest.mark.own_app
+def test_a_request_whose_commit_fails_frees_its_key_at_once(app, tenant: Caller) -> None:
+    """Nothing was written, so the key must not stay locked until its lease lapses."""
+    calls: list[int] = []
+
+    def boom(session: Any) -> None:
+        raise RuntimeError("the commit fails")
+
+    @post("/v1/test-uncommitted", opt={"access": "deploy"}, status_code=200, sync_to_thread=False)
+    def uncommitted() -> dict[str, int]:
+        calls.append(1)
+        app.state.services.db.defer_write(boom)
+        return {"attempt": len(calls)}
+
+    app.register(uncommitted)
+    for attempt in (1, 2):
+        assert_problem(tenant.post("/v1/test-uncommitted", json={}, headers=_key("k-commit")), 500, "internal-error")
+        assert len(calls) == attempt and _rows(app) == []  # run again, not 409 in flight
+    assert _outcomes(app) == {"stored": 2}  # the answer was kept in the unit of work that then failed

@@ -211,6 +211,24 @@ def test_a_unit_that_is_never_committed_leaves_nothing(app: Litestar, warm: Call
     assert _count(app, AppRow) == 0 and woken == []
 
 
+def test_what_a_failed_commit_runs_writes_in_a_unit_of_its_own(app: Litestar, warm: Caller) -> None:
+    """The Idempotency-Key release runs when a request's commit fails: its write must commit,
+    and give the write turn back, instead of joining the unit that just failed."""
+    store, apps = app.state.services.db, app.state.services.apps
+
+    def fail(session: Any) -> None:
+        raise RuntimeError("the commit fails")
+
+    with store.unit_of_work() as uow:
+        apps.create(warm.tenant_id, "undone")
+        store.defer_write(fail)
+        uow.on_failure(lambda: apps.create(warm.tenant_id, "kept"))
+        with pytest.raises(RuntimeError, match="the commit fails"):
+            uow.commit()
+    assert sorted(a.name for a in apps.list(warm.tenant_id, limit=10, cursor=None).items) == ["kept"]
+    apps.create(warm.tenant_id, "later")  # the write turn is free: this does not wait out the busy timeout
+
+
 def test_a_unit_is_idle_until_something_is_written_deferred_or_awaits_the_commit(app: Litestar, warm: Caller) -> None:
     store = app.state.services.db
     with store.unit_of_work() as uow:

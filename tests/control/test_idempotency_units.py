@@ -437,6 +437,8 @@ def test_the_background_sweep_logs_what_it_purged_and_what_failed() -> None:
     import anyio
     from sqlalchemy.exc import OperationalError
 
+    from control.jobs.retention import Retention, sweep_forever
+
     results: list[Any] = [3, OperationalError("DELETE", {}, Exception("locked")), 0, 1]
 
     class Purging:
@@ -446,14 +448,23 @@ def test_the_background_sweep_logs_what_it_purged_and_what_failed() -> None:
                 raise result
             return int(result)
 
+    class Nothing:
+        def purge_before(self, cutoff: object) -> int:
+            return 0
+
+        def prune_finished(self, **_: object) -> int:
+            return 0
+
+    retention = Retention(Purging(), Nothing(), Nothing(), audit_for=timedelta(days=1), jobs_for=timedelta(days=1), jobs_kept=1)  # type: ignore[arg-type]
+
     async def sweep() -> None:
         with anyio.move_on_after(0.5):
-            await middleware.purge_expired_forever(Purging(), 0.01)  # type: ignore[arg-type]
+            await sweep_forever(retention, 0.01)
 
     with capture_logs() as logs:
         anyio.run(sweep)
-    assert logs[:3] == [
-        {"event": "idempotency_purged", "log_level": "info", "records": 3},
-        {"event": "idempotency_purge_failed", "log_level": "warning", "error": "OperationalError"},
-        {"event": "idempotency_purged", "log_level": "info", "records": 1},  # a sweep that purged nothing says nothing
-    ]
+    assert logs[0] == {"event": "retention_swept", "log_level": "info", "idempotency_records": 3}
+    assert logs[1]["event"] == "retention_sweep_failed" and logs[1]["kind"] == "idempotency_records"
+    assert logs[1]["error"].startswith("OperationalError")
+    # a sweep that removed nothing says nothing
+    assert logs[2] == {"event": "retention_swept", "log_level": "info", "idempotency_records": 1}

@@ -14,8 +14,9 @@ carry one), never by its name alone: an app created again under the same name ke
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Collection
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 import structlog
 
@@ -36,18 +37,34 @@ class RuntimeTeardown:
         self.tenant_name = tenant_name
         self._workers = workers
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="moorage-teardown")
+        # Each tenant's app teardowns under way: its own teardown waits for them, or its
+        # network would still have their containers on it.
+        self._pending: dict[str, list[Future[object]]] = {}
+        self._guard = threading.Lock()
 
     def app_deleted(self, app: App, deployment_ids: Collection[str], volume_ids: Collection[str] = ()) -> None:
         """After the app's delete committed: its route now, the rest in the background."""
         routed = bool(self._quietly("route", app.id, lambda: self.runtime.remove_route(app.id)))
         ids, tenant, volumes = frozenset(deployment_ids), self.tenant_name(app.tenant_id), tuple(volume_ids)
-        self._pool.submit(
+        future = self._pool.submit(
             self._quietly, "containers and images", app.id, lambda: self._app_leftovers(app, tenant, ids, routed, volumes)
         )
+        with self._guard:
+            pending = [f for f in self._pending.get(app.tenant_id, []) if not f.done()]
+            self._pending[app.tenant_id] = [*pending, future]
 
     def tenant_deleted(self, tenant: Tenant) -> None:
-        """After the (empty) tenant's delete committed: whatever its apps left, then its network."""
-        self._pool.submit(self._quietly, "network and images", tenant.id, lambda: self._tenant_leftovers(tenant))
+        """After the (empty) tenant's delete committed: once its apps' teardowns are done,
+        whatever they left, then its network."""
+        with self._guard:
+            apps = self._pending.pop(tenant.id, [])
+
+        def leftovers() -> list[str]:
+            # Started before this task (the pool takes tasks in order): waiting never deadlocks.
+            wait(apps, timeout=60)
+            return self._tenant_leftovers(tenant)
+
+        self._pool.submit(self._quietly, "network and images", tenant.id, leftovers)
 
     def drain(self) -> None:
         """Wait for the teardowns under way (a clean shutdown, a test)."""

@@ -364,7 +364,6 @@ class InMemoryAppRuntime:
         self.networks.add(tenant)
         for same_name in [c.id for c in self.containers.values() if c.name == name]:
             del self.containers[same_name]
-        serial = next(self._serial)
         container = FakeContainer(
             id=self._new_id(),
             name=name,
@@ -373,7 +372,7 @@ class InMemoryAppRuntime:
             release=release,
             image=image,
             env=dict(env),
-            ip=f"10.88.{serial // 250}.{serial % 250 + 2}",
+            ip=self._address(88),
             health=self._health,
             log=[f"{app} {release} listening on port {env.get('PORT', '?')}"],
             mounts=tuple(volumes),
@@ -391,8 +390,7 @@ class InMemoryAppRuntime:
     def restart(self, container_id: str) -> AppContainer:
         self._enter("restart")
         container = self._container(container_id)
-        serial = next(self._serial)  # a restarted container may get another address
-        container.status, container.ip = "running", f"10.88.{serial // 250}.{serial % 250 + 2}"
+        container.status, container.ip = "running", self._address(88)  # a restarted container may get another
         self._leave("restart")
         return container.view()
 
@@ -475,7 +473,6 @@ class InMemoryAppRuntime:
         self.networks.add(tenant)
         for same_name in [c.id for c in self.run_containers.values() if c.name == name]:
             del self.run_containers[same_name]
-        serial = next(self._serial)
         container = FakeContainer(
             id=self._new_id(),
             name=name,
@@ -484,7 +481,7 @@ class InMemoryAppRuntime:
             release=release,
             image=image,
             env=dict(env),
-            ip=f"10.89.{serial // 250}.{serial % 250 + 2}",
+            ip=self._address(89),
         )
         self.run_containers[container.id] = container
         record = FakeRun(name, tenant, app, release, image, dict(env), tuple(command), time.monotonic())
@@ -614,6 +611,11 @@ class InMemoryAppRuntime:
 
     def _apps(self, tenant: str | None, app: str | None) -> list[FakeContainer]:
         return [c for c in self.containers.values() if (tenant is None or c.tenant == tenant) and (app is None or c.app == app)]
+
+    def _address(self, subnet: int) -> str:
+        """A fresh address: 10.88.x.y for app containers, 10.89.x.y for runs."""
+        serial = next(self._serial)
+        return f"10.{subnet}.{serial // 250}.{serial % 250 + 2}"
 
     def _container(self, container_id: str) -> FakeContainer:
         found = self.containers.get(container_id)

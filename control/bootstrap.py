@@ -95,13 +95,6 @@ class OneOffRuns:
     runs: RunService
     cron: CronService
     job: RunJob  # the ``run`` job kind, on the one worker pool
-    scheduler: CronScheduler  # fires due schedules: each firing is a run
-
-    def start(self) -> None:
-        self.scheduler.start()
-
-    def stop(self) -> None:
-        self.scheduler.stop()
 
 
 @dataclass(frozen=True)
@@ -124,6 +117,7 @@ class Services:
     inference: Inference  # nodes, gateway routing, quotas, usage
     databases: ManagedDatabases  # managed Postgres/Redis, links, backups
     runs: OneOffRuns  # one-off runs of an app's release, and the cron schedules that start them
+    scheduler: CronScheduler  # fires due schedules: apps' (each a run) and databases' backups
     volumes: VolumeService  # app volumes and per-tenant storage quotas
 
     upstream: Upstream  # pooled connections to inference nodes, opened in the serving loop
@@ -169,10 +163,10 @@ class Services:
                 log.warning("idempotency_claims_released", count=released, reason="the previous server process stopped")
         self.deploys.start(sole=sole)  # job workers + reconciler
         self.databases.start()
-        self.runs.start()  # after the workers: a firing missed while down is queued at once
+        self.scheduler.start()  # after the workers: a firing missed while down is queued at once
 
     def stop(self) -> None:
-        self.runs.stop()
+        self.scheduler.stop()
         self.databases.stop()
         self.deploys.stop()
 
@@ -220,6 +214,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
             max_databases=settings.database_max_per_tenant,
             max_memory_mb=settings.database_max_memory_mb,
             backup_retention=settings.database_backup_retention,
+            backup_min_interval_s=settings.database_backup_min_interval_s,
             volume_grace=timedelta(seconds=settings.database_volume_grace_s),
             max_attempts=settings.job_max_attempts,
         ),
@@ -332,7 +327,8 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         deploys=Deploys(deployments, releases, queue, runtime, workers, reconciler, teardown),
         inference=inference,
         databases=ManagedDatabases(databases, links, backups, database_jobs),
-        runs=OneOffRuns(runs, cron, run_job, CronScheduler(cron, interval_s=settings.cron_tick_ms / 1000)),
+        runs=OneOffRuns(runs, cron, run_job),
+        scheduler=CronScheduler(cron, backups, interval_s=settings.cron_tick_ms / 1000),
         volumes=volumes,
         upstream=Upstream(settings),
         metrics=metrics,

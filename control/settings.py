@@ -122,6 +122,7 @@ class Settings:
     database_max_per_tenant: int = 5  # databases a tenant may run (provisioning or available)
     database_max_memory_mb: int = 2048  # container memory of all of a tenant's databases together
     database_backup_retention: int = 7  # newest backups kept per database unless it sets its own
+    database_backup_min_interval_s: int = 300  # a database's backup schedule may come round at most this often
     database_volume_grace_s: int = 7 * 86400  # a deleted database's volume is kept this long
     database_purge_interval_s: int = 3600  # sweep for volumes past their grace (0 disables)
     database_provision_timeout_s: int = 180  # a database not healthy by then fails

@@ -31,6 +31,7 @@ class BackupOut(msgspec.Struct):
     database_id: str
     engine: str
     status: Annotated[str, msgspec.Meta(description="pending | running | succeeded | failed")]
+    trigger: Annotated[str, msgspec.Meta(description="manual (POST) | schedule (the database's backup_schedule)")]
     reason: str | None
     size: Annotated[int | None, msgspec.Meta(description="bytes")]
     checksum: Annotated[str | None, msgspec.Meta(description="sha256:<hex> of the file")]
@@ -44,6 +45,7 @@ class BackupOut(msgspec.Struct):
             b.database_id,
             b.engine,
             b.status,
+            b.trigger,
             b.reason,
             b.size,
             f"sha256:{b.sha256}" if b.sha256 else None,

@@ -17,7 +17,8 @@ from litestar.params import FromPath, JSONBody
 
 from control.api.endpoints import Cursor, Limit, endpoint
 from control.api.runs import Command, TimeoutS
-from control.domain.cron import SCHEDULE_RULE, CronService, ScheduleView
+from control.domain.cron import CronService, ScheduleView
+from control.domain.schedules import SCHEDULE_RULE
 from control.security.scopes import KeyScope
 
 Schedule = Annotated[

@@ -6,6 +6,10 @@ listing: ``GET .../connection`` shows where to connect with the password masked,
 ``?reveal=true`` (``admin`` scope, audited) gives the URL itself. Apps get the URL through
 links (``/v1/apps/{app}/links``), never by copying it into env vars.
 
+``PATCH`` changes how it is backed up: ``backup_schedule`` (cron syntax in UTC, at most as
+often as ``MOORAGE_DATABASE_BACKUP_MIN_INTERVAL_S``; ``null`` switches it off) and
+``backup_retention`` (the newest N backups kept; ``null``: the platform default).
+
 ``DELETE`` stops and removes the container; the data volume is kept for the grace period
 (``MOORAGE_DATABASE_VOLUME_GRACE_S``) unless ``?purge=true``, which removes the volume and
 every backup now. A linked database answers 409 unless ``?force=true``, which removes its
@@ -49,6 +53,17 @@ Force = QueryParameter(
 )
 
 
+BackupSchedule = msgspec.Meta(
+    description=(
+        "Back the database up on this schedule: cron syntax in UTC (5 fields, 6 with a leading seconds field, or "
+        "@daily/@hourly/...), at most as often as the platform allows (MOORAGE_DATABASE_BACKUP_MIN_INTERVAL_S, default "
+        "300 s). Each firing is a backup (trigger 'schedule'); a firing while the previous backup still runs is skipped; "
+        "retention then keeps the newest N."
+    ),
+    examples=["0 3 * * *"],
+)
+
+
 class DatabaseCreate(msgspec.Struct, forbid_unknown_fields=True):
     name: Annotated[
         str, msgspec.Meta(description="DNS label (at most 60 characters), unique in the tenant; apps reach it as db-<name>")
@@ -60,6 +75,20 @@ class DatabaseCreate(msgspec.Struct, forbid_unknown_fields=True):
     backup_retention: Annotated[
         int | None, msgspec.Meta(description="Newest backups kept (1-100); default MOORAGE_DATABASE_BACKUP_RETENTION")
     ] = None
+    backup_schedule: Annotated[str | None, BackupSchedule] = None
+
+
+class DatabasePatch(msgspec.Struct, forbid_unknown_fields=True):
+    """A field left out stays as it is; ``null`` switches the schedule off, or returns retention to the default."""
+
+    backup_schedule: Annotated[str | None, BackupSchedule] | msgspec.UnsetType = msgspec.UNSET
+    backup_retention: (
+        Annotated[
+            int | None,
+            msgspec.Meta(description="Newest backups kept (1-100), from the next backup on; null: the platform default"),
+        ]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
 
 
 class DatabaseOut(msgspec.Struct):
@@ -71,7 +100,11 @@ class DatabaseOut(msgspec.Struct):
     host: Annotated[str, msgspec.Meta(description="in-network hostname, reachable from the tenant's apps only")]
     port: int
     memory_mb: int
-    backup_retention: int | None
+    backup_retention: Annotated[int | None, msgspec.Meta(description="null: the platform default")]
+    backup_schedule: Annotated[str | None, msgspec.Meta(description="cron syntax in UTC; null: no scheduled backups")]
+    next_backup_at: Annotated[datetime | None, msgspec.Meta(description="when the schedule next comes round")]
+    backups_skipped: Annotated[int, msgspec.Meta(description="scheduled backups skipped (the previous one still ran)")]
+    last_backup_skip_reason: str | None
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None
@@ -89,6 +122,10 @@ class DatabaseOut(msgspec.Struct):
             port=engine_facts(d.engine).port,
             memory_mb=d.memory_mb,
             backup_retention=d.backup_retention,
+            backup_schedule=d.backup_schedule,
+            next_backup_at=d.next_backup_at if d.backup_schedule and d.status in ("provisioning", "available") else None,
+            backups_skipped=d.backups_skipped,
+            last_backup_skip_reason=d.last_backup_skip_reason,
             created_at=d.created_at,
             updated_at=d.updated_at,
             deleted_at=d.deleted_at,
@@ -124,7 +161,12 @@ class DatabaseController(Controller):
         self, caller_tenant: NamedDependency[str], databases: NamedDependency[DatabaseService], data: JSONBody[DatabaseCreate]
     ) -> Response[DatabaseOut]:
         created = databases.create(
-            caller_tenant, data.name, data.engine, memory_mb=data.memory_mb, backup_retention=data.backup_retention
+            caller_tenant,
+            data.name,
+            data.engine,
+            memory_mb=data.memory_mb,
+            backup_retention=data.backup_retention,
+            backup_schedule=data.backup_schedule,
         )
         return Response(DatabaseOut.of(created), status_code=202, headers={"Location": f"/v1/databases/{created.id}"})
 
@@ -144,6 +186,24 @@ class DatabaseController(Controller):
         self, caller_tenant: NamedDependency[str], databases: NamedDependency[DatabaseService], db: FromPath[str]
     ) -> DatabaseOut:
         return DatabaseOut.of(databases.get(caller_tenant, db))
+
+    @endpoint(
+        "PATCH",
+        "/{db:str}",
+        access=KeyScope.DEPLOY,
+        errors=(404, 409),
+        summary="Change a database's backup schedule or retention",
+    )
+    def update(
+        self,
+        caller_tenant: NamedDependency[str],
+        databases: NamedDependency[DatabaseService],
+        db: FromPath[str],
+        data: JSONBody[DatabasePatch],
+    ) -> DatabaseOut:
+        return DatabaseOut.of(
+            databases.update(caller_tenant, db, backup_schedule=data.backup_schedule, backup_retention=data.backup_retention)
+        )
 
     @endpoint(
         "GET",

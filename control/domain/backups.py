@@ -1,5 +1,11 @@
 """Backups of managed databases and restores from them: requests, state, retention.
 
+A database with a ``backup_schedule`` (cron syntax, UTC) is backed up whenever it comes round:
+the scheduler thread calls ``fire_due``. Like app schedules, a due database is backed up once
+and its next time is counted *from now*, so backups missed while the control plane was down
+run at most once on its return; a firing while the previous backup is still pending or
+running is skipped and the skip recorded on the database. Retention then keeps the newest N.
+
 Files live under ``<data_dir>/backups/<tenant id>/<database id>/``; the SHA-256 recorded in
 the database row (not only the file's sidecar, which could be rewritten together with the
 file) is what a restore checks before it touches anything.
@@ -8,7 +14,9 @@ file) is what a restore checks before it touches anything.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import structlog
@@ -17,23 +25,35 @@ from control.clock import utcnow
 from control.domain.databases import DatabaseService, Status
 from control.domain.errors import Conflict, NotFound
 from control.domain.records import Backup, Database, Page, Restore
+from control.domain.schedules import next_fire
 from control.ids import new_id
 from control.store.repositories.backups import BackupRepository
 from control.store.repositories.databases import DatabaseRepository
+from control.store.repositories.tenants import TenantRepository
 
 log = structlog.get_logger("moorage.backups")
 
 BACKUP_JOB = "database.backup"
 RESTORE_JOB = "database.restore"
 PENDING, RUNNING, SUCCEEDED, FAILED = "pending", "running", "succeeded", "failed"
+MANUAL, SCHEDULE = "manual", "schedule"
+
+
+@dataclass(frozen=True)
+class BackupFiring:
+    database_id: str
+    name: str
+    backup_id: str | None  # None: skipped
+    skipped: str | None = None  # why
 
 
 class BackupService:
-    def __init__(self, databases: DatabaseService, *, default_retention: int) -> None:
+    def __init__(self, databases: DatabaseService, *, default_retention: int, clock: Callable[[], datetime] = utcnow) -> None:
         self.databases = databases
         self.db = databases.db
         self.queue = databases.queue
         self.default_retention = default_retention
+        self.clock = clock
 
     def _available(self, database: Database, what: str) -> None:
         if database.status != Status.AVAILABLE:
@@ -48,11 +68,63 @@ class BackupService:
         database = self.databases.get(tenant_id, database_ref)
         self._available(database, "a backup")
         with self.db.write() as session:
-            backup = BackupRepository(session, tenant_id).add(
-                id=new_id("bak"), tenant_id=tenant_id, database_id=database.id, engine=database.engine, status=PENDING
-            )
-            self.queue.enqueue(BACKUP_JOB, backup.id, tenant_id=tenant_id, max_attempts=self.databases.config.max_attempts)
+            return self._add(BackupRepository(session, tenant_id), database, MANUAL)
+
+    def _add(self, repo: BackupRepository, database: Database, trigger: str) -> Backup:
+        backup = repo.add(
+            id=new_id("bak"),
+            tenant_id=database.tenant_id,
+            database_id=database.id,
+            engine=database.engine,
+            status=PENDING,
+            trigger=trigger,
+        )
+        self.queue.enqueue(BACKUP_JOB, backup.id, tenant_id=database.tenant_id, max_attempts=self.databases.config.max_attempts)
         return backup
+
+    # -- schedules (the scheduler's side) -----------------------------------------------------
+    def fire_due(self) -> list[BackupFiring]:
+        """Back up every database whose schedule is due now, each in a transaction of its own
+        (one that fails does not hold up the others); what each firing did."""
+        now = self.clock()
+        with self.db.read() as session:
+            due = DatabaseRepository(session, None).backups_due(now)
+        firings = []
+        for database_id in due:
+            try:
+                fired = self._fire(database_id, now)
+            except Exception as exc:  # noqa: BLE001 (the next tick tries again; other databases go on)
+                log.warning("backup_schedule_failed", database_id=database_id, error=f"{type(exc).__name__}: {exc}")
+                continue
+            if fired is not None:
+                firings.append(fired)
+        return firings
+
+    def _fire(self, database_id: str, now: datetime) -> BackupFiring | None:
+        with self.db.write() as session:
+            repo = DatabaseRepository(session, None)
+            row = repo.locked(database_id)
+            if row is None or row.backup_schedule is None or row.next_backup_at is None or row.next_backup_at > now:
+                return None  # switched off, deleted or fired by another server meanwhile
+            if row.status != Status.AVAILABLE:
+                return None
+            row.next_backup_at = next_fire(row.backup_schedule, now)
+            backups = BackupRepository(session, None)
+            reason = None
+            tenant = TenantRepository(session).get(row.tenant_id)
+            if tenant is not None and tenant.is_suspended:
+                reason = "the tenant is suspended"
+            elif (unfinished := backups.unfinished(row.id)) is not None:
+                reason = f"the previous backup {unfinished.id} is still {unfinished.status}"
+            if reason is not None:
+                row.backups_skipped, row.last_backup_skip_reason = (row.backups_skipped or 0) + 1, reason
+                log.info("backup_schedule_skipped", database_id=row.id, reason=reason)
+                return BackupFiring(row.id, row.name, None, reason)
+            database = repo.get(row.id)
+            assert database is not None  # locked above
+            backup = self._add(backups, database, SCHEDULE)
+        log.info("backup_schedule_fired", database_id=database_id, backup_id=backup.id)
+        return BackupFiring(database_id, database.name, backup.id)
 
     def list(self, tenant_id: str, database_ref: str, *, limit: int, cursor: str | None) -> Page[Backup]:
         database = self.databases.get(tenant_id, database_ref)
@@ -142,13 +214,16 @@ class BackupService:
                 row.finished_at = utcnow()
 
     def enforce_retention(self, database_id: str) -> Sequence[str]:
-        """Keep the newest N succeeded backups of the database; remove the rest (rows and files)."""
+        """Keep the newest N succeeded backups of the database and remove the rest (rows and
+        files); of the failed ones (rows only, they have no file) keep the newest N too, so a
+        schedule that keeps failing does not grow the history without bound."""
         with self.db.write() as session:
             database = DatabaseRepository(session, None).get(database_id)
             if database is None:
                 return []
             repo = BackupRepository(session, None)
-            expired = repo.succeeded(database_id)[self.retention_of(database) :]
+            kept = self.retention_of(database)
+            expired = [*repo.succeeded(database_id)[kept:], *repo.failed(database_id)[kept:]]
             for backup in expired:
                 repo.delete(backup.id)
         for backup in expired:  # files after the commit: a listed backup always has its file

@@ -21,14 +21,15 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from croniter import CroniterError, croniter
+from croniter import CroniterError
 from sqlalchemy.orm import Session
 
 from control.clock import utcnow
-from control.domain.errors import Conflict, Invalid, NotFound
+from control.domain.errors import Conflict, NotFound
 from control.domain.names import check_dns_label
 from control.domain.records import RUN_ACTIVE_STATUSES, App, CronSchedule, Page, Run
 from control.domain.runs import RunService, check_command, cron_trigger, current_release
+from control.domain.schedules import next_fire, parse_schedule
 from control.ids import new_id
 from control.store.database import Store
 from control.store.models import CronScheduleRow
@@ -37,37 +38,6 @@ from control.store.repositories.runs import CronRepository, RunRepository, to_sc
 from control.store.repositories.tenants import TenantRepository
 
 log = structlog.get_logger("moorage.cron")
-SCHEDULE_RULE = (
-    "cron syntax in UTC: 5 fields (minute hour day-of-month month day-of-week), 6 with a leading seconds field, "
-    "or @hourly/@daily/@weekly/@monthly/@yearly"
-)
-
-
-def parse_schedule(expr: str, field: str = "schedule") -> str:
-    """The schedule with its spacing normalised; 422 naming ``field`` when croniter cannot
-    read it or it never comes round (``0 0 30 2 *``)."""
-    text = " ".join(expr.split())
-    if not text or len(text) > 200 or (not text.startswith("@") and len(text.split(" ")) not in (5, 6)):
-        problem = "not a schedule"
-    else:
-        try:
-            next_fire(text, utcnow())
-            problem = None
-        except (CroniterError, ValueError, KeyError, IndexError) as exc:
-            problem = str(exc)[:200] or type(exc).__name__
-    if problem is not None:
-        raise Invalid(
-            f"'{field}' must be {SCHEDULE_RULE}; got {expr[:80]!r} ({problem}).",
-            errors=[{"field": field, "message": f"must be {SCHEDULE_RULE}"}],
-        )
-    return text
-
-
-def next_fire(schedule: str, after: datetime) -> datetime:
-    """The first time the schedule comes round strictly after ``after`` (UTC)."""
-    with_seconds = not schedule.startswith("@") and len(schedule.split(" ")) == 6
-    found: datetime = croniter(schedule, after, second_at_beginning=with_seconds).get_next(datetime)
-    return found
 
 
 @dataclass(frozen=True)

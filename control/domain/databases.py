@@ -14,12 +14,15 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import structlog
+from msgspec import UNSET
+from msgspec import UnsetType as Unset
 
 from control.clock import utcnow
 from control.domain.errors import Conflict, DomainError, Invalid, NotFound
 from control.domain.jobs import JobEnqueuer
 from control.domain.names import check_dns_label
 from control.domain.records import Database, DatabaseOverrides, Page
+from control.domain.schedules import next_fire, parse_schedule, shortest_gap_s
 from control.ids import new_id
 from control.security.keyring import (
     KeyringError,
@@ -66,6 +69,7 @@ class DatabaseConfig:
     max_databases: int = 5
     max_memory_mb: int = 2048
     backup_retention: int = 7
+    backup_min_interval_s: int = 300  # a backup schedule may come round at most this often
     volume_grace: timedelta = timedelta(days=7)
     max_attempts: int = 2
 
@@ -182,9 +186,17 @@ class DatabaseService:
 
     # -- lifecycle ------------------------------------------------------------------------
     def create(
-        self, tenant_id: str, name: str, engine: str, *, memory_mb: int | None = None, backup_retention: int | None = None
+        self,
+        tenant_id: str,
+        name: str,
+        engine: str,
+        *,
+        memory_mb: int | None = None,
+        backup_retention: int | None = None,
+        backup_schedule: str | None = None,
     ) -> Database:
         _check_request(name, engine, memory_mb, backup_retention)
+        schedule = None if backup_schedule is None else self.check_backup_schedule(backup_schedule)
         memory = memory_mb or DEFAULT_MEMORY_MB[engine]
         database_id = new_id("db")
         # Only URL-safe characters: the password goes into a URL unquoted by most clients' eyes.
@@ -208,6 +220,8 @@ class DatabaseService:
                 status=Status.PROVISIONING,
                 memory_mb=memory,
                 backup_retention=backup_retention,
+                backup_schedule=schedule,
+                next_backup_at=None if schedule is None else next_fire(schedule, utcnow()),
                 db_user="app",
                 db_name="app" if engine == POSTGRES else "0",
                 password_ciphertext=sealed.blob,
@@ -225,6 +239,59 @@ class DatabaseService:
                 f"Free the name now with DELETE /v1/databases/{taken.name}?purge=true, or pick another name."
             )
         return f"A database named '{taken.name}' already exists; pick another name."
+
+    def check_backup_schedule(self, schedule: str) -> str:
+        """The schedule normalised; 422 when croniter cannot read it or it comes round more
+        often than the operator allows (each backup is a dump of the whole database)."""
+        text = parse_schedule(schedule, "backup_schedule")
+        floor = self.config.backup_min_interval_s
+        gap = shortest_gap_s(text, after=utcnow())
+        if gap < floor:
+            raise Invalid(
+                f"'backup_schedule' {text!r} comes round every {gap:g} s; backups may run at most every {floor} s "
+                "on this platform (MOORAGE_DATABASE_BACKUP_MIN_INTERVAL_S). Pick a slower schedule, such as '0 3 * * *'.",
+                errors=[{"field": "backup_schedule", "message": f"at most one backup every {floor} s"}],
+            )
+        return text
+
+    def update(
+        self,
+        tenant_id: str,
+        ref: str,
+        *,
+        backup_schedule: str | Unset | None = UNSET,
+        backup_retention: int | Unset | None = UNSET,
+    ) -> Database:
+        """Change how the database is backed up; a field left ``UNSET`` stays as it is, ``None``
+        switches the schedule off or returns retention to the platform default. A new
+        schedule counts its next backup from now; a new retention applies from the next backup."""
+        if (
+            not isinstance(backup_retention, Unset)
+            and backup_retention is not None
+            and not 1 <= backup_retention <= MAX_RETENTION
+        ):
+            raise Invalid(
+                f"'backup_retention' must be between 1 and {MAX_RETENTION}; nothing was changed.",
+                errors=[{"field": "backup_retention", "message": f"between 1 and {MAX_RETENTION}"}],
+            )
+        schedule = backup_schedule
+        if isinstance(schedule, str):
+            schedule = self.check_backup_schedule(schedule)
+        with self.db.write() as session:
+            repo = DatabaseRepository(session, tenant_id)
+            row = repo.row(ref)
+            if row is None:
+                raise NotFound.of("database", ref)
+            if row.status in (Status.DELETING, Status.DELETED):
+                raise Conflict(f"Database '{row.name}' is {row.status}; it can no longer be changed.", code="database-deleted")
+            if not isinstance(schedule, Unset):
+                if schedule != row.backup_schedule:
+                    row.next_backup_at = None if schedule is None else next_fire(schedule, utcnow())
+                row.backup_schedule = schedule
+            if not isinstance(backup_retention, Unset):
+                row.backup_retention = backup_retention
+            session.flush()
+            return repo.get(row.id)  # type: ignore[return-value]
 
     def get(self, tenant_id: str, ref: str) -> Database:
         with self.db.read() as session:

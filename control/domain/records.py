@@ -82,6 +82,7 @@ class Backup:
     database_id: str
     engine: str
     status: str
+    trigger: str  # manual | schedule
     reason: str | None
     file_name: str | None
     size: int | None
@@ -112,6 +113,10 @@ class Database:
     reason: str | None
     memory_mb: int
     backup_retention: int | None
+    backup_schedule: str | None
+    next_backup_at: datetime | None
+    backups_skipped: int
+    last_backup_skip_reason: str | None
     db_user: str
     db_name: str
     master_key_id: str

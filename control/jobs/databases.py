@@ -193,8 +193,8 @@ class DatabaseJobs:
                 )
             except (JobFailed, DatabaseError, CredentialsUnreadable, OSError) as exc:
                 self.backups.mark(backup.id, FAILED, reason=_reason(exc))
-                return
-            self.backups.mark(backup.id, SUCCEEDED, file_name=result.path.name, size=result.size, sha256=result.sha256)
+            else:
+                self.backups.mark(backup.id, SUCCEEDED, file_name=result.path.name, size=result.size, sha256=result.sha256)
         self.backups.enforce_retention(database.id)
 
     # -- restore ---------------------------------------------------------------------------

@@ -372,7 +372,11 @@ class DatabaseRow(Timestamps, Base):
     stays ``deleted`` (name reserved, volume kept) until ``purge_after``, then goes."""
 
     __tablename__ = "databases"
-    __table_args__ = (UniqueConstraint("tenant_id", "name"), Index("ix_databases_tenant", "tenant_id", "id"))
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "name"),
+        Index("ix_databases_tenant", "tenant_id", "id"),
+        Index("ix_databases_backup_due", "status", "next_backup_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
@@ -382,6 +386,10 @@ class DatabaseRow(Timestamps, Base):
     reason: Mapped[str | None] = mapped_column(Text)
     memory_mb: Mapped[int] = mapped_column(Integer)
     backup_retention: Mapped[int | None] = mapped_column(Integer)  # NULL: the platform default
+    backup_schedule: Mapped[str | None] = mapped_column(String(200))  # cron syntax, UTC; NULL: no scheduled backups
+    next_backup_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    backups_skipped: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_backup_skip_reason: Mapped[str | None] = mapped_column(Text)
     db_user: Mapped[str] = mapped_column(String(63))
     db_name: Mapped[str] = mapped_column(String(63))
     # AES-256-GCM; AAD binds tenant id, database id and the field name.
@@ -417,6 +425,7 @@ class DatabaseBackupRow(Base):
     database_id: Mapped[str] = mapped_column(ForeignKey("databases.id", ondelete="CASCADE"))
     engine: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16))  # pending | running | succeeded | failed
+    trigger: Mapped[str] = mapped_column(String(16), default="manual", server_default="manual")  # manual | schedule
     reason: Mapped[str | None] = mapped_column(Text)
     file_name: Mapped[str | None] = mapped_column(String(200))
     size: Mapped[int | None] = mapped_column(BigInteger)

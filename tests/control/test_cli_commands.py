@@ -58,6 +58,22 @@ def test_db_commands_shapes(tenant_env: str, capsys: pytest.CaptureFixture[str])
     assert main(["db", "unlink", "main", "--app", "api", "--json"]) == 4
 
 
+def test_db_backup_schedule_commands(tenant_env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ("db", "create", "main", "--engine", "postgres", "--backup-schedule", "0 3 * * *", "--backup-retention", "4")
+    code, db = run_json(capsys, *argv)
+    assert code == 0 and (db["backup_schedule"], db["backup_retention"]) == ("0 3 * * *", 4)  # type: ignore[index]
+    code, changed = run_json(capsys, "db", "backup-schedule", "main", "--cron", "@daily", "--keep", "2")
+    assert code == 0 and (changed["backup_schedule"], changed["backup_retention"]) == ("@daily", 2)  # type: ignore[index]
+    code, kept = run_json(capsys, "db", "backup-schedule", "main", "--keep", "3")
+    assert (kept["backup_schedule"], kept["backup_retention"]) == ("@daily", 3)  # type: ignore[index]
+    code, off = run_json(capsys, "db", "backup-schedule", "main", "--off")
+    assert code == 0 and off["backup_schedule"] is None and off["next_backup_at"] is None  # type: ignore[index]
+    assert main(["db", "backup-schedule", "main", "--cron", "* * * * * *", "--json"]) == 8  # 422: invalid input
+    assert "at most every 300 s" in capsys.readouterr().err
+    assert main(["db", "backup-schedule", "main", "--json"]) != 0  # nothing to change
+    assert "--cron CRON, --off and/or --keep N" in capsys.readouterr().err
+
+
 def test_logs_are_bounded_with_the_full_text_in_a_file() -> None:
     text = "\n".join(f"line {i}" for i in range(500))
     lines, truncated, full = logs_command.bounded(text, "web")

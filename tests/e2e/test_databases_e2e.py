@@ -4,7 +4,8 @@
    the real pipeline gets DATABASE_URL / REDIS_URL from links at its release, writes and
    reads through them, and serves what it read through Traefik;
 2. backup -> drop table -> restore -> the row is back; a backup with one byte flipped is
-   refused with a clear reason and the database keeps its current data (Redis too);
+   refused with a clear reason and the database keeps its current data (Redis too); a
+   backup schedule fires real dumps and retention keeps exactly N of them;
 3. tenant B's containers cannot reach tenant A's databases (by name or IP), and B's key
    sees 404 on every database route (see also tests/control/test_isolation.py);
 4. the passwords never appear in the control plane's logs, build logs, app logs, listings
@@ -174,7 +175,12 @@ def world(traefik: TraefikProcess, tmp_path_factory: pytest.TempPathFactory) -> 
     a_name, b_name = f"e2e-dba-{RUN_ID}", f"e2e-dbb-{RUN_ID}"
     # Three workers, three jobs of a tenant at once: both databases provision beside the build.
     settings = e2e_settings(
-        tmp_path_factory.mktemp("e2e-db-data"), traefik, job_workers=3, deploys_per_tenant=3, health_timeout_s=60
+        tmp_path_factory.mktemp("e2e-db-data"),
+        traefik,
+        job_workers=3,
+        deploys_per_tenant=3,
+        health_timeout_s=60,
+        database_backup_min_interval_s=1,  # a schedule of seconds, so the test sees several firings
     )
     app = create_app(settings)
     logs = io.StringIO()
@@ -305,6 +311,30 @@ def test_redis_backup_restore_and_corrupt_backup_refused(world: World, provision
     refused = _restore(world, "cache", corrupt)
     assert refused["status"] == "failed" and "checksum mismatch" in refused["reason"], refused
     assert world.http("/redis/get").text.strip() == "current"
+
+
+def test_a_scheduled_postgres_backup_keeps_exactly_n(world: World, provisioned: dict) -> None:
+    a, kept = world.a, 2
+    r = a.patch("/v1/databases/orders", json={"backup_schedule": "*/2 * * * * *", "backup_retention": kept})
+    assert r.status_code == 200 and r.json()["next_backup_at"], r.text
+    seen: set[str] = set()
+    deadline = time.monotonic() + 90
+    while len(seen) < kept + 3 and time.monotonic() < deadline:  # more firings than are kept
+        items = a.get("/v1/databases/orders/backups").json()["items"]
+        seen |= {b["id"] for b in items if b["trigger"] == "schedule" and b["status"] == "succeeded"}
+        time.sleep(0.3)
+    assert len(seen) >= kept + 3, f"only {len(seen)} scheduled backups succeeded in 90 s"
+    assert a.patch("/v1/databases/orders", json={"backup_schedule": None}).json()["next_backup_at"] is None
+    for b in a.get("/v1/databases/orders/backups").json()["items"]:  # one may still be running: let it end
+        world.wait(f"/v1/databases/orders/backups/{b['id']}", "status", {"succeeded", "failed"})
+    items = a.get("/v1/databases/orders/backups").json()["items"]
+    succeeded = [b for b in items if b["status"] == "succeeded"]
+    assert len(succeeded) == kept and all(b["trigger"] == "schedule" for b in succeeded), items
+    folder = world.app.state.services.settings.data_dir / "backups" / world.a.tenant_id / provisioned["orders"]["id"]
+    assert sorted(p.name for p in folder.glob("*.pgdump")) == sorted(f"{b['id']}.pgdump" for b in succeeded)
+    newest = a.get(f"/v1/databases/orders/backups/{succeeded[-1]['id']}/download")
+    assert newest.status_code == 200 and b"PGDMP" in newest.content[:16]  # a real pg_dump custom-format file
+    print(f"\n{len(seen)} scheduled postgres backups succeeded; {kept} kept, on disk and listed")
 
 
 def test_tenant_b_can_neither_reach_nor_see_tenant_a_databases(world: World, provisioned: dict) -> None:

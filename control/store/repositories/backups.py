@@ -20,6 +20,7 @@ def to_backup(row: DatabaseBackupRow) -> Backup:
         row.database_id,
         row.engine,
         row.status,
+        row.trigger,
         row.reason,
         row.file_name,
         row.size,
@@ -69,6 +70,21 @@ class BackupRepository:
             DatabaseBackupRow.database_id == database_id, DatabaseBackupRow.status == "succeeded"
         )
         return [to_backup(r) for r in self.session.scalars(query.order_by(DatabaseBackupRow.id.desc()))]
+
+    def failed(self, database_id: str) -> Sequence[Backup]:
+        """Newest first: failures have no file, but their rows are trimmed like the rest."""
+        query = select(DatabaseBackupRow).where(
+            DatabaseBackupRow.database_id == database_id, DatabaseBackupRow.status == "failed"
+        )
+        return [to_backup(r) for r in self.session.scalars(query.order_by(DatabaseBackupRow.id.desc()))]
+
+    def unfinished(self, database_id: str) -> Backup | None:
+        """The database's backup still pending or running, if any."""
+        query = select(DatabaseBackupRow).where(
+            DatabaseBackupRow.database_id == database_id, DatabaseBackupRow.status.in_(("pending", "running"))
+        )
+        row = self.session.scalar(self._scoped(query, DatabaseBackupRow).order_by(DatabaseBackupRow.id.desc()).limit(1))
+        return None if row is None else to_backup(row)
 
     def delete(self, backup_id: str) -> None:
         row = self.row(backup_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins  # `list` in a class body with a list() method names the method, not the type
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -26,6 +27,10 @@ def to_database(row: DatabaseRow) -> Database:
         reason=row.reason,
         memory_mb=row.memory_mb,
         backup_retention=row.backup_retention,
+        backup_schedule=row.backup_schedule,
+        next_backup_at=row.next_backup_at,
+        backups_skipped=row.backups_skipped or 0,
+        last_backup_skip_reason=row.last_backup_skip_reason,
         db_user=row.db_user,
         db_name=row.db_name,
         master_key_id=row.master_key_id,
@@ -83,6 +88,16 @@ class DatabaseRepository:
     def expired(self, now: datetime) -> Sequence[Database]:
         query = select(DatabaseRow).where(DatabaseRow.status == "deleted", DatabaseRow.purge_after <= now)
         return [to_database(r) for r in self.session.scalars(self._scoped(query))]
+
+    def backups_due(self, now: datetime) -> builtins.list[str]:
+        """Ids of available databases whose backup schedule has come round."""
+        query = select(DatabaseRow.id).where(DatabaseRow.status == "available", DatabaseRow.next_backup_at <= now)
+        return builtins.list(self.session.scalars(self._scoped(query).order_by(DatabaseRow.next_backup_at)))
+
+    def locked(self, database_id: str) -> DatabaseRow | None:
+        """The row, locked to the end of the transaction where the database can (PostgreSQL):
+        two servers looking at one due backup schedule fire it once."""
+        return self.session.scalar(self._scoped(select(DatabaseRow).where(DatabaseRow.id == database_id)).with_for_update())
 
     def delete(self, database_id: str) -> None:
         row = self.row(database_id)

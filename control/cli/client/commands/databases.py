@@ -2,7 +2,8 @@
 
 JSON shapes are the API's own objects: ``create``/``get`` a Database, ``list`` a list of
 them, ``link`` a Link, ``unlink`` ``{"unlinked": <link id>, "app", "database"}``,
-``backup`` a Backup, ``backups`` a list of them, ``restore`` a Restore. ``--wait`` polls
+``backup`` a Backup, ``backups`` a list of them, ``restore`` a Restore, ``backup-schedule``
+the Database with its new ``backup_schedule``/``backup_retention``. ``--wait`` polls
 until the job ends; then ``available``/``succeeded`` exit 0, ``failed`` exits 1.
 Connection URLs (passwords) are never printed: apps get them through links.
 """
@@ -22,7 +23,7 @@ from control.cli.client.http import ApiClient, ApiError
 from control.cli.client.render import emit
 
 COLUMNS = ("name", "engine", "status", "host", "port", "reason")
-BACKUP_COLUMNS = ("id", "status", "size", "checksum", "created_at")
+BACKUP_COLUMNS = ("id", "trigger", "status", "size", "checksum", "created_at")
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -33,6 +34,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], comm
     create.add_argument("name", help="DNS label; apps reach it as db-<name>")
     create.add_argument("--engine", required=True, choices=["postgres", "redis"])
     create.add_argument("--memory-mb", type=int)
+    create.add_argument("--backup-schedule", metavar="CRON", help="back up on this cron schedule (UTC), e.g. '0 3 * * *'")
+    create.add_argument("--backup-retention", type=int, metavar="N", help="newest backups kept (1-100)")
     create.add_argument("--wait", action="store_true", help="wait until available or failed")
     create.set_defaults(api=run_create)
 
@@ -58,6 +61,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], comm
     backup.add_argument("--wait", action="store_true", help="wait until succeeded or failed")
     backup.set_defaults(api=run_backup)
 
+    schedule = sub.add_parser(
+        "backup-schedule", parents=[common], help="back a database up on a cron schedule, keeping the newest N"
+    )
+    schedule.add_argument("db", help="database name or id")
+    when = schedule.add_mutually_exclusive_group()
+    when.add_argument("--cron", metavar="CRON", help="cron syntax in UTC: '0 3 * * *', '@daily', ...")
+    when.add_argument("--off", action="store_true", help="stop scheduled backups (the backups made stay)")
+    schedule.add_argument("--keep", type=int, metavar="N", help="newest backups kept, from the next backup on (1-100)")
+    schedule.set_defaults(api=run_backup_schedule)
+
     backups = sub.add_parser("backups", parents=[common], help="list a database's backups")
     backups.add_argument("db", help="database name or id")
     backups.set_defaults(api=run_backups)
@@ -81,6 +94,10 @@ def run_create(args: argparse.Namespace, api: ApiClient) -> int:
     body: dict[str, Any] = {"name": args.name, "engine": args.engine}
     if args.memory_mb:
         body["memory_mb"] = args.memory_mb
+    if args.backup_schedule:
+        body["backup_schedule"] = args.backup_schedule
+    if args.backup_retention:
+        body["backup_retention"] = args.backup_retention
     created = api.post("/v1/databases", body)
     return _waited(args, api, created, f"/v1/databases/{created['id']}")
 
@@ -117,6 +134,18 @@ def run_unlink(args: argparse.Namespace, api: ApiClient) -> int:
 def run_backup(args: argparse.Namespace, api: ApiClient) -> int:
     backup = api.post(f"/v1/databases/{args.db}/backups")
     return _waited(args, api, backup, f"/v1/databases/{args.db}/backups/{backup['id']}")
+
+
+def run_backup_schedule(args: argparse.Namespace, api: ApiClient) -> int:
+    body: dict[str, Any] = {}
+    if args.cron or args.off:
+        body["backup_schedule"] = None if args.off else args.cron
+    if args.keep is not None:
+        body["backup_retention"] = args.keep
+    if not body:
+        raise ApiError(400, {"code": "nothing-to-change", "detail": "Say what to change: --cron CRON, --off and/or --keep N."})
+    emit(api.patch(f"/v1/databases/{args.db}", body), as_json=args.json)
+    return 0
 
 
 def run_backups(args: argparse.Namespace, api: ApiClient) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import ClassVar
 
 import structlog
@@ -19,6 +20,7 @@ from control.domain.backups import BackupService
 from control.domain.cron import CronService
 from control.domain.databases import DatabaseConfig, DatabaseService
 from control.domain.deployments import DEPLOY_JOB, DeploymentService
+from control.domain.domains import DomainConfig, DomainService
 from control.domain.env import EnvService
 from control.domain.gateway_routing import NodeRouter
 from control.domain.idempotency import IdempotencyService
@@ -36,6 +38,7 @@ from control.domain.usage import UsageService
 from control.domain.volumes import VolumeConfig, VolumeService
 from control.jobs.databases import DatabaseJobs, DatabaseRuntime
 from control.jobs.deploy import DeployPipeline
+from control.jobs.domains import CustomDomains, DomainRouting, DomainVerifier
 from control.jobs.queue import JobQueue, QueueConfig
 from control.jobs.retention import Retention
 from control.jobs.runs import RunJob
@@ -51,6 +54,7 @@ from control.security.master_keys import KeySource
 from control.security.rate_limit import SlidingWindowLimiter
 from control.settings import Settings
 from control.store.database import Store
+from runtime.domain_checks import DomainChecks, parse_nameservers
 from runtime.resilience import BreakerRegistry, default_registry
 
 log = structlog.get_logger("moorage.bootstrap")
@@ -118,6 +122,7 @@ class Services:
     databases: ManagedDatabases  # managed Postgres/Redis, links, backups
     runs: OneOffRuns  # one-off runs of an app's release, and the cron schedules that start them
     scheduler: CronScheduler  # fires due schedules: apps' (each a run) and databases' backups
+    custom_domains: CustomDomains  # apps' own hostnames: ownership proofs, routes, certificates
     volumes: VolumeService  # app volumes and per-tenant storage quotas
 
     upstream: Upstream  # pooled connections to inference nodes, opened in the serving loop
@@ -144,6 +149,8 @@ class Services:
         "backups": "databases.backups",
         "runs": "runs.runs",
         "cron": "runs.cron",
+        "domains": "custom_domains.domains",
+        "custom_domains": "custom_domains",
         "volumes": "volumes",
         "app_runtime": "deploys.runtime",
         "upstream": "upstream",
@@ -164,8 +171,10 @@ class Services:
         self.deploys.start(sole=sole)  # job workers + reconciler
         self.databases.start()
         self.scheduler.start()  # after the workers: a firing missed while down is queued at once
+        self.custom_domains.verifier.start()
 
     def stop(self) -> None:
+        self.custom_domains.verifier.stop()
         self.scheduler.stop()
         self.databases.stop()
         self.deploys.stop()
@@ -242,6 +251,29 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
     )
     cron = CronService(db, runs, max_per_app=settings.cron_max_per_app)
 
+    domains = DomainService(
+        db,
+        DomainConfig(
+            base_domain=settings.base_domain,
+            methods=tuple(m.strip() for m in settings.domain_verify_methods.split(",") if m.strip()),
+            verify_for=timedelta(seconds=settings.domain_verify_timeout_s),
+            verify_interval=timedelta(seconds=settings.domain_verify_interval_s),
+            max_per_app=settings.domain_max_per_app,
+            tls=bool(settings.acme_email),
+        ),
+    )
+    domain_routing = DomainRouting(
+        lambda: runtime.router,
+        lambda: runtime.instance,
+        cert_resolver=settings.acme_resolver if settings.acme_email else None,
+        verify_upstream=settings.api_upstream_url or f"http://127.0.0.1:{settings.port}",
+    )
+    domain_verifier = DomainVerifier(
+        domains,
+        DomainChecks(parse_nameservers(settings.domain_nameservers), http_port=settings.domain_http_port),
+        domain_routing,
+    )
+
     # The one registry of job kinds, fixed here: what each kind runs, and whom it tells when given up.
     workers = WorkerPool(
         queue,
@@ -264,6 +296,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         sweeps={
             "database containers": database_jobs.remove_orphan_containers,
             "run containers": run_job.remove_orphan_containers,
+            "domain routes": domain_verifier.sweep,
         },
         volumes=VolumeUpkeep(volumes, runtime, orphan_grace_s=float(settings.volume_orphan_grace_s)),
     )
@@ -329,6 +362,12 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         databases=ManagedDatabases(databases, links, backups, database_jobs),
         runs=OneOffRuns(runs, cron, run_job),
         scheduler=CronScheduler(cron, backups, interval_s=settings.cron_tick_ms / 1000),
+        custom_domains=CustomDomains(
+            domains,
+            domain_routing,
+            CronScheduler(domain_verifier, interval_s=min(1.0, settings.domain_verify_interval_s), name="moorage-domains"),
+            store=Path(settings.acme_storage),
+        ),
         volumes=volumes,
         upstream=Upstream(settings),
         metrics=metrics,

@@ -89,6 +89,22 @@ class Settings:
     route_verify_timeout_s: int = 10  # how long to wait to see Traefik serve the new release
     reconcile_interval_s: int = 30  # 0 disables the reconciler
     max_replicas: int = 10  # containers one app may run in (PATCH /v1/apps/{app} {"replicas"})
+    # Custom domains: the proofs accepted (the first is the default), where names are looked
+    # up (host[:port],...; empty: the system's resolver), the port the HTTP proof is fetched on
+    # (Traefik's web entrypoint), and how long and how often a proof is looked for.
+    domain_verify_methods: str = "http,dns"
+    domain_nameservers: str = ""
+    domain_http_port: int = 80
+    domain_verify_timeout_s: int = 900
+    domain_verify_interval_s: float = 10.0
+    domain_max_per_app: int = 20
+    # ACME through Traefik (deploy/host-setup.sh renders the same MOORAGE_ACME_* into Traefik's
+    # static config): with an e-mail, active domains get HTTPS from this resolver. The store is
+    # read for certificate state; the control plane never writes it.
+    acme_email: str = ""
+    acme_resolver: str = "letsencrypt"
+    acme_storage: str = "/var/lib/moorage/traefik/acme.json"
+    api_upstream_url: str = ""  # how Traefik reaches this control plane; empty: http://127.0.0.1:<port>
     kept_releases: int = 5  # per app, the newest releases whose images stay for rollback; older ones are removed
     # One-off runs and cron schedules: commands in a new container from an app's current release.
     run_timeout_default_s: int = 600  # a run that names no timeout_s is killed after this
@@ -142,6 +158,9 @@ class Settings:
             raise SettingsError("MOORAGE_LOG_FORMAT must be 'json' or 'console'")
         if self.volume_quota not in {"enforced", "measured"}:
             raise SettingsError("MOORAGE_VOLUME_QUOTA must be 'enforced' or 'measured'")
+        methods = [m.strip() for m in self.domain_verify_methods.split(",") if m.strip()]
+        if not methods or any(m not in {"http", "dns"} for m in methods):
+            raise SettingsError("MOORAGE_DOMAIN_VERIFY_METHODS must list 'http' and/or 'dns', comma-separated")
         if self.inference_budget_period not in {"day", "month"}:
             raise SettingsError("MOORAGE_INFERENCE_BUDGET_PERIOD must be 'day' or 'month'")
         try:

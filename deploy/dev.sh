@@ -102,8 +102,8 @@ test_all() {
     say "lint, format and strict types (deploy/lint.sh)"
     MOORAGE_VENV="$venv" bash "$repo/deploy/lint.sh"
   fi
-  say "host setup: dockerd + runsc + Traefik + base images"
-  bash "$repo/deploy/host-setup.sh"
+  say "host setup: dockerd + runsc + Traefik + base images (+ the tests' ACME server, pebble)"
+  MOORAGE_TEST_TOOLS=1 bash "$repo/deploy/host-setup.sh"
   say "running the test suite"
   exec "$venv/bin/python" -m pytest "$@"
 }

@@ -25,6 +25,9 @@ TRAEFIK_HTTP_ADDRESS="${MOORAGE_TRAEFIK_HTTP_ADDRESS:-:${MOORAGE_TRAEFIK_HTTP_PO
 TRAEFIK_PING_ADDRESS="${MOORAGE_TRAEFIK_PING_ADDRESS:-127.0.0.1:8082}"
 TRAEFIK_THROTTLE="${MOORAGE_TRAEFIK_THROTTLE:-500ms}"  # as runtime/traefik.py DEFAULT_THROTTLE
 ACME_EMAIL="${MOORAGE_ACME_EMAIL:-}"
+ACME_CA_SERVER="${MOORAGE_ACME_CA_SERVER:-}"        # the ACME directory URL; empty: Let's Encrypt production
+ACME_CHALLENGE="${MOORAGE_ACME_CHALLENGE:-http}"    # http (HTTP-01 on :80) | tls (TLS-ALPN-01, only :443 open)
+ACME_CA_BUNDLE="${MOORAGE_ACME_CA_BUNDLE:-}"        # PEM of a private ACME CA's TLS root (LEGO_CA_CERTIFICATES)
 START_TRAEFIK="${MOORAGE_START_TRAEFIK:-1}"
 BUILD_PYTHON_IMAGE="${MOORAGE_BUILD_PYTHON_IMAGE:-1}"
 BUSYBOX_IMAGE="${MOORAGE_BUSYBOX_IMAGE:-moorage/busybox:latest}"
@@ -52,6 +55,9 @@ mkdir -p "$STATE_DIR" "$LOG_DIR" "$RUN_DIR" "$CACHE_DIR" "$TRAEFIK_DYNAMIC_DIR"
 # wrk: the HTTP load generator bench/api_overhead.py drives the API with; curl, jq: the
 # README's tour.
 PACKAGES=(docker.io runsc busybox-static debootstrap python3 python3-venv iptables ca-certificates wrk curl jq)
+# The test suite's own: pebble (Let's Encrypt's ACME test server) and pebble-challtestsrv (a
+# DNS server the tests program), for the custom-domain loop. Production points at a real CA.
+if [[ "${MOORAGE_TEST_TOOLS:-0}" == 1 ]]; then PACKAGES+=(pebble); fi
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -245,13 +251,21 @@ new_cfg="$(mktemp)"
 PYTHONPATH="$REPO_DIR" "$TOOLS_DIR/bin/python" -m runtime.traefik \
   --dynamic-dir "$TRAEFIK_DYNAMIC_DIR" --http-address "$TRAEFIK_HTTP_ADDRESS" \
   --ping-address "$TRAEFIK_PING_ADDRESS" --throttle "$TRAEFIK_THROTTLE" \
-  --acme-email "$ACME_EMAIL" --acme-storage "$TRAEFIK_DIR/acme.json" >"$new_cfg"
+  --acme-email "$ACME_EMAIL" --acme-storage "$TRAEFIK_DIR/acme.json" \
+  --acme-ca-server "$ACME_CA_SERVER" --acme-challenge "$ACME_CHALLENGE" >"$new_cfg"
 traefik_cfg_changed=0
 if cmp -s "$new_cfg" "$TRAEFIK_STATIC"; then
   rm -f "$new_cfg"; log "traefik static config unchanged: $TRAEFIK_STATIC"
 else
   mv "$new_cfg" "$TRAEFIK_STATIC"; chmod 0644 "$TRAEFIK_STATIC"; traefik_cfg_changed=1
   changed "wrote $TRAEFIK_STATIC (dynamic dir $TRAEFIK_DYNAMIC_DIR)"
+fi
+# Traefik's ACME client (lego) trusts a private CA's TLS root only through its environment.
+new_env="$(mktemp)"
+if [[ -n "$ACME_CA_BUNDLE" ]]; then echo "LEGO_CA_CERTIFICATES=$ACME_CA_BUNDLE" >"$new_env"; fi
+if cmp -s "$new_env" "$TRAEFIK_DIR/traefik.env"; then rm -f "$new_env"; else
+  mv "$new_env" "$TRAEFIK_DIR/traefik.env"; chmod 0644 "$TRAEFIK_DIR/traefik.env"; traefik_cfg_changed=1
+  changed "wrote $TRAEFIK_DIR/traefik.env"
 fi
 traefik_ping() {
   "$TOOLS_DIR/bin/python" -c 'import sys,urllib.request
@@ -281,7 +295,8 @@ else
   fi
   if ! pid_alive "$TRAEFIK_PIDFILE"; then
     log "starting traefik in the background (log: $LOG_DIR/traefik.log)"
-    setsid nohup "$TOOLS_DIR/bin/traefik" --configFile="$TRAEFIK_STATIC" \
+    # shellcheck disable=SC2046 # one VAR=value word per line of the env file
+    setsid nohup env $(cat "$TRAEFIK_DIR/traefik.env") "$TOOLS_DIR/bin/traefik" --configFile="$TRAEFIK_STATIC" \
       >>"$LOG_DIR/traefik.log" 2>&1 </dev/null &
     echo $! >"$TRAEFIK_PIDFILE"
     changed "started traefik (pid $(cat "$TRAEFIK_PIDFILE"))"

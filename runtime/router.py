@@ -57,6 +57,21 @@ class AppRoute:
     middlewares: Sequence[str] = field(default_factory=tuple)
 
 
+@dataclass(frozen=True)
+class DomainRoute:
+    """A custom hostname sent to an app's service (the one its own route file defines)."""
+
+    key: str  # the domain's id
+    hostname: str
+    service: str  # the app's route key
+    hsts: bool = False
+
+
+VERIFY_KEY = "moorage_verify"
+VERIFY_PATH_RULE = r"PathRegexp(`^/\.well-known/moorage-verify/[A-Za-z0-9_-]{16,64}$`)"
+HSTS_SECONDS = 31536000
+
+
 # No '-', '.' or '/': a key can neither be built from names nor step out of the directory.
 _ROUTE_KEY = re.compile(r"[a-z0-9][a-z0-9_]{0,99}")
 _OWNER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -132,6 +147,41 @@ class Router:
             # reconciler has even noticed it.
             lb["healthCheck"] = {"path": route.health_path, "interval": "1s", "timeout": "1s"}
         return {"http": {"routers": {key: router}, "services": {key: {"loadBalancer": lb}}}}
+
+    def render_domain(self, route: DomainRoute, *, cert_resolver: str | None, web: str, websecure: str) -> dict[str, Any]:
+        """With a certificate resolver: HTTPS on ``websecure`` (the resolver obtains and renews
+        the certificate) and a permanent redirect on ``web``, HSTS if asked. Without one: the
+        name on ``web`` only, as the platform's own hostnames."""
+        if not _is_hostname(route.hostname):
+            raise ValueError(f"invalid hostname {route.hostname!r}")
+        key, service, rule = route_key(route.key), route_key(route.service), f"Host(`{route.hostname}`)"
+        if cert_resolver is None:
+            return {"http": {"routers": {key: {"rule": rule, "service": service, "entryPoints": [web]}}}}
+        secure: dict[str, Any] = {
+            "rule": rule,
+            "service": service,
+            "entryPoints": [websecure],
+            "tls": {"certResolver": cert_resolver, "domains": [{"main": route.hostname}]},
+        }
+        middlewares: dict[str, Any] = {f"{key}_https": {"redirectScheme": {"scheme": "https", "permanent": True}}}
+        if route.hsts:
+            middlewares[f"{key}_hsts"] = {"headers": {"stsSeconds": HSTS_SECONDS}}
+            secure["middlewares"] = [f"{key}_hsts"]
+        redirect = {"rule": rule, "service": service, "entryPoints": [web], "middlewares": [f"{key}_https"]}
+        return {"http": {"routers": {key: secure, f"{key}_http": redirect}, "middlewares": middlewares}}
+
+    def render_verify(self, upstream_url: str, *, web: str) -> dict[str, Any]:
+        """Ownership tokens: on any hostname, ``/.well-known/moorage-verify/<token>`` goes to the
+        control plane, which answers only the token of a domain waiting for its proof."""
+        router = {"rule": VERIFY_PATH_RULE, "service": VERIFY_KEY, "entryPoints": [web], "priority": 10_000}
+        service = {"loadBalancer": {"servers": [{"url": upstream_url}], "passHostHeader": True}}
+        return {"http": {"routers": {VERIFY_KEY: router}, "services": {VERIFY_KEY: service}}}
+
+    @guarded(idempotent=True)
+    def write_doc(self, key: str, doc: dict[str, Any], owner: str) -> Path:
+        target = self.path_for(key)
+        atomic_write(target, self.file_body(doc, owner))
+        return target
 
     @staticmethod
     def file_body(doc: dict[str, Any], owner: str | None = None) -> str:

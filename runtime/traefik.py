@@ -49,6 +49,8 @@ class TraefikStaticOptions:
     acme_storage: Path | None = None
     https_address: str = ":443"
     acme_resolver: str = "letsencrypt"
+    acme_ca_server: str | None = None  # the ACME directory URL; None: Let's Encrypt production
+    acme_tls_challenge: bool = False  # TLS-ALPN-01 instead of HTTP-01 (where only :443 is open)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -75,15 +77,14 @@ def static_config(opts: TraefikStaticOptions) -> dict[str, Any]:
     if opts.acme_email:
         entrypoints[WEBSECURE_ENTRYPOINT] = {"address": opts.https_address, "http": dict(ingress_http)}
         storage = opts.acme_storage or opts.dynamic_dir.parent / "acme.json"
-        cfg["certificatesResolvers"] = {
-            opts.acme_resolver: {
-                "acme": {
-                    "email": opts.acme_email,
-                    "storage": str(storage),
-                    "httpChallenge": {"entryPoint": WEB_ENTRYPOINT},
-                }
-            }
-        }
+        acme: dict[str, Any] = {"email": opts.acme_email, "storage": str(storage)}
+        if opts.acme_tls_challenge:
+            acme["tlsChallenge"] = {}
+        else:
+            acme["httpChallenge"] = {"entryPoint": WEB_ENTRYPOINT}
+        if opts.acme_ca_server:
+            acme["caServer"] = opts.acme_ca_server
+        cfg["certificatesResolvers"] = {opts.acme_resolver: {"acme": acme}}
     cfg.update(opts.extra)
     return cfg
 
@@ -121,17 +122,34 @@ def find_traefik_binary() -> str:
 class TraefikProcess:
     """A Traefik child process on loopback ports with its own dynamic dir (tests, benches, dev)."""
 
-    def __init__(self, dynamic_dir: Path | None = None, throttle: str = DEFAULT_THROTTLE) -> None:
+    def __init__(
+        self,
+        dynamic_dir: Path | None = None,
+        throttle: str = DEFAULT_THROTTLE,
+        *,
+        acme_email: str | None = None,
+        acme_ca_server: str | None = None,
+        acme_storage: Path | None = None,
+        acme_ca_bundle: Path | None = None,
+    ) -> None:
+        """With ``acme_email``: an HTTPS entrypoint too, and the ACME resolver ``opts.acme_resolver``
+        against ``acme_ca_server`` (whose TLS root ``acme_ca_bundle`` is), storing in ``acme_storage``."""
         self._tmp = tempfile.mkdtemp(prefix="moorage-traefik-")
         self.dynamic_dir = dynamic_dir or Path(self._tmp) / "dynamic"
         self.dynamic_dir.mkdir(parents=True, exist_ok=True)
         self.http_port = free_loopback_port()
+        self.https_port = free_loopback_port()
         self.opts = TraefikStaticOptions(
             dynamic_dir=self.dynamic_dir,
             http_address=f"127.0.0.1:{self.http_port}",
             ping_address=f"127.0.0.1:{free_loopback_port()}",
             throttle=throttle,
+            acme_email=acme_email,
+            acme_ca_server=acme_ca_server,
+            acme_storage=acme_storage,
+            https_address=f"127.0.0.1:{self.https_port}",
         )
+        self.env = {**os.environ, **({"LEGO_CA_CERTIFICATES": str(acme_ca_bundle)} if acme_ca_bundle else {})}
         self.config_path = Path(self._tmp) / "traefik.yml"
         self.log_path = Path(self._tmp) / "traefik.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -148,6 +166,7 @@ class TraefikProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env=self.env,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -193,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--acme-email", default=None)
     p.add_argument("--acme-storage", default=None, type=Path)
     p.add_argument("--https-address", default=":443")
+    p.add_argument("--acme-ca-server", default=None, help="ACME directory URL (default: Let's Encrypt production)")
+    p.add_argument("--acme-challenge", default="http", choices=["http", "tls"], help="HTTP-01 on :80 or TLS-ALPN-01 on :443")
     a = p.parse_args(argv)
     opts = TraefikStaticOptions(
         dynamic_dir=a.dynamic_dir,
@@ -203,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         acme_email=a.acme_email or None,
         acme_storage=a.acme_storage,
         https_address=a.https_address,
+        acme_ca_server=a.acme_ca_server or None,
+        acme_tls_challenge=a.acme_challenge == "tls",
     )
     sys.stdout.write(render_static_config(opts))
     return 0

@@ -20,7 +20,7 @@ from control.security.auth_throttle import AuthThrottle
 from control.security.principal import Principal
 from control.security.scopes import ANY_KEY_ACCESS, OPERATOR_ACCESS
 
-PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/openapi"]  # also covers /openapi.json
+PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/openapi", r"^/\.well-known/moorage-verify/"]  # /openapi: also .json
 T = TypeVar("T")
 
 

@@ -10,6 +10,7 @@ from control.api.backups import BackupController
 from control.api.cron import CronController
 from control.api.databases import DATABASE_LIMIT_ROUTES, DatabaseController
 from control.api.deployments import DeploymentController, ReleaseController
+from control.api.domains import DomainController, verify_token
 from control.api.env import EnvController
 from control.api.gateway import GATEWAY_ROUTES
 from control.api.health import healthz, readyz
@@ -28,7 +29,7 @@ from control.settings import Settings
 
 
 def route_handlers(settings: Settings) -> list[Any]:
-    platform = [openapi_document, healthz, readyz, metrics_handler(public=settings.metrics_public)]
+    platform = [openapi_document, healthz, readyz, metrics_handler(public=settings.metrics_public), verify_token]
     identity = [whoami, TenantController, KeyController, tenant_audit, operator_audit]
     apps = [
         AppController,
@@ -39,6 +40,7 @@ def route_handlers(settings: Settings) -> list[Any]:
         RunController,
         CronController,
         VolumeController,
+        DomainController,
     ]
     databases = [DatabaseController, BackupController, LinkController, *DATABASE_LIMIT_ROUTES, *STORAGE_LIMIT_ROUTES]
     inference = [*NODE_ROUTES, *GATEWAY_ROUTES, *USAGE_ROUTES, *INFERENCE_LIMIT_ROUTES]

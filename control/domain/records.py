@@ -476,3 +476,21 @@ class CronSchedule:
     last_skip_reason: str | None
     created_at: datetime
     updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Domain:
+    id: str
+    tenant_id: str
+    app_id: str
+    hostname: str
+    method: str  # http | dns
+    token: str
+    status: str  # pending | verifying | active | failed
+    reason: str | None
+    hsts: bool
+    verify_until: datetime | None
+    checked_at: datetime | None
+    verified_at: datetime | None
+    created_at: datetime
+    updated_at: datetime

@@ -21,8 +21,9 @@ class Schedules(Protocol):
 
 
 class CronScheduler:
-    def __init__(self, *schedules: Schedules, interval_s: float) -> None:
+    def __init__(self, *schedules: Schedules, interval_s: float, name: str = "moorage-cron") -> None:
         self.schedules = schedules
+        self.name = name
         self.interval_s = interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -41,7 +42,7 @@ class CronScheduler:
         if self.interval_s <= 0 or self._thread is not None:
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="moorage-cron", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:

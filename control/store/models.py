@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -491,3 +492,34 @@ class TenantStorageLimitsRow(Base):
     max_volumes: Mapped[int | None] = mapped_column(Integer)
     max_total_mb: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class DomainRow(Timestamps, Base):
+    """A custom hostname of an app. ``pending`` → ``verifying`` → ``active`` | ``failed``; one
+    tenant holds a name at a time, and a failed claim lets go of it."""
+
+    __tablename__ = "domains"
+    __table_args__ = (
+        Index("ix_domains_tenant", "tenant_id", "id"),
+        Index("ix_domains_app", "app_id", "id"),
+        Index(
+            "uq_domains_claimed",
+            "hostname",
+            unique=True,
+            sqlite_where=text("status != 'failed'"),
+            postgresql_where=text("status != 'failed'"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    hostname: Mapped[str] = mapped_column(String(253))  # ASCII (IDNA), lower case, no trailing dot
+    method: Mapped[str] = mapped_column(String(8))  # http | dns
+    token: Mapped[str] = mapped_column(String(64))  # not a secret: it is published, by design
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    hsts: Mapped[bool] = mapped_column(Boolean, default=False)
+    verify_until: Mapped[datetime | None] = mapped_column(UTCDateTime)  # checks go on until then, then fail
+    checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -42,6 +42,8 @@ SAMPLE_BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/apps/{app}/cron"): {"name": "from-b", "schedule": "0 4 * * *", "command": ["true"]},
     ("PATCH", "/v1/apps/{app}/cron/{schedule}"): {"enabled": False},
     ("POST", "/v1/apps/{app}/volumes"): {"name": "from-b", "mount_path": "/from-b", "size_mb": 1},
+    ("POST", "/v1/apps/{app}/domains"): {"hostname": "from-b.example.com"},
+    ("PATCH", "/v1/databases/{db}"): {"backup_retention": 1},
 }
 
 
@@ -119,6 +121,8 @@ def _build_tenants(
         VolumeRepository(session, alpha.tenant_id).add(
             id=volume_id, app_id=app["id"], name="secret-data", mount_path="/data", size_mb=1, quota="enforced", status="ready"
         )
+    domain = alpha.post(f"/v1/apps/{app['id']}/domains", json={"hostname": "secret.example.com"})
+    assert domain.status_code == 201, domain.text
     # Each path parameter, filled with A's real identifiers: by id and by name.
     values = {
         "app": [app["id"], app["name"]],
@@ -132,6 +136,7 @@ def _build_tenants(
         "run": [run.json()["id"]],
         "schedule": ["nightly"],
         "volume": [volume_id, "secret-data"],
+        "domain": [domain.json()["id"], "secret.example.com"],
     }
     return alpha, beta, values
 

@@ -57,6 +57,8 @@ SAMPLE_BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/apps/{app}/runs"): {"command": ["true"]},
     ("POST", "/v1/apps/{app}/cron"): {"name": "another", "schedule": "0 4 * * *", "command": ["true"]},
     ("PATCH", "/v1/apps/{app}/cron/{schedule}"): {"enabled": False},
+    ("POST", "/v1/apps/{app}/domains"): {"hostname": "other.example.com"},
+    ("PATCH", "/v1/databases/{db}"): {"backup_retention": 2},
     # Past the schema, refused by the rules after the app's lookup: no storage is made on this host.
     ("POST", "/v1/apps/{app}/volumes"): {"name": "probe", "mount_path": "/proc/probe", "size_mb": 1},
     ("PUT", "/v1/tenants/{tenant_id}/storage-limits"): {"max_volumes": 3},
@@ -152,6 +154,8 @@ def _build_world(
     assert deployment.status_code == 202 and restore.status_code == 202, (deployment.text, restore.text)
     assert link.status_code == 201 and node.status_code == 201, (link.text, node.text)
     callers["node"] = Caller(operator.client, node.json()["token"])
+    domain = alpha.post(f"/v1/apps/{app['id']}/domains", json={"hostname": "alpha.example.com"})
+    assert domain.status_code == 201, domain.text
     values = {
         "app": app["id"],
         "name": "API_TOKEN",
@@ -163,6 +167,8 @@ def _build_world(
         "run": run.json()["id"],
         "schedule": "nightly",
         "volume": volume,
+        "domain": domain.json()["id"],
+        "token": domain.json()["verification"]["url"].rsplit("/", 1)[1],
         "key_id": victim["id"],
         "tenant_id": alpha.tenant_id,
         "node": node.json()["node"]["id"],

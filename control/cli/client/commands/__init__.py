@@ -8,6 +8,7 @@ from control.cli.client.commands import (
     apps,
     databases,
     deploy,
+    domains,
     env,
     identity,
     inference,
@@ -18,7 +19,7 @@ from control.cli.client.commands import (
     volumes,
 )
 
-MODULES = (identity, apps, env, deploy, releases, logs, runs, databases, volumes, inference, skills)
+MODULES = (identity, apps, env, deploy, releases, logs, runs, databases, volumes, domains, inference, skills)
 
 
 def common_options() -> argparse.ArgumentParser:

@@ -178,6 +178,10 @@ def test_an_app_made_again_under_a_deleted_ones_name_keeps_its_containers(world:
 
 def test_a_deleted_tenants_network_goes_and_a_live_ones_stays(world: DeployWorld) -> None:
     world.deploy()
+    world.runtime.fail_builds()
+    world.deploy()
+    world.runtime.builds_succeed()
+    assert world.runtime.layers, "the failed build's layers"
     world.runtime.networks.add("gone-tenant")  # a tenant deleted while this control plane was down
     report = world.reconciler.run_once()
     assert not report.errors, report.errors
@@ -188,7 +192,7 @@ def test_a_deleted_tenants_network_goes_and_a_live_ones_stays(world: DeployWorld
     world.teardown.drain()
     world.tenants.delete(world.tenant.id)
     world.teardown.drain()
-    assert world.runtime.owned_networks() == [] and world.runtime.images == {}
+    assert world.runtime.owned_networks() == [] and world.runtime.images == {} and world.runtime.layers == {}
 
 
 def test_a_deleted_tenants_image_its_teardown_left_is_removed_by_the_reconciler(world: DeployWorld) -> None:

@@ -212,8 +212,10 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
     )
 
     deployments = DeploymentService(db, queue, settings.data_dir, max_attempts=settings.job_max_attempts)
-    releases = ReleaseService(db)
-    pipeline = DeployPipeline(settings, deployments, releases, env_vars, runtime, locks, links, volumes)
+    releases = ReleaseService(db, kept_releases=settings.kept_releases)
+    pipeline = DeployPipeline(
+        settings, deployments, releases, env_vars, runtime, locks, links, volumes, went_live=lambda: reconciler.wake()
+    )
 
     databases = DatabaseService(
         db,
@@ -290,7 +292,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         links=links,
         tenant_names=tenants.names,
         tenant_ids=tenants.ids,
-        kept_releases=settings.kept_releases,
+        build_layer_grace_s=float(settings.build_layer_grace_s),
         # Traefik's reload (its provider throttle) and the requests already sent: then the stop.
         drain_s=max(1.0, settings.swap_drain_ms / 1000),
         sweeps={

@@ -106,6 +106,9 @@ class Settings:
     acme_storage: str = "/var/lib/moorage/traefik/acme.json"
     api_upstream_url: str = ""  # how Traefik reaches this control plane; empty: http://127.0.0.1:<port>
     kept_releases: int = 5  # per app, the newest releases whose images stay for rollback; older ones are removed
+    # Untagged layers a tenant's builds left (failed builds' steps, multi-stage builds' earlier
+    # stages) are removed once this old, while none of its builds runs; until then a retry reuses them.
+    build_layer_grace_s: int = 3600
     # One-off runs and cron schedules: commands in a new container from an app's current release.
     run_timeout_default_s: int = 600  # a run that names no timeout_s is killed after this
     run_timeout_max_s: int = 3600  # the largest timeout_s a run or schedule may ask for

@@ -244,9 +244,20 @@ class Images:
 
     @guarded(idempotent=True)
     def list_managed(self, **labels: str) -> list[ImageInfo]:
+        return self._summaries({"label": L.selector(**labels)})
+
+    @guarded(idempotent=True)
+    def list_dangling(self, label: str) -> list[ImageInfo]:
+        """Untagged images carrying ``label`` that no other image builds on: what a build left
+        besides its tagged result (a failed or stopped build's last step, a multi-stage build's
+        earlier stages). Removing one removes its untagged parents with it, up to the first
+        image that is tagged or has other children. ``created`` is in epoch seconds."""
+        return self._summaries({"dangling": True, "label": label})
+
+    def _summaries(self, filters: dict[str, Any]) -> list[ImageInfo]:
         # The summary list, one call: docker-py's images.list() inspects each image after
         # listing, and fails outright on one removed in between (a teardown running meanwhile).
-        summaries = self.engine.client.api.images(filters={"label": L.selector(**labels)})
+        summaries = self.engine.client.api.images(filters=filters)
         return [
             ImageInfo(
                 id=str(row["Id"]),

@@ -30,7 +30,7 @@ from litestar.params import FromPath, JSONBody
 from control.api.endpoints import Cursor, Limit, endpoint, route
 from control.api.problems import Problem, problem_response
 from control.domain.deployments import DeploymentService
-from control.domain.errors import Conflict, Invalid
+from control.domain.errors import Invalid
 from control.domain.git_sources import (
     GitHostRefused,
     check_git_source,
@@ -325,6 +325,16 @@ class ReleaseOut(msgspec.Struct):
     id: str
     name: Annotated[str, msgspec.Meta(description="v1, v2, ... per app")]
     current: Annotated[bool, msgspec.Meta(description="the release the app runs now")]
+    image_kept: Annotated[
+        bool,
+        msgspec.Meta(
+            description=(
+                "its image is still on the host, so it is a rollback target: the app's MOORAGE_KEPT_RELEASES "
+                "newest releases and its current one keep theirs. false: the image was pruned; a rollback to it "
+                "is refused with 409 release-image-pruned (deploy that version's source again)"
+            )
+        ),
+    ]
     image_id: str
     image_tag: str
     env_version: int
@@ -339,11 +349,12 @@ class ReleaseOut(msgspec.Struct):
     ]
 
     @classmethod
-    def of(cls, r: Release, current_id: str | None) -> ReleaseOut:
+    def of(cls, r: Release, current_id: str | None, kept_images: set[str]) -> ReleaseOut:
         return cls(
             r.id,
             r.name,
             r.id == current_id,
+            r.image_id in kept_images,
             r.image_id,
             r.image_tag,
             r.env_version,
@@ -378,8 +389,8 @@ class ReleaseController(Controller):
         limit: Annotated[int, Limit] = 50,
         cursor: Annotated[str | None, Cursor] = None,
     ) -> ReleaseList:
-        page, current = releases.list(caller_tenant, app, limit=limit, cursor=cursor)
-        return ReleaseList(items=[ReleaseOut.of(r, current) for r in page.items], next_cursor=page.next_cursor)
+        page, current, kept = releases.list(caller_tenant, app, limit=limit, cursor=cursor)
+        return ReleaseList(items=[ReleaseOut.of(r, current, kept) for r in page.items], next_cursor=page.next_cursor)
 
     @endpoint(
         "POST",
@@ -388,6 +399,11 @@ class ReleaseController(Controller):
         errors=(404,),
         status_code=202,
         summary="Roll back to an earlier release (a new deployment reusing its image)",
+        description=(
+            "409 `already-current` for the release the app runs now; 409 `release-image-pruned` for a release "
+            "whose image was pruned (`image_kept: false` in the releases listing): the detail names the releases "
+            "that are still rollback targets."
+        ),
     )
     def rollback(
         self,
@@ -399,13 +415,7 @@ class ReleaseController(Controller):
     ) -> Response[DeploymentOut]:
         tenant_id = caller_tenant
         target_app = deployments.app(tenant_id, app)
-        release = releases.by_name(tenant_id, app, data.release)
-        _, current = releases.list(tenant_id, app, limit=1, cursor=None)
-        if release.id == current:
-            raise Conflict(
-                f"{release.name} is already the current release; pick an earlier one from GET .../releases.",
-                code="already-current",
-            )
+        release = releases.rollback_target(tenant_id, app, data.release)
         restores = (
             f"{release.name}'s: {release.config.summary()}"
             if release.config

@@ -65,6 +65,9 @@ class DeployPipeline:
     locks: AppLocks
     links: LinkService | None = None  # managed databases: URLs resolved at container start
     volumes: VolumeService | None = None  # app volumes: mounted at container start
+    # Told once a release is live: the reconciler's pass then prunes the images (and build
+    # layers) no kept release needs any more, rather than at the end of its interval.
+    went_live: Callable[[], None] = lambda: None
     source_build: SourceBuild = field(init=False)
 
     def __post_init__(self) -> None:
@@ -216,6 +219,7 @@ class DeployPipeline:
         self.deployments.record_timing(dep.id, start_s=timings.start_s, health_s=timings.health_s, route_s=timings.route_s)
         self.deployments.transition(dep.id, Status.RUNNING)
         out.step(f"running {release.name}")
+        self.went_live()
 
     def _go_live(
         self, release: Release, containers: list[tuple[str, str]], tenant_id: str, restoring: ReleaseConfig | None

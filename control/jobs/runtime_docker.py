@@ -32,9 +32,18 @@ from pathlib import Path
 import docker.errors
 import structlog
 
+from control.domain.build_policy import LINEAGE_LABEL
 from control.jobs.build import TENANT_IMAGES, tenant_repository
 from control.jobs.docker_runs import run_in_container
-from control.jobs.runtime_port import AppContainer, RemovalRefused, Route, RunOutcome, TenantImage, VolumeMount
+from control.jobs.runtime_port import (
+    AppContainer,
+    BuildLayer,
+    RemovalRefused,
+    Route,
+    RunOutcome,
+    TenantImage,
+    VolumeMount,
+)
 from control.settings import Settings
 from runtime import labels as L
 from runtime.builders import Builder, BuildRequest, BuiltImage
@@ -183,6 +192,16 @@ class DockerAppRuntime:
             if image.labels.get(INSTANCE_LABEL) == instance and tagged and not any(t.startswith(live) for t in tagged):
                 found.append(TenantImage(image.id, tagged))
         return found
+
+    def build_layers(self, *tenant_ids: str) -> list[BuildLayer]:
+        wanted = set(tenant_ids)
+        if not wanted:
+            return []
+        return [
+            BuildLayer(image.id, lineage, float(image.created or 0))
+            for image in self.images.list_dangling(LINEAGE_LABEL)
+            if (lineage := image.labels.get(LINEAGE_LABEL, "")) in wanted
+        ]
 
     def remove_image(self, image_id: str) -> bool:
         try:

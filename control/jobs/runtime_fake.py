@@ -33,7 +33,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from control.jobs.build import TENANT_IMAGES, tenant_repository
-from control.jobs.runtime_port import AppContainer, AppRuntime, RemovalRefused, Route, RunOutcome, TenantImage, VolumeMount
+from control.jobs.runtime_port import (
+    AppContainer,
+    AppRuntime,
+    BuildLayer,
+    RemovalRefused,
+    Route,
+    RunOutcome,
+    TenantImage,
+    VolumeMount,
+)
 from runtime.builders import (
     BuildCancelled,
     BuildError,
@@ -128,6 +137,7 @@ class InMemoryAppRuntime:
 
     def __init__(self) -> None:
         self.images: dict[str, str] = {}  # image id -> tag
+        self.layers: dict[str, BuildLayer] = {}  # untagged build layers (a failed build's steps) by id
         self.containers: dict[str, FakeContainer] = {}  # app containers by id
         self.volumes: dict[str, FakeVolume] = {}  # app volumes by id
         self.routes: dict[str, Route] = {}  # by app id
@@ -156,6 +166,9 @@ class InMemoryAppRuntime:
     # -- scripting ------------------------------------------------------------------------
     def fail_builds(self, message: str = "The command '/bin/sh -c make' returned a non-zero code: 2") -> None:
         self._build_failure = message
+
+    def builds_succeed(self) -> None:
+        self._build_failure = None
 
     def hang_builds(self) -> None:
         """Builds print and never finish: until cancelled, or past their time limit."""
@@ -263,6 +276,11 @@ class InMemoryAppRuntime:
             raise SimulatedCrash("crashed during build_image")  # its step container stays
         try:
             self._build(request)
+        except BuildError:  # the steps it committed before the one that failed stay, untagged
+            tenant_id = request.tag.removeprefix(TENANT_IMAGES).partition("/")[0]
+            layer = BuildLayer(f"sha256:{hashlib.sha256(f'layer:{step}'.encode()).hexdigest()}", tenant_id, time.time())
+            self.layers[layer.id] = layer
+            raise
         finally:
             del self.step_containers[step]  # the builder removes its step containers (forcerm)
         image_id = f"sha256:{hashlib.sha256(f'{request.tag}:{step}'.encode()).hexdigest()}"
@@ -319,10 +337,16 @@ class InMemoryAppRuntime:
         self._leave("orphan_images")
         return found
 
+    def build_layers(self, *tenant_ids: str) -> list[BuildLayer]:
+        self._enter("build_layers")
+        found = [layer for layer in self.layers.values() if layer.tenant_id in tenant_ids]
+        self._leave("build_layers")
+        return found
+
     def remove_image(self, image_id: str) -> bool:
         self._enter("remove_image")
         in_use = any(c.image == image_id for c in self.containers.values())
-        removed = not in_use and self.images.pop(image_id, None) is not None
+        removed = not in_use and (self.images.pop(image_id, None) or self.layers.pop(image_id, None)) is not None
         self._leave("remove_image")
         return removed
 

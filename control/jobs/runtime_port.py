@@ -99,6 +99,17 @@ class TenantImage:
 
 
 @dataclass(frozen=True)
+class BuildLayer:
+    """An untagged image a tenant's build left that no other image builds on: a failed or
+    stopped build's last committed step, a multi-stage build's earlier stage, the first image
+    of a build that was retried. Its untagged parents go with it."""
+
+    id: str
+    tenant_id: str  # the build lineage it carries
+    created: float  # epoch seconds, the engine's clock
+
+
+@dataclass(frozen=True)
 class RunOutcome:
     """How a one-off command ended: its exit code, or killed (past its timeout, or cancelled)."""
 
@@ -141,8 +152,13 @@ class AppRuntime(Protocol):
         that could not finish: a container still held the image, Docker was down)."""
         ...
 
+    def build_layers(self, *tenant_ids: str) -> list[BuildLayer]:
+        """The untagged build layers of these tenants' builds (by the lineage every build step carries)."""
+        ...
+
     def remove_image(self, image_id: str) -> bool:
-        """Remove an image that no container uses; False when it is gone or still in use."""
+        """Remove an image that no container uses, with its untagged parents; False when it is
+        gone or still in use."""
         ...
 
     # -- app containers -------------------------------------------------------------------

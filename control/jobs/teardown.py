@@ -98,6 +98,9 @@ class RuntimeTeardown:
         for image in self.runtime.tenant_images(tenant.id):
             if self.runtime.remove_image(image.id):
                 removed.append(image.tags[0])
+        for layer in self.runtime.build_layers(tenant.id):  # failed builds' steps: only its id says whose they are
+            if self.runtime.remove_image(layer.id):
+                removed.append(f"build layer {layer.id[:19]}")
         if self.runtime.remove_network(tenant.name):
             removed.append(f"network of {tenant.name}")
         return removed

@@ -18,6 +18,11 @@ and remove *orphans*, what no live app and no in-progress deployment accounts fo
   of its ``kept_releases`` newest releases (what a rollback reuses) and of its current one,
   and a deployment in flight keeps the image it builds or rolls back to; a deleted app's
   images therefore all go. A deleted tenant's images go with its delete;
+- untagged build layers of a live tenant's builds (a failed or stopped build's steps, a
+  multi-stage build's earlier stages), once older than ``build_layer_grace_s`` (a retry or
+  a rebuild reuses them until then), and never while a deployment of that tenant is in
+  flight: its build may be about to build on one. Kept releases' layers are their parents,
+  never untagged heads, so a warm rebuild keeps its cache;
 - app volume storage (Docker volumes, image files, loop devices) of this control plane that
   no volume accounts for, once past a grace period (a create in flight makes its storage
   before its row commits);
@@ -54,6 +59,7 @@ from runtime.router import legacy_owners
 
 log = structlog.get_logger("moorage.reconcile")
 MAX_BACKOFF_S = 300.0
+CLOCK_SLACK_S = 2.0  # the engine's clock and ours (one host), and a step committed as it is listed
 
 
 @dataclass
@@ -84,7 +90,8 @@ class Reconciler:
         links: LinkService | None = None,
         tenant_names: Callable[[], set[str]] = set,
         tenant_ids: Callable[[], set[str]] = set,
-        kept_releases: int = 5,
+        build_layer_grace_s: float = 3600.0,
+        wall_clock: Callable[[], float] = time.time,
         drain_s: float = 1.0,
         sweeps: Mapping[str, Callable[[], list[str]]] | None = None,
         volumes: VolumeUpkeep | None = None,
@@ -100,7 +107,8 @@ class Reconciler:
         self.clock = clock
         self.tenant_names = tenant_names
         self.tenant_ids = tenant_ids
-        self.kept_releases = kept_releases
+        self.build_layer_grace_s = build_layer_grace_s
+        self.wall_clock = wall_clock  # compared with the engine's image creation times
         self.drain_s = drain_s  # a scaled-down replica keeps serving this long after leaving the route
         self._sweeps = dict(sweeps or {})  # further sweeps, each returning what it removed
         self.volumes = volumes
@@ -129,6 +137,7 @@ class Reconciler:
         self._guarded(report, "orphan routes", lambda: self._remove_orphan_routes(report))
         self._guarded(report, "orphan networks", lambda: self._remove_orphan_networks(report))
         self._guarded(report, "old images", lambda: self._remove_unkept_images(report))
+        self._guarded(report, "build layers", lambda: self._remove_build_layers(report))
         if self.volumes is not None:
             upkeep = self.volumes
             self._guarded(report, "orphan volumes", partial(_run_sweep, report, "app volumes", upkeep.remove_orphans))
@@ -271,7 +280,7 @@ class Reconciler:
         # before these reads, so its deployment is either still active or has made its release.
         active = self.deployments.active()
         in_flight = {d.id for d in active}
-        kept = self.releases.kept_images(self.kept_releases)
+        kept = self.releases.kept_images()
         for dep in active:
             if dep.source_kind == "rollback" and (target := self.releases.get(dep.source.get("release_id", ""))):
                 kept.add(target.image_id)
@@ -284,6 +293,16 @@ class Reconciler:
         for image in self.runtime.orphan_images(live):  # a deleted tenant's, its teardown cut short
             if self.runtime.remove_image(image.id):
                 report.actions.append(f"removed image {image.tags[0]} (its tenant is gone)")
+
+    def _remove_build_layers(self, report: Report) -> None:
+        # The time first, then the deployments in flight, then the layers: a layer listed here
+        # that a build in flight made is its tenant's (skipped) or newer than the cut-off.
+        cutoff = self.wall_clock() - self.build_layer_grace_s - CLOCK_SLACK_S
+        building = {d.tenant_id for d in self.deployments.active()}
+        idle = sorted(self.tenant_ids() - building)
+        for layer in self.runtime.build_layers(*idle):
+            if layer.created < cutoff and self.runtime.remove_image(layer.id):
+                report.actions.append(f"removed build layer {layer.id[:19]} of tenant {layer.tenant_id}")
 
     # -- the loop -------------------------------------------------------------------------
     def start(self) -> None:

@@ -51,7 +51,7 @@ class DeployWorld:
         self.clock = Clock()
         self.queue = JobQueue(self.db, QueueConfig(lease_s=float(settings.job_lease_s)), clock=self.clock)
         self.deployments = DeploymentService(self.db, self.queue, settings.data_dir, max_attempts=settings.job_max_attempts)
-        self.releases = ReleaseService(self.db)
+        self.releases = ReleaseService(self.db, kept_releases=settings.kept_releases)
         self.env_vars = EnvService(self.db, ReloadingKeyring(KeySource.of(settings)))
         self.runtime = InMemoryAppRuntime()
         locks = AppLocks()
@@ -71,7 +71,8 @@ class DeployWorld:
             interval_s=0,
             tenant_names=self.tenants.names,
             tenant_ids=self.tenants.ids,
-            kept_releases=settings.kept_releases,
+            build_layer_grace_s=float(settings.build_layer_grace_s),
+            wall_clock=lambda: self.clock.now.timestamp(),
             drain_s=0,
             volumes=VolumeUpkeep(self.volumes, self.runtime, clock=lambda: self.clock.now.timestamp()),
         )
@@ -152,7 +153,7 @@ class DeployWorld:
         return self.releases.for_deployment(deployment_id)
 
     def app_releases(self) -> list[Release]:
-        page, _ = self.releases.list(self.tenant.id, self.app.id, limit=100, cursor=None)
+        page, _, _ = self.releases.list(self.tenant.id, self.app.id, limit=100, cursor=None)
         return page.items
 
     def current(self) -> tuple[Release, str] | None:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from control.jobs.runtime_port import Route
+from control.jobs.runtime_port import BuildLayer, Route
 from control.settings import Settings
 from tests.control.deploy_world import DeployWorld, world_on
 
@@ -114,6 +114,37 @@ def test_images_past_the_kept_releases_go_and_the_current_and_in_flight_ones_sta
     assert world.release_of(in_flight).image_id in _images(world)  # type: ignore[union-attr]
 
 
+def test_build_layers_go_once_old_while_their_tenant_builds_nothing_and_never_another_installations(
+    settings: Settings,
+) -> None:
+    for world in world_on(settings.with_overrides(swap_drain_ms=0, build_layer_grace_s=60)):
+        world.deploy()
+        world.runtime.fail_builds()
+        failed = world.deploy()
+        assert world.deployment(failed).status == "failed"
+        [layer] = world.runtime.layers.values()  # the steps the failed build committed
+        assert layer.tenant_id == world.tenant.id
+        stranger = BuildLayer("sha256:" + "ee" * 32, "ten_another_installation", 0.0)
+        world.runtime.layers[stranger.id] = stranger
+
+        report = world.reconciler.run_once()
+        assert not report.errors, report.errors
+        assert set(world.runtime.layers) == {layer.id, stranger.id}, "younger than the grace period: a retry reuses it"
+
+        world.clock.advance(120)
+        world.runtime.builds_succeed()
+        in_flight = world.upload()
+        world.reconciler.run_once()
+        assert layer.id in world.runtime.layers, "its tenant has a build in flight, which may build on it"
+
+        world.run_next()
+        assert world.deployment(in_flight).status == "running"
+        report = world.reconciler.run_once()
+        assert f"removed build layer {layer.id[:19]} of tenant {world.tenant.id}" in report.actions
+        assert set(world.runtime.layers) == {stranger.id}, "another tenant id's layer is not this plane's"
+        assert world.release_of(in_flight).image_id in _images(world)  # type: ignore[union-attr]
+
+
 def test_a_deleted_apps_route_goes_before_the_delete_returns_and_its_containers_and_images_right_after(
     world: DeployWorld,
 ) -> None:
@@ -147,6 +178,10 @@ def test_an_app_made_again_under_a_deleted_ones_name_keeps_its_containers(world:
 
 def test_a_deleted_tenants_network_goes_and_a_live_ones_stays(world: DeployWorld) -> None:
     world.deploy()
+    world.runtime.fail_builds()
+    world.deploy()
+    world.runtime.builds_succeed()
+    assert world.runtime.layers, "the failed build's layers"
     world.runtime.networks.add("gone-tenant")  # a tenant deleted while this control plane was down
     report = world.reconciler.run_once()
     assert not report.errors, report.errors
@@ -157,7 +192,7 @@ def test_a_deleted_tenants_network_goes_and_a_live_ones_stays(world: DeployWorld
     world.teardown.drain()
     world.tenants.delete(world.tenant.id)
     world.teardown.drain()
-    assert world.runtime.owned_networks() == [] and world.runtime.images == {}
+    assert world.runtime.owned_networks() == [] and world.runtime.images == {} and world.runtime.layers == {}
 
 
 def test_a_deleted_tenants_image_its_teardown_left_is_removed_by_the_reconciler(world: DeployWorld) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from control.domain.build_policy import BuildPolicy
 from control.jobs.runtime_docker import DockerAppRuntime
 from control.jobs.runtime_fake import InMemoryAppRuntime
 from control.jobs.runtime_port import AppContainer, AppRuntime, RemovalRefused, Route, RunOutcome, VolumeMount
@@ -48,6 +49,8 @@ class Subject:
     reboot_volumes: Callable[[], None]
     # What the next one-off runs print and how they end: the fake is told; Docker runs the command itself.
     script_runs: Callable[..., None] = lambda **_: None
+    # Builds from now on fail at a step: the fake is told; Docker runs the failing step itself.
+    fail_builds: Callable[[], None] = lambda: None
 
 
 def _source(root: Path) -> Path:
@@ -157,6 +160,7 @@ def _fake_subject(tmp_path: Path) -> Iterator[Subject]:
         stop_behind_our_back=fake.stop_behind_our_back,
         plant_legacy_route=lambda tenant, app: fake.legacy.add(f"{tenant}--{app}"),
         script_runs=fake.script_runs,
+        fail_builds=fake.fail_builds,
         write_file=fake.write_file,
         read_file=fake.read_file,
         fill=lambda container_id, path, n: fake.write_file(container_id, path, "\0" * n),
@@ -328,6 +332,28 @@ def test_a_tenants_images_are_listed_by_its_id_and_removed_only_once_unused(subj
     assert rt.remove_image(built.image_id) is True
     assert not rt.image_exists(built.image_id)
     assert rt.remove_image(built.image_id) is False  # gone already
+
+
+def test_a_failed_builds_layers_are_listed_under_its_tenant_and_go_when_removed(subject: Subject, tmp_path: Path) -> None:
+    rt = subject.runtime
+    source = tmp_path / "failing" / "src"
+    source.mkdir(parents=True)
+    (source / "Dockerfile").write_text(f"FROM {BUSYBOX}\nRUN echo {RUN_ID} > /step-one\nRUN exit 3\n")
+    policy = BuildPolicy(allowed_images=(BUSYBOX,), own_repository=f"moorage-apps/{TENANT}/", lineage=TENANT)
+    subject.fail_builds()
+    before = time.time()
+    with pytest.raises(BuildError):
+        rt.build_image(
+            "dockerfile",
+            replace(_request(source), tag=f"moorage-apps/{TENANT}/{APP}:dep_failed", prepare_dockerfile=policy.check),
+        )
+    layers = rt.build_layers(TENANT)
+    assert layers and {layer.tenant_id for layer in layers} == {TENANT}
+    assert all(before - 2 <= layer.created <= time.time() + 2 for layer in layers), layers
+    assert rt.build_layers(f"{TENANT}x") == [] and rt.build_layers() == [], "another tenant's, or none asked for"
+    assert all(rt.remove_image(layer.id) for layer in layers)
+    assert rt.build_layers(TENANT) == []
+    assert rt.image_exists(subject.image_id), "the tenant's built image (and the base under it) stay"
 
 
 def test_a_tenant_network_is_ours_until_removed_and_never_removed_in_use(subject: Subject) -> None:

@@ -72,6 +72,11 @@ class ReleaseRepository:
         self.session.flush()
         return True
 
+    def with_images(self, app_id: str, image_ids: builtins.set[str]) -> builtins.list[Release]:
+        """The app's releases made from one of ``image_ids``, oldest first."""
+        query = self._query(app_id).where(ReleaseRow.image_id.in_(image_ids)).order_by(ReleaseRow.number)
+        return [to_release(row) for row in self.session.scalars(query)]
+
     def list(self, app_id: str, *, limit: int, cursor: str | None) -> Page[Release]:
         return paginate(self.session, self._query(app_id), ReleaseRow.id, to_release, limit=limit, cursor=cursor)
 
@@ -123,16 +128,20 @@ class AppRuntimeRepository:
             for rt, rel, app_name, replicas, tenant_name in self.session.execute(query)
         ]
 
-    def kept_images(self, per_app: int) -> builtins.set[str]:
+    def kept_images(self, per_app: int, app_id: str | None = None) -> builtins.set[str]:
         """Image ids of each app's ``per_app`` newest releases (what a rollback may reuse), and
-        of every app's current one, whatever its age."""
+        of every app's current one, whatever its age; of one app when ``app_id`` names it."""
         numbered = select(
+            ReleaseRow.app_id,
             ReleaseRow.image_id,
             func.row_number().over(partition_by=ReleaseRow.app_id, order_by=ReleaseRow.number.desc()).label("n"),
         ).subquery()
-        newest = set(self.session.scalars(select(numbered.c.image_id).where(numbered.c.n <= per_app)))
+        newest = select(numbered.c.image_id).where(numbered.c.n <= per_app)
         current = select(ReleaseRow.image_id).join(AppRuntimeRow, AppRuntimeRow.release_id == ReleaseRow.id)
-        return newest | set(self.session.scalars(current))
+        if app_id is not None:
+            newest = newest.where(numbered.c.app_id == app_id)
+            current = current.where(AppRuntimeRow.app_id == app_id)
+        return set(self.session.scalars(newest)) | set(self.session.scalars(current))
 
     def any_exist(self) -> bool:
         return self.session.scalar(select(AppRuntimeRow.app_id).limit(1)) is not None

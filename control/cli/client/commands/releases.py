@@ -2,7 +2,8 @@
 
 ``status --json``: ``{"app": <App>, "release": <Release current>|null, "deployment": <latest Deployment>|null}``.
 ``releases --json``: ``[<Release>, ...]`` oldest first, each with the ``config`` it was made
-with (env var names and versions, database links; never values). ``rollback --json``: as ``deploy``."""
+with (env var names and versions, database links; never values) and ``image_kept`` (a
+rollback target: its image is still on the host). ``rollback --json``: as ``deploy``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from control.cli.client.commands.deploy import finish
 from control.cli.client.http import ApiClient
 from control.cli.client.render import emit
 
-COLUMNS = ("name", "current", "config", "deployment_id", "rollback_of", "created_at")
+COLUMNS = ("name", "current", "image_kept", "config", "deployment_id", "rollback_of", "created_at")
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:

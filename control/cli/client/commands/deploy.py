@@ -27,11 +27,6 @@ from control.cli.client.http import ApiClient
 from control.cli.client.render import emit
 
 EXCLUDED = frozenset({".git", ".venv", "__pycache__", ".mypy_cache", ".pytest_cache"})
-# The server's idempotency middleware holds a keyed request body in memory and refuses one
-# over 10 MiB (control/api/idempotency.py MAX_BODY_BYTES). Archives up to that size carry a
-# key (a retried upload can never deploy twice); larger ones go without a key and are then
-# retried only on answers that mean nothing was done (429/503), never on a lost connection.
-KEYED_UPLOAD_LIMIT = 10 * 1024 * 1024
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -64,8 +59,7 @@ def upload(api: ApiClient, app: str, archive: bytes) -> dict[str, Any]:
         f"/v1/apps/{app}/deployments",
         content=archive,
         headers={"Content-Type": "application/gzip"},
-        idempotent=len(archive) <= KEYED_UPLOAD_LIMIT,
-    )
+    )  # keyed whatever its size (the server spools large keyed bodies to disk): a retry never deploys twice
 
 
 def finish(args: argparse.Namespace, api: ApiClient, app: str, deployment: dict[str, Any]) -> int:

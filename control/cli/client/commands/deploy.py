@@ -34,7 +34,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], comm
     deploy.add_argument("dir", nargs="?", default=".", help="source directory (default: .)")
     deploy.add_argument("--app", help="app name (default: the directory's name)")
     deploy.add_argument(
-        "--git", metavar="URL", help="deploy from a git repository instead of DIR (https:// on a public host; no credentials)"
+        "--git",
+        metavar="URL",
+        help="deploy from a git repository instead of DIR (https:// on a public host, no credentials; file:// only under an operator-allowed directory)",
     )
     deploy.add_argument("--ref", default="main", help="git branch, tag or commit (with --git; default main)")
     deploy.add_argument("--wait", action="store_true", help="follow the build log until running or failed")

@@ -129,3 +129,19 @@ def test_containers_get_the_bundle_read_only_and_env_their_own_vars_override(mad
     assert kwargs["environment"] == {**dict.fromkeys(ENV_NAMES, TARGET), "PIP_CERT": "/mine.pem", "PORT": "8080"}
     plain = create_kwargs(spec, SandboxPolicy(), RuntimeSettings())
     assert "volumes" not in plain and plain["environment"] == {"PIP_CERT": "/mine.pem", "PORT": "8080"}
+
+
+def test_a_retried_build_checks_and_prepares_the_same_dockerfile_to_the_same_text() -> None:
+    from control.domain.build_policy import BuildPolicy
+
+    policy = BuildPolicy(allowed_images=("moorage/python:3-bookworm",), own_repository="moorage-apps/ten_1/", lineage="ten_1")
+    tenant = 'FROM moorage/python:3-bookworm AS base\nRUN pip install flask\nFROM base\nCMD ["flask"]\n'
+    first = ca_bundle.inject_into_dockerfile(policy.check(tenant))
+    again = ca_bundle.inject_into_dockerfile(policy.check(first))  # the job's second attempt reads the rewritten file
+    assert again == first and first.count(COPY_LINE) == 2 and first.count("moorage.build-lineage") == 2
+    assert first.split("\n")[:4] == [
+        "FROM moorage/python:3-bookworm AS base",
+        'LABEL moorage.build-lineage="ten_1"',
+        COPY_LINE,
+        ARG_LINE,
+    ]

@@ -76,6 +76,12 @@ class Settings:
     # Comma-separated CIDRs a git host may resolve into although they are internal
     # (loopback, private, link-local...); empty: git hosts must have public addresses.
     git_allowed_networks: str = ""
+    # Comma-separated absolute directories whose repositories tenants may deploy from with
+    # file:// URLs (every tenant can read every repository under them); empty: file:// refused.
+    git_file_prefixes: str = ""
+    # A PEM file of CA certificates builds and app containers trust besides the host's system
+    # roots (e.g. a TLS-intercepting proxy's); empty: none. Certificates only: a key is refused.
+    build_ca_bundle: str = ""
     # Comma-separated images a tenant's FROM / COPY --from may name, besides scratch, its
     # earlier stages and its own images: host-setup's base images. `repo` allows every tag.
     build_allowed_images: str = "moorage/python:3-bookworm,moorage/busybox:latest,moorage/postgres:15,moorage/redis:7"
@@ -170,6 +176,16 @@ class Settings:
             _ = self.git_networks  # parsed here so a bad value stops startup, not the first git fetch
         except ValueError as exc:
             raise SettingsError(f"MOORAGE_GIT_ALLOWED_NETWORKS must be comma-separated CIDRs: {exc}") from None
+        if self.build_ca_bundle:  # read here so a bad file stops startup, not the first build
+            from runtime.ca_bundle import CaBundleError, combined
+
+            try:
+                combined(Path(self.build_ca_bundle))
+            except CaBundleError as exc:
+                raise SettingsError(str(exc)) from None
+        relative = [x for x in self._git_file_prefix_entries() if not x.startswith("/")]
+        if relative:
+            raise SettingsError(f"MOORAGE_GIT_FILE_PREFIXES must be absolute directories, got {relative[0]!r}")
         from control.domain.image_refs import BadReference, parse
 
         try:
@@ -184,6 +200,19 @@ class Settings:
     @property
     def git_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return tuple(ipaddress.ip_network(x.strip(), strict=False) for x in self.git_allowed_networks.split(",") if x.strip())
+
+    def _git_file_prefix_entries(self) -> list[str]:
+        return [x.strip() for x in self.git_file_prefixes.split(",") if x.strip()]
+
+    @property
+    def ca_bundle_file(self) -> Path | None:
+        """Where the bundle containers get is kept: certificates only, the host's roots first."""
+        return self.data_dir / "ca" / "ca-certificates.crt" if self.build_ca_bundle else None
+
+    @property
+    def git_file_roots(self) -> tuple[Path, ...]:
+        """The file:// prefixes with their own symlinks resolved, as paths are compared to them."""
+        return tuple(Path(os.path.realpath(x)) for x in self._git_file_prefix_entries())
 
     @property
     def allowed_images(self) -> tuple[str, ...]:

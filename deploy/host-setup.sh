@@ -219,6 +219,19 @@ else
   changed "imported $PYTHON_IMAGE"
 fi
 
+# --- 5a. The operator's CA certificates in the base images (MOORAGE_BUILD_CA_BUNDLE) -------
+# Builds and apps get the bundle from the control plane anyway (runtime/ca_bundle.py); this
+# makes the images' own trust stores hold it too. Rebuilt only when the certificates change.
+CA_BUNDLE="${MOORAGE_BUILD_CA_BUNDLE:-}"
+if [[ -n "$CA_BUNDLE" ]]; then
+  for tag in "$BUSYBOX_IMAGE" "$PYTHON_IMAGE"; do
+    image_exists "$tag" || continue
+    out="$(MOORAGE_DOCKER="$DOCKER" bash "$REPO_DIR/deploy/base-image-ca.sh" "$tag" "$CA_BUNDLE" "$TOOLS_DIR/bin/python")" \
+      || die "could not add MOORAGE_BUILD_CA_BUNDLE to $tag (see above)"
+    case "$out" in *"now trusts"*) changed "$out" ;; *) log "$out" ;; esac
+  done
+fi
+
 # --- 5b. Managed-database service images (FROM the python image; apt inside the build) ---
 # Rebuilt only when deploy/images/<engine>/ changes: its content hash is an image label.
 source_hash() { (cd "$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16; }

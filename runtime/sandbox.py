@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime import ca_bundle
 from runtime.labels import moorage_labels
 from runtime.settings import Limits, RuntimeSettings
 
@@ -129,7 +130,7 @@ def create_kwargs(spec: ContainerSpec, policy: SandboxPolicy, settings: RuntimeS
         "command": list(spec.command) if spec.command is not None else None,
         "name": spec.name,
         "hostname": spec.app,
-        "environment": dict(spec.env),
+        "environment": {**ca_bundle.container_env(settings.ca_bundle), **spec.env},  # the app's own vars win
         "labels": labels,
         "runtime": runtime,
         "mem_limit": limits.memory_bytes,
@@ -146,6 +147,8 @@ def create_kwargs(spec: ContainerSpec, policy: SandboxPolicy, settings: RuntimeS
         "log_config": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}},
         "volumes": {m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in spec.mounts} or None,
     }
+    if settings.ca_bundle is not None:  # moorage's own certificate file, not a tenant's bind
+        kwargs["volumes"] = {**(kwargs["volumes"] or {}), str(settings.ca_bundle): {"bind": ca_bundle.TARGET, "mode": "ro"}}
     if policy.read_only_rootfs:  # apps still need a scratch dir; bounded and noexec
         kwargs["tmpfs"] = {"/tmp": f"rw,noexec,nosuid,size={limits.tmpfs_bytes}"}
     if spec.user:

@@ -58,6 +58,9 @@ class RuntimeSettings:
     build_memory_bytes: int = 2 * 1024 * 1024 * 1024
     # Disk one build may write (its layers, the running step's writes, its log); 0: no limit.
     build_disk_bytes: int = 10 * 1024 * 1024 * 1024
+    # CA certificates (certificates only: runtime.ca_bundle.write_combined) that builds and
+    # containers trust; None: the images' own trust stores only.
+    ca_bundle: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RuntimeSettings:

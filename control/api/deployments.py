@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import shutil
 from datetime import datetime
+from functools import partial
 from typing import Annotated, Any
 
 import anyio
@@ -53,8 +54,10 @@ class GitSource(msgspec.Struct, forbid_unknown_fields=True):
         msgspec.Meta(
             description=(
                 "https:// repository URL of a public host, no credentials (http:// only where the operator allows it). "
-                "file://, ssh:// and git:// are refused, and so is a host resolving to a loopback, private, link-local, "
-                "multicast or reserved address unless the operator allows that network (MOORAGE_GIT_ALLOWED_NETWORKS): 422."
+                "ssh:// and git:// are refused, and so is a host resolving to a loopback, private, link-local, "
+                "multicast or reserved address unless the operator allows that network (MOORAGE_GIT_ALLOWED_NETWORKS): 422. "
+                "file:///path is refused unless the path, with '..' and symlinks resolved, lies under a directory the "
+                "operator allows (MOORAGE_GIT_FILE_PREFIXES): 422, nothing fetched."
             )
         ),
     ]
@@ -238,9 +241,13 @@ class DeploymentController(Controller):
             )
         except msgspec.DecodeError:
             return problem_response(request, 400, "malformed-request", "The request body is not valid JSON.")
-        git_target = check_git_source(data.git.url, data.git.ref, allow_http=settings.git_allow_http)
+        git_target = await anyio.to_thread.run_sync(
+            partial(check_git_source, data.git.url, data.git.ref, allow_http=settings.git_allow_http,
+                    file_prefixes=settings.git_file_roots)
+        )  # fmt: skip
         try:  # early answer for the caller; the job checks again right before cloning
-            await anyio.to_thread.run_sync(resolve_git_host, git_target, settings.git_networks)
+            if not git_target.is_file:
+                await anyio.to_thread.run_sync(resolve_git_host, git_target, settings.git_networks)
         except GitHostRefused as exc:
             raise Invalid(
                 f"The git source is not acceptable: {exc}.", errors=[{"field": "git.url", "message": str(exc)}]

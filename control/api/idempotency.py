@@ -1,8 +1,11 @@
 """Idempotency-Key on POST/PUT/PATCH/DELETE: HTTP glue around ``domain.idempotency``.
 
 Sits after authentication (the key is scoped to ``scope["user"]``) and after the rate
-limiter. It buffers the request body (to fingerprint it, then feeds it to the app again),
-and buffers the response so that it is stored *before* the client sees it: the answer is
+limiter. It reads the whole request body first (to fingerprint it, then feeds it to the app
+again): up to the route's own body limit (for source uploads, ``MOORAGE_MAX_UPLOAD_BYTES``),
+held in memory while small and spooled to disk past 1 MiB (``control.api.spooled_body``),
+so a keyed 100 MiB upload costs the process no more memory than a small one. It buffers
+the response so that it is stored *before* the client sees it: the answer is
 kept in the request's unit of work, which commits it together with the handler's writes
 (``control.api.unit_of_work``), so a client that got an answer can always get the same
 answer again, and an answer that was not kept means nothing was done. Mutating endpoints
@@ -15,7 +18,7 @@ Kept for replay: status, body and the headers in ``KEPT_HEADERS``; everything el
 from __future__ import annotations
 
 from functools import partial
-from typing import cast
+from typing import Any, cast
 
 import anyio
 import anyio.to_thread
@@ -24,6 +27,7 @@ from litestar.enums import ScopeType
 from litestar.types import (
     ASGIApp,
     HTTPRequestEvent,
+    HTTPScope,
     Message,
     Receive,
     ReceiveMessage,
@@ -32,6 +36,7 @@ from litestar.types import (
 )
 
 from control.api.problems import retry_after_header, send_problem
+from control.api.spooled_body import SpooledBody
 from control.api.unit_of_work import current_unit_of_work
 from control.domain.idempotency import (
     KEY_RULE,
@@ -40,7 +45,7 @@ from control.domain.idempotency import (
     InFlight,
     KeyReused,
     Replay,
-    fingerprint,
+    fingerprint_chunks,
     parse_key,
 )
 from control.domain.records import StoredResponse
@@ -50,7 +55,8 @@ from control.security.principal import Principal
 HEADER = b"idempotency-key"
 REPLAYED_HEADER = b"idempotent-replayed"
 KEPT_HEADERS = frozenset({b"content-type", b"location", b"content-location", b"etag", b"last-modified", b"link"})
-MAX_BODY_BYTES = 10 * 1024 * 1024  # Litestar's own default request limit
+MAX_BODY_BYTES = 10_000_000  # Litestar's own default request limit, for a request no route was found for
+SPOOL_DIR = "spool"  # under the data directory
 MAX_STORED_BYTES = 1024 * 1024  # larger answers are passed on but not kept (the key is released)
 log = structlog.get_logger("moorage.idempotency")
 
@@ -70,36 +76,60 @@ class _ClientGone(Exception):
     pass
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole request body, or None when it exceeds ``MAX_BODY_BYTES``."""
-    chunks: list[bytes] = []
-    size = 0
+def body_limit(scope: Scope, upload_limit: int) -> int:
+    """The most body this request may have: its route's own limit, and for routes that read
+    their body as a stream with no Litestar limit (source uploads), the upload limit."""
+    handler: Any = scope.get("route_handler")
+    limit = handler.resolve_request_max_body_size() if handler is not None else MAX_BODY_BYTES
+    return upload_limit if limit is None else int(limit)
+
+
+def _declared_length(scope: Scope) -> int | None:
+    value = _header(scope, b"content-length")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+async def _read_body(receive: Receive, body: SpooledBody, limit: int) -> bool:
+    """Read the whole request body into ``body``; False when it exceeds ``limit``."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise _ClientGone
         event = cast("HTTPRequestEvent", message)
         chunk = event.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            return None
-        chunks.append(chunk)
+        if body.size + len(chunk) > limit:
+            return False
+        await body.append(chunk)
         if not event.get("more_body", False):
-            return b"".join(chunks)
+            await body.finish()
+            return True
 
 
-def _replaying_receive(body: bytes, receive: Receive) -> Receive:
-    sent = False
+def _replaying_receive(body: SpooledBody, receive: Receive) -> Receive:
+    done = False
 
     async def replay() -> ReceiveMessage:
-        nonlocal sent
-        if not sent:
-            sent = True
-            event: HTTPRequestEvent = {"type": "http.request", "body": body, "more_body": False}
+        nonlocal done
+        if not done:
+            piece, more = await body.read()
+            done = not more
+            event: HTTPRequestEvent = {"type": "http.request", "body": piece, "more_body": more}
             return event
         return await receive()  # after the body: wait for a disconnect, as the server would
 
     return replay
+
+
+async def _fingerprint(scope: HTTPScope, body: SpooledBody) -> str:
+    query = scope["query_string"].decode("latin-1")  # required in an HTTP scope, b"" when none
+    method, path = scope["method"], scope["path"]
+    if not body.on_disk:
+        return fingerprint_chunks(method, path, query, body.size, body.pieces())
+    return await anyio.to_thread.run_sync(lambda: fingerprint_chunks(method, path, query, body.size, body.pieces()))
+
+
+def _too_large(limit: int) -> str:
+    return f"The request body is too large: at most {limit} bytes are accepted here."
 
 
 class _Captured:
@@ -147,16 +177,30 @@ class IdempotencyMiddleware:
             detail = f"The Idempotency-Key header must be {KEY_RULE}. Send a new, valid key."
             await send_problem(scope, receive, send, 400, "idempotency-key-invalid", detail)
             return
+        services = scope["app"].state.services
+        limit = body_limit(scope, services.settings.max_upload_bytes)
+        declared = _declared_length(scope)
+        if declared is not None and declared > limit:  # refused before a byte is spooled
+            await send_problem(scope, receive, send, 413, "payload-too-large", _too_large(limit))
+            return
+        body = SpooledBody(services.settings.data_dir / SPOOL_DIR)
         try:
-            body = await _read_body(receive)
+            await self._handle(scope, receive, send, principal, key, body, limit)
+        finally:
+            body.close()
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, principal: Principal, key: str, body: SpooledBody, limit: int
+    ) -> None:
+        try:
+            complete = await _read_body(receive, body, limit)
         except _ClientGone:
             return  # nothing claimed yet, nobody to answer
-        if body is None:
-            await send_problem(scope, receive, send, 413, "payload-too-large", "The request body is too large.")
+        if not complete:
+            await send_problem(scope, receive, send, 413, "payload-too-large", _too_large(limit))
             return
         service: IdempotencyService = scope["app"].state.services.idempotency
-        query = scope["query_string"].decode("latin-1")  # required in an HTTP scope, b"" when none
-        request_fingerprint = fingerprint(scope["method"], scope["path"], query, body)
+        request_fingerprint = await _fingerprint(cast("HTTPScope", scope), body)
         outcome = await anyio.to_thread.run_sync(service.claim, principal.key_id, principal.tenant_id, key, request_fingerprint)
         if isinstance(outcome, Replay):
             _metric(scope, "replayed")

@@ -20,7 +20,7 @@ Decisions:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import parse_qsl, urlencode
@@ -53,10 +53,24 @@ def normalise_query(query: str) -> str:
 
 def fingerprint(method: str, path: str, query: str, body: bytes) -> str:
     """SHA-256 over length-prefixed parts, so no two different requests share an encoding."""
+    return fingerprint_chunks(method, path, query, len(body), (body,))
+
+
+def fingerprint_chunks(method: str, path: str, query: str, body_size: int, body: Iterable[bytes]) -> str:
+    """``fingerprint`` of a body read piece by piece (a large one spooled to disk): the same
+    encoding, so a key stored before an upgrade still matches. ``body`` must yield exactly
+    ``body_size`` bytes."""
     digest = hashlib.sha256()
-    for part in (method.upper().encode(), path.encode("utf-8", "surrogatepass"), normalise_query(query).encode(), body):
+    for part in (method.upper().encode(), path.encode("utf-8", "surrogatepass"), normalise_query(query).encode()):
         digest.update(len(part).to_bytes(8, "big"))
         digest.update(part)
+    digest.update(body_size.to_bytes(8, "big"))
+    seen = 0
+    for chunk in body:
+        seen += len(chunk)
+        digest.update(chunk)
+    if seen != body_size:
+        raise ValueError(f"the body yielded {seen} bytes, not the {body_size} declared")
     return digest.hexdigest()
 
 

@@ -112,10 +112,19 @@ def _tree_size(root: Path) -> int:
 
 
 def clone(
-    url: str, ref: str, dest: Path, *, timeout: float, max_bytes: int, pins: Sequence[str] = (), allow_http: bool = False
+    url: str,
+    ref: str,
+    dest: Path,
+    *,
+    timeout: float,
+    max_bytes: int,
+    pins: Sequence[str] = (),
+    allow_http: bool = False,
+    allow_file: bool = False,
 ) -> None:
     """``pins``: ``host:port:address[,address]`` entries for curl, so git connects only to
-    the addresses that were checked, whatever DNS answers by then."""
+    the addresses that were checked, whatever DNS answers by then. ``allow_file``: the URL
+    is a file:// path the policy checked (every other protocol stays refused)."""
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     env = {
@@ -135,6 +144,8 @@ def clone(
         "protocol.https.allow=always",
         "-c",
         f"protocol.http.allow={'always' if allow_http else 'never'}",
+        "-c",
+        f"protocol.file.allow={'always' if allow_file else 'never'}",
         "-c",
         "http.followRedirects=false",
     ]
@@ -235,13 +246,19 @@ class SourceBuild:
         answer differently now than when the API checked): git is pinned to what passed."""
         url, ref = dep.source["url"], dep.source["ref"]
         try:
-            target = check_git_source(url, ref, allow_http=self.settings.git_allow_http)
-            addresses = resolve_git_host(target, self.settings.git_networks)
+            target = check_git_source(
+                url, ref, allow_http=self.settings.git_allow_http, file_prefixes=self.settings.git_file_roots
+            )
+            addresses = [] if target.is_file else resolve_git_host(target, self.settings.git_networks)
         except Invalid as exc:
             raise Failed(exc.detail) from None
         except GitHostRefused as exc:
             raise Failed(str(exc)) from None
-        out.step(f"git host {target.host} resolves to {', '.join(addresses)}: allowed; fetching from exactly that")
+        if target.path is not None:
+            url = f"file://{target.path}"  # the resolved path: git opens what was checked
+            out.step("the file:// repository lies under a directory the operator allows; fetching from it")
+        else:
+            out.step(f"git host {target.host} resolves to {', '.join(addresses)}: allowed; fetching from exactly that")
         try:
             clone(
                 url,
@@ -251,6 +268,7 @@ class SourceBuild:
                 max_bytes=self.settings.max_source_bytes,
                 pins=curl_resolve_entries(target, addresses),
                 allow_http=self.settings.git_allow_http,
+                allow_file=target.is_file,
             )
         except SourceError as exc:
             raise Failed(str(exc)) from None

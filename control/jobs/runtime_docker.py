@@ -49,6 +49,7 @@ from runtime import labels as L
 from runtime.builders import Builder, BuildRequest, BuiltImage
 from runtime.builders.dockerfile import DockerfileBuilder
 from runtime.builders.nixpacks import NixpacksBuilder
+from runtime.ca_bundle import write_combined
 from runtime.containers import ContainerInfo, Containers
 from runtime.docker_engine import DockerEngine
 from runtime.healthcheck import HealthResult, wait_header, wait_header_gone, wait_healthy
@@ -80,6 +81,7 @@ def runtime_settings(settings: Settings) -> RuntimeSettings:
         build_timeout=float(settings.build_timeout_s),
         build_memory_bytes=settings.build_memory_bytes,
         build_disk_bytes=settings.build_disk_bytes,
+        ca_bundle=settings.ca_bundle_file,
     )
 
 
@@ -95,6 +97,8 @@ class DockerAppRuntime:
     def __init__(self, settings: Settings, breakers: BreakerRegistry) -> None:
         self.settings = settings
         self.rt = runtime_settings(settings)
+        if self.rt.ca_bundle is not None:  # rewritten at each start: the operator's file may have changed
+            write_combined(Path(settings.build_ca_bundle), self.rt.ca_bundle)
         self.breakers = breakers
         self._instance_lock = threading.Lock()
 
@@ -154,8 +158,8 @@ class DockerAppRuntime:
     # -- images ---------------------------------------------------------------------------
     def build_image(self, builder: str, request: BuildRequest) -> BuiltImage:
         builders: dict[str, Callable[[], Builder]] = {
-            "dockerfile": lambda: DockerfileBuilder(self.build_images),
-            "nixpacks": lambda: NixpacksBuilder(self.build_images, self.settings.nixpacks_bin),
+            "dockerfile": lambda: DockerfileBuilder(self.build_images, self.rt.ca_bundle),
+            "nixpacks": lambda: NixpacksBuilder(self.build_images, self.settings.nixpacks_bin, self.rt.ca_bundle),
         }
         if builder not in builders:
             raise ValueError(f"unknown builder {builder!r}")

@@ -1,11 +1,13 @@
 """Build the app's own Dockerfile with the docker SDK (``runtime.images``), streaming each
-log line to the request's sink and closing the stream when the caller cancels."""
+log line to the request's sink and closing the stream when the caller cancels. With an
+operator CA bundle, the context and Dockerfile are prepared to trust it (``runtime.ca_bundle``)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
+from runtime import ca_bundle
 from runtime.builders.base import BuildCancelled, BuildError, BuildRequest, BuiltImage
 from runtime.images import Images
 
@@ -26,8 +28,10 @@ def _prepare(path: Path, prepare: Callable[[str], str]) -> None:
 class DockerfileBuilder:
     name = "dockerfile"
 
-    def __init__(self, images: Images) -> None:
+    def __init__(self, images: Images, ca_bundle: Path | None = None) -> None:
+        """``ca_bundle``: certificates every build stage trusts (``runtime.ca_bundle``)."""
         self.images = images
+        self.ca_bundle = ca_bundle
 
     def build(self, request: BuildRequest) -> BuiltImage:
         dockerfile = request.source / "Dockerfile"
@@ -38,6 +42,11 @@ class DockerfileBuilder:
     def build_context(self, request: BuildRequest, context: Path, dockerfile: str) -> BuiltImage:
         if request.prepare_dockerfile is not None:
             _prepare(context / dockerfile, request.prepare_dockerfile)
+        if self.ca_bundle is not None:  # after the policy check: it judges the tenant's own text
+            try:
+                ca_bundle.prepare_context(context, dockerfile, self.ca_bundle)
+            except (ca_bundle.CaBundleError, OSError) as exc:
+                raise BuildError(f"could not prepare the build to trust the platform's CA certificates: {exc}", []) from None
         stream = self.images.build_stream(
             context,
             request.tag,

@@ -32,8 +32,8 @@ INSTALL_HINT = (
 class NixpacksBuilder:
     name = "nixpacks"
 
-    def __init__(self, images: Images, binary: str = "nixpacks") -> None:
-        self.docker = DockerfileBuilder(images)
+    def __init__(self, images: Images, binary: str = "nixpacks", ca_bundle: Path | None = None) -> None:
+        self.docker = DockerfileBuilder(images, ca_bundle)
         self.binary = binary
 
     def executable(self) -> str:

@@ -84,6 +84,7 @@ class Setup:
     tenant_id: str
     token: str
     operator: str
+    key_id: str
 
 
 @pytest.fixture
@@ -98,7 +99,7 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Setup]:
         issued = services.keys.issue(issuer, tenant.id, name="cli", scopes=["admin"], expires_at=None)
         monkeypatch.setenv("MOORAGE_API_KEY", issued.token)
         monkeypatch.setenv("MOORAGE_CONFIG", "/nonexistent/profiles.toml")
-        yield Setup(app, url, tenant.id, issued.token, issued_op.token)
+        yield Setup(app, url, tenant.id, issued.token, issued_op.token, issued.key.id)
 
 
 def _apps(setup: Setup) -> list[str]:
@@ -150,3 +151,25 @@ def test_503_after_the_server_acted_is_retried_with_the_same_key_and_replayed(se
     assert _apps(setup) == ["web"]  # exactly one app, although the server saw three POSTs
     records = _records(setup, posts[0].key)
     assert len(records) == 1 and records[0].response_status == 201
+
+
+def test_409_while_the_same_key_is_in_flight_is_waited_out_then_answered(setup: Setup, capsys, monkeypatch) -> None:
+    import uuid
+
+    from control.cli.client import http as cli_http
+    from control.domain.idempotency import Claimed, fingerprint
+
+    fixed = uuid.UUID(int=7)
+    monkeypatch.setattr(cli_http.uuid, "uuid4", lambda: fixed)
+    body = httpx.Request("POST", setup.url, json={"name": "web"}).content  # the bytes the CLI sends
+    services = setup.app.state.services  # type: ignore[attr-defined]
+    # the CLI's own request, as if an earlier attempt whose answer was lost were still running
+    claim = services.idempotency.claim(setup.key_id, setup.tenant_id, f"cli-{fixed}", fingerprint("POST", "/v1/apps", "", body))
+    assert isinstance(claim, Claimed)
+    threading.Timer(1.5, services.idempotency.release, args=(claim,)).start()
+    monkeypatch.setenv("MOORAGE_URL", setup.url)
+    code = main(["apps", "create", "web", "--json", "--retry-for", "30"])
+    captured = capsys.readouterr()
+    assert code == 0 and json.loads(captured.out)["name"] == "web", captured.err
+    assert "still being processed" in captured.err and "retrying in" in captured.err  # it said why it waited
+    assert _apps(setup) == ["web"]

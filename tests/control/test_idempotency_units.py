@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
 from control.api import idempotency as middleware
+from control.api.spooled_body import SpooledBody
 from control.domain import idempotency as domain
 from control.domain.errors import LeaseLost
 from control.domain.idempotency import (
@@ -83,6 +85,7 @@ def test_every_part_of_the_request_changes_the_fingerprint() -> None:
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 LEASE, RETENTION = timedelta(seconds=60), timedelta(hours=1)
+SPOOL_ROOT = Path("/dev/null/spool")  # the middleware tests' bodies are small: they never reach the disk
 PRINT = fingerprint("POST", "/v1/apps", "", b"{}")
 
 
@@ -199,29 +202,54 @@ def _receiver(*messages: dict[str, Any]) -> Callable[[], Any]:
     return receive
 
 
-def test_a_body_is_read_across_chunks_and_defaults_apply() -> None:
+def _spool(tmp_path: Any, memory_bytes: int = 1024) -> SpooledBody:
+    return SpooledBody(tmp_path / "spool", memory_bytes=memory_bytes)
+
+
+def _read(receive: Callable[[], Any], body: SpooledBody, limit: int = 1 << 20) -> tuple[bool, bytes]:
+    complete = _run(middleware._read_body(receive, body, limit))
+    return complete, b"".join(body.pieces())
+
+
+def test_a_body_is_read_across_chunks_and_defaults_apply(tmp_path: Any) -> None:
     chunks = _receiver({"type": "http.request", "body": b"ab", "more_body": True}, {"type": "http.request", "body": b"cd"})
-    assert _run(middleware._read_body(chunks)) == b"abcd"
-    assert _run(middleware._read_body(_receiver({"type": "http.request"}))) == b""
+    assert _read(chunks, _spool(tmp_path)) == (True, b"abcd")
+    assert _read(_receiver({"type": "http.request"}), _spool(tmp_path)) == (True, b"")
     bare = _receiver({"type": "http.request", "more_body": True}, {"type": "http.request", "body": b"x", "more_body": False})
-    assert _run(middleware._read_body(bare)) == b"x"
+    assert _read(bare, _spool(tmp_path)) == (True, b"x")
 
 
-def test_a_body_of_the_limit_is_read_and_one_byte_more_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(middleware, "MAX_BODY_BYTES", 4)
+def test_a_body_of_the_limit_is_read_and_one_byte_more_is_refused(tmp_path: Any) -> None:
     at_limit = _receiver({"type": "http.request", "body": b"ab", "more_body": True}, {"type": "http.request", "body": b"cd"})
-    assert _run(middleware._read_body(at_limit)) == b"abcd"
+    assert _read(at_limit, _spool(tmp_path), limit=4) == (True, b"abcd")
     over = _receiver({"type": "http.request", "body": b"abc", "more_body": True}, {"type": "http.request", "body": b"de"})
-    assert _run(middleware._read_body(over)) is None
+    assert _read(over, _spool(tmp_path), limit=4) == (False, b"abc")
 
 
-def test_a_client_gone_while_sending_its_body_is_noticed() -> None:
+def test_a_client_gone_while_sending_its_body_is_noticed(tmp_path: Any) -> None:
     with pytest.raises(middleware._ClientGone):
-        _run(middleware._read_body(_receiver({"type": "http.request", "body": b"a", "more_body": True})))
+        _run(middleware._read_body(_receiver({"type": "http.request", "body": b"a", "more_body": True}), _spool(tmp_path), 10))
 
 
-def test_the_body_is_replayed_once_then_the_real_receive_answers() -> None:
-    replay = middleware._replaying_receive(b"body", _receiver({"type": "http.disconnect", "marker": 1}))
+def test_a_small_body_stays_in_memory_and_a_large_one_goes_wholly_to_an_unnamed_file(tmp_path: Any) -> None:
+    small = _spool(tmp_path, memory_bytes=8)
+    assert _read(_receiver({"type": "http.request", "body": b"1234567"}), small) == (True, b"1234567")
+    assert not small.on_disk and not (tmp_path / "spool").exists()
+    parts = [{"type": "http.request", "body": bytes([n]) * 5, "more_body": True} for n in range(5)]
+    large = _spool(tmp_path, memory_bytes=8)
+    complete, data = _read(_receiver(*parts, {"type": "http.request", "body": b"end"}), large)
+    assert complete and data == b"".join(bytes([n]) * 5 for n in range(5)) + b"end"
+    assert large.on_disk and large.size == 28 and large._pending == bytearray()  # all of it on disk, none held
+    assert list((tmp_path / "spool").iterdir()) == []  # the file has no name: nothing to leave behind
+    assert [len(p) for p in large.pieces()] == [8, 8, 8, 4]  # read back a piece at a time
+    large.close()
+    assert not large.on_disk
+
+
+def test_the_body_is_replayed_once_then_the_real_receive_answers(tmp_path: Any) -> None:
+    body = _spool(tmp_path)
+    _read(_receiver({"type": "http.request", "body": b"body"}), body)
+    replay = middleware._replaying_receive(body, _receiver({"type": "http.disconnect", "marker": 1}))
 
     async def twice() -> list[Any]:
         return [await replay(), await replay()]
@@ -230,6 +258,45 @@ def test_the_body_is_replayed_once_then_the_real_receive_answers() -> None:
         {"type": "http.request", "body": b"body", "more_body": False},
         {"type": "http.disconnect", "marker": 1},
     ]
+
+
+def test_a_spooled_body_is_replayed_in_pieces(tmp_path: Any) -> None:
+    body = _spool(tmp_path, memory_bytes=4)
+    _read(
+        _receiver({"type": "http.request", "body": b"abcdef", "more_body": True}, {"type": "http.request", "body": b"gh"}), body
+    )
+    replay = middleware._replaying_receive(body, _receiver({"type": "http.disconnect"}))
+
+    async def all_of_it() -> list[Any]:
+        return [await replay() for _ in range(3)]
+
+    assert _run(all_of_it()) == [
+        {"type": "http.request", "body": b"abcd", "more_body": True},
+        {"type": "http.request", "body": b"efgh", "more_body": False},
+        {"type": "http.disconnect"},
+    ]
+
+
+def test_a_spooled_body_has_the_fingerprint_of_the_same_bytes_in_memory(tmp_path: Any) -> None:
+    data = bytes(range(256)) * 9
+    body = _spool(tmp_path, memory_bytes=100)
+    _read(_receiver({"type": "http.request", "body": data}), body)
+    assert body.on_disk
+    scope: Any = {"method": "POST", "path": "/v1/apps/web/deployments", "query_string": b""}
+    assert _run(middleware._fingerprint(scope, body)) == fingerprint("POST", "/v1/apps/web/deployments", "", data)
+    with pytest.raises(ValueError, match="yielded 3 bytes, not the 4 declared"):
+        domain.fingerprint_chunks("POST", "/", "", 4, [b"ab", b"c"])
+
+
+def test_the_body_limit_is_the_routes_own_or_the_upload_limit_for_streamed_routes() -> None:
+    from types import SimpleNamespace
+
+    def handler(limit: int | None) -> Any:
+        return SimpleNamespace(resolve_request_max_body_size=lambda: limit)
+
+    assert middleware.body_limit({"route_handler": handler(5)}, 99) == 5  # type: ignore[typeddict-item]
+    assert middleware.body_limit({"route_handler": handler(None)}, 99) == 99  # type: ignore[typeddict-item]
+    assert middleware.body_limit({}, 99) == middleware.MAX_BODY_BYTES  # type: ignore[typeddict-item]
 
 
 def _capture(*messages: dict[str, Any]) -> middleware._Captured:
@@ -347,7 +414,8 @@ def _scope(service: FakeService, *, method: str = "POST", key: bytes | None = b"
     from control.security.principal import Principal
 
     outcomes: list[str] = []
-    services = SimpleNamespace(idempotency=service, metrics=SimpleNamespace(idempotency=outcomes.append))
+    settings = SimpleNamespace(max_upload_bytes=1 << 20, data_dir=SPOOL_ROOT)
+    services = SimpleNamespace(idempotency=service, metrics=SimpleNamespace(idempotency=outcomes.append), settings=settings)
     headers = [(b"content-type", b"application/json")] + ([(b"idempotency-key", key)] if key is not None else [])
     return {
         "type": "http",
@@ -431,6 +499,21 @@ def test_a_client_gone_before_its_body_arrived_claims_nothing() -> None:
     scope = _scope(service)
     app, sent, _ = _call(scope, {"type": "http.disconnect"})
     assert app.calls == [] and sent == [] and not hasattr(service, "claimed")
+
+
+def test_a_body_declared_or_found_larger_than_the_limit_is_413_and_claims_nothing() -> None:
+    from types import SimpleNamespace
+
+    route = SimpleNamespace(resolve_request_max_body_size=lambda: None)  # streamed: the upload limit, 1 MiB here
+    service = FakeService(InFlight(1.0))
+    scope = {**_scope(service), "route_handler": route}
+    scope["headers"].append((b"content-length", str((1 << 20) + 1).encode()))
+    app, sent, _ = _call(scope, {"type": "http.disconnect"})  # refused before reading: the receive is never awaited
+    assert app.calls == [] and not hasattr(service, "claimed") and sent[0]["status"] == 413
+    assert b"at most 1048576 bytes" in sent[1]["body"]
+    scope = {**_scope(service), "route_handler": route}
+    app, sent, _ = _call(scope, {"type": "http.request", "body": b"x" * ((1 << 20) + 1)})
+    assert app.calls == [] and not hasattr(service, "claimed") and sent[0]["status"] == 413
 
 
 def test_the_background_sweep_logs_what_it_purged_and_what_failed() -> None:

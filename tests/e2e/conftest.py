@@ -25,6 +25,7 @@ from tests.conftest import Caller
 from tests.runtime.helpers import PYTHON, RUN_ID, SETUP_HINT, TRAEFIK_THROTTLE
 
 TERMINAL = {"running", "failed", "cancelled"}
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
 def cleanup_tenant(tenant: str) -> None:
@@ -88,6 +89,9 @@ def e2e_settings(data_dir: Path, traefik: TraefikProcess, **overrides: object) -
         # API rate limits are tested in tests/control; here they would only throttle polling loops.
         rate_limit_key_quota=100_000,
         rate_limit_tenant_quota=100_000,
+        # The host's bundle holds the CA of the TLS-intercepting proxy HTTPS goes through here:
+        # builds and apps trust it as an operator behind such a proxy would configure it.
+        build_ca_bundle=str(HOST_CA_BUNDLE) if HOST_CA_BUNDLE.is_file() else "",
     )
     return Settings(**{**base, **overrides})  # type: ignore[arg-type]
 

@@ -18,15 +18,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class ServeProcess:
-    def __init__(self, data_dir: Path, traefik: TraefikProcess, **settings: object) -> None:
+    def __init__(self, data_dir: Path, traefik: TraefikProcess | None, **settings: object) -> None:
+        """``traefik=None``: a server that routes nothing (its route files go under the data dir)."""
         self.port = free_loopback_port()
         self.url = f"http://127.0.0.1:{self.port}"
         defaults = {
             "DATA_DIR": data_dir,
             "PORT": self.port,
             "BASE_DOMAIN": "apps.test",
-            "TRAEFIK_DYNAMIC_DIR": traefik.dynamic_dir,
-            "TRAEFIK_URL": traefik.url,
+            "TRAEFIK_DYNAMIC_DIR": traefik.dynamic_dir if traefik else data_dir / "traefik",
+            "TRAEFIK_URL": traefik.url if traefik else "http://127.0.0.1:9",
             "JOB_LEASE_S": 3,
             "RECONCILE_INTERVAL_S": 2,
             "HEALTH_TIMEOUT_S": 30,

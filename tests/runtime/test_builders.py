@@ -118,3 +118,32 @@ def test_the_built_dockerfile_is_the_text_the_policy_returned(tmp_path: Path) ->
     with pytest.raises(BuildError, match="regular file"):
         DockerfileBuilder(Recording()).build(request)  # type: ignore[arg-type]
     assert (tmp_path / "elsewhere").read_text() == "FROM y\n"  # a link's target is never rewritten
+
+
+def test_with_a_ca_bundle_the_built_dockerfile_copies_it_after_the_policys_text(tmp_path: Path) -> None:
+    from runtime.ca_bundle import CONTEXT_NAME, TARGET
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "Dockerfile").write_text("FROM x\nRUN pip install flask\n")
+    bundle = tmp_path / "bundle.crt"
+    bundle.write_bytes(b"-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n")
+    calls: list[str] = []
+
+    class Recording:
+        def build_stream(self, context: Path, tag: str, **kwargs: object):
+            calls.append((context / str(kwargs["dockerfile"])).read_text())
+            return "sha256:" + "0" * 64
+            yield  # a generator, like Images.build_stream
+
+    policy_saw: list[str] = []
+    request = BuildRequest(
+        source=src, tag="t:1", tenant="a", app="b", timeout=30, prepare_dockerfile=lambda t: policy_saw.append(t) or t
+    )
+    DockerfileBuilder(Recording(), ca_bundle=bundle).build(request)  # type: ignore[arg-type]
+    assert policy_saw == ["FROM x\nRUN pip install flask\n"]  # the policy judged the tenant's own text
+    [built] = calls
+    assert built.startswith(f"FROM x\nCOPY {CONTEXT_NAME} {TARGET}\nARG SSL_CERT_FILE={TARGET} ") and built.endswith(
+        "RUN pip install flask\n"
+    )
+    assert (src / CONTEXT_NAME).read_bytes() == bundle.read_bytes()

@@ -204,6 +204,24 @@ def test_git_fetches_only_from_the_address_that_was_checked(traefik, tmp_path: P
         _deploy_from_the_pinned_host(stack, traefik, git_port)
 
 
+def test_a_file_url_under_a_prefix_the_operator_allows_is_cloned_built_and_served(traefik, tmp_path: Path) -> None:  # noqa: F811
+    make_repo(tmp_path / "repos", "app", source(f"from-file-{RUN_ID}"))
+    make_repo(tmp_path / "private", "other", {"Dockerfile": f"FROM {PY}\nCOPY . /app\n", "secret.txt": "host-only"})
+    with _stack(traefik, tmp_path / "data", "f", git_file_prefixes=str(tmp_path / "repos")) as stack:
+        stack.victim.app("out")
+        escape = stack.victim.deploy_git("out", f"file://{tmp_path}/repos/../private/other.git")
+        assert escape.status_code == 422 and "must lie under" in escape.json()["detail"], escape.text
+        assert stack.victim.http.get("/v1/apps/out/deployments").json()["items"] == []
+        stack.victim.app("web")
+        r = stack.victim.deploy_git("web", f"file://{tmp_path}/repos/app.git")
+        assert r.status_code == 202, r.text
+        done = stack.victim.wait("web", r.json()["id"])
+        log = stack.victim.log("web", done["id"])
+        assert done["status"] == "running", (done, log[-3000:])
+        served = httpx.get(traefik.url + "/", headers={"Host": f"web.{stack.victim.name}.apps.test"}, timeout=5)
+        assert f"from-file-{RUN_ID}" in served.text
+
+
 def _deploy_from_the_pinned_host(stack: Stack, traefik, git_port: int) -> None:  # noqa: F811
     stack.victim.app("web")
     r = stack.victim.deploy_git("web", f"http://git.moorage.test:{git_port}/app.git")

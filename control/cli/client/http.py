@@ -3,7 +3,9 @@
 1. Every mutating call carries an ``Idempotency-Key``, the same one across retries, so a
    retried POST can never create a second resource.
 2. 429 and 503 (and connection failures) are retried with backoff, honouring
-   ``Retry-After``, for up to a time budget; then the last problem is reported.
+   ``Retry-After``, for up to a time budget; then the last problem is reported. So is 409
+   ``idempotency-key-in-flight``: a retry that reached the server while the first attempt
+   (whose answer was lost) is still running waits for that attempt's answer.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from control.cli.client.terminal import terminal_safe
 from control.http_methods import MUTATING
 
 RETRYABLE_STATUS = {429, 502, 503, 504}
+IN_FLIGHT = "idempotency-key-in-flight"
 MAX_RETRY_AFTER_S = 60.0
 _BACKOFF = wait_exponential_jitter(multiplier=0.5, max=10)
 
@@ -133,6 +136,8 @@ class ApiClient:
             raise _Retryable(error, None) from None
         if response.status_code in RETRYABLE_STATUS:
             raise _Retryable(ApiError(response.status_code, _problem(response)), _retry_after(response))
+        if response.status_code == 409 and (problem := _problem(response)).get("code") == IN_FLIGHT:
+            raise _Retryable(ApiError(409, problem), _retry_after(response))
         if response.status_code >= 400:
             raise ApiError(response.status_code, _problem(response))
         if response.status_code == 204 or not response.content:

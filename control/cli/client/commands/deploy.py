@@ -27,11 +27,6 @@ from control.cli.client.http import ApiClient
 from control.cli.client.render import emit
 
 EXCLUDED = frozenset({".git", ".venv", "__pycache__", ".mypy_cache", ".pytest_cache"})
-# The server's idempotency middleware holds a keyed request body in memory and refuses one
-# over 10 MiB (control/api/idempotency.py MAX_BODY_BYTES). Archives up to that size carry a
-# key (a retried upload can never deploy twice); larger ones go without a key and are then
-# retried only on answers that mean nothing was done (429/503), never on a lost connection.
-KEYED_UPLOAD_LIMIT = 10 * 1024 * 1024
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -39,7 +34,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], comm
     deploy.add_argument("dir", nargs="?", default=".", help="source directory (default: .)")
     deploy.add_argument("--app", help="app name (default: the directory's name)")
     deploy.add_argument(
-        "--git", metavar="URL", help="deploy from a git repository instead of DIR (https:// on a public host; no credentials)"
+        "--git",
+        metavar="URL",
+        help="deploy from a git repository instead of DIR (https:// on a public host, no credentials; file:// only under an operator-allowed directory)",
     )
     deploy.add_argument("--ref", default="main", help="git branch, tag or commit (with --git; default main)")
     deploy.add_argument("--wait", action="store_true", help="follow the build log until running or failed")
@@ -64,8 +61,7 @@ def upload(api: ApiClient, app: str, archive: bytes) -> dict[str, Any]:
         f"/v1/apps/{app}/deployments",
         content=archive,
         headers={"Content-Type": "application/gzip"},
-        idempotent=len(archive) <= KEYED_UPLOAD_LIMIT,
-    )
+    )  # keyed whatever its size (the server spools large keyed bodies to disk): a retry never deploys twice
 
 
 def finish(args: argparse.Namespace, api: ApiClient, app: str, deployment: dict[str, Any]) -> int:

@@ -16,13 +16,16 @@ TRAEFIK_PORT = 80  # the host Traefik's web entrypoint (deploy/host-setup.sh, th
 
 
 def host_addresses() -> dict[str, str]:
-    """Every IPv4 address of the host but loopback, by interface (eth0, docker0, br-...)."""
+    """The host's IPv4 addresses but loopback and user-defined bridges, by interface (eth0,
+    docker0, ...). Bridges come and go with other tests' networks, and an address that went
+    meanwhile is no longer the host's: a probe to it would leave the host instead. The
+    bridges a test owns it adds itself (their gateways)."""
     out = subprocess.run(["ip", "-j", "-4", "addr"], capture_output=True, text=True, check=True).stdout
     return {
         link["ifname"]: info["local"]
         for link in json.loads(out)
         for info in link.get("addr_info", [])
-        if link["ifname"] != "lo"
+        if link["ifname"] != "lo" and not link["ifname"].startswith("br-")
     }
 
 

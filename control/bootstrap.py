@@ -176,6 +176,18 @@ class Services:
         self.databases.stop()
         self.deploys.stop()
 
+    def route_api(self, host: str, port: int) -> str | None:
+        """Route ``api.<base-domain>`` through Traefik to this server, listening on ``host``:
+        ``port``; the hostname, or None when ``api_route`` is off."""
+        if not self.settings.api_route:
+            return None
+        hostname = f"api.{self.settings.base_domain}"
+        address = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host  # Traefik runs on this host
+        url = f"http://[{address}]:{port}" if ":" in address else f"http://{address}:{port}"
+        self.deploys.runtime.route_upstream(hostname, url)
+        log.info("api_routed", hostname=hostname, upstream=url)
+        return hostname
+
 
 def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) -> Services:
     """Build every service of one process; nothing starts (workers, the reconciler) until

@@ -401,6 +401,9 @@ class DockerAppRuntime:
             return False
         return current == self.route_body(route) and not self.router.legacy_path_for(route.tenant, route.app).exists()
 
+    def route_upstream(self, hostname: str, url: str) -> Path:
+        return self.router.write_upstream(hostname, url)
+
     def remove_route(self, app_id: str) -> bool:
         return self.router.remove(app_id)
 

@@ -258,18 +258,24 @@ class InMemoryAppRuntime:
                 request.prepare_dockerfile(dockerfile.read_text(encoding="utf-8"))
         network = f"build-{self._new_id()[:12]}"
         self.build_networks[network] = request.tag.rpartition(":")[2]
-        step = self._new_id()
-        self.step_containers[step] = request.work_dir or request.source.parent
-        self._build_line(request, "Step 1/2 : FROM the app's base image")
-        request.on_line(f" ---> Running in {step[:12]}")
-        if self._crash_mid_build:
-            self._crash_mid_build = False
-            raise SimulatedCrash("crashed during build_image")  # its step container and network stay
         try:
-            self._build(request)
-        finally:
-            del self.step_containers[step]  # the builder removes its step containers (forcerm)
+            self._build_line(request, "Step 1/2 : FROM the app's base image")
+            step = self._new_id()
+            self.step_containers[step] = request.work_dir or request.source.parent
+            request.on_line(f" ---> Running in {step[:12]}")
+            if self._crash_mid_build:
+                self._crash_mid_build = False
+                raise SimulatedCrash("crashed during build_image")  # its step container and network stay
+            try:
+                self._build(request)
+            finally:
+                del self.step_containers[step]  # the builder removes its step containers (forcerm)
+        except SimulatedCrash:
+            raise
+        except BaseException:
             del self.build_networks[network]
+            raise
+        del self.build_networks[network]
         image_id = f"sha256:{hashlib.sha256(f'{request.tag}:{step}'.encode()).hexdigest()}"
         self.images[image_id] = request.tag
         self._leave("build_image")

@@ -175,14 +175,30 @@ class Router:
 
     @guarded(idempotent=True)
     def write_upstream(self, hostname: str, url: str) -> Path:
-        """Route ``hostname`` to ``url`` (a service of moorage's own), unless it already does."""
+        """Route ``hostname`` to ``url`` (a service of moorage's own), unless it already does.
+        The directory is never made here: Traefik watches the one host setup made, and making
+        it would hide a host that lacks it (FileNotFoundError instead)."""
         target = self.path_for(self.upstream_key(hostname))
+        if not self.dynamic_dir.is_dir():
+            raise FileNotFoundError(f"no route directory {self.dynamic_dir} (Traefik's file provider watches it)")
         body = self.file_body(self.render_upstream(hostname, url))
         with contextlib.suppress(FileNotFoundError):
             if target.read_text() == body:
                 return target  # every Traefik reload is one too many for a file that did not change
         atomic_write(target, body)
         return target
+
+    @guarded(idempotent=True)
+    def remove_upstream(self, hostname: str, url: str) -> bool:
+        """Remove the route of ``hostname`` if it still sends it to ``url`` (not if another
+        server has routed it to itself since)."""
+        target = self.path_for(self.upstream_key(hostname))
+        try:
+            if target.read_text() != self.file_body(self.render_upstream(hostname, url)):
+                return False
+        except FileNotFoundError:
+            return False
+        return self._unlink(target)
 
     @guarded(idempotent=True)
     def remove(self, key: str) -> bool:

@@ -404,6 +404,9 @@ class DockerAppRuntime:
     def route_upstream(self, hostname: str, url: str) -> Path:
         return self.router.write_upstream(hostname, url)
 
+    def unroute_upstream(self, hostname: str, url: str) -> bool:
+        return self.router.remove_upstream(hostname, url)
+
     def remove_route(self, app_id: str) -> bool:
         return self.router.remove(app_id)
 

@@ -13,7 +13,6 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
@@ -88,15 +87,15 @@ def rig(
         job_workers=0,
         reconcile_interval_s=0,
     )  # the host Traefik's dynamic directory: Settings' default, as deploy/host-setup.sh
-    route: Path | None = None
     try:
         with serving(settings) as (_, served):
-            hostname = served.state.services.route_api(settings.host, settings.port)
-            route = settings.traefik_dynamic_dir / f"{served.state.services.deploys.runtime.router.upstream_key(hostname)}.yml"
-            yield Rig(app, gateway, port, hostname)
+            services = served.state.services
+            hostname = services.route_api(settings.host, settings.port)  # as `moorage serve` at start
+            try:
+                yield Rig(app, gateway, port, hostname)
+            finally:
+                services.unroute_api(settings.host, settings.port)  # and as it stops
     finally:
-        if route is not None:
-            route.unlink(missing_ok=True)
         containers.remove(app.id, force=True)
         networks.remove(tenant)
 

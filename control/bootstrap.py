@@ -179,6 +179,27 @@ class Services:
         self.databases.stop()
         self.deploys.stop()
 
+    def route_api(self, host: str, port: int) -> str | None:
+        """Route ``api.<base-domain>`` through Traefik to this server, listening on ``host``:
+        ``port``; the hostname, or None when ``api_route`` is off."""
+        if not self.settings.api_route:
+            return None
+        hostname, url = self._api_upstream(host, port)
+        self.deploys.runtime.route_upstream(hostname, url)
+        log.info("api_routed", hostname=hostname, upstream=url)
+        return hostname
+
+    def unroute_api(self, host: str, port: int) -> None:
+        """The route ``route_api`` wrote, removed as the server stops (unless another server
+        has routed the name to itself since)."""
+        if self.settings.api_route:
+            self.deploys.runtime.unroute_upstream(*self._api_upstream(host, port))
+
+    def _api_upstream(self, host: str, port: int) -> tuple[str, str]:
+        address = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host  # Traefik runs on this host
+        url = f"http://[{address}]:{port}" if ":" in address else f"http://{address}:{port}"
+        return f"api.{self.settings.base_domain}", url
+
 
 def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) -> Services:
     """Build every service of one process; nothing starts (workers, the reconciler) until

@@ -125,6 +125,9 @@ class Settings:
     traefik_dynamic_dir: Path = Path("/var/lib/moorage/traefik/dynamic")  # as deploy/host-setup.sh
     traefik_url: str = "http://127.0.0.1:80"  # Traefik's HTTP entrypoint, to verify new routes
     traefik_ping_address: str = "127.0.0.1:8082"  # Traefik's ping entrypoint, for /readyz (as deploy/host-setup.sh)
+    # `moorage serve` routes api.<base_domain> through Traefik to itself: how tenants' code
+    # reaches the API and the inference gateway (no container reaches the host's other ports).
+    api_route: bool = True
     docker_url: str = "unix:///var/run/docker.sock"
     docker_runtime: str = "runsc"  # the OCI runtime app containers get (must be registered in dockerd)
     nixpacks_bin: str = "nixpacks"  # the Nixpacks CLI (name on PATH or a path)

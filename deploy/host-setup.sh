@@ -16,9 +16,10 @@ RUNSC_PATH="${MOORAGE_RUNSC_PATH:-}"
 # Space-separated runsc flags. --network=host is what this class of host needs (DESIGN.md):
 # containers still get their own netns and bridge IP; only gVisor's netstack is bypassed.
 RUNSC_ARGS="${MOORAGE_RUNSC_ARGS---network=host}"
-# Optional: make a runtime the daemon default (e.g. runsc so `docker build` RUN steps are
-# sandboxed too). Empty = leave Docker's default (runc).
-DOCKER_DEFAULT_RUNTIME="${MOORAGE_DOCKER_DEFAULT_RUNTIME:-}"
+# The daemon's default runtime: what the classic builder runs `docker build` RUN steps with
+# (it has no runtime option of its own), so runsc sandboxes tenants' builds. Containers moorage
+# starts name their runtime themselves. Empty = leave the daemon's setting as it is.
+DOCKER_DEFAULT_RUNTIME="${MOORAGE_DOCKER_DEFAULT_RUNTIME-runsc}"
 TRAEFIK_DIR="${MOORAGE_TRAEFIK_DIR:-$STATE_DIR/traefik}"
 TRAEFIK_DYNAMIC_DIR="${MOORAGE_TRAEFIK_DYNAMIC_DIR:-$TRAEFIK_DIR/dynamic}"
 TRAEFIK_HTTP_ADDRESS="${MOORAGE_TRAEFIK_HTTP_ADDRESS:-:${MOORAGE_TRAEFIK_HTTP_PORT:-80}}"
@@ -164,6 +165,60 @@ if [[ "${MOORAGE_BLOCK_LINK_LOCAL:-1}" == 1 ]]; then
     iptables -w -I DOCKER-USER -d 169.254.0.0/16 -j DROP || die "could not add the DOCKER-USER link-local rule"
     changed "drop container egress to 169.254.0.0/16 (DOCKER-USER)"
   fi
+fi
+
+# --- 4c. No container reaches the host itself, except Traefik's entrypoints -------------
+# A container's packets to any of the host's own addresses (its bridge's gateway, docker0,
+# the host's other interfaces) are host input, not forwarding: a host service bound to
+# 0.0.0.0 would answer every tenant. One chain, jumped to from INPUT for every Docker bridge
+# (docker0, br-*: tenant and build networks made later are covered as they appear), lets
+# through replies to connections the host opened (health checks, Traefik to its backends),
+# DNS (hosts whose resolver is one of their own addresses) and Traefik's entrypoints (an app
+# calling another app's, or the API's, public URL), and refuses the rest at once.
+HOST_GUARD=MOORAGE-HOST-GUARD
+http_port="${TRAEFIK_HTTP_ADDRESS##*:}"
+HOST_GUARD_OPEN_TCP="${MOORAGE_HOST_GUARD_OPEN_TCP:-$http_port${ACME_EMAIL:+,443}}"
+HOST_GUARD_RULES=(
+  "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"
+  "-p udp --dport 53 -j RETURN"
+  "-p tcp --dport 53 -j RETURN"
+  "-p tcp -m multiport --dports $HOST_GUARD_OPEN_TCP -j RETURN"
+  "-p tcp -j REJECT --reject-with tcp-reset"
+  "-j REJECT --reject-with icmp-port-unreachable"
+)
+HOST_GUARD_BRIDGES=(docker0 br-+)
+host_guard_current() {
+  iptables -w -S "$HOST_GUARD" >/dev/null 2>&1 || return 1
+  (( $(iptables -w -S "$HOST_GUARD" | grep -c '^-A ') == ${#HOST_GUARD_RULES[@]} )) || return 1
+  local rule
+  for rule in "${HOST_GUARD_RULES[@]}"; do
+    # shellcheck disable=SC2086  # a rule is words
+    iptables -w -C "$HOST_GUARD" $rule 2>/dev/null || return 1
+  done
+}
+if [[ "${MOORAGE_BLOCK_HOST_ACCESS:-1}" == 1 ]]; then
+  if host_guard_current; then
+    log "container traffic to the host already limited to tcp/$HOST_GUARD_OPEN_TCP and DNS ($HOST_GUARD)"
+  else
+    {  # one transaction: the chain is never half-written, and only this chain is flushed
+      echo "*filter"; echo ":$HOST_GUARD - [0:0]"
+      for rule in "${HOST_GUARD_RULES[@]}"; do echo "-A $HOST_GUARD $rule"; done
+      echo COMMIT
+    } | iptables-restore -w --noflush || die "could not write the $HOST_GUARD chain"
+    changed "container traffic to the host limited to tcp/$HOST_GUARD_OPEN_TCP and DNS ($HOST_GUARD)"
+  fi
+  for bridge in "${HOST_GUARD_BRIDGES[@]}"; do
+    if ! iptables -w -C INPUT -i "$bridge" -j "$HOST_GUARD" 2>/dev/null; then
+      iptables -w -I INPUT -i "$bridge" -j "$HOST_GUARD" || die "could not add the INPUT rule for $bridge"
+      changed "host input from $bridge goes through $HOST_GUARD"
+    fi
+  done
+elif iptables -w -S "$HOST_GUARD" >/dev/null 2>&1; then  # opted out: take it all away again
+  for bridge in "${HOST_GUARD_BRIDGES[@]}"; do
+    while iptables -w -D INPUT -i "$bridge" -j "$HOST_GUARD" 2>/dev/null; do :; done
+  done
+  iptables -w -F "$HOST_GUARD" && iptables -w -X "$HOST_GUARD"
+  changed "removed $HOST_GUARD (MOORAGE_BLOCK_HOST_ACCESS=0)"
 fi
 
 # --- 5. Base images, built locally (no registry) ----------------------------------------

@@ -35,6 +35,9 @@ class HostTargets:
 
     docker_url: str = "unix:///var/run/docker.sock"
     sandbox_runtime: str = "runsc"
+    # The runtime builds' RUN steps must get: the classic builder gives them dockerd's
+    # default-runtime (None: not checked, e.g. an operator who chose runc for everything).
+    build_runtime: str | None = "runsc"
     images: tuple[str, ...] = ()
     router_url: str = "http://127.0.0.1:80"  # Traefik's HTTP entrypoint
     traefik_ping_address: str = "127.0.0.1:8082"
@@ -116,6 +119,13 @@ def _docker(t: HostTargets) -> list[Finding]:
 def _sandbox_runtime(t: HostTargets, info: dict[str, object]) -> Finding:
     runtimes = info.get("Runtimes")
     registered = sorted(runtimes) if isinstance(runtimes, dict) else []
+    default = info.get("DefaultRuntime")
+    if t.sandbox_runtime in registered and t.build_runtime not in (None, default):
+        return Finding(
+            "sandbox_runtime",
+            f"dockerd's default runtime is {default!r}: build steps (RUN) would run under it, not {t.build_runtime!r}",
+            f'{HOST_SETUP}: it sets "default-runtime": "{t.build_runtime}" in /etc/docker/daemon.json',
+        )
     if t.sandbox_runtime in registered:
         return Finding("sandbox_runtime", OK)
     return Finding(

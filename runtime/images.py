@@ -1,6 +1,10 @@
 """Images: build from a context directory with streamed log lines, inspect, remove, prune.
 
-Builds use the classic builder API over the docker SDK. Every image moorage builds carries
+Builds use the classic builder API over the docker SDK. Its RUN steps are containers the
+daemon makes with its `default-runtime`, which deploy/host-setup.sh sets to runsc: the
+classic builder has no runtime parameter of its own, and BuildKit (which has none either)
+is never asked for. `network` puts the steps on a network of the caller's (the deploy job's
+per-build network) instead of the daemon's default bridge. Every image moorage builds carries
 `moorage.managed=true` (+ tenant/app/release); base images imported by host-setup carry
 `moorage.base-image` instead, so pruning never touches them.
 """
@@ -97,7 +101,13 @@ class Images:
 
     @guarded(idempotent=False)
     def _start_build(
-        self, context_dir: Path, tag: str, labels: dict[str, str], dockerfile: str | None, buildargs: Mapping[str, str] | None
+        self,
+        context_dir: Path,
+        tag: str,
+        labels: dict[str, str],
+        dockerfile: str | None,
+        buildargs: Mapping[str, str] | None,
+        network: str | None,
     ) -> Iterator[dict[str, Any]]:
         s = self.engine.settings
         return self.engine.client.api.build(
@@ -110,6 +120,7 @@ class Images:
             forcerm=True,
             pull=False,
             buildargs=dict(buildargs or {}),
+            network_mode=network,
             container_limits={"memory": s.build_memory_bytes, "memswap": s.build_memory_bytes},
         )
 
@@ -125,6 +136,7 @@ class Images:
         buildargs: Mapping[str, str] | None = None,
         timeout: float | None = None,
         labels: Mapping[str, str] | None = None,
+        network: str | None = None,
     ) -> Generator[str, None, str]:
         """Yield build log lines as they arrive; returns (StopIteration.value) the image id.
         Raises BuildError on a failed step, BuildTimeout past the deadline and
@@ -140,7 +152,7 @@ class Images:
         image_id, failure = "", ""
         stream: Any = None
         try:
-            stream = self._start_build(Path(context_dir), tag, labels, dockerfile, buildargs)
+            stream = self._start_build(Path(context_dir), tag, labels, dockerfile, buildargs, network)
             # After an overrun while a step runs, the stream is read on: the watchdog has killed
             # the step, dockerd reports it failed once its container is removed.
             for chunk in stream:

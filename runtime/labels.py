@@ -16,6 +16,7 @@ TENANT = f"{LABEL_PREFIX}tenant"
 APP = f"{LABEL_PREFIX}app"
 RELEASE = f"{LABEL_PREFIX}release"
 ROLE = f"{LABEL_PREFIX}role"
+BUILD_OF = f"{LABEL_PREFIX}build-of"  # on a build's network: the build it serves
 
 # The runtime's one DNS-label rule. Matched whole: with re.match, `$` lets a trailing newline in.
 _DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")

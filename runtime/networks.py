@@ -1,16 +1,24 @@
-"""One isolated bridge network per tenant.
+"""One isolated bridge network per tenant, and one per build.
 
 Docker isolates user-defined bridge networks from each other (its DOCKER-ISOLATION iptables
 chains drop forwarding between bridges), so a tenant's containers reach each other by name
 but never another tenant's. The host itself sits on every bridge (the gateway address), which
 is how a host-run Traefik reaches containers by IP; a containerised Traefik is attached to
 each tenant network instead (`settings.traefik_container`).
+
+A build's RUN steps get a bridge network of their own (`BuildNetworks`): egress to the
+internet (package mirrors), nothing else on it, and Docker's isolation chains keep it from
+every tenant network. What no container may reach on any network, the host's own addresses
+and link-local metadata services, is dropped by the host firewall deploy/host-setup.sh sets
+up for every Docker bridge (`docker0`, `br-*`), so a network made later is covered the
+moment it exists and leaves no rule behind when it goes.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -155,3 +163,57 @@ class TenantNetworks:
         except docker.errors.NotFound:
             return None
         return dict(net.attrs.get("Labels") or {})
+
+
+BUILD_ROLE = "build-network"
+
+
+@dataclass(frozen=True)
+class BuildNetwork:
+    name: str
+    tenant: str
+    build: str  # L.BUILD_OF: the caller's name for the build (the deploy job's: a deployment id)
+
+
+class BuildNetworks:
+    """A fresh bridge network for each build, named at random (a retried build never meets its
+    predecessor's) and labelled with the build it serves, so a sweep can tell a leftover."""
+
+    def __init__(self, engine: DockerEngine, owner_labels: Callable[[], dict[str, str]] = dict) -> None:
+        self.engine = engine
+        self.owner_labels = owner_labels
+        self.guard = engine.guard
+        self.settings = engine.settings
+
+    @guarded(idempotent=False)
+    def create(self, tenant: str, build: str) -> str:
+        name = f"{self.settings.build_network_prefix}{secrets.token_hex(6)}"
+        self.engine.client.networks.create(
+            name,
+            driver="bridge",
+            check_duplicate=True,
+            labels=L.moorage_labels(tenant, role=BUILD_ROLE) | {L.BUILD_OF: build} | self.owner_labels(),
+        )
+        return name
+
+    @guarded(idempotent=True)
+    def remove(self, name: str) -> bool:
+        """False when it is gone, or a container (a step an interrupted build left) still uses it."""
+        try:
+            self.engine.client.networks.get(name).remove()
+        except docker.errors.NotFound:
+            return False
+        except docker.errors.APIError as exc:
+            if exc.status_code in (403, 409):
+                return False
+            raise
+        return True
+
+    @guarded(idempotent=True)
+    def labelled(self, label: str, value: str) -> builtins.list[BuildNetwork]:
+        """The build networks carrying ``label=value`` (the summary list: one call)."""
+        nets = self.engine.client.api.networks(filters={"label": [*L.selector(role=BUILD_ROLE), f"{label}={value}"]})
+        return [
+            BuildNetwork(str(n["Name"]), (n.get("Labels") or {}).get(L.TENANT, ""), (n.get("Labels") or {}).get(L.BUILD_OF, ""))
+            for n in nets
+        ]

@@ -5,6 +5,11 @@ never reused and free of any separator a tenant or app name may hold (`tenant--a
 `rt-v`'s app `w--app` overwrite tenant `rt-v--w`'s app `app`). The file's first line names the
 control plane that wrote it, so a reconciler removes only its own orphans.
 
+Besides apps, a route of moorage's own (`write_upstream`): one hostname to one URL, such as
+`api.<base-domain>` to the control plane, so tenants' code reaches the API through Traefik's
+entrypoint, the one port of the host containers may reach. Its file carries no owner line
+(no reconciler takes it for an app's orphan) and is keyed by its hostname.
+
 Files are written atomically (temp file, fsync, os.replace, fsync of the directory):
 Traefik, which reloads on every change in the watched directory, only ever sees the old file
 or the new one. The temp file is written in a staging directory beside the watched one (on
@@ -20,6 +25,7 @@ from __future__ import annotations
 import builtins  # `list` in a class body with a list() method names the method, not the type
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import tempfile
@@ -198,6 +204,51 @@ class Router:
         target = self.path_for(route.key)
         atomic_write(target, self.file_body(self.render(route), owner))
         return target
+
+    @staticmethod
+    def upstream_key(hostname: str) -> str:
+        return f"upstream_{hashlib.sha256(hostname.encode()).hexdigest()[:16]}"
+
+    def render_upstream(self, hostname: str, url: str) -> dict[str, Any]:
+        if not _is_hostname(hostname):
+            raise ValueError(f"invalid hostname {hostname!r}")
+        key = self.upstream_key(hostname)
+        router: dict[str, Any] = {
+            "rule": f"Host(`{hostname}`)",
+            "service": key,
+            "entryPoints": list(self.settings.traefik_entrypoints),
+        }
+        if self.settings.tls_cert_resolver:
+            router["tls"] = {"certResolver": self.settings.tls_cert_resolver}
+        lb = {"servers": [{"url": url}], "passHostHeader": True}
+        return {"http": {"routers": {key: router}, "services": {key: {"loadBalancer": lb}}}}
+
+    @guarded(idempotent=True)
+    def write_upstream(self, hostname: str, url: str) -> Path:
+        """Route ``hostname`` to ``url`` (a service of moorage's own), unless it already does.
+        The directory is never made here: Traefik watches the one host setup made, and making
+        it would hide a host that lacks it (FileNotFoundError instead)."""
+        target = self.path_for(self.upstream_key(hostname))
+        if not self.dynamic_dir.is_dir():
+            raise FileNotFoundError(f"no route directory {self.dynamic_dir} (Traefik's file provider watches it)")
+        body = self.file_body(self.render_upstream(hostname, url))
+        with contextlib.suppress(FileNotFoundError):
+            if target.read_text() == body:
+                return target  # every Traefik reload is one too many for a file that did not change
+        atomic_write(target, body)
+        return target
+
+    @guarded(idempotent=True)
+    def remove_upstream(self, hostname: str, url: str) -> bool:
+        """Remove the route of ``hostname`` if it still sends it to ``url`` (not if another
+        server has routed it to itself since)."""
+        target = self.path_for(self.upstream_key(hostname))
+        try:
+            if target.read_text() != self.file_body(self.render_upstream(hostname, url)):
+                return False
+        except FileNotFoundError:
+            return False
+        return self._unlink(target)
 
     @guarded(idempotent=True)
     def remove(self, key: str) -> bool:

@@ -3,6 +3,10 @@
 Pure functions from a `ContainerSpec` + the tenant's `SandboxPolicy` to docker SDK
 `containers.create` keyword arguments, so the rules are testable without an engine and
 `runtime/containers.py` cannot create a container that skipped them.
+
+Every container made here names its runtime (``runtime`` is always set), so it gets what it
+asks for whatever dockerd's ``default-runtime``: deploy/host-setup.sh makes that runsc for
+the containers moorage does not create itself, the classic builder's ``RUN`` steps.
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ class RuntimeSettings:
     )
     docker_socket_path: str = "/var/run/docker.sock"
     tenant_network_prefix: str = "moorage-t-"
+    build_network_prefix: str = "moorage-b-"  # one network per build (runtime.networks.BuildNetworks)
     # Internal tenant networks have no egress to the internet (the host still reaches them).
     tenant_networks_internal: bool = False
     # If Traefik runs in a container, its name: it is attached to every tenant network.

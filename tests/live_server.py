@@ -29,11 +29,12 @@ def free_port() -> int:
 
 @contextmanager
 def serving(settings: Settings, wrap: Callable[[ASGIApp], ASGIApp] | None = None) -> Iterator[tuple[str, Litestar]]:
-    """``moorage serve`` in a thread, on ``settings.port`` (use ``free_port()``); ``wrap``
-    puts an ASGI layer between uvicorn and the app (a server behaviour uvicorn lacks)."""
+    """``moorage serve`` in a thread, on ``settings.host`` (127.0.0.1 unless the test says)
+    and ``settings.port`` (use ``free_port()``); ``wrap`` puts an ASGI layer between uvicorn
+    and the app (a server behaviour uvicorn lacks)."""
     app = create_app(settings)
     config = uvicorn.Config(
-        wrap(app) if wrap else app, host="127.0.0.1", port=settings.port, log_config=None, lifespan="on",
+        wrap(app) if wrap else app, host=settings.host, port=settings.port, log_config=None, lifespan="on",
         **proxy_options(settings),  # as `moorage serve`
     )  # fmt: skip
     server = uvicorn.Server(config)

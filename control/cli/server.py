@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 from typing import TypedDict
 
 from control.settings import Settings
@@ -28,6 +30,17 @@ def run_serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = settings.with_overrides(**overrides)
     app = create_app(settings)
+    services = app.state.services
+    try:
+        services.route_api(settings.host, settings.port)
+    except OSError as exc:  # the API itself still serves; tenants' code cannot reach it until fixed
+        print(f"moorage serve: could not route the API through Traefik: {exc}", file=sys.stderr)
+
+    def unroute(_app: object) -> None:  # as the server stops: uvicorn re-raises SIGTERM after it, never returning
+        with contextlib.suppress(OSError):
+            services.unroute_api(settings.host, settings.port)
+
+    app.on_shutdown.insert(0, unroute)
     # No global write/keep-alive deadline that would cut long log streams.
     uvicorn.run(
         app, host=settings.host, port=settings.port, log_config=None, timeout_graceful_shutdown=10,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from control.settings import Settings
 from runtime.databases.engines import ENGINES
 from runtime.host_check import HostTargets
+from runtime.settings import RuntimeSettings
 
 
 def host_targets(settings: Settings) -> HostTargets:
@@ -14,6 +15,8 @@ def host_targets(settings: Settings) -> HostTargets:
     return HostTargets(
         docker_url=settings.docker_url,
         sandbox_runtime=settings.docker_runtime,
+        # Builds are sandboxed as apps are; an operator who runs apps under runc gets no check.
+        build_runtime=settings.docker_runtime if settings.docker_runtime in RuntimeSettings().sandboxed_runtimes else None,
         images=tuple(dict.fromkeys([*tagged, *(engine.image for engine in ENGINES.values())])),
         router_url=settings.traefik_url,
         traefik_ping_address=settings.traefik_ping_address,

@@ -15,10 +15,16 @@ build is tried again and when the deployment ends. The announcement arrives in t
 stream as the tenant's own RUN output, so a noted id is only trusted for a container that
 carries none of moorage's labels and was created while that build ran: a build cannot get
 any other container removed this way.
+
+Build networks: each build's RUN steps run on a network of their own, made just before the
+build and removed right after it (``BuildNetworks``), labelled with the image tag it builds
+(which ends in the deployment id). One the process could not remove (killed mid-build, a
+step container still attached) is the reconciler's to sweep once its deployment is over.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 import threading
@@ -54,7 +60,7 @@ from runtime.containers import ContainerInfo, Containers
 from runtime.docker_engine import DockerEngine
 from runtime.healthcheck import HealthResult, wait_header, wait_header_gone, wait_healthy
 from runtime.images import Images
-from runtime.networks import TenantNetworks
+from runtime.networks import BuildNetworks, TenantNetworks
 from runtime.resilience import BreakerRegistry, CircuitBreaker, Guard, RetryPolicy
 from runtime.router import AppRoute, Backend, Router, atomic_write
 from runtime.sandbox import ContainerSpec, Mount, SandboxPolicy
@@ -130,6 +136,10 @@ class DockerAppRuntime:
         return TenantNetworks(self.engine, owner_labels=lambda: {INSTANCE_LABEL: self.instance})
 
     @cached_property
+    def build_networks(self) -> BuildNetworks:
+        return BuildNetworks(self.engine, owner_labels=lambda: {INSTANCE_LABEL: self.instance})
+
+    @cached_property
     def volumes(self) -> Volumes:
         loops = LoopImages(self.settings.data_dir / "volumes", timeout=float(self.settings.volume_command_timeout_s))
         return Volumes(self.engine, loops)
@@ -167,7 +177,19 @@ class DockerAppRuntime:
             request = replace(request, on_line=noting_step_containers(request.work_dir, request.on_line))
         # Marked as this control plane's: once its tenant is gone, only the mark says whose it was.
         request = replace(request, labels={**request.labels, INSTANCE_LABEL: self.instance})
-        return builders[builder]().build(request)
+        network = self.build_networks.create(request.tenant, build=request.tag)
+        try:
+            return builders[builder]().build(replace(request, network=network))
+        finally:
+            # Refused while a cut-off step's container is still attached: swept later.
+            with contextlib.suppress(docker.errors.APIError):
+                self.build_networks.remove(network)
+
+    def owned_build_networks(self) -> dict[str, str]:
+        return {net.name: net.build.rpartition(":")[2] for net in self.build_networks.labelled(INSTANCE_LABEL, self.instance)}
+
+    def remove_build_network(self, name: str) -> bool:
+        return self.build_networks.remove(name)
 
     def remove_build_leftovers(self, work_dir: Path) -> list[str]:
         return remove_leftovers(work_dir, self.containers)
@@ -401,6 +423,12 @@ class DockerAppRuntime:
         except FileNotFoundError:
             return False
         return current == self.route_body(route) and not self.router.legacy_path_for(route.tenant, route.app).exists()
+
+    def route_upstream(self, hostname: str, url: str) -> Path:
+        return self.router.write_upstream(hostname, url)
+
+    def unroute_upstream(self, hostname: str, url: str) -> bool:
+        return self.router.remove_upstream(hostname, url)
 
     def remove_route(self, app_id: str) -> bool:
         return self.router.remove(app_id)

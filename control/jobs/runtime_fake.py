@@ -4,7 +4,8 @@ It keeps real state, so a test asserts on outcomes rather than on calls: images 
 app containers (running or exited, each with an address, its env, its log and its mounts),
 app volumes (each holding files: ``write_file``/``read_file`` as the app in a container would,
 so a test sees what survives which container), routes (app id → container address and
-release), legacy route files, and the step containers an interrupted build left. An app
+release), legacy route files, and the step containers and build networks an interrupted
+build left. An app
 listens on ``$PORT``: a health check on another port fails, as it would for real.
 
 One-off runs print the lines and exit with the code that ``script_runs`` set (after its
@@ -144,6 +145,7 @@ class InMemoryAppRuntime:
         self.networks: set[str] = set()  # tenants whose network this control plane created
         self.legacy: set[str] = set()  # stems (tenant--app) of route files from before id keys
         self.step_containers: dict[str, Path] = {}  # build step container id -> the work dir of its build
+        self.build_networks: dict[str, str] = {}  # a build's own network -> the deployment it builds
         self.calls: list[str] = []  # the steps called, in order
         self._before: defaultdict[str, list[Callable[[], None]]] = defaultdict(list)
         self._after: defaultdict[str, list[Callable[[], None]]] = defaultdict(list)
@@ -267,22 +269,31 @@ class InMemoryAppRuntime:
                 raise BuildError("the source has no Dockerfile at its root; add one or use the nixpacks builder", [])
             if request.prepare_dockerfile is not None:
                 request.prepare_dockerfile(dockerfile.read_text(encoding="utf-8"))
-        step = self._new_id()
-        self.step_containers[step] = request.work_dir or request.source.parent
-        self._build_line(request, "Step 1/2 : FROM the app's base image")
-        request.on_line(f" ---> Running in {step[:12]}")
-        if self._crash_mid_build:
-            self._crash_mid_build = False
-            raise SimulatedCrash("crashed during build_image")  # its step container stays
+        network = f"build-{self._new_id()[:12]}"
+        self.build_networks[network] = request.tag.rpartition(":")[2]
         try:
-            self._build(request)
-        except BuildError:  # the steps it committed before the one that failed stay, untagged
-            tenant_id = request.tag.removeprefix(TENANT_IMAGES).partition("/")[0]
-            layer = BuildLayer(f"sha256:{hashlib.sha256(f'layer:{step}'.encode()).hexdigest()}", tenant_id, time.time())
-            self.layers[layer.id] = layer
+            self._build_line(request, "Step 1/2 : FROM the app's base image")
+            step = self._new_id()
+            self.step_containers[step] = request.work_dir or request.source.parent
+            request.on_line(f" ---> Running in {step[:12]}")
+            if self._crash_mid_build:
+                self._crash_mid_build = False
+                raise SimulatedCrash("crashed during build_image")  # its step container and network stay
+            try:
+                self._build(request)
+            except BuildError:  # the steps it committed before the one that failed stay, untagged
+                tenant_id = request.tag.removeprefix(TENANT_IMAGES).partition("/")[0]
+                layer = BuildLayer(f"sha256:{hashlib.sha256(f'layer:{step}'.encode()).hexdigest()}", tenant_id, time.time())
+                self.layers[layer.id] = layer
+                raise
+            finally:
+                del self.step_containers[step]  # the builder removes its step containers (forcerm)
+        except SimulatedCrash:
             raise
-        finally:
-            del self.step_containers[step]  # the builder removes its step containers (forcerm)
+        except BaseException:
+            del self.build_networks[network]
+            raise
+        del self.build_networks[network]
         image_id = f"sha256:{hashlib.sha256(f'{request.tag}:{step}'.encode()).hexdigest()}"
         self.images[image_id] = request.tag
         self._leave("build_image")
@@ -312,6 +323,18 @@ class InMemoryAppRuntime:
             del self.step_containers[step]
         self._leave("remove_build_leftovers")
         return [step[:12] for step in removed]
+
+    def owned_build_networks(self) -> dict[str, str]:
+        self._enter("owned_build_networks")
+        owned = dict(self.build_networks)
+        self._leave("owned_build_networks")
+        return owned
+
+    def remove_build_network(self, name: str) -> bool:
+        self._enter("remove_build_network")
+        removed = self.build_networks.pop(name, None) is not None
+        self._leave("remove_build_network")
+        return removed
 
     def image_exists(self, image_id: str) -> bool:
         self._enter("image_exists")

@@ -141,6 +141,15 @@ class AppRuntime(Protocol):
         """Remove what an interrupted build in ``work_dir`` left running; what it removed."""
         ...
 
+    def owned_build_networks(self) -> dict[str, str]:
+        """The networks this control plane made for builds (each build's RUN steps get one,
+        removed when the build ends), by name: the deployment each was made for."""
+        ...
+
+    def remove_build_network(self, name: str) -> bool:
+        """False when it is gone or a container (a cut-off build's step) still uses it."""
+        ...
+
     def image_exists(self, image_id: str) -> bool: ...
 
     def tenant_images(self, *tenant_ids: str) -> list[TenantImage]:

@@ -14,6 +14,8 @@ and remove *orphans*, what no live app and no in-progress deployment accounts fo
 - route files of the code before routes were keyed by app id (`tenant--app.yml`) whose tenant
   is one of ours: a live app's is replaced by its id-keyed file, any other is removed;
 - tenant networks it created whose tenant is gone (and that nothing uses any more);
+- build networks it created (one per build, removed when the build ends) whose deployment
+  is no longer in flight: what a build cut off mid-step (process killed) left;
 - images built for a live tenant that no release it keeps needs: each app keeps the images
   of its ``kept_releases`` newest releases (what a rollback reuses) and of its current one,
   and a deployment in flight keeps the image it builds or rolls back to; a deleted app's
@@ -136,6 +138,7 @@ class Reconciler:
         self._guarded(report, "orphans", lambda: self._remove_orphans(report))
         self._guarded(report, "orphan routes", lambda: self._remove_orphan_routes(report))
         self._guarded(report, "orphan networks", lambda: self._remove_orphan_networks(report))
+        self._guarded(report, "orphan build networks", lambda: self._remove_orphan_build_networks(report))
         self._guarded(report, "old images", lambda: self._remove_unkept_images(report))
         self._guarded(report, "build layers", lambda: self._remove_build_layers(report))
         if self.volumes is not None:
@@ -274,6 +277,15 @@ class Reconciler:
         for tenant in self.runtime.owned_networks():
             if tenant not in live and self.runtime.remove_network(tenant):
                 report.actions.append(f"removed orphan network of {tenant}")
+
+    def _remove_orphan_build_networks(self, report: Report) -> None:
+        # Networks first, then the deployments: a network listed here was made before these
+        # reads, so its deployment is either still in flight or over for good.
+        owned = self.runtime.owned_build_networks()
+        in_flight = {d.id for d in self.deployments.active()}
+        for name, deployment_id in owned.items():
+            if deployment_id not in in_flight and self.runtime.remove_build_network(name):
+                report.actions.append(f"removed orphan build network {name} (deployment {deployment_id})")
 
     def _remove_unkept_images(self, report: Report) -> None:
         # The deployments in flight first, then the images: an image listed here was built

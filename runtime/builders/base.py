@@ -44,6 +44,8 @@ class BuildRequest:
     # Called with the Dockerfile's text just before the image is built (after Nixpacks wrote
     # its plan): returns the text to build, or raises to refuse the build. The caller's policy.
     prepare_dockerfile: Callable[[str], str] | None = None
+    # The Docker network the RUN steps join (None: the daemon's default bridge).
+    network: str | None = None
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ class DockerfileBuilder:
             dockerfile=dockerfile,
             timeout=request.timeout,
             labels=request.labels,
+            network=request.network,
         )
         try:
             while True:

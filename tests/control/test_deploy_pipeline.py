@@ -284,6 +284,25 @@ def test_a_build_cut_off_by_a_dying_worker_leaves_nothing_after_the_retry(world:
     assert "removed 1 step container(s) the interrupted attempt left" in world.log(deployment_id)
 
 
+def test_the_reconciler_sweeps_a_cut_off_builds_network_once_its_deployment_is_over(world: DeployWorld) -> None:
+    world.runtime.crash_mid_build()
+    deployment_id = world.upload()
+    with pytest.raises(SimulatedCrash):
+        world.run_next("worker-1")
+    [leaked] = world.runtime.build_networks
+    assert world.runtime.build_networks[leaked] == deployment_id
+    report = world.reconciler.run_once()
+    assert not report.errors and leaked in world.runtime.build_networks  # its deployment is still in flight
+    world.lapse_lease()
+    world.run_next("worker-2")
+    assert world.deployment(deployment_id).status == "running"
+    assert list(world.runtime.build_networks) == [leaked]  # the retry's own network went with its build
+    report = world.reconciler.run_once()
+    assert not report.errors, report.errors
+    assert world.runtime.build_networks == {}
+    assert f"removed orphan build network {leaked} (deployment {deployment_id})" in report.actions
+
+
 def test_a_deploy_whose_workers_all_die_is_given_up_and_the_reconciler_sweeps_its_container(
     world: DeployWorld, v1: Serving
 ) -> None:

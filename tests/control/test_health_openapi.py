@@ -13,6 +13,7 @@ from litestar.testing import TestClient
 from control.api.node_auth import NODE_ACCESS
 from control.app import create_app
 from control.security.scopes import ANY_KEY_ACCESS, OPERATOR_ACCESS, TENANT_SCOPES
+from runtime.host_check import HostTargets, check_host
 from runtime.traefik import TraefikProcess
 from tests.live_server import free_port
 
@@ -94,6 +95,17 @@ def test_readyz_names_a_missing_runtime_and_missing_images(settings) -> None:
     # Only the missing one is named; a whole repository (no tag) names no image to look for.
     assert problems["base_images"]["detail"].startswith("missing: moorage/never-built:1 (")
     assert "host-setup.sh" in problems["base_images"]["remedy"]
+
+
+@pytest.mark.docker
+def test_the_host_check_names_a_daemon_whose_builds_would_not_be_sandboxed() -> None:
+    """Build steps get dockerd's default runtime: host setup makes it runsc; a daemon whose
+    default is another runtime than the one builds must get is named, with the fix."""
+    findings = {f.component: f for f in check_host(HostTargets(build_runtime="runsc"))}
+    assert findings["sandbox_runtime"].ok, findings["sandbox_runtime"]  # this host, set up
+    other = {f.component: f for f in check_host(HostTargets(build_runtime="crun"))}["sandbox_runtime"]
+    assert other.detail == "dockerd's default runtime is 'runsc': build steps (RUN) would run under it, not 'crun'"
+    assert '"default-runtime": "crun"' in other.remedy and "host-setup.sh" in other.remedy
 
 
 @pytest.mark.docker

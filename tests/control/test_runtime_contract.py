@@ -47,6 +47,8 @@ class Subject:
     read_file: Callable[[str, str], str | None]
     fill: Callable[[str, str, int], None]  # container id, path, bytes: OSError(ENOSPC) when it does not fit
     reboot_volumes: Callable[[], None]
+    # A build network a killed build left (for its deployment id): its name.
+    leave_build_network: Callable[[str], str]
     # What the next one-off runs print and how they end: the fake is told; Docker runs the command itself.
     script_runs: Callable[..., None] = lambda **_: None
     # Builds from now on fail at a step: the fake is told; Docker runs the failing step itself.
@@ -140,7 +142,10 @@ def _docker_subject(world: DockerWorld, tmp_path: Path) -> Iterator[Subject]:
         read_file=read_file,
         fill=fill,
         reboot_volumes=reboot_volumes,
+        leave_build_network=lambda deployment: rt.build_networks.create(TENANT, build=f"moorage-apps/t/{APP}:{deployment}"),
     )
+    for name in rt.owned_build_networks():
+        rt.remove_build_network(name)
     for container in [*rt.owned_apps(tenant=TENANT), *rt.owned_runs(tenant=TENANT)]:
         rt.remove(container.id)
     for volume_id in rt.owned_volumes():
@@ -165,7 +170,13 @@ def _fake_subject(tmp_path: Path) -> Iterator[Subject]:
         read_file=fake.read_file,
         fill=lambda container_id, path, n: fake.write_file(container_id, path, "\0" * n),
         reboot_volumes=lambda: None,
+        leave_build_network=lambda deployment: _plant(fake.build_networks, f"left-{deployment}", deployment),
     )
+
+
+def _plant(networks: dict[str, str], name: str, deployment: str) -> str:
+    networks[name] = deployment
+    return name
 
 
 @pytest.fixture(params=["in-memory", pytest.param("docker", marks=pytest.mark.docker)])
@@ -207,6 +218,25 @@ def test_a_build_streams_its_log_and_leaves_an_image_and_no_step_containers(subj
     assert subject.runtime.image_exists(built.image_id)
     assert not subject.runtime.image_exists("sha256:" + "0" * 64)
     assert subject.runtime.remove_build_leftovers(subject.source.parent) == []
+
+
+def test_a_build_runs_on_a_network_of_its_own_that_goes_when_it_ends(subject: Subject) -> None:
+    rt = subject.runtime
+    during: list[dict[str, str]] = []
+    rt.build_image("dockerfile", _request(subject.source, on_line=lambda _: during.append(rt.owned_build_networks())))
+    assert list(during[0].values()) == ["contract"], during[0]  # named for its deployment (the tag's)
+    assert rt.owned_build_networks() == {}
+    with pytest.raises(BuildCancelled):
+        rt.build_image("dockerfile", _request(subject.source, cancelled=lambda: True))
+    assert rt.owned_build_networks() == {}
+
+
+def test_a_left_build_network_is_listed_with_its_deployment_and_removed(subject: Subject) -> None:
+    name = subject.leave_build_network("dep_gone")
+    assert subject.runtime.owned_build_networks() == {name: "dep_gone"}
+    assert subject.runtime.remove_build_network(name)
+    assert not subject.runtime.remove_build_network(name)
+    assert subject.runtime.owned_build_networks() == {}
 
 
 def test_a_source_without_a_dockerfile_fails_its_build(subject: Subject, tmp_path: Path) -> None:

@@ -44,6 +44,9 @@ def cleanup_tenant(tenant: str) -> None:
     for n in client.networks.list(names=[f"moorage-t-{tenant}"]):
         if n.name == f"moorage-t-{tenant}":
             n.remove()
+    for n in client.networks.list(filters={"label": [f"moorage.tenant={tenant}", "moorage.role=build-network"]}):
+        with contextlib.suppress(docker.errors.APIError):  # a build's own network, left by a cut-off build
+            n.remove()
     for i in client.images.list(filters={"label": f"moorage.tenant={tenant}"}):
         with contextlib.suppress(docker.errors.APIError):
             client.images.remove(i.id, force=True)

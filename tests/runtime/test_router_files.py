@@ -157,3 +157,30 @@ def test_a_legacy_stem_names_every_owner_it_could_stand_for(tmp_path: Path) -> N
     for bad in ("app_1", "../x--y", ".hidden--x"):
         with pytest.raises(ValueError):
             r.remove_legacy_stem(bad)
+
+
+def test_an_upstream_route_sends_one_hostname_to_one_url_and_is_no_apps(tmp_path: Path) -> None:
+    r = router(tmp_path, tls_cert_resolver="letsencrypt")
+    path = r.write_upstream("api.apps.example.com", "http://127.0.0.1:7800")
+    key = path.stem
+    assert key.startswith("upstream_") and r.list() == [key]
+    cfg = yaml.safe_load(path.read_text())
+    assert cfg["http"]["routers"][key]["rule"] == "Host(`api.apps.example.com`)"
+    assert cfg["http"]["routers"][key]["tls"] == {"certResolver": "letsencrypt"}
+    assert cfg["http"]["services"][key]["loadBalancer"]["servers"] == [{"url": "http://127.0.0.1:7800"}]
+    assert r.owned("mrg-anyone") == []  # no owner line: no reconciler sweeps it as an app's orphan
+
+
+def test_an_unchanged_upstream_route_is_not_rewritten(tmp_path: Path) -> None:
+    r = router(tmp_path)
+    path = r.write_upstream("api.apps.example.com", "http://127.0.0.1:7800")
+    before = path.stat().st_ino
+    r.write_upstream("api.apps.example.com", "http://127.0.0.1:7800")
+    assert path.stat().st_ino == before  # no rename: Traefik sees no event
+    r.write_upstream("api.apps.example.com", "http://127.0.0.1:7801")
+    assert path.stat().st_ino != before and "7801" in path.read_text()
+
+
+def test_an_upstream_hostname_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="invalid hostname"):
+        router(tmp_path).write_upstream("api.example.com`) || Host(`evil.com", "http://127.0.0.1:7800")

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from runtime.containers import ContainerInfo, Containers
+from runtime.docker_engine import DockerEngine
 from runtime.networks import TenantNetworks
 from runtime.router import AppRoute, Backend, Router
 from runtime.sandbox import SandboxPolicy
@@ -42,6 +43,28 @@ def test_runs_under_gvisor_kernel(web: ContainerInfo, containers: Containers) ->
     assert inside.output.strip() != host_version, "container sees the host kernel: not sandboxed"
     dmesg = containers.exec(web.id, ["dmesg"])
     assert "gVisor" in dmesg.output, dmesg.output[:300]
+
+
+def test_a_container_that_asks_for_runc_gets_runc_whatever_the_daemons_default(
+    containers: Containers, networks: TenantNetworks, engine: DockerEngine
+) -> None:
+    """Host setup makes runsc the daemon's default (build steps get it); moorage names the
+    runtime of every container it starts, so one that asks for runc still gets the host kernel."""
+    assert engine.client.info()["DefaultRuntime"] == "runsc", "deploy/host-setup.sh sets it; run it"
+    tenant = tenant_name("runc")
+    net = networks.ensure(tenant)
+    info = run(
+        containers,
+        spec(tenant, "plain", net.name, command=["sleep", "60"], runtime="runc"),
+        SandboxPolicy(allow_unsandboxed=True),
+    )
+    try:
+        inside = containers.exec(info.id, ["cat", "/proc/version"])
+        assert inside.output.strip() == Path("/proc/version").read_text().strip()
+        assert engine.client.containers.get(info.id).attrs["HostConfig"]["Runtime"] == "runc"
+    finally:
+        containers.remove(info.id, force=True)
+        networks.remove(tenant)
 
 
 def test_serves_through_traefik_by_host_header(web: ContainerInfo, router: Router, traefik: TraefikProcess) -> None:

@@ -4,21 +4,20 @@ the default sandbox policy): what an attacker who owns the app's process can rea
 * no Docker socket at /var/run/docker.sock or /run/docker.sock;
 * no host service bound to loopback: neither via the tenant bridge's gateway IP nor via
   127.0.0.1 (the container's own loopback, its own network namespace);
+* no host service bound to all interfaces (0.0.0.0), on any of the host's addresses (the
+  bridge's gateway, docker0, the other tenant's gateway, the host's own interfaces): the
+  host guard deploy/host-setup.sh installs refuses it, while Traefik's entrypoint stays
+  reachable (an app may call another app's public URL); with the port opened in the
+  firewall the same probe connects, so the probe itself works;
 * no other tenant's container; no metadata-style address (169.254.169.254:80 fails fast:
   an expected failure on this host, see the test);
 * no capabilities (CapEff 0), no-new-privileges set, and a read-only root filesystem
   when the policy asks for one (only the bounded /tmp is writable).
-
-Host services bound to 0.0.0.0 ARE reachable through the gateway IP (documented in
-docs/operations.md, and shown here so a change in that is noticed): bind host services
-to 127.0.0.1 or firewall the bridges.
 """
 
 from __future__ import annotations
 
 import json
-import socket
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -36,6 +35,7 @@ from tests.runtime.conftest import (  # noqa: F401 (fixtures)
     runtime_settings,
 )
 from tests.runtime.helpers import PYTHON, httpd, run_all, spec, tenant_name
+from tests.security.host_probes import TRAEFIK_PORT, Listener, host_addresses, host_guard_present, opened_in_firewall
 
 pytestmark = pytest.mark.docker
 
@@ -86,26 +86,9 @@ class Setup:
     other: ContainerInfo
     other_net: str
     gateway: str
+    other_gateway: str
     loopback_port: int
     wildcard_port: int
-
-
-def _listener(host: str) -> tuple[socket.socket, int]:
-    server = socket.socket()
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind((host, 0))
-    server.listen(16)
-
-    def accept_forever() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-                conn.close()
-            except OSError:
-                return
-
-    threading.Thread(target=accept_forever, daemon=True).start()
-    return server, server.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +96,9 @@ def setup(engine: DockerEngine, containers: Containers, networks: TenantNetworks
     a, b = tenant_name("esc-a"), tenant_name("esc-b")
     a_net, b_net = networks.ensure(a).name, networks.ensure(b).name
     gateway = engine.client.networks.get(a_net).attrs["IPAM"]["Config"][0]["Gateway"]
-    loopback, loopback_port = _listener("127.0.0.1")  # like `moorage serve` (host 127.0.0.1 by default)
-    wildcard, wildcard_port = _listener("0.0.0.0")
+    other_gateway = engine.client.networks.get(b_net).attrs["IPAM"]["Config"][0]["Gateway"]
+    loopback = Listener("127.0.0.1")  # like `moorage serve` (host 127.0.0.1 by default)
+    wildcard = Listener("0.0.0.0")
     made = run_all(
         containers,
         httpd(b, "api", b_net, "tenant-b-secret"),
@@ -128,8 +112,9 @@ def setup(engine: DockerEngine, containers: Containers, networks: TenantNetworks
             other=made[0],
             other_net=b_net,
             gateway=gateway,
-            loopback_port=loopback_port,
-            wildcard_port=wildcard_port,
+            other_gateway=other_gateway,
+            loopback_port=loopback.port,
+            wildcard_port=wildcard.port,
         )
     finally:
         loopback.close()
@@ -158,9 +143,16 @@ def seen(setup: Setup, containers: Containers) -> dict:  # noqa: F811
             "metadata": ("169.254.169.254", 80),
             "metadata-ecs": ("169.254.170.2", 80),
             "test-net": ("203.0.113.7", 80),  # RFC 5737: no host can exist there (control for egress interception)
-            "host-wildcard-via-gateway": (setup.gateway, setup.wildcard_port),
+            **wildcard_targets(setup),
+            "traefik-via-gateway": (setup.gateway, TRAEFIK_PORT),
         },
     )
+
+
+def wildcard_targets(setup: Setup) -> dict[str, tuple[str, int]]:
+    """The 0.0.0.0-bound listener on every address of the host."""
+    addresses = {"gateway": setup.gateway, "other-tenant-gateway": setup.other_gateway} | host_addresses()
+    return {f"host-wildcard-via-{name}": (address, setup.wildcard_port) for name, address in addresses.items()}
 
 
 def test_docker_socket_is_absent(seen: dict) -> None:
@@ -185,9 +177,23 @@ def test_metadata_addresses_are_unreachable(seen: dict) -> None:
     assert all(p["s"] <= 3.5 for p in probes.values()), probes  # dropped or refused quickly
 
 
-def test_host_services_on_all_interfaces_are_reachable_via_the_gateway(seen: dict) -> None:
-    """The documented caveat (docs/operations.md): a 0.0.0.0 bind is reachable from apps."""
-    assert seen["connect"]["host-wildcard-via-gateway"]["reached"], seen["connect"]
+def test_host_services_on_all_interfaces_are_unreachable_on_every_host_address(seen: dict, setup: Setup) -> None:
+    assert host_guard_present(), "deploy/host-setup.sh installs the host guard; run it"
+    probes = {name: seen["connect"][name] for name in wildcard_targets(setup)}
+    assert len(probes) >= 4, probes  # the gateways, docker0 and the host's own interface at least
+    assert not any(p["reached"] for p in probes.values()), probes
+    assert all(p["s"] <= 1.0 for p in probes.values()), probes  # refused at once, not left to time out
+
+
+def test_traefiks_entrypoint_stays_reachable_from_apps(seen: dict) -> None:
+    assert seen["connect"]["traefik-via-gateway"]["reached"], seen["connect"]
+
+
+def test_the_same_probe_connects_once_the_port_is_opened_in_the_firewall(setup: Setup, containers: Containers) -> None:  # noqa: F811
+    targets = wildcard_targets(setup)
+    with opened_in_firewall(setup.wildcard_port):
+        opened = probe(containers, setup.client, targets)["connect"]
+    assert all(p["reached"] for p in opened.values()), opened
 
 
 def test_no_capabilities_and_no_new_privileges(seen: dict, setup: Setup, engine: DockerEngine) -> None:  # noqa: F811

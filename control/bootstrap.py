@@ -344,7 +344,13 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         quota=InferenceQuota(inference_limits, usage),
         usage=usage,
     )
-    metrics = Metrics(registry)
+    custom_domains = CustomDomains(
+        domains,
+        domain_routing,
+        CronScheduler(domain_verifier, interval_s=min(1.0, settings.domain_verify_interval_s), name="moorage-domains"),
+        store=Path(settings.acme_storage),
+    )
+    metrics = Metrics(registry, certificate_ends=custom_domains.certificate_ends)
     limiter = SlidingWindowLimiter()
     idempotency = IdempotencyService(
         db,
@@ -385,12 +391,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         databases=ManagedDatabases(databases, links, backups, database_jobs),
         runs=OneOffRuns(runs, cron, run_job),
         scheduler=CronScheduler(cron, backups, interval_s=settings.cron_tick_ms / 1000),
-        custom_domains=CustomDomains(
-            domains,
-            domain_routing,
-            CronScheduler(domain_verifier, interval_s=min(1.0, settings.domain_verify_interval_s), name="moorage-domains"),
-            store=Path(settings.acme_storage),
-        ),
+        custom_domains=custom_domains,
         volumes=volumes,
         upstream=Upstream(settings),
         metrics=metrics,

@@ -10,7 +10,7 @@ the route at once. ``certificate`` is read from Traefik's ACME store, not guesse
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -24,11 +24,9 @@ from control.api.problems import problem_responses
 from control.clock import utcnow
 from control.domain.domains import DNS, TXT_NAME, VERIFY_PATH, DomainService, proof
 from control.domain.records import Domain
-from control.jobs.domains import CustomDomains
+from control.jobs.domains import EXPIRING, CustomDomains
 from control.security.scopes import KeyScope
 from runtime.certificates import StoredCertificate
-
-EXPIRING = timedelta(days=14)  # a certificate this close to its end is reported as expiring
 
 
 class DomainCreate(msgspec.Struct, forbid_unknown_fields=True):

@@ -22,6 +22,7 @@ from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 
 from control.domain.unit_of_work import Transactions
+from control.jobs.domains import CustomDomains
 from control.jobs.host_targets import host_targets
 from control.settings import Settings
 from runtime.host_check import OK, Finding, check_host
@@ -29,7 +30,7 @@ from runtime.resilience import BreakerRegistry
 
 Status = Literal["ready", "degraded", "not-ready"]
 BreakerState = Literal["closed", "half_open", "open"]  # runtime.resilience.BreakerState's values
-Component = Literal["database", "docker", "sandbox_runtime", "base_images", "router", "traefik_ping", "route_dir"]
+Component = Literal["database", "docker", "sandbox_runtime", "base_images", "router", "traefik_ping", "route_dir", "certificates"]
 _CHECK = "ok, or what is wrong"
 
 
@@ -49,6 +50,9 @@ class ReadinessChecks(msgspec.Struct):
     ]
     traefik_ping: Annotated[str, msgspec.Meta(description=f"Traefik answers its ping (MOORAGE_TRAEFIK_PING_ADDRESS): {_CHECK}")]
     route_dir: Annotated[str, msgspec.Meta(description=f"MOORAGE_TRAEFIK_DYNAMIC_DIR exists and is writable: {_CHECK}")]
+    certificates: Annotated[
+        str, msgspec.Meta(description=f"no custom domain's certificate ends within 14 days (it failed to renew): {_CHECK}")
+    ]
 
 
 class ReadinessProblem(msgspec.Struct):
@@ -89,9 +93,12 @@ async def healthz() -> Health:
     sync_to_thread=True,
 )
 def readyz(
-    store: NamedDependency[Transactions], settings: NamedDependency[Settings], breakers: NamedDependency[BreakerRegistry]
+    store: NamedDependency[Transactions],
+    settings: NamedDependency[Settings],
+    breakers: NamedDependency[BreakerRegistry],
+    custom_domains: NamedDependency[CustomDomains],
 ) -> Response[Readiness]:
-    findings = [_database(store), *check_host(host_targets(settings))]
+    findings = [_database(store), *check_host(host_targets(settings)), _certificates(custom_domains)]
     states = {snap.name: snap.state.value for snap in breakers.snapshot()}
     ready = findings[0].ok
     degraded = not all(f.ok for f in findings) or any(state != "closed" for state in states.values())
@@ -103,6 +110,22 @@ def readyz(
         breakers=cast(dict[str, BreakerState], states),
     )
     return Response(body, status_code=200 if ready else 503)
+
+
+def _certificates(custom_domains: CustomDomains) -> Finding:
+    try:
+        ending = custom_domains.expiring()
+    except Exception as exc:  # readiness reports, it does not raise
+        return Finding("certificates", f"unreadable: {type(exc).__name__}", "check MOORAGE_ACME_STORAGE and the database")
+    if not ending:
+        return Finding("certificates", OK)
+    names = ", ".join(f"{host} ({end:%Y-%m-%d})" for host, end in sorted(ending.items()))
+    return Finding(
+        "certificates",
+        f"{len(ending)} certificate(s) end within 14 days and were not renewed: {names}",
+        "read Traefik's log for the ACME error (DNS not pointing here, port 80 closed, a CA rate limit); "
+        "the domains keep serving until the certificates end",
+    )
 
 
 def _database(store: Transactions) -> Finding:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any, Protocol
 
 from litestar import Response, get
@@ -54,8 +55,27 @@ class _BreakerCollector(Collector):
         yield opened
 
 
+class _CertificateCollector(Collector):
+    def __init__(self, ends: Callable[[], dict[str, datetime]]) -> None:
+        self.ends = ends
+
+    def collect(self) -> Iterator[Any]:
+        gauge = GaugeMetricFamily(
+            "moorage_certificate_not_after_seconds",
+            "When each custom domain's certificate ends (Unix time), read from Traefik's ACME store",
+            labels=["hostname"],
+        )
+        try:
+            ends = self.ends()
+        except Exception:  # noqa: BLE001 (a scrape reports what it can; /readyz names the problem)
+            ends = {}
+        for hostname, end in sorted(ends.items()):
+            gauge.add_metric([hostname], end.timestamp())
+        yield gauge
+
+
 class Metrics:
-    def __init__(self, breakers: BreakerRegistry) -> None:
+    def __init__(self, breakers: BreakerRegistry, certificate_ends: Callable[[], dict[str, datetime]] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "moorage_http_requests", "HTTP requests answered", ["method", "route", "status"], registry=self.registry
@@ -80,6 +100,8 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_BreakerCollector(breakers))
+        if certificate_ends is not None:
+            self.registry.register(_CertificateCollector(certificate_ends))
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         method = method if method in _METHODS else "OTHER"

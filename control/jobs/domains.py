@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import structlog
 
+from control.clock import utcnow
 from control.domain.domains import ACTIVE, FAILED, HTTP, Check, DomainService, ProofChecks
 from control.domain.records import Domain
 from control.jobs.scheduler import CronScheduler
@@ -25,6 +27,7 @@ from runtime.router import VERIFY_KEY, DomainRoute, Router, atomic_write
 from runtime.traefik import WEB_ENTRYPOINT, WEBSECURE_ENTRYPOINT
 
 log = structlog.get_logger("moorage.domains")
+EXPIRING = timedelta(days=14)  # a certificate this close to its end is reported
 
 
 class DomainRouting:
@@ -128,3 +131,16 @@ class CustomDomains:
 
     def certificates(self) -> dict[str, StoredCertificate]:
         return read_store(self.store)
+
+    def certificate_ends(self) -> dict[str, datetime]:
+        """Active domains' certificates in Traefik's store: hostname → ``not_after``."""
+        if not self.domains.config.tls:
+            return {}
+        stored = self.certificates()
+        return {d.hostname: stored[d.hostname].not_after for d in self.domains.active() if d.hostname in stored}
+
+    def expiring(self, within: timedelta = EXPIRING) -> dict[str, datetime]:
+        """Certificates that end within ``within``: Traefik renews 30 days ahead, so one this
+        close has failed to renew (the domain still serves with it until it ends)."""
+        limit = utcnow() + within
+        return {host: end for host, end in self.certificate_ends().items() if end <= limit}

@@ -6,11 +6,18 @@ the route files Traefik reads, and the token URL."""
 
 from __future__ import annotations
 
+import base64
+import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from litestar import Litestar
 
 from control.domain.domains import DomainConfig, DomainService, proof
@@ -45,7 +52,11 @@ def settings(settings: Settings, tmp_path: Path) -> Settings:
     dynamic = tmp_path / "traefik-dynamic"
     dynamic.mkdir()
     return settings.with_overrides(
-        traefik_dynamic_dir=dynamic, acme_email="ops@example.test", domain_verify_timeout_s=60, domain_verify_interval_s=5
+        traefik_dynamic_dir=dynamic,
+        acme_email="ops@example.test",
+        acme_storage=str(tmp_path / "acme.json"),
+        domain_verify_timeout_s=60,
+        domain_verify_interval_s=5,
     )
 
 
@@ -262,3 +273,49 @@ def test_the_sweep_restores_a_lost_route_file_and_removes_a_stale_one(
     stale.write_text(body.splitlines()[0] + "\nhttp: {}\n")  # ours (the owner line), no domain behind it
     assert sorted(verifier.sweep()) == ["removed domain route dom_01stale", "wrote domain route shop.example.com"]
     assert path.read_text() == body and not stale.exists()
+
+
+def _store_certificate(path: Path, hostname: str, *, days_left: float) -> None:
+    """An acme.json as Traefik writes it, with one self-signed certificate for ``hostname``."""
+    now = datetime.now(UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test ACME Issuer")])
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(0xABC).not_valid_before(now - timedelta(days=80)).not_valid_after(now + timedelta(days=days_left))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False).sign(key, hashes.SHA256())
+    )  # fmt: skip
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    entry = {
+        "domain": {"main": hostname},
+        "certificate": base64.b64encode(pem).decode(),
+        "key": "bm90IHJlYWQ=",
+        "Store": "default",
+    }
+    path.write_text(json.dumps({"letsencrypt": {"Account": {}, "Certificates": [entry]}}))
+
+
+def test_a_certificate_that_failed_to_renew_is_reported_and_nothing_is_taken_down(
+    app: Litestar,
+    tenant: Caller,
+    operator: Caller,
+    web: str,
+    verifier: DomainVerifier,
+    checks: ScriptedChecks,
+    settings: Settings,
+) -> None:
+    made = add(tenant, "shop.example.com", method="dns")
+    checks.txt["shop.example.com"] = made["verification"]["record_value"]  # type: ignore[index]
+    verifier.fire_due()
+    assert tenant.client.get("/readyz").json()["checks"]["certificates"] == "ok"
+    _store_certificate(Path(settings.acme_storage), "shop.example.com", days_left=90)
+    issued = tenant.get("/v1/apps/web/domains/shop.example.com").json()["certificate"]
+    assert issued["state"] == "issued" and issued["issuer"] == "CN=Test ACME Issuer" and issued["serial"] == "abc"
+    _store_certificate(Path(settings.acme_storage), "shop.example.com", days_left=5)
+    assert tenant.get("/v1/apps/web/domains/shop.example.com").json()["certificate"]["state"] == "expiring"
+    ready = tenant.client.get("/readyz").json()
+    assert ready["status"] == "degraded" and "shop.example.com" in ready["checks"]["certificates"]
+    assert [p["component"] for p in ready["problems"]].count("certificates") == 1
+    scraped = operator.get("/metrics").text
+    assert 'moorage_certificate_not_after_seconds{hostname="shop.example.com"}' in scraped
+    assert route_file(settings, made["id"]) is not None  # still routed

@@ -72,7 +72,11 @@ def test_readyz_names_each_missing_host_component_and_what_to_do(settings, tmp_p
     assert body["status"] == "degraded" and body["checks"]["database"] == "ok"
     assert [p["component"] for p in body["problems"]] == HOST_COMPONENTS
     problems = {p["component"]: p for p in body["problems"]}
-    assert body["checks"] == {"database": "ok", **{name: problems[name]["detail"] for name in HOST_COMPONENTS}}
+    assert body["checks"] == {
+        "database": "ok",
+        **{name: problems[name]["detail"] for name in HOST_COMPONENTS},
+        "certificates": "ok",  # no custom domain: nothing can be expiring
+    }
     assert problems["docker"]["detail"] == f"no Docker engine socket at {tmp_path}/no-docker.sock"
     assert problems["sandbox_runtime"]["detail"].startswith("not checked")  # cannot be known without the engine
     assert problems["traefik_ping"]["detail"].startswith(f"no answer at http://{bare.traefik_ping_address}/ping")

@@ -14,8 +14,16 @@ from control.settings import Settings
 from tests.skills.checker import check_tree
 
 SKILLS = Path(__file__).resolve().parents[2] / "skills"
-EXPECTED_SKILLS = {"moorage-deploy", "moorage-env", "moorage-databases", "moorage-debug", "moorage-inference", "moorage-jobs"}
-EXPECTED_COMMANDS = {"deploy", "status", "logs", "env-set", "db-create", "rollback", "chat", "run"}
+EXPECTED_SKILLS = {
+    "moorage-deploy",
+    "moorage-env",
+    "moorage-databases",
+    "moorage-debug",
+    "moorage-inference",
+    "moorage-jobs",
+    "moorage-domains",
+}
+EXPECTED_COMMANDS = {"deploy", "status", "logs", "env-set", "db-create", "rollback", "chat", "run", "domain-add"}
 
 
 @pytest.fixture(scope="module")

@@ -290,6 +290,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         lambda: runtime.instance,
         cert_resolver=settings.acme_resolver if settings.acme_email else None,
         verify_upstream=settings.api_upstream_url or f"http://127.0.0.1:{settings.port}",
+        platform_tls=(Path(settings.tls_cert_file), Path(settings.tls_key_file)) if settings.tls_cert_file else None,
     )
     domain_verifier = DomainVerifier(
         domains,

@@ -110,6 +110,12 @@ class Settings:
     acme_email: str = ""
     acme_resolver: str = "letsencrypt"
     acme_storage: str = "/var/lib/moorage/traefik/acme.json"
+    # The platform's own hostnames over HTTPS as well: per host from this ACME resolver (set
+    # up by host setup with MOORAGE_ACME_EMAIL), or with a wildcard certificate for the base
+    # domain that the operator provides as files (both files or neither).
+    tls_cert_resolver: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
     api_upstream_url: str = ""  # how Traefik reaches this control plane; empty: http://127.0.0.1:<port>
     kept_releases: int = 5  # per app, the newest releases whose images stay for rollback; older ones are removed
     # Untagged layers a tenant's builds left (failed builds' steps, multi-stage builds' earlier
@@ -170,6 +176,8 @@ class Settings:
             raise SettingsError("MOORAGE_LOG_FORMAT must be 'json' or 'console'")
         if self.volume_quota not in {"enforced", "measured"}:
             raise SettingsError("MOORAGE_VOLUME_QUOTA must be 'enforced' or 'measured'")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise SettingsError("MOORAGE_TLS_CERT_FILE and MOORAGE_TLS_KEY_FILE go together: set both or neither")
         methods = [m.strip() for m in self.domain_verify_methods.split(",") if m.strip()]
         if not methods or any(m not in {"http", "dns"} for m in methods):
             raise SettingsError("MOORAGE_DOMAIN_VERIFY_METHODS must list 'http' and/or 'dns', comma-separated")

@@ -143,8 +143,6 @@ class Router:
             "service": key,
             "entryPoints": list(self.settings.traefik_entrypoints),
         }
-        if self.settings.tls_cert_resolver:
-            router["tls"] = {"certResolver": self.settings.tls_cert_resolver}
         if route.middlewares:
             router["middlewares"] = list(route.middlewares)
         lb: dict[str, Any] = {"servers": [{"url": b.url} for b in route.backends], "passHostHeader": True}
@@ -152,7 +150,24 @@ class Router:
             # A replica that dies leaves the balance within a second or two, before the
             # reconciler has even noticed it.
             lb["healthCheck"] = {"path": route.health_path, "interval": "1s", "timeout": "1s"}
-        return {"http": {"routers": {key: router}, "services": {key: {"loadBalancer": lb}}}}
+        return {"http": {"routers": {key: router, **self._secure_twin(key, router)}, "services": {key: {"loadBalancer": lb}}}}
+
+    def _secure_twin(self, key: str, router: dict[str, Any]) -> dict[str, Any]:
+        """The same router on the HTTPS entrypoint, where the platform's hostnames have TLS."""
+        tls: dict[str, Any] | None = None
+        if self.settings.tls_cert_resolver:
+            tls = {"certResolver": self.settings.tls_cert_resolver}
+        elif self.settings.tls_wildcard:
+            tls = {}  # Traefik's default certificate: the operator's wildcard
+        if tls is None:
+            return {}
+        return {f"{key}_tls": {**router, "entryPoints": [self.settings.websecure_entrypoint], "tls": tls}}
+
+    @staticmethod
+    def render_platform_tls(cert_file: Path, key_file: Path) -> dict[str, Any]:
+        """The operator's certificate (a wildcard for the base domain) as Traefik's default."""
+        pair = {"certFile": str(cert_file), "keyFile": str(key_file)}
+        return {"tls": {"certificates": [pair], "stores": {"default": {"defaultCertificate": pair}}}}
 
     def render_domain(self, route: DomainRoute, *, cert_resolver: str | None, web: str, websecure: str) -> dict[str, Any]:
         """With a certificate resolver: HTTPS on ``websecure`` (the resolver obtains and renews
@@ -218,10 +233,8 @@ class Router:
             "service": key,
             "entryPoints": list(self.settings.traefik_entrypoints),
         }
-        if self.settings.tls_cert_resolver:
-            router["tls"] = {"certResolver": self.settings.tls_cert_resolver}
         lb = {"servers": [{"url": url}], "passHostHeader": True}
-        return {"http": {"routers": {key: router}, "services": {key: {"loadBalancer": lb}}}}
+        return {"http": {"routers": {key: router, **self._secure_twin(key, router)}, "services": {key: {"loadBalancer": lb}}}}
 
     @guarded(idempotent=True)
     def write_upstream(self, hostname: str, url: str) -> Path:

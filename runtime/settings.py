@@ -49,8 +49,13 @@ class RuntimeSettings:
     traefik_container: str | None = None
     traefik_dynamic_dir: Path = Path("/var/lib/moorage/traefik/dynamic")
     traefik_entrypoints: tuple[str, ...] = ("web",)
-    # ACME certResolver name for production TLS; None = plain HTTP (tests, dev).
+    # The platform's own hostnames over HTTPS too (beside HTTP, which the swap's checks use):
+    # per host from this ACME certResolver, or with the operator's wildcard certificate
+    # (tls_wildcard: Traefik's default certificate, see runtime.router.render_platform_tls).
+    # Neither: plain HTTP (tests, dev).
     tls_cert_resolver: str | None = None
+    tls_wildcard: bool = False
+    websecure_entrypoint: str = "websecure"
     base_domain: str = "moorage.localhost"
     # Circuit breaker per dependency.
     breaker_failure_threshold: int = 5

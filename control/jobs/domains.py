@@ -28,14 +28,22 @@ from runtime.traefik import WEB_ENTRYPOINT, WEBSECURE_ENTRYPOINT
 
 log = structlog.get_logger("moorage.domains")
 EXPIRING = timedelta(days=14)  # a certificate this close to its end is reported
+PLATFORM_TLS_KEY = "moorage_tls"  # the file naming the operator's wildcard certificate
 
 
 class DomainRouting:
     def __init__(
-        self, router: Callable[[], Router], instance: Callable[[], str], *, cert_resolver: str | None, verify_upstream: str
+        self,
+        router: Callable[[], Router],
+        instance: Callable[[], str],
+        *,
+        cert_resolver: str | None,
+        verify_upstream: str,
+        platform_tls: tuple[Path, Path] | None = None,
     ) -> None:
         self._router = router  # made on first use, as the runtime's adapters (and their breakers)
         self.instance = instance
+        self.platform_tls = platform_tls  # the operator's wildcard certificate and key files
         self.cert_resolver = cert_resolver
         self.verify_upstream = verify_upstream
 
@@ -89,6 +97,11 @@ class DomainRouting:
         if tokens_wanted and self.write_verify_route():
             actions.append("wrote the ownership-token route")
         wanted = {d.id for d in active} | ({VERIFY_KEY} if tokens_wanted else set())
+        if self.platform_tls is not None:
+            wanted.add(PLATFORM_TLS_KEY)
+            doc = self.router.render_platform_tls(*self.platform_tls)
+            if self._write(PLATFORM_TLS_KEY, self.router.file_body(doc, owner=self.owner)):
+                actions.append("wrote the platform's TLS certificate")
         for domain in active:
             if self.write(domain):
                 actions.append(f"wrote domain route {domain.hostname}")

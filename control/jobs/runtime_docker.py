@@ -88,6 +88,8 @@ def runtime_settings(settings: Settings) -> RuntimeSettings:
         build_memory_bytes=settings.build_memory_bytes,
         build_disk_bytes=settings.build_disk_bytes,
         ca_bundle=settings.ca_bundle_file,
+        tls_cert_resolver=settings.tls_cert_resolver or None,
+        tls_wildcard=bool(settings.tls_cert_file),
     )
 
 

@@ -319,3 +319,19 @@ def test_a_certificate_that_failed_to_renew_is_reported_and_nothing_is_taken_dow
     scraped = operator.get("/metrics").text
     assert 'moorage_certificate_not_after_seconds{hostname="shop.example.com"}' in scraped
     assert route_file(settings, made["id"]) is not None  # still routed
+
+
+def test_an_operators_wildcard_certificate_becomes_traefiks_default(app: Litestar, settings: Settings, tmp_path: Path) -> None:
+    from control.bootstrap import bootstrap
+
+    wild = settings.with_overrides(tls_cert_file=str(tmp_path / "wild.pem"), tls_key_file=str(tmp_path / "wild.key"))
+    routing = bootstrap(wild).custom_domains.routing
+    assert routing.converge([], tokens_wanted=False) == ["wrote the platform's TLS certificate"]
+    doc = yaml.safe_load((settings.traefik_dynamic_dir / "moorage_tls.yml").read_text())
+    assert doc["tls"]["stores"]["default"]["defaultCertificate"] == {
+        "certFile": f"{tmp_path}/wild.pem",
+        "keyFile": f"{tmp_path}/wild.key",
+    }
+    assert routing.converge([], tokens_wanted=False) == []  # unchanged: not rewritten
+    with pytest.raises(Exception, match="go together"):
+        settings.with_overrides(tls_cert_file=str(tmp_path / "wild.pem"))

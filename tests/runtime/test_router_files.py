@@ -79,11 +79,28 @@ def test_owned_lists_only_the_files_an_owner_wrote(tmp_path: Path) -> None:
         r.write(AppRoute("acme", "web", [Backend("10.0.0.2", 80)], key="app_d"), owner="x\ny")
 
 
-def test_tls_cert_resolver_is_pluggable(tmp_path: Path) -> None:
-    r = router(tmp_path, tls_cert_resolver="letsencrypt", traefik_entrypoints=("websecure",))
+def test_with_a_cert_resolver_the_platform_hostname_is_served_over_https_beside_http(tmp_path: Path) -> None:
+    r = router(tmp_path, tls_cert_resolver="letsencrypt")
     cfg = yaml.safe_load(r.write(AppRoute("acme", "web", [Backend("10.0.0.2", 80)], key="app_1")).read_text())
-    assert cfg["http"]["routers"]["app_1"]["tls"] == {"certResolver": "letsencrypt"}
-    assert cfg["http"]["routers"]["app_1"]["entryPoints"] == ["websecure"]
+    plain, secure = cfg["http"]["routers"]["app_1"], cfg["http"]["routers"]["app_1_tls"]
+    assert "tls" not in plain and plain["entryPoints"] == ["web"]  # the swap's checks go over HTTP
+    assert secure["tls"] == {"certResolver": "letsencrypt"} and secure["entryPoints"] == ["websecure"]
+    assert secure["rule"] == plain["rule"] and secure["service"] == plain["service"] == "app_1"
+
+
+def test_with_a_wildcard_certificate_the_https_router_uses_the_default_certificate(tmp_path: Path) -> None:
+    r = router(tmp_path, tls_wildcard=True)
+    cfg = yaml.safe_load(r.write(AppRoute("acme", "web", [Backend("10.0.0.2", 80)], key="app_1")).read_text())
+    assert cfg["http"]["routers"]["app_1_tls"]["tls"] == {}
+    pair = {"certFile": "/etc/moorage/wild.pem", "keyFile": "/etc/moorage/wild.key"}
+    assert r.render_platform_tls(Path(pair["certFile"]), Path(pair["keyFile"])) == {
+        "tls": {"certificates": [pair], "stores": {"default": {"defaultCertificate": pair}}}
+    }
+
+
+def test_without_tls_settings_there_is_no_https_router(tmp_path: Path) -> None:
+    cfg = yaml.safe_load(router(tmp_path).write(AppRoute("acme", "web", [Backend("10.0.0.2", 80)], key="app_1")).read_text())
+    assert list(cfg["http"]["routers"]) == ["app_1"]
 
 
 @pytest.mark.parametrize("host", ["evil`) || Host(`x", "a b.com", "-bad-.com", "x" * 300])
@@ -166,7 +183,7 @@ def test_an_upstream_route_sends_one_hostname_to_one_url_and_is_no_apps(tmp_path
     assert key.startswith("upstream_") and r.list() == [key]
     cfg = yaml.safe_load(path.read_text())
     assert cfg["http"]["routers"][key]["rule"] == "Host(`api.apps.example.com`)"
-    assert cfg["http"]["routers"][key]["tls"] == {"certResolver": "letsencrypt"}
+    assert cfg["http"]["routers"][f"{key}_tls"]["tls"] == {"certResolver": "letsencrypt"}
     assert cfg["http"]["services"][key]["loadBalancer"]["servers"] == [{"url": "http://127.0.0.1:7800"}]
     assert r.owned("mrg-anyone") == []  # no owner line: no reconciler sweeps it as an app's orphan
 

@@ -350,6 +350,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         domain_routing,
         CronScheduler(domain_verifier, interval_s=min(1.0, settings.domain_verify_interval_s), name="moorage-domains"),
         store=Path(settings.acme_storage),
+        traefik_log=Path(settings.traefik_log) if settings.traefik_log else None,
     )
     metrics = Metrics(registry, certificate_ends=custom_domains.certificate_ends)
     limiter = SlidingWindowLimiter()

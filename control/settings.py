@@ -110,6 +110,7 @@ class Settings:
     acme_email: str = ""
     acme_resolver: str = "letsencrypt"
     acme_storage: str = "/var/lib/moorage/traefik/acme.json"
+    traefik_log: str = "/var/log/moorage/traefik.log"  # as deploy/host-setup.sh: read for ACME errors
     # The platform's own hostnames over HTTPS as well: per host from this ACME resolver (set
     # up by host setup with MOORAGE_ACME_EMAIL), or with a wildcard certificate for the base
     # domain that the operator provides as files (both files or neither).

@@ -54,3 +54,36 @@ def read_store(path: Path) -> dict[str, StoredCertificate]:
                 if name:
                     found[str(name).lower()] = stored
     return found
+
+
+@dataclass(frozen=True)
+class AcmeError:
+    at: datetime
+    error: str
+
+
+ACME_FAILURE = "Unable to obtain ACME certificate for domains"
+
+
+def acme_errors(log_path: Path, *, tail_bytes: int = 2 * 1024 * 1024) -> dict[str, AcmeError]:
+    """Hostname → the last failure Traefik logged obtaining or renewing its certificate (its
+    JSON log's last ``tail_bytes``); an absent log is no errors."""
+    try:
+        with log_path.open("rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - tail_bytes))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return {}
+    found: dict[str, AcmeError] = {}
+    for line in lines:
+        if ACME_FAILURE not in line:
+            continue
+        try:
+            entry = json.loads(line)
+            at = datetime.fromisoformat(str(entry["time"]).replace("Z", "+00:00")).astimezone(UTC)
+        except (ValueError, KeyError, TypeError):
+            continue
+        for name in entry.get("domains") or []:
+            found[str(name).lower()] = AcmeError(at, str(entry.get("error", ""))[:500])
+    return found

@@ -65,7 +65,8 @@ def static_config(opts: TraefikStaticOptions) -> dict[str, Any]:
     }
     cfg: dict[str, Any] = {
         "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
-        "log": {"level": opts.log_level, "noColor": True},
+        # JSON lines: what moorage reads back (runtime.certificates.acme_errors) parses them.
+        "log": {"level": opts.log_level, "noColor": True, "format": "json"},
         "entryPoints": entrypoints,
         "providers": {
             "providersThrottleDuration": opts.throttle,

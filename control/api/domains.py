@@ -26,7 +26,7 @@ from control.domain.domains import DNS, TXT_NAME, VERIFY_PATH, DomainService, pr
 from control.domain.records import Domain
 from control.jobs.domains import EXPIRING, CustomDomains
 from control.security.scopes import KeyScope
-from runtime.certificates import StoredCertificate
+from runtime.certificates import AcmeError, StoredCertificate
 
 
 class DomainCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -67,6 +67,11 @@ class CertificateOut(msgspec.Struct):
     not_before: datetime | None
     not_after: datetime | None
     serial: str | None
+    last_error: Annotated[
+        str | None,
+        msgspec.Meta(description="Traefik's last failure obtaining or renewing it (newer than the certificate held)"),
+    ] = None
+    last_error_at: datetime | None = None
 
 
 class DomainOut(msgspec.Struct):
@@ -85,7 +90,7 @@ class DomainOut(msgspec.Struct):
     created_at: datetime
 
     @classmethod
-    def of(cls, d: Domain, *, tls: bool, stored: StoredCertificate | None) -> DomainOut:
+    def of(cls, d: Domain, *, tls: bool, stored: StoredCertificate | None, error: AcmeError | None = None) -> DomainOut:
         if d.method == DNS:
             how = Verification(
                 "dns", f"Create a TXT record {TXT_NAME}.{d.hostname} with the value {proof(d.token)}",
@@ -98,21 +103,24 @@ class DomainOut(msgspec.Struct):
                 None, None, url, proof(d.token),
             )  # fmt: skip
         return cls(
-            d.id, d.app_id, d.hostname, d.status, d.reason, how, d.hsts, tls, _certificate(tls, stored),  # type: ignore[arg-type]
+            d.id, d.app_id, d.hostname, d.status, d.reason, how, d.hsts, tls, _certificate(tls, stored, error),  # type: ignore[arg-type]
             d.verify_until, d.checked_at, d.verified_at, d.created_at,
         )  # fmt: skip
 
 
-def _certificate(tls: bool, stored: StoredCertificate | None) -> CertificateOut:
+def _certificate(tls: bool, stored: StoredCertificate | None, error: AcmeError | None) -> CertificateOut:
     if not tls:
         return CertificateOut("none", None, None, None, None)
+    if error is not None and stored is not None and error.at <= stored.not_before:
+        error = None  # an old failure: a certificate came after it
+    failure = (error.error, error.at) if error is not None else (None, None)
     if stored is None:
-        return CertificateOut("pending", None, None, None, None)
+        return CertificateOut("pending", None, None, None, None, *failure)
     now = utcnow()
     state: Literal["issued", "expiring", "expired"] = (
         "expired" if stored.not_after <= now else "expiring" if stored.not_after - now < EXPIRING else "issued"
     )
-    return CertificateOut(state, stored.issuer, stored.not_before, stored.not_after, stored.serial)
+    return CertificateOut(state, stored.issuer, stored.not_before, stored.not_after, stored.serial, *failure)
 
 
 class DomainList(msgspec.Struct):
@@ -126,8 +134,10 @@ class DomainController(Controller):
 
     @staticmethod
     def _out(custom_domains: CustomDomains, domain: Domain) -> DomainOut:
-        stored = custom_domains.certificates().get(domain.hostname) if custom_domains.domains.config.tls else None
-        return DomainOut.of(domain, tls=custom_domains.domains.config.tls, stored=stored)
+        tls = custom_domains.domains.config.tls
+        stored = custom_domains.certificates().get(domain.hostname) if tls else None
+        error = custom_domains.acme_errors().get(domain.hostname) if tls and domain.status == "active" else None
+        return DomainOut.of(domain, tls=tls, stored=stored, error=error)
 
     @endpoint(
         "POST", access=KeyScope.DEPLOY, errors=(404, 409), status_code=201, summary="Add a custom domain (then prove control)"

@@ -22,7 +22,7 @@ from control.clock import utcnow
 from control.domain.domains import ACTIVE, FAILED, HTTP, Check, DomainService, ProofChecks
 from control.domain.records import Domain
 from control.jobs.scheduler import CronScheduler
-from runtime.certificates import StoredCertificate, read_store
+from runtime.certificates import AcmeError, StoredCertificate, acme_errors, read_store
 from runtime.router import VERIFY_KEY, DomainRoute, Router, atomic_write
 from runtime.traefik import WEB_ENTRYPOINT, WEBSECURE_ENTRYPOINT
 
@@ -141,9 +141,13 @@ class CustomDomains:
     routing: DomainRouting  # route files of active domains, removed with them
     verifier: CronScheduler  # looks for ownership proofs of domains waiting for one
     store: Path  # Traefik's ACME store (acme.json), read for certificate state
+    traefik_log: Path | None = None  # Traefik's JSON log, read for the last ACME error per name
 
     def certificates(self) -> dict[str, StoredCertificate]:
         return read_store(self.store)
+
+    def acme_errors(self) -> dict[str, AcmeError]:
+        return {} if self.traefik_log is None else acme_errors(self.traefik_log)
 
     def certificate_ends(self) -> dict[str, datetime]:
         """Active domains' certificates in Traefik's store: hostname → ``not_after``."""

@@ -55,6 +55,7 @@ def settings(settings: Settings, tmp_path: Path) -> Settings:
         traefik_dynamic_dir=dynamic,
         acme_email="ops@example.test",
         acme_storage=str(tmp_path / "acme.json"),
+        traefik_log=str(tmp_path / "traefik.log"),
         domain_verify_timeout_s=60,
         domain_verify_interval_s=5,
     )
@@ -335,3 +336,24 @@ def test_an_operators_wildcard_certificate_becomes_traefiks_default(app: Litesta
     assert routing.converge([], tokens_wanted=False) == []  # unchanged: not rewritten
     with pytest.raises(Exception, match="go together"):
         settings.with_overrides(tls_cert_file=str(tmp_path / "wild.pem"))
+
+
+def test_traefiks_last_acme_error_is_reported_until_a_newer_certificate_arrives(
+    tenant: Caller, web: str, verifier: DomainVerifier, checks: ScriptedChecks, settings: Settings
+) -> None:
+    made = add(tenant, "shop.example.com", method="dns")
+    checks.txt["shop.example.com"] = made["verification"]["record_value"]  # type: ignore[index]
+    verifier.fire_due()
+    failure = {
+        "level": "error",
+        "time": (datetime.now(UTC) - timedelta(days=100)).isoformat().replace("+00:00", "Z"),
+        "message": "Unable to obtain ACME certificate for domains",
+        "domains": ["shop.example.com"],
+        "error": "acme: error: 400 :: urn:ietf:params:acme:error:dns :: NXDOMAIN looking up A for shop.example.com",
+    }
+    Path(settings.traefik_log).write_text('{"level":"info","message":"Configuration loaded"}\n' + json.dumps(failure) + "\n")
+    cert = tenant.get("/v1/apps/web/domains/shop.example.com").json()["certificate"]
+    assert cert["state"] == "pending" and "NXDOMAIN" in cert["last_error"] and cert["last_error_at"]
+    _store_certificate(Path(settings.acme_storage), "shop.example.com", days_left=90)  # valid from after the failure
+    cert = tenant.get("/v1/apps/web/domains/shop.example.com").json()["certificate"]
+    assert cert["state"] == "issued" and cert["last_error"] is None

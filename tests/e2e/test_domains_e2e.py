@@ -209,3 +209,5 @@ def test_after_a_traefik_restart_the_certificate_is_served_with_no_new_order(wor
     assert after["serialNumber"] == before["serialNumber"]
     time.sleep(2)  # long enough for Traefik to have ordered again, had it lost the store
     assert world.acme.orders() == orders
+    store = world.traefik.opts.acme_storage
+    assert store is not None and oct(store.stat().st_mode & 0o777) == "0o600"  # it holds the private keys

@@ -163,6 +163,22 @@ def test_static_config_never_exposes_api(tmp_path: Path) -> None:
     assert acme["entryPoints"]["websecure"]["address"] == ":443"
     assert acme["certificatesResolvers"]["letsencrypt"]["acme"]["httpChallenge"] == {"entryPoint": "web"}
     assert yaml.safe_load(render_static_config(TraefikStaticOptions(dynamic_dir=tmp_path))) == cfg
+    assert "caServer" not in acme["certificatesResolvers"]["letsencrypt"]["acme"]  # Let's Encrypt production
+
+
+def test_the_acme_directory_and_the_challenge_are_operator_settings(tmp_path: Path) -> None:
+    opts = TraefikStaticOptions(
+        dynamic_dir=tmp_path,
+        acme_email="ops@example.com",
+        acme_ca_server="https://acme-staging-v02.api.letsencrypt.org/directory",
+        acme_tls_challenge=True,
+    )
+    acme = static_config(opts)["certificatesResolvers"]["letsencrypt"]["acme"]
+    assert acme["caServer"] == "https://acme-staging-v02.api.letsencrypt.org/directory"
+    assert acme["tlsChallenge"] == {} and "httpChallenge" not in acme  # TLS-ALPN-01 where only :443 is open
+    from runtime.traefik import main
+
+    assert main(["--dynamic-dir", str(tmp_path), "--acme-email", "a@b.c", "--acme-challenge", "tls"]) == 0
 
 
 def test_a_legacy_stem_names_every_owner_it_could_stand_for(tmp_path: Path) -> None:

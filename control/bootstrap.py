@@ -270,7 +270,14 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         max_attempts=settings.job_max_attempts,
     )
     run_job = RunJob(
-        runs, releases, env_vars, runtime, tenant_name=tenants.name, output_max_bytes=settings.run_output_max_bytes, links=links
+        runs,
+        releases,
+        env_vars,
+        runtime,
+        tenant_name=tenants.name,
+        output_max_bytes=settings.run_output_max_bytes,
+        links=links,
+        volumes=volumes,
     )
     cron = CronService(db, runs, max_per_app=settings.cron_max_per_app)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio.to_thread
 import msgspec
@@ -64,6 +64,16 @@ CronFilter = QueryParameter(name="cron", description="Only the runs this schedul
 class RunIn(msgspec.Struct, forbid_unknown_fields=True):
     command: Command
     timeout_s: TimeoutS | None = None
+    # Not "volumes": a body field named like an injected service has its validation errors
+    # taken for the service's (a 500 instead of a 422).
+    volume_access: Annotated[
+        Literal["none", "read-only", "read-write"],
+        msgspec.Meta(
+            description="How the run mounts the app's volumes, at their paths. read-only (the default): the app's "
+            "container is the writer; read-write: for a migration or an init step (e.g. `flask init-db`), best while the "
+            "app does not write, since file locks do not cross sandboxes; none: not at all"
+        ),
+    ] = "read-only"
 
 
 class RunOut(msgspec.Struct):
@@ -73,6 +83,7 @@ class RunOut(msgspec.Struct):
     command: list[str]
     timeout_s: int
     trigger: Annotated[str, msgspec.Meta(description="api, or cron:<schedule name> for a run a schedule started")]
+    volume_access: Annotated[str, msgspec.Meta(description="how it mounts the app's volumes: none | read-only | read-write")]
     release: Annotated[str | None, msgspec.Meta(description="the release whose image it runs (v1, v2, ...)")]
     image: str
     exit_code: Annotated[int | None, msgspec.Meta(description="the command's exit status; null when killed or never started")]
@@ -94,6 +105,7 @@ class RunOut(msgspec.Struct):
             command=list(run.command),
             timeout_s=run.timeout_s,
             trigger=run.trigger,
+            volume_access=run.volumes,
             release=release_name,
             image=run.image,
             exit_code=run.exit_code,
@@ -148,7 +160,7 @@ class RunController(Controller):
         app: FromPath[str],
         data: JSONBody[RunIn],
     ) -> Response[RunOut]:
-        run = run_out(runs.create(caller_tenant, app, data.command, data.timeout_s), releases)
+        run = run_out(runs.create(caller_tenant, app, data.command, data.timeout_s, volumes=data.volume_access), releases)
         return Response(run, status_code=202, headers={"Location": f"/v1/apps/{run.app_id}/runs/{run.id}"})
 
     @endpoint("GET", "/", access=KeyScope.READ, errors=(404,), summary="List an app's runs (newest first)")

@@ -440,6 +440,7 @@ class Run:
     command: tuple[str, ...]
     timeout_s: int
     trigger: str  # "api" | "cron:<schedule name>"
+    volumes: str  # how it mounts the app's volumes: none | read-only | read-write
     release_id: str
     image: str
     exit_code: int | None

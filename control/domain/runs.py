@@ -38,6 +38,11 @@ from control.store.repositories.runs import RunRepository, to_run
 
 RUN_JOB = "run"
 API_TRIGGER = "api"
+# How a run mounts its app's volumes. Read-only by default: the app's container is a writer
+# already, and file locks do not cross gVisor sandboxes (two SQLite writers in two sandboxes
+# can corrupt the file), so a second writer is something to ask for.
+NO_VOLUMES, READ_ONLY, READ_WRITE = "none", "read-only", "read-write"
+VOLUME_MODES = (NO_VOLUMES, READ_ONLY, READ_WRITE)
 CRON_TRIGGER = "cron:"  # + the schedule's name
 COMMAND_MAX_ITEMS = 128
 ARG_MAX_CHARS = 4096
@@ -118,8 +123,15 @@ class RunService:
         return app
 
     # -- creation -----------------------------------------------------------------------
-    def create(self, tenant_id: str, app_ref: str, command: Sequence[str], timeout_s: int | None) -> Run:
+    def create(
+        self, tenant_id: str, app_ref: str, command: Sequence[str], timeout_s: int | None, *, volumes: str = READ_ONLY
+    ) -> Run:
         app = self.app(tenant_id, app_ref)
+        if volumes not in VOLUME_MODES:
+            raise Invalid(
+                f"'volume_access' must be one of {list(VOLUME_MODES)}; got {volumes!r}.",
+                errors=[{"field": "volume_access", "message": f"one of {list(VOLUME_MODES)}"}],
+            )
         argv, timeout = check_command(command), self.timeout(timeout_s)
         with self.db.write() as session:
             release = current_release(session, app)
@@ -129,9 +141,19 @@ class RunService:
                     f"deploy it first (POST /v1/apps/{app.name}/deployments), then retry.",
                     code="no-release",
                 )
-            return self.add(session, app, release, argv, timeout, API_TRIGGER)
+            return self.add(session, app, release, argv, timeout, API_TRIGGER, volumes=volumes)
 
-    def add(self, session: Session, app: App, release: Release, command: tuple[str, ...], timeout_s: int, trigger: str) -> Run:
+    def add(
+        self,
+        session: Session,
+        app: App,
+        release: Release,
+        command: tuple[str, ...],
+        timeout_s: int,
+        trigger: str,
+        *,
+        volumes: str = READ_ONLY,
+    ) -> Run:
         """A queued run and its job, in the caller's write (the job exists iff the run does)."""
         run_id = new_id("run")
         log = self.log_path(run_id)
@@ -146,6 +168,7 @@ class RunService:
                 command=json.dumps(list(command)),
                 timeout_s=timeout_s,
                 trigger=trigger,
+                volumes=volumes,
                 release_id=release.id,
                 image=release.image_id,
                 output_truncated=False,

@@ -25,8 +25,10 @@ from control.domain.errors import NotFound
 from control.domain.links import LinkService
 from control.domain.records import Job, Run
 from control.domain.releases import ReleaseService
-from control.domain.runs import RunService, RunStatus
-from control.jobs.runtime_port import AppRuntime, RunOutcome, RunRefused
+from control.domain.runs import NO_VOLUMES, READ_WRITE, RunService, RunStatus
+from control.domain.volumes import VolumeService
+from control.jobs.runtime_port import AppRuntime, RunOutcome, RunRefused, VolumeMount
+from control.jobs.volumes import mounts_of
 from control.jobs.workers import JobContext, as_outage
 
 log = structlog.get_logger("moorage.runs")
@@ -87,6 +89,7 @@ class _Plan:
     app: str
     release: str
     env: dict[str, str]  # plaintext, in memory only: passed at create, never logged
+    mounts: tuple[VolumeMount, ...] = ()
 
 
 @dataclass
@@ -98,6 +101,7 @@ class RunJob:
     tenant_name: Callable[[str], str]
     output_max_bytes: int
     links: LinkService | None = None
+    volumes: VolumeService | None = None
 
     def __call__(self, job: Job, ctx: JobContext) -> None:
         run = self.runs.load(job.subject_id)
@@ -157,7 +161,8 @@ class RunJob:
         except (SecretUnreadable, CredentialsUnreadable) as exc:
             raise Failed(exc.detail) from None
         values = {v.name: v.value for v in env.vars if v.value is not None} | linked | {"PORT": str(release.port)}
-        return _Plan(tenant=self.tenant_name(run.tenant_id), app=app.name, release=release.name, env=values)
+        mounts = mounts_of(self.volumes.for_app(app.id)) if self.volumes and run.volumes != NO_VOLUMES else ()
+        return _Plan(tenant=self.tenant_name(run.tenant_id), app=app.name, release=release.name, env=values, mounts=mounts)
 
     def _run(self, run: Run, plan: _Plan, ctx: JobContext) -> None:
         out = RunOutput(Path(run.log_path), self.output_max_bytes)
@@ -173,6 +178,8 @@ class RunJob:
                 timeout=float(run.timeout_s),
                 on_output=out.line,
                 cancelled=self._cancel_check(run.id, ctx),
+                volumes=plan.mounts,
+                volumes_read_only=run.volumes != READ_WRITE,
             )
         except RunRefused as exc:
             self._end(run.id, RunStatus.FAILED, out, reason=str(exc))

@@ -331,8 +331,14 @@ class DockerAppRuntime:
         timeout: float,
         on_output: Callable[[str], None],
         cancelled: Callable[[], bool],
+        volumes: Sequence[VolumeMount] = (),
+        volumes_read_only: bool = True,
     ) -> RunOutcome:
         network = self.networks.ensure(tenant).name
+        mounts = tuple(
+            Mount(self.volumes.prepare(self._volume_spec(v, tenant, app)), v.mount_path, read_only=volumes_read_only)
+            for v in volumes
+        )
         spec = ContainerSpec(
             tenant=tenant,
             app=app,
@@ -345,6 +351,7 @@ class DockerAppRuntime:
             env=env,
             labels={INSTANCE_LABEL: self.instance},
             app_alias=False,
+            mounts=mounts,
         )
         return run_in_container(self.containers, spec, self.policy, timeout=timeout, on_output=on_output, cancelled=cancelled)
 

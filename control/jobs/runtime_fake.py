@@ -117,6 +117,8 @@ class FakeRun:
     started_at: float
     ended_at: float | None = None
     outcome: RunOutcome | None = None
+    mounts: tuple[VolumeMount, ...] = ()
+    read_only: bool = True
 
 
 @dataclass
@@ -512,6 +514,8 @@ class InMemoryAppRuntime:
         timeout: float,
         on_output: Callable[[str], None],
         cancelled: Callable[[], bool],
+        volumes: Sequence[VolumeMount] = (),
+        volumes_read_only: bool = True,
     ) -> RunOutcome:
         self._enter("run_command")
         if image not in self.images:
@@ -529,9 +533,13 @@ class InMemoryAppRuntime:
             image=image,
             env=dict(env),
             ip=self._address(89),
+            mounts=tuple(volumes),
         )
         self.run_containers[container.id] = container
-        record = FakeRun(name, tenant, app, release, image, dict(env), tuple(command), time.monotonic())
+        record = FakeRun(
+            name, tenant, app, release, image, dict(env), tuple(command), time.monotonic(),
+            mounts=tuple(volumes), read_only=volumes_read_only,
+        )  # fmt: skip
         self.runs.append(record)
         with self._run_lock:
             self._parallel_runs += 1

@@ -241,10 +241,13 @@ class AppRuntime(Protocol):
         timeout: float,
         on_output: Callable[[str], None],
         cancelled: Callable[[], bool],
+        volumes: Sequence[VolumeMount] = (),
+        volumes_read_only: bool = True,
     ) -> RunOutcome:
         """Run ``command`` (an argv, no shell) in a new container from ``image``, sandboxed on
         the tenant's network like an app but with no route and no DNS name, replacing any
-        container called ``name``. Each line it prints (stdout and stderr) goes to
+        container called ``name``. ``volumes`` (the app's) are mounted at their paths,
+        read-only unless ``volumes_read_only`` is False. Each line it prints (stdout and stderr) goes to
         ``on_output`` as it comes. Blocks until it exits; kills it once ``timeout`` seconds
         have passed (``timed_out``) or once ``cancelled()`` says so (asked about twice a
         second). The container is gone when this returns, however it returns. Raises

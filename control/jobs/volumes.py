@@ -15,7 +15,7 @@ import structlog
 
 from control.domain.records import Volume
 from control.domain.volumes import VolumeService, VolumeStorageFailed
-from control.jobs.runtime_port import AppRuntime, VolumeMount
+from control.jobs.runtime_port import AppContainer, AppRuntime, VolumeMount
 from control.jobs.workers import AppLocks
 from runtime.volumes import VolumeError, VolumeInUse
 
@@ -53,13 +53,18 @@ class RuntimeVolumes:
     def mounted_by(self, tenant: str, app: str, volume_id: str) -> list[str]:
         if not self.runtime.ever_started_anything():
             return []
-        return [c.name for c in self.runtime.owned_apps(tenant=tenant, app=app) if c.running and volume_id in c.volumes]
+        return [c.name for c in self._users(tenant, app) if c.running and volume_id in c.volumes]
+
+    def _users(self, tenant: str, app: str) -> list[AppContainer]:
+        """The app's containers and its runs' (a run mounts the app's volumes too)."""
+        runs = [c for c in self.runtime.owned_runs(tenant=tenant) if c.app == app]
+        return [*self.runtime.owned_apps(tenant=tenant, app=app), *runs]
 
     def release(self, app_id: str, tenant: str, app: str, volume_id: str) -> None:
         if not self.runtime.ever_started_anything():
             return  # this control plane never made anything: no container, no storage
         with self.locks.hold(app_id):
-            for container in self.runtime.owned_apps(tenant=tenant, app=app):
+            for container in self._users(tenant, app):
                 if volume_id in container.volumes:  # stopped ones too: they keep the volume referenced
                     self.runtime.stop(container.id)
                     self.runtime.remove(container.id)

@@ -268,6 +268,9 @@ class RunRow(Timestamps, Base):
     command: Mapped[str] = mapped_column(Text)  # JSON list of strings, in order
     timeout_s: Mapped[int] = mapped_column(Integer)
     trigger: Mapped[str] = mapped_column(String(80))  # api | cron:<schedule name>
+    volumes: Mapped[str] = mapped_column(
+        String(16), default="read-only", server_default="read-only"
+    )  # none | read-only | read-write
     release_id: Mapped[str] = mapped_column(String(40))  # the release whose image it runs
     image: Mapped[str] = mapped_column(String(200))
     exit_code: Mapped[int | None] = mapped_column(Integer)

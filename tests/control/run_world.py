@@ -114,6 +114,7 @@ def run_world(services: Services, caller: Caller) -> Iterator[RunWorld]:
         tenant_name=services.tenants.name,
         output_max_bytes=services.settings.run_output_max_bytes,
         links=services.databases.links,
+        volumes=services.volumes,
     )
     workers = WorkerPool(services.deploys.queue, {RUN_JOB: JobKind(job, job.give_up)}, count=1, poll_s=0.05)
     world = RunWorld(services, caller, app.json()["id"], runtime, job, workers)

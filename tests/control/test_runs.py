@@ -15,10 +15,12 @@ import pytest
 from litestar import Litestar
 
 from control.domain.runs import RUN_JOB, RunStatus
+from control.ids import new_id
 from control.jobs.docker_runs import MAX_LINE_BYTES, output_lines
 from control.jobs.runs import RESTARTED, run_container_name
 from control.jobs.runtime_fake import FakeContainer
 from control.settings import Settings
+from control.store.repositories.volumes import VolumeRepository
 from runtime.resilience import CircuitOpenError
 from tests.conftest import Caller
 from tests.control.run_world import RunWorld, quiet, run_world
@@ -304,3 +306,38 @@ def test_the_retention_sweep_keeps_each_apps_newest_finished_runs_and_their_logs
 def test_output_is_split_into_lines_and_a_line_without_end_comes_in_pieces() -> None:
     chunks = [b"one\ntw", b"o\n", b"x" * (MAX_LINE_BYTES + 5), b"\nlast"]
     assert list(output_lines(iter(chunks))) == ["one", "two", "x" * MAX_LINE_BYTES, "xxxxx", "last"]
+
+
+# -- the app's volumes ----------------------------------------------------------------------
+def _volume(world: RunWorld, name: str, path: str) -> str:
+    """A volume of the app as the API records it (its storage is the runtime's business)."""
+    volume_id = new_id("vol")
+    with world.services.db.write() as session:
+        VolumeRepository(session, world.tenant_id).add(
+            id=volume_id, app_id=world.app_id, name=name, mount_path=path, size_mb=1, quota="measured", status="ready"
+        )
+    return volume_id
+
+
+@pytest.mark.parametrize(
+    ("asked", "mounted", "read_only"),
+    [({}, True, True), ({"volume_access": "read-write"}, True, False), ({"volume_access": "none"}, False, True)],
+)
+def test_a_run_mounts_the_apps_volumes_read_only_unless_asked(
+    world: RunWorld, asked: dict[str, str], mounted: bool, read_only: bool
+) -> None:
+    world.release()
+    data = _volume(world, "data", "/app/instance")
+    run = world.post_run(["flask", "--app", "flaskr", "init-db"], **asked)
+    assert run["volume_access"] == asked.get("volume_access", "read-only")
+    world.run_queued()
+    [started] = world.runtime.runs
+    assert [(m.volume_id, m.mount_path) for m in started.mounts] == ([(data, "/app/instance")] if mounted else [])
+    assert started.read_only is read_only
+
+
+def test_a_run_asking_for_an_unknown_volume_mode_is_422_and_queues_nothing(world: RunWorld) -> None:
+    world.release()
+    r = world.caller.post("/v1/apps/web/runs", json={"command": ["true"], "volume_access": "sometimes"})
+    assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json")
+    assert world.caller.get("/v1/apps/web/runs").json()["items"] == []

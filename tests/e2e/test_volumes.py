@@ -285,6 +285,29 @@ def test_a_stateful_app_keeps_its_data_and_its_volume_is_bounded(plane: ControlP
     )
 
 
+def _run(platform: Platform, command: list[str], **body: str) -> tuple[dict[str, Any], str]:
+    r = platform.tenant.post("/v1/apps/notes/runs", json={"command": command, **body})
+    assert r.status_code == 202, r.text
+    path = f"/v1/apps/notes/runs/{r.json()['id']}"
+    _until("the run ends", lambda: platform.tenant.get(path).json()["status"] not in ("queued", "running"), timeout=90)
+    return platform.tenant.get(path).json(), platform.tenant.get(path + "/logs").text
+
+
+def test_a_run_reads_the_apps_volume_and_writes_it_only_when_asked(plane: ControlPlane) -> None:
+    platform = plane.platform
+    assert platform is not None
+    done, output = _run(platform, ["cat", "/data/notes.txt"])  # read-only by default
+    assert (done["status"], done["exit_code"], done["volume_access"]) == ("succeeded", 0, "read-only"), done
+    assert "one\ntwo\nthree\n" in output
+    refused, output = _run(platform, ["sh", "-c", "echo from-a-run >> /data/notes.txt"])
+    assert refused["status"] == "failed" and refused["exit_code"] != 0 and "Read-only file system" in output, output
+    written, _ = _run(platform, ["sh", "-c", "echo from-a-run >> /data/notes.txt"], volume_access="read-write")
+    assert written["status"] == "succeeded", written
+    assert "three\nfrom-a-run\n" in _notes(platform)  # the app reads what the run wrote
+    unmounted, output = _run(platform, ["ls", "/data"], volume_access="none")
+    assert unmounted["exit_code"] != 0 or "notes.txt" not in output
+
+
 def test_a_mounted_volume_goes_only_with_force_and_an_app_with_volumes_only_with_purge(plane: ControlPlane) -> None:
     platform = plane.platform
     assert platform is not None

@@ -24,6 +24,7 @@ def to_run(row: RunRow) -> Run:
         command=tuple(json.loads(row.command)),
         timeout_s=row.timeout_s,
         trigger=row.trigger,
+        volumes=row.volumes or "read-only",
         release_id=row.release_id,
         image=row.image,
         exit_code=row.exit_code,

@@ -67,6 +67,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], comm
     run.add_argument("app", help="app name or id")
     run.add_argument("--timeout", type=int, metavar="S", help="kill it after S seconds (server default 600)")
     run.add_argument("--wait", action="store_true", help="follow its output; exit with its exit code")
+    run.add_argument(
+        "--volumes",
+        choices=["read-only", "read-write", "none"],
+        help="how it mounts the app's volumes (default read-only; read-write for an init or migration step)",
+    )
     run.set_defaults(api=run_command)
 
     runs = commands.add_parser("runs", help="an app's one-off runs")
@@ -126,6 +131,8 @@ def run_command(args: argparse.Namespace, api: ApiClient) -> int:
     body: dict[str, Any] = {"command": command}
     if args.timeout is not None:
         body["timeout_s"] = args.timeout
+    if args.volumes:
+        body["volume_access"] = args.volumes
     run = api.post(f"/v1/apps/{args.app}/runs", body)
     if not args.wait:
         emit(run, as_json=args.json)

@@ -278,3 +278,20 @@ def test_twenty_concurrent_registrations_with_two_uses_make_exactly_two_tenants(
             with_keys = set(session.scalars(select(ApiKeyRow.tenant_id).where(ApiKeyRow.tenant_id.is_not(None))))
             with_codes = set(session.scalars(select(RecoveryCodeRow.tenant_id)))
         assert tenants == with_keys == with_codes == winners  # no half-made tenant
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_the_address_limit_follows_x_forwarded_for_only_from_trusted_proxies(settings: Settings, trusted: bool) -> None:
+    settings = settings.with_overrides(
+        port=free_port(), recovery_quota=2, job_workers=0, reconcile_interval_s=0, trusted_proxies="127.0.0.1" if trusted else ""
+    )
+    with serving(settings) as (base_url, _app), httpx.Client(base_url=base_url) as http:
+
+        def attempt(client_ip: str, name: str) -> int:
+            body = {"tenant": name, "recovery_code": "mrg_rec_wrong"}
+            return http.post("/v1/recover", json=body, headers={"X-Forwarded-For": client_ip}).status_code
+
+        first = [attempt("203.0.113.7", f"n{n}") for n in range(3)]
+        other = attempt("203.0.113.8", "n9")
+    assert first == [401, 401, 429]
+    assert other == (401 if trusted else 429)  # another client behind the proxy has its own budget

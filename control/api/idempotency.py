@@ -253,7 +253,7 @@ def _owner(scope: Scope) -> tuple[str, str | None] | None:
         return principal.key_id, principal.tenant_id
     handler: Any = scope.get("route_handler")
     if handler is not None and handler.opt.get("anonymous_idempotency"):
-        return f"public:{scope['path']}"[:40], None  # the column holds a key id's 40 characters
+        return f"public:{scope['path']}", None
     return None
 
 

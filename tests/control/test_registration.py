@@ -265,9 +265,13 @@ def test_twenty_concurrent_registrations_with_two_uses_make_exactly_two_tenants(
                     headers={"Idempotency-Key": str(uuid.uuid4())},
                 )
 
+            started = time.perf_counter()
             with ThreadPoolExecutor(max_workers=20) as pool:
                 answers = list(pool.map(attempt, range(20)))
+            elapsed = time.perf_counter() - started
         statuses = sorted(a.status_code for a in answers)
+        counts = {status: statuses.count(status) for status in set(statuses)}
+        print(f"20 concurrent registrations, 2 uses: {counts} in {elapsed:.2f} s")
         assert statuses.count(201) == 2, statuses
         for refused in (a for a in answers if a.status_code != 201):
             assert 400 <= refused.status_code < 500 and refused.headers["content-type"].startswith("application/problem+json")
@@ -295,3 +299,29 @@ def test_the_address_limit_follows_x_forwarded_for_only_from_trusted_proxies(set
         other = attempt("203.0.113.8", "n9")
     assert first == [401, 401, 429]
     assert other == (401 if trusted else 429)  # another client behind the proxy has its own budget
+
+
+def test_concurrent_wrong_codes_are_counted_exactly_and_lock(settings: Settings) -> None:
+    """20 guesses at once against one name (a real server): exactly max_failures are checked
+    and refused, the rest meet the lock; the right code is refused while it holds."""
+    settings = settings.with_overrides(
+        port=free_port(), registration_quota=1000, recovery_quota=1000, recovery_lock_s=60, job_workers=0, reconcile_interval_s=0
+    )  # recovery_max_failures=3 from the module's settings
+    with serving(settings) as (base_url, app), httpx.Client(base_url=base_url, timeout=30) as http:
+        operator = app.state.services.keys.bootstrap_operator("op").token
+        token = http.post("/v1/registration-tokens", json={"uses": 1}, headers=bearer(operator)).json()["token"]
+        made = http.post("/v1/register", json={"tenant_name": "guarded", "token": token}).json()
+
+        def guess(n: int) -> httpx.Response:
+            return http.post("/v1/recover", json={"tenant": "guarded", "recovery_code": f"mrg_rec_guess{n}"})
+
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            answers = [a.json()["code"] for a in pool.map(guess, range(20))]
+        right = http.post("/v1/recover", json={"tenant": "guarded", "recovery_code": made["recovery_code"]})
+        audit = http.get("/v1/operator/audit", params={"tenant_id": made["tenant"]["id"]}, headers=bearer(operator)).json()
+    counts = {code: answers.count(code) for code in set(answers)}
+    print(f"20 concurrent wrong codes, max_failures=3: {counts}; then the right code: {right.status_code}")
+    assert counts == {"recovery-refused": 3, "recovery-locked": 17}
+    assert right.status_code == 429 and right.json()["code"] == "recovery-locked"
+    actions = [e["action"] for e in audit["items"]]
+    assert actions.count("POST /v1/recover:locked") == 1 and actions.count("POST /v1/recover") == 21

@@ -31,6 +31,8 @@ from control.domain.keys import KeyService
 from control.domain.limits import Defaults, LimitsService
 from control.domain.links import LinkService
 from control.domain.nodes import NodeService
+from control.domain.recovery import RecoveryConfig, RecoveryService
+from control.domain.registration import RegistrationService
 from control.domain.releases import ReleaseService
 from control.domain.runs import RUN_JOB, RunLimits, RunService
 from control.domain.tenants import TenantService
@@ -124,6 +126,8 @@ class Services:
     scheduler: CronScheduler  # fires due schedules: apps' (each a run) and databases' backups
     custom_domains: CustomDomains  # apps' own hostnames: ownership proofs, routes, certificates
     volumes: VolumeService  # app volumes and per-tenant storage quotas
+    registration: RegistrationService  # registration tokens, and the tenants people register with them
+    recovery: RecoveryService  # recovery codes: a new admin key for a tenant that lost its keys
 
     upstream: Upstream  # pooled connections to inference nodes, opened in the serving loop
     metrics: Metrics  # Prometheus, per process
@@ -152,6 +156,8 @@ class Services:
         "domains": "custom_domains.domains",
         "custom_domains": "custom_domains",
         "volumes": "volumes",
+        "registration": "registration",
+        "recovery": "recovery",
         "app_runtime": "deploys.runtime",
         "upstream": "upstream",
         "prometheus": "metrics",
@@ -367,6 +373,22 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         lease=timedelta(seconds=settings.idempotency_lease_s),
     )
     audit = AuditService(db)
+    limits = LimitsService(
+        db,
+        Defaults(settings.rate_limit_key_quota, settings.rate_limit_tenant_quota, settings.rate_limit_window_s),
+        cache_ttl=settings.rate_limit_cache_ttl_s,
+    )
+    registration = RegistrationService(db, limits=limits, databases=databases, volumes=volumes, inference_limits=inference_limits)
+    recovery = RecoveryService(
+        db,
+        limiter,
+        RecoveryConfig(
+            max_failures=settings.recovery_max_failures,
+            lock_s=settings.recovery_lock_s,
+            tenant_quota=settings.recovery_quota,
+            window_s=settings.recovery_window_s,
+        ),
+    )
     return Services(
         settings=settings,
         db=db,
@@ -374,11 +396,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         keys=KeyService(db, last_used_resolution=timedelta(seconds=settings.key_last_used_resolution_s)),
         apps=AppService(db, teardown, max_replicas=settings.max_replicas, rescaled=reconciler.wake),
         idempotency=idempotency,
-        limits=LimitsService(
-            db,
-            Defaults(settings.rate_limit_key_quota, settings.rate_limit_tenant_quota, settings.rate_limit_window_s),
-            cache_ttl=settings.rate_limit_cache_ttl_s,
-        ),
+        limits=limits,
         rate_limiter=limiter,
         auth_throttle=AuthThrottle(limiter, quota=settings.auth_failure_quota, window_s=settings.auth_failure_window_s),
         breakers=registry,
@@ -394,6 +412,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
             jobs_kept=settings.jobs_kept,
             runs=runs,
             runs_kept=settings.runs_kept_per_app,
+            recovery=recovery,
         ),
         deploys=Deploys(deployments, releases, queue, runtime, workers, reconciler, teardown),
         inference=inference,
@@ -402,6 +421,8 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         scheduler=CronScheduler(cron, backups, interval_s=settings.cron_tick_ms / 1000),
         custom_domains=custom_domains,
         volumes=volumes,
+        registration=registration,
+        recovery=recovery,
         upstream=Upstream(settings),
         metrics=metrics,
         inference_metrics=InferenceMetrics(metrics.registry, inference),

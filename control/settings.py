@@ -58,6 +58,15 @@ class Settings:
     # Comma-separated proxy addresses or networks whose X-Forwarded-For names the client
     # (empty: the header is ignored and the socket peer is the client).
     trusted_proxies: str = ""
+    # Self-registration (POST /v1/register) and key recovery (POST /v1/recover), which take no
+    # API key: attempts per client address per window (0: no limit); recovery also per tenant
+    # name, and max_failures wrong codes within lock_s lock the name for lock_s (0: never).
+    registration_quota: int = 10
+    registration_window_s: int = 3600
+    recovery_quota: int = 10
+    recovery_window_s: int = 3600
+    recovery_max_failures: int = 5
+    recovery_lock_s: int = 900
     max_header_bytes: int = 32 * 1024  # all request header lines together; more is 431 (0: uvicorn's own limit)
     request_body_timeout_s: int = 300  # a request body must arrive within this (0: no limit)
     request_body_idle_timeout_s: int = 30  # ... with no gap longer than this (slow-body clients)
@@ -204,6 +213,10 @@ class Settings:
             [parse(entry) for entry in self.allowed_images]
         except BadReference as exc:
             raise SettingsError(f"MOORAGE_BUILD_ALLOWED_IMAGES: {exc}") from None
+        if min(self.registration_window_s, self.recovery_window_s, self.recovery_lock_s) < 1:
+            raise SettingsError(
+                "MOORAGE_REGISTRATION_WINDOW_S, MOORAGE_RECOVERY_WINDOW_S and MOORAGE_RECOVERY_LOCK_S must be at least 1"
+            )
         for item in fields(self):  # counts, sizes and durations: a negative one is always a mistake
             value = getattr(self, item.name)
             if isinstance(value, int) and not isinstance(value, bool) and value < 0:

@@ -25,6 +25,7 @@ from control.http_methods import MUTATING
 from control.security.scopes import OPERATOR_ACCESS, KeyScope
 
 _AUDITED_READ = "audited_read"  # scope["state"] key: the action name of a read to record
+_AUDIT_TENANT = "audit_tenant"  # scope["state"] key: the tenant a call without an API key was about
 
 Action = QueryParameter(description="Only this action, e.g. `DELETE /v1/apps/{app}` (exact match).", required=False)
 Since = QueryParameter(description="Only events at or after this time (RFC 3339; no zone means UTC).", required=False)
@@ -34,6 +35,18 @@ TenantFilter = QueryParameter(description="Only this tenant's events.", required
 def mark_audited(request: Request[Any, Any, Any], action_suffix: str) -> None:
     """Record this (non-mutating) request too, its action tagged with ``action_suffix``."""
     request.scope.setdefault("state", {})[_AUDITED_READ] = action_suffix
+
+
+def attribute_to_tenant(request: Request[Any, Any, Any], tenant_id: str | None) -> None:
+    """Record this call (made without an API key: a registration, a recovery) under
+    ``tenant_id``, so that tenant's admins see it in their audit log; None: no tenant's."""
+    request.scope.setdefault("state", {})[_AUDIT_TENANT] = tenant_id
+
+
+def audited_tenant(scope: HTTPScope) -> str | None:
+    """The tenant ``attribute_to_tenant`` named for this call, if any."""
+    tenant_id = scope.get("state", {}).get(_AUDIT_TENANT)
+    return tenant_id if isinstance(tenant_id, str) else None
 
 
 def audited_action(scope: HTTPScope) -> str | None:

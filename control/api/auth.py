@@ -20,7 +20,8 @@ from control.security.auth_throttle import AuthThrottle
 from control.security.principal import Principal
 from control.security.scopes import ANY_KEY_ACCESS, OPERATOR_ACCESS
 
-PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/openapi", r"^/\.well-known/moorage-verify/"]  # /openapi: also .json
+# /openapi: also .json. /v1/register and /v1/recover carry their credential in the body.
+PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/openapi", r"^/\.well-known/moorage-verify/", "^/v1/register$", "^/v1/recover$"]
 T = TypeVar("T")
 
 

@@ -1,7 +1,10 @@
 """Idempotency-Key on POST/PUT/PATCH/DELETE: HTTP glue around ``domain.idempotency``.
 
 Sits after authentication (the key is scoped to ``scope["user"]``) and after the rate
-limiter. It reads the whole request body first (to fingerprint it, then feeds it to the app
+limiter. A public route that declares ``opt["anonymous_idempotency"]`` (self-registration,
+key recovery: no API key, the credential is in the body) scopes keys to the route itself;
+a replay still needs the very same body, credential included, so only whoever sent it can
+get its answer again. It reads the whole request body first (to fingerprint it, then feeds it to the app
 again): up to the route's own body limit (for source uploads, ``MOORAGE_MAX_UPLOAD_BYTES``),
 held in memory while small and spooled to disk past 1 MiB (``control.api.spooled_body``),
 so a keyed 100 MiB upload costs the process no more memory than a small one. It buffers
@@ -163,8 +166,8 @@ class IdempotencyMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        principal = scope.get("user")
-        if scope["type"] != ScopeType.HTTP or scope["method"] not in MUTATING or not isinstance(principal, Principal):
+        owner = _owner(scope) if scope["type"] == ScopeType.HTTP and scope["method"] in MUTATING else None
+        if owner is None:
             await self.app(scope, receive, send)
             return
         raw_key = _header(scope, HEADER)
@@ -185,12 +188,12 @@ class IdempotencyMiddleware:
             return
         body = SpooledBody(services.settings.data_dir / SPOOL_DIR)
         try:
-            await self._handle(scope, receive, send, principal, key, body, limit)
+            await self._handle(scope, receive, send, owner, key, body, limit)
         finally:
             body.close()
 
     async def _handle(
-        self, scope: Scope, receive: Receive, send: Send, principal: Principal, key: str, body: SpooledBody, limit: int
+        self, scope: Scope, receive: Receive, send: Send, owner: tuple[str, str | None], key: str, body: SpooledBody, limit: int
     ) -> None:
         try:
             complete = await _read_body(receive, body, limit)
@@ -201,7 +204,7 @@ class IdempotencyMiddleware:
             return
         service: IdempotencyService = scope["app"].state.services.idempotency
         request_fingerprint = await _fingerprint(cast("HTTPScope", scope), body)
-        outcome = await anyio.to_thread.run_sync(service.claim, principal.key_id, principal.tenant_id, key, request_fingerprint)
+        outcome = await anyio.to_thread.run_sync(service.claim, owner[0], owner[1], key, request_fingerprint)
         if isinstance(outcome, Replay):
             _metric(scope, "replayed")
             await _send_replay(outcome.response, send)
@@ -223,7 +226,7 @@ class IdempotencyMiddleware:
         else:
             if outcome.taken_over:
                 _metric(scope, "taken_over")
-                log.warning("idempotency_lease_taken_over", key_id=principal.key_id, record_id=outcome.record_id)
+                log.warning("idempotency_lease_taken_over", key_id=owner[0], record_id=outcome.record_id)
             await self._run(scope, _replaying_receive(body, receive), send, service, outcome)
 
     async def _run(self, scope: Scope, receive: Receive, send: Send, service: IdempotencyService, claim: Claimed) -> None:
@@ -240,6 +243,18 @@ class IdempotencyMiddleware:
         _metric(scope, "stored" if response else "released")
         for message in captured.messages:
             await send(message)
+
+
+def _owner(scope: Scope) -> tuple[str, str | None] | None:
+    """Whose keys these are: (the API key's id, its tenant), or (the route, None) for a public
+    route with anonymous idempotency; None: Idempotency-Key does not apply."""
+    principal = scope.get("user")
+    if isinstance(principal, Principal):
+        return principal.key_id, principal.tenant_id
+    handler: Any = scope.get("route_handler")
+    if handler is not None and handler.opt.get("anonymous_idempotency"):
+        return f"public:{scope['path']}", None
+    return None
 
 
 async def _send_replay(response: StoredResponse, send: Send) -> None:

@@ -13,6 +13,11 @@ limited: they carry no identity to limit by.
 
 Sits right after authentication, before idempotency: a 429 is never stored as the
 answer to an Idempotency-Key, and a replay counts against the budget like any request.
+
+The public routes that take a credential in their body instead of an API key (self-
+registration, key recovery) declare ``opt["client_limit"]``: they are limited per client
+address (its IPv6 /64; the address a trusted proxy's X-Forwarded-For names), with the
+``address`` policy, the quota and window of that route's settings.
 """
 
 from __future__ import annotations
@@ -25,8 +30,16 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from control.api.problems import send_problem
 from control.domain.limits import LimitsService
+from control.security.auth_throttle import client_bucket
 from control.security.principal import Principal
-from control.security.rate_limit import Decision, SlidingWindowLimiter
+from control.security.rate_limit import Decision, Policy, SlidingWindowLimiter
+from control.settings import Settings
+
+# opt["client_limit"] of a public route -> the settings of its quota and window
+CLIENT_LIMITS = {
+    "registration": ("registration_quota", "registration_window_s"),
+    "recovery": ("recovery_quota", "recovery_window_s"),
+}
 
 
 def format_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
@@ -41,15 +54,21 @@ class RateLimitMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         principal = scope.get("user")
-        if scope["type"] != ScopeType.HTTP or not isinstance(principal, Principal):
+        if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
         services = scope["app"].state.services
-        limits: LimitsService = services.limits
         limiter: SlidingWindowLimiter = services.rate_limiter
-        policies = limits.cached_policies(principal)
-        if policies is None:  # a cache miss reads the tenant's overrides off the event loop
-            policies = await anyio.to_thread.run_sync(limits.load_policies, principal)
+        if isinstance(principal, Principal):
+            limits: LimitsService = services.limits
+            policies = limits.cached_policies(principal)
+            if policies is None:  # a cache miss reads the tenant's overrides off the event loop
+                policies = await anyio.to_thread.run_sync(limits.load_policies, principal)
+        else:
+            policies = client_policies(scope, services.settings)
+            if not policies:
+                await self.app(scope, receive, send)
+                return
         decision = limiter.acquire(policies)
         headers = format_headers(decision)
         if not decision.admitted:
@@ -69,3 +88,18 @@ class RateLimitMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def client_policies(scope: Scope, settings: Settings) -> list[Policy]:
+    """The per-address policy of a public route that declares ``client_limit``, else none."""
+    handler = scope.get("route_handler")
+    kind = handler.opt.get("client_limit") if handler is not None else None
+    if kind is None:
+        return []
+    quota_field, window_field = CLIENT_LIMITS[kind]
+    quota = int(getattr(settings, quota_field))
+    if quota <= 0:
+        return []
+    client = scope.get("client")
+    address = client_bucket(str(client[0]) if client else "unknown")
+    return [Policy("address", f"{kind}:{address}", quota, float(getattr(settings, window_field)))]

@@ -20,6 +20,7 @@ from control.api.links import LinkController
 from control.api.logs import LogController
 from control.api.metrics import metrics_handler
 from control.api.nodes import NODE_ROUTES
+from control.api.registration import REGISTRATION_ROUTES
 from control.api.runs import RunController
 from control.api.spec import openapi_document
 from control.api.tenants import TenantController
@@ -30,7 +31,7 @@ from control.settings import Settings
 
 def route_handlers(settings: Settings) -> list[Any]:
     platform = [openapi_document, healthz, readyz, metrics_handler(public=settings.metrics_public), verify_token]
-    identity = [whoami, TenantController, KeyController, tenant_audit, operator_audit]
+    identity = [whoami, TenantController, KeyController, tenant_audit, operator_audit, *REGISTRATION_ROUTES]
     apps = [
         AppController,
         EnvController,

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from control.api.endpoints import Cursor, Limit, endpoint
 from control.api.schemas import KeyCreate, KeyCreated, KeyList, KeyOut
@@ -28,7 +28,7 @@ class TenantOut(msgspec.Struct):
     id: str
     name: str
     display_name: str
-    status: str
+    status: Annotated[str, msgspec.Meta(description="active | suspended | pending (self-registered, awaiting approval)")]
     created_at: datetime
     updated_at: datetime
 
@@ -94,8 +94,12 @@ class TenantController(Controller):
         tenants: NamedDependency[TenantService],
         limit: Annotated[int, Limit] = 50,
         cursor: Annotated[str | None, Cursor] = None,
+        status: Annotated[
+            Literal["active", "suspended", "pending"] | None,
+            QueryParameter(description="Only tenants in this state (`pending`: registered, awaiting approval)", required=False),
+        ] = None,
     ) -> TenantList:
-        page = tenants.list(limit=limit, cursor=cursor)
+        page = tenants.list(limit=limit, cursor=cursor, status=status)
         return TenantList(items=[TenantOut.of(t) for t in page.items], next_cursor=page.next_cursor)
 
     @endpoint("GET", "/{tenant_id:str}", access=OPERATOR_ACCESS, errors=(404,), summary="Get a tenant")

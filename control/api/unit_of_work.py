@@ -39,7 +39,7 @@ from litestar.types import (
     Send,
 )
 
-from control.api.audit import audited_action
+from control.api.audit import audited_action, audited_tenant
 from control.api.problems import (
     DATABASE_BUSY_DETAIL,
     DATABASE_BUSY_HEADERS,
@@ -156,7 +156,7 @@ def _record(audit: AuditService, scope: HTTPScope, action: str, status: int) -> 
     user = scope.get("user")
     principal = user if isinstance(user, Principal) else None
     audit.record(
-        tenant_id=principal.tenant_id if principal else None,
+        tenant_id=principal.tenant_id if principal else audited_tenant(scope),
         api_key_id=principal.key_id if principal else None,
         action=action,
         target=scope["path"],  # the path only: query strings can carry anything

@@ -155,13 +155,7 @@ class DatabaseService:
         )
 
     def set_limits(self, tenant_id: str, overrides: DatabaseOverrides) -> DatabaseLimits:
-        bad = [
-            f
-            for f, v in (("max_databases", overrides.max_databases), ("max_memory_mb", overrides.max_memory_mb))
-            if v is not None and v < 0
-        ]
-        if bad:
-            raise Invalid("Limits cannot be negative.", errors=[{"field": f, "message": "0 or more"} for f in bad])
+        check_overrides(overrides)
         with self.db.write() as session:
             if TenantRepository(session).get(tenant_id) is None:
                 raise NotFound.of("tenant", tenant_id)
@@ -390,3 +384,13 @@ class DatabaseService:
 
     def backup_dir(self, database: Database) -> Path:
         return self.backup_root / database.tenant_id / database.id
+
+
+def check_overrides(overrides: DatabaseOverrides) -> None:
+    bad = [
+        f
+        for f, v in (("max_databases", overrides.max_databases), ("max_memory_mb", overrides.max_memory_mb))
+        if v is not None and v < 0
+    ]
+    if bad:
+        raise Invalid("Limits cannot be negative.", errors=[{"field": f, "message": "0 or more"} for f in bad])

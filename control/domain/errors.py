@@ -67,6 +67,11 @@ class TenantSuspended(Forbidden):
     title = "Tenant suspended"
 
 
+class TenantPending(Forbidden):
+    code = "tenant-pending"
+    title = "Tenant awaiting approval"
+
+
 class DatabaseBusy(RuntimeError):
     """Another write held the database longer than the busy timeout; nothing was written."""
 

@@ -35,7 +35,7 @@ class InferenceLimits:
         )
 
 
-def _check(overrides: InferenceOverrides) -> None:
+def check_overrides(overrides: InferenceOverrides) -> None:
     errors = [
         {"field": name, "message": f"1..{MAX_LIMIT} or null"}
         for name in ("requests_per_minute", "tokens_per_minute", "token_budget")
@@ -65,7 +65,7 @@ class InferenceLimitsService:
             return InferenceLimitsRepository(session).get(tenant_id)
 
     def set(self, tenant_id: str, overrides: InferenceOverrides) -> InferenceOverrides:
-        _check(overrides)
+        check_overrides(overrides)
         with self.db.write() as session:
             if TenantRepository(session).get(tenant_id) is None:
                 raise NotFound.of("tenant", tenant_id)

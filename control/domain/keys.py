@@ -11,6 +11,7 @@ from control.domain.errors import (
     Forbidden,
     Invalid,
     NotFound,
+    TenantPending,
     TenantSuspended,
     Unauthenticated,
 )
@@ -149,6 +150,11 @@ class KeyService:
         if tenant is not None and tenant.is_suspended:
             raise TenantSuspended(
                 f"Tenant '{tenant.name}' is suspended; every call with its keys is refused. Contact the operator."
+            )
+        if tenant is not None and tenant.is_pending:
+            raise TenantPending(
+                f"Tenant '{tenant.name}' registered and awaits an operator's approval; its keys work once it is "
+                "approved. Retry later, or ask the operator to approve it."
             )
         used_at = key.last_used_at
         if used_at is None or now - used_at >= self.last_used_resolution:

@@ -57,6 +57,11 @@ def _check(field: str, value: int | None) -> None:
         )
 
 
+def check_overrides(overrides: LimitOverrides) -> None:
+    _check("tenant_quota", overrides.tenant_quota)
+    _check("key_quota", overrides.key_quota)
+
+
 class LimitsService:
     def __init__(
         self, db: Store, defaults: Defaults, *, cache_ttl: float = 5.0, clock: Callable[[], float] = time.monotonic
@@ -75,8 +80,7 @@ class LimitsService:
         return TenantLimits(tenant_id, overrides, self.defaults)
 
     def set(self, tenant_id: str, overrides: LimitOverrides) -> TenantLimits:
-        _check("tenant_quota", overrides.tenant_quota)
-        _check("key_quota", overrides.key_quota)
+        check_overrides(overrides)
         with self.db.write() as session:
             if TenantRepository(session).get(tenant_id) is None:
                 raise NotFound.of("tenant", tenant_id)

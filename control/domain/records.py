@@ -24,6 +24,11 @@ class Tenant:
     def is_suspended(self) -> bool:
         return self.status == "suspended"
 
+    @property
+    def is_pending(self) -> bool:
+        """Self-registered with a token that asks for approval, not yet approved."""
+        return self.status == "pending"
+
 
 @dataclass(frozen=True, slots=True)
 class ApiKey:

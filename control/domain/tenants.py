@@ -48,9 +48,9 @@ class TenantService:
         """The tenant's name if this process has read it before (no database), else None."""
         return self._names.get(tenant_id)
 
-    def list(self, *, limit: int, cursor: str | None) -> Page[Tenant]:
+    def list(self, *, limit: int, cursor: str | None, status: str | None = None) -> Page[Tenant]:
         with self.db.read() as session:
-            return TenantRepository(session).list(limit=limit, cursor=cursor)
+            return TenantRepository(session).list(limit=limit, cursor=cursor, status=status)
 
     def names(self) -> set[str]:
         with self.db.read() as session:
@@ -66,6 +66,26 @@ class TenantService:
         if tenant is None:
             raise NotFound.of("tenant", tenant_id)
         recent_keys(self.db).forget_tenant(tenant_id)  # a suspension applies to the next request
+        return tenant
+
+    def approve(self, tenant_id: str) -> Tenant:
+        """A self-registered tenant waiting for approval becomes active: its keys work."""
+        with self.db.write() as session:
+            tenants = TenantRepository(session)
+            _pending(tenants.get(tenant_id), tenant_id, "approved")
+            tenant = tenants.set_status(tenant_id, "active")
+            assert tenant is not None
+        recent_keys(self.db).forget_tenant(tenant_id)
+        return tenant
+
+    def reject(self, tenant_id: str) -> Tenant:
+        """A tenant waiting for approval is removed with its keys and recovery code (it can
+        own nothing else: its keys never worked); its name is free again."""
+        with self.db.write() as session:
+            tenants = TenantRepository(session)
+            tenant = _pending(tenants.get(tenant_id), tenant_id, "rejected")
+            tenants.delete(tenant_id)
+        recent_keys(self.db).forget_tenant(tenant_id)
         return tenant
 
     def delete(self, tenant_id: str) -> None:
@@ -91,3 +111,15 @@ class TenantService:
             self.db.after_commit(lambda: teardown.tenant_deleted(tenant))
         # The name stays known until then: the apps' teardowns, still running, look it up.
         self.db.after_commit(lambda: self._forget_name(tenant_id))
+
+
+def _pending(tenant: Tenant | None, tenant_id: str, verb: str) -> Tenant:
+    if tenant is None:
+        raise NotFound.of("tenant", tenant_id)
+    if not tenant.is_pending:
+        raise Conflict(
+            f"Tenant '{tenant.name}' is {tenant.status}, not pending: only a tenant awaiting approval can be {verb}. "
+            "Use suspend/resume for an active tenant.",
+            code="tenant-not-pending",
+        )
+    return tenant

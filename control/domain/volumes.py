@@ -138,13 +138,7 @@ class VolumeService:
             return self._limits(StorageLimitsRepository(session).get(tenant_id), VolumeRepository(session, tenant_id))
 
     def set_limits(self, tenant_id: str, overrides: StorageOverrides) -> StorageLimits:
-        bad = [
-            f
-            for f, v in (("max_volumes", overrides.max_volumes), ("max_total_mb", overrides.max_total_mb))
-            if v is not None and v < 0
-        ]
-        if bad:
-            raise Invalid("Limits cannot be negative.", errors=[{"field": f, "message": "0 or more"} for f in bad])
+        check_overrides(overrides)
         with self.db.write() as session:
             if TenantRepository(session).get(tenant_id) is None:
                 raise NotFound.of("tenant", tenant_id)
@@ -311,3 +305,13 @@ class VolumeService:
                 "or ask an operator to raise the limit.",
                 code="quota-exceeded",
             )
+
+
+def check_overrides(overrides: StorageOverrides) -> None:
+    bad = [
+        f
+        for f, v in (("max_volumes", overrides.max_volumes), ("max_total_mb", overrides.max_total_mb))
+        if v is not None and v < 0
+    ]
+    if bad:
+        raise Invalid("Limits cannot be negative.", errors=[{"field": f, "message": "0 or more"} for f in bad])

@@ -5,7 +5,8 @@
 - audit events older than the operator's retention period (0 keeps them all);
 - finished jobs past their retention, and beyond a fixed count: a deployment or database
   keeps its own history, a job row is only how it was run;
-- finished runs beyond each app's newest ``runs_kept``, with their output logs.
+- finished runs beyond each app's newest ``runs_kept``, with their output logs;
+- counts of failed recoveries that can no longer lock anything.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import structlog
 from control.clock import utcnow
 from control.domain.audit import AuditService
 from control.domain.idempotency import IdempotencyService
+from control.domain.recovery import RecoveryService
 from control.domain.runs import RunService
 from control.jobs.queue import JobQueue
 
@@ -40,6 +42,7 @@ class Retention:
     jobs_kept: int
     runs: RunService | None = None
     runs_kept: int = 200
+    recovery: RecoveryService | None = None
 
     def sweep(self) -> dict[str, int]:
         """One pass; what it removed, by kind. One kind failing does not stop the others."""
@@ -49,6 +52,7 @@ class Retention:
             "audit_events": self._old_audit_events,
             "jobs": lambda: self.jobs.prune_finished(retention=self.jobs_for, keep=self.jobs_kept),
             "runs": lambda: self.runs.prune(self.runs_kept) if self.runs is not None else 0,
+            "recovery_attempts": lambda: self.recovery.purge_stale() if self.recovery is not None else 0,
         }
         for kind, step in steps.items():
             try:

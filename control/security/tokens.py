@@ -59,3 +59,14 @@ API_KEY = TokenKind("mrg_live_", "key")
 PREFIX = API_KEY.prefix
 issue_token = API_KEY.issue
 parse_key_id = API_KEY.parse_id
+
+# Operators hand these to people who may register a tenant themselves (POST /v1/register).
+REGISTRATION_TOKEN = TokenKind("mrg_reg_", "rtk")
+
+RECOVERY_CODE_PREFIX = "mrg_rec_"
+
+
+def issue_recovery_code() -> tuple[str, str]:
+    """(code, its hash): a tenant's recovery code carries no id, the request names the tenant."""
+    code = f"{RECOVERY_CODE_PREFIX}{secrets.token_urlsafe(32)}"
+    return code, hash_token(code)

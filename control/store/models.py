@@ -65,6 +65,49 @@ class ApiKeyRow(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class RegistrationTokenRow(Base):
+    """An operator's invitation to self-register: ``uses`` tenants at most, until it expires
+    or is revoked. Only SHA-256 of the token is kept; ``used`` only ever grows, by a
+    conditional UPDATE, so concurrent registrations never spend more uses than there are."""
+
+    __tablename__ = "registration_tokens"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), default="")
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    uses: Mapped[int] = mapped_column(Integer)
+    used: Mapped[int] = mapped_column(Integer, default=0)
+    approval: Mapped[bool] = mapped_column(Boolean, default=False)  # tenants made with it start pending
+    default_limits: Mapped[str] = mapped_column(Text, default="{}")  # JSON: the overrides each new tenant gets
+    created_by: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class RecoveryCodeRow(Base):
+    """A tenant's one recovery code (SHA-256 only): replaced by every recovery and reset."""
+
+    __tablename__ = "recovery_codes"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    code_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RecoveryAttemptsRow(Base):
+    """Failed recoveries per tenant *name*, known or not, so that an unknown name is counted,
+    locked and answered exactly like a known one. No foreign key: names that were never
+    tenants are counted too."""
+
+    __tablename__ = "recovery_attempts"
+
+    tenant_name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    first_failed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class AppRow(Timestamps, Base):
     __tablename__ = "apps"
     __table_args__ = (UniqueConstraint("tenant_id", "name"), Index("ix_apps_tenant", "tenant_id", "id"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 from dataclasses import replace
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 from litestar.testing import TestClient
 
+from control.api.auth import PUBLIC_PATHS
 from control.api.node_auth import NODE_ACCESS
 from control.app import create_app
 from control.security.scopes import ANY_KEY_ACCESS, OPERATOR_ACCESS, TENANT_SCOPES
@@ -149,9 +151,16 @@ def test_openapi_31_documents_every_operation(spec: dict, app) -> None:
             assert (path, method) in documented, f"{method} {path} missing from OpenAPI"
             operation = spec["paths"][path][method.lower()]
             assert operation.get("summary"), f"{method} {path} has no summary"
-            node_route = any(h.opt.get("access") == NODE_ACCESS for h in route.route_handlers)  # inference nodes
-            assert operation.get("security") == [{"NodeToken" if node_route else "ApiKey": []}]
-            for status in ("401", "403", "500"):
+            if any(h.opt.get("public") and h.opt.get("access") is None for h in route.route_handlers):
+                # Registration and recovery: the credential is in the body, no security scheme applies.
+                assert operation.get("security") in (None, []), f"{method} {path} is public"
+                assert any(re.match(p, path) for p in PUBLIC_PATHS), f"{method} {path} is public but not in PUBLIC_PATHS"
+                statuses: tuple[str, ...] = ("401", "429", "500")
+            else:
+                node_route = any(h.opt.get("access") == NODE_ACCESS for h in route.route_handlers)  # inference nodes
+                assert operation.get("security") == [{"NodeToken" if node_route else "ApiKey": []}]
+                statuses = ("401", "403", "500")
+            for status in statuses:
                 content = operation["responses"][status]["content"]
                 assert "application/problem+json" in content, f"{method} {path} {status}"
 
@@ -164,4 +173,6 @@ def test_every_v1_route_declares_who_may_call_it(app) -> None:
         for handler in route.route_handlers:
             if "OPTIONS" in handler.http_methods and len(handler.http_methods) == 1:
                 continue
+            if handler.opt.get("public") and any(re.match(p, route.path) for p in PUBLIC_PATHS):
+                continue  # registration and recovery: anyone, with the credential in the body
             assert handler.opt.get("access") in allowed, f"{route.path} {handler.http_methods}"

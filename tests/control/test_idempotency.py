@@ -433,3 +433,30 @@ def test_a_request_whose_commit_fails_frees_its_key_at_once(app, tenant: Caller)
         assert_problem(tenant.post("/v1/test-uncommitted", json={}, headers=_key("k-commit")), 500, "internal-error")
         assert len(calls) == attempt and _rows(app) == []  # run again, not 409 in flight
     assert _outcomes(app) == {"stored": 2}  # the answer was kept in the unit of work that then failed
+
+
+def test_public_routes_that_ask_for_it_scope_keys_to_the_route(app, client, operator: Caller) -> None:
+    """Registration takes no API key: its keys belong to the route, and a replay needs the
+    same body (the registration token inside it)."""
+    token = operator.post("/v1/registration-tokens", json={"uses": 5}).json()["token"]
+    body = {"tenant_name": "keyed", "token": token}
+    first = client.post("/v1/register", json=body, headers=_key("reg-1"))
+    again = client.post("/v1/register", json=body, headers=_key("reg-1"))
+    assert first.status_code == again.status_code == 201
+    assert "idempotent-replayed" not in first.headers and again.headers["idempotent-replayed"] == "true"
+    assert again.content == first.content
+    other = client.post("/v1/register", json={**body, "tenant_name": "other"}, headers=_key("reg-1"))
+    assert_problem(other, 422, "idempotency-key-reused")
+    assert [(r.api_key_id, r.tenant_id) for r in _rows(app)] == [("public:/v1/register", None)]
+    bad = client.post("/v1/register", json=body, headers=_key("bad\x7fkey"))
+    assert_problem(bad, 400, "idempotency-key-invalid")
+
+
+def test_other_public_posts_are_never_claimed(app, client, operator: Caller) -> None:
+    """Node routes carry no API key and do not ask for route-scoped keys: the header is ignored."""
+    node = operator.post("/v1/nodes", json={"name": "n1"}).json()
+    headers = {"Authorization": f"Bearer {node['token']}", **_key("node-1")}
+    for _ in range(2):  # refused (no models), an answer a claimed key would have kept and replayed
+        answer = client.post("/v1/nodes/register", json={"state": "starting"}, headers=headers)
+        assert answer.status_code == 422 and "idempotent-replayed" not in answer.headers, answer.text
+    assert _rows(app) == []

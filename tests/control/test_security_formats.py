@@ -30,7 +30,18 @@ from control.security.keyring import (
 )
 from control.security.master_keys import MasterKey, parse_keys
 from control.security.node_tokens import NODE_TOKEN, parse_node_id
-from control.security.tokens import API_KEY, PREFIX, TokenKind, hash_token, issue_token, parse_key_id, token_matches
+from control.security.tokens import (
+    API_KEY,
+    PREFIX,
+    RECOVERY_CODE_PREFIX,
+    REGISTRATION_TOKEN,
+    TokenKind,
+    hash_token,
+    issue_recovery_code,
+    issue_token,
+    parse_key_id,
+    token_matches,
+)
 
 # -- sealed secrets: AES-256-GCM, blob 0x01 | len(key id) | key id | nonce | ciphertext+tag ---
 
@@ -225,6 +236,7 @@ def test_a_node_token_issued_earlier_still_parses_and_verifies() -> None:
     [
         (API_KEY, r"mrg_live_(key_[0-9a-z]{26})_[A-Za-z0-9_-]{43}"),
         (NODE_TOKEN, r"mrg_node_(node_[0-9a-z]{26})_[A-Za-z0-9_-]{43}"),
+        (REGISTRATION_TOKEN, r"mrg_reg_(rtk_[0-9a-z]{26})_[A-Za-z0-9_-]{43}"),
     ],
 )
 def test_issued_tokens_have_the_documented_shape_and_hash(kind: TokenKind, pattern: str) -> None:
@@ -268,8 +280,19 @@ def test_anything_but_a_well_formed_api_key_parses_to_none(token: str) -> None:
     assert parse_key_id(token) is None
 
 
+def test_a_recovery_code_has_the_documented_shape_and_hash() -> None:
+    code, code_hash = issue_recovery_code()
+    assert RECOVERY_CODE_PREFIX == "mrg_rec_"
+    assert re.fullmatch(r"mrg_rec_[A-Za-z0-9_-]{43}", code) is not None
+    assert code_hash == hashlib.sha256(code.encode()).hexdigest() and token_matches(code, code_hash)
+    assert issue_recovery_code()[0] != code
+
+
 def test_each_kind_parses_only_its_own_tokens() -> None:
     assert parse_node_id(API_KEY_TOKEN) is None and parse_key_id(NODE_TOKEN_STRING) is None
+    registration = REGISTRATION_TOKEN.issue().token
+    assert parse_key_id(registration) is None and parse_node_id(registration) is None
+    assert REGISTRATION_TOKEN.parse_id(API_KEY_TOKEN) is None
     other = TokenKind("mrg_x.y_", "key")  # the prefix is matched literally, not as a pattern
     assert other.parse_id(f"mrg_x.y_{API_KEY_ID}_{SECRET}") == API_KEY_ID
     assert other.parse_id(f"mrg_xzy_{API_KEY_ID}_{SECRET}") is None

@@ -156,6 +156,8 @@ def _build_world(
     callers["node"] = Caller(operator.client, node.json()["token"])
     domain = alpha.post(f"/v1/apps/{app['id']}/domains", json={"hostname": "alpha.example.com"})
     assert domain.status_code == 201, domain.text
+    registration_token = operator.post("/v1/registration-tokens", json={"uses": 1})
+    assert registration_token.status_code == 201, registration_token.text
     values = {
         "app": app["id"],
         "name": "API_TOKEN",
@@ -171,6 +173,7 @@ def _build_world(
         "token": domain.json()["verification"]["url"].rsplit("/", 1)[1],
         "key_id": victim["id"],
         "tenant_id": alpha.tenant_id,
+        "token_id": registration_token.json()["id"],
         "node": node.json()["node"]["id"],
         "path": "openapi.json",
     }

@@ -53,6 +53,12 @@ MAX_EXAMPLES = 6
 # enrolled here). It is allowed only as that documented problem, with Retry-After.
 STATUSES: Counter[int] = Counter()
 DEPENDENCY_CODES = {"dependency-unavailable", "inference-unavailable"}
+# Public routes whose credential is in the body (a registration token, a recovery code): the
+# fuzzer's made-up ones are refused with 401 and these codes, never anything else.
+BODY_CREDENTIAL_CODES = {
+    ("POST", "/v1/register"): "registration-token-invalid",
+    ("POST", "/v1/recover"): "recovery-refused",
+}
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +76,8 @@ def live(tmp_path_factory: pytest.TempPathFactory, migrated_database: Path) -> I
         rate_limit_key_quota=1_000_000,
         rate_limit_tenant_quota=1_000_000,
         auth_failure_quota=1_000_000,  # the mangled credentials it sends must stay 401
+        registration_quota=1_000_000,  # per client address, and everything here comes from loopback
+        recovery_quota=1_000_000,
         traefik_dynamic_dir=data_dir / "traefik",
     )
     with serving(settings) as (base_url, app):
@@ -149,6 +157,8 @@ def test_every_operation_answers_within_its_contract(case: Any, live: dict[str, 
     sent = response.request.headers.get("Authorization")
     if sent != headers.get("Authorization"):
         assert response.status_code == 401, f"credential {sent!r} not refused: {where}"
+    elif response.status_code == 401 and (case.operation.method.upper(), case.path) in BODY_CREDENTIAL_CODES:
+        assert response.json().get("code") == BODY_CREDENTIAL_CODES[(case.operation.method.upper(), case.path)], where
     else:
         assert response.status_code != 401, where
         assert response.status_code != 403 or response.json().get("code") == "node-mismatch", where

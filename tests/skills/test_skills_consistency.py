@@ -22,6 +22,7 @@ EXPECTED_SKILLS = {
     "moorage-inference",
     "moorage-jobs",
     "moorage-domains",
+    "moorage-onboarding",
 }
 EXPECTED_COMMANDS = {"deploy", "status", "logs", "env-set", "db-create", "rollback", "chat", "run", "domain-add"}
 

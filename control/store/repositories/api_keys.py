@@ -76,3 +76,12 @@ class ApiKeyRepository:
 
     def touch(self, key_id: str, when: datetime) -> None:
         self.session.execute(update(ApiKeyRow).where(ApiKeyRow.id == key_id).values(last_used_at=when))
+
+    def revoke_all(self, tenant_id: str, when: datetime, *, keep: str) -> int:
+        """Revoke every live key of the tenant but ``keep``; how many were revoked."""
+        result = self.session.execute(
+            update(ApiKeyRow)
+            .where(ApiKeyRow.tenant_id == tenant_id, ApiKeyRow.revoked_at.is_(None), ApiKeyRow.id != keep)
+            .values(revoked_at=when)
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]

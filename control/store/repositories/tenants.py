@@ -23,14 +23,18 @@ class TenantRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def add(self, *, id: str, name: str, display_name: str) -> Tenant:
-        row = TenantRow(id=id, name=name, display_name=display_name, status="active")
+    def add(self, *, id: str, name: str, display_name: str, status: str = "active") -> Tenant:
+        row = TenantRow(id=id, name=name, display_name=display_name, status=status)
         self.session.add(row)
         self.session.flush()
         return to_tenant(row)
 
     def get(self, tenant_id: str) -> Tenant | None:
         row = self.session.get(TenantRow, tenant_id)
+        return None if row is None else to_tenant(row)
+
+    def by_name(self, name: str) -> Tenant | None:
+        row = self.session.scalar(select(TenantRow).where(TenantRow.name == name))
         return None if row is None else to_tenant(row)
 
     def names(self) -> set[str]:
@@ -42,8 +46,9 @@ class TenantRepository:
     def name_taken(self, name: str) -> bool:
         return self.session.scalar(select(TenantRow.id).where(TenantRow.name == name)) is not None
 
-    def list(self, *, limit: int, cursor: str | None) -> Page[Tenant]:
-        return paginate(self.session, select(TenantRow), TenantRow.id, to_tenant, limit=limit, cursor=cursor)
+    def list(self, *, limit: int, cursor: str | None, status: str | None = None) -> Page[Tenant]:
+        query = select(TenantRow) if status is None else select(TenantRow).where(TenantRow.status == status)
+        return paginate(self.session, query, TenantRow.id, to_tenant, limit=limit, cursor=cursor)
 
     def set_status(self, tenant_id: str, status: str) -> Tenant | None:
         row = self.session.get(TenantRow, tenant_id)

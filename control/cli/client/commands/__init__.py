@@ -13,13 +13,14 @@ from control.cli.client.commands import (
     identity,
     inference,
     logs,
+    onboarding,
     releases,
     runs,
     skills,
     volumes,
 )
 
-MODULES = (identity, apps, env, deploy, releases, logs, runs, databases, volumes, domains, inference, skills)
+MODULES = (identity, onboarding, apps, env, deploy, releases, logs, runs, databases, volumes, domains, inference, skills)
 
 
 def common_options() -> argparse.ArgumentParser:

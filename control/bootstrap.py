@@ -17,6 +17,7 @@ from control.api.metrics import Metrics
 from control.domain.apps import AppService
 from control.domain.audit import AuditService
 from control.domain.backups import BackupService
+from control.domain.compute import ComputeConfig, ComputeQuota
 from control.domain.cron import CronService
 from control.domain.databases import DatabaseConfig, DatabaseService
 from control.domain.deployments import DEPLOY_JOB, DeploymentService
@@ -124,6 +125,7 @@ class Services:
     scheduler: CronScheduler  # fires due schedules: apps' (each a run) and databases' backups
     custom_domains: CustomDomains  # apps' own hostnames: ownership proofs, routes, certificates
     volumes: VolumeService  # app volumes and per-tenant storage quotas
+    compute: ComputeQuota  # per-tenant apps, replicas, CPU, memory and build minutes
 
     upstream: Upstream  # pooled connections to inference nodes, opened in the serving loop
     metrics: Metrics  # Prometheus, per process
@@ -152,6 +154,7 @@ class Services:
         "domains": "custom_domains.domains",
         "custom_domains": "custom_domains",
         "volumes": "volumes",
+        "compute": "compute",
         "app_runtime": "deploys.runtime",
         "upstream": "upstream",
         "prometheus": "metrics",
@@ -201,6 +204,23 @@ class Services:
         return f"api.{self.settings.base_domain}", url
 
 
+def compute_quota(db: Store, settings: Settings, runtime: DockerAppRuntime) -> ComputeQuota:
+    """The tenant quotas count each container at the limits Docker is given for it."""
+    limits = runtime.rt.default_limits
+    return ComputeQuota(
+        db,
+        ComputeConfig(
+            max_apps=settings.tenant_max_apps,
+            max_replicas=settings.tenant_max_replicas,
+            max_millicpus=round(settings.tenant_max_cpu * 1000),
+            max_memory_mb=settings.tenant_max_memory_mb,
+            build_minutes_per_day=settings.tenant_build_minutes_per_day,
+            container_millicpus=limits.nano_cpus // 1_000_000,
+            container_memory_mb=limits.memory_bytes // (1024 * 1024),
+        ),
+    )
+
+
 def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) -> Services:
     """Build every service of one process; nothing starts (workers, the reconciler) until
     the app's startup hooks run."""
@@ -232,7 +252,8 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         ),
     )
 
-    deployments = DeploymentService(db, queue, settings.data_dir, max_attempts=settings.job_max_attempts)
+    compute = compute_quota(db, settings, runtime)
+    deployments = DeploymentService(db, queue, settings.data_dir, max_attempts=settings.job_max_attempts, quota=compute)
     releases = ReleaseService(db, kept_releases=settings.kept_releases)
     pipeline = DeployPipeline(
         settings, deployments, releases, env_vars, runtime, locks, links, volumes, went_live=lambda: reconciler.wake()
@@ -365,7 +386,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         db=db,
         tenants=tenants,
         keys=KeyService(db, last_used_resolution=timedelta(seconds=settings.key_last_used_resolution_s)),
-        apps=AppService(db, teardown, max_replicas=settings.max_replicas, rescaled=reconciler.wake),
+        apps=AppService(db, teardown, max_replicas=settings.max_replicas, rescaled=reconciler.wake, quota=compute),
         idempotency=idempotency,
         limits=LimitsService(
             db,
@@ -395,6 +416,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         scheduler=CronScheduler(cron, backups, interval_s=settings.cron_tick_ms / 1000),
         custom_domains=custom_domains,
         volumes=volumes,
+        compute=compute,
         upstream=Upstream(settings),
         metrics=metrics,
         inference_metrics=InferenceMetrics(metrics.registry, inference),

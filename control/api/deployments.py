@@ -163,6 +163,7 @@ class DeploymentController(Controller):
         tenant_id = caller_tenant
         target = await anyio.to_thread.run_sync(deployments.app, tenant_id, app)  # 404 before reading any body
         await anyio.to_thread.run_sync(deployments.refuse_if_volume_full, tenant_id, target)  # and 409 before an upload
+        await anyio.to_thread.run_sync(deployments.refuse_if_over_quota, tenant_id, target, "build")
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type == "application/json":
             return await self._from_git(request, deployments, releases, settings, tenant_id, target)

@@ -7,6 +7,7 @@ from typing import Any
 from control.api.apps import AppController
 from control.api.audit import operator_audit, tenant_audit
 from control.api.backups import BackupController
+from control.api.compute_limits import COMPUTE_LIMIT_ROUTES
 from control.api.cron import CronController
 from control.api.databases import DATABASE_LIMIT_ROUTES, DatabaseController
 from control.api.deployments import DeploymentController, ReleaseController
@@ -30,7 +31,7 @@ from control.settings import Settings
 
 def route_handlers(settings: Settings) -> list[Any]:
     platform = [openapi_document, healthz, readyz, metrics_handler(public=settings.metrics_public), verify_token]
-    identity = [whoami, TenantController, KeyController, tenant_audit, operator_audit]
+    identity = [whoami, TenantController, KeyController, tenant_audit, operator_audit, *COMPUTE_LIMIT_ROUTES]
     apps = [
         AppController,
         EnvController,

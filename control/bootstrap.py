@@ -40,6 +40,7 @@ from control.domain.volumes import VolumeConfig, VolumeService
 from control.jobs.databases import DatabaseJobs, DatabaseRuntime
 from control.jobs.deploy import DeployPipeline
 from control.jobs.domains import CustomDomains, DomainRouting, DomainVerifier
+from control.jobs.operator_health import OperatorHealth
 from control.jobs.queue import JobQueue, QueueConfig
 from control.jobs.retention import Retention
 from control.jobs.runs import RunJob
@@ -126,6 +127,7 @@ class Services:
     custom_domains: CustomDomains  # apps' own hostnames: ownership proofs, routes, certificates
     volumes: VolumeService  # app volumes and per-tenant storage quotas
     compute: ComputeQuota  # per-tenant apps, replicas, CPU, memory and build minutes
+    operator_health: OperatorHealth  # GET /v1/operator/health: disks, Docker, sandbox, Traefik, jobs, nodes
 
     upstream: Upstream  # pooled connections to inference nodes, opened in the serving loop
     metrics: Metrics  # Prometheus, per process
@@ -155,6 +157,7 @@ class Services:
         "custom_domains": "custom_domains",
         "volumes": "volumes",
         "compute": "compute",
+        "operator_health": "operator_health",
         "app_runtime": "deploys.runtime",
         "upstream": "upstream",
         "prometheus": "metrics",
@@ -417,6 +420,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         custom_domains=custom_domains,
         volumes=volumes,
         compute=compute,
+        operator_health=OperatorHealth(settings, queue, registry, inference, lambda: reconciler.last_pass),
         upstream=Upstream(settings),
         metrics=metrics,
         inference_metrics=InferenceMetrics(metrics.registry, inference),

@@ -21,6 +21,7 @@ from control.api.links import LinkController
 from control.api.logs import LogController
 from control.api.metrics import metrics_handler
 from control.api.nodes import NODE_ROUTES
+from control.api.operator_health import operator_health
 from control.api.runs import RunController
 from control.api.spec import openapi_document
 from control.api.tenants import TenantController
@@ -30,7 +31,14 @@ from control.settings import Settings
 
 
 def route_handlers(settings: Settings) -> list[Any]:
-    platform = [openapi_document, healthz, readyz, metrics_handler(public=settings.metrics_public), verify_token]
+    platform = [
+        openapi_document,
+        healthz,
+        readyz,
+        operator_health,
+        metrics_handler(public=settings.metrics_public),
+        verify_token,
+    ]
     identity = [whoami, TenantController, KeyController, tenant_audit, operator_audit, *COMPUTE_LIMIT_ROUTES]
     apps = [
         AppController,

@@ -129,6 +129,13 @@ class OperatorHealth:
             return ComponentHealth(
                 "docker_disk", "warn", "not checked: the Docker engine does not answer", remedy=f"{HOST_SETUP}"
             )
+        if not self.settings.docker_url.startswith("unix://"):  # statvfs here would measure this host, not the engine's
+            return ComponentHealth(
+                "docker_disk",
+                "warn",
+                f"not measured: the engine is remote ({facts.root_dir} on its host)",
+                remedy="check that host's disk (`docker system df` there)",
+            )
         health = self._disk("docker_disk", facts.root_dir, "Docker's root (images, build layers, volumes)")
         if health.status != "ok":
             hint = "remove unused images and build cache (`docker image prune`, `docker builder prune`), or grow the disk"

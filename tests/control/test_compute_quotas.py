@@ -188,3 +188,27 @@ def test_a_volume_over_the_storage_quota_is_refused_and_makes_nothing(tenant: Ca
     over = tenant.post("/v1/apps/web/volumes", json={"name": "b", "mount_path": "/b", "size_mb": 41})
     assert over.status_code == 409 and over.json()["code"] == "quota-exceeded" and "100 MiB" in over.json()["detail"]
     assert len(fake.volumes) == 1 and [v["name"] for v in tenant.get("/v1/apps/web/volumes").json()["items"]] == ["a"]
+
+
+def test_two_first_deploys_at_once_cannot_both_fit(app: Litestar, tenant: Caller, operator: Caller) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from control.domain.errors import QuotaExceeded
+
+    operator.request("PUT", limits_path(tenant), json={"max_cpu": 0.5})  # one container
+    for name in ("a", "b"):
+        assert tenant.post("/v1/apps", json={"name": name}).status_code == 201
+    deployments = app.state.services.deploys.deployments
+    targets = [deployments.app(tenant.tenant_id, name) for name in ("a", "b")]
+
+    def first_deploy(target: object) -> str:
+        try:
+            deployments.create(tenant.tenant_id, target, deployments.new_id(), "archive", {})
+        except QuotaExceeded:
+            return "refused"
+        return "accepted"
+
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = sorted(pool.map(first_deploy, targets))
+    assert outcomes == ["accepted", "refused"]
+    assert operator.get(limits_path(tenant)).json()["usage"]["replicas"] == 1

@@ -17,6 +17,7 @@ from control.api.metrics import Metrics
 from control.domain.apps import AppService
 from control.domain.audit import AuditService
 from control.domain.backups import BackupService
+from control.domain.compute import ComputeConfig, ComputeQuota
 from control.domain.cron import CronService
 from control.domain.databases import DatabaseConfig, DatabaseService
 from control.domain.deployments import DEPLOY_JOB, DeploymentService
@@ -41,6 +42,7 @@ from control.domain.volumes import VolumeConfig, VolumeService
 from control.jobs.databases import DatabaseJobs, DatabaseRuntime
 from control.jobs.deploy import DeployPipeline
 from control.jobs.domains import CustomDomains, DomainRouting, DomainVerifier
+from control.jobs.operator_health import OperatorHealth
 from control.jobs.queue import JobQueue, QueueConfig
 from control.jobs.retention import Retention
 from control.jobs.runs import RunJob
@@ -128,6 +130,8 @@ class Services:
     volumes: VolumeService  # app volumes and per-tenant storage quotas
     registration: RegistrationService  # registration tokens, and the tenants people register with them
     recovery: RecoveryService  # recovery codes: a new admin key for a tenant that lost its keys
+    compute: ComputeQuota  # per-tenant apps, replicas, CPU, memory and build minutes
+    operator_health: OperatorHealth  # GET /v1/operator/health: disks, Docker, sandbox, Traefik, jobs, nodes
 
     upstream: Upstream  # pooled connections to inference nodes, opened in the serving loop
     metrics: Metrics  # Prometheus, per process
@@ -158,6 +162,8 @@ class Services:
         "volumes": "volumes",
         "registration": "registration",
         "recovery": "recovery",
+        "compute": "compute",
+        "operator_health": "operator_health",
         "app_runtime": "deploys.runtime",
         "upstream": "upstream",
         "prometheus": "metrics",
@@ -207,6 +213,23 @@ class Services:
         return f"api.{self.settings.base_domain}", url
 
 
+def compute_quota(db: Store, settings: Settings, runtime: DockerAppRuntime) -> ComputeQuota:
+    """The tenant quotas count each container at the limits Docker is given for it."""
+    limits = runtime.rt.default_limits
+    return ComputeQuota(
+        db,
+        ComputeConfig(
+            max_apps=settings.tenant_max_apps,
+            max_replicas=settings.tenant_max_replicas,
+            max_millicpus=round(settings.tenant_max_cpu * 1000),
+            max_memory_mb=settings.tenant_max_memory_mb,
+            build_minutes_per_day=settings.tenant_build_minutes_per_day,
+            container_millicpus=limits.nano_cpus // 1_000_000,
+            container_memory_mb=limits.memory_bytes // (1024 * 1024),
+        ),
+    )
+
+
 def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) -> Services:
     """Build every service of one process; nothing starts (workers, the reconciler) until
     the app's startup hooks run."""
@@ -238,7 +261,8 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         ),
     )
 
-    deployments = DeploymentService(db, queue, settings.data_dir, max_attempts=settings.job_max_attempts)
+    compute = compute_quota(db, settings, runtime)
+    deployments = DeploymentService(db, queue, settings.data_dir, max_attempts=settings.job_max_attempts, quota=compute)
     releases = ReleaseService(db, kept_releases=settings.kept_releases)
     pipeline = DeployPipeline(
         settings, deployments, releases, env_vars, runtime, locks, links, volumes, went_live=lambda: reconciler.wake()
@@ -394,7 +418,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         db=db,
         tenants=tenants,
         keys=KeyService(db, last_used_resolution=timedelta(seconds=settings.key_last_used_resolution_s)),
-        apps=AppService(db, teardown, max_replicas=settings.max_replicas, rescaled=reconciler.wake),
+        apps=AppService(db, teardown, max_replicas=settings.max_replicas, rescaled=reconciler.wake, quota=compute),
         idempotency=idempotency,
         limits=limits,
         rate_limiter=limiter,
@@ -423,6 +447,8 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         volumes=volumes,
         registration=registration,
         recovery=recovery,
+        compute=compute,
+        operator_health=OperatorHealth(settings, queue, registry, inference, lambda: reconciler.last_pass),
         upstream=Upstream(settings),
         metrics=metrics,
         inference_metrics=InferenceMetrics(metrics.registry, inference),

@@ -179,6 +179,22 @@ class Settings:
     volume_command_timeout_s: int = 60  # each losetup / mkfs.ext4 / debugfs call
     volume_orphan_grace_s: int = 600  # storage no volume accounts for is removed once this old
 
+    # Per-tenant compute quotas (operators override per tenant: PUT /v1/tenants/{id}/compute-limits).
+    # An app holds replicas x the container limits below from its first accepted deploy on.
+    tenant_max_apps: int = 20  # apps of one tenant, deployed or not
+    tenant_max_replicas: int = 20  # containers of all of a tenant's running apps together
+    tenant_max_cpu: float = 8.0  # CPUs of those containers together (each gets container_cpus)
+    tenant_max_memory_mb: int = 16384  # memory of those containers together (each gets container_memory_mb)
+    tenant_build_minutes_per_day: int = 600  # time a tenant's builds may take per UTC day; then deploys that build are refused
+    container_cpus: float = 0.5  # Docker's CPU limit (NanoCpus) of each app container
+    container_memory_mb: int = 256  # Docker's memory limit of each app container (no swap beyond it)
+    # GET /v1/operator/health
+    health_disk_warn_pct: int = 15  # free space on the data dir or Docker's root under this: warn
+    health_disk_fail_pct: int = 5  # ... under this: fail
+    health_smoke_cache_s: int = 60  # a runsc smoke run's result is reused this long
+    health_smoke_timeout_s: int = 30  # a smoke run taking longer fails
+    health_queue_warn_s: int = 300  # the oldest queued job waiting longer than this: warn
+
     def __post_init__(self) -> None:
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'moorage.db'}")
@@ -219,7 +235,7 @@ class Settings:
             )
         for item in fields(self):  # counts, sizes and durations: a negative one is always a mistake
             value = getattr(self, item.name)
-            if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+            if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
                 raise SettingsError(f"MOORAGE_{item.name.upper()} must not be negative, got {value}")
 
     @property
@@ -287,6 +303,11 @@ def _parse(name: str, raw: str, kind: type) -> object:
             return int(raw)
         except ValueError:
             raise SettingsError(f"{var} must be an integer, got {raw!r}") from None
+    if kind is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise SettingsError(f"{var} must be a number, got {raw!r}") from None
     if kind is Path:
         return Path(raw).expanduser()
     return raw

@@ -99,7 +99,14 @@ class AppController(Controller):
     tags = ("apps",)
     dependencies = {"apps_domain": Provide(apps_domain)}  # noqa: RUF012 (Litestar's own attribute)
 
-    @endpoint("POST", access=KeyScope.DEPLOY, errors=(409,), summary="Create an app", status_code=201)
+    @endpoint(
+        "POST",
+        access=KeyScope.DEPLOY,
+        errors=(409,),
+        summary="Create an app",
+        description="409 `name-taken`; 409 `quota-exceeded` past the tenant's `max_apps` (nothing is created).",
+        status_code=201,
+    )
     def create(
         self,
         caller_tenant: NamedDependency[str],
@@ -132,7 +139,16 @@ class AppController(Controller):
     ) -> AppOut:
         return AppOut.of(apps.get(caller_tenant, app), apps_domain)
 
-    @endpoint("PATCH", "/{app:str}", access=KeyScope.DEPLOY, errors=(404, 409), summary="Change an app's settings")
+    @endpoint(
+        "PATCH",
+        "/{app:str}",
+        access=KeyScope.DEPLOY,
+        errors=(404, 409),
+        summary="Change an app's settings",
+        description="More `replicas` for an app that runs must fit the tenant's `max_replicas`, `max_cpu` and "
+        "`max_memory_mb` (each container counts at its Docker limits): else 409 `quota-exceeded` naming the limit "
+        "and the use, and nothing changes. 409 `replicas-with-volume` for more than 1 replica of an app with volumes.",
+    )
     def update(
         self,
         caller_tenant: NamedDependency[str],

@@ -146,10 +146,13 @@ class DeploymentController(Controller):
         "POST",
         "/",
         access=KeyScope.DEPLOY,
-        errors=(404, 413, 415),
+        errors=(404, 409, 413, 415),
         status_code=202,
         request_max_body_size=None,
         summary="Deploy: upload a tar.gz (application/gzip) or JSON {git: {url, ref}}",
+        description="409 `quota-exceeded` (before the body is read, and again as the deployment is written) when an "
+        "app's first deploy would take the tenant past `max_replicas`, `max_cpu` or `max_memory_mb`, or when today's "
+        "(UTC) build minutes are used up; 409 `volume-full` while a measured volume is over its size. Nothing is made.",
     )
     async def create(
         self,
@@ -163,6 +166,7 @@ class DeploymentController(Controller):
         tenant_id = caller_tenant
         target = await anyio.to_thread.run_sync(deployments.app, tenant_id, app)  # 404 before reading any body
         await anyio.to_thread.run_sync(deployments.refuse_if_volume_full, tenant_id, target)  # and 409 before an upload
+        await anyio.to_thread.run_sync(deployments.refuse_if_over_quota, tenant_id, target, "build")
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type == "application/json":
             return await self._from_git(request, deployments, releases, settings, tenant_id, target)

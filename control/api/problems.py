@@ -26,6 +26,7 @@ from control.domain.errors import (
     Forbidden,
     Invalid,
     NotFound,
+    QuotaExceeded,
     Throttled,
     Unauthenticated,
 )
@@ -54,6 +55,9 @@ class Problem(msgspec.Struct, omit_defaults=True):
 
 _STATUS_OF: list[tuple[type[DomainError], int]] = [
     (NotFound, 404),
+    # Every quota (apps, replicas, CPU, memory, build minutes, volumes, databases, schedules,
+    # domains) answers with this one status, so agents branch on it the same way everywhere.
+    (QuotaExceeded, 409),
     (Conflict, 409),
     (Invalid, 422),
     (Unauthenticated, 401),

@@ -7,6 +7,7 @@ from typing import Any
 from control.api.apps import AppController
 from control.api.audit import operator_audit, tenant_audit
 from control.api.backups import BackupController
+from control.api.compute_limits import COMPUTE_LIMIT_ROUTES
 from control.api.cron import CronController
 from control.api.databases import DATABASE_LIMIT_ROUTES, DatabaseController
 from control.api.deployments import DeploymentController, ReleaseController
@@ -20,6 +21,7 @@ from control.api.links import LinkController
 from control.api.logs import LogController
 from control.api.metrics import metrics_handler
 from control.api.nodes import NODE_ROUTES
+from control.api.operator_health import operator_health
 from control.api.registration import REGISTRATION_ROUTES
 from control.api.runs import RunController
 from control.api.spec import openapi_document
@@ -30,8 +32,23 @@ from control.settings import Settings
 
 
 def route_handlers(settings: Settings) -> list[Any]:
-    platform = [openapi_document, healthz, readyz, metrics_handler(public=settings.metrics_public), verify_token]
-    identity = [whoami, TenantController, KeyController, tenant_audit, operator_audit, *REGISTRATION_ROUTES]
+    platform = [
+        openapi_document,
+        healthz,
+        readyz,
+        operator_health,
+        metrics_handler(public=settings.metrics_public),
+        verify_token,
+    ]
+    identity = [
+        whoami,
+        TenantController,
+        KeyController,
+        tenant_audit,
+        operator_audit,
+        *COMPUTE_LIMIT_ROUTES,
+        *REGISTRATION_ROUTES,
+    ]
     apps = [
         AppController,
         EnvController,

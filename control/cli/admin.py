@@ -26,6 +26,7 @@ from control.settings import Settings
 
 if TYPE_CHECKING:
     from control.bootstrap import Services
+    from control.cli.client.http import ApiClient
     from control.domain.rotation import RotationService
 
 
@@ -69,6 +70,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     check.add_argument("--json", action="store_true", help="print {ready, checks, problems} as one JSON document")
     check.set_defaults(run=run_check_host)
+
+    from control.cli.client.commands import common_options  # the API client's flags: URL, operator key, retries
+
+    health = sub.add_parser(
+        "health",
+        parents=[common_options()],
+        help="how the platform is doing (GET /v1/operator/health, operator key): each component ok|warn|fail "
+        "with its figure, as JSON; exit 6 when one fails",
+    )
+    health.set_defaults(api=run_health)
 
 
 def _write_secret_file(path: Path, token: str) -> None:
@@ -294,6 +305,13 @@ def run_master_keys(_args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def run_health(_args: argparse.Namespace, api: ApiClient) -> int:
+    """The server's own view (its reconciler, breakers and queue), so it asks the API."""
+    report = api.get("/v1/operator/health")
+    print(json.dumps(report))
+    return exit_codes.UNAVAILABLE if report.get("status") == "fail" else exit_codes.OK
 
 
 def run_check_host(args: argparse.Namespace) -> int:

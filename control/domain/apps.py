@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from control.domain.compute import ComputeQuota
 from control.domain.errors import Conflict, Invalid, NotFound
 from control.domain.names import check_dns_label
 from control.domain.records import App, Page
@@ -40,11 +41,13 @@ class AppService:
         *,
         max_replicas: int = 10,
         rescaled: Callable[[], None] | None = None,
+        quota: ComputeQuota | None = None,
     ) -> None:
         self.db = db
         self.teardown = teardown  # what runs for a deleted app: its route, containers, images
         self.max_replicas = max_replicas
         self.rescaled = rescaled  # a changed replica count: the reconciler applies it at once
+        self.quota = quota  # the tenant's compute quotas (apps; replicas, CPU, memory of running apps)
 
     def create(self, tenant_id: str, name: str, **fields: Any) -> App:
         check_dns_label("name", name)
@@ -54,6 +57,8 @@ class AppService:
             apps = AppRepository(session, tenant_id)
             if apps.name_taken(name):
                 raise Conflict(f"An app named '{name}' already exists; pick another name.", code="name-taken")
+            if self.quota is not None:
+                self.quota.check_new_app(session, tenant_id)
             return apps.add(id=new_id("app"), name=name, **fields)
 
     def get(self, tenant_id: str, ref: str) -> App:
@@ -81,6 +86,9 @@ class AppService:
                         "writer at a time: it runs 1 replica. Delete its volumes to scale it out.",
                         code="replicas-with-volume",
                     )
+            replicas = fields.get("replicas")
+            if before is not None and self.quota is not None and replicas is not None and replicas > before.replicas:
+                self.quota.check_scale_up(session, tenant_id, before.id, before.name, replicas)
             app = apps.update(ref, **fields)
         if app is None or before is None:
             raise NotFound.of("app", ref)

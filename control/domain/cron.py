@@ -25,7 +25,7 @@ from croniter import CroniterError
 from sqlalchemy.orm import Session
 
 from control.clock import utcnow
-from control.domain.errors import Conflict, NotFound
+from control.domain.errors import Conflict, NotFound, QuotaExceeded
 from control.domain.names import check_dns_label
 from control.domain.records import RUN_ACTIVE_STATUSES, App, CronSchedule, Page, Run
 from control.domain.runs import RunService, check_command, cron_trigger, current_release
@@ -73,10 +73,7 @@ class CronService:
             if repo.row(app.id, name) is not None:
                 raise Conflict(f"App '{app.name}' already has a schedule named '{name}'; pick another name.", code="name-taken")
             if repo.count(app.id) >= self.max_per_app:
-                raise Conflict(
-                    f"App '{app.name}' has {self.max_per_app} schedules, the most it may have; delete one first.",
-                    code="quota-exceeded",
-                )
+                raise QuotaExceeded(f"App '{app.name}' has {self.max_per_app} schedules, the most it may have; delete one first.")
             created = repo.add(
                 CronScheduleRow(
                     id=new_id("cron"),

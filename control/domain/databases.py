@@ -18,7 +18,7 @@ from msgspec import UNSET
 from msgspec import UnsetType as Unset
 
 from control.clock import utcnow
-from control.domain.errors import Conflict, DomainError, Invalid, NotFound
+from control.domain.errors import Conflict, DomainError, Invalid, NotFound, QuotaExceeded
 from control.domain.jobs import JobEnqueuer
 from control.domain.names import check_dns_label
 from control.domain.records import Database, DatabaseOverrides, Page
@@ -165,17 +165,15 @@ class DatabaseService:
         using, total_mb = repo.usage(QUOTA_STATUSES)
         names = ", ".join(f"{n} ({mb} MiB)" for n, mb in using) or "none"
         if len(using) + 1 > limits.max_databases:
-            raise Conflict(
+            raise QuotaExceeded(
                 f"Quota exceeded: this tenant may run {limits.max_databases} database(s) and has {len(using)} ({names}). "
                 "Delete one with DELETE /v1/databases/{name}, or ask an operator to raise the limit.",
-                code="quota-exceeded",
             )
         if total_mb + memory_mb > limits.max_memory_mb:
-            raise Conflict(
+            raise QuotaExceeded(
                 f"Quota exceeded: {memory_mb} MiB more would make {total_mb + memory_mb} MiB of database memory; the limit "
                 f"is {limits.max_memory_mb} MiB (in use: {names}). Ask for less memory_mb, delete a database, "
                 "or ask an operator to raise the limit.",
-                code="quota-exceeded",
             )
 
     # -- lifecycle ------------------------------------------------------------------------

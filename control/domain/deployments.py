@@ -17,7 +17,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from control.clock import utcnow
+from control.domain.compute import ComputeQuota
 from control.domain.errors import Conflict, NotFound
 from control.domain.jobs import JobEnqueuer
 from control.domain.records import App, Deployment, Page
@@ -30,6 +33,7 @@ from control.store.repositories.deployments import DeploymentRepository, to_depl
 from control.store.repositories.volumes import VolumeRepository
 
 DEPLOY_JOB = "deploy"
+ROLLBACK = "rollback"  # the source kind of a deployment that reuses a release's image: no build
 
 
 class Status(StrEnum):
@@ -65,8 +69,11 @@ def check_transition(current: str, target: str) -> Status:
 
 
 class DeploymentService:
-    def __init__(self, db: Store, queue: JobEnqueuer, data_dir: Path, *, max_attempts: int = 2) -> None:
+    def __init__(
+        self, db: Store, queue: JobEnqueuer, data_dir: Path, *, max_attempts: int = 2, quota: ComputeQuota | None = None
+    ) -> None:
         self.db = db
+        self.quota = quota  # an app's first deploy must fit the tenant's compute; builds its build minutes
         self.queue = queue
         self.root = data_dir / "deployments"
         self.max_attempts = max_attempts
@@ -102,12 +109,26 @@ class DeploymentService:
         if full:
             raise Conflict(f"Not deployed: {full_reason(app.name, full[0])}.", code="volume-full")
 
+    def refuse_if_over_quota(self, tenant_id: str, app: App, source_kind: str) -> None:
+        """409 ``quota-exceeded`` before an upload is read; ``create`` checks again as it writes."""
+        with self.db.read() as session:
+            self._check_quota(session, tenant_id, app, source_kind)
+
+    def _check_quota(self, session: Session, tenant_id: str, app: App, source_kind: str) -> None:
+        if self.quota is None:
+            return
+        current = AppRepository(session, tenant_id).get(app.id) or app  # its replicas as of this transaction
+        self.quota.check_first_deploy(session, tenant_id, current.id, current.name, current.replicas)
+        if source_kind != ROLLBACK:
+            self.quota.check_build_minutes(session, tenant_id)
+
     def create(self, tenant_id: str, app: App, deployment_id: str, source_kind: str, source: dict[str, Any]) -> Deployment:
         self.refuse_if_volume_full(tenant_id, app)
         log = self.log_path(deployment_id)
         log.parent.mkdir(parents=True, exist_ok=True)
         log.touch()
         with self.db.write() as session:
+            self._check_quota(session, tenant_id, app, source_kind)
             deployment = DeploymentRepository(session, tenant_id).add(
                 id=deployment_id, app_id=app.id, source_kind=source_kind, source=source, log_path=str(log)
             )

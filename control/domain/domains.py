@@ -34,7 +34,7 @@ import idna
 import structlog
 
 from control.clock import utcnow
-from control.domain.errors import Conflict, Invalid, NotFound
+from control.domain.errors import Conflict, Invalid, NotFound, QuotaExceeded
 from control.domain.records import Domain, Page
 from control.ids import new_id
 from control.store.database import Store
@@ -145,9 +145,8 @@ class DomainService:
             repo = DomainRepository(session, tenant_id)
             self._free(DomainRepository(session, None), name, tenant_id)
             if repo.count(app.id) >= self.config.max_per_app:
-                raise Conflict(
-                    f"App '{app.name}' has {self.config.max_per_app} domains, the most it may have; remove one first.",
-                    code="quota-exceeded",
+                raise QuotaExceeded(
+                    f"App '{app.name}' has {self.config.max_per_app} domains, the most it may have; remove one first."
                 )
             created = repo.add(
                 id=new_id("dom"),

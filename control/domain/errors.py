@@ -84,3 +84,11 @@ class LeaseLost(RuntimeError):
 
 class DatabaseInUse(RuntimeError):
     """Another live server holds the SQLite database's server lock."""
+
+
+class QuotaExceeded(Conflict):
+    """A request that would take a tenant past one of its quotas; nothing was made. The
+    detail names the limit, the use now, and how to get more."""
+
+    code = "quota-exceeded"
+    title = "Quota exceeded"

@@ -160,6 +160,25 @@ class Volume:
 
 
 @dataclass(frozen=True, slots=True)
+class ComputeOverrides:
+    """An operator's per-tenant compute quotas; None: the platform default."""
+
+    max_apps: int | None = None
+    max_replicas: int | None = None
+    max_millicpus: int | None = None
+    max_memory_mb: int | None = None
+    build_minutes_per_day: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunningApp:
+    """An app that holds compute: it has a current release or a deployment in flight."""
+
+    name: str
+    replicas: int
+
+
+@dataclass(frozen=True, slots=True)
 class StorageOverrides:
     max_volumes: int | None = None
     max_total_mb: int | None = None

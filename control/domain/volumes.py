@@ -27,7 +27,7 @@ import structlog
 from sqlalchemy.orm import Session
 
 from control.clock import utcnow
-from control.domain.errors import Conflict, DomainError, Invalid, NotFound
+from control.domain.errors import Conflict, DomainError, Invalid, NotFound, QuotaExceeded
 from control.domain.names import check_dns_label
 from control.domain.records import App, StorageOverrides, Volume
 from control.ids import new_id
@@ -293,17 +293,15 @@ class VolumeService:
         limits = self._limits(StorageLimitsRepository(session).get(tenant_id), repo)
         using = ", ".join(f"{n} ({mb} MiB)" for n, mb in repo.usage()) or "none"
         if limits.volumes + 1 > limits.max_volumes:
-            raise Conflict(
+            raise QuotaExceeded(
                 f"Quota exceeded: this tenant may have {limits.max_volumes} volume(s) and has {limits.volumes} ({using}). "
                 "Delete one with DELETE /v1/apps/{app}/volumes/{name}, or ask an operator to raise the limit.",
-                code="quota-exceeded",
             )
         if limits.total_mb + size_mb > limits.max_total_mb:
-            raise Conflict(
+            raise QuotaExceeded(
                 f"Quota exceeded: {size_mb} MiB more would make {limits.total_mb + size_mb} MiB of volumes; the limit is "
                 f"{limits.max_total_mb} MiB (in use: {using}). Ask for less size_mb, delete a volume, "
                 "or ask an operator to raise the limit.",
-                code="quota-exceeded",
             )
 
 

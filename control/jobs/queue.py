@@ -38,6 +38,13 @@ class QueueConfig:
     dependency_wait_s: float = 600.0  # since the job was created, how long it may wait for a dependency
 
 
+@dataclass(frozen=True)
+class QueueDepth:
+    queued: int
+    running: int
+    oldest_wait_s: float | None  # how long the longest-waiting job due to run has waited; None: none waits
+
+
 class JobQueue:
     def __init__(self, db: Store, config: QueueConfig = QueueConfig(), *, clock: Callable[[], datetime] = utcnow) -> None:
         self.db = db
@@ -62,6 +69,12 @@ class JobQueue:
             )
         self.db.after_commit(self.wakeup.set)  # a worker woken before the commit would find nothing
         return job
+
+    def depth(self) -> QueueDepth:
+        now = self.clock()
+        with self.db.read() as session:
+            queued, running, oldest = JobRepository(session).depth(now)
+        return QueueDepth(queued, running, None if oldest is None else max(0.0, (now - oldest).total_seconds()))
 
     def has_work(self) -> bool:
         with self.db.read() as session:

@@ -80,6 +80,12 @@ def runtime_settings(settings: Settings) -> RuntimeSettings:
     defaults = RuntimeSettings()
     return RuntimeSettings(
         docker_url=settings.docker_url,
+        # Each app container's Docker limits: the tenant's compute quotas count these same numbers.
+        default_limits=replace(
+            defaults.default_limits,
+            memory_bytes=settings.container_memory_mb * 1024 * 1024,
+            nano_cpus=round(settings.container_cpus * 1_000_000_000),
+        ),
         sandbox_runtime=settings.docker_runtime,
         runtime_allowlist=defaults.runtime_allowlist | {settings.docker_runtime},
         traefik_dynamic_dir=settings.traefik_dynamic_dir,

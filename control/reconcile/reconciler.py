@@ -71,6 +71,15 @@ class Report:
     skipped: bool = False
 
 
+@dataclass(frozen=True)
+class PassRecord:
+    """The last pass, for operators (GET /v1/operator/health)."""
+
+    at: float  # wall clock, when it ended
+    duration_s: float
+    report: Report
+
+
 @dataclass
 class _Backoff:
     failures: int = 0
@@ -118,9 +127,16 @@ class Reconciler:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self.last_pass: PassRecord | None = None
 
     # -- one pass -------------------------------------------------------------------------
     def run_once(self) -> Report:
+        started = time.monotonic()
+        report = self._pass()
+        self.last_pass = PassRecord(self.wall_clock(), time.monotonic() - started, report)
+        return report
+
+    def _pass(self) -> Report:
         report = Report()
         # Nothing was ever started by this instance (no instance id yet): nothing to compare,
         # and no reason to talk to Docker at all.

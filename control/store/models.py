@@ -540,6 +540,21 @@ class TenantStorageLimitsRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
+class TenantComputeLimitsRow(Base):
+    """Per-tenant compute quotas (apps, replicas, CPU, memory, build minutes) set by
+    operators; NULL means the platform default (``MOORAGE_TENANT_MAX_*``)."""
+
+    __tablename__ = "tenant_compute_limits"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    max_apps: Mapped[int | None] = mapped_column(Integer)
+    max_replicas: Mapped[int | None] = mapped_column(Integer)
+    max_millicpus: Mapped[int | None] = mapped_column(Integer)  # the API speaks CPUs (max_cpu); stored exact
+    max_memory_mb: Mapped[int | None] = mapped_column(Integer)
+    build_minutes_per_day: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
 class DomainRow(Timestamps, Base):
     """A custom hostname of an app. ``pending`` → ``verifying`` → ``active`` | ``failed``; one
     tenant holds a name at a time, and a failed claim lets go of it."""

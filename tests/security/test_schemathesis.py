@@ -142,6 +142,10 @@ def _header(response: Any, name: str) -> str:
 )
 def test_every_operation_answers_within_its_contract(case: Any, live: dict[str, Any]) -> None:
     headers = credential(live, case.operation.method, case.path)  # the route's own method (probes send others)
+    # A generated Host header (e.g. "/") is refused 400 by the ASGI router before any route or
+    # credential is looked at: right, but it would hide what this test checks.
+    for name in [h for h in (case.headers or {}) if h.lower() == "host"]:
+        del case.headers[name]
     response = case.call(base_url=live["base_url"], headers=headers, timeout=30)
     content_type = _header(response, "content-type")
     where = f"{case.method} {case.formatted_path} -> {response.status_code} {response.text[:300]}"

@@ -56,6 +56,13 @@ class JobRepository:
         row = self.session.get(JobRow, job_id)
         return None if row is None else to_job(row)
 
+    def depth(self, now: datetime) -> tuple[int, int, datetime | None]:
+        """Jobs queued, jobs running, and since when the longest-waiting claimable job waits."""
+        queued = self.session.scalar(select(func.count()).select_from(JobRow).where(JobRow.state == "queued"))
+        running = self.session.scalar(select(func.count()).select_from(JobRow).where(JobRow.state == "running"))
+        oldest = self.session.scalar(select(func.min(JobRow.run_after)).where(JobRow.state == "queued", JobRow.run_after <= now))
+        return int(queued or 0), int(running or 0), oldest
+
     def has_claimable(self, now: datetime) -> bool:
         query = select(JobRow.id).where(JobRow.state == "queued", JobRow.run_after <= now).limit(1)
         return self.session.scalar(query) is not None

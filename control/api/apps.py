@@ -104,7 +104,7 @@ class AppController(Controller):
         access=KeyScope.DEPLOY,
         errors=(409,),
         summary="Create an app",
-        description="409 `name-taken`; 409 `quota-exceeded` past the tenant's `max_apps` (nothing is created).",
+        description="409 `name-taken`; 422 `quota-exceeded` past the tenant's `max_apps` (nothing is created).",
         status_code=201,
     )
     def create(
@@ -146,7 +146,7 @@ class AppController(Controller):
         errors=(404, 409),
         summary="Change an app's settings",
         description="More `replicas` for an app that runs must fit the tenant's `max_replicas`, `max_cpu` and "
-        "`max_memory_mb` (each container counts at its Docker limits): else 409 `quota-exceeded` naming the limit "
+        "`max_memory_mb` (each container counts at its Docker limits): else 422 `quota-exceeded` naming the limit "
         "and the use, and nothing changes. 409 `replicas-with-volume` for more than 1 replica of an app with volumes.",
     )
     def update(

@@ -2,7 +2,7 @@
 
 What a tenant may hold: apps, and for the apps that run, replicas, CPU and memory (each
 container counted at the limits Docker gives it), plus build minutes per UTC day. A create,
-scale-up or deploy past one is 409 ``quota-exceeded`` naming the limit, the use and this
+scale-up or deploy past one is 422 ``quota-exceeded`` naming the limit, the use and this
 endpoint; nothing is made.
 """
 

@@ -150,7 +150,7 @@ class DeploymentController(Controller):
         status_code=202,
         request_max_body_size=None,
         summary="Deploy: upload a tar.gz (application/gzip) or JSON {git: {url, ref}}",
-        description="409 `quota-exceeded` (before the body is read, and again as the deployment is written) when an "
+        description="422 `quota-exceeded` (before the body is read, and again as the deployment is written) when an "
         "app's first deploy would take the tenant past `max_replicas`, `max_cpu` or `max_memory_mb`, or when today's "
         "(UTC) build minutes are used up; 409 `volume-full` while a measured volume is over its size. Nothing is made.",
     )

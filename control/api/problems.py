@@ -56,8 +56,10 @@ class Problem(msgspec.Struct, omit_defaults=True):
 _STATUS_OF: list[tuple[type[DomainError], int]] = [
     (NotFound, 404),
     # Every quota (apps, replicas, CPU, memory, build minutes, volumes, databases, schedules,
-    # domains) answers with this one status, so agents branch on it the same way everywhere.
-    (QuotaExceeded, 409),
+    # domains) answers with this one status, so agents branch on it the same way everywhere:
+    # 422, the request is well formed but over a limit (an operator can raise it), not a
+    # conflict with something another request did.
+    (QuotaExceeded, 422),
     (Conflict, 409),
     (Invalid, 422),
     (Unauthenticated, 401),

@@ -130,7 +130,7 @@ class VolumeController(Controller):
         app: FromPath[str],
         data: JSONBody[VolumeCreate],
     ) -> VolumeOut:
-        """409 `name-taken` or `quota-exceeded` (the tenant's storage limits); 422 naming the field
+        """409 `name-taken`; 422 `quota-exceeded` (the tenant's storage limits) or naming the field
         for a bad name, path or size. Nothing is made when it is refused."""
         return VolumeOut.of(volumes.create(caller_tenant, app, data.name, data.mount_path, data.size_mb))
 

@@ -110,7 +110,7 @@ class DeploymentService:
             raise Conflict(f"Not deployed: {full_reason(app.name, full[0])}.", code="volume-full")
 
     def refuse_if_over_quota(self, tenant_id: str, app: App, source_kind: str) -> None:
-        """409 ``quota-exceeded`` before an upload is read; ``create`` checks again as it writes."""
+        """422 ``quota-exceeded`` before an upload is read; ``create`` checks again as it writes."""
         with self.db.read() as session:
             self._check_quota(session, tenant_id, app, source_kind)
 

@@ -1,7 +1,7 @@
 """Per-tenant quotas that bite, through the API (no Docker: deployments are accepted and
 queued, which is when an app starts holding compute; volumes on the runtime port's fake):
 apps, replicas, CPU and memory of running apps, build minutes per day and storage. Each
-refusal is 409 ``quota-exceeded`` naming the limit, the use and how to get more, and makes
+refusal is 422 ``quota-exceeded`` naming the limit, the use and how to get more, and makes
 nothing."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def jobs(app: Litestar) -> int:
 
 
 def refused(response: object, limit: str) -> dict[str, object]:
-    assert response.status_code == 409, response.text  # type: ignore[attr-defined]
+    assert response.status_code == 422, response.text  # type: ignore[attr-defined]
     problem = response.json()  # type: ignore[attr-defined]
     assert problem["code"] == "quota-exceeded" and response.headers["content-type"].startswith("application/problem+json")  # type: ignore[attr-defined]
     assert f"({limit})" in problem["detail"] and "/compute-limits" in problem["detail"], problem["detail"]
@@ -186,7 +186,7 @@ def test_a_volume_over_the_storage_quota_is_refused_and_makes_nothing(tenant: Ca
     operator.request("PUT", f"/v1/tenants/{tenant.tenant_id}/storage-limits", json={"max_total_mb": 100})
     assert tenant.post("/v1/apps/web/volumes", json={"name": "a", "mount_path": "/a", "size_mb": 60}).status_code == 201
     over = tenant.post("/v1/apps/web/volumes", json={"name": "b", "mount_path": "/b", "size_mb": 41})
-    assert over.status_code == 409 and over.json()["code"] == "quota-exceeded" and "100 MiB" in over.json()["detail"]
+    assert over.status_code == 422 and over.json()["code"] == "quota-exceeded" and "100 MiB" in over.json()["detail"]
     assert len(fake.volumes) == 1 and [v["name"] for v in tenant.get("/v1/apps/web/volumes").json()["items"]] == ["a"]
 
 

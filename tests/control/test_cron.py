@@ -130,7 +130,7 @@ def test_names_are_unique_per_app_and_an_app_has_at_most_its_quota(world: RunWor
     taken = world.caller.post("/v1/apps/web/cron", json={"name": "a", "schedule": "@daily", "command": ["true"]})
     assert taken.status_code == 409 and taken.json()["code"] == "name-taken"
     over = world.caller.post("/v1/apps/web/cron", json={"name": "d", "schedule": "@daily", "command": ["true"]})
-    assert over.status_code == 409 and over.json()["code"] == "quota-exceeded"
+    assert over.status_code == 422 and over.json()["code"] == "quota-exceeded"
 
 
 def test_another_tenants_schedules_are_404(world: RunWorld, new_tenant) -> None:  # type: ignore[no-untyped-def]

@@ -248,13 +248,13 @@ def test_quotas_count_databases_and_memory_and_say_what_to_delete(
 ) -> None:
     create(tenant, name="big", engine="redis", memory_mb=800)
     too_much = tenant.post("/v1/databases", json={"name": "more", "engine": "redis", "memory_mb": 300})
-    assert too_much.status_code == 409 and too_much.json()["code"] == "quota-exceeded"
+    assert too_much.status_code == 422 and too_much.json()["code"] == "quota-exceeded"
     assert "1024 MiB" in too_much.json()["detail"] and "big (800 MiB)" in too_much.json()["detail"]
     create(tenant, name="a", engine="redis", memory_mb=64)
     create(tenant, name="b", engine="redis", memory_mb=64)
     full = tenant.post("/v1/databases", json={"name": "c", "engine": "redis", "memory_mb": 64})
     assert (
-        full.status_code == 409
+        full.status_code == 422
         and "may run 3 database(s)" in full.json()["detail"]
         and "DELETE /v1/databases" in full.json()["detail"]
     )
@@ -268,7 +268,7 @@ def test_quotas_count_databases_and_memory_and_say_what_to_delete(
     assert tenant.post("/v1/databases", json={"name": "c", "engine": "redis", "memory_mb": 64}).status_code == 202
     # A deleted database no longer counts.
     operator.request("PUT", f"/v1/tenants/{tenant.tenant_id}/database-limits", json={"max_databases": 4})
-    assert tenant.post("/v1/databases", json={"name": "d", "engine": "redis", "memory_mb": 64}).status_code == 409
+    assert tenant.post("/v1/databases", json={"name": "d", "engine": "redis", "memory_mb": 64}).status_code == 422
     run_jobs(app)
     assert tenant.delete("/v1/databases/big").status_code == 202
     run_jobs(app)

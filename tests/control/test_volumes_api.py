@@ -147,13 +147,13 @@ def test_storage_limits_are_the_operators_and_a_volume_over_them_makes_nothing(
     assert operator.request("PUT", path, json={"max_volumes": 2, "max_total_mb": 100}).status_code == 200
     assert _create(tenant, {"name": "a", "mount_path": "/a", "size_mb": 60}).status_code == 201
     over = _create(tenant, {"name": "b", "mount_path": "/b", "size_mb": 41})
-    assert over.status_code == 409 and over.json()["code"] == "quota-exceeded", over.text
+    assert over.status_code == 422 and over.json()["code"] == "quota-exceeded", over.text
     assert "100 MiB" in over.json()["detail"] and "web/a (60 MiB)" in over.json()["detail"]
     assert over.headers["content-type"].startswith("application/problem+json")
     assert len(fake.volumes) == 1 and "create_volume" in fake.calls  # the refused one was never made
     assert _create(tenant, {"name": "b", "mount_path": "/b", "size_mb": 40}).status_code == 201
     third = _create(tenant, {"name": "c", "mount_path": "/c", "size_mb": 1})
-    assert third.status_code == 409 and "may have 2 volume(s) and has 2" in third.json()["detail"]
+    assert third.status_code == 422 and "may have 2 volume(s) and has 2" in third.json()["detail"]
     assert len(fake.volumes) == 2
     after = operator.get(path).json()
     assert (after["volumes"], after["total_mb"], after["overrides"]) == (2, 100, {"max_volumes": 2, "max_total_mb": 100})

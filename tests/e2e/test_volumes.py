@@ -227,7 +227,7 @@ def test_a_stateful_app_keeps_its_data_and_its_volume_is_bounded(plane: ControlP
     limits = f"/v1/tenants/{tenant.tenant_id}/storage-limits"
     assert operator.request("PUT", limits, json={"max_total_mb": SIZE_MB - 1}).status_code == 200
     over = tenant.post("/v1/apps/notes/volumes", json={"name": "data", "mount_path": "/data", "size_mb": SIZE_MB})
-    assert over.status_code == 409 and over.json()["code"] == "quota-exceeded", over.text
+    assert over.status_code == 422 and over.json()["code"] == "quota-exceeded", over.text
     assert over.headers["content-type"].startswith("application/problem+json")
     assert not list(volumes_dir.glob("*.img")) and _docker_volumes() == []
     assert not any(TENANT in str(p) for p in volumes_dir.glob("*"))

@@ -30,6 +30,7 @@ from control.domain.inference_quota import InferenceQuota
 from control.domain.keys import KeyService
 from control.domain.limits import Defaults, LimitsService
 from control.domain.links import LinkService
+from control.domain.metered_usage import MeteringService
 from control.domain.nodes import NodeService
 from control.domain.releases import ReleaseService
 from control.domain.runs import RUN_JOB, RunLimits, RunService
@@ -39,6 +40,7 @@ from control.domain.volumes import VolumeConfig, VolumeService
 from control.jobs.databases import DatabaseJobs, DatabaseRuntime
 from control.jobs.deploy import DeployPipeline
 from control.jobs.domains import CustomDomains, DomainRouting, DomainVerifier
+from control.jobs.metering import Sampler, StorageSources
 from control.jobs.queue import JobQueue, QueueConfig
 from control.jobs.retention import Retention
 from control.jobs.runs import RunJob
@@ -124,6 +126,8 @@ class Services:
     scheduler: CronScheduler  # fires due schedules: apps' (each a run) and databases' backups
     custom_domains: CustomDomains  # apps' own hostnames: ownership proofs, routes, certificates
     volumes: VolumeService  # app volumes and per-tenant storage quotas
+    metering: MeteringService  # hourly compute, storage and build usage per tenant
+    sampler: Sampler  # reads containers' counters and storage into metering
 
     upstream: Upstream  # pooled connections to inference nodes, opened in the serving loop
     metrics: Metrics  # Prometheus, per process
@@ -152,6 +156,7 @@ class Services:
         "domains": "custom_domains.domains",
         "custom_domains": "custom_domains",
         "volumes": "volumes",
+        "metering": "metering",
         "app_runtime": "deploys.runtime",
         "upstream": "upstream",
         "prometheus": "metrics",
@@ -172,8 +177,10 @@ class Services:
         self.databases.start()
         self.scheduler.start()  # after the workers: a firing missed while down is queued at once
         self.custom_domains.verifier.start()
+        self.sampler.start()
 
     def stop(self) -> None:
+        self.sampler.stop()
         self.custom_domains.verifier.stop()
         self.scheduler.stop()
         self.databases.stop()
@@ -235,7 +242,16 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
     deployments = DeploymentService(db, queue, settings.data_dir, max_attempts=settings.job_max_attempts)
     releases = ReleaseService(db, kept_releases=settings.kept_releases)
     pipeline = DeployPipeline(
-        settings, deployments, releases, env_vars, runtime, locks, links, volumes, went_live=lambda: reconciler.wake()
+        settings,
+        deployments,
+        releases,
+        env_vars,
+        runtime,
+        locks,
+        links,
+        volumes,
+        went_live=lambda: reconciler.wake(),
+        built=lambda tenant_id, started, ended: sampler.record_build(tenant_id, started, ended),
     )
 
     databases = DatabaseService(
@@ -324,6 +340,19 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         volumes=VolumeUpkeep(volumes, runtime, orphan_grace_s=float(settings.volume_orphan_grace_s)),
     )
 
+    metering = MeteringService(db)
+    sampler = Sampler(
+        runtime,
+        metering,
+        tenants.ids_by_name,
+        StorageSources(
+            volumes=lambda: _volume_bytes(volumes),
+            database_of=lambda database_id: found.tenant_id if (found := databases.load(database_id)) else None,
+            backups_dir=settings.data_dir / "backups",
+        ),
+        interval_s=settings.metering_interval_s,
+        storage_interval_s=settings.metering_storage_interval_s,
+    )
     usage = UsageService(db)
     inference_limits = InferenceLimitsService(
         db,
@@ -350,7 +379,12 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         CronScheduler(domain_verifier, interval_s=min(1.0, settings.domain_verify_interval_s), name="moorage-domains"),
         store=Path(settings.acme_storage),
     )
-    metrics = Metrics(registry, certificate_ends=custom_domains.certificate_ends)
+    metrics = Metrics(
+        registry,
+        certificate_ends=custom_domains.certificate_ends,
+        tenant_usage=sampler.snapshot,
+        max_tenants=settings.metering_metrics_max_tenants,
+    )
     limiter = SlidingWindowLimiter()
     idempotency = IdempotencyService(
         db,
@@ -393,7 +427,17 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         scheduler=CronScheduler(cron, backups, interval_s=settings.cron_tick_ms / 1000),
         custom_domains=custom_domains,
         volumes=volumes,
+        metering=metering,
+        sampler=sampler,
         upstream=Upstream(settings),
         metrics=metrics,
         inference_metrics=InferenceMetrics(metrics.registry, inference),
     )
+
+
+def _volume_bytes(volumes: VolumeService) -> dict[str, int]:
+    """Bytes each tenant's app volumes held at their last measurement (the reconciler's)."""
+    held: dict[str, int] = {}
+    for volume in volumes.all():
+        held[volume.tenant_id] = held.get(volume.tenant_id, 0) + (volume.used_bytes or 0)
+    return held

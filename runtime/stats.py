@@ -43,7 +43,7 @@ def counters(stats: Mapping[str, Any]) -> Counters:
             write += int(entry.get("value") or 0)
     return Counters(
         cpu_seconds=int(cpu) / 1e9,
-        memory_bytes=max(0, used - int(cache)) if cache < used else used,
+        memory_bytes=used - int(cache) if cache < used else used,
         memory_peak_bytes=int(memory.get("max_usage") or 0),
         net_rx_bytes=sum(int(n.get("rx_bytes") or 0) for n in networks),
         net_tx_bytes=sum(int(n.get("tx_bytes") or 0) for n in networks),

@@ -95,22 +95,25 @@ class CounterTracker:
     (what it used since its start is all new); one already running when the tracker started
     (the control plane restarted) only sets its baseline, so nothing is counted twice.
     ``max_gap_s`` bounds the seconds a gauge is held for (a sampler that stalled, a clock jump).
+    A container missing from a pass (stopped, or not readable just then) is remembered for
+    ``forget_after_s``: when the same incarnation comes back, it is not counted from 0 again.
     """
 
     started: float
     max_gap_s: float = 120.0
+    forget_after_s: float = 3600.0
     _last: dict[str, Reading] = field(default_factory=dict)
 
     def observe(self, readings: Iterable[Reading]) -> list[Usage]:
-        used, seen = [], set()
+        used, latest = [], self.started
         for reading in readings:
-            seen.add(reading.container_id)
+            latest = max(latest, reading.at)
             usage = self._delta(self._last.get(reading.container_id), reading)
             self._last[reading.container_id] = reading
             if usage is not None:
                 used.append(usage)
-        for gone in set(self._last) - seen:  # removed: its id never comes back
-            del self._last[gone]
+        for gone in [cid for cid, last in self._last.items() if last.at < latest - self.forget_after_s]:
+            del self._last[gone]  # removed long ago: its id never comes back
         return used
 
     def _delta(self, before: Reading | None, now: Reading) -> Usage | None:

@@ -64,11 +64,14 @@ def test_a_counter_that_goes_down_is_a_reset_not_a_negative_delta() -> None:
     assert all(v >= 0 for v in used.counters.values())
 
 
-def test_a_removed_container_is_forgotten() -> None:
-    tracker = M.CounterTracker(started=T0)
-    tracker.observe([reading(T0 + 30, 1.0, born=T0 - 1), reading(T0 + 30, 1.0, container="c2", born=T0 - 1)])
-    tracker.observe([reading(T0 + 60, 2.0, born=T0 - 1)])
-    assert set(tracker._last) == {"c1"}
+def test_a_container_missing_from_a_pass_is_not_counted_from_0_when_it_comes_back() -> None:
+    tracker = M.CounterTracker(started=T0, forget_after_s=600)
+    tracker.observe([reading(T0 + 30, 4.0, container="c2", born=T0 + 10)])
+    tracker.observe([reading(T0 + 60, 1.0, born=T0 - 1)])  # c2 unreadable in this pass
+    [back] = tracker.observe([reading(T0 + 90, 5.0, container="c2", born=T0 + 10)])
+    assert back.counters[M.CPU_SECONDS] == 1.0
+    tracker.observe([reading(T0 + 1000, 2.0, born=T0 - 1)])
+    assert set(tracker._last) == {"c1"}  # c2 gone for longer than forget_after_s
 
 
 def test_the_peak_is_the_runtimes_high_water_mark_only_when_it_rose_in_the_interval() -> None:

@@ -322,7 +322,7 @@ class DockerAppRuntime:
         return container_usage(self.containers, INSTANCE_LABEL, self.instance)
 
     def database_volume_bytes(self) -> dict[str, int]:
-        return database_volume_bytes(self.engine, self._database_mountpoints)
+        return database_volume_bytes(self.engine, INSTANCE_LABEL, self.instance, self._database_mountpoints)
 
     @cached_property
     def _database_mountpoints(self) -> dict[str, str]:

@@ -62,9 +62,12 @@ def container_usage(containers: Containers, instance_label: str, instance: str) 
     return found
 
 
-def database_volume_bytes(engine: DockerEngine, mountpoints: dict[str, str]) -> dict[str, int]:
+def database_volume_bytes(
+    engine: DockerEngine, instance_label: str, instance: str, mountpoints: dict[str, str]
+) -> dict[str, int]:
     api: Any = engine.client.api
-    listed = api.volumes(filters={"label": L.selector(role=f"{DATABASE_ROLE}-volume")}).get("Volumes") or []
+    selector = [*L.selector(role=f"{DATABASE_ROLE}-volume"), f"{instance_label}={instance}"]  # ours only
+    listed = api.volumes(filters={"label": selector}).get("Volumes") or []
     owners = {str(v["Name"]): str((v.get("Labels") or {}).get(ID_LABEL, "")) for v in listed}
     owners = {name: database_id for name, database_id in owners.items() if database_id}
     if not owners:

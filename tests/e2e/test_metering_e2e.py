@@ -260,3 +260,17 @@ def _wait_serving(platform: Platform, timeout: float = 30) -> None:
 def _seconds(clock: str) -> int:
     hours, minutes, seconds = (int(part) for part in clock.split(":"))
     return hours * 3600 + minutes * 60 + seconds
+
+
+def test_a_database_container_is_metered_for_its_tenant(platform: Platform, deployed: dict[str, Any]) -> None:
+    r = platform.tenant.post("/v1/databases", json={"name": "cache", "engine": "redis", "memory_mb": 128})
+    assert r.status_code == 202, r.text
+    deadline = time.monotonic() + 180
+    while (db := platform.tenant.get("/v1/databases/cache").json())["status"] == "provisioning":
+        assert time.monotonic() < deadline, db
+        time.sleep(1)
+    assert db["status"] == "available", db
+    sampler = platform.app.state.services.sampler
+    [redis] = [u for u in sampler.runtime.container_usage() if u.role == "database" and u.tenant == TENANT]
+    assert redis.memory_bytes > 0 and redis.cpu_seconds > 0
+    assert db["id"] in sampler.runtime.database_volume_bytes()  # its volume is measured as storage (empty redis: ~0)

@@ -31,6 +31,7 @@ from control.domain.inference_quota import InferenceQuota
 from control.domain.keys import KeyService
 from control.domain.limits import Defaults, LimitsService
 from control.domain.links import LinkService
+from control.domain.metered_usage import MeteringService
 from control.domain.nodes import NodeService
 from control.domain.recovery import RecoveryConfig, RecoveryService
 from control.domain.registration import RegistrationService
@@ -42,6 +43,7 @@ from control.domain.volumes import VolumeConfig, VolumeService
 from control.jobs.databases import DatabaseJobs, DatabaseRuntime
 from control.jobs.deploy import DeployPipeline
 from control.jobs.domains import CustomDomains, DomainRouting, DomainVerifier
+from control.jobs.metering import Sampler, StorageSources
 from control.jobs.operator_health import OperatorHealth
 from control.jobs.queue import JobQueue, QueueConfig
 from control.jobs.retention import Retention
@@ -132,6 +134,8 @@ class Services:
     recovery: RecoveryService  # recovery codes: a new admin key for a tenant that lost its keys
     compute: ComputeQuota  # per-tenant apps, replicas, CPU, memory and build minutes
     operator_health: OperatorHealth  # GET /v1/operator/health: disks, Docker, sandbox, Traefik, jobs, nodes
+    metering: MeteringService  # hourly compute, storage and build usage per tenant
+    sampler: Sampler  # reads containers' counters and storage into metering
 
     upstream: Upstream  # pooled connections to inference nodes, opened in the serving loop
     metrics: Metrics  # Prometheus, per process
@@ -164,6 +168,7 @@ class Services:
         "recovery": "recovery",
         "compute": "compute",
         "operator_health": "operator_health",
+        "metering": "metering",
         "app_runtime": "deploys.runtime",
         "upstream": "upstream",
         "prometheus": "metrics",
@@ -184,8 +189,10 @@ class Services:
         self.databases.start()
         self.scheduler.start()  # after the workers: a firing missed while down is queued at once
         self.custom_domains.verifier.start()
+        self.sampler.start()
 
     def stop(self) -> None:
+        self.sampler.stop()
         self.custom_domains.verifier.stop()
         self.scheduler.stop()
         self.databases.stop()
@@ -265,7 +272,16 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
     deployments = DeploymentService(db, queue, settings.data_dir, max_attempts=settings.job_max_attempts, quota=compute)
     releases = ReleaseService(db, kept_releases=settings.kept_releases)
     pipeline = DeployPipeline(
-        settings, deployments, releases, env_vars, runtime, locks, links, volumes, went_live=lambda: reconciler.wake()
+        settings,
+        deployments,
+        releases,
+        env_vars,
+        runtime,
+        locks,
+        links,
+        volumes,
+        went_live=lambda: reconciler.wake(),
+        built=lambda tenant_id, started, ended: sampler.record_build(tenant_id, started, ended),
     )
 
     databases = DatabaseService(
@@ -362,6 +378,19 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         volumes=VolumeUpkeep(volumes, runtime, orphan_grace_s=float(settings.volume_orphan_grace_s)),
     )
 
+    metering = MeteringService(db)
+    sampler = Sampler(
+        runtime,
+        metering,
+        tenants.ids_by_name,
+        StorageSources(
+            volumes=lambda: _volume_bytes(volumes),
+            database_of=lambda database_id: found.tenant_id if (found := databases.load(database_id)) else None,
+            backups_dir=settings.data_dir / "backups",
+        ),
+        interval_s=settings.metering_interval_s,
+        storage_interval_s=settings.metering_storage_interval_s,
+    )
     usage = UsageService(db)
     inference_limits = InferenceLimitsService(
         db,
@@ -389,7 +418,12 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         store=Path(settings.acme_storage),
         traefik_log=Path(settings.traefik_log) if settings.traefik_log else None,
     )
-    metrics = Metrics(registry, certificate_ends=custom_domains.certificate_ends)
+    metrics = Metrics(
+        registry,
+        certificate_ends=custom_domains.certificate_ends,
+        tenant_usage=sampler.snapshot,
+        max_tenants=settings.metering_metrics_max_tenants,
+    )
     limiter = SlidingWindowLimiter()
     idempotency = IdempotencyService(
         db,
@@ -449,7 +483,17 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         recovery=recovery,
         compute=compute,
         operator_health=OperatorHealth(settings, queue, registry, inference, lambda: reconciler.last_pass),
+        metering=metering,
+        sampler=sampler,
         upstream=Upstream(settings),
         metrics=metrics,
         inference_metrics=InferenceMetrics(metrics.registry, inference),
     )
+
+
+def _volume_bytes(volumes: VolumeService) -> dict[str, int]:
+    """Bytes each tenant's app volumes held at their last measurement (the reconciler's)."""
+    held: dict[str, int] = {}
+    for volume in volumes.all():
+        held[volume.tenant_id] = held.get(volume.tenant_id, 0) + (volume.used_bytes or 0)
+    return held

@@ -103,6 +103,12 @@ class Settings:
     swap_drain_ms: int = 1000  # after Traefik serves the new release, before the old one stops
     route_verify_timeout_s: int = 10  # how long to wait to see Traefik serve the new release
     reconcile_interval_s: int = 30  # 0 disables the reconciler
+    # Metering: how often each running container's counters are read (0: never), how often
+    # storage (volumes, database volumes, images, backups) is measured, and how many tenants
+    # get series of their own in /metrics (the rest add up under tenant="_other").
+    metering_interval_s: float = 30.0
+    metering_storage_interval_s: float = 300.0
+    metering_metrics_max_tenants: int = 200
     max_replicas: int = 10  # containers one app may run in (PATCH /v1/apps/{app} {"replicas"})
     # Custom domains: the proofs accepted (the first is the default), where names are looked
     # up (host[:port],...; empty: the system's resolver), the port the HTTP proof is fetched on

@@ -136,6 +136,15 @@ class Containers:
         return [_info(c) for c in cs]
 
     @guarded(idempotent=True)
+    def stats(self, container_id: str) -> dict[str, Any] | None:
+        """One reading of the engine's stats (no wait for a second sample); None when gone."""
+        try:
+            found: dict[str, Any] = self._api.api.stats(container_id, stream=False, one_shot=True)
+        except docker.errors.NotFound:
+            return None
+        return found
+
+    @guarded(idempotent=True)
     def logs(self, container_id: str, tail: LogTail = "all") -> list[str]:
         raw = self._api.containers.get(container_id).logs(tail=tail, timestamps=False)
         return raw.decode("utf-8", "replace").splitlines()

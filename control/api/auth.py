@@ -18,7 +18,7 @@ from control.domain.errors import Forbidden, Throttled, Unauthenticated
 from control.domain.keys import KeyService
 from control.security.auth_throttle import AuthThrottle
 from control.security.principal import Principal
-from control.security.scopes import ANY_KEY_ACCESS, OPERATOR_ACCESS
+from control.security.scopes import ANY_KEY_ACCESS, OPERATOR_ACCESS, alternatives
 
 # /openapi: also .json. /v1/register and /v1/recover carry their credential in the body.
 PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/openapi", r"^/\.well-known/moorage-verify/", "^/v1/register$", "^/v1/recover$"]
@@ -94,8 +94,9 @@ async def access_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: 
             "Operator keys manage the platform, not a tenant's resources. Use a key issued to the tenant.",
             code="tenant-key-required",
         )
-    if not principal.allows(access):
+    if not any(principal.allows(scope) for scope in alternatives(access)):
+        needed = " or ".join(f"'{scope}'" for scope in alternatives(access))
         raise Forbidden(
-            f"This call needs the '{access}' scope; key {principal.key_id} has {sorted(principal.scopes)}.",
+            f"This call needs the {needed} scope; key {principal.key_id} has {sorted(principal.scopes)}.",
             code="insufficient-scope",
         )

@@ -11,7 +11,7 @@ reach the bind address may scrape; the default bind is loopback).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -74,8 +74,86 @@ class _CertificateCollector(Collector):
         yield gauge
 
 
+class TenantUsage(Protocol):
+    """The metering sampler's live view, by tenant id."""
+
+    @property
+    def counters(self) -> dict[tuple[str, str], float]: ...  # (tenant, resource) -> all-time amount
+    @property
+    def memory(self) -> dict[str, float]: ...  # bytes in use at the last reading
+    @property
+    def storage(self) -> dict[tuple[str, str], float]: ...  # (tenant, category) -> bytes
+
+
+OTHER_TENANTS = "_other"
+_TENANT_COUNTERS = (
+    ("cpu_seconds", "moorage_tenant_cpu_seconds", "CPU-seconds used by the tenant's containers (apps, runs, databases)"),
+    ("net_rx_bytes", "moorage_tenant_network_receive_bytes", "Bytes the tenant's containers received"),
+    ("net_tx_bytes", "moorage_tenant_network_transmit_bytes", "Bytes the tenant's containers sent"),
+    ("block_read_bytes", "moorage_tenant_block_read_bytes", "Block I/O bytes read (0 under gVisor)"),
+    ("block_write_bytes", "moorage_tenant_block_write_bytes", "Block I/O bytes written (0 under gVisor)"),
+    ("build_seconds", "moorage_tenant_build_seconds", "Seconds the tenant's builds ran"),
+    ("builds", "moorage_tenant_builds", "Builds the tenant ran"),
+)
+
+
+class _TenantUsageCollector(Collector):
+    """Per-tenant usage with bounded cardinality: the ``max_tenants`` tenants with the most
+    CPU-seconds get series of their own, every other tenant adds to ``tenant="_other"``."""
+
+    def __init__(self, usage: Callable[[], TenantUsage], max_tenants: int) -> None:
+        self.usage = usage
+        self.max_tenants = max_tenants
+
+    def collect(self) -> Iterator[Any]:
+        try:
+            live = self.usage()
+        except Exception:  # noqa: BLE001 (a scrape reports what it can)
+            return
+        tenants = {t for t, _ in live.counters} | set(live.memory) | {t for t, _ in live.storage}
+        ranked = sorted(tenants, key=lambda t: (-live.counters.get((t, "cpu_seconds"), 0.0), t))
+        kept = set(ranked[: self.max_tenants])
+
+        def label(tenant: str) -> str:
+            return tenant if tenant in kept else OTHER_TENANTS
+
+        for resource, name, help_text in _TENANT_COUNTERS:
+            family = CounterMetricFamily(name, help_text, labels=["tenant"])
+            values = _sum_by(((label(t),), v) for (t, r), v in live.counters.items() if r == resource)
+            for (tenant,), value in values:
+                family.add_metric([tenant], value)
+            yield family
+        memory = GaugeMetricFamily(
+            "moorage_tenant_memory_bytes", "Memory the tenant's containers held at the last reading", labels=["tenant"]
+        )
+        for (tenant,), value in _sum_by(((label(t),), v) for t, v in live.memory.items()):
+            memory.add_metric([tenant], value)
+        yield memory
+        storage = GaugeMetricFamily(
+            "moorage_tenant_storage_bytes",
+            "Storage the tenant holds, by kind: volumes, database_volumes, images, backups",
+            labels=["tenant", "kind"],
+        )
+        for (tenant, kind), value in _sum_by(((label(t), k), v) for (t, k), v in live.storage.items()):
+            storage.add_metric([tenant, kind], value)
+        yield storage
+
+
+def _sum_by(pairs: Iterable[tuple[tuple[str, ...], float]]) -> list[tuple[tuple[str, ...], float]]:
+    summed: dict[tuple[str, ...], float] = {}
+    for key, value in pairs:
+        summed[key] = summed.get(key, 0.0) + value
+    return sorted(summed.items())
+
+
 class Metrics:
-    def __init__(self, breakers: BreakerRegistry, certificate_ends: Callable[[], dict[str, datetime]] | None = None) -> None:
+    def __init__(
+        self,
+        breakers: BreakerRegistry,
+        certificate_ends: Callable[[], dict[str, datetime]] | None = None,
+        tenant_usage: Callable[[], TenantUsage] | None = None,
+        max_tenants: int = 200,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "moorage_http_requests", "HTTP requests answered", ["method", "route", "status"], registry=self.registry
@@ -102,6 +180,8 @@ class Metrics:
         self.registry.register(_BreakerCollector(breakers))
         if certificate_ends is not None:
             self.registry.register(_CertificateCollector(certificate_ends))
+        if tenant_usage is not None:
+            self.registry.register(_TenantUsageCollector(tenant_usage, max_tenants))
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         method = method if method in _METHODS else "OTHER"

@@ -1,6 +1,10 @@
-"""Inference usage: ``GET /v1/usage`` (a tenant's own) and ``GET /v1/operator/usage``.
+"""Usage: ``GET /v1/usage`` (a tenant's own) and ``GET /v1/operator/usage``.
 
-Aggregated by day (UTC) and model with totals; ``detail=true`` adds the per-request rows
+``kind`` picks what: ``inference`` (the default, so callers from before the other kinds get
+what they always got), or the metered ``compute``, ``storage`` and ``builds``
+(``control.api.usage_metered``). Every answer carries its ``kind``.
+
+Inference usage is aggregated by day (UTC) and model with totals; ``detail=true`` adds the per-request rows
 (paged with ``limit``/``cursor``). Token counts are what the engine reported; a request
 whose engine said nothing (a broken stream) carries an estimate, flagged
 ``usage_reported: false``.
@@ -9,22 +13,34 @@ whose engine said nothing (a broken stream) carries an estimate, flagged
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import msgspec
+from litestar import Request
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
 from control.api.endpoints import Cursor, Limit, endpoint
+from control.api.usage_metered import BuildUsageOut, ComputeUsageOut, StorageUsageOut, metered_out
+from control.domain.errors import Forbidden
 from control.domain.inference import Inference
+from control.domain.metered_usage import MeteringService
 from control.domain.records import UsageRecord
 from control.domain.usage import UsageSummary, day_window
-from control.security.scopes import OPERATOR_ACCESS, KeyScope
+from control.security.principal import Principal
+from control.security.scopes import OPERATOR_ACCESS, USAGE_ACCESS, KeyScope
 
 Since = QueryParameter(description="First day (UTC, YYYY-MM-DD); default: 30 days before `until`.", required=False)
 Until = QueryParameter(description="Last day, inclusive (UTC, YYYY-MM-DD); default: today.", required=False)
 Detail = QueryParameter(description="Also return the per-request rows (paged).", required=False)
 TenantFilter = QueryParameter(description="Only this tenant.", required=False)
+KindParam = QueryParameter(
+    description="What to report: `inference` (tokens, by day and model; the default), `compute` (CPU-seconds, memory, "
+    "network, block I/O by hour), `storage` (volumes, database volumes, images, backups by hour), `builds` (build "
+    "seconds by hour and per deployment). Tenant keys: `inference` needs `inference` or `read`, the others `read`.",
+    required=False,
+)
+Kind = Literal["inference", "compute", "storage", "builds"]
 
 
 class UsageBucketOut(msgspec.Struct, omit_defaults=True):
@@ -77,7 +93,7 @@ class UsageRowOut(msgspec.Struct):
         return cls(**fields, total_tokens=record.total_tokens)
 
 
-class UsageOut(msgspec.Struct):
+class UsageOut(msgspec.Struct, tag_field="kind", tag="inference"):
     since: date
     until: date
     items: Annotated[list[UsageBucketOut], msgspec.Meta(description="Per day and model")]
@@ -126,36 +142,62 @@ def _report(
     return out
 
 
+AnyUsageOut = UsageOut | ComputeUsageOut | StorageUsageOut | BuildUsageOut
+
+
+def _metered(metering: MeteringService, kind: Kind, tenant_id: str | None, since: date | None, until: date | None,
+             *, per_tenant: bool) -> AnyUsageOut:  # fmt: skip
+    first, last = day_window(since, until, datetime.now(UTC).date())
+    return metered_out(metering.report(kind, tenant_id, first, last), per_tenant=per_tenant)
+
+
 @endpoint(
-    "GET", "/v1/usage", access=KeyScope.INFERENCE, summary="Your tenant's inference usage by day and model", tags=["inference"]
-)
+    "GET", "/v1/usage", access=USAGE_ACCESS, summary="Your tenant's usage: inference tokens, compute, storage or builds",
+    tags=["usage"],
+)  # fmt: skip
 def tenant_usage(
+    request: Request[Any, Principal, Any],
     caller_tenant: NamedDependency[str],
     inference: NamedDependency[Inference],
+    metering: NamedDependency[MeteringService],
+    kind: Annotated[Kind, KindParam] = "inference",
     since: Annotated[date | None, Since] = None,
     until: Annotated[date | None, Until] = None,
     detail: Annotated[bool, Detail] = False,
     limit: Annotated[int, Limit] = 50,
     cursor: Annotated[str | None, Cursor] = None,
-) -> UsageOut:
+) -> AnyUsageOut:
+    if kind != "inference":
+        if not request.user.allows(KeyScope.READ):
+            raise Forbidden(
+                f"Usage of kind '{kind}' needs the 'read' scope; key {request.user.key_id} has "
+                f"{sorted(request.user.scopes)} (an `inference` key reads `kind=inference` only).",
+                code="insufficient-scope",
+            )
+        return _metered(metering, kind, caller_tenant, since, until, per_tenant=False)
     return _report(  # a tenant id, never None here: None would mean every tenant
         inference, caller_tenant, since, until, detail=detail, limit=limit, cursor=cursor, per_tenant=False
     )
 
 
 @endpoint(
-    "GET", "/v1/operator/usage", access=OPERATOR_ACCESS, summary="Every tenant's inference usage by day, tenant and model",
-    tags=["inference (operator)"],
+    "GET", "/v1/operator/usage", access=OPERATOR_ACCESS,
+    summary="Every tenant's usage (inference by day, tenant and model; compute, storage, builds by hour and tenant)",
+    tags=["usage (operator)"],
 )  # fmt: skip
 def operator_usage(
     inference: NamedDependency[Inference],
+    metering: NamedDependency[MeteringService],
+    kind: Annotated[Kind, KindParam] = "inference",
     tenant_id: Annotated[str | None, TenantFilter] = None,
     since: Annotated[date | None, Since] = None,
     until: Annotated[date | None, Until] = None,
     detail: Annotated[bool, Detail] = False,
     limit: Annotated[int, Limit] = 50,
     cursor: Annotated[str | None, Cursor] = None,
-) -> UsageOut:
+) -> AnyUsageOut:
+    if kind != "inference":
+        return _metered(metering, kind, tenant_id, since, until, per_tenant=True)
     return _report(inference, tenant_id, since, until, detail=detail, limit=limit, cursor=cursor, per_tenant=True)
 
 

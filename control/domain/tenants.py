@@ -56,6 +56,10 @@ class TenantService:
         with self.db.read() as session:
             return TenantRepository(session).names()
 
+    def ids_by_name(self) -> dict[str, str]:
+        with self.db.read() as session:
+            return TenantRepository(session).ids_by_name()
+
     def ids(self) -> set[str]:
         with self.db.read() as session:
             return TenantRepository(session).ids()

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +41,7 @@ from runtime.builders import (
     BuilderUnavailable,
     BuildRequest,
     BuildTimeout,
+    BuiltImage,
     select_builder,
 )
 
@@ -177,6 +178,8 @@ class SourceBuild:
     settings: Settings
     deployments: DeploymentService
     runtime: AppRuntime
+    # Told of every build that ran (tenant id, start and end in epoch seconds): metering.
+    built: Callable[[str, float, float], None] = lambda tenant_id, started, ended: None
 
     def run(self, dep: Deployment, job: Job, app: App, tenant: str, out: BuildLog, ctx: JobContext) -> tuple[str, str]:
         """The image id and tag; the deployment is ``releasing`` then."""
@@ -210,7 +213,7 @@ class SourceBuild:
             last_check[0] = time.monotonic()
             return ctx.lease_lost.is_set() or self.deployments.cancel_requested(dep.id)
 
-        started = time.monotonic()
+        started, began = time.monotonic(), time.time()
         request = BuildRequest(
             source=src,
             tag=tag,
@@ -223,7 +226,19 @@ class SourceBuild:
             prepare_dockerfile=checked,
         )
         try:
-            built = self.runtime.build_image(choice, request)
+            built = self._build(choice, request, dep, ctx)
+        finally:  # a failed or cut-off build took its time too
+            seconds = time.monotonic() - started
+            self.deployments.record_timing(dep.id, build_s=seconds)
+            self.built(dep.tenant_id, began, began + seconds)
+        out.step(f"built {built.image_id[:19]} in {seconds:.2f}s")
+        check_step(self.deployments, dep.id, ctx)
+        self.deployments.transition(dep.id, Status.RELEASING, builder=choice, image=built.image_id)
+        return built.image_id, tag
+
+    def _build(self, builder: str, request: BuildRequest, dep: Deployment, ctx: JobContext) -> BuiltImage:
+        try:
+            return self.runtime.build_image(builder, request)
         except BuilderUnavailable as exc:
             raise Failed(str(exc)) from None
         except DockerfileRefused as exc:
@@ -235,11 +250,6 @@ class SourceBuild:
         except BuildCancelled:
             check_step(self.deployments, dep.id, ctx)
             raise Cancelled() from None
-        self.deployments.record_timing(dep.id, build_s=time.monotonic() - started)
-        out.step(f"built {built.image_id[:19]} in {time.monotonic() - started:.2f}s")
-        check_step(self.deployments, dep.id, ctx)
-        self.deployments.transition(dep.id, Status.RELEASING, builder=choice, image=built.image_id)
-        return built.image_id, tag
 
     def _clone(self, dep: Deployment, src: Path, out: BuildLog) -> None:
         """The policy again, just before cloning (the source may predate it, and DNS may

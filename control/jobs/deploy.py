@@ -68,10 +68,12 @@ class DeployPipeline:
     # Told once a release is live: the reconciler's pass then prunes the images (and build
     # layers) no kept release needs any more, rather than at the end of its interval.
     went_live: Callable[[], None] = lambda: None
+    # Told of each build that ran (tenant id, start, end in epoch seconds): metering.
+    built: Callable[[str, float, float], None] = lambda tenant_id, started, ended: None
     source_build: SourceBuild = field(init=False)
 
     def __post_init__(self) -> None:
-        self.source_build = SourceBuild(self.settings, self.deployments, self.runtime)
+        self.source_build = SourceBuild(self.settings, self.deployments, self.runtime, self.built)
 
     def __call__(self, job: Job, ctx: JobContext) -> None:
         dep = self.deployments.load(job.subject_id)

@@ -41,9 +41,11 @@ import structlog
 from control.domain.build_policy import LINEAGE_LABEL
 from control.jobs.build import TENANT_IMAGES, tenant_repository
 from control.jobs.docker_runs import run_in_container
+from control.jobs.runtime_metering import container_usage, database_volume_bytes
 from control.jobs.runtime_port import (
     AppContainer,
     BuildLayer,
+    ContainerUsage,
     RemovalRefused,
     Route,
     RunOutcome,
@@ -213,7 +215,7 @@ class DockerAppRuntime:
         for image in self.images.list_managed(role="image"):
             tags = tuple(tag for tag in image.tags if tag.startswith(prefix))
             if tags:
-                found.append(TenantImage(image.id, tags))
+                found.append(TenantImage(image.id, tags, image.size))
         return found
 
     def orphan_images(self, live_tenant_ids: Collection[str]) -> list[TenantImage]:
@@ -322,6 +324,17 @@ class DockerAppRuntime:
 
     def ever_started_anything(self) -> bool:
         return (self.settings.data_dir / "instance-id").exists()
+
+    # -- metering -------------------------------------------------------------------------
+    def container_usage(self) -> list[ContainerUsage]:
+        return container_usage(self.containers, INSTANCE_LABEL, self.instance)
+
+    def database_volume_bytes(self) -> dict[str, int]:
+        return database_volume_bytes(self.engine, INSTANCE_LABEL, self.instance, self._database_mountpoints)
+
+    @cached_property
+    def _database_mountpoints(self) -> dict[str, str]:
+        return {}
 
     # -- one-off runs ---------------------------------------------------------------------
     def run_command(

@@ -30,6 +30,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,7 @@ from control.jobs.runtime_port import (
     AppContainer,
     AppRuntime,
     BuildLayer,
+    ContainerUsage,
     RemovalRefused,
     Route,
     RunOutcome,
@@ -56,6 +58,7 @@ from runtime.volumes import NameHeldByAnother, VolumeInUse, VolumeStorageMissing
 
 STEPS = frozenset(name for name in vars(AppRuntime) if not name.startswith("_"))
 BUILDERS = ("dockerfile", "nixpacks")
+IMAGE_BYTES = 5 * 2**20  # what every image the fake builds takes
 
 
 class SimulatedCrash(BaseException):
@@ -78,6 +81,8 @@ class FakeContainer:
     health: str = "healthy"  # healthy | never | dies: what its health check will find
     log: list[str] = field(default_factory=list)
     mounts: tuple[VolumeMount, ...] = ()
+    started: float = field(default_factory=time.time)  # started again: a new incarnation, counters from 0 (as the engine's)
+    meters: dict[str, float] = field(default_factory=dict)  # what ``use`` added: cumulative counters
     files: dict[str, str] = field(default_factory=dict)  # written outside its volumes: gone with it
 
     def view(self) -> AppContainer:
@@ -148,6 +153,7 @@ class InMemoryAppRuntime:
         self.legacy: set[str] = set()  # stems (tenant--app) of route files from before id keys
         self.step_containers: dict[str, Path] = {}  # build step container id -> the work dir of its build
         self.build_networks: dict[str, str] = {}  # a build's own network -> the deployment it builds
+        self.database_volumes: dict[str, int] = {}  # database id -> bytes its volume holds (set by a test)
         self.calls: list[str] = []  # the steps called, in order
         self._before: defaultdict[str, list[Callable[[], None]]] = defaultdict(list)
         self._after: defaultdict[str, list[Callable[[], None]]] = defaultdict(list)
@@ -208,6 +214,17 @@ class InMemoryAppRuntime:
     def script_runs(self, *, output: Sequence[str] = (), exit_code: int = 0, duration_s: float = 0.0) -> None:
         """Runs started from now on print ``output``, then exit ``exit_code`` after ``duration_s``."""
         self._run_script = RunScript(tuple(output), exit_code, duration_s)
+
+    def use(self, container_id: str, **amounts: float) -> None:
+        """The app in the container uses resources: ``cpu_seconds``, ``net_rx_bytes``, ... add to
+        its counters; ``memory_bytes`` sets what it holds now (and raises its peak)."""
+        container = self.containers.get(container_id) or self.run_containers[container_id]
+        for name, value in amounts.items():
+            if name == "memory_bytes":
+                container.meters["memory_bytes"] = value
+                container.meters["memory_peak_bytes"] = max(value, container.meters.get("memory_peak_bytes", 0))
+            else:
+                container.meters[name] = container.meters.get(name, 0.0) + value
 
     def stop_behind_our_back(self, container_id: str) -> None:
         """The container exits, as if killed by someone else."""
@@ -347,7 +364,11 @@ class InMemoryAppRuntime:
     def tenant_images(self, *tenant_ids: str) -> list[TenantImage]:
         self._enter("tenant_images")
         prefix = tuple(tenant_repository(tenant_id) for tenant_id in tenant_ids)
-        found = [TenantImage(image_id, (tag,)) for image_id, tag in self.images.items() if prefix and tag.startswith(prefix)]
+        found = [
+            TenantImage(image_id, (tag,), IMAGE_BYTES)
+            for image_id, tag in self.images.items()
+            if prefix and tag.startswith(prefix)
+        ]
         self._leave("tenant_images")
         return found
 
@@ -440,6 +461,7 @@ class InMemoryAppRuntime:
         self._enter("restart")
         container = self._container(container_id)
         container.status, container.ip = "running", self._address(88)  # a restarted container may get another
+        container.started, container.meters = max(time.time(), container.started + 1e-6), {}
         self._leave("restart")
         return container.view()
 
@@ -499,6 +521,36 @@ class InMemoryAppRuntime:
         started = self._started_anything
         self._leave("ever_started_anything")
         return started
+
+    # -- metering -------------------------------------------------------------------------
+    def container_usage(self) -> list[ContainerUsage]:
+        self._enter("container_usage")
+        running = [(c, "app") for c in self.containers.values()] + [(c, "run") for c in self.run_containers.values()]
+        found = [
+            ContainerUsage(
+                container_id=c.id,
+                tenant=c.tenant,
+                role=role,
+                started_at=datetime.fromtimestamp(c.started, UTC).isoformat().replace("+00:00", "Z"),
+                cpu_seconds=c.meters.get("cpu_seconds", 0.0),
+                memory_bytes=int(c.meters.get("memory_bytes", 0)),
+                memory_peak_bytes=int(c.meters.get("memory_peak_bytes", 0)),
+                net_rx_bytes=int(c.meters.get("net_rx_bytes", 0)),
+                net_tx_bytes=int(c.meters.get("net_tx_bytes", 0)),
+                block_read_bytes=int(c.meters.get("block_read_bytes", 0)),
+                block_write_bytes=int(c.meters.get("block_write_bytes", 0)),
+            )
+            for c, role in running
+            if c.status == "running"
+        ]
+        self._leave("container_usage")
+        return found
+
+    def database_volume_bytes(self) -> dict[str, int]:
+        self._enter("database_volume_bytes")
+        found = dict(self.database_volumes)
+        self._leave("database_volume_bytes")
+        return found
 
     # -- one-off runs ---------------------------------------------------------------------
     def run_command(

@@ -93,9 +93,28 @@ class TenantImage:
 
     id: str
     tags: tuple[str, ...]
+    size: int = 0  # bytes, as the engine counts them (shared layers counted in each image)
 
     def deployment_ids(self) -> set[str]:
         return {tag.rpartition(":")[2] for tag in self.tags}
+
+
+@dataclass(frozen=True)
+class ContainerUsage:
+    """One running container's counters as the engine reports them now: cumulative since the
+    container (this incarnation of it) started, so a restart starts them from 0 again."""
+
+    container_id: str
+    tenant: str  # the tenant's name (its label)
+    role: str  # app | run | database
+    started_at: str  # the engine's start time (RFC 3339): tells one incarnation from the next
+    cpu_seconds: float
+    memory_bytes: int  # in use now, page cache that can be dropped left out
+    memory_peak_bytes: int  # the high-water mark of this incarnation; 0 where the engine keeps none
+    net_rx_bytes: int
+    net_tx_bytes: int
+    block_read_bytes: int
+    block_write_bytes: int
 
 
 @dataclass(frozen=True)
@@ -225,6 +244,16 @@ class AppRuntime(Protocol):
     def ever_started_anything(self) -> bool:
         """False while this control plane has never started a container: nothing can be
         there to reconcile, so no reason to call the engine."""
+        ...
+
+    # -- metering -------------------------------------------------------------------------
+    def container_usage(self) -> list[ContainerUsage]:
+        """Every running container this control plane started (apps, runs, databases) with its
+        counters now; one that goes away while being read is left out."""
+        ...
+
+    def database_volume_bytes(self) -> dict[str, int]:
+        """Bytes each managed database's data volume holds, by database id."""
         ...
 
     # -- one-off runs ---------------------------------------------------------------------

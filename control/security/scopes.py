@@ -25,6 +25,14 @@ class KeyScope(StrEnum):
 # Not grantable scopes: what a route may demand of its caller beyond a tenant scope.
 OPERATOR_ACCESS = "operator"  # an operator key
 ANY_KEY_ACCESS = "any-key"  # any valid key, operator or tenant
+# A tenant key holding either scope (``|`` separates alternatives): usage reports, which an
+# inference-only key reads for its tokens and a ``read`` key for everything the tenant used.
+USAGE_ACCESS = "read|inference"
+
+
+def alternatives(access: str) -> tuple[str, ...]:
+    return tuple(access.split("|"))
+
 
 TENANT_SCOPES = frozenset({KeyScope.READ, KeyScope.DEPLOY, KeyScope.ADMIN, KeyScope.INFERENCE})
 
@@ -36,13 +44,14 @@ DEPLOY_READS_SECRETS = (
 )
 
 DESCRIPTIONS: dict[str, str] = {
-    KeyScope.READ: "See the tenant's apps, deployments, logs, env var names (not values), databases and backups.",
+    KeyScope.READ: "See the tenant's apps, deployments, logs, env var names (not values), databases, backups and "
+    "usage (`/v1/usage`: compute, storage, builds, inference).",
     KeyScope.DEPLOY: "Everything `read` can, plus create, change and deploy apps, set env vars, manage databases, "
     "links and backups. " + DEPLOY_READS_SECRETS,
     KeyScope.ADMIN: "Everything `deploy` can, plus reveal env var values and database URLs, download backups, "
     "read the audit log and issue or revoke the tenant's keys.",
     KeyScope.INFERENCE: "Call the inference gateway (`/v1/models`, `/v1/chat/completions`, `/v1/completions`, "
-    "`/v1/usage`) and nothing else.",
+    "`/v1/usage` for inference tokens) and nothing else.",
     KeyScope.OPERATOR: "Operator keys only (no tenant): manage tenants, their keys and limits, and inference nodes.",
 }
 

@@ -7,6 +7,7 @@ from datetime import datetime
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -584,3 +585,19 @@ class DomainRow(Timestamps, Base):
     verify_until: Mapped[datetime | None] = mapped_column(UTCDateTime)  # checks go on until then, then fail
     checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class MeteredUsageRow(Base):
+    """One tenant's use of one resource in one hour (UTC): counters summed (CPU-seconds, bytes,
+    build seconds), gauges as byte-seconds with their peak. No foreign key: like inference
+    usage, it is billing data and outlives tenants."""
+
+    __tablename__ = "metered_usage"
+    __table_args__ = (Index("ix_metered_usage_hour", "hour"),)
+
+    tenant_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)  # the hour's start
+    resource: Mapped[str] = mapped_column(String(40), primary_key=True)
+    amount: Mapped[float] = mapped_column(Float, default=0.0)
+    peak: Mapped[float] = mapped_column(Float, default=0.0)  # gauges only: the highest reading
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

@@ -4,6 +4,7 @@ stay queued): JSON shapes, the app URL field (GET/POST /v1/apps), bounded logs."
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,3 +105,24 @@ def test_volumes_commands_shapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         assert main(["volumes", "get", "web", "data", "--json"]) == 4
         assert run_json(capsys, "volumes", "create", "web", "data", "--mount-path", "/d", "--size-mb", "1")[0] == 0
         assert run_json(capsys, "apps", "delete", "web", "--purge") == (0, {"deleted": "web"})
+
+
+def test_usage_kinds_print_the_apis_shapes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with cli_tenant(tmp_path / "data", monkeypatch, metering_interval_s=0) as served:
+        tenant_id = served.app.state.services.tenants.ids_by_name()["acme"]
+        now = time.time()
+        served.app.state.services.sampler.record_build(tenant_id, now - 4, now)
+        code, builds = run_json(capsys, "usage", "--kind", "builds")
+        assert code == 0 and isinstance(builds, dict)
+        assert builds["kind"] == "builds" and builds["totals"]["builds"] == 1
+        assert builds["totals"]["build_seconds"] == pytest.approx(4.0)
+        code, compute = run_json(capsys, "usage", "--kind", "compute")
+        assert code == 0 and isinstance(compute, dict)
+        assert compute["kind"] == "compute" and set(compute["totals"]) >= {"cpu_seconds", "memory_peak_bytes"}
+        code, inference = run_json(capsys, "usage")
+        assert code == 0 and isinstance(inference, dict) and inference["kind"] == "inference"
+        assert main(["usage", "--kind", "storage"]) == 0  # a table (empty: nothing stored yet)
+        capsys.readouterr()
+        assert main(["usage", "--operator", "--json"]) == 7  # a tenant key: operator-required

@@ -14,7 +14,7 @@ from litestar.testing import TestClient
 from control.api.auth import PUBLIC_PATHS
 from control.api.node_auth import NODE_ACCESS
 from control.app import create_app
-from control.security.scopes import ANY_KEY_ACCESS, OPERATOR_ACCESS, TENANT_SCOPES
+from control.security.scopes import ANY_KEY_ACCESS, OPERATOR_ACCESS, TENANT_SCOPES, alternatives
 from runtime.host_check import HostTargets, check_host
 from runtime.traefik import TraefikProcess
 from tests.live_server import free_port
@@ -175,4 +175,6 @@ def test_every_v1_route_declares_who_may_call_it(app) -> None:
                 continue
             if handler.opt.get("public") and any(re.match(p, route.path) for p in PUBLIC_PATHS):
                 continue  # registration and recovery: anyone, with the credential in the body
-            assert handler.opt.get("access") in allowed, f"{route.path} {handler.http_methods}"
+            access = handler.opt.get("access")
+            assert access is not None, f"{route.path} {handler.http_methods}"
+            assert set(alternatives(access)) <= allowed, f"{route.path} {handler.http_methods}: {access}"

@@ -53,6 +53,8 @@ class Subject:
     script_runs: Callable[..., None] = lambda **_: None
     # Builds from now on fail at a step: the fake is told; Docker runs the failing step itself.
     fail_builds: Callable[[], None] = lambda: None
+    # The app in the container burns some CPU: the fake is told; in Docker a busy loop runs in it.
+    burn: Callable[[str], None] = lambda _: None
 
 
 def _source(root: Path) -> Path:
@@ -143,6 +145,7 @@ def _docker_subject(world: DockerWorld, tmp_path: Path) -> Iterator[Subject]:
         fill=fill,
         reboot_volumes=reboot_volumes,
         leave_build_network=lambda deployment: rt.build_networks.create(TENANT, build=f"moorage-apps/t/{APP}:{deployment}"),
+        burn=lambda container_id: sh(container_id, "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"),
     )
     for name in rt.owned_build_networks():
         rt.remove_build_network(name)
@@ -171,6 +174,7 @@ def _fake_subject(tmp_path: Path) -> Iterator[Subject]:
         fill=lambda container_id, path, n: fake.write_file(container_id, path, "\0" * n),
         reboot_volumes=lambda: None,
         leave_build_network=lambda deployment: _plant(fake.build_networks, f"left-{deployment}", deployment),
+        burn=lambda container_id: fake.use(container_id, cpu_seconds=0.5, memory_bytes=2**20),
     )
 
 
@@ -290,6 +294,21 @@ def test_a_container_stopped_behind_our_back_restarts(subject: Subject) -> None:
     again = rt.restart(container_id)
     assert again.running and again.id == container_id
     assert rt.wait_healthy(again, port=8080, path="/", timeout=20).ok
+
+
+def test_a_running_containers_counters_are_read_and_start_from_0_when_it_is_started_again(subject: Subject) -> None:
+    rt = subject.runtime
+    container_id = _container_id(subject, _start(subject))
+    subject.burn(container_id)
+    [before] = [u for u in rt.container_usage() if u.container_id == container_id]
+    assert (before.tenant, before.role) == (TENANT, "app")
+    assert before.cpu_seconds > 0 and before.memory_bytes > 0 and before.started_at
+    subject.stop_behind_our_back(container_id)
+    assert container_id not in {u.container_id for u in rt.container_usage()}  # stopped: nothing to read
+    rt.restart(container_id)
+    [after] = [u for u in rt.container_usage() if u.container_id == container_id]
+    assert after.started_at != before.started_at  # a new incarnation: the sampler counts it from 0
+    assert after.cpu_seconds < before.cpu_seconds
 
 
 def test_removed_containers_are_gone_and_a_second_removal_is_refused(subject: Subject) -> None:

@@ -42,7 +42,7 @@ from schemathesis.checks import (
 
 from control.api.auth import PUBLIC_PATHS
 from control.app import create_app
-from control.security.scopes import TENANT_SCOPES
+from control.security.scopes import TENANT_SCOPES, alternatives
 from control.settings import Settings
 from tests.live_server import free_port, serving
 
@@ -121,7 +121,7 @@ def credential(live: dict[str, Any], method: str, path: str) -> dict[str, str]:
         token = live["tokens"]["operator"]
     elif access == "node":
         token = live["tokens"]["node"]
-    elif access in TENANT_SCOPES or access == "any-key":
+    elif access in TENANT_SCOPES or access == "any-key" or set(alternatives(access)) <= TENANT_SCOPES:
         token = live["tokens"]["tenant"]
     else:
         raise AssertionError(f"{method} {path}: unknown access {access!r} (not in the route table?)")

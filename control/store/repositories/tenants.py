@@ -40,6 +40,10 @@ class TenantRepository:
     def names(self) -> set[str]:
         return set(self.session.scalars(select(TenantRow.name)))
 
+    def ids_by_name(self) -> dict[str, str]:
+        rows = self.session.execute(select(TenantRow.name, TenantRow.id))
+        return {str(name): str(tenant_id) for name, tenant_id in rows}
+
     def ids(self) -> set[str]:
         return set(self.session.scalars(select(TenantRow.id)))
 

@@ -1,9 +1,11 @@
-"""``moorage chat`` and ``moorage usage``: the OpenAI-compatible inference gateway.
+"""``moorage chat`` and ``moorage usage``: the OpenAI-compatible inference gateway, and usage.
 
 ``chat --json``: the gateway's chat completion object unchanged (OpenAI shape). ``chat
 --stream`` prints tokens to stdout as they arrive; with ``--stream --json`` tokens go to
 stderr and stdout gets one object ``{"model", "content", "usage", "finish_reason"}``.
-``usage --json``: the ``GET /v1/usage`` object (``items`` per day and model, ``totals``).
+``usage --json``: the ``GET /v1/usage`` object (``--kind inference``, the default: ``items``
+per day and model; ``compute``, ``storage``, ``builds``: ``items`` per hour; all with ``kind``
+and ``totals``); ``--operator`` reads ``GET /v1/operator/usage`` (every tenant, or ``--tenant``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ from control.cli.client.http import ApiClient, ApiError
 from control.cli.client.render import emit
 from control.cli.client.terminal import terminal_safe
 
-USAGE_COLUMNS = ("day", "model", "requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens")
+USAGE_KINDS = ("inference", "compute", "storage", "builds")
+STORAGE_KINDS = ("volumes", "database_volumes", "images", "backups")
+USAGE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "inference": ("day", "model", "requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens"),
+    "compute": ("hour", "cpu_seconds", "memory_average_bytes", "memory_peak_bytes", "net_rx_bytes", "net_tx_bytes"),
+    "storage": ("hour", *(f"{kind}_peak_bytes" for kind in STORAGE_KINDS)),
+    "builds": ("hour", "build_seconds", "builds"),
+}
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -30,9 +39,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], comm
     chat.add_argument("--stream", action="store_true", help="print tokens as they arrive")
     chat.set_defaults(api=run_chat)
 
-    usage = commands.add_parser("usage", parents=[common], help="your tenant's inference usage")
+    usage = commands.add_parser("usage", parents=[common], help="your tenant's usage: inference, compute, storage, builds")
+    usage.add_argument("--kind", choices=USAGE_KINDS, default="inference", help="what to report (default: inference)")
     usage.add_argument("--since", metavar="YYYY-MM-DD")
     usage.add_argument("--until", metavar="YYYY-MM-DD")
+    usage.add_argument("--operator", action="store_true", help="every tenant's (an operator key)")
+    usage.add_argument("--tenant", metavar="TENANT_ID", help="with --operator: only this tenant")
     usage.set_defaults(api=run_usage)
 
     models = commands.add_parser("models", parents=[common], help="models served now")
@@ -86,9 +98,23 @@ def raise_stream_error(chunk: dict[str, Any]) -> None:
 
 
 def run_usage(args: argparse.Namespace, api: ApiClient) -> int:
-    usage = api.get("/v1/usage", since=args.since, until=args.until)
-    emit(usage if args.json else usage["items"], as_json=args.json, columns=USAGE_COLUMNS)
+    path, scope = ("/v1/operator/usage", {"tenant_id": args.tenant}) if args.operator else ("/v1/usage", {})
+    usage = api.get(path, kind=args.kind, since=args.since, until=args.until, **scope)
+    if args.json:
+        emit(usage, as_json=True)
+        return 0
+    columns = ("tenant_id", *USAGE_COLUMNS[args.kind]) if args.operator else USAGE_COLUMNS[args.kind]
+    emit([_flat(item) for item in usage["items"]], as_json=False, columns=columns)
     return 0
+
+
+def _flat(item: dict[str, Any]) -> dict[str, Any]:
+    """A storage hour's nested figures as columns: ``images_peak_bytes``, ..."""
+    flat = dict(item)
+    for kind in STORAGE_KINDS:
+        if isinstance(item.get(kind), dict):
+            flat[f"{kind}_peak_bytes"] = item[kind]["peak_bytes"]
+    return flat
 
 
 def run_models(args: argparse.Namespace, api: ApiClient) -> int:

@@ -347,7 +347,11 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
     )
     domain_verifier = DomainVerifier(
         domains,
-        DomainChecks(parse_nameservers(settings.domain_nameservers), http_port=settings.domain_http_port),
+        DomainChecks(
+            parse_nameservers(settings.domain_nameservers),
+            http_port=settings.domain_http_port,
+            internal_allowed=settings.domain_networks,
+        ),
         domain_routing,
     )
 

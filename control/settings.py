@@ -116,6 +116,9 @@ class Settings:
     domain_verify_methods: str = "http,dns"
     domain_nameservers: str = ""
     domain_http_port: int = 80
+    # CIDRs the HTTP proof may be fetched from although not public (a platform on a private
+    # network, the tests' loopback); empty: public addresses only.
+    domain_internal_networks: str = ""
     domain_verify_timeout_s: int = 900
     domain_verify_interval_s: float = 10.0
     domain_max_per_app: int = 20
@@ -216,6 +219,10 @@ class Settings:
         if self.inference_budget_period not in {"day", "month"}:
             raise SettingsError("MOORAGE_INFERENCE_BUDGET_PERIOD must be 'day' or 'month'")
         try:
+            _ = self.domain_networks
+        except ValueError as exc:
+            raise SettingsError(f"MOORAGE_DOMAIN_INTERNAL_NETWORKS must be comma-separated CIDRs: {exc}") from None
+        try:
             _ = self.git_networks  # parsed here so a bad value stops startup, not the first git fetch
         except ValueError as exc:
             raise SettingsError(f"MOORAGE_GIT_ALLOWED_NETWORKS must be comma-separated CIDRs: {exc}") from None
@@ -243,6 +250,10 @@ class Settings:
             value = getattr(self, item.name)
             if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
                 raise SettingsError(f"MOORAGE_{item.name.upper()} must not be negative, got {value}")
+
+    @property
+    def domain_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(x.strip(), strict=False) for x in self.domain_internal_networks.split(",") if x.strip())
 
     @property
     def git_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

@@ -12,6 +12,7 @@ Nothing here knows tenants; the caller turns a ``CheckFailed`` into a reason.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -45,10 +46,25 @@ def parse_nameservers(text: str) -> tuple[Nameserver, ...]:
 
 
 class DomainChecks:
-    def __init__(self, nameservers: Sequence[Nameserver] = (), *, http_port: int = 80, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        nameservers: Sequence[Nameserver] = (),
+        *,
+        http_port: int = 80,
+        timeout_s: float = 5.0,
+        internal_allowed: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+    ) -> None:
         self.nameservers = tuple(nameservers)
         self.http_port = http_port
         self.timeout_s = timeout_s
+        # A tenant chooses the name and so where it points: the HTTP check never fetches from
+        # a loopback, private or link-local address (the host's or the cloud's own services)
+        # unless the operator's platform lives there.
+        self.internal_allowed = tuple(internal_allowed)
+
+    def _may_fetch(self, address: str) -> bool:
+        ip = ipaddress.ip_address(address)
+        return ip.is_global or any(ip in net for net in self.internal_allowed)
 
     def _resolver(self) -> dns.resolver.Resolver:
         if not self.nameservers:
@@ -89,6 +105,9 @@ class DomainChecks:
             raise CheckFailed(f"{hostname} has no A or AAAA record")
         seen = []
         for address in addresses:
+            if not self._may_fetch(address):
+                seen.append(f"{address}: an internal address, not checked (MOORAGE_DOMAIN_INTERNAL_NETWORKS)")
+                continue
             host = f"[{address}]" if ":" in address else address
             url = f"http://{host}:{self.http_port}{VERIFY_PATH}{token}"
             try:

@@ -103,6 +103,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         acme_email="ops@example.test",
         acme_storage=str(folder / "acme.json"),
         domain_nameservers=acme.nameserver,
+        domain_internal_networks="127.0.0.0/8",  # the names point at this machine's loopback
         domain_http_port=traefik.http_port,
         domain_verify_interval_s=0.5,
         domain_verify_timeout_s=6,

@@ -20,6 +20,7 @@ import pytest
 
 from control.jobs import runtime_docker
 from runtime.traefik import TraefikProcess
+from tests.conftest import Caller
 from tests.e2e.apps import source, tar_gz
 from tests.fault import dockerd
 from tests.fault.conftest import PlatformFactory
@@ -104,6 +105,7 @@ def test_dockerd_restart_mid_build(
             assert time.monotonic() < deadline, "the slow build step never started"
             time.sleep(0.2)
 
+        operator = Caller(p.client, p.app.state.services.keys.bootstrap_operator("fault-health", another=True).token)
         poller = Poller(traefik.url + "/", p.host("steady"))
         poller.start()
         stopped_at = time.monotonic()
@@ -113,6 +115,12 @@ def test_dockerd_restart_mid_build(
             assert during.status_code == 503, during.text
             assert during.headers["content-type"].startswith("application/problem+json")
             assert during.json()["code"] == "dependency-unavailable" and int(during.headers["retry-after"]) >= 1
+            # The operator's health names the engine, really stopped, with what it found.
+            health = operator.get("/v1/operator/health")
+            assert health.status_code == 200 and health.json()["status"] == "fail", health.text
+            docker_check = health.json()["components"]["docker"]
+            assert "docker" in health.json()["failing"] and docker_check["status"] == "fail", docker_check
+            assert docker_check["figure"] and docker_check["remedy"], docker_check
             time.sleep(2)  # a while without Docker: the poller keeps asking the running app
         finally:
             dockerd.start(dockerd_argv)

@@ -10,6 +10,7 @@ the route at once. ``certificate`` is read from Traefik's ACME store, not guesse
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -133,11 +134,21 @@ class DomainController(Controller):
     tags = ("domains",)
 
     @staticmethod
-    def _out(custom_domains: CustomDomains, domain: Domain) -> DomainOut:
+    def _outs(custom_domains: CustomDomains, domains: Sequence[Domain]) -> list[DomainOut]:
+        """The store and Traefik's log are files: each is read once per answer, not per domain."""
         tls = custom_domains.domains.config.tls
-        stored = custom_domains.certificates().get(domain.hostname) if tls else None
-        error = custom_domains.acme_errors().get(domain.hostname) if tls and domain.status == "active" else None
-        return DomainOut.of(domain, tls=tls, stored=stored, error=error)
+        stored = custom_domains.certificates() if tls else {}
+        errors = custom_domains.acme_errors() if tls and any(d.status == "active" for d in domains) else {}
+        return [
+            DomainOut.of(
+                d, tls=tls, stored=stored.get(d.hostname), error=errors.get(d.hostname) if d.status == "active" else None
+            )
+            for d in domains
+        ]
+
+    @classmethod
+    def _out(cls, custom_domains: CustomDomains, domain: Domain) -> DomainOut:
+        return cls._outs(custom_domains, [domain])[0]
 
     @endpoint(
         "POST", access=KeyScope.DEPLOY, errors=(404, 409), status_code=201, summary="Add a custom domain (then prove control)"
@@ -168,7 +179,7 @@ class DomainController(Controller):
         cursor: Annotated[str | None, Cursor] = None,
     ) -> DomainList:
         page = domains.list(caller_tenant, app, limit=limit, cursor=cursor)
-        return DomainList([self._out(custom_domains, d) for d in page.items], page.next_cursor)
+        return DomainList(self._outs(custom_domains, page.items), page.next_cursor)
 
     @endpoint("GET", "/{domain:str}", access=KeyScope.READ, errors=(404,), summary="Get a custom domain (id or hostname)")
     def get(

@@ -25,7 +25,7 @@ from control.clock import utcnow
 from control.domain.databases import DatabaseService, Status
 from control.domain.errors import Conflict, NotFound
 from control.domain.records import Backup, Database, Page, Restore
-from control.domain.schedules import next_fire
+from control.domain.schedules import fire_each, next_fire
 from control.ids import new_id
 from control.store.repositories.backups import BackupRepository
 from control.store.repositories.databases import DatabaseRepository
@@ -89,16 +89,7 @@ class BackupService:
         now = self.clock()
         with self.db.read() as session:
             due = DatabaseRepository(session, None).backups_due(now)
-        firings = []
-        for database_id in due:
-            try:
-                fired = self._fire(database_id, now)
-            except Exception as exc:  # noqa: BLE001 (the next tick tries again; other databases go on)
-                log.warning("backup_schedule_failed", database_id=database_id, error=f"{type(exc).__name__}: {exc}")
-                continue
-            if fired is not None:
-                firings.append(fired)
-        return firings
+        return fire_each(due, lambda database_id: self._fire(database_id, now), failed_event="backup_schedule_failed")
 
     def _fire(self, database_id: str, now: datetime) -> BackupFiring | None:
         with self.db.write() as session:

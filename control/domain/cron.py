@@ -29,7 +29,7 @@ from control.domain.errors import Conflict, NotFound, QuotaExceeded
 from control.domain.names import check_dns_label
 from control.domain.records import RUN_ACTIVE_STATUSES, App, CronSchedule, Page, Run
 from control.domain.runs import RunService, check_command, cron_trigger, current_release
-from control.domain.schedules import next_fire, parse_schedule
+from control.domain.schedules import fire_each, next_fire, parse_schedule
 from control.ids import new_id
 from control.store.database import Store
 from control.store.models import CronScheduleRow
@@ -154,16 +154,7 @@ class CronService:
         now = self.clock()
         with self.db.read() as session:
             due = CronRepository(session, None).due(now)
-        firings = []
-        for schedule_id in due:
-            try:
-                fired = self._fire(schedule_id, now)
-            except Exception as exc:  # noqa: BLE001 (the next tick tries again; other schedules go on)
-                log.warning("cron_fire_failed", schedule_id=schedule_id, error=f"{type(exc).__name__}: {exc}")
-                continue
-            if fired is not None:
-                firings.append(fired)
-        return firings
+        return fire_each(due, lambda schedule_id: self._fire(schedule_id, now), failed_event="cron_fire_failed")
 
     def _fire(self, schedule_id: str, now: datetime) -> Firing | None:
         with self.db.write() as session:

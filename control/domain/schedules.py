@@ -5,12 +5,18 @@ App schedules (runs) and database backup schedules both use it."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterable
 from datetime import datetime
+from typing import TypeVar
 
+import structlog
 from croniter import CroniterError, croniter
 
 from control.clock import utcnow
 from control.domain.errors import Invalid
+
+log = structlog.get_logger("moorage.schedules")
+T = TypeVar("T")
 
 SCHEDULE_RULE = (
     "cron syntax in UTC: 5 fields (minute hour day-of-month month day-of-week), 6 with a leading seconds field, "
@@ -52,3 +58,18 @@ def shortest_gap_s(schedule: str, *, after: datetime, firings: int = 6) -> float
     for _ in range(firings - 1):
         times.append(next_fire(schedule, times[-1]))
     return min((b - a).total_seconds() for a, b in itertools.pairwise(times))
+
+
+def fire_each(due: Iterable[str], fire: Callable[[str], T | None], *, failed_event: str) -> list[T]:
+    """``fire(id)`` for each due id, each in its own transaction: one that fails is logged and
+    tried again at the next tick, and does not hold up the others. What the firings did."""
+    fired = []
+    for subject_id in due:
+        try:
+            outcome = fire(subject_id)
+        except Exception as exc:  # noqa: BLE001 (the next tick tries again; the others go on)
+            log.warning(failed_event, subject_id=subject_id, error=f"{type(exc).__name__}: {exc}")
+            continue
+        if outcome is not None:
+            fired.append(outcome)
+    return fired

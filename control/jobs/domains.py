@@ -126,7 +126,7 @@ class DomainVerifier:
             return []
         if any(d.method == HTTP for d in due):
             self.routing.write_verify_route()  # the token URL must reach us before the first check
-        checked = self.domains.check_all(self.checks)
+        checked = self.domains.check_all(self.checks, due)
         if any(c.status in (ACTIVE, FAILED) for c in checked):
             self.sweep()
         return checked

@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins  # `list` in a class body with a list() method names the method, not the type
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from control.domain.records import Domain, Page
@@ -74,7 +74,7 @@ class DomainRepository:
         return paginate(self.session, query, DomainRow.id, to_domain, limit=limit, cursor=cursor)
 
     def count(self, app_id: str) -> int:
-        return len(builtins.list(self.session.scalars(select(DomainRow.id).where(DomainRow.app_id == app_id))))
+        return int(self.session.scalar(select(func.count()).select_from(DomainRow).where(DomainRow.app_id == app_id)) or 0)
 
     def in_status(self, *statuses: str) -> builtins.list[Domain]:
         query = self._scoped(select(DomainRow).where(DomainRow.status.in_(statuses))).order_by(DomainRow.id)

@@ -21,6 +21,7 @@ from cryptography.x509.oid import NameOID
 from litestar import Litestar
 
 from control.domain.domains import DomainConfig, DomainService, proof
+from control.domain.errors import Invalid
 from control.jobs.domains import DomainVerifier
 from control.settings import Settings
 from runtime.domain_checks import CheckFailed
@@ -123,7 +124,7 @@ def test_names_that_cannot_be_custom_domains_are_422_and_make_nothing(tenant: Ca
 
 def test_a_300_character_name_is_refused_by_the_schema(tenant: Caller, web: str) -> None:
     r = tenant.post("/v1/apps/web/domains", json={"hostname": ("a" * 60 + ".") * 5 + "com"})
-    assert r.status_code in (400, 422) and r.headers["content-type"].startswith("application/problem+json"), r.text
+    assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json"), r.text
     assert tenant.get("/v1/apps/web/domains").json()["items"] == []
 
 
@@ -160,7 +161,14 @@ def test_a_method_the_operator_does_not_accept_is_422(app: Litestar, tenant: Cal
         "url": None,
         "expected_body": dns["expected_body"],  # type: ignore[index]
     }
-    assert tenant.post("/v1/apps/web/domains", json={"hostname": "c.example.com", "method": "ftp"}).status_code in (400, 422)
+    assert tenant.post("/v1/apps/web/domains", json={"hostname": "c.example.com", "method": "ftp"}).status_code == 422
+    # An operator who accepts only TXT records: the HTTP token is refused, naming the field.
+    live = app.state.services.custom_domains.domains
+    dns_only = DomainService(live.db, DomainConfig(base_domain="apps.test", methods=("dns",)))
+    assert dns_only.create(tenant.tenant_id, "web", "d.example.com", method=None, hsts=False).method == "dns"  # its default
+    with pytest.raises(Invalid, match=r"'method' must be one of \['dns'\]"):
+        dns_only.create(tenant.tenant_id, "web", "e.example.com", method="http", hsts=False)
+    assert tenant.get("/v1/apps/web/domains/e.example.com").status_code == 404
 
 
 # -- proving it -------------------------------------------------------------------------------

@@ -44,6 +44,9 @@ def test_readyz_reports_an_unreachable_router_as_degraded(settings) -> None:
 def test_readyz_reports_a_broken_database(app, client) -> None:
     db = app.state.services.db
     data_dir = Path(db.engine.url.database).parent
+    # Background work (workers, schedulers, the metering sampler) first: a connection one of
+    # them holds would go back to the pool after dispose() and answer the ping from its open file.
+    app.state.services.stop()
     db.dispose()
     shutil.rmtree(data_dir)
     data_dir.write_text("a file where the data directory was")  # SQLite can no longer open it

@@ -269,6 +269,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
             max_size_mb=settings.volume_max_size_mb,
             max_volumes=settings.volume_max_per_tenant,
             max_total_mb=settings.volume_max_total_mb,
+            max_snapshot_mb=settings.snapshot_max_total_mb,
         ),
     )
 

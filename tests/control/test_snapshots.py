@@ -296,5 +296,5 @@ def test_fork_databases_gives_another_app_its_own_restored_databases(world: Worl
     done = world.caller.get(f"/v1/snapshots/{snapshot['id']}/forks/{fork.id}").json()
     assert done["status"] == "succeeded" and done["deployment_id"] is None and done["volumes"] == []
     links = world.caller.get("/v1/apps/preview/links").json()["items"]
-    assert [(link["env_name"], link["database"]) for link in links] == [("DATABASE_URL", "preview-orders")]
+    assert [(link["env_name"], link["database_name"]) for link in links] == [("DATABASE_URL", "preview-orders")]
     assert world.databases.fake_backups.restored == [("preview-orders", b"PGDMP rows of orders")]

@@ -417,6 +417,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
             volumes=lambda: _volume_bytes(volumes),
             database_of=lambda database_id: found.tenant_id if (found := databases.load(database_id)) else None,
             backups_dir=settings.data_dir / "backups",
+            snapshots_dir=settings.data_dir / "snapshots",
         ),
         interval_s=settings.metering_interval_s,
         storage_interval_s=settings.metering_storage_interval_s,

@@ -298,3 +298,28 @@ def test_fork_databases_gives_another_app_its_own_restored_databases(world: Worl
     links = world.caller.get("/v1/apps/preview/links").json()["items"]
     assert [(link["env_name"], link["database_name"]) for link in links] == [("DATABASE_URL", "preview-orders")]
     assert world.databases.fake_backups.restored == [("preview-orders", b"PGDMP rows of orders")]
+
+
+def test_snapshot_bytes_are_metered_as_storage(world: World) -> None:
+    _app_with_data(world)
+    snapshot = world.snapshot()
+    world.services.sampler.run_once()
+    usage = world.caller.get("/v1/usage?kind=storage").json()
+    assert usage["totals"]["snapshots"]["peak_bytes"] == snapshot["size_bytes"], usage
+    [hour] = usage["items"]
+    assert hour["snapshots"]["peak_bytes"] == snapshot["size_bytes"]
+
+
+def test_rotation_finds_and_can_reopen_the_values_a_snapshot_keeps(world: World) -> None:
+    from control.domain.rotation import SEALED_COLUMNS
+    from control.store.repositories.sealed import SealedValueRepository
+
+    world.deploy()
+    assert world.caller.request("PUT", "/v1/apps/web/env/API_TOKEN", json={"value": "s3cret"}).status_code == 200
+    world.deploy()
+    world.snapshot()
+    [column] = [c for c in SEALED_COLUMNS if c.label == "snapshot_env_vars.ciphertext"]
+    with world.services.db.read() as session:
+        [value] = SealedValueRepository(session, column).batch_not_under("mk-none", after_id="", limit=10)
+    # What rotation reseals with: the column's own AAD over its owner columns opens the value.
+    assert value.name == "API_TOKEN" and world.services.keyring.open(value.ciphertext, column.aad(*value.owner)) == "s3cret"

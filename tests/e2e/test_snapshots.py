@@ -92,6 +92,8 @@ DOCKERFILE = """\
 FROM moorage/postgres:15
 ENTRYPOINT []
 HEALTHCHECK NONE
+# The postgres image's user cannot write to a fresh volume's root; the app runs as root in its sandbox.
+USER root
 COPY app.py /app/app.py
 CMD ["python3", "-u", "/app/app.py"]
 """

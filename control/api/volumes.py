@@ -176,9 +176,9 @@ class StorageLimitsIn(msgspec.Struct, forbid_unknown_fields=True):
 
     max_volumes: Annotated[int, msgspec.Meta(ge=0, description="Volumes of all the tenant's apps together")] | None = None
     max_total_mb: Annotated[int, msgspec.Meta(ge=0, description="size_mb of all the tenant's volumes together")] | None = None
-    max_snapshot_mb: (
-        Annotated[int, msgspec.Meta(ge=0, description="MiB of all the tenant's snapshot files together")] | None
-    ) = None
+    max_snapshot_mb: Annotated[int, msgspec.Meta(ge=0, description="MiB of all the tenant's snapshot files together")] | None = (
+        None
+    )
 
 
 class StorageLimitsOut(msgspec.Struct):

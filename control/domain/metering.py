@@ -42,7 +42,13 @@ KINDS: dict[str, tuple[str, ...]] = {
     "storage": (VOLUMES, DATABASE_VOLUMES, IMAGES, BACKUPS, SNAPSHOTS),
     "builds": (BUILD_SECONDS, BUILDS),
 }
-STORAGE_OF = {"volumes": VOLUMES, "database_volumes": DATABASE_VOLUMES, "images": IMAGES, "backups": BACKUPS, "snapshots": SNAPSHOTS}
+STORAGE_OF = {
+    "volumes": VOLUMES,
+    "database_volumes": DATABASE_VOLUMES,
+    "images": IMAGES,
+    "backups": BACKUPS,
+    "snapshots": SNAPSHOTS,
+}
 
 
 def hour_of(at: float) -> datetime:

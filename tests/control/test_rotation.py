@@ -247,7 +247,12 @@ def test_rotation_reseals_database_credentials_too(app, databases: Caller, data_
 
     code, usage = cli(capsys, "master-keys")
     assert code == 0 and usage["keys"] == [{"id": old, "active": True, "values": 42}]
-    assert usage["values_per_column"] == {ENV_COLUMN: {old: 20}, VERSIONS_COLUMN: {old: 20}, DB_COLUMN: {old: 2}, SNAPSHOT_COLUMN: {}}
+    assert usage["values_per_column"] == {
+        ENV_COLUMN: {old: 20},
+        VERSIONS_COLUMN: {old: 20},
+        DB_COLUMN: {old: 2},
+        SNAPSHOT_COLUMN: {},
+    }
 
     assert main(["admin", "rotate-key", "--batch-size", "3"]) == 0
     out, err = capsys.readouterr()
@@ -256,7 +261,12 @@ def test_rotation_reseals_database_credentials_too(app, databases: Caller, data_
     new = summary["active_key"]
     assert summary["resealed"] == 42 and summary["failed"] == [] and summary["retirable"] == [old]
     assert summary["values_per_key"] == {new: 42}
-    assert summary["values_per_column"] == {ENV_COLUMN: {new: 20}, VERSIONS_COLUMN: {new: 20}, DB_COLUMN: {new: 2}, SNAPSHOT_COLUMN: {}}
+    assert summary["values_per_column"] == {
+        ENV_COLUMN: {new: 20},
+        VERSIONS_COLUMN: {new: 20},
+        DB_COLUMN: {new: 2},
+        SNAPSHOT_COLUMN: {},
+    }
     assert [p["column"] for p in progress] == [ENV_COLUMN] * 7 + [VERSIONS_COLUMN] * 7 + [DB_COLUMN]  # 20 = 6x3 + 2; then 2
     assert rows_per_key(app) == {new: 20} and db_rows_per_key(app) == {new: 2}
 

@@ -102,7 +102,14 @@ def world(app: Litestar, tenant: Caller) -> Iterator[World]:
         services.volumes,
     )
     jobs = SnapshotJobs(
-        services.snapshots, services.volumes, deploys.releases, deploys.deployments, database_jobs, runtime, locks, services.tenants.name
+        services.snapshots,
+        services.volumes,
+        deploys.releases,
+        deploys.deployments,
+        database_jobs,
+        runtime,
+        locks,
+        services.tenants.name,
     )
     kinds = {DEPLOY_JOB: JobKind(pipeline, pipeline.give_up), **database_jobs.kinds(), **jobs.kinds()}
     pool = WorkerPool(deploys.queue, kinds, count=0)
@@ -258,7 +265,9 @@ def test_the_snapshots_image_is_kept_while_the_snapshot_exists(world: World) -> 
 
 def test_snapshots_count_against_the_tenants_snapshot_storage_quota(world: World, operator: Caller) -> None:
     world.deploy()
-    assert world.caller.post("/v1/apps/web/volumes", json={"name": "data", "mount_path": "/data", "size_mb": 10}).status_code == 201
+    assert (
+        world.caller.post("/v1/apps/web/volumes", json={"name": "data", "mount_path": "/data", "size_mb": 10}).status_code == 201
+    )
     world.deploy()
     world.runtime.write_file(world.container("web").id, "/data/big.bin", "x" * (6 * 2**20))
     over = world.snapshot()

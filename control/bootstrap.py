@@ -248,7 +248,9 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
     registry = default_registry if breakers is None else breakers
     keyring = ReloadingKeyring(KeySource.of(settings))
     runtime = DockerAppRuntime(settings, registry)  # adapters made on first use: building this needs no Docker
-    teardown = RuntimeTeardown(runtime, tenant_name=lambda tenant_id: tenants.name(tenant_id))
+    teardown = RuntimeTeardown(
+        runtime, tenant_name=lambda tenant_id: tenants.name(tenant_id), kept_images=lambda: releases.kept_images()
+    )
     tenants = TenantService(db, teardown)
     env_vars = EnvService(db, keyring)
     links = LinkService(db, keyring)  # the deploy pipeline resolves database links at container start

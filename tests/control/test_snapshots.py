@@ -332,3 +332,24 @@ def test_rotation_finds_and_can_reopen_the_values_a_snapshot_keeps(world: World)
         [value] = SealedValueRepository(session, column).batch_not_under("mk-none", after_id="", limit=10)
     # What rotation reseals with: the column's own AAD over its owner columns opens the value.
     assert value.name == "API_TOKEN" and world.services.keyring.open(value.ciphertext, column.aad(*value.owner)) == "s3cret"
+
+
+def test_deleting_the_source_app_keeps_the_image_its_fork_runs(world: World) -> None:
+    from control.jobs.teardown import RuntimeTeardown
+
+    _app_with_data(world)
+    snapshot = world.snapshot()
+    assert world.fork(snapshot["id"], "web-copy")["status"] == "succeeded"
+    source = world.services.apps.get(world.caller.tenant_id or "", "web")
+    deployment_ids = [d["id"] for d in world.caller.get("/v1/apps/web/deployments").json()["items"]]
+    releases = world.services.deploys.releases
+    teardown = RuntimeTeardown(world.runtime, tenant_name=world.services.tenants.name, kept_images=releases.kept_images)
+    world.caller.delete(f"/v1/snapshots/{snapshot['id']}")  # not even the snapshot holds it now: the fork's release does
+    teardown.app_deleted(source, deployment_ids)
+    teardown.drain()
+    assert snapshot["image"] in world.runtime.images
+    bare = RuntimeTeardown(world.runtime, tenant_name=world.services.tenants.name)  # without the kept images it would go
+    world.runtime.remove(world.container("web-copy").id)
+    bare.app_deleted(source, deployment_ids)
+    bare.drain()
+    assert snapshot["image"] not in world.runtime.images

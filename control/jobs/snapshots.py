@@ -214,9 +214,13 @@ class SnapshotJobs:
         app = self.deployments.app(fork.tenant_id, fork.app_id)
         deployment_id = self.deployments.new_id()
         source = {"image_id": snapshot.image_id, "image_tag": snapshot.image_tag, "snapshot_id": snapshot.id}
-        with self.snapshots.db.write():  # the deployment and the fork's new state together
-            self.deployments.create(fork.tenant_id, app, deployment_id, IMAGE, source)
-            self.snapshots.mark_fork(fork.id, DEPLOYING, deployment_id=deployment_id)
+        try:
+            with self.snapshots.db.write():  # the deployment and the fork's new state together
+                self.deployments.create(fork.tenant_id, app, deployment_id, IMAGE, source)
+                self.snapshots.mark_fork(fork.id, DEPLOYING, deployment_id=deployment_id)
+        except DomainError as exc:  # the tenant's compute quota, a volume full: the data is in, nothing runs
+            self.snapshots.mark_fork(fork.id, FAILED, reason=f"filled, but not deployed: {exc.detail}")
+            return
         log.info("snapshot_fork_filled", fork_id=fork.id, deployment_id=deployment_id)
 
     def _fill(self, fork: Fork, snapshot: Snapshot) -> None:

@@ -353,3 +353,14 @@ def test_deleting_the_source_app_keeps_the_image_its_fork_runs(world: World) -> 
     bare.app_deleted(source, deployment_ids)
     bare.drain()
     assert snapshot["image"] not in world.runtime.images
+
+
+def test_a_fork_over_the_compute_quota_is_filled_but_fails_saying_why(world: World, operator: Caller) -> None:
+    world.deploy()
+    snapshot = world.snapshot()
+    tenant_id = world.caller.tenant_id
+    limited = operator.request("PUT", f"/v1/tenants/{tenant_id}/compute-limits", json={"max_replicas": 1})
+    assert limited.status_code == 200, limited.text
+    fork = world.fork(snapshot["id"], "web-copy")
+    assert fork["status"] == "failed" and "not deployed" in fork["reason"] and "Quota exceeded" in fork["reason"], fork
+    assert fork["deployment_id"] is None

@@ -23,6 +23,7 @@ EXPECTED_SKILLS = {
     "moorage-jobs",
     "moorage-domains",
     "moorage-onboarding",
+    "moorage-snapshots",
 }
 EXPECTED_COMMANDS = {"deploy", "status", "logs", "env-set", "db-create", "rollback", "chat", "run", "domain-add"}
 

@@ -17,10 +17,26 @@ from control.cli.client.commands import (
     releases,
     runs,
     skills,
+    snapshots,
     volumes,
 )
 
-MODULES = (identity, onboarding, apps, env, deploy, releases, logs, runs, databases, volumes, domains, inference, skills)
+MODULES = (
+    identity,
+    onboarding,
+    apps,
+    env,
+    deploy,
+    releases,
+    logs,
+    runs,
+    databases,
+    volumes,
+    snapshots,
+    domains,
+    inference,
+    skills,
+)
 
 
 def common_options() -> argparse.ArgumentParser:

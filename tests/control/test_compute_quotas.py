@@ -19,10 +19,18 @@ from control.domain.compute import build_seconds
 from control.jobs.runtime_fake import InMemoryAppRuntime
 from control.jobs.volumes import RuntimeVolumes
 from control.jobs.workers import AppLocks
+from control.settings import Settings
 from control.store.models import DeploymentRow, JobRow
 from tests.conftest import Caller
+from tests.control.run_world import quiet
 
 DOCKERFILE = b'FROM moorage/busybox:latest\nCMD ["httpd", "-f", "-p", "8080"]\n'
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    # No workers: a deployment stays queued (what these quotas count), nothing is built or started.
+    return quiet(settings)
 
 
 def source() -> bytes:

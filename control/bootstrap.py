@@ -33,6 +33,7 @@ from control.domain.limits import Defaults, LimitsService
 from control.domain.links import LinkService
 from control.domain.metered_usage import MeteringService
 from control.domain.nodes import NodeService
+from control.domain.previews import PreviewConfig, PreviewService
 from control.domain.recovery import RecoveryConfig, RecoveryService
 from control.domain.registration import RegistrationService
 from control.domain.releases import ReleaseService
@@ -133,6 +134,7 @@ class Services:
     registration: RegistrationService  # registration tokens, and the tenants people register with them
     recovery: RecoveryService  # recovery codes: a new admin key for a tenant that lost its keys
     compute: ComputeQuota  # per-tenant apps, replicas, CPU, memory and build minutes
+    previews: PreviewService  # preview deployments: apps of kind preview, deleted at their TTL
     operator_health: OperatorHealth  # GET /v1/operator/health: disks, Docker, sandbox, Traefik, jobs, nodes
     metering: MeteringService  # hourly compute, storage and build usage per tenant
     sampler: Sampler  # reads containers' counters and storage into metering
@@ -167,6 +169,7 @@ class Services:
         "registration": "registration",
         "recovery": "recovery",
         "compute": "compute",
+        "previews": "previews",
         "operator_health": "operator_health",
         "metering": "metering",
         "app_runtime": "deploys.runtime",
@@ -361,6 +364,20 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         {DEPLOY_JOB: JobKind(pipeline, pipeline.give_up), RUN_JOB: JobKind(run_job, run_job.give_up), **database_jobs.kinds()},
         count=settings.job_workers,
     )
+    apps = AppService(db, teardown, max_replicas=settings.max_replicas, rescaled=lambda: reconciler.wake(), quota=compute)
+    audit = AuditService(db)
+    previews = PreviewService(
+        db,
+        apps,
+        env_vars,
+        deployments,
+        PreviewConfig(
+            ttl_default_s=settings.preview_ttl_default_s,
+            ttl_max_s=settings.preview_ttl_max_s,
+            max_per_app=settings.preview_max_per_app,
+        ),
+        audit=audit,
+    )
     reconciler = Reconciler(
         releases,
         deployments,
@@ -380,6 +397,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
             "domain routes": domain_verifier.sweep,
         },
         volumes=VolumeUpkeep(volumes, runtime, orphan_grace_s=float(settings.volume_orphan_grace_s)),
+        expiries={"previews": previews.expire_due},
     )
 
     metering = MeteringService(db)
@@ -434,7 +452,6 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         retention=timedelta(seconds=settings.idempotency_retention_s),
         lease=timedelta(seconds=settings.idempotency_lease_s),
     )
-    audit = AuditService(db)
     limits = LimitsService(
         db,
         Defaults(settings.rate_limit_key_quota, settings.rate_limit_tenant_quota, settings.rate_limit_window_s),
@@ -456,7 +473,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         db=db,
         tenants=tenants,
         keys=KeyService(db, last_used_resolution=timedelta(seconds=settings.key_last_used_resolution_s)),
-        apps=AppService(db, teardown, max_replicas=settings.max_replicas, rescaled=reconciler.wake, quota=compute),
+        apps=apps,
         idempotency=idempotency,
         limits=limits,
         rate_limiter=limiter,
@@ -486,6 +503,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         registration=registration,
         recovery=recovery,
         compute=compute,
+        previews=previews,
         operator_health=OperatorHealth(settings, queue, registry, inference, lambda: reconciler.last_pass),
         metering=metering,
         sampler=sampler,

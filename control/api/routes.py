@@ -22,6 +22,7 @@ from control.api.logs import LogController
 from control.api.metrics import metrics_handler
 from control.api.nodes import NODE_ROUTES
 from control.api.operator_health import operator_health
+from control.api.previews import PreviewController
 from control.api.registration import REGISTRATION_ROUTES
 from control.api.runs import RunController
 from control.api.spec import openapi_document
@@ -59,6 +60,7 @@ def route_handlers(settings: Settings) -> list[Any]:
         CronController,
         VolumeController,
         DomainController,
+        PreviewController,
     ]
     databases = [DatabaseController, BackupController, LinkController, *DATABASE_LIMIT_ROUTES, *STORAGE_LIMIT_ROUTES]
     inference = [*NODE_ROUTES, *GATEWAY_ROUTES, *USAGE_ROUTES, *INFERENCE_LIMIT_ROUTES]

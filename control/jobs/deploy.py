@@ -131,7 +131,7 @@ class DeployPipeline:
     def _names(self, dep: Deployment) -> tuple[App, str]:
         from control.domain.tenants import TenantService
 
-        app = self.deployments.app(dep.tenant_id, dep.app_id)
+        app = self.deployments.app(dep.tenant_id, dep.app_id, previews=True)
         return app, TenantService(self.deployments.db).get(dep.tenant_id).name
 
     def _rollback_image(self, dep: Deployment, out: BuildLog) -> tuple[str, str]:

@@ -23,8 +23,9 @@ EXPECTED_SKILLS = {
     "moorage-jobs",
     "moorage-domains",
     "moorage-onboarding",
+    "moorage-previews",
 }
-EXPECTED_COMMANDS = {"deploy", "status", "logs", "env-set", "db-create", "rollback", "chat", "run", "domain-add"}
+EXPECTED_COMMANDS = {"deploy", "status", "logs", "env-set", "db-create", "rollback", "chat", "run", "domain-add", "preview"}
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,29 @@ from control.cli.client.commands import (
     inference,
     logs,
     onboarding,
+    previews,
     releases,
     runs,
     skills,
     volumes,
 )
 
-MODULES = (identity, onboarding, apps, env, deploy, releases, logs, runs, databases, volumes, domains, inference, skills)
+MODULES = (
+    identity,
+    onboarding,
+    apps,
+    env,
+    deploy,
+    previews,
+    releases,
+    logs,
+    runs,
+    databases,
+    volumes,
+    domains,
+    inference,
+    skills,
+)
 
 
 def common_options() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ from control.domain.records import App, Page
 from control.domain.teardown import Teardown
 from control.ids import new_id
 from control.store.database import Store
-from control.store.repositories.apps import AppRepository
+from control.store.repositories.apps import PREVIEW, AppRepository
 from control.store.repositories.volumes import VolumeRepository
 
 BUILDERS = ("auto", "dockerfile", "nixpacks")
@@ -52,6 +52,9 @@ class AppService:
         self.max_replicas = max_replicas
         self.rescaled = rescaled  # a changed replica count: the reconciler applies it at once
         self.quota = quota  # the tenant's compute quotas (apps; replicas, CPU, memory of running apps)
+        # Told of each preview deleted (DELETE, its TTL, its app's delete), in the delete's
+        # transaction: what a preview holds besides its app row goes with it (forked databases).
+        self.preview_deleted: Callable[[App], None] | None = None
 
     def create(self, tenant_id: str, name: str, **fields: Any) -> App:
         check_dns_label("name", name)
@@ -148,6 +151,8 @@ class AppService:
         deleted = apps.delete(app.id)
         if deleted is None:
             raise NotFound.of("app", app.name)
+        if deleted.kind == PREVIEW and self.preview_deleted is not None:
+            self.preview_deleted(deleted)
         if self.teardown is not None:
             teardown = self.teardown
             # Only after the commit: a delete that fails to commit keeps the app serving.

@@ -59,12 +59,18 @@ log = structlog.get_logger("moorage.previews")
 
 
 class SnapshotDatabases(Protocol):
-    """The ``snapshot`` seam: give ``app_id`` (a new preview) databases of its own, forked
-    from snapshot ``snapshot_id`` of the same tenant (new databases of the snapshot's engines,
-    new credentials, restored from its dumps, linked under the same env names). Raises a
-    ``DomainError`` (``NotFound`` for an unknown snapshot) to refuse: nothing is made."""
+    """The ``snapshot`` seam, implemented by the snapshots part and passed to ``PreviewService``."""
 
-    def fork_databases(self, tenant_id: str, snapshot_id: str, app_id: str) -> None: ...
+    def fork_databases(self, tenant_id: str, snapshot_id: str, app_id: str) -> None:
+        """Give ``app_id`` (a new preview, its row and env written) databases of its own, forked
+        from snapshot ``snapshot_id`` of the same tenant: new databases of the snapshot's
+        engines, new credentials, restored from its dumps, linked under the same env names.
+        Runs in the preview's create transaction, before its deployment is queued; raises a
+        ``DomainError`` (``NotFound`` for an unknown snapshot) to refuse, and nothing is made."""
+
+    def drop_databases(self, tenant_id: str, app_id: str) -> None:
+        """The databases ``fork_databases`` made for ``app_id``, deleted with the preview (by
+        DELETE, at its TTL, or with its app), in the preview's delete transaction."""
 
 
 @dataclass(frozen=True)
@@ -110,8 +116,16 @@ class PreviewService:
         self.config = config
         self.clock = clock
         self.slugs = slugs
-        self.snapshots = snapshots  # wired once the snapshots part lands; None: ``snapshot`` is refused
+        self.snapshots: SnapshotDatabases | None = None  # None: a request naming ``snapshot`` is refused (422)
         self.audit = audit  # an expiry is written to the tenant's audit trail
+        if snapshots is not None:
+            self.use_snapshots(snapshots)
+
+    def use_snapshots(self, snapshots: SnapshotDatabases) -> None:
+        """Previews with databases forked from a snapshot: ``fork_databases`` at create,
+        ``drop_databases`` whenever a preview is deleted (DELETE, TTL, its app's delete)."""
+        self.snapshots = snapshots
+        self.apps.preview_deleted = lambda preview: snapshots.drop_databases(preview.tenant_id, preview.id)
 
     # -- checks before any body is read -------------------------------------------------
     def parent(self, tenant_id: str, app_ref: str) -> App:

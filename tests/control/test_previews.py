@@ -25,6 +25,7 @@ from control.bootstrap import Services, bootstrap
 from control.clock import utcnow
 from control.domain.deployments import DEPLOY_JOB
 from control.domain.env import value_aad
+from control.domain.errors import NotFound
 from control.jobs.deploy import DeployPipeline
 from control.jobs.runtime_fake import InMemoryAppRuntime
 from control.jobs.volumes import RuntimeVolumes
@@ -428,3 +429,59 @@ def test_another_tenant_gets_404_for_every_preview_route(world: World, new_tenan
     assert other.post(f"/v1/apps/{app_id}/previews", content=source(), headers=GZIP).status_code == 404
     assert other.get("/v1/apps/web/previews").json() == {"items": []}
     assert world.runtime.served_by(preview["id"]) is not None
+
+
+class RecordingSnapshots:
+    """A stand-in for the snapshots part's database forking: what it was asked, and when."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.forked: list[tuple[str, str, str, list[tuple[str, str]]]] = []
+        self.dropped: list[tuple[str, str]] = []
+
+    def fork_databases(self, tenant_id: str, snapshot_id: str, app_id: str) -> None:
+        if snapshot_id == "snp_missing":
+            raise NotFound.of("snapshot", snapshot_id)
+        self.forked.append((tenant_id, snapshot_id, app_id, self.world.app_rows()))  # the preview's row is there already
+
+    def drop_databases(self, tenant_id: str, app_id: str) -> None:
+        self.dropped.append((tenant_id, app_id))
+
+
+def test_a_snapshot_forks_databases_for_the_preview_and_they_go_with_it(world: World, tmp_path: Path) -> None:
+    """The seam the snapshots part plugs into: fork in the create transaction (a refusal makes
+    nothing), drop with every preview deleted, by DELETE, at its TTL and with its app."""
+    tenant, services = world.tenant, world.services
+    snapshots = RecordingSnapshots(world)
+    services.previews.use_snapshots(snapshots)
+    repo = make_repo(tmp_path / "repos", "site", {"Dockerfile": DOCKERFILE})
+    git = {"url": f"file://{repo}", "ref": "main"}
+    rows, queued = world.app_rows(), services.deploys.queue.depth().queued
+    missing = world.preview({"git": git, "snapshot": "snp_missing"})
+    assert missing.status_code == 404 and "snp_missing" in missing.json()["detail"], missing.text
+    assert world.app_rows() == rows and services.deploys.queue.depth().queued == queued and snapshots.forked == []
+
+    forked = _created(world, world.preview({"git": git, "snapshot": "snp_1"}))
+    [(tenant_id, snapshot_id, app_id, rows_then)] = snapshots.forked
+    assert (tenant_id, snapshot_id, app_id) == (tenant.tenant_id, "snp_1", forked["id"])
+    assert (forked["name"], "preview") in rows_then
+    expiring = _created(world, world.preview(params={"ttl_s": 60}))
+    with_app = _created(world, world.preview(params={"ttl_s": 3600}))
+    assert len(snapshots.forked) == 1  # only the one that asked
+
+    assert tenant.delete(f"/v1/apps/web/previews/{forked['id']}").status_code == 204
+    services.previews.clock = lambda: utcnow() + timedelta(seconds=61)
+    services.deploys.reconciler.run_once()
+    assert tenant.delete("/v1/apps/web").status_code == 204
+    assert snapshots.dropped == [(tenant.tenant_id, p["id"]) for p in (forked, expiring, with_app)]
+
+
+def test_a_retried_create_with_its_idempotency_key_makes_one_preview(world: World) -> None:
+    headers = {**GZIP, "Idempotency-Key": "preview-once"}
+    first = world.tenant.post("/v1/apps/web/previews", content=source("once"), headers=headers)
+    again = world.tenant.post("/v1/apps/web/previews", content=source("once"), headers=headers)
+    assert first.status_code == again.status_code == 202, (first.text, again.text)
+    assert again.headers.get("idempotent-replayed") == "true" and again.json()["id"] == first.json()["id"]
+    other = world.tenant.post("/v1/apps/web/previews", content=source("other"), headers=headers)
+    assert other.status_code == 422 and other.json()["code"] == "idempotency-key-reused", other.text
+    assert [p["id"] for p in world.tenant.get("/v1/apps/web/previews").json()["items"]] == [first.json()["id"]]

@@ -12,15 +12,17 @@ preview's deployments and build log are readable (read-only) at
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import anyio
 import anyio.to_thread
 import msgspec
 from litestar import Controller, Request, Response
 from litestar.di import NamedDependency
+from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, RequestBody, Schema
 from litestar.params import FromPath, QueryParameter
 
 from control.api.deployments import (
@@ -32,7 +34,7 @@ from control.api.deployments import (
     _save_upload,
     deployment_out,
 )
-from control.api.endpoints import endpoint, route
+from control.api.endpoints import IdempotentOperation, endpoint, route
 from control.api.problems import Problem, problem_response
 from control.domain.deployments import DeploymentService
 from control.domain.errors import Invalid
@@ -74,6 +76,60 @@ class PreviewRedeploy(msgspec.Struct, forbid_unknown_fields=True):
     git: GitSource
 
 
+_KEYWORDS = {
+    "title": "title",
+    "description": "description",
+    "default": "default",
+    "minimum": "minimum",
+    "maximum": "maximum",
+    "minLength": "min_length",
+    "maxLength": "max_length",
+    "pattern": "pattern",
+    "required": "required",
+}
+
+
+def _openapi(node: dict[str, Any], defs: dict[str, Any]) -> Schema:
+    """msgspec's JSON Schema of a body as an OpenAPI schema (references inlined)."""
+    if "$ref" in node:
+        return _openapi(defs[node["$ref"].rsplit("/", 1)[1]], defs)
+    fields: dict[str, Any] = {ours: node[theirs] for theirs, ours in _KEYWORDS.items() if theirs in node}
+    if "type" in node:
+        fields["type"] = OpenAPIType(node["type"])
+    if "properties" in node:
+        fields["properties"] = {name: _openapi(sub, defs) for name, sub in node["properties"].items()}
+    extra = node.get("additionalProperties")
+    if extra is not None:
+        fields["additional_properties"] = extra if isinstance(extra, bool) else _openapi(extra, defs)
+    if "anyOf" in node:
+        fields["any_of"] = [_openapi(sub, defs) for sub in node["anyOf"]]
+    return Schema(**fields)
+
+
+def _source_body(json_body: type[Any], upload: str) -> RequestBody:
+    schema = msgspec.json.schema(json_body)
+    return RequestBody(
+        required=True,
+        content={
+            "application/json": OpenAPIMediaType(schema=_openapi(schema, schema.get("$defs", {}))),
+            "application/gzip": OpenAPIMediaType(
+                schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY, description=upload)
+            ),
+        },
+    )
+
+
+@dataclass
+class _SourceOperation(IdempotentOperation):
+    """Documents the two body forms the handler reads itself (JSON, or a tar.gz upload)."""
+
+    body: ClassVar[RequestBody]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.request_body = self.body
+
+
 class PreviewOut(msgspec.Struct):
     id: Annotated[str, msgspec.Meta(description="the preview's own app id")]
     name: Annotated[str, msgspec.Meta(description="<app>--<slug>: the first label of its host")]
@@ -106,6 +162,19 @@ class PreviewOut(msgspec.Struct):
 
 class PreviewList(msgspec.Struct):
     items: list[PreviewOut]
+
+
+UPLOAD = "the source as a gzip-compressed tar archive (at most MOORAGE_MAX_UPLOAD_BYTES), unpacked as a deployment's"
+
+
+@dataclass
+class _CreateOperation(_SourceOperation):
+    body = _source_body(PreviewCreate, UPLOAD + "; `?ttl_s=` sets its TTL")
+
+
+@dataclass
+class _RedeployOperation(_SourceOperation):
+    body = _source_body(PreviewRedeploy, UPLOAD)
 
 
 def _apps_domain(tenants: TenantService, settings: Settings, tenant_id: str) -> str:
@@ -225,6 +294,7 @@ class PreviewController(Controller):
         request_max_body_size=None,
         summary="Create a preview: JSON {git: {url, ref}, ttl_s, env} or a tar.gz upload",
         description=CREATE_DESCRIPTION,
+        operation_class=_CreateOperation,
     )
     async def create(
         self,
@@ -312,6 +382,7 @@ class PreviewController(Controller):
         status_code=202,
         request_max_body_size=None,
         summary="Redeploy a preview: JSON {git: {url, ref}} or a tar.gz upload",
+        operation_class=_RedeployOperation,
         description="A new deployment of the preview from another source; its env vars and expiry stay. 422 "
         "`quota-exceeded` once today's build minutes are used up. 202 with the preview and its new deployment.",
     )

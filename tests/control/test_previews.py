@@ -485,3 +485,32 @@ def test_a_retried_create_with_its_idempotency_key_makes_one_preview(world: Worl
     other = world.tenant.post("/v1/apps/web/previews", content=source("other"), headers=headers)
     assert other.status_code == 422 and other.json()["code"] == "idempotency-key-reused", other.text
     assert [p["id"] for p in world.tenant.get("/v1/apps/web/previews").json()["items"]] == [first.json()["id"]]
+
+
+def test_the_openapi_document_describes_both_body_forms(client: Any) -> None:
+    spec = client.get("/openapi.json").json()
+    create = spec["paths"]["/v1/apps/{app}/previews"]["post"]
+    body = create["requestBody"]["content"]
+    assert set(body) == {"application/json", "application/gzip"}
+    schema = body["application/json"]["schema"]
+    assert schema["required"] == ["git"] and schema["additionalProperties"] is False
+    ttl = next(s for s in schema["properties"]["ttl_s"]["anyOf"] if s.get("type") == "integer")
+    assert ttl["minimum"] == 1
+    assert schema["properties"]["git"]["required"] == ["url"]
+    assert {p["name"] for p in create["parameters"]} >= {"ttl_s", "Idempotency-Key"}
+    assert {"202", "404", "413", "415", "422"} <= set(create["responses"])
+    redeploy = spec["paths"]["/v1/apps/{app}/previews/{preview}/deployments"]["post"]
+    assert set(redeploy["requestBody"]["content"]["application/json"]["schema"]["properties"]) == {"git"}
+
+
+def test_a_previews_container_is_metered_as_the_tenants_compute(world: World) -> None:
+    preview = _created(world, world.preview())
+    [container] = world.runtime.running(tenant="acme", app=preview["name"])
+    sampler = world.services.sampler
+    sampler.stop()
+    sampler.runtime = world.runtime
+    sampler.run_once()
+    world.runtime.use(container.id, cpu_seconds=4.0, memory_bytes=64 * 2**20)
+    sampler.run_once()
+    totals = world.tenant.get("/v1/usage?kind=compute").json()["totals"]
+    assert totals["cpu_seconds"] == pytest.approx(4.0) and totals["memory_peak_bytes"] >= 64 * 2**20

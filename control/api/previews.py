@@ -277,7 +277,8 @@ CREATE_DESCRIPTION = (
     "with `env` overrides applied), runs 1 replica, and has no volumes, database links or domains. 202 with the preview "
     "and its deployment. 422 `validation-failed` naming `ttl_s` past MOORAGE_PREVIEW_TTL_MAX_S; 422 `quota-exceeded` past "
     "MOORAGE_PREVIEW_MAX_PER_APP previews of the app, or the tenant's `max_apps`, `max_replicas`, `max_cpu`, "
-    "`max_memory_mb` or build minutes (a preview is an app for the compute quotas); nothing is made."
+    "`max_memory_mb` or build minutes (a preview is an app for the compute quotas); nothing is made. 409 "
+    "`preview-name-unavailable` in the unlikely case that no free `<app>--<slug>` name was drawn: retry."
 )
 
 
@@ -289,7 +290,7 @@ class PreviewController(Controller):
         "POST",
         "/",
         access=KeyScope.DEPLOY,
-        errors=(404, 413, 415),
+        errors=(404, 409, 413, 415),
         status_code=202,
         request_max_body_size=None,
         summary="Create a preview: JSON {git: {url, ref}, ttl_s, env} or a tar.gz upload",

@@ -41,7 +41,7 @@ from control.domain.apps import PREVIEW_SEPARATOR, AppService
 from control.domain.audit import AuditService
 from control.domain.deployments import DeploymentService
 from control.domain.env import EnvService, EnvValue, check_vars
-from control.domain.errors import Invalid, NotFound, QuotaExceeded
+from control.domain.errors import Conflict, Invalid, NotFound, QuotaExceeded
 from control.domain.names import DNS_LABEL
 from control.domain.records import App, Deployment
 from control.ids import new_id
@@ -225,7 +225,10 @@ class PreviewService:
             name = f"{parent.name}{PREVIEW_SEPARATOR}{self.slugs()}"
             if DNS_LABEL.accepts(name) and not apps.name_taken(name):
                 return name
-        raise RuntimeError(f"no free preview name for app {parent.id} after {SLUG_DRAWS} draws")
+        raise Conflict(
+            f"No free preview name for app '{parent.name}' after {SLUG_DRAWS} draws; retry the request.",
+            code="preview-name-unavailable",
+        )
 
     def redeploy(
         self, tenant_id: str, app_ref: str, preview_ref: str, deployment_id: str, source_kind: str, source: dict[str, Any]

@@ -314,6 +314,30 @@ def test_a_slug_that_is_taken_is_drawn_again(world: World) -> None:
     assert (first["name"], second["name"]) == ("web--aaaaaa", "web--bbbbbb")
 
 
+def test_a_name_never_free_is_a_conflict_to_retry(world: World) -> None:
+    world.services.previews.slugs = lambda: "aaaaaa"
+    _created(world, world.preview())
+    rows = world.app_rows()
+    refused = world.preview()
+    assert refused.status_code == 409 and refused.json()["code"] == "preview-name-unavailable", refused.text
+    assert world.app_rows() == rows
+
+
+def test_bodies_too_large_or_malformed_are_refused_before_anything_is_made(world: World, settings: Settings) -> None:
+    tenant, rows = world.tenant, world.app_rows()
+    malformed = tenant.post("/v1/apps/web/previews", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert malformed.status_code == 400 and malformed.json()["code"] == "malformed-request", malformed.text
+    huge = b'{"git": {"url": "' + b"x" * (65 * 1024) + b'"}}'
+    too_big = tenant.post("/v1/apps/web/previews", content=huge, headers={"Content-Type": "application/json"})
+    assert too_big.status_code == 413 and too_big.json()["code"] == "payload-too-large", too_big.text
+    declared = tenant.post(
+        "/v1/apps/web/previews", content=b"x", headers={**GZIP, "Content-Length": str(settings.max_upload_bytes + 1)}
+    )
+    assert declared.status_code == 413, declared.text
+    assert world.app_rows() == rows
+    assert not any(world.services.deploys.deployments.root.glob("*/src"))  # no source left behind
+
+
 def test_an_app_has_at_most_preview_max_per_app_previews(world: World) -> None:
     for _ in range(3):
         _created(world, world.preview())

@@ -15,37 +15,35 @@ import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any
 
-import anyio
 import anyio.to_thread
 import msgspec
 from litestar import Controller, Request, Response
 from litestar.di import NamedDependency
-from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, RequestBody, Schema
 from litestar.params import FromPath, QueryParameter
 
-from control.api.deployments import (
-    GZIP_TYPES,
-    MAX_JSON_BYTES,
-    DeploymentOut,
-    GitSource,
-    UploadTooLarge,
-    _save_upload,
-    deployment_out,
+from control.api.deployments import DeploymentOut, GitSource, deployment_out
+from control.api.endpoints import endpoint, route
+from control.api.problems import Problem
+from control.api.source_forms import (
+    JSON,
+    UPLOAD,
+    Refused,
+    SourceOperation,
+    git_source,
+    json_body,
+    media_type,
+    source_body,
+    upload,
 )
-from control.api.endpoints import IdempotentOperation, endpoint, route
-from control.api.problems import Problem, problem_response
 from control.domain.deployments import DeploymentService
-from control.domain.errors import Invalid
-from control.domain.git_sources import GitHostRefused, check_git_source, resolve_git_host
 from control.domain.previews import Preview, PreviewService
 from control.domain.releases import ReleaseService
 from control.domain.tenants import TenantService
 from control.security.principal import Principal
 from control.security.scopes import KeyScope
 from control.settings import Settings
-from runtime.archive import ArchiveRejected, ExtractLimits, extract_tar_gz
 
 TtlQuery = QueryParameter(
     ge=1,
@@ -74,60 +72,6 @@ class PreviewCreate(msgspec.Struct, forbid_unknown_fields=True):
 
 class PreviewRedeploy(msgspec.Struct, forbid_unknown_fields=True):
     git: GitSource
-
-
-_KEYWORDS = {
-    "title": "title",
-    "description": "description",
-    "default": "default",
-    "minimum": "minimum",
-    "maximum": "maximum",
-    "minLength": "min_length",
-    "maxLength": "max_length",
-    "pattern": "pattern",
-    "required": "required",
-}
-
-
-def _openapi(node: dict[str, Any], defs: dict[str, Any]) -> Schema:
-    """msgspec's JSON Schema of a body as an OpenAPI schema (references inlined)."""
-    if "$ref" in node:
-        return _openapi(defs[node["$ref"].rsplit("/", 1)[1]], defs)
-    fields: dict[str, Any] = {ours: node[theirs] for theirs, ours in _KEYWORDS.items() if theirs in node}
-    if "type" in node:
-        fields["type"] = OpenAPIType(node["type"])
-    if "properties" in node:
-        fields["properties"] = {name: _openapi(sub, defs) for name, sub in node["properties"].items()}
-    extra = node.get("additionalProperties")
-    if extra is not None:
-        fields["additional_properties"] = extra if isinstance(extra, bool) else _openapi(extra, defs)
-    if "anyOf" in node:
-        fields["any_of"] = [_openapi(sub, defs) for sub in node["anyOf"]]
-    return Schema(**fields)
-
-
-def _source_body(json_body: type[Any], upload: str) -> RequestBody:
-    schema = msgspec.json.schema(json_body)
-    return RequestBody(
-        required=True,
-        content={
-            "application/json": OpenAPIMediaType(schema=_openapi(schema, schema.get("$defs", {}))),
-            "application/gzip": OpenAPIMediaType(
-                schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY, description=upload)
-            ),
-        },
-    )
-
-
-@dataclass
-class _SourceOperation(IdempotentOperation):
-    """Documents the two body forms the handler reads itself (JSON, or a tar.gz upload)."""
-
-    body: ClassVar[RequestBody]
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.request_body = self.body
 
 
 class PreviewOut(msgspec.Struct):
@@ -164,17 +108,14 @@ class PreviewList(msgspec.Struct):
     items: list[PreviewOut]
 
 
-UPLOAD = "the source as a gzip-compressed tar archive (at most MOORAGE_MAX_UPLOAD_BYTES), unpacked as a deployment's"
+@dataclass
+class _CreateOperation(SourceOperation):
+    body = source_body(PreviewCreate, UPLOAD + "; `?ttl_s=` sets its TTL")
 
 
 @dataclass
-class _CreateOperation(_SourceOperation):
-    body = _source_body(PreviewCreate, UPLOAD + "; `?ttl_s=` sets its TTL")
-
-
-@dataclass
-class _RedeployOperation(_SourceOperation):
-    body = _source_body(PreviewRedeploy, UPLOAD)
+class _RedeployOperation(SourceOperation):
+    body = source_body(PreviewRedeploy, UPLOAD)
 
 
 def _apps_domain(tenants: TenantService, settings: Settings, tenant_id: str) -> str:
@@ -188,87 +129,6 @@ def _out(preview: Preview, tenants: TenantService, settings: Settings, releases:
 
 def _accepted(preview: PreviewOut) -> Response[PreviewOut]:
     return Response(preview, status_code=202, headers={"Location": f"/v1/apps/{preview.app_id}/previews/{preview.id}"})
-
-
-class _Refused(Exception):
-    def __init__(self, response: Response[Problem]) -> None:
-        self.response = response
-
-
-async def _json_body(request: Request[Any, Any, Any], kind: type[Any]) -> Any:
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_JSON_BYTES:
-            raise _Refused(problem_response(request, 413, "payload-too-large", "A JSON preview request is at most 64 KiB."))
-    try:
-        return msgspec.json.decode(body, type=kind)
-    except msgspec.ValidationError as exc:
-        at = str(exc).rpartition(" - at `$.")[2].rstrip("`") if " - at `$." in str(exc) else ""
-        raise _Refused(
-            problem_response(
-                request,
-                422,
-                "validation-failed",
-                f'The request does not match the schema: {exc}. Send {{"git": {{"url": ..., "ref": ...}}, "ttl_s": ...}}.',
-                errors=[{"field": at, "message": str(exc)}] if at else None,
-            )
-        ) from None
-    except msgspec.DecodeError:
-        raise _Refused(problem_response(request, 400, "malformed-request", "The request body is not valid JSON.")) from None
-
-
-async def _git_source(settings: Settings, git: GitSource) -> dict[str, Any]:
-    target = await anyio.to_thread.run_sync(
-        partial(check_git_source, git.url, git.ref, allow_http=settings.git_allow_http, file_prefixes=settings.git_file_roots)
-    )
-    try:  # early answer for the caller; the job checks again right before cloning
-        if not target.is_file:
-            await anyio.to_thread.run_sync(resolve_git_host, target, settings.git_networks)
-    except GitHostRefused as exc:
-        raise Invalid(f"The git source is not acceptable: {exc}.", errors=[{"field": "git.url", "message": str(exc)}]) from None
-    return {"url": git.url, "ref": git.ref}
-
-
-async def _upload(
-    request: Request[Any, Any, Any], deployments: DeploymentService, settings: Settings, deployment_id: str
-) -> None:
-    """The tar.gz body, streamed to disk (at most MOORAGE_MAX_UPLOAD_BYTES) and safely unpacked
-    into the deployment's source directory, exactly as a deployment's upload."""
-    too_large = f"Source archives are at most {settings.max_upload_bytes} bytes; trim the upload (e.g. exclude build outputs)."
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes:
-        raise _Refused(problem_response(request, 413, "payload-too-large", too_large))
-    workdir = deployments.workdir(deployment_id)
-    workdir.mkdir(parents=True, exist_ok=True)
-    upload = workdir / "upload.tar.gz"
-    try:
-        await _save_upload(request, upload, settings.max_upload_bytes)
-        limits = ExtractLimits(
-            max_bytes=settings.max_source_bytes, max_members=settings.max_source_entries, max_depth=settings.max_source_depth
-        )
-        await anyio.to_thread.run_sync(extract_tar_gz, upload, workdir / "src", limits)
-    except UploadTooLarge:
-        shutil.rmtree(workdir, ignore_errors=True)
-        raise _Refused(problem_response(request, 413, "payload-too-large", too_large)) from None
-    except ArchiveRejected as exc:
-        shutil.rmtree(workdir, ignore_errors=True)
-        detail = f"The source archive was refused: {exc}. Nothing was made; fix the archive and upload again."
-        raise _Refused(problem_response(request, 422, "archive-rejected", detail)) from None
-    except BaseException:
-        shutil.rmtree(workdir, ignore_errors=True)
-        raise
-    upload.unlink(missing_ok=True)
-
-
-def _media_type(request: Request[Any, Any, Any]) -> str:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/json" and content_type not in GZIP_TYPES:
-        detail = (
-            'Send the source as a tar.gz body with Content-Type: application/gzip, or JSON {"git": {"url": ..., "ref": ...}}.'
-        )
-        raise _Refused(problem_response(request, 415, "unsupported-media-type", detail))
-    return content_type
 
 
 CREATE_DESCRIPTION = (
@@ -316,15 +176,15 @@ class PreviewController(Controller):
         await anyio.to_thread.run_sync(deployments.refuse_if_over_quota, tenant_id, parent, "build")
         deployment_id = deployments.new_id()
         try:
-            if _media_type(request) == "application/json":
-                data: PreviewCreate = await _json_body(request, PreviewCreate)
+            if media_type(request) == JSON:
+                data: PreviewCreate = await json_body(request, PreviewCreate)
                 ttl_s, env, snapshot = data.ttl_s or ttl_s, data.env, data.snapshot
                 await anyio.to_thread.run_sync(previews.check_options, ttl_s, env, snapshot)
-                source_kind, source = "git", await _git_source(settings, data.git)
+                source_kind, source = "git", await git_source(settings, data.git)
             else:
-                await _upload(request, deployments, settings, deployment_id)
+                await upload(request, deployments, settings, deployment_id)
                 source_kind, source, env, snapshot = "archive", {}, {}, None
-        except _Refused as refused:
+        except Refused as refused:
             return refused.response
         create = partial(previews.create, ttl_s=ttl_s, env=env, snapshot=snapshot)
         try:
@@ -404,13 +264,13 @@ class PreviewController(Controller):
         await anyio.to_thread.run_sync(deployments.refuse_if_over_quota, tenant_id, found.app, "build")
         deployment_id = deployments.new_id()
         try:
-            if _media_type(request) == "application/json":
-                data: PreviewRedeploy = await _json_body(request, PreviewRedeploy)
-                source_kind, source = "git", await _git_source(settings, data.git)
+            if media_type(request) == JSON:
+                data: PreviewRedeploy = await json_body(request, PreviewRedeploy)
+                source_kind, source = "git", await git_source(settings, data.git)
             else:
-                await _upload(request, deployments, settings, deployment_id)
+                await upload(request, deployments, settings, deployment_id)
                 source_kind, source = "archive", {}
-        except _Refused as refused:
+        except Refused as refused:
             return refused.response
         try:
             made = await anyio.to_thread.run_sync(

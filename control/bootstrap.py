@@ -38,6 +38,7 @@ from control.domain.recovery import RecoveryConfig, RecoveryService
 from control.domain.registration import RegistrationService
 from control.domain.releases import ReleaseService
 from control.domain.runs import RUN_JOB, RunLimits, RunService
+from control.domain.snapshots import SnapshotConfig, SnapshotService
 from control.domain.tenants import TenantService
 from control.domain.usage import UsageService
 from control.domain.volumes import VolumeConfig, VolumeService
@@ -51,6 +52,7 @@ from control.jobs.retention import Retention
 from control.jobs.runs import RunJob
 from control.jobs.runtime_docker import DockerAppRuntime
 from control.jobs.scheduler import CronScheduler
+from control.jobs.snapshots import SnapshotJobs
 from control.jobs.teardown import RuntimeTeardown
 from control.jobs.volumes import RuntimeVolumes, VolumeUpkeep
 from control.jobs.workers import AppLocks, JobKind, WorkerPool
@@ -137,6 +139,7 @@ class Services:
     previews: PreviewService  # preview deployments: apps of kind preview, deleted at their TTL
     operator_health: OperatorHealth  # GET /v1/operator/health: disks, Docker, sandbox, Traefik, jobs, nodes
     metering: MeteringService  # hourly compute, storage and build usage per tenant
+    snapshots: SnapshotService  # app snapshots (image, sealed env, links, volume and database data) and forks
     sampler: Sampler  # reads containers' counters and storage into metering
 
     upstream: Upstream  # pooled connections to inference nodes, opened in the serving loop
@@ -172,6 +175,7 @@ class Services:
         "previews": "previews",
         "operator_health": "operator_health",
         "metering": "metering",
+        "snapshots": "snapshots",
         "app_runtime": "deploys.runtime",
         "upstream": "upstream",
         "prometheus": "metrics",
@@ -247,7 +251,9 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
     registry = default_registry if breakers is None else breakers
     keyring = ReloadingKeyring(KeySource.of(settings))
     runtime = DockerAppRuntime(settings, registry)  # adapters made on first use: building this needs no Docker
-    teardown = RuntimeTeardown(runtime, tenant_name=lambda tenant_id: tenants.name(tenant_id))
+    teardown = RuntimeTeardown(
+        runtime, tenant_name=lambda tenant_id: tenants.name(tenant_id), kept_images=lambda: releases.kept_images()
+    )
     tenants = TenantService(db, teardown)
     env_vars = EnvService(db, keyring)
     links = LinkService(db, keyring)  # the deploy pipeline resolves database links at container start
@@ -268,6 +274,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
             max_size_mb=settings.volume_max_size_mb,
             max_volumes=settings.volume_max_per_tenant,
             max_total_mb=settings.volume_max_total_mb,
+            max_snapshot_mb=settings.snapshot_max_total_mb,
         ),
     )
 
@@ -358,10 +365,30 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         domain_routing,
     )
 
+    apps = AppService(db, teardown, max_replicas=settings.max_replicas, rescaled=lambda: reconciler.wake(), quota=compute)
+    snapshots = SnapshotService(
+        db,
+        keyring,
+        queue,
+        settings.data_dir,
+        apps=apps,
+        env_vars=env_vars,
+        volumes=volumes,
+        databases=databases,
+        links=links,
+        config=SnapshotConfig(max_total_mb=settings.snapshot_max_total_mb, max_attempts=settings.job_max_attempts),
+    )
+    snapshot_jobs = SnapshotJobs(snapshots, volumes, releases, deployments, database_jobs, runtime, locks, tenants.name)
+
     # The one registry of job kinds, fixed here: what each kind runs, and whom it tells when given up.
     workers = WorkerPool(
         queue,
-        {DEPLOY_JOB: JobKind(pipeline, pipeline.give_up), RUN_JOB: JobKind(run_job, run_job.give_up), **database_jobs.kinds()},
+        {
+            DEPLOY_JOB: JobKind(pipeline, pipeline.give_up),
+            RUN_JOB: JobKind(run_job, run_job.give_up),
+            **database_jobs.kinds(),
+            **snapshot_jobs.kinds(),
+        },
         count=settings.job_workers,
     )
     apps = AppService(db, teardown, max_replicas=settings.max_replicas, rescaled=lambda: reconciler.wake(), quota=compute)
@@ -395,6 +422,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
             "database containers": database_jobs.remove_orphan_containers,
             "run containers": run_job.remove_orphan_containers,
             "domain routes": domain_verifier.sweep,
+            "snapshot files": snapshots.remove_orphan_files,
         },
         volumes=VolumeUpkeep(volumes, runtime, orphan_grace_s=float(settings.volume_orphan_grace_s)),
         expiries={"previews": previews.expire_due},
@@ -409,6 +437,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
             volumes=lambda: _volume_bytes(volumes),
             database_of=lambda database_id: found.tenant_id if (found := databases.load(database_id)) else None,
             backups_dir=settings.data_dir / "backups",
+            snapshots_dir=settings.data_dir / "snapshots",
         ),
         interval_s=settings.metering_interval_s,
         storage_interval_s=settings.metering_storage_interval_s,
@@ -506,6 +535,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         previews=previews,
         operator_health=OperatorHealth(settings, queue, registry, inference, lambda: reconciler.last_pass),
         metering=metering,
+        snapshots=snapshots,
         sampler=sampler,
         upstream=Upstream(settings),
         metrics=metrics,

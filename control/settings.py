@@ -187,6 +187,9 @@ class Settings:
     volume_max_total_mb: int = 20480  # size_mb of all of a tenant's volumes together (operators override)
     volume_command_timeout_s: int = 60  # each losetup / mkfs.ext4 / debugfs call
     volume_orphan_grace_s: int = 600  # storage no volume accounts for is removed once this old
+    # App snapshots: their files (volume tars, database dumps) of all of a tenant's snapshots
+    # together, in MiB (operators override: max_snapshot_mb in PUT /v1/tenants/{id}/storage-limits).
+    snapshot_max_total_mb: int = 20480
 
     # Preview deployments (POST /v1/apps/{app}/previews): each is an app of its own that counts
     # against the compute quotas below; the reconciler deletes it once its TTL has run out.

@@ -131,7 +131,7 @@ class _TenantUsageCollector(Collector):
         yield memory
         storage = GaugeMetricFamily(
             "moorage_tenant_storage_bytes",
-            "Storage the tenant holds, by kind: volumes, database_volumes, images, backups",
+            "Storage the tenant holds, by kind: volumes, database_volumes, images, backups, snapshots",
             labels=["tenant", "kind"],
         )
         for (tenant, kind), value in _sum_by(((label(t), k), v) for (t, k), v in live.storage.items()):

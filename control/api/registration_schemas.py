@@ -39,7 +39,7 @@ class DefaultLimitsIn(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=
         return DefaultLimits(
             rate=None if r is None else LimitOverrides(r.tenant_quota, r.key_quota),
             databases=None if d is None else DatabaseOverrides(d.max_databases, d.max_memory_mb),
-            storage=None if s is None else StorageOverrides(s.max_volumes, s.max_total_mb),
+            storage=None if s is None else StorageOverrides(s.max_volumes, s.max_total_mb, s.max_snapshot_mb),
             inference=None
             if i is None
             else InferenceOverrides(i.requests_per_minute, i.tokens_per_minute, i.token_budget, i.budget_period),
@@ -51,7 +51,7 @@ class DefaultLimitsIn(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=
         return cls(
             rate=None if r is None else LimitsIn(r.tenant_quota, r.key_quota),
             databases=None if d is None else DatabaseLimitsIn(d.max_databases, d.max_memory_mb),
-            storage=None if s is None else StorageLimitsIn(s.max_volumes, s.max_total_mb),
+            storage=None if s is None else StorageLimitsIn(s.max_volumes, s.max_total_mb, s.max_snapshot_mb),
             inference=None
             if i is None
             else InferenceLimitsIn(i.requests_per_minute, i.tokens_per_minute, i.token_budget, i.budget_period),

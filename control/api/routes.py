@@ -25,6 +25,7 @@ from control.api.operator_health import operator_health
 from control.api.previews import PreviewController
 from control.api.registration import REGISTRATION_ROUTES
 from control.api.runs import RunController
+from control.api.snapshots import SNAPSHOT_ROUTES
 from control.api.spec import openapi_document
 from control.api.tenants import TenantController
 from control.api.usage import USAGE_ROUTES
@@ -61,6 +62,7 @@ def route_handlers(settings: Settings) -> list[Any]:
         VolumeController,
         DomainController,
         PreviewController,
+        *SNAPSHOT_ROUTES,
     ]
     databases = [DatabaseController, BackupController, LinkController, *DATABASE_LIMIT_ROUTES, *STORAGE_LIMIT_ROUTES]
     inference = [*NODE_ROUTES, *GATEWAY_ROUTES, *USAGE_ROUTES, *INFERENCE_LIMIT_ROUTES]

@@ -61,6 +61,7 @@ class StorageHourOut(msgspec.Struct, omit_defaults=True):
     database_volumes: StorageHeldOut
     images: Annotated[StorageHeldOut, msgspec.Meta(description="Each image's size; layers shared by images count in each")]
     backups: StorageHeldOut
+    snapshots: Annotated[StorageHeldOut, msgspec.Meta(description="Snapshot files: volume tars, database dumps, manifests")]
     tenant_id: str | None = None
 
 
@@ -74,6 +75,7 @@ class StorageTotalsOut(msgspec.Struct):
     database_volumes: StorageTotalOut
     images: StorageTotalOut
     backups: StorageTotalOut
+    snapshots: StorageTotalOut
 
 
 class StorageUsageOut(msgspec.Struct, tag_field="kind", tag="storage"):
@@ -164,6 +166,7 @@ def _storage(report: MeteredReport, per_tenant: bool) -> StorageUsageOut:
             database_volumes=_held(h, M.DATABASE_VOLUMES, now),
             images=_held(h, M.IMAGES, now),
             backups=_held(h, M.BACKUPS, now),
+            snapshots=_held(h, M.SNAPSHOTS, now),
             tenant_id=_tenant(h, per_tenant),
         )
         for h in report.hours
@@ -173,6 +176,7 @@ def _storage(report: MeteredReport, per_tenant: bool) -> StorageUsageOut:
         database_volumes=_total(report, M.DATABASE_VOLUMES),
         images=_total(report, M.IMAGES),
         backups=_total(report, M.BACKUPS),
+        snapshots=_total(report, M.SNAPSHOTS),
     )
     return StorageUsageOut(report.since, report.until, items, totals)
 

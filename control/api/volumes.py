@@ -176,6 +176,9 @@ class StorageLimitsIn(msgspec.Struct, forbid_unknown_fields=True):
 
     max_volumes: Annotated[int, msgspec.Meta(ge=0, description="Volumes of all the tenant's apps together")] | None = None
     max_total_mb: Annotated[int, msgspec.Meta(ge=0, description="size_mb of all the tenant's volumes together")] | None = None
+    max_snapshot_mb: Annotated[int, msgspec.Meta(ge=0, description="MiB of all the tenant's snapshot files together")] | None = (
+        None
+    )
 
 
 class StorageLimitsOut(msgspec.Struct):
@@ -184,6 +187,8 @@ class StorageLimitsOut(msgspec.Struct):
     max_total_mb: int
     volumes: Annotated[int, msgspec.Meta(description="Volumes the tenant has now")]
     total_mb: Annotated[int, msgspec.Meta(description="Their size_mb together")]
+    max_snapshot_mb: int
+    snapshot_mb: Annotated[float, msgspec.Meta(description="MiB the tenant's snapshots hold now")]
     overrides: StorageLimitsIn
 
     @classmethod
@@ -195,7 +200,9 @@ class StorageLimitsOut(msgspec.Struct):
             limits.max_total_mb,
             limits.volumes,
             limits.total_mb,
-            StorageLimitsIn(o.max_volumes, o.max_total_mb),
+            limits.max_snapshot_mb,
+            round(limits.snapshot_bytes / 2**20, 2),
+            StorageLimitsIn(o.max_volumes, o.max_total_mb, o.max_snapshot_mb),
         )
 
 
@@ -204,7 +211,7 @@ class StorageLimitsOut(msgspec.Struct):
     "/v1/tenants/{tenant_id:str}/storage-limits",
     access=OPERATOR_ACCESS,
     errors=(404,),
-    summary="Get a tenant's storage quotas (volumes)",
+    summary="Get a tenant's storage quotas (volumes, snapshots)",
     tags=["tenants (operator)"],
 )
 def get_storage_limits(volumes: NamedDependency[VolumeService], tenant_id: FromPath[str]) -> StorageLimitsOut:
@@ -216,14 +223,14 @@ def get_storage_limits(volumes: NamedDependency[VolumeService], tenant_id: FromP
     "/v1/tenants/{tenant_id:str}/storage-limits",
     access=OPERATOR_ACCESS,
     errors=(404,),
-    summary="Set a tenant's storage quotas (volumes)",
+    summary="Set a tenant's storage quotas (volumes, snapshots)",
     tags=["tenants (operator)"],
 )
 def put_storage_limits(
     volumes: NamedDependency[VolumeService], tenant_id: FromPath[str], data: JSONBody[StorageLimitsIn]
 ) -> StorageLimitsOut:
     """Applies to the next volume created; existing volumes are never removed by a lower limit."""
-    limits = volumes.set_limits(tenant_id, StorageOverrides(data.max_volumes, data.max_total_mb))
+    limits = volumes.set_limits(tenant_id, StorageOverrides(data.max_volumes, data.max_total_mb, data.max_snapshot_mb))
     return StorageLimitsOut.of(tenant_id, limits)
 
 

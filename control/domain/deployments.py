@@ -34,6 +34,7 @@ from control.store.repositories.volumes import VolumeRepository
 
 DEPLOY_JOB = "deploy"
 ROLLBACK = "rollback"  # the source kind of a deployment that reuses a release's image: no build
+IMAGE = "image"  # the source kind of a deployment of an image this tenant already has (a fork's snapshot): no build
 
 
 class Status(StrEnum):
@@ -121,7 +122,7 @@ class DeploymentService:
             return
         current = AppRepository(session, tenant_id, previews=True).get(app.id) or app  # its replicas as of this transaction
         self.quota.check_first_deploy(session, tenant_id, current.id, current.name, current.replicas)
-        if source_kind != ROLLBACK:
+        if source_kind not in (ROLLBACK, IMAGE):
             self.quota.check_build_minutes(session, tenant_id)
 
     def create(self, tenant_id: str, app: App, deployment_id: str, source_kind: str, source: dict[str, Any]) -> Deployment:

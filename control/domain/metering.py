@@ -33,15 +33,22 @@ VOLUMES = "volume_byte_seconds"
 DATABASE_VOLUMES = "database_volume_byte_seconds"
 IMAGES = "image_byte_seconds"
 BACKUPS = "backup_byte_seconds"
+SNAPSHOTS = "snapshot_byte_seconds"
 
-GAUGES = frozenset({MEMORY, VOLUMES, DATABASE_VOLUMES, IMAGES, BACKUPS})
+GAUGES = frozenset({MEMORY, VOLUMES, DATABASE_VOLUMES, IMAGES, BACKUPS, SNAPSHOTS})
 COUNTERS = (CPU_SECONDS, NET_RX_BYTES, NET_TX_BYTES, BLOCK_READ_BYTES, BLOCK_WRITE_BYTES)
 KINDS: dict[str, tuple[str, ...]] = {
     "compute": (*COUNTERS, MEMORY),
-    "storage": (VOLUMES, DATABASE_VOLUMES, IMAGES, BACKUPS),
+    "storage": (VOLUMES, DATABASE_VOLUMES, IMAGES, BACKUPS, SNAPSHOTS),
     "builds": (BUILD_SECONDS, BUILDS),
 }
-STORAGE_OF = {"volumes": VOLUMES, "database_volumes": DATABASE_VOLUMES, "images": IMAGES, "backups": BACKUPS}
+STORAGE_OF = {
+    "volumes": VOLUMES,
+    "database_volumes": DATABASE_VOLUMES,
+    "images": IMAGES,
+    "backups": BACKUPS,
+    "snapshots": SNAPSHOTS,
+}
 
 
 def hour_of(at: float) -> datetime:

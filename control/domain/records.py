@@ -185,6 +185,7 @@ class RunningApp:
 class StorageOverrides:
     max_volumes: int | None = None
     max_total_mb: int | None = None
+    max_snapshot_mb: int | None = None  # every snapshot's files together
 
 
 ACTIVE_STATUSES = ("queued", "building", "releasing")  # a deployment in one of these has not ended

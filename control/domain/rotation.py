@@ -14,9 +14,10 @@ import structlog
 
 from control.domain.databases import password_aad
 from control.domain.env import value_aad
+from control.domain.snapshot_records import var_aad
 from control.security.keyring import KeyringError, ReloadingKeyring
 from control.store.database import Store
-from control.store.models import DatabaseRow, EnvVarRow, EnvVarVersionRow
+from control.store.models import DatabaseRow, EnvVarRow, EnvVarVersionRow, SnapshotEnvVarRow
 from control.store.repositories.sealed import (
     SealedColumn,
     SealedValue,
@@ -52,6 +53,15 @@ SEALED_COLUMNS: tuple[SealedColumn, ...] = (
         owner=(DatabaseRow.tenant_id, DatabaseRow.id),
         aad=password_aad,
         name=DatabaseRow.name,
+    ),
+    SealedColumn(
+        "snapshot_env_vars.ciphertext",
+        SnapshotEnvVarRow.id,
+        SnapshotEnvVarRow.ciphertext,
+        SnapshotEnvVarRow.master_key_id,
+        owner=(SnapshotEnvVarRow.tenant_id, SnapshotEnvVarRow.snapshot_id, SnapshotEnvVarRow.name),
+        aad=var_aad,
+        name=SnapshotEnvVarRow.name,
     ),
 )
 

@@ -35,6 +35,7 @@ from control.store.database import Store
 from control.store.repositories.apps import AppRepository
 from control.store.repositories.deployments import DeploymentRepository
 from control.store.repositories.releases import AppRuntimeRepository
+from control.store.repositories.snapshots import SnapshotRepository
 from control.store.repositories.tenants import TenantRepository
 from control.store.repositories.volumes import StorageLimitsRepository, VolumeRepository
 
@@ -83,6 +84,7 @@ class VolumeConfig:
     max_size_mb: int = 10240
     max_volumes: int = 10
     max_total_mb: int = 20480
+    max_snapshot_mb: int = 20480  # every snapshot's files together (control.domain.snapshots enforces it)
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,8 @@ class StorageLimits:
     overrides: StorageOverrides
     volumes: int = 0  # in use now
     total_mb: int = 0
+    max_snapshot_mb: int = 20480
+    snapshot_bytes: int = 0  # what the tenant's snapshots hold now
 
 
 def check_mount_path(path: str) -> str:
@@ -152,6 +156,8 @@ class VolumeService:
             overrides=overrides,
             volumes=len(using),
             total_mb=sum(mb for _, mb in using),
+            max_snapshot_mb=self.config.max_snapshot_mb if overrides.max_snapshot_mb is None else overrides.max_snapshot_mb,
+            snapshot_bytes=SnapshotRepository(volumes.session, volumes.tenant_id).stored_bytes(),
         )
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -308,7 +314,11 @@ class VolumeService:
 def check_overrides(overrides: StorageOverrides) -> None:
     bad = [
         f
-        for f, v in (("max_volumes", overrides.max_volumes), ("max_total_mb", overrides.max_total_mb))
+        for f, v in (
+            ("max_volumes", overrides.max_volumes),
+            ("max_total_mb", overrides.max_total_mb),
+            ("max_snapshot_mb", overrides.max_snapshot_mb),
+        )
         if v is not None and v < 0
     ]
     if bad:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from pathlib import Path
 
 import docker.errors
 import structlog
@@ -39,6 +40,7 @@ from control.jobs.runtime_docker import INSTANCE_LABEL, DockerAppRuntime
 from control.jobs.workers import AppLocks, JobContext, JobKind, as_outage
 from runtime.databases import (
     BackupIntegrityError,
+    BackupResult,
     Backups,
     DatabaseError,
     DatabaseInstance,
@@ -232,6 +234,38 @@ class DatabaseJobs:
                 return
         self.backups.mark_restore(restore.id, SUCCEEDED)
         log.info("database_restored", restore_id=restore.id, backup_id=restore.backup_id, database_id=restore.target_id)
+
+    # -- for snapshots: a dump into a given directory, a restore from a given file ------------
+    def dump(self, database_id: str, dest_dir: Path, *, stem: str) -> BackupResult:
+        """A backup of the database through the same runtime path as ``backup``, written to
+        ``dest_dir/<stem><suffix>`` (no backup row: the caller keeps the file). ``JobFailed``,
+        ``DatabaseError`` or ``CredentialsUnreadable`` when it cannot."""
+        database = self.databases.load(database_id)
+        if database is None:
+            raise JobFailed(f"database {database_id} no longer exists")
+        with self.locks.hold(database.id), self._transient():
+            if database.status != Status.AVAILABLE:
+                raise JobFailed(f"database '{database.name}' is {database.status}")
+            return self.runtime.backups.backup(
+                self._instance(database), self.databases.credentials(database), dest_dir, stem=stem
+            )
+
+    def restore_file(self, database_id: str, path: Path, *, sha256: str) -> None:
+        """Restore ``path`` into the database once its digest is ``sha256`` (checked by the
+        runtime before it touches anything: ``BackupIntegrityError``)."""
+        database = self.databases.load(database_id)
+        if database is None:
+            raise JobFailed(f"database {database_id} no longer exists")
+        with self.locks.hold(database.id), self._transient():
+            if database.status != Status.AVAILABLE:
+                raise JobFailed(f"database '{database.name}' is {database.status}; nothing was restored")
+            self.runtime.backups.restore(
+                self._instance(database),
+                self.databases.credentials(database),
+                path,
+                expected_sha256=sha256,
+                timeout=self.provision_timeout_s,
+            )
 
     # -- delete and purge -------------------------------------------------------------------
     def delete(self, job: Job, ctx: JobContext) -> None:

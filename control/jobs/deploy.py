@@ -38,7 +38,7 @@ from pathlib import Path
 import structlog
 
 from control.domain.databases import CredentialsUnreadable
-from control.domain.deployments import DeploymentService, Status
+from control.domain.deployments import IMAGE, ROLLBACK, DeploymentService, Status
 from control.domain.env import EnvService, SecretUnreadable
 from control.domain.errors import NotFound
 from control.domain.links import LinkedDatabaseGone, LinkService
@@ -85,8 +85,10 @@ class DeployPipeline:
         try:
             app, tenant = self._names(dep)
             check_step(self.deployments, dep.id, ctx)
-            if dep.source_kind == "rollback":
+            if dep.source_kind == ROLLBACK:
                 image, tag = self._rollback_image(dep, out)
+            elif dep.source_kind == IMAGE:
+                image, tag = self._given_image(dep, out)
             else:
                 image, tag = self.source_build.run(dep, job, app, tenant, out, ctx)
             self._release(dep, app, tenant, image, tag, out, ctx)
@@ -144,8 +146,17 @@ class DeployPipeline:
         self.deployments.transition(dep.id, Status.RELEASING, image=target.image_id)
         return target.image_id, target.image_tag
 
+    def _given_image(self, dep: Deployment, out: BuildLog) -> tuple[str, str]:
+        """An image the tenant already has (a snapshot's, for its fork): released as it is."""
+        image, tag = str(dep.source["image_id"]), str(dep.source["image_tag"])
+        if not self.runtime.image_exists(image):
+            raise Failed(f"image {image[:19]} is no longer on this host; deploy the app from source")
+        out.step(f"deploying image {image[:19]} ({tag}) as it is, no build")
+        self.deployments.transition(dep.id, Status.RELEASING, image=image)
+        return image, tag
+
     def _release(self, dep: Deployment, app: App, tenant: str, image: str, tag: str, out: BuildLog, ctx: JobContext) -> None:
-        target = self.releases.get(dep.source["release_id"]) if dep.source_kind == "rollback" else None
+        target = self.releases.get(dep.source["release_id"]) if dep.source_kind == ROLLBACK else None
         port = target.port if target else app.port
         health_path = target.health_check_path if target else app.health_check_path
         # A rollback runs with the config its target was made with, and makes it the app's

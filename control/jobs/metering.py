@@ -39,6 +39,7 @@ class StorageSources:
     volumes: Callable[[], Mapping[str, int]]  # app volumes: the reconciler's last measurement
     database_of: Callable[[str], str | None]  # database id -> its tenant id (None: not ours any more)
     backups_dir: Path  # <data_dir>/backups/<tenant id>/<database id>/<file>
+    snapshots_dir: Path | None = None  # <data_dir>/snapshots/<tenant id>/<snapshot id>/<file>
 
 
 @dataclass
@@ -190,6 +191,9 @@ class Sampler:
             add(tenant_id, "volumes", size)
         for tenant_id, size in tree_bytes_by_child(self.storage.backups_dir).items():
             add(tenant_id, "backups", size)
+        if self.storage.snapshots_dir is not None:
+            for tenant_id, size in tree_bytes_by_child(self.storage.snapshots_dir).items():
+                add(tenant_id, "snapshots", size)
         tenants = set(self.tenant_ids().values())
         if self.runtime.ever_started_anything() and tenants:
             for database_id, size in self.runtime.database_volume_bytes().items():

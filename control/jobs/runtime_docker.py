@@ -29,7 +29,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import cached_property
@@ -43,6 +43,7 @@ from control.jobs.build import TENANT_IMAGES, tenant_repository
 from control.jobs.docker_runs import run_in_container
 from control.jobs.runtime_metering import container_usage, database_volume_bytes
 from control.jobs.runtime_port import (
+    VOLUME_ARCHIVE_ROOT,
     AppContainer,
     BuildLayer,
     ContainerUsage,
@@ -67,6 +68,7 @@ from runtime.resilience import BreakerRegistry, CircuitBreaker, Guard, RetryPoli
 from runtime.router import AppRoute, Backend, Router, atomic_write
 from runtime.sandbox import ContainerSpec, Mount, SandboxPolicy
 from runtime.settings import RuntimeSettings
+from runtime.volume_archive import read_archive, write_archive
 from runtime.volumes import LoopImages, Volumes, VolumeSpec, volume_id_of
 
 log = structlog.get_logger("moorage.deploy")
@@ -75,6 +77,7 @@ RELEASE_HEADER = "X-Moorage-Release"
 STEP_CONTAINER = re.compile(r"^\s*---> Running in ([0-9a-f]{12,64})\s*$")
 STEP_CONTAINERS_NOTE = "build-containers"
 CLOCK_SLACK_S = 5.0  # dockerd's clock and ours, and a step created just before its line arrives
+VOLUME_COPY_ROLE = "volume-copy"  # a snapshot's helper: created to read or fill a volume, never started
 RUN_ROLE = "run"  # the role label of one-off run containers (apps' is "app": the reconciler keeps those)
 
 
@@ -415,6 +418,40 @@ class DockerAppRuntime:
 
     def volume_usage(self, volumes: Sequence[VolumeMount]) -> dict[str, int | None]:
         return self.volumes.used_bytes({v.volume_id: v.enforced for v in volumes})
+
+    def export_volume(self, *, volume: VolumeMount, tenant: str, app: str, image: str, dest: Path) -> None:
+        with self._volume_helper(volume, tenant, app, image) as helper:
+            write_archive(self.engine, helper, f"/{VOLUME_ARCHIVE_ROOT}", dest)
+
+    def import_volume(self, *, volume: VolumeMount, tenant: str, app: str, image: str, source: Path) -> None:
+        with self._volume_helper(volume, tenant, app, image) as helper:
+            read_archive(self.engine, helper, "/", source)
+
+    @contextlib.contextmanager
+    def _volume_helper(self, volume: VolumeMount, tenant: str, app: str, image: str) -> Iterator[str]:
+        """A container from ``image`` with the volume at ``/VOLUME_ARCHIVE_ROOT``: created, never
+        started (dockerd reads and writes a created container's volumes itself), removed after."""
+        name = f"moorage-volcopy-{volume.volume_id}"
+        self.containers.remove(name, force=True)  # one a cut-off copy left
+        network = self.networks.ensure(tenant).name
+        mount = Mount(self.volumes.prepare(self._volume_spec(volume, tenant, app)), f"/{VOLUME_ARCHIVE_ROOT}")
+        spec = ContainerSpec(
+            tenant=tenant,
+            app=app,
+            image=image,
+            network=network,
+            role=VOLUME_COPY_ROLE,
+            name=name,
+            command=["true"],
+            mounts=(mount,),
+            labels={INSTANCE_LABEL: self.instance},
+            app_alias=False,
+        )
+        info = self.containers.create(spec, self.policy)
+        try:
+            yield info.id
+        finally:
+            self.containers.remove(info.id, force=True)
 
     # -- tenant networks ------------------------------------------------------------------
     def owned_networks(self) -> list[str]:

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import itertools
 import posixpath
+import tarfile
 import threading
 import time
 from collections import defaultdict
@@ -36,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from control.jobs.build import TENANT_IMAGES, tenant_repository
 from control.jobs.runtime_port import (
+    VOLUME_ARCHIVE_ROOT,
     AppContainer,
     AppRuntime,
     BuildLayer,
@@ -169,6 +172,7 @@ class InMemoryAppRuntime:
         self.run_containers: dict[str, FakeContainer] = {}  # one-off runs going on, by container id
         self.runs: list[FakeRun] = []  # every run started, in order
         self.max_parallel_runs = 0
+        self.exported_while_running: list[str] = []  # containers that still ran while their volume was read
         self._run_script = RunScript()
         self._run_lock = threading.Lock()
         self._parallel_runs = 0
@@ -657,6 +661,42 @@ class InMemoryAppRuntime:
         self._leave("volume_usage")
         return usage
 
+    def export_volume(self, *, volume: VolumeMount, tenant: str, app: str, image: str, dest: Path) -> None:
+        self._enter("export_volume")
+        found = self.volumes.get(volume.volume_id)
+        if found is None:
+            raise VolumeStorageMissing(f"the storage of volume {volume.volume_id} is gone, so its data is lost")
+        writers = [
+            c.name
+            for c in self.containers.values()
+            if c.status == "running" and any(m.volume_id == volume.volume_id for m in c.mounts)
+        ]
+        self.exported_while_running.extend(writers)
+        partial = dest.with_name(dest.name + ".partial")
+        with tarfile.open(partial, "w") as tar:
+            tar.addfile(_dir_entry(VOLUME_ARCHIVE_ROOT))
+            for inner, text in sorted(found.files.items()):
+                data = text.encode()
+                entry = tarfile.TarInfo(f"{VOLUME_ARCHIVE_ROOT}/{inner}")
+                entry.size, entry.mode = len(data), 0o644
+                tar.addfile(entry, io.BytesIO(data))
+        partial.replace(dest)
+        self._leave("export_volume")
+
+    def import_volume(self, *, volume: VolumeMount, tenant: str, app: str, image: str, source: Path) -> None:
+        self._enter("import_volume")
+        found = self.volumes.get(volume.volume_id)
+        if found is None:
+            raise VolumeStorageMissing(f"the storage of volume {volume.volume_id} is gone")
+        with tarfile.open(source, "r") as tar:
+            for entry in tar.getmembers():
+                inner = posixpath.relpath(entry.name, VOLUME_ARCHIVE_ROOT)
+                if entry.isfile() and not inner.startswith(".."):
+                    extracted = tar.extractfile(entry)
+                    assert extracted is not None
+                    found.files[inner] = extracted.read().decode()
+        self._leave("import_volume")
+
     # -- routes ---------------------------------------------------------------------------
     def write_route(self, route: Route) -> None:
         self._enter("write_route")
@@ -732,6 +772,12 @@ class InMemoryAppRuntime:
 
     def _new_id(self) -> str:
         return hashlib.sha256(f"fake-{next(self._serial)}".encode()).hexdigest()
+
+
+def _dir_entry(name: str) -> tarfile.TarInfo:
+    entry = tarfile.TarInfo(name)
+    entry.type, entry.mode = tarfile.DIRTYPE, 0o755
+    return entry
 
 
 def _step(step: str) -> str:

@@ -25,6 +25,8 @@ from runtime.builders import BuildRequest, BuiltImage
 from runtime.healthcheck import HealthResult
 from runtime.volumes import docker_name
 
+VOLUME_ARCHIVE_ROOT = "moorage-volume"  # the directory a volume's tar holds its files under
+
 
 @dataclass(frozen=True)
 class VolumeMount:
@@ -307,6 +309,19 @@ class AppRuntime(Protocol):
     def volume_usage(self, volumes: Sequence[VolumeMount]) -> dict[str, int | None]:
         """Bytes each volume holds; None where it cannot be told now (an enforced volume that
         no container mounts, a volume that is gone)."""
+        ...
+
+    def export_volume(self, *, volume: VolumeMount, tenant: str, app: str, image: str, dest: Path) -> None:
+        """Write everything the volume holds to ``dest`` as a tar (its entries under
+        ``VOLUME_ARCHIVE_ROOT/``), read through a helper container from ``image`` that is
+        created, never started. The caller stops the volume's writers first (a consistent
+        copy); ``dest`` is complete or absent when this returns. ``VolumeError`` when the
+        volume's storage cannot be read."""
+        ...
+
+    def import_volume(self, *, volume: VolumeMount, tenant: str, app: str, image: str, source: Path) -> None:
+        """Unpack a tar ``export_volume`` wrote into the (new, empty) volume, through a helper
+        container from ``image`` that is created, never started."""
         ...
 
     # -- tenant networks ------------------------------------------------------------------

@@ -30,9 +30,17 @@ class RuntimeTeardown:
     """The ``control.domain.teardown.Teardown`` of the app runtime port."""
 
     def __init__(
-        self, runtime: AppRuntime, tenant_name: Callable[[str], str], *, unroute_wait_s: float = 5.0, workers: int = 2
+        self,
+        runtime: AppRuntime,
+        tenant_name: Callable[[str], str],
+        *,
+        unroute_wait_s: float = 5.0,
+        workers: int = 2,
+        kept_images: Callable[[], Collection[str]] = frozenset,
     ) -> None:
         self.runtime = runtime
+        # Images another app's release or a snapshot still needs (a fork runs its source's image).
+        self.kept_images = kept_images
         self.unroute_wait_s = unroute_wait_s
         self.tenant_name = tenant_name
         self._workers = workers
@@ -85,8 +93,9 @@ class RuntimeTeardown:
         for volume_id in volume_ids:  # after the containers: a volume in use cannot go
             if self.runtime.remove_volume(volume_id):
                 removed.append(f"volume {volume_id}")
+        kept = set(self.kept_images())
         for image in self.runtime.tenant_images(app.tenant_id):
-            if image.deployment_ids() & deployment_ids and self.runtime.remove_image(image.id):
+            if image.id not in kept and image.deployment_ids() & deployment_ids and self.runtime.remove_image(image.id):
                 removed.append(image.tags[0])
         return removed
 

@@ -542,6 +542,7 @@ class TenantStorageLimitsRow(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
     max_volumes: Mapped[int | None] = mapped_column(Integer)
     max_total_mb: Mapped[int | None] = mapped_column(Integer)
+    max_snapshot_mb: Mapped[int | None] = mapped_column(Integer)  # every snapshot's files together
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
@@ -605,3 +606,71 @@ class MeteredUsageRow(Base):
     amount: Mapped[float] = mapped_column(Float, default=0.0)
     peak: Mapped[float] = mapped_column(Float, default=0.0)  # gauges only: the highest reading
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+# --- snapshots and forks -------------------------------------------------------
+
+
+class SnapshotRow(Base):
+    """A point-in-time copy of an app: its release's image, settings, env vars (sealed under the
+    snapshot's own binding, ``snapshot_env_vars``), links, and the data (a tar of each volume,
+    a dump of each linked database) in files under ``<data_dir>/snapshots/<tenant>/<id>/``.
+    ``manifest_sha256`` is the digest of the manifest that lists every file with its SHA-256."""
+
+    __tablename__ = "snapshots"
+    __table_args__ = (Index("ix_snapshots_tenant", "tenant_id", "id"), Index("ix_snapshots_app", "app_id", "id"))
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    app_name: Mapped[str] = mapped_column(String(63))
+    status: Mapped[str] = mapped_column(String(16))  # pending | running | succeeded | failed
+    reason: Mapped[str | None] = mapped_column(Text)
+    release_id: Mapped[str] = mapped_column(String(40))
+    release_number: Mapped[int] = mapped_column(Integer)
+    image_id: Mapped[str] = mapped_column(String(200))  # kept by the image lifecycle while this row exists
+    image_tag: Mapped[str] = mapped_column(String(200))
+    settings: Mapped[str] = mapped_column(Text, default="{}")  # JSON: port, health_check_path, builder, description
+    links: Mapped[str] = mapped_column(Text, default="[]")  # JSON [{env_name, database_id, database_name, engine}]
+    volumes: Mapped[str] = mapped_column(Text, default="[]")  # JSON [{volume_id, name, mount_path, size_mb}]
+    files: Mapped[str] = mapped_column(Text, default="[]")  # JSON: the manifest's entries [{path, kind, ref, size, sha256}]
+    manifest_sha256: Mapped[str | None] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # every file together
+    paused_ms: Mapped[int | None] = mapped_column(Integer)  # how long the app's volume writers were stopped
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class SnapshotEnvVarRow(Base):
+    """An env var as a snapshot keeps it: AES-256-GCM, AAD binds ("snapshot", tenant, snapshot, name)."""
+
+    __tablename__ = "snapshot_env_vars"
+    __table_args__ = (UniqueConstraint("snapshot_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    snapshot_id: Mapped[str] = mapped_column(ForeignKey("snapshots.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(255))
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    master_key_id: Mapped[str] = mapped_column(String(64), index=True)
+    secret: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class SnapshotForkRow(Base):
+    """A fork of a snapshot into an app of the tenant: ``plan`` (JSON) names the new volumes and
+    databases the snapshot's files go into, and whether a release of the snapshot's image is
+    deployed once they are filled (``deployment_id``)."""
+
+    __tablename__ = "snapshot_forks"
+    __table_args__ = (Index("ix_snapshot_forks_snapshot", "snapshot_id", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    snapshot_id: Mapped[str] = mapped_column(ForeignKey("snapshots.id", ondelete="CASCADE"))
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16))  # pending | restoring | deploying | succeeded | failed
+    reason: Mapped[str | None] = mapped_column(Text)
+    plan: Mapped[str] = mapped_column(Text, default="{}")
+    deployment_id: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

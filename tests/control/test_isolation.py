@@ -44,6 +44,7 @@ SAMPLE_BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/apps/{app}/volumes"): {"name": "from-b", "mount_path": "/from-b", "size_mb": 1},
     ("POST", "/v1/apps/{app}/domains"): {"hostname": "from-b.example.com"},
     ("PATCH", "/v1/databases/{db}"): {"backup_retention": 1},
+    ("POST", "/v1/snapshots/{snapshot}/fork"): {"name": "from-b"},
 }
 
 
@@ -127,6 +128,14 @@ def _build_tenants(
         f"/v1/apps/{app['id']}/previews", json={"git": {"url": "https://127.0.0.1:9/nonexistent/repo.git", "ref": "main"}}
     )
     assert preview.status_code == 202, preview.text
+    snapshot = alpha.post(f"/v1/apps/{app['id']}/snapshots")
+    assert snapshot.status_code == 202, snapshot.text
+    from control.store.repositories.snapshots import SnapshotRepository
+
+    with alpha.client.app.state.services.db.write() as session:  # a fork as the API records it, without its job
+        fork = SnapshotRepository(session, alpha.tenant_id).add_fork(
+            id=new_id("frk"), snapshot_id=snapshot.json()["id"], app_id=app["id"], status="pending", plan="{}"
+        )
     # Each path parameter, filled with A's real identifiers: by id and by name.
     values = {
         "app": [app["id"], app["name"]],
@@ -142,6 +151,8 @@ def _build_tenants(
         "volume": [volume_id, "secret-data"],
         "domain": [domain.json()["id"], "secret.example.com"],
         "preview": [preview.json()["id"], preview.json()["name"]],
+        "snapshot": [snapshot.json()["id"]],
+        "fork": [fork.id],
     }
     return alpha, beta, values
 

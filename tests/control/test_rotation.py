@@ -216,6 +216,7 @@ def test_an_app_missing_the_new_key_fails_closed(app, web: Caller, data_dir: Pat
 
 # --- every sealed column, not only env vars ----------------------------------------------
 ENV_COLUMN, VERSIONS_COLUMN, DB_COLUMN = "env_vars.ciphertext", "env_var_versions.ciphertext", "databases.password_ciphertext"
+SNAPSHOT_COLUMN = "snapshot_env_vars.ciphertext"  # none here: no snapshot is taken
 
 
 def database_urls(app, tenant_id: str) -> dict[str, str]:
@@ -246,7 +247,12 @@ def test_rotation_reseals_database_credentials_too(app, databases: Caller, data_
 
     code, usage = cli(capsys, "master-keys")
     assert code == 0 and usage["keys"] == [{"id": old, "active": True, "values": 42}]
-    assert usage["values_per_column"] == {ENV_COLUMN: {old: 20}, VERSIONS_COLUMN: {old: 20}, DB_COLUMN: {old: 2}}
+    assert usage["values_per_column"] == {
+        ENV_COLUMN: {old: 20},
+        VERSIONS_COLUMN: {old: 20},
+        DB_COLUMN: {old: 2},
+        SNAPSHOT_COLUMN: {},
+    }
 
     assert main(["admin", "rotate-key", "--batch-size", "3"]) == 0
     out, err = capsys.readouterr()
@@ -255,7 +261,12 @@ def test_rotation_reseals_database_credentials_too(app, databases: Caller, data_
     new = summary["active_key"]
     assert summary["resealed"] == 42 and summary["failed"] == [] and summary["retirable"] == [old]
     assert summary["values_per_key"] == {new: 42}
-    assert summary["values_per_column"] == {ENV_COLUMN: {new: 20}, VERSIONS_COLUMN: {new: 20}, DB_COLUMN: {new: 2}}
+    assert summary["values_per_column"] == {
+        ENV_COLUMN: {new: 20},
+        VERSIONS_COLUMN: {new: 20},
+        DB_COLUMN: {new: 2},
+        SNAPSHOT_COLUMN: {},
+    }
     assert [p["column"] for p in progress] == [ENV_COLUMN] * 7 + [VERSIONS_COLUMN] * 7 + [DB_COLUMN]  # 20 = 6x3 + 2; then 2
     assert rows_per_key(app) == {new: 20} and db_rows_per_key(app) == {new: 2}
 

@@ -141,7 +141,9 @@ def test_storage_limits_are_the_operators_and_a_volume_over_them_makes_nothing(
         "max_total_mb": 20480,
         "volumes": 0,
         "total_mb": 0,
-        "overrides": {"max_volumes": None, "max_total_mb": None},
+        "max_snapshot_mb": 20480,
+        "snapshot_mb": 0.0,
+        "overrides": {"max_volumes": None, "max_total_mb": None, "max_snapshot_mb": None},
     }
     assert tenant.get(path).status_code == 403
     assert operator.request("PUT", path, json={"max_volumes": 2, "max_total_mb": 100}).status_code == 200
@@ -156,7 +158,11 @@ def test_storage_limits_are_the_operators_and_a_volume_over_them_makes_nothing(
     assert third.status_code == 422 and "may have 2 volume(s) and has 2" in third.json()["detail"]
     assert len(fake.volumes) == 2
     after = operator.get(path).json()
-    assert (after["volumes"], after["total_mb"], after["overrides"]) == (2, 100, {"max_volumes": 2, "max_total_mb": 100})
+    assert (after["volumes"], after["total_mb"], after["overrides"]) == (
+        2,
+        100,
+        {"max_volumes": 2, "max_total_mb": 100, "max_snapshot_mb": None},
+    )
     assert operator.request("PUT", path, json={"max_volumes": -1}).status_code in (400, 422)
     assert operator.get("/v1/tenants/ten_nope/storage-limits").status_code == 404
 

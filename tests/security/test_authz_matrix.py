@@ -66,6 +66,7 @@ SAMPLE_BODIES: dict[tuple[str, str], Any] = {
     # Past the schema, refused by the rules after the app's lookup: no storage is made on this host.
     ("POST", "/v1/apps/{app}/volumes"): {"name": "probe", "mount_path": "/proc/probe", "size_mb": 1},
     ("PUT", "/v1/tenants/{tenant_id}/storage-limits"): {"max_volumes": 3},
+    ("POST", "/v1/snapshots/{snapshot}/fork"): {"name": "alpha-fork"},
 }
 KNOWN_ACCESS = {PUBLIC, OPERATOR_ACCESS, ANY_KEY_ACCESS, NODE_ACCESS, USAGE_ACCESS, *TENANT_SCOPES}
 SINGLE_SCOPE_CALLERS = [KeyScope.READ, KeyScope.DEPLOY, KeyScope.ADMIN, KeyScope.INFERENCE]
@@ -164,6 +165,9 @@ def _build_world(
         f"/v1/apps/{app['id']}/previews", json={"git": {"url": "https://127.0.0.1:9/nonexistent/preview.git", "ref": "main"}}
     )
     assert preview.status_code == 202, preview.text
+    snapshot = alpha.post(f"/v1/apps/{app['id']}/snapshots")
+    assert snapshot.status_code == 202, snapshot.text
+    fork = _fork_without_data(alpha, snapshot.json()["id"])
     registration_token = operator.post("/v1/registration-tokens", json={"uses": 1})
     assert registration_token.status_code == 201, registration_token.text
     values = {
@@ -185,6 +189,8 @@ def _build_world(
         "node": node.json()["node"]["id"],
         "path": "openapi.json",
         "preview": preview.json()["id"],
+        "snapshot": snapshot.json()["id"],
+        "fork": fork,
     }
     return callers, values
 
@@ -201,6 +207,20 @@ def _volume_without_storage(alpha: Caller, app_id: str) -> str:
             id=volume_id, app_id=app_id, name="alpha-data", mount_path="/data", size_mb=1, quota="enforced", status="ready"
         )
     return volume_id
+
+
+def _fork_without_data(alpha: Caller, snapshot_id: str) -> str:
+    """A fork of alpha's snapshot as the API records it (the snapshot's capture never runs here)."""
+    from control.ids import new_id
+    from control.store.repositories.snapshots import SnapshotRepository
+
+    services = alpha.client.app.state.services
+    target = alpha.post("/v1/apps", json={"name": "alpha-fork-target"}).json()
+    with services.db.write() as session:
+        fork = SnapshotRepository(session, alpha.tenant_id).add_fork(
+            id=new_id("frk"), snapshot_id=snapshot_id, app_id=target["id"], status="pending", plan="{}"
+        )
+    return fork.id
 
 
 world_snapshot, settings = shared_world("authz-world", _world_settings, _build_world)

@@ -24,6 +24,7 @@ EXPECTED_SKILLS = {
     "moorage-domains",
     "moorage-onboarding",
     "moorage-previews",
+    "moorage-snapshots",
 }
 EXPECTED_COMMANDS = {"deploy", "status", "logs", "env-set", "db-create", "rollback", "chat", "run", "domain-add", "preview"}
 

@@ -10,7 +10,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from control.domain.records import DesiredApp, Page, Release, ReleaseConfig
-from control.store.models import AppRow, AppRuntimeRow, ReleaseRow, TenantRow
+from control.store.models import AppRow, AppRuntimeRow, ReleaseRow, SnapshotRow, TenantRow
 from control.store.repositories.paging import paginate
 
 
@@ -129,8 +129,9 @@ class AppRuntimeRepository:
         ]
 
     def kept_images(self, per_app: int, app_id: str | None = None) -> builtins.set[str]:
-        """Image ids of each app's ``per_app`` newest releases (what a rollback may reuse), and
-        of every app's current one, whatever its age; of one app when ``app_id`` names it."""
+        """Image ids of each app's ``per_app`` newest releases (what a rollback may reuse), of
+        every app's current one, whatever its age, and of every snapshot (a fork deploys it);
+        of one app when ``app_id`` names it."""
         numbered = select(
             ReleaseRow.app_id,
             ReleaseRow.image_id,
@@ -138,10 +139,12 @@ class AppRuntimeRepository:
         ).subquery()
         newest = select(numbered.c.image_id).where(numbered.c.n <= per_app)
         current = select(ReleaseRow.image_id).join(AppRuntimeRow, AppRuntimeRow.release_id == ReleaseRow.id)
+        snapshotted = select(SnapshotRow.image_id).where(SnapshotRow.status != "failed")
         if app_id is not None:
             newest = newest.where(numbered.c.app_id == app_id)
             current = current.where(AppRuntimeRow.app_id == app_id)
-        return set(self.session.scalars(newest)) | set(self.session.scalars(current))
+            snapshotted = snapshotted.where(SnapshotRow.app_id == app_id)
+        return set(self.session.scalars(newest)) | set(self.session.scalars(current)) | set(self.session.scalars(snapshotted))
 
     def any_exist(self) -> bool:
         return self.session.scalar(select(AppRuntimeRow.app_id).limit(1)) is not None

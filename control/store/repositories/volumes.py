@@ -100,7 +100,7 @@ class StorageLimitsRepository:
 
     def get(self, tenant_id: str) -> StorageOverrides:
         row = self.session.get(TenantStorageLimitsRow, tenant_id)
-        return StorageOverrides() if row is None else StorageOverrides(row.max_volumes, row.max_total_mb)
+        return StorageOverrides() if row is None else StorageOverrides(row.max_volumes, row.max_total_mb, row.max_snapshot_mb)
 
     def set(self, tenant_id: str, overrides: StorageOverrides) -> StorageOverrides:
         row = self.session.get(TenantStorageLimitsRow, tenant_id)
@@ -108,5 +108,6 @@ class StorageLimitsRepository:
             row = TenantStorageLimitsRow(tenant_id=tenant_id)
             self.session.add(row)
         row.max_volumes, row.max_total_mb = overrides.max_volumes, overrides.max_total_mb
+        row.max_snapshot_mb = overrides.max_snapshot_mb
         self.session.flush()
         return overrides

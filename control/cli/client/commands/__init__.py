@@ -18,6 +18,7 @@ from control.cli.client.commands import (
     releases,
     runs,
     skills,
+    snapshots,
     volumes,
 )
 
@@ -33,6 +34,7 @@ MODULES = (
     runs,
     databases,
     volumes,
+    snapshots,
     domains,
     inference,
     skills,

@@ -20,7 +20,7 @@ from control.cli.client.render import emit
 from control.cli.client.terminal import terminal_safe
 
 USAGE_KINDS = ("inference", "compute", "storage", "builds")
-STORAGE_KINDS = ("volumes", "database_volumes", "images", "backups")
+STORAGE_KINDS = ("volumes", "database_volumes", "images", "backups", "snapshots")
 USAGE_COLUMNS: dict[str, tuple[str, ...]] = {
     "inference": ("day", "model", "requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens"),
     "compute": ("hour", "cpu_seconds", "memory_average_bytes", "memory_peak_bytes", "net_rx_bytes", "net_tx_bytes"),

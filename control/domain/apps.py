@@ -147,12 +147,15 @@ class AppService:
 
     def _delete_row(self, session: Session, app: App, volume_ids: builtins.list[str]) -> App:
         apps = AppRepository(session, app.tenant_id, previews=True)
+        found = apps.get(app.id)
+        if found is None:
+            raise NotFound.of("app", app.name)
+        if found.kind == PREVIEW and self.preview_deleted is not None:
+            self.preview_deleted(found)  # before its row goes: what it holds (its links) is still there to read
         deployment_ids = apps.deployment_ids(app.id)
         deleted = apps.delete(app.id)
         if deleted is None:
             raise NotFound.of("app", app.name)
-        if deleted.kind == PREVIEW and self.preview_deleted is not None:
-            self.preview_deleted(deleted)
         if self.teardown is not None:
             teardown = self.teardown
             # Only after the commit: a delete that fails to commit keeps the app serving.

@@ -70,7 +70,8 @@ class SnapshotDatabases(Protocol):
 
     def drop_databases(self, tenant_id: str, app_id: str) -> None:
         """The databases ``fork_databases`` made for ``app_id``, deleted with the preview (by
-        DELETE, at its TTL, or with its app), in the preview's delete transaction."""
+        DELETE, at its TTL, or with its app), in the preview's delete transaction, before its
+        row (and so its links) is deleted. Called for every preview: one with none is a no-op."""
 
 
 @dataclass(frozen=True)

@@ -469,6 +469,8 @@ class RecordingSnapshots:
         self.forked.append((tenant_id, snapshot_id, app_id, self.world.app_rows()))  # the preview's row is there already
 
     def drop_databases(self, tenant_id: str, app_id: str) -> None:
+        with self.world.services.db.read() as session:  # its row is still there to read
+            assert session.get(AppRow, app_id) is not None
         self.dropped.append((tenant_id, app_id))
 
 

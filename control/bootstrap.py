@@ -391,7 +391,6 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         },
         count=settings.job_workers,
     )
-    apps = AppService(db, teardown, max_replicas=settings.max_replicas, rescaled=lambda: reconciler.wake(), quota=compute)
     audit = AuditService(db)
     previews = PreviewService(
         db,

@@ -33,7 +33,7 @@ from control.domain.limits import Defaults, LimitsService
 from control.domain.links import LinkService
 from control.domain.metered_usage import MeteringService
 from control.domain.nodes import NodeService
-from control.domain.previews import PreviewConfig, PreviewService
+from control.domain.previews import PreviewConfig, PreviewService, SnapshotForks
 from control.domain.recovery import RecoveryConfig, RecoveryService
 from control.domain.registration import RegistrationService
 from control.domain.releases import ReleaseService
@@ -292,6 +292,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         volumes,
         went_live=lambda: reconciler.wake(),
         built=lambda tenant_id, started, ended: sampler.record_build(tenant_id, started, ended),
+        databases_ready=lambda app_id: snapshot_forks.ready(app_id),
     )
 
     databases = DatabaseService(
@@ -404,6 +405,8 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         ),
         audit=audit,
     )
+    snapshot_forks = SnapshotForks(snapshots, databases)
+    previews.use_snapshots(snapshot_forks)  # "snapshot": the preview's own databases, forked from it
     reconciler = Reconciler(
         releases,
         deployments,

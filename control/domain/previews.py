@@ -39,15 +39,19 @@ import structlog
 from control.clock import utcnow
 from control.domain.apps import PREVIEW_SEPARATOR, AppService
 from control.domain.audit import AuditService
+from control.domain.databases import DatabaseService
 from control.domain.deployments import DeploymentService
 from control.domain.env import EnvService, EnvValue, check_vars
 from control.domain.errors import Conflict, Invalid, NotFound, QuotaExceeded
 from control.domain.names import DNS_LABEL
 from control.domain.records import App, Deployment
+from control.domain.snapshots import FAILED as SNAPSHOT_FAILED
+from control.domain.snapshots import SnapshotService
 from control.ids import new_id
 from control.store.database import Store
 from control.store.repositories.apps import PREVIEW, AppRepository, expired_previews
 from control.store.repositories.deployments import latest_deployments
+from control.store.repositories.links import LinkRepository
 
 SLUG_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 SLUG_LENGTH = 6
@@ -72,6 +76,45 @@ class SnapshotDatabases(Protocol):
         """The databases ``fork_databases`` made for ``app_id``, deleted with the preview (by
         DELETE, at its TTL, or with its app), in the preview's delete transaction, before its
         row (and so its links) is deleted. Called for every preview: one with none is a no-op."""
+
+
+class SnapshotForks:
+    """``SnapshotDatabases`` over the snapshots part: ``SnapshotService.fork_databases`` makes
+    the preview's databases (linked under the snapshot's env names) and a job that restores
+    the dumps into them; the preview's deploy waits for that job (``DeployPipeline.databases_ready``).
+    Dropping deletes every database linked to the preview (a preview has no other links)
+    with its volume, at once."""
+
+    def __init__(self, snapshots: SnapshotService, databases: DatabaseService) -> None:
+        self.snapshots = snapshots
+        self.databases = databases
+
+    def fork_databases(self, tenant_id: str, snapshot_id: str, app_id: str) -> None:
+        self.snapshots.fork_databases(tenant_id, snapshot_id, app_id)
+
+    def drop_databases(self, tenant_id: str, app_id: str) -> None:
+        with self.snapshots.db.read() as session:
+            linked = LinkRepository(session, tenant_id).for_app(app_id)
+        for link in linked:
+            self.databases.delete(tenant_id, link.database_id, purge=True, force=True)
+
+    def ready(self, app_id: str) -> None:
+        """For the deploy job: ``RetryLater`` while the app's databases are being forked,
+        ``Failed`` once that failed, nothing otherwise."""
+        fork = self.snapshots.fork_in_progress(app_id)
+        if fork is None:
+            return
+        if fork.status == SNAPSHOT_FAILED:
+            raise DatabasesUnavailable(f"its databases could not be forked from snapshot {fork.snapshot_id}: {fork.reason}")
+        raise DatabasesPending(f"waiting for its databases to be restored from snapshot {fork.snapshot_id} ({fork.status})")
+
+
+class DatabasesPending(Exception):
+    """The app's databases are still being made: its deploy waits (the job runs again later)."""
+
+
+class DatabasesUnavailable(Exception):
+    """The app's databases could not be made: its deploy fails, saying why."""
 
 
 @dataclass(frozen=True)

@@ -260,7 +260,6 @@ def test_the_env_is_sealed_again_under_the_previews_own_binding(world: World) ->
         ({"git": {"url": "https://example.com/r.git"}, "env": {"1BAD": "x"}}, "env.1BAD"),
         ({"git": {"url": "https://example.com/r.git"}, "env": {"PORT": "1"}}, "env.PORT"),
         ({"git": {"url": "ssh://example.com/r.git"}}, "git.url"),
-        ({"git": {"url": "https://example.com/r.git"}, "snapshot": "snp_01jdxyz"}, "snapshot"),
     ],
 )
 def test_a_refused_preview_names_the_field_and_makes_nothing(world: World, body: dict[str, Any], field: str) -> None:

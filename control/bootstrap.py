@@ -33,6 +33,7 @@ from control.domain.limits import Defaults, LimitsService
 from control.domain.links import LinkService
 from control.domain.metered_usage import MeteringService
 from control.domain.nodes import NodeService
+from control.domain.previews import PreviewConfig, PreviewService, SnapshotForks
 from control.domain.recovery import RecoveryConfig, RecoveryService
 from control.domain.registration import RegistrationService
 from control.domain.releases import ReleaseService
@@ -135,6 +136,7 @@ class Services:
     registration: RegistrationService  # registration tokens, and the tenants people register with them
     recovery: RecoveryService  # recovery codes: a new admin key for a tenant that lost its keys
     compute: ComputeQuota  # per-tenant apps, replicas, CPU, memory and build minutes
+    previews: PreviewService  # preview deployments: apps of kind preview, deleted at their TTL
     operator_health: OperatorHealth  # GET /v1/operator/health: disks, Docker, sandbox, Traefik, jobs, nodes
     metering: MeteringService  # hourly compute, storage and build usage per tenant
     snapshots: SnapshotService  # app snapshots (image, sealed env, links, volume and database data) and forks
@@ -170,6 +172,7 @@ class Services:
         "registration": "registration",
         "recovery": "recovery",
         "compute": "compute",
+        "previews": "previews",
         "operator_health": "operator_health",
         "metering": "metering",
         "snapshots": "snapshots",
@@ -289,6 +292,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         volumes,
         went_live=lambda: reconciler.wake(),
         built=lambda tenant_id, started, ended: sampler.record_build(tenant_id, started, ended),
+        databases_ready=lambda app_id: snapshot_forks.ready(app_id),
     )
 
     databases = DatabaseService(
@@ -388,6 +392,21 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         },
         count=settings.job_workers,
     )
+    audit = AuditService(db)
+    previews = PreviewService(
+        db,
+        apps,
+        env_vars,
+        deployments,
+        PreviewConfig(
+            ttl_default_s=settings.preview_ttl_default_s,
+            ttl_max_s=settings.preview_ttl_max_s,
+            max_per_app=settings.preview_max_per_app,
+        ),
+        audit=audit,
+    )
+    snapshot_forks = SnapshotForks(snapshots, databases)
+    previews.use_snapshots(snapshot_forks)  # "snapshot": the preview's own databases, forked from it
     reconciler = Reconciler(
         releases,
         deployments,
@@ -408,6 +427,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
             "snapshot files": snapshots.remove_orphan_files,
         },
         volumes=VolumeUpkeep(volumes, runtime, orphan_grace_s=float(settings.volume_orphan_grace_s)),
+        expiries={"previews": previews.expire_due},
     )
 
     metering = MeteringService(db)
@@ -463,7 +483,6 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         retention=timedelta(seconds=settings.idempotency_retention_s),
         lease=timedelta(seconds=settings.idempotency_lease_s),
     )
-    audit = AuditService(db)
     limits = LimitsService(
         db,
         Defaults(settings.rate_limit_key_quota, settings.rate_limit_tenant_quota, settings.rate_limit_window_s),
@@ -515,6 +534,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         registration=registration,
         recovery=recovery,
         compute=compute,
+        previews=previews,
         operator_health=OperatorHealth(settings, queue, registry, inference, lambda: reconciler.last_pass),
         metering=metering,
         snapshots=snapshots,

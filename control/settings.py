@@ -191,6 +191,12 @@ class Settings:
     # together, in MiB (operators override: max_snapshot_mb in PUT /v1/tenants/{id}/storage-limits).
     snapshot_max_total_mb: int = 20480
 
+    # Preview deployments (POST /v1/apps/{app}/previews): each is an app of its own that counts
+    # against the compute quotas below; the reconciler deletes it once its TTL has run out.
+    preview_ttl_default_s: int = 86400  # a preview that names no ttl_s lives this long
+    preview_ttl_max_s: int = 7 * 86400  # the largest ttl_s a preview may ask for
+    preview_max_per_app: int = 5  # previews one app may have at once
+
     # Per-tenant compute quotas (operators override per tenant: PUT /v1/tenants/{id}/compute-limits).
     # An app holds replicas x the container limits below from its first accepted deploy on.
     tenant_max_apps: int = 20  # apps of one tenant, deployed or not
@@ -249,6 +255,8 @@ class Settings:
             raise SettingsError(
                 "MOORAGE_REGISTRATION_WINDOW_S, MOORAGE_RECOVERY_WINDOW_S and MOORAGE_RECOVERY_LOCK_S must be at least 1"
             )
+        if not 1 <= self.preview_ttl_default_s <= self.preview_ttl_max_s:
+            raise SettingsError("MOORAGE_PREVIEW_TTL_DEFAULT_S must be at least 1 and at most MOORAGE_PREVIEW_TTL_MAX_S")
         for item in fields(self):  # counts, sizes and durations: a negative one is always a mistake
             value = getattr(self, item.name)
             if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:

@@ -11,6 +11,7 @@ import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -131,7 +132,9 @@ class LogController(Controller):
         follow: Annotated[bool, Follow] = False,
         tail: Annotated[int, Tail] = 100,
     ) -> Response[str] | ServerSentEvent:
-        target = await anyio.to_thread.run_sync(deployments.app, caller_tenant, app)
+        target = await anyio.to_thread.run_sync(
+            partial(deployments.app, caller_tenant, app, previews=True)
+        )  # read-only: previews too
         desired = await anyio.to_thread.run_sync(releases.desired, target.id)
         if not desired:
             raise Conflict(f"App '{target.name}' has no running release; deploy it first.", code="app-not-running")

@@ -22,6 +22,7 @@ from control.api.logs import LogController
 from control.api.metrics import metrics_handler
 from control.api.nodes import NODE_ROUTES
 from control.api.operator_health import operator_health
+from control.api.previews import PreviewController
 from control.api.registration import REGISTRATION_ROUTES
 from control.api.runs import RunController
 from control.api.snapshots import SNAPSHOT_ROUTES
@@ -60,6 +61,7 @@ def route_handlers(settings: Settings) -> list[Any]:
         CronController,
         VolumeController,
         DomainController,
+        PreviewController,
         *SNAPSHOT_ROUTES,
     ]
     databases = [DatabaseController, BackupController, LinkController, *DATABASE_LIMIT_ROUTES, *STORAGE_LIMIT_ROUTES]

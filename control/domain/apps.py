@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from typing import Any
+
+from sqlalchemy.orm import Session
 
 from control.domain.compute import ComputeQuota
 from control.domain.errors import Conflict, Invalid, NotFound
@@ -12,10 +15,11 @@ from control.domain.records import App, Page
 from control.domain.teardown import Teardown
 from control.ids import new_id
 from control.store.database import Store
-from control.store.repositories.apps import AppRepository
+from control.store.repositories.apps import PREVIEW, AppRepository
 from control.store.repositories.volumes import VolumeRepository
 
 BUILDERS = ("auto", "dockerfile", "nixpacks")
+PREVIEW_SEPARATOR = "--"  # <app>--<slug>: the name of one of the app's previews
 
 
 def _check_fields(fields: dict[str, Any]) -> None:
@@ -48,9 +52,18 @@ class AppService:
         self.max_replicas = max_replicas
         self.rescaled = rescaled  # a changed replica count: the reconciler applies it at once
         self.quota = quota  # the tenant's compute quotas (apps; replicas, CPU, memory of running apps)
+        # Told of each preview deleted (DELETE, its TTL, its app's delete), in the delete's
+        # transaction: what a preview holds besides its app row goes with it (forked databases).
+        self.preview_deleted: Callable[[App], None] | None = None
 
     def create(self, tenant_id: str, name: str, **fields: Any) -> App:
         check_dns_label("name", name)
+        if PREVIEW_SEPARATOR in name:
+            raise Invalid(
+                f"App names may not contain '{PREVIEW_SEPARATOR}': '<app>{PREVIEW_SEPARATOR}<slug>' is the form reserved "
+                f"for previews (POST /v1/apps/{{app}}/previews); got {name!r}. Pick a name without it.",
+                errors=[{"field": "name", "message": f"'{PREVIEW_SEPARATOR}' is reserved for previews"}],
+            )
         _check_fields(fields)
         self._check_replicas(fields)
         with self.db.write() as session:
@@ -107,11 +120,11 @@ class AppService:
     def delete(self, tenant_id: str, ref: str, *, purge: bool = False) -> App:
         """The app and everything recorded about it; once that is committed, its route comes
         off the router before the answer, and its containers and images stop within about a
-        second. An app with volumes needs ``purge``: their data goes too (right after its containers)."""
+        second. An app with volumes needs ``purge``: their data goes too (right after its containers).
+        Its previews go with it, each torn down as an app."""
         with self.db.write() as session:
             apps = AppRepository(session, tenant_id)
             found = apps.get(ref)
-            deployment_ids = apps.deployment_ids(found.id) if found else []
             volumes = VolumeRepository(session, tenant_id).for_app(found.id) if found else []
             if found is not None and volumes and not purge:
                 names = ", ".join(f"'{v.name}' ({v.mount_path}, {v.size_mb} MiB)" for v in volumes)
@@ -120,11 +133,31 @@ class AppService:
                     f"?purge=true to remove the volumes too, or delete them first with DELETE /v1/apps/{found.name}/volumes/{{name}}.",
                     code="app-has-volumes",
                 )
-            app = apps.delete(ref)
-        if app is None:
-            raise NotFound.of("app", ref)
+            if found is None:
+                raise NotFound.of("app", ref)
+            for preview in apps.previews_of(found.id):
+                self._delete_row(session, preview, [])
+            return self._delete_row(session, found, [v.id for v in volumes])
+
+    def delete_preview(self, preview: App) -> App:
+        """A preview (by its record: the previews service has found it), torn down as an app.
+        ``NotFound`` if it is gone already (a DELETE and its TTL at once)."""
+        with self.db.write() as session:
+            return self._delete_row(session, preview, [])
+
+    def _delete_row(self, session: Session, app: App, volume_ids: builtins.list[str]) -> App:
+        apps = AppRepository(session, app.tenant_id, previews=True)
+        found = apps.get(app.id)
+        if found is None:
+            raise NotFound.of("app", app.name)
+        if found.kind == PREVIEW and self.preview_deleted is not None:
+            self.preview_deleted(found)  # before its row goes: what it holds (its links) is still there to read
+        deployment_ids = apps.deployment_ids(app.id)
+        deleted = apps.delete(app.id)
+        if deleted is None:
+            raise NotFound.of("app", app.name)
         if self.teardown is not None:
-            teardown, volume_ids = self.teardown, [v.id for v in volumes]
+            teardown = self.teardown
             # Only after the commit: a delete that fails to commit keeps the app serving.
-            self.db.after_commit(lambda: teardown.app_deleted(app, deployment_ids, volume_ids))
-        return app
+            self.db.after_commit(lambda: teardown.app_deleted(deleted, deployment_ids, volume_ids))
+        return deleted

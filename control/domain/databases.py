@@ -198,7 +198,7 @@ class DatabaseService:
             taken = repo.get(name)
             if taken is not None:
                 raise Conflict(self._name_taken(taken), code="name-taken")
-            if AppRepository(session, tenant_id).get(hostname_for(name)) is not None:
+            if AppRepository(session, tenant_id, previews=True).get(hostname_for(name)) is not None:
                 raise Conflict(
                     f"An app named '{hostname_for(name)}' holds the hostname this database would get; pick another name.",
                     code="name-taken",

@@ -93,9 +93,11 @@ class DeploymentService:
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
     # -- creation ---------------------------------------------------------------------
-    def app(self, tenant_id: str, app_ref: str) -> App:
+    def app(self, tenant_id: str, app_ref: str, *, previews: bool = False) -> App:
+        """``previews``: a preview is found too (the deploy job; read-only views of its
+        deployments and logs); what changes an app never acts on one."""
         with self.db.read() as session:
-            app = AppRepository(session, tenant_id).get(app_ref)
+            app = AppRepository(session, tenant_id, previews=previews).get(app_ref)
         if app is None:
             raise NotFound.of("app", app_ref)
         return app
@@ -118,7 +120,7 @@ class DeploymentService:
     def _check_quota(self, session: Session, tenant_id: str, app: App, source_kind: str) -> None:
         if self.quota is None:
             return
-        current = AppRepository(session, tenant_id).get(app.id) or app  # its replicas as of this transaction
+        current = AppRepository(session, tenant_id, previews=True).get(app.id) or app  # its replicas as of this transaction
         self.quota.check_first_deploy(session, tenant_id, current.id, current.name, current.replicas)
         if source_kind not in (ROLLBACK, IMAGE):
             self.quota.check_build_minutes(session, tenant_id)
@@ -138,7 +140,7 @@ class DeploymentService:
 
     # -- reading ----------------------------------------------------------------------
     def get(self, tenant_id: str, app_ref: str, deployment_id: str) -> Deployment:
-        app = self.app(tenant_id, app_ref)
+        app = self.app(tenant_id, app_ref, previews=True)  # read-only: a preview's too
         with self.db.read() as session:
             deployment = DeploymentRepository(session, tenant_id).get(deployment_id, app.id)
         if deployment is None:
@@ -146,7 +148,7 @@ class DeploymentService:
         return deployment
 
     def list(self, tenant_id: str, app_ref: str, *, limit: int, cursor: str | None) -> Page[Deployment]:
-        app = self.app(tenant_id, app_ref)
+        app = self.app(tenant_id, app_ref, previews=True)  # read-only: a preview's too
         with self.db.read() as session:
             return DeploymentRepository(session, tenant_id).list(app.id, limit=limit, cursor=cursor)
 

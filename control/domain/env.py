@@ -99,12 +99,12 @@ def _problems(name: str, value: EnvValue | None, name_field: str, value_field: s
     return errors
 
 
-def check_vars(changes: dict[str, EnvValue | None], *, single: bool = False) -> None:
+def check_vars(changes: dict[str, EnvValue | None], *, single: bool = False, field: str = "vars") -> None:
     """All problems at once, each naming its field (``vars.NAME``, or ``name``/``value``)."""
     errors = [
         e
         for name, value in changes.items()
-        for e in (_problems(name, value, "name", "value") if single else _problems(name, value, *[f"vars.{name[:80]}"] * 2))
+        for e in (_problems(name, value, "name", "value") if single else _problems(name, value, *[f"{field}.{name[:80]}"] * 2))
     ]
     if errors:
         fields = ", ".join(e["field"] for e in errors)
@@ -116,8 +116,8 @@ class EnvService:
         self.db = db
         self.keyring = keyring
 
-    def _app(self, repo: EnvVarRepository, ref: str) -> EnvApp:
-        app = repo.app(ref)
+    def _app(self, repo: EnvVarRepository, ref: str, *, previews: bool = False) -> EnvApp:
+        app = repo.app(ref, previews=previews)
         if app is None:
             raise NotFound.of("app", ref)
         return app
@@ -135,16 +135,16 @@ class EnvService:
         ]
         return EnvSet(app.id, app.name, app.env_version, items)
 
-    def list(self, tenant_id: str, app_ref: str, *, reveal: bool = False) -> EnvSet:
+    def list(self, tenant_id: str, app_ref: str, *, reveal: bool = False, previews: bool = False) -> EnvSet:
         with self.db.read() as session:
             repo = EnvVarRepository(session, tenant_id)
-            app = self._app(repo, app_ref)
+            app = self._app(repo, app_ref, previews=previews)
             stored = repo.list(app.id)
         return self._view(app, stored, reveal=reveal)
 
     def resolve(self, tenant_id: str, app_id: str) -> dict[str, str]:
         """Plaintext env for a deploy, in memory only; any unreadable value fails the whole call."""
-        env = self.list(tenant_id, app_id, reveal=True)
+        env = self.list(tenant_id, app_id, reveal=True, previews=True)
         return {v.name: v.value for v in env.vars if v.value is not None}
 
     def current_config(self, tenant_id: str, app_id: str) -> tuple[dict[str, str], int, tuple[ConfigVar, ...]]:
@@ -152,7 +152,7 @@ class EnvService:
         kept version of each var they are, from one read."""
         with self.db.read() as session:
             repo = EnvVarRepository(session, tenant_id)
-            app = self._app(repo, app_id)
+            app = self._app(repo, app_id, previews=True)
             stored = repo.list(app.id)
             kept = repo.current_version_ids(app.id)
         values = {v.name: self._open(v) for v in stored}
@@ -207,11 +207,33 @@ class EnvService:
         except KeyringError:
             return False  # an unreadable value is replaced: writing it again is the repair
 
-    def _write(self, tenant_id: str, app_ref: str, changes: dict[str, EnvValue | None], *, replace_all: bool) -> EnvSet:
+    def copy(self, tenant_id: str, source_id: str, target_id: str, overrides: dict[str, str | None]) -> EnvSet:
+        """``target`` (a new preview) gets ``source``'s vars, each opened and sealed again under
+        the target's own binding (a ciphertext is never copied: its AAD names its app), with
+        ``overrides`` applied (``None`` removes one; a new name is secret). ``source`` is only read."""
+        check_vars({name: None if v is None else EnvValue(v) for name, v in overrides.items()}, field="env")
+        current = self.list(tenant_id, source_id, reveal=True, previews=True)
+        values = {v.name: EnvValue(v.value, v.secret) for v in current.vars if v.value is not None}
+        for name, value in overrides.items():
+            if value is None:
+                values.pop(name, None)
+            else:
+                values[name] = EnvValue(value, values[name].secret if name in values else True)
+        return self._write(tenant_id, target_id, dict(values), replace_all=True, previews=True)
+
+    def _write(
+        self,
+        tenant_id: str,
+        app_ref: str,
+        changes: dict[str, EnvValue | None],
+        *,
+        replace_all: bool,
+        previews: bool = False,
+    ) -> EnvSet:
         check_vars(changes)
         with self.db.write() as session:
             repo = EnvVarRepository(session, tenant_id)
-            app = self._app(repo, app_ref)
+            app = self._app(repo, app_ref, previews=previews)
             existing = {v.name: v for v in repo.list(app.id)}
             removed = [n for n in existing if (replace_all and n not in changes) or (n in changes and changes[n] is None)]
             final_count = len(set(existing) - set(removed) | {n for n, v in changes.items() if v is not None})

@@ -44,12 +44,15 @@ class LinkService:
         self.db = db
         self.keyring = keyring
 
-    def create(self, tenant_id: str, app_ref: str, database_ref: str, env_name: str | None = None) -> Link:
+    def create(
+        self, tenant_id: str, app_ref: str, database_ref: str, env_name: str | None = None, *, previews: bool = False
+    ) -> Link:
+        """``previews``: a preview's too (the databases forked for it from a snapshot)."""
         if env_name is not None:
             check_env_name(env_name)
         with self.db.write() as session:
             env = EnvVarRepository(session, tenant_id)
-            app = env.app(app_ref)
+            app = env.app(app_ref, previews=previews)
             if app is None:
                 raise NotFound.of("app", app_ref)
             database = DatabaseRepository(session, tenant_id).get(database_ref)

@@ -60,6 +60,9 @@ class App:
     created_at: datetime
     updated_at: datetime
     replicas: int = 1
+    kind: str = "app"  # app | preview (a short-lived copy of ``parent_app_id``, gone at ``expires_at``)
+    parent_app_id: str | None = None
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -330,9 +330,18 @@ class SnapshotService:
         linked under the snapshot's env names) and a job that restores the snapshot's dumps into
         them; no volume, no deployment. Poll the fork (``get_fork``) until ``succeeded``."""
         snapshot = self._forkable(tenant_id, snapshot_id)
-        app = self.apps.get(tenant_id, app_ref)
-        with self.db.write():
+        with self.db.write() as session:
+            app = AppRepository(session, tenant_id, previews=True).get(app_ref)  # a preview's, by its own id
+            if app is None:
+                raise NotFound.of("app", app_ref)
             return self._fork_row(snapshot, app, (), self._databases_for(snapshot, app), deploy=False)
+
+    def fork_in_progress(self, app_id: str) -> Fork | None:
+        """A databases-only fork for ``app_id`` not yet filled (its deploy waits for it), or
+        the one that failed (its deploy fails saying why)."""
+        with self.db.read() as session:
+            forks = SnapshotRepository(session, None).forks_of_app(app_id)
+        return next((f for f in forks if f.status in (PENDING, RESTORING, FAILED)), None)
 
     def _forkable(self, tenant_id: str, snapshot_id: str) -> Snapshot:
         snapshot = self.get(tenant_id, snapshot_id)
@@ -350,7 +359,7 @@ class SnapshotService:
         for link in snapshot.links:
             name = f"{app.name}-{link.database_name}"[:60].rstrip("-")
             database = self.databases.create(snapshot.tenant_id, name, link.engine)
-            self.links.create(snapshot.tenant_id, app.id, database.id, link.env_name)
+            self.links.create(snapshot.tenant_id, app.id, database.id, link.env_name, previews=True)  # app: resolved
             made.append(
                 ForkedDatabase(
                     database.id, database.name, link.engine, link.env_name, self._file_of(snapshot, "database", link.env_name)

@@ -42,17 +42,19 @@ from control.domain.deployments import IMAGE, ROLLBACK, DeploymentService, Statu
 from control.domain.env import EnvService, SecretUnreadable
 from control.domain.errors import NotFound
 from control.domain.links import LinkedDatabaseGone, LinkService
+from control.domain.previews import DatabasesPending, DatabasesUnavailable
 from control.domain.records import App, Deployment, DesiredApp, Job, Release, ReleaseConfig
 from control.domain.releases import ReleaseService
 from control.domain.volumes import FULL, VolumeService, full_reason
 from control.jobs.build import BuildLog, Cancelled, Failed, SourceBuild, check_step
 from control.jobs.runtime_port import AppContainer, AppRuntime, RemovalRefused, Route, VolumeMount
 from control.jobs.volumes import mounts_of
-from control.jobs.workers import AppLocks, JobContext, as_outage
+from control.jobs.workers import AppLocks, JobContext, RetryLater, as_outage
 from control.settings import Settings
 from runtime.volumes import VolumeError
 
 log = structlog.get_logger("moorage.deploy")
+DATABASE_WAIT_S = 2.0  # an app's databases still being made: its deploy looks again after this
 
 
 @dataclass
@@ -68,6 +70,10 @@ class DeployPipeline:
     # Told once a release is live: the reconciler's pass then prunes the images (and build
     # layers) no kept release needs any more, rather than at the end of its interval.
     went_live: Callable[[], None] = lambda: None
+    # Before anything of a deployment runs: raises ``DatabasesPending`` while the app's own
+    # databases are still being made (a preview's, forked from a snapshot: the job runs again
+    # later), ``DatabasesUnavailable`` once they could not be (the deployment fails).
+    databases_ready: Callable[[str], None] = lambda app_id: None
     # Told of each build that ran (tenant id, start, end in epoch seconds): metering.
     built: Callable[[str, float, float], None] = lambda tenant_id, started, ended: None
     source_build: SourceBuild = field(init=False)
@@ -85,6 +91,7 @@ class DeployPipeline:
         try:
             app, tenant = self._names(dep)
             check_step(self.deployments, dep.id, ctx)
+            self._wait_for_databases(app, out)
             if dep.source_kind == ROLLBACK:
                 image, tag = self._rollback_image(dep, out)
             elif dep.source_kind == IMAGE:
@@ -111,6 +118,15 @@ class DeployPipeline:
             if done is None or done.is_terminal:
                 self._clean_up(dep.id)
 
+    def _wait_for_databases(self, app: App, out: BuildLog) -> None:
+        try:
+            self.databases_ready(app.id)
+        except DatabasesPending as exc:
+            out.step(f"{exc}; starting in {DATABASE_WAIT_S:.0f}s")
+            raise RetryLater(str(exc), delay_s=DATABASE_WAIT_S) from None
+        except DatabasesUnavailable as exc:
+            raise Failed(str(exc)) from None
+
     def give_up(self, job: Job, reason: str) -> None:
         self._never_live(job.subject_id)
         self.deployments.fail_if_active(job.subject_id, f"gave up after {job.attempts} attempt(s): {reason}")
@@ -133,7 +149,7 @@ class DeployPipeline:
     def _names(self, dep: Deployment) -> tuple[App, str]:
         from control.domain.tenants import TenantService
 
-        app = self.deployments.app(dep.tenant_id, dep.app_id)
+        app = self.deployments.app(dep.tenant_id, dep.app_id, previews=True)
         return app, TenantService(self.deployments.db).get(dep.tenant_id).name
 
     def _rollback_image(self, dep: Deployment, out: BuildLog) -> tuple[str, str]:

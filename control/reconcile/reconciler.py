@@ -30,6 +30,10 @@ and remove *orphans*, what no live app and no in-progress deployment accounts fo
   before its row commits);
 - the further sweeps it was built with (database containers).
 
+Before all of that it deletes what has run out (``expiries``: previews past their TTL),
+through the app teardown, so an expired preview is never recreated first; the expiry is
+stored, so this holds across a restart too.
+
 It also measures what each app volume holds (``used_mb``); a measured volume over its size
 turns ``full`` (deploys refused) and ``ready`` again once under.
 
@@ -106,6 +110,7 @@ class Reconciler:
         drain_s: float = 1.0,
         sweeps: Mapping[str, Callable[[], list[str]]] | None = None,
         volumes: VolumeUpkeep | None = None,
+        expiries: Mapping[str, Callable[[], list[str]]] | None = None,
     ) -> None:
         self.releases = releases
         self.deployments = deployments
@@ -123,6 +128,8 @@ class Reconciler:
         self.drain_s = drain_s  # a scaled-down replica keeps serving this long after leaving the route
         self._sweeps = dict(sweeps or {})  # further sweeps, each returning what it removed
         self.volumes = volumes
+        # What runs out (previews' TTLs): deleted first in each pass, each returning what it deleted.
+        self._expiries = dict(expiries or {})
         self._backoff: dict[str, _Backoff] = {}
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -138,6 +145,8 @@ class Reconciler:
 
     def _pass(self) -> Report:
         report = Report()
+        for name, expire in self._expiries.items():  # first, and even with nothing started: a TTL is the database's
+            self._guarded(report, f"expired {name}", lambda expire=expire: report.actions.extend(expire()))  # type: ignore[misc]
         # Nothing was ever started by this instance (no instance id yet): nothing to compare,
         # and no reason to talk to Docker at all.
         if not self.runtime.ever_started_anything():

@@ -122,6 +122,10 @@ class AppRow(Timestamps, Base):
     builder: Mapped[str] = mapped_column(String(16), default="auto")
     env_version: Mapped[int] = mapped_column(Integer, default=0)  # bumped by every env change
     replicas: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # containers the release runs in
+    # --- previews: an app of kind "preview" is a short-lived copy of its parent app ------
+    kind: Mapped[str] = mapped_column(String(16), default="app", server_default="app")  # app | preview
+    parent_app_id: Mapped[str | None] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)  # a preview is deleted then
 
 
 class IdempotencyRecordRow(Base):

@@ -124,6 +124,10 @@ def _build_tenants(
         )
     domain = alpha.post(f"/v1/apps/{app['id']}/domains", json={"hostname": "secret.example.com"})
     assert domain.status_code == 201, domain.text
+    preview = alpha.post(
+        f"/v1/apps/{app['id']}/previews", json={"git": {"url": "https://127.0.0.1:9/nonexistent/repo.git", "ref": "main"}}
+    )
+    assert preview.status_code == 202, preview.text
     snapshot = alpha.post(f"/v1/apps/{app['id']}/snapshots")
     assert snapshot.status_code == 202, snapshot.text
     from control.store.repositories.snapshots import SnapshotRepository
@@ -146,6 +150,7 @@ def _build_tenants(
         "schedule": ["nightly"],
         "volume": [volume_id, "secret-data"],
         "domain": [domain.json()["id"], "secret.example.com"],
+        "preview": [preview.json()["id"], preview.json()["name"]],
         "snapshot": [snapshot.json()["id"]],
         "fork": [fork.id],
     }

@@ -55,6 +55,8 @@ SAMPLE_BODIES: dict[tuple[str, str], Any] = {
     ("PUT", "/v1/apps/{app}/env/{name}"): {"value": "changed"},
     ("POST", "/v1/apps/{app}/deployments"): {"git": {"url": "https://127.0.0.1:9/nonexistent/other.git", "ref": "main"}},
     ("POST", "/v1/apps/{app}/rollback"): {"release": "v1"},
+    ("POST", "/v1/apps/{app}/previews"): {"git": {"url": "https://127.0.0.1:9/nonexistent/other.git", "ref": "main"}},
+    ("POST", "/v1/apps/{app}/previews/{preview}/deployments"): {"git": {"url": "https://127.0.0.1:9/nonexistent/other.git"}},
     ("POST", "/v1/apps/{app}/links"): {"database": "alpha-db"},
     ("POST", "/v1/apps/{app}/runs"): {"command": ["true"]},
     ("POST", "/v1/apps/{app}/cron"): {"name": "another", "schedule": "0 4 * * *", "command": ["true"]},
@@ -159,6 +161,10 @@ def _build_world(
     callers["node"] = Caller(operator.client, node.json()["token"])
     domain = alpha.post(f"/v1/apps/{app['id']}/domains", json={"hostname": "alpha.example.com"})
     assert domain.status_code == 201, domain.text
+    preview = alpha.post(
+        f"/v1/apps/{app['id']}/previews", json={"git": {"url": "https://127.0.0.1:9/nonexistent/preview.git", "ref": "main"}}
+    )
+    assert preview.status_code == 202, preview.text
     snapshot = alpha.post(f"/v1/apps/{app['id']}/snapshots")
     assert snapshot.status_code == 202, snapshot.text
     fork = _fork_without_data(alpha, snapshot.json()["id"])
@@ -182,6 +188,7 @@ def _build_world(
         "token_id": registration_token.json()["id"],
         "node": node.json()["node"]["id"],
         "path": "openapi.json",
+        "preview": preview.json()["id"],
         "snapshot": snapshot.json()["id"],
         "fork": fork,
     }

@@ -23,9 +23,10 @@ EXPECTED_SKILLS = {
     "moorage-jobs",
     "moorage-domains",
     "moorage-onboarding",
+    "moorage-previews",
     "moorage-snapshots",
 }
-EXPECTED_COMMANDS = {"deploy", "status", "logs", "env-set", "db-create", "rollback", "chat", "run", "domain-add"}
+EXPECTED_COMMANDS = {"deploy", "status", "logs", "env-set", "db-create", "rollback", "chat", "run", "domain-add", "preview"}
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import builtins  # `list` in a class body with a list() method names the method,
 import json
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from control.clock import utcnow
@@ -89,3 +89,16 @@ class DeploymentRepository:
 
     def any_exist(self) -> bool:
         return self.session.scalar(self._scoped(select(DeploymentRow.id)).limit(1)) is not None
+
+
+def latest_deployments(session: Session, tenant_id: str, app_ids: builtins.list[str]) -> dict[str, Deployment]:
+    """Each app's newest deployment (ids are time-ordered), for the apps that have one."""
+    if not app_ids:
+        return {}
+    newest = (
+        select(func.max(DeploymentRow.id))
+        .where(DeploymentRow.tenant_id == tenant_id, DeploymentRow.app_id.in_(app_ids))
+        .group_by(DeploymentRow.app_id)
+    )
+    rows = session.scalars(select(DeploymentRow).where(DeploymentRow.id.in_(newest)))
+    return {row.app_id: to_deployment(row) for row in rows}

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from control.domain.records import EnvApp, StoredEnvVar
 from control.ids import new_id
 from control.store.models import AppRow, EnvVarRow, EnvVarVersionRow
+from control.store.repositories.apps import APP
 
 
 def to_stored(row: EnvVarRow) -> StoredEnvVar:
@@ -34,9 +35,12 @@ class EnvVarRepository:
         self.session = session
         self.tenant_id = tenant_id
 
-    def app(self, ref: str) -> EnvApp | None:
+    def app(self, ref: str, *, previews: bool = False) -> EnvApp | None:
+        """``previews``: a preview's too (its deploys, and the copy of its app's vars it is
+        made with); the env endpoints never find one."""
         column = AppRow.id if ref.startswith("app_") else AppRow.name
-        row = self.session.scalar(select(AppRow).where(AppRow.tenant_id == self.tenant_id, column == ref))
+        query = select(AppRow).where(AppRow.tenant_id == self.tenant_id, column == ref)
+        row = self.session.scalar(query if previews else query.where(AppRow.kind == APP))
         return None if row is None else EnvApp(row.id, row.tenant_id, row.name, row.env_version)
 
     def list(self, app_id: str) -> list[StoredEnvVar]:

@@ -186,6 +186,10 @@ class SnapshotRepository:
         row = self.fork_row(fork_id, snapshot_id)
         return None if row is None else to_fork(row)
 
+    def forks_of_app(self, app_id: str) -> builtins.list[Fork]:
+        query = self._scoped(select(SnapshotForkRow).where(SnapshotForkRow.app_id == app_id), SnapshotForkRow)
+        return [to_fork(r) for r in self.session.scalars(query.order_by(SnapshotForkRow.id))]
+
     def unfinished_forks(self, snapshot_id: str) -> builtins.list[Fork]:
         query = self._scoped(
             select(SnapshotForkRow).where(

@@ -34,7 +34,7 @@ def test_register_recover_and_the_operator_commands(
         assert (
             code == 0
             and token["token"].startswith("mrg_reg_")
-            and token["default_limits"] == {"storage": {"max_volumes": 2, "max_total_mb": None}}
+            and token["default_limits"] == {"storage": {"max_volumes": 2, "max_total_mb": None, "max_snapshot_mb": None}}
         )
 
         key_file = tmp_path / "keys" / "solo.key"

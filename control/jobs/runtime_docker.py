@@ -29,7 +29,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import cached_property
@@ -39,13 +39,18 @@ import docker.errors
 import structlog
 
 from control.domain.build_policy import LINEAGE_LABEL
+from control.jobs import docker_environments
 from control.jobs.build import TENANT_IMAGES, tenant_repository
 from control.jobs.docker_runs import run_in_container
+from control.jobs.environment_names import ENVIRONMENT_ROLE, environment_container_name, environment_label
 from control.jobs.runtime_metering import container_usage, database_volume_bytes
 from control.jobs.runtime_port import (
     AppContainer,
     BuildLayer,
     ContainerUsage,
+    EnvironmentSpec,
+    ExecOutcome,
+    ExecRefused,
     RemovalRefused,
     Route,
     RunOutcome,
@@ -60,6 +65,7 @@ from runtime.builders.nixpacks import NixpacksBuilder
 from runtime.ca_bundle import write_combined
 from runtime.containers import ContainerInfo, Containers
 from runtime.docker_engine import DockerEngine
+from runtime.failures import is_dependency_failure
 from runtime.healthcheck import HealthResult, wait_header, wait_header_gone, wait_healthy
 from runtime.images import Images
 from runtime.networks import BuildNetworks, TenantNetworks
@@ -378,6 +384,72 @@ class DockerAppRuntime:
         labels = {} if tenant is None else {"tenant": tenant}
         instance = self.instance
         found = self.containers.find(role=RUN_ROLE, **labels)
+        return [self._app_container(c) for c in found if c.labels.get(INSTANCE_LABEL) == instance]
+
+    # -- environments (sandboxes) ---------------------------------------------------------
+    def start_environment(self, spec: EnvironmentSpec) -> AppContainer:
+        network = self.networks.ensure(spec.tenant).name
+        name = environment_container_name(spec.environment_id)
+        self.containers.remove(name, force=True)  # a retried create's leftover
+        limits = replace(self.rt.default_limits, memory_bytes=spec.memory_mb * 1024 * 1024, nano_cpus=spec.millicpus * 1_000_000)
+        policy = replace(self.policy, limits=limits)
+        container = ContainerSpec(
+            tenant=spec.tenant,
+            app=environment_label(spec.environment_id),
+            image=spec.image,
+            network=network,
+            role=ENVIRONMENT_ROLE,
+            name=name,
+            command=["sleep", "infinity"],
+            env=dict(spec.env),
+            labels={INSTANCE_LABEL: self.instance},
+            app_alias=False,
+            working_dir="/workspace",
+        )
+        try:
+            info = self.containers.run(container, policy)
+        except docker.errors.APIError as exc:
+            if exc.status_code in (400, 404, 500) and not is_dependency_failure(exc, idempotent=False):
+                raise ExecRefused(f"the environment's container would not start: {exc.explanation or exc}") from None
+            raise
+        if info.status != "running":
+            self.containers.remove(info.id, force=True)
+            raise ExecRefused(f"the image {spec.image} cannot idle as an environment (its `sleep infinity` ended)")
+        return self._app_container(info)
+
+    def exec_in(
+        self,
+        container_id: str,
+        command: Sequence[str],
+        *,
+        stdin: bytes | None,
+        workdir: str | None,
+        env: Mapping[str, str],
+        timeout: float,
+        on_output: Callable[[str, bytes], None],
+        cancelled: Callable[[], bool],
+    ) -> ExecOutcome:
+        return docker_environments.exec_in_container(
+            self.containers,
+            container_id,
+            command,
+            stdin=stdin,
+            workdir=workdir,
+            env=env,
+            timeout=timeout,
+            on_output=on_output,
+            cancelled=cancelled,
+        )
+
+    def put_files(self, container_id: str, path: str, tar: bytes) -> None:
+        docker_environments.put_files(self.containers, container_id, path, tar)
+
+    def get_files(self, container_id: str, path: str, max_bytes: int) -> bytes:
+        return docker_environments.get_files(self.containers, container_id, path, max_bytes)
+
+    def owned_environments(self) -> list[AppContainer]:
+        instance = self.instance
+        found = self.containers.find(role=ENVIRONMENT_ROLE)
         return [self._app_container(c) for c in found if c.labels.get(INSTANCE_LABEL) == instance]
 
     def _app_container(self, info: ContainerInfo) -> AppContainer:

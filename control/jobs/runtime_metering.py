@@ -6,7 +6,7 @@ the control plane beside dockerd, the usual install), else from the engine's sta
 (``runtime.stats``), which costs about a second of the daemon's time per container.
 
 Only containers with this control plane's instance label are read (never another
-installation's), and only those of the roles it meters: apps, one-off runs, databases.
+installation's), and only those of the roles it meters: apps, one-off runs, databases, environments.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 import docker.errors
 
+from control.jobs.environment_names import ENVIRONMENT_ROLE
 from control.jobs.runtime_port import ContainerUsage
 from runtime import cgroups
 from runtime import labels as L
@@ -25,7 +26,7 @@ from runtime.docker_engine import DockerEngine
 from runtime.stats import counters
 from runtime.volume_usage import each_volume_bytes
 
-METERED_ROLES = frozenset({"app", "run", DATABASE_ROLE})
+METERED_ROLES = frozenset({"app", "run", DATABASE_ROLE, ENVIRONMENT_ROLE})
 
 
 def container_usage(containers: Containers, instance_label: str, instance: str) -> list[ContainerUsage]:

@@ -44,6 +44,7 @@ from control.domain.volumes import VolumeConfig, VolumeService
 from control.jobs.databases import DatabaseJobs, DatabaseRuntime
 from control.jobs.deploy import DeployPipeline
 from control.jobs.domains import CustomDomains, DomainRouting, DomainVerifier
+from control.jobs.environment_pool import PoolConfig, WarmPool, parse_pool_sizes
 from control.jobs.environments import Sandboxes
 from control.jobs.metering import Sampler, StorageSources
 from control.jobs.operator_health import OperatorHealth
@@ -130,6 +131,7 @@ class Services:
     databases: ManagedDatabases  # managed Postgres/Redis, links, backups
     runs: OneOffRuns  # one-off runs of an app's release, and the cron schedules that start them
     environments: Sandboxes  # leased sandbox containers to exec in; the reconciler removes expired ones
+    environment_pool: WarmPool  # environment containers started ahead of time, per base image
     scheduler: CronScheduler  # fires due schedules: apps' (each a run) and databases' backups
     custom_domains: CustomDomains  # apps' own hostnames: ownership proofs, routes, certificates
     volumes: VolumeService  # app volumes and per-tenant storage quotas
@@ -194,8 +196,10 @@ class Services:
         self.scheduler.start()  # after the workers: a firing missed while down is queued at once
         self.custom_domains.verifier.start()
         self.sampler.start()
+        self.environment_pool.start()
 
     def stop(self) -> None:
+        self.environment_pool.stop()
         self.sampler.stop()
         self.custom_domains.verifier.stop()
         self.scheduler.stop()
@@ -239,6 +243,15 @@ def compute_quota(db: Store, settings: Settings, runtime: DockerAppRuntime) -> C
             container_millicpus=limits.nano_cpus // 1_000_000,
             container_memory_mb=limits.memory_bytes // (1024 * 1024),
         ),
+    )
+
+
+def pool_config(settings: Settings, environments: EnvironmentConfig) -> PoolConfig:
+    return PoolConfig(
+        sizes=parse_pool_sizes(settings.environment_pool, environments.images),
+        millicpus=environments.millicpus_default,
+        memory_mb=environments.memory_mb_default,
+        refill_s=settings.environment_pool_refill_s,
     )
 
 
@@ -350,9 +363,12 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
     )
     cron = CronService(db, runs, max_per_app=settings.cron_max_per_app)
     audit = AuditService(db)
+    environment_rules = EnvironmentService(db, environment_config(settings), compute)
+    environment_pool = WarmPool(runtime, pool_config(settings, environment_rules.config))
     sandboxes = Sandboxes(
-        EnvironmentService(db, environment_config(settings), compute),
+        environment_rules,
         runtime,
+        pool=environment_pool,
         tenant_name=tenants.name,
         env_vars=env_vars,
         links=links,
@@ -513,13 +529,16 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         databases=ManagedDatabases(databases, links, backups, database_jobs),
         runs=OneOffRuns(runs, cron, run_job),
         environments=sandboxes,
+        environment_pool=environment_pool,
         scheduler=CronScheduler(cron, backups, interval_s=settings.cron_tick_ms / 1000),
         custom_domains=custom_domains,
         volumes=volumes,
         registration=registration,
         recovery=recovery,
         compute=compute,
-        operator_health=OperatorHealth(settings, queue, registry, inference, lambda: reconciler.last_pass),
+        operator_health=OperatorHealth(
+            settings, queue, registry, inference, lambda: reconciler.last_pass, pool=environment_pool.status
+        ),
         metering=metering,
         sampler=sampler,
         upstream=Upstream(settings),

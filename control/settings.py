@@ -212,6 +212,10 @@ class Settings:
     environment_output_max_bytes: int = 1024 * 1024  # an exec's stdout and stderr, each; past it cut and marked
     environment_upload_max_bytes: int = 256 * 1024 * 1024  # a files upload, unpacked
     environment_download_max_bytes: int = 256 * 1024 * 1024  # a files download (tar.gz)
+    # The warm pool: environment containers kept started per image ("image=count,...", e.g.
+    # "moorage/python:3-bookworm=2"), at the default CPU and memory; empty: none.
+    environment_pool: str = ""
+    environment_pool_refill_s: float = 2.0  # the pool's refill pass at least this often (and after each claim)
     tenant_max_environments: int = 10  # environments of one tenant at once (operators override: compute-limits)
     # GET /v1/operator/health
     health_disk_warn_pct: int = 15  # free space on the data dir or Docker's root under this: warn

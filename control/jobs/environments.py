@@ -3,10 +3,10 @@ reconciler's sweep of expired leases and orphans. The rules and rows are
 ``control.domain.environments``'; the containers come from the runtime port
 (``EnvironmentRuntime``).
 
-Creating goes through one call, ``Sandboxes.starter`` (the runtime's ``start_environment``
-unless something, a warm pool, stands in front of it), so a container started ahead of time
-can serve a base-image environment: such a container gets no env vars of its own, each exec
-passes its ``env``.
+Creating goes through one call, ``Sandboxes.start``: a container the warm pool
+(``control.jobs.environment_pool``) started ahead of time when it has one for the spec, else
+the runtime's ``start_environment``. A base-image environment's container gets no env vars of
+its own (each exec passes its ``env``), so a pooled one can serve it.
 
 An exec runs outside any database transaction. It watches its environment twice a second:
 once the row is gone (DELETE) or its lease has passed, the command is killed and the answer
@@ -37,11 +37,11 @@ from control.domain.links import LinkService
 from control.domain.records import Environment
 from control.domain.runs import check_command
 from control.jobs.environment_names import environment_container_name, environment_id_of
+from control.jobs.environment_pool import WarmPool
 from control.jobs.runtime_port import AppContainer, EnvironmentRuntime, EnvironmentSpec, ExecOutcome, ExecRefused, FilesTooLarge
 from runtime.archive import ExtractLimits, extract_tar_gz
 
 log = structlog.get_logger("moorage.environments")
-Starter = Callable[[EnvironmentSpec], AppContainer]
 CUT = "[{stream} cut at {limit} bytes]"
 
 
@@ -99,7 +99,7 @@ class Sandboxes:
     env_vars: EnvService | None = None
     links: LinkService | None = None
     audit: AuditService | None = None
-    starter: Starter | None = None  # the seam a warm pool stands in; None: the runtime's start_environment
+    pool: WarmPool | None = None  # containers started ahead of time, claimed before a cold start
     _upload_limits: ExtractLimits = field(default_factory=ExtractLimits)
 
     @property
@@ -144,8 +144,9 @@ class Sandboxes:
         return ready
 
     def start(self, spec: EnvironmentSpec) -> AppContainer:
-        """The one way an environment's container is made."""
-        return (self.starter or self.runtime.start_environment)(spec)
+        """The one way an environment's container is made: a pooled one when the pool has one."""
+        pooled = self.pool.take(spec) if self.pool is not None else None
+        return pooled or self.runtime.start_environment(spec)
 
     def delete(self, tenant_id: str, environment_id: str) -> Environment:
         gone = self.environments.remove(tenant_id, environment_id)

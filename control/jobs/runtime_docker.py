@@ -41,8 +41,9 @@ import structlog
 from control.domain.build_policy import LINEAGE_LABEL
 from control.jobs import docker_environments
 from control.jobs.build import TENANT_IMAGES, tenant_repository
+from control.jobs.docker_environment_pool import DockerPool, claimed_label, environment_container, environment_role, run_idling
 from control.jobs.docker_runs import run_in_container
-from control.jobs.environment_names import ENVIRONMENT_ROLE, environment_container_name, environment_label
+from control.jobs.environment_names import ENVIRONMENT_ROLE, POOL_ROLE, environment_container_name, environment_label
 from control.jobs.runtime_metering import container_usage, database_volume_bytes
 from control.jobs.runtime_port import (
     AppContainer,
@@ -50,7 +51,7 @@ from control.jobs.runtime_port import (
     ContainerUsage,
     EnvironmentSpec,
     ExecOutcome,
-    ExecRefused,
+    PooledEnvironment,
     RemovalRefused,
     Route,
     RunOutcome,
@@ -65,7 +66,6 @@ from runtime.builders.nixpacks import NixpacksBuilder
 from runtime.ca_bundle import write_combined
 from runtime.containers import ContainerInfo, Containers
 from runtime.docker_engine import DockerEngine
-from runtime.failures import is_dependency_failure
 from runtime.healthcheck import HealthResult, wait_header, wait_header_gone, wait_healthy
 from runtime.images import Images
 from runtime.networks import BuildNetworks, TenantNetworks
@@ -333,7 +333,7 @@ class DockerAppRuntime:
 
     # -- metering -------------------------------------------------------------------------
     def container_usage(self) -> list[ContainerUsage]:
-        return container_usage(self.containers, INSTANCE_LABEL, self.instance)
+        return container_usage(self.containers, INSTANCE_LABEL, self.instance, self.environment_pool)
 
     def database_volume_bytes(self) -> dict[str, int]:
         return database_volume_bytes(self.engine, INSTANCE_LABEL, self.instance, self._database_mountpoints)
@@ -391,31 +391,41 @@ class DockerAppRuntime:
         network = self.networks.ensure(spec.tenant).name
         name = environment_container_name(spec.environment_id)
         self.containers.remove(name, force=True)  # a retried create's leftover
-        limits = replace(self.rt.default_limits, memory_bytes=spec.memory_mb * 1024 * 1024, nano_cpus=spec.millicpus * 1_000_000)
-        policy = replace(self.policy, limits=limits)
-        container = ContainerSpec(
+        container, policy = environment_container(
             tenant=spec.tenant,
             app=environment_label(spec.environment_id),
+            name=name,
             image=spec.image,
             network=network,
             role=ENVIRONMENT_ROLE,
-            name=name,
-            command=["sleep", "infinity"],
+            millicpus=spec.millicpus,
+            memory_mb=spec.memory_mb,
             env=dict(spec.env),
-            labels={INSTANCE_LABEL: self.instance},
-            app_alias=False,
-            working_dir="/workspace",
+            instance_labels={INSTANCE_LABEL: self.instance},
+            policy=self.policy,
+            rt=self.rt,
         )
-        try:
-            info = self.containers.run(container, policy)
-        except docker.errors.APIError as exc:
-            if exc.status_code in (400, 404, 500) and not is_dependency_failure(exc, idempotent=False):
-                raise ExecRefused(f"the environment's container would not start: {exc.explanation or exc}") from None
-            raise
-        if info.status != "running":
-            self.containers.remove(info.id, force=True)
-            raise ExecRefused(f"the image {spec.image} cannot idle as an environment (its `sleep infinity` ended)")
-        return self._app_container(info)
+        return self._app_container(run_idling(self.containers, container, policy))
+
+    @cached_property
+    def environment_pool(self) -> DockerPool:
+        return DockerPool(
+            self.containers,
+            self.networks,
+            instance_labels=lambda: {INSTANCE_LABEL: self.instance},
+            policy=lambda: self.policy,
+            rt=self.rt,
+        )
+
+    def start_pooled_environment(self, image: str, millicpus: int, memory_mb: int) -> PooledEnvironment:
+        return self.environment_pool.start(image, millicpus, memory_mb)
+
+    def pooled_environments(self) -> list[PooledEnvironment]:
+        return self.environment_pool.idle()
+
+    def claim_pooled_environment(self, pooled: PooledEnvironment, spec: EnvironmentSpec) -> AppContainer | None:
+        claimed = self.environment_pool.claim(pooled, spec)
+        return None if claimed is None else self._app_container(claimed)
 
     def exec_in(
         self,
@@ -450,9 +460,14 @@ class DockerAppRuntime:
     def owned_environments(self) -> list[AppContainer]:
         instance = self.instance
         found = self.containers.find(role=ENVIRONMENT_ROLE)
-        return [self._app_container(c) for c in found if c.labels.get(INSTANCE_LABEL) == instance]
+        made = [self._app_container(c) for c in found if c.labels.get(INSTANCE_LABEL) == instance]
+        return made + [self._app_container(c) for c in self.environment_pool.claimed()]
 
     def _app_container(self, info: ContainerInfo) -> AppContainer:
+        if info.labels.get(L.ROLE) == POOL_ROLE and environment_role(info):
+            info = replace(
+                info, labels=info.labels | {L.TENANT: self.environment_pool.tenant_of(info), L.APP: claimed_label(info)}
+            )
         tenant = info.labels.get(L.TENANT, "")
         ip = info.ip_addresses.get(self.networks.name_for(tenant)) if L.is_dns_label(tenant) else None
         volumes = tuple(vid for name in self._mounted_volumes(info) if (vid := volume_id_of(name)))

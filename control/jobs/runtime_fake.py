@@ -507,7 +507,7 @@ class InMemoryAppRuntime(FakeEnvironments):
             self.containers.pop(container_id, None)
             or self.run_containers.pop(container_id, None)
             or self.environments.pop(container_id, None)
-        ) is not None
+        ) is not None or self.remove_pooled(container_id)
         self._leave("remove")
         return existed
 

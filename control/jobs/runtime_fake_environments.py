@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from control.jobs.environment_names import environment_container_name, environment_label
-from control.jobs.runtime_port import AppContainer, EnvironmentSpec, ExecOutcome, ExecRefused, FilesTooLarge
+from control.jobs.runtime_port import AppContainer, EnvironmentSpec, ExecOutcome, ExecRefused, FilesTooLarge, PooledEnvironment
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,12 @@ class FakeEnvironments:
         self._exec_lock = threading.Lock()
         self._parallel_execs = 0
         self._env_serial = itertools.count(1)
+        # The warm pool's containers, unclaimed, by name; a claimed one moves to environments.
+        self.pooled: dict[str, tuple[PooledEnvironment, EnvironmentSpec]] = {}
+        self.pool_starts = 0
+        self.pool_start_delay_s = 0.0  # how long starting a pooled container takes
+        self.max_pooled = 0  # the most pooled containers there were at once
+        self._pool_lock = threading.Lock()
 
     def environment_of(self, environment_id: str) -> FakeEnvironment | None:
         name = environment_container_name(environment_id)
@@ -174,3 +180,45 @@ class FakeEnvironments:
 
     def owned_environments(self) -> list[AppContainer]:
         return [e.view() for e in list(self.environments.values())]
+
+    # -- the warm pool --------------------------------------------------------------------
+    def start_pooled_environment(self, image: str, millicpus: int, memory_mb: int) -> PooledEnvironment:
+        if self.environment_start_failure is not None:
+            raise ExecRefused(self.environment_start_failure)
+        time.sleep(self.pool_start_delay_s)
+        serial = next(self._env_serial)
+        slot = f"{serial:012x}"
+        container_id = hashlib.sha256(f"fake-pool-{slot}".encode()).hexdigest()
+        pooled = PooledEnvironment(container_id, f"moorage-pool-{slot}", image, millicpus, memory_mb, running=True)
+        spec = EnvironmentSpec(f"pool-{slot}", "moorage-pool", image, millicpus, memory_mb)
+        with self._pool_lock:
+            self.pooled[pooled.name] = (pooled, spec)
+            self.pool_starts += 1
+            self.max_pooled = max(self.max_pooled, len(self.pooled))
+        return pooled
+
+    def pooled_environments(self) -> list[PooledEnvironment]:
+        with self._pool_lock:
+            return [pooled for pooled, _ in self.pooled.values()]
+
+    def claim_pooled_environment(self, pooled: PooledEnvironment, spec: EnvironmentSpec) -> AppContainer | None:
+        if spec.env:
+            raise ValueError("a pooled container cannot take env vars")
+        with self._pool_lock:
+            if self.pooled.pop(pooled.name, None) is None:
+                return None
+        name = environment_container_name(spec.environment_id)
+        for same in [cid for cid, e in self.environments.items() if e.name == name]:
+            del self.environments[same]
+        serial = next(self._env_serial)
+        claimed = FakeEnvironment(pooled.container_id, name, spec, ip=f"10.91.{serial // 250}.{serial % 250 + 2}")
+        self.environments[pooled.container_id] = claimed
+        return claimed.view()
+
+    def remove_pooled(self, container_id: str) -> bool:
+        with self._pool_lock:
+            for name, (pooled, _) in list(self.pooled.items()):
+                if pooled.container_id == container_id:
+                    del self.pooled[name]
+                    return True
+        return False

@@ -15,7 +15,8 @@ from typing import Any
 
 import docker.errors
 
-from control.jobs.environment_names import ENVIRONMENT_ROLE
+from control.jobs.docker_environment_pool import DockerPool, environment_role
+from control.jobs.environment_names import ENVIRONMENT_ROLE, POOL_ROLE
 from control.jobs.runtime_port import ContainerUsage
 from runtime import cgroups
 from runtime import labels as L
@@ -29,10 +30,12 @@ from runtime.volume_usage import each_volume_bytes
 METERED_ROLES = frozenset({"app", "run", DATABASE_ROLE, ENVIRONMENT_ROLE})
 
 
-def container_usage(containers: Containers, instance_label: str, instance: str) -> list[ContainerUsage]:
+def container_usage(containers: Containers, instance_label: str, instance: str, pool: DockerPool) -> list[ContainerUsage]:
     found = []
     for info in containers.find():
-        role = info.labels.get(L.ROLE, "")
+        role = environment_role(info) or info.labels.get(L.ROLE, "")
+        # A claimed pooled container's labels are the pool's: its tenant is the network it is on.
+        tenant = pool.tenant_of(info) if info.labels.get(L.ROLE) == POOL_ROLE else info.labels.get(L.TENANT, "")
         if info.status != "running" or role not in METERED_ROLES or info.labels.get(instance_label) != instance:
             continue
         state = info.attrs.get("State") or {}
@@ -48,7 +51,7 @@ def container_usage(containers: Containers, instance_label: str, instance: str) 
         found.append(
             ContainerUsage(
                 container_id=info.id,
-                tenant=info.labels.get(L.TENANT, ""),
+                tenant=tenant,
                 role=role,
                 started_at=str(state.get("StartedAt", "")),
                 cpu_seconds=c.cpu_seconds,

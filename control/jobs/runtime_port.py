@@ -181,6 +181,19 @@ class FilesTooLarge(RuntimeError):
     """A download would be larger than its bound."""
 
 
+@dataclass(frozen=True)
+class PooledEnvironment:
+    """A container started ahead of time for environments of one image and size (a warm
+    pool's), idling on the pool's own network (no egress, no tenant) until one claims it."""
+
+    container_id: str
+    name: str
+    image: str
+    millicpus: int
+    memory_mb: int
+    running: bool
+
+
 class EnvironmentRuntime(Protocol):
     """Environments (sandboxes): containers that idle until a command is exec'd into them."""
 
@@ -224,6 +237,24 @@ class EnvironmentRuntime(Protocol):
     def owned_environments(self) -> list[AppContainer]:
         """The environment containers this control plane started (``app`` holds the
         environment id); ``remove`` takes one away."""
+        ...
+
+    # -- the warm pool ------------------------------------------------------------------
+    def start_pooled_environment(self, image: str, millicpus: int, memory_mb: int) -> PooledEnvironment:
+        """Start an environment container ahead of time, as ``start_environment`` would (same
+        sandbox, limits, idle command and working directory) but for no tenant: on the pool's
+        network, which has no egress, under a name of its own."""
+        ...
+
+    def pooled_environments(self) -> list[PooledEnvironment]:
+        """The pool's containers that no environment has claimed yet (stopped ones too)."""
+        ...
+
+    def claim_pooled_environment(self, pooled: PooledEnvironment, spec: EnvironmentSpec) -> AppContainer | None:
+        """Make a pooled container ``spec``'s environment: renamed as ``start_environment``
+        names it (the claim: None when another caller claimed it first), moved from the
+        pool's network onto the tenant's. ``spec.env`` must be empty: a running container's
+        env cannot change. Removes the container and raises when the move fails."""
         ...
 
     def remove(self, container_id: str) -> bool: ...

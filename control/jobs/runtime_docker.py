@@ -391,7 +391,12 @@ class DockerAppRuntime:
         network = self.networks.ensure(spec.tenant).name
         name = environment_container_name(spec.environment_id)
         self.containers.remove(name, force=True)  # a retried create's leftover
-        limits = replace(self.rt.default_limits, memory_bytes=spec.memory_mb * 1024 * 1024, nano_cpus=spec.millicpus * 1_000_000)
+        limits = replace(
+            self.rt.default_limits,
+            memory_bytes=spec.memory_mb * 1024 * 1024,
+            nano_cpus=spec.millicpus * 1_000_000,
+            pids=self.settings.environment_pids,
+        )
         policy = replace(self.policy, limits=limits)
         container = ContainerSpec(
             tenant=spec.tenant,

@@ -7,10 +7,12 @@ the tenant's network and the row are gone, as docker and the API see them."""
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -20,6 +22,7 @@ from litestar.testing import TestClient
 
 from control.app import create_app
 from control.jobs.environment_names import environment_container_name
+from control.store.models import EnvironmentRow
 from runtime.traefik import TraefikProcess
 from tests.conftest import Caller
 from tests.e2e.conftest import Platform, cleanup_tenant, e2e_settings
@@ -188,3 +191,53 @@ def test_a_lease_that_runs_out_during_an_exec_cuts_it_and_everything_goes(platfo
     assert platform.tenant.get(f"/v1/environments/{env['id']}").status_code == 404
     events = platform.app.state.services.audit.list(tenant_id=platform.tenant.tenant_id, limit=200, cursor=None).items
     assert any(e.action == "environment.expired" and e.target.endswith(env["id"]) for e in events)
+
+
+def test_exec_streams_over_sse_from_the_sandbox(platform: Platform) -> None:
+    env = create(platform)
+    response = platform.tenant.post(
+        f"/v1/environments/{env['id']}/exec?stream=true",
+        json={"command": ["sh", "-c", "echo one; sleep 1; echo two; echo oops >&2; exit 7"]},
+    )
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    events = []
+    for block in response.text.replace("\r\n", "\n").split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(":"))
+        if "event" in fields:
+            events.append((fields["event"], json.loads(fields["data"])))
+    assert "".join(text for kind, text in events if kind == "stdout") == "one\ntwo\n"
+    assert "".join(text for kind, text in events if kind == "stderr") == "oops\n"
+    assert events[-1][0] == "exit" and events[-1][1]["exit_code"] == 7
+    platform.tenant.delete(f"/v1/environments/{env['id']}")
+
+
+def test_nothing_outlives_its_lease_across_a_control_plane_restart(traefik: TraefikProcess, tmp_path: Path) -> None:
+    """Expired while the control plane was down, and a container whose row never committed:
+    the restarted control plane's first reconciler pass removes both."""
+    tenant_name = f"sbr-{RUN_ID}"
+    settings = e2e_settings(tmp_path / "data", traefik)
+    try:
+        first = create_app(settings)
+        with TestClient(first, raise_server_exceptions=False, timeout=120) as client:
+            operator = Caller(client, first.state.services.keys.bootstrap_operator("e2e").token)
+            tenant = operator.post("/v1/tenants", json={"name": tenant_name}).json()
+            key = operator.post(f"/v1/tenants/{tenant['id']}/keys", json={"scopes": ["admin"]}).json()
+            caller = Caller(client, key["token"], key["id"], tenant["id"])
+            expiring = caller.post("/v1/environments", json={"image": PYTHON, "cpu": 0.25, "memory_mb": 128, "lease_s": 3})
+            orphan = caller.post("/v1/environments", json={"image": PYTHON, "cpu": 0.25, "memory_mb": 128, "lease_s": 600})
+            assert expiring.status_code == 201 and orphan.status_code == 201, (expiring.text, orphan.text)
+            with first.state.services.db.write() as session:  # as if its row had never committed
+                session.delete(session.get(EnvironmentRow, orphan.json()["id"]))
+        time.sleep(4)  # the lease ends while nothing runs
+        assert container(expiring.json()["id"]) is not None and container(orphan.json()["id"]) is not None
+        second = create_app(settings)
+        with TestClient(second, raise_server_exceptions=False, timeout=120) as client:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and (container(expiring.json()["id"]) or container(orphan.json()["id"])):
+                time.sleep(0.2)
+            assert container(expiring.json()["id"]) is None and container(orphan.json()["id"]) is None
+            caller = Caller(client, key["token"], key["id"], tenant["id"])
+            assert caller.get(f"/v1/environments/{expiring.json()['id']}").status_code == 404
+            assert caller.get("/v1/environments").json()["items"] == []
+    finally:
+        cleanup_tenant(tenant_name)

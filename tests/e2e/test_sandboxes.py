@@ -117,6 +117,8 @@ def test_an_agent_pushes_a_project_runs_its_tests_and_pulls_the_result(platform:
     assert host["NanoCpus"] == 500_000_000 and host["Memory"] == 256 * 2**20 and host["CapDrop"] == ["ALL"]
     assert c.labels["moorage.role"] == "environment" and c.labels["moorage.tenant"] == platform.tenant_name
     assert environment_container_name(env["id"]) in network_endpoints(platform)
+    metered = [u for u in platform.app.state.services.deploys.runtime.container_usage() if u.container_id == c.id]
+    assert [u.role for u in metered] == ["environment"] and metered[0].tenant == platform.tenant_name  # metered as compute
 
     url = f"/v1/environments/{env['id']}/files?path=/workspace"
     pushed = platform.tenant.request("PUT", url, content=tar_gz(PROJECT), headers={"content-type": "application/gzip"})

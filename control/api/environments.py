@@ -425,7 +425,7 @@ class EnvironmentController(Controller):
         "GET",
         "/{env:str}/files",
         access=KeyScope.DEPLOY,
-        errors=(404,),
+        errors=(404, 409),
         summary="Download a file or directory of an environment as tar.gz",
         description="404 `path-not-found` when it is not there; 422 `download-too-large` past MOORAGE_ENVIRONMENT_DOWNLOAD_MAX_BYTES.",
         media_type="application/gzip",

@@ -214,7 +214,7 @@ class Settings:
     environment_pids: int = 2048
     environment_output_max_bytes: int = 1024 * 1024  # an exec's stdout and stderr, each; past it cut and marked
     environment_upload_max_bytes: int = 256 * 1024 * 1024  # a files upload, unpacked
-    environment_download_max_bytes: int = 256 * 1024 * 1024  # a files download (tar.gz)
+    environment_download_max_bytes: int = 64 * 1024 * 1024  # a files download (the tar, and its tar.gz: held in memory)
     tenant_max_environments: int = 10  # environments of one tenant at once (operators override: compute-limits)
     # GET /v1/operator/health
     health_disk_warn_pct: int = 15  # free space on the data dir or Docker's root under this: warn

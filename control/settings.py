@@ -209,9 +209,12 @@ class Settings:
     environment_memory_mb_max: int = 8192
     environment_exec_timeout_default_s: int = 300  # an exec that names no timeout_s is killed after this
     environment_exec_timeout_max_s: int = 3600
+    # Processes and threads of one environment. Under gVisor the sandbox's own threads count too:
+    # at 256 (the app containers' limit) ten concurrent execs crash the sandbox.
+    environment_pids: int = 2048
     environment_output_max_bytes: int = 1024 * 1024  # an exec's stdout and stderr, each; past it cut and marked
     environment_upload_max_bytes: int = 256 * 1024 * 1024  # a files upload, unpacked
-    environment_download_max_bytes: int = 256 * 1024 * 1024  # a files download (tar.gz)
+    environment_download_max_bytes: int = 64 * 1024 * 1024  # a files download (the tar, and its tar.gz: held in memory)
     # The warm pool: environment containers kept started per image ("image=count,...", e.g.
     # "moorage/python:3-bookworm=2"), at the default CPU and memory; empty: none.
     environment_pool: str = ""

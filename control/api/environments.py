@@ -48,6 +48,7 @@ from control.domain.records import Environment
 from control.jobs.environments import ExecResult, Sandboxes
 from control.security.principal import Principal
 from control.security.scopes import KeyScope
+from control.settings import Settings
 from runtime.archive import ArchiveRejected
 
 ENV_NAME = "^[A-Za-z_][A-Za-z0-9_]*$"
@@ -389,6 +390,7 @@ class EnvironmentController(Controller):
         request: Request[Any, Principal, Any],
         caller_tenant: NamedDependency[str],
         environments: NamedDependency[Sandboxes],
+        settings: NamedDependency[Settings],
         env: FromPath[str],
         path: Annotated[str, Path_] = WORKSPACE,
     ) -> FilesOut | Response[Problem]:
@@ -403,7 +405,9 @@ class EnvironmentController(Controller):
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             return problem_response(request, 413, "payload-too-large", too_large)
-        scratch = Path(tempfile.mkdtemp(prefix="moorage-env-upload-"))
+        uploads = settings.data_dir / "environments" / "uploads"  # the data dir's disk, as deployment uploads
+        await anyio.to_thread.run_sync(lambda: uploads.mkdir(mode=0o700, parents=True, exist_ok=True))
+        scratch = Path(tempfile.mkdtemp(prefix="push-", dir=uploads))
         try:
             upload, size = scratch / "upload.tar.gz", 0
             async with await anyio.open_file(upload, "wb") as f:
@@ -425,7 +429,7 @@ class EnvironmentController(Controller):
         "GET",
         "/{env:str}/files",
         access=KeyScope.DEPLOY,
-        errors=(404,),
+        errors=(404, 409),
         summary="Download a file or directory of an environment as tar.gz",
         description="404 `path-not-found` when it is not there; 422 `download-too-large` past MOORAGE_ENVIRONMENT_DOWNLOAD_MAX_BYTES.",
         media_type="application/gzip",

@@ -53,7 +53,7 @@ class EnvironmentConfig:
     exec_timeout_max_s: int = 3600
     output_max_bytes: int = 1024 * 1024
     upload_max_bytes: int = 256 * 1024 * 1024
-    download_max_bytes: int = 256 * 1024 * 1024
+    download_max_bytes: int = 64 * 1024 * 1024
     starting_grace_s: int = 300  # a row still `starting` this long after creation lost its create (a crash)
 
 

@@ -60,13 +60,14 @@ def environment_container(
     role: str,
     millicpus: int,
     memory_mb: int,
+    pids: int,
     env: dict[str, str],
     instance_labels: dict[str, str],
     policy: SandboxPolicy,
     rt: RuntimeSettings,
 ) -> tuple[ContainerSpec, SandboxPolicy]:
     """Every environment container's spec and sandbox policy, for a tenant's or the pool's."""
-    limits = replace(rt.default_limits, memory_bytes=memory_mb * MIB, nano_cpus=millicpus * 1_000_000)
+    limits = replace(rt.default_limits, memory_bytes=memory_mb * MIB, nano_cpus=millicpus * 1_000_000, pids=pids)
     spec = ContainerSpec(
         tenant=tenant,
         app=app,
@@ -108,6 +109,7 @@ class DockerPool:
         instance_labels: Callable[[], dict[str, str]],
         policy: Callable[[], SandboxPolicy],
         rt: RuntimeSettings,
+        pids: int,
     ) -> None:
         self.containers = containers
         self.networks = networks
@@ -116,6 +118,7 @@ class DockerPool:
         self.instance_labels = instance_labels
         self.policy = policy
         self.rt = rt
+        self.pids = pids
 
     def start(self, image: str, millicpus: int, memory_mb: int) -> PooledEnvironment:
         self._ensure_network()
@@ -129,6 +132,7 @@ class DockerPool:
             role=POOL_ROLE,
             millicpus=millicpus,
             memory_mb=memory_mb,
+            pids=self.pids,
             env={},
             instance_labels=self.instance_labels(),
             policy=self.policy(),

@@ -36,9 +36,10 @@ CANCEL_CHECK_S = 0.5
 DRAIN_S = 5.0  # after a kill, for the stream to end (a process that escaped the kill may hold it open)
 STREAMS = {1: "stdout", 2: "stderr"}
 
-# $0: the pid file; "$@": the command. The shell stays the command's parent so the pid file
-# goes when it ends; the command inherits stdin, stdout and stderr.
-WRAPPER = 'echo $$ > "$0"; "$@"; rc=$?; rm -f "$0"; exit $rc'
+# {pidfile}: ours (hex), so safe inside the script; "$@": the command. The shell stays the
+# command's parent so the pid file goes when it ends; the command inherits stdin, stdout and
+# stderr. $0 is "sh", so the shell's own errors ("sh: 1: python: not found") read as usual.
+WRAPPER = 'echo $$ > {pidfile}; "$@"; rc=$?; rm -f {pidfile}; exit $rc'
 KILL_TREE = r"""
 root=$(cat "$0" 2>/dev/null) || exit 0
 for round in 1 2 3; do
@@ -76,7 +77,7 @@ def exec_in_container(
 ) -> ExecOutcome:
     started = time.monotonic()
     pidfile = f"/tmp/.moorage-exec-{secrets.token_hex(8)}"
-    argv = ["/bin/sh", "-c", WRAPPER, pidfile, *command]
+    argv = ["/bin/sh", "-c", WRAPPER.format(pidfile=pidfile), "sh", *command]
     try:
         exec_id, sock = containers.exec_open(container_id, argv, stdin=stdin is not None, workdir=workdir, env=dict(env))
     except docker.errors.NotFound:
@@ -92,7 +93,8 @@ def exec_in_container(
     if stdin is not None:
         _feed(raw, stdin)
     killed: str | None = None
-    deadline, next_check = started + timeout, 0.0
+    gone = False
+    deadline, next_check = started + timeout, started + CANCEL_CHECK_S
     while pump.is_alive():
         now = time.monotonic()
         if killed is None:
@@ -100,6 +102,9 @@ def exec_in_container(
                 killed = "timeout"
             elif now >= next_check:
                 next_check = now + CANCEL_CHECK_S
+                if not _running(containers, container_id):  # a dead sandbox may keep the stream open
+                    gone = True
+                    break
                 killed = "cancelled" if cancelled() else None
             if killed is not None:
                 _kill(containers, container_id, pidfile)
@@ -110,11 +115,20 @@ def exec_in_container(
         raw.shutdown(socket.SHUT_RDWR)
     sock.close()
     duration_ms = round((time.monotonic() - started) * 1000)
+    if gone:
+        return ExecOutcome(None, duration_ms, gone=True)
     if killed == "timeout":
         return ExecOutcome(None, duration_ms, timed_out=True)
     if killed == "cancelled":
         return ExecOutcome(None, duration_ms, cancelled=True)
     return _ended(containers, exec_id, duration_ms)
+
+
+def _running(containers: Containers, container_id: str) -> bool:
+    try:
+        return containers.inspect(container_id).status == "running"
+    except docker.errors.NotFound:
+        return False
 
 
 def _ended(containers: Containers, exec_id: str, duration_ms: int) -> ExecOutcome:

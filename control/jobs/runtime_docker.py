@@ -400,6 +400,7 @@ class DockerAppRuntime:
             role=ENVIRONMENT_ROLE,
             millicpus=spec.millicpus,
             memory_mb=spec.memory_mb,
+            pids=self.settings.environment_pids,
             env=dict(spec.env),
             instance_labels={INSTANCE_LABEL: self.instance},
             policy=self.policy,
@@ -415,6 +416,7 @@ class DockerAppRuntime:
             instance_labels=lambda: {INSTANCE_LABEL: self.instance},
             policy=lambda: self.policy,
             rt=self.rt,
+            pids=self.settings.environment_pids,
         )
 
     def start_pooled_environment(self, image: str, millicpus: int, memory_mb: int) -> PooledEnvironment:

@@ -426,3 +426,12 @@ def test_fake_exec_sees_the_files(fake: InMemoryAppRuntime, tenant: Caller) -> N
 @pytest.fixture(autouse=True)
 def _no_leftovers(fake: InMemoryAppRuntime) -> Iterator[None]:
     yield
+
+
+def test_environments_cpu_counts_against_an_apps_first_deploy(operator: Caller, tenant: Caller, fake: InMemoryAppRuntime) -> None:
+    assert operator.request("PUT", f"/v1/tenants/{tenant.tenant_id}/compute-limits", json={"max_cpu": 1}).status_code == 200
+    create(tenant, cpu=0.8)
+    assert tenant.post("/v1/apps", json={"name": "web"}).status_code == 201
+    refused = tenant.post("/v1/apps/web/deployments", json={"git": {"url": "https://example.com/r.git", "ref": "main"}})
+    assert refused.status_code == 422 and refused.json()["code"] == "quota-exceeded", refused.text
+    assert "max_cpu" in refused.json()["detail"] and "environment" in refused.json()["detail"]

@@ -23,8 +23,9 @@ EXPECTED_SKILLS = {
     "moorage-jobs",
     "moorage-domains",
     "moorage-onboarding",
+    "moorage-sandbox",
 }
-EXPECTED_COMMANDS = {"deploy", "status", "logs", "env-set", "db-create", "rollback", "chat", "run", "domain-add"}
+EXPECTED_COMMANDS = {"deploy", "status", "logs", "env-set", "db-create", "rollback", "chat", "run", "domain-add", "sandbox-test"}
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,12 @@ from control.cli.client.commands import (
     onboarding,
     releases,
     runs,
+    sandbox,
     skills,
     volumes,
 )
 
-MODULES = (identity, onboarding, apps, env, deploy, releases, logs, runs, databases, volumes, domains, inference, skills)
+MODULES = (identity, onboarding, apps, env, deploy, releases, logs, runs, sandbox, databases, volumes, domains, inference, skills)
 
 
 def common_options() -> argparse.ArgumentParser:

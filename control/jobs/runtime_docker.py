@@ -423,6 +423,8 @@ class DockerAppRuntime:
         return self.environment_pool.start(image, millicpus, memory_mb)
 
     def pooled_environments(self) -> list[PooledEnvironment]:
+        if not self.ever_started_anything():
+            return []  # no instance id yet: nothing of ours can be there (and no reason to call the engine)
         return self.environment_pool.idle()
 
     def claim_pooled_environment(self, pooled: PooledEnvironment, spec: EnvironmentSpec) -> AppContainer | None:

@@ -23,6 +23,7 @@ from control.domain.databases import DatabaseConfig, DatabaseService
 from control.domain.deployments import DEPLOY_JOB, DeploymentService
 from control.domain.domains import DomainConfig, DomainService
 from control.domain.env import EnvService
+from control.domain.environments import EnvironmentConfig, EnvironmentService
 from control.domain.gateway_routing import NodeRouter
 from control.domain.idempotency import IdempotencyService
 from control.domain.inference import Inference
@@ -45,6 +46,8 @@ from control.domain.volumes import VolumeConfig, VolumeService
 from control.jobs.databases import DatabaseJobs, DatabaseRuntime
 from control.jobs.deploy import DeployPipeline
 from control.jobs.domains import CustomDomains, DomainRouting, DomainVerifier
+from control.jobs.environment_pool import PoolConfig, WarmPool, parse_pool_sizes
+from control.jobs.environments import Sandboxes
 from control.jobs.metering import Sampler, StorageSources
 from control.jobs.operator_health import OperatorHealth
 from control.jobs.queue import JobQueue, QueueConfig
@@ -130,6 +133,8 @@ class Services:
     inference: Inference  # nodes, gateway routing, quotas, usage
     databases: ManagedDatabases  # managed Postgres/Redis, links, backups
     runs: OneOffRuns  # one-off runs of an app's release, and the cron schedules that start them
+    environments: Sandboxes  # leased sandbox containers to exec in; the reconciler removes expired ones
+    environment_pool: WarmPool  # environment containers started ahead of time, per base image
     scheduler: CronScheduler  # fires due schedules: apps' (each a run) and databases' backups
     custom_domains: CustomDomains  # apps' own hostnames: ownership proofs, routes, certificates
     volumes: VolumeService  # app volumes and per-tenant storage quotas
@@ -165,6 +170,7 @@ class Services:
         "links": "databases.links",
         "backups": "databases.backups",
         "runs": "runs.runs",
+        "environments": "environments",
         "cron": "runs.cron",
         "domains": "custom_domains.domains",
         "custom_domains": "custom_domains",
@@ -197,8 +203,10 @@ class Services:
         self.scheduler.start()  # after the workers: a firing missed while down is queued at once
         self.custom_domains.verifier.start()
         self.sampler.start()
+        self.environment_pool.start()
 
     def stop(self) -> None:
+        self.environment_pool.stop()
         self.sampler.stop()
         self.custom_domains.verifier.stop()
         self.scheduler.stop()
@@ -238,9 +246,37 @@ def compute_quota(db: Store, settings: Settings, runtime: DockerAppRuntime) -> C
             max_millicpus=round(settings.tenant_max_cpu * 1000),
             max_memory_mb=settings.tenant_max_memory_mb,
             build_minutes_per_day=settings.tenant_build_minutes_per_day,
+            max_environments=settings.tenant_max_environments,
             container_millicpus=limits.nano_cpus // 1_000_000,
             container_memory_mb=limits.memory_bytes // (1024 * 1024),
         ),
+    )
+
+
+def pool_config(settings: Settings, environments: EnvironmentConfig) -> PoolConfig:
+    return PoolConfig(
+        sizes=parse_pool_sizes(settings.environment_pool, environments.images),
+        millicpus=environments.millicpus_default,
+        memory_mb=environments.memory_mb_default,
+        refill_s=settings.environment_pool_refill_s,
+    )
+
+
+def environment_config(settings: Settings) -> EnvironmentConfig:
+    return EnvironmentConfig(
+        images=settings.environment_image_list,
+        lease_default_s=settings.environment_lease_default_s,
+        lease_max_s=settings.environment_lease_max_s,
+        lifetime_max_s=settings.environment_lifetime_max_s,
+        millicpus_default=round(settings.environment_cpu_default * 1000),
+        millicpus_max=round(settings.environment_cpu_max * 1000),
+        memory_mb_default=settings.environment_memory_mb_default,
+        memory_mb_max=settings.environment_memory_mb_max,
+        exec_timeout_default_s=settings.environment_exec_timeout_default_s,
+        exec_timeout_max_s=settings.environment_exec_timeout_max_s,
+        output_max_bytes=settings.environment_output_max_bytes,
+        upload_max_bytes=settings.environment_upload_max_bytes,
+        download_max_bytes=settings.environment_download_max_bytes,
     )
 
 
@@ -337,6 +373,18 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         volumes=volumes,
     )
     cron = CronService(db, runs, max_per_app=settings.cron_max_per_app)
+    audit = AuditService(db)
+    environment_rules = EnvironmentService(db, environment_config(settings), compute)
+    environment_pool = WarmPool(runtime, pool_config(settings, environment_rules.config))
+    sandboxes = Sandboxes(
+        environment_rules,
+        runtime,
+        pool=environment_pool,
+        tenant_name=tenants.name,
+        env_vars=env_vars,
+        links=links,
+        audit=audit,
+    )
 
     domains = DomainService(
         db,
@@ -423,6 +471,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         sweeps={
             "database containers": database_jobs.remove_orphan_containers,
             "run containers": run_job.remove_orphan_containers,
+            "environments": sandboxes.sweep,
             "domain routes": domain_verifier.sweep,
             "snapshot files": snapshots.remove_orphan_files,
         },
@@ -528,6 +577,8 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         inference=inference,
         databases=ManagedDatabases(databases, links, backups, database_jobs),
         runs=OneOffRuns(runs, cron, run_job),
+        environments=sandboxes,
+        environment_pool=environment_pool,
         scheduler=CronScheduler(cron, backups, interval_s=settings.cron_tick_ms / 1000),
         custom_domains=custom_domains,
         volumes=volumes,
@@ -535,7 +586,9 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         recovery=recovery,
         compute=compute,
         previews=previews,
-        operator_health=OperatorHealth(settings, queue, registry, inference, lambda: reconciler.last_pass),
+        operator_health=OperatorHealth(
+            settings, queue, registry, inference, lambda: reconciler.last_pass, pool=environment_pool.status
+        ),
         metering=metering,
         snapshots=snapshots,
         sampler=sampler,

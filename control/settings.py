@@ -206,6 +206,29 @@ class Settings:
     tenant_build_minutes_per_day: int = 600  # time a tenant's builds may take per UTC day; then deploys that build are refused
     container_cpus: float = 0.5  # Docker's CPU limit (NanoCpus) of each app container
     container_memory_mb: int = 256  # Docker's memory limit of each app container (no swap beyond it)
+    # Environments (sandboxes): leased containers a tenant execs commands in (POST /v1/environments).
+    # Images an environment may start from by name; empty: build_allowed_images minus the database images.
+    environment_images: str = ""
+    environment_lease_default_s: int = 900  # a create that names no lease_s
+    environment_lease_max_s: int = 3600  # lease_s of one create or renew at most
+    environment_lifetime_max_s: int = 86400  # no renewal extends an environment past this after its creation
+    environment_cpu_default: float = 1.0  # CPUs of one environment that names none
+    environment_cpu_max: float = 4.0
+    environment_memory_mb_default: int = 1024
+    environment_memory_mb_max: int = 8192
+    environment_exec_timeout_default_s: int = 300  # an exec that names no timeout_s is killed after this
+    environment_exec_timeout_max_s: int = 3600
+    # Processes and threads of one environment. Under gVisor the sandbox's own threads count too:
+    # at 256 (the app containers' limit) ten concurrent execs crash the sandbox.
+    environment_pids: int = 2048
+    environment_output_max_bytes: int = 1024 * 1024  # an exec's stdout and stderr, each; past it cut and marked
+    environment_upload_max_bytes: int = 256 * 1024 * 1024  # a files upload, unpacked
+    environment_download_max_bytes: int = 64 * 1024 * 1024  # a files download (the tar, and its tar.gz: held in memory)
+    # The warm pool: environment containers kept started per image ("image=count,...", e.g.
+    # "moorage/python:3-bookworm=2"), at the default CPU and memory; empty: none.
+    environment_pool: str = ""
+    environment_pool_refill_s: float = 2.0  # the pool's refill pass at least this often (and after each claim)
+    tenant_max_environments: int = 10  # environments of one tenant at once (operators override: compute-limits)
     # GET /v1/operator/health
     health_disk_warn_pct: int = 15  # free space on the data dir or Docker's root under this: warn
     health_disk_fail_pct: int = 5  # ... under this: fail
@@ -286,6 +309,15 @@ class Settings:
     @property
     def allowed_images(self) -> tuple[str, ...]:
         return tuple(x.strip() for x in self.build_allowed_images.split(",") if x.strip())
+
+    @property
+    def environment_image_list(self) -> tuple[str, ...]:
+        """The images an environment may name: the operator's list, or the build base images
+        that are not database images."""
+        if self.environment_images.strip():
+            return tuple(x.strip() for x in self.environment_images.split(",") if x.strip())
+        databases = ("moorage/postgres", "moorage/redis")
+        return tuple(image for image in self.allowed_images if not image.startswith(databases))
 
     @property
     def is_sqlite(self) -> bool:

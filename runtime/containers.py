@@ -172,3 +172,29 @@ class Containers:
         # types both for the streamed case too (no code yet, an iterator of chunks).
         output = res.output if isinstance(res.output, bytes) else b""
         return ExecResult(exit_code=-1 if res.exit_code is None else res.exit_code, output=output.decode("utf-8", "replace"))
+
+    # -- interactive execs (environments) ---------------------------------------------------
+    @guarded(idempotent=False)
+    def exec_open(
+        self, container_id: str, cmd: list[str], *, stdin: bool, workdir: str | None, env: dict[str, str]
+    ) -> tuple[str, Any]:
+        """Start ``cmd`` in the container; its exec id and the raw socket of its multiplexed
+        stdout/stderr (with stdin to write to, when asked). Only starting it is guarded: a
+        long command must not hold a half-open breaker slot."""
+        api = self._api.api
+        created = api.exec_create(
+            container_id,
+            cmd,
+            stdin=stdin,
+            stdout=True,
+            stderr=True,
+            workdir=workdir,
+            environment=[f"{k}={v}" for k, v in env.items()] or None,
+        )
+        exec_id = str(created["Id"])
+        return exec_id, api.exec_start(exec_id, socket=True)
+
+    @guarded(idempotent=True)
+    def exec_inspect(self, exec_id: str) -> dict[str, Any]:
+        found: dict[str, Any] = self._api.api.exec_inspect(exec_id)
+        return found

@@ -28,6 +28,7 @@ class ComputeLimitsIn(msgspec.Struct, forbid_unknown_fields=True):
     max_cpu: Annotated[float, msgspec.Meta(ge=0, description="CPUs of all running apps' containers together")] | None = None
     max_memory_mb: Annotated[int, msgspec.Meta(ge=0, description="Memory of all running apps' containers (MiB)")] | None = None
     build_minutes_per_day: Annotated[int, msgspec.Meta(ge=0, description="Build time per UTC day (minutes)")] | None = None
+    max_environments: Annotated[int, msgspec.Meta(ge=0, description="Environments (sandboxes) at once")] | None = None
 
 
 class RunningAppUse(msgspec.Struct):
@@ -38,12 +39,15 @@ class RunningAppUse(msgspec.Struct):
 class ComputeUsageOut(msgspec.Struct):
     apps: Annotated[int, msgspec.Meta(description="Apps the tenant has")]
     replicas: Annotated[int, msgspec.Meta(description="Containers its running apps hold")]
-    cpu: Annotated[float, msgspec.Meta(description="replicas x container_cpu")]
-    memory_mb: Annotated[int, msgspec.Meta(description="replicas x container_memory_mb")]
+    cpu: Annotated[float, msgspec.Meta(description="replicas x container_cpu, plus the environments' CPU")]
+    memory_mb: Annotated[int, msgspec.Meta(description="replicas x container_memory_mb, plus the environments' memory")]
     build_minutes_today: Annotated[float, msgspec.Meta(description="Time its builds took since 00:00 UTC")]
     running: Annotated[
         list[RunningAppUse], msgspec.Meta(description="Apps holding compute: a current release or a deploy in flight")
     ]
+    environments: Annotated[int, msgspec.Meta(description="Environments (sandboxes) the tenant has")] = 0
+    environment_cpu: Annotated[float, msgspec.Meta(description="CPU its environments hold (in cpu)")] = 0.0
+    environment_memory_mb: Annotated[int, msgspec.Meta(description="Memory its environments hold (in memory_mb)")] = 0
 
 
 class ComputeLimitsOut(msgspec.Struct):
@@ -53,6 +57,7 @@ class ComputeLimitsOut(msgspec.Struct):
     max_cpu: float
     max_memory_mb: int
     build_minutes_per_day: int
+    max_environments: int
     container_cpu: Annotated[float, msgspec.Meta(description="Docker's CPU limit of each app container")]
     container_memory_mb: Annotated[int, msgspec.Meta(description="Docker's memory limit of each app container")]
     usage: ComputeUsageOut
@@ -68,6 +73,7 @@ class ComputeLimitsOut(msgspec.Struct):
             max_cpu=limits.max_millicpus / 1000,
             max_memory_mb=limits.max_memory_mb,
             build_minutes_per_day=limits.build_minutes_per_day,
+            max_environments=limits.max_environments,
             container_cpu=limits.container_millicpus / 1000,
             container_memory_mb=limits.container_memory_mb,
             usage=ComputeUsageOut(
@@ -77,6 +83,9 @@ class ComputeLimitsOut(msgspec.Struct):
                 memory_mb=u.memory_mb,
                 build_minutes_today=u.build_minutes_today,
                 running=[RunningAppUse(name, replicas) for name, replicas in u.running],
+                environments=u.environments,
+                environment_cpu=u.environment_millicpus / 1000,
+                environment_memory_mb=u.environment_memory_mb,
             ),
             overrides=ComputeLimitsIn(
                 o.max_apps,
@@ -84,6 +93,7 @@ class ComputeLimitsOut(msgspec.Struct):
                 None if o.max_millicpus is None else o.max_millicpus / 1000,
                 o.max_memory_mb,
                 o.build_minutes_per_day,
+                o.max_environments,
             ),
         )
 
@@ -118,6 +128,7 @@ def put_compute_limits(
         None if data.max_cpu is None else round(data.max_cpu * 1000),
         data.max_memory_mb,
         data.build_minutes_per_day,
+        data.max_environments,
     )
     return ComputeLimitsOut.of(tenant_id, compute.set_limits(tenant_id, overrides))
 

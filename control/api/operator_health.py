@@ -39,6 +39,8 @@ _DOC = {
     "job_queue": "jobs queued and running, the oldest due job's wait; value: jobs queued",
     "reconciler": "the reconciler's last pass: when, the drift it repaired, its errors; value: seconds since",
     "inference_nodes": "enrolled inference nodes and their health; value: healthy nodes",
+    "environment_pool": "the warm pool of environment containers (MOORAGE_ENVIRONMENT_POOL): ready of each image's size, "
+    "environments served from it and those that found it empty; value: containers ready",
     "breakers": "circuit breakers (Docker, builders, nodes); value: how many are open",
 }
 
@@ -53,6 +55,7 @@ class Components(msgspec.Struct):
     job_queue: Annotated[ComponentOut, msgspec.Meta(description=_DOC["job_queue"])]
     reconciler: Annotated[ComponentOut, msgspec.Meta(description=_DOC["reconciler"])]
     inference_nodes: Annotated[ComponentOut, msgspec.Meta(description=_DOC["inference_nodes"])]
+    environment_pool: Annotated[ComponentOut, msgspec.Meta(description=_DOC["environment_pool"])]
     breakers: Annotated[ComponentOut, msgspec.Meta(description=_DOC["breakers"])]
 
 

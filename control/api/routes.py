@@ -13,6 +13,7 @@ from control.api.databases import DATABASE_LIMIT_ROUTES, DatabaseController
 from control.api.deployments import DeploymentController, ReleaseController
 from control.api.domains import DomainController, verify_token
 from control.api.env import EnvController
+from control.api.environments import EnvironmentController
 from control.api.gateway import GATEWAY_ROUTES
 from control.api.health import healthz, readyz
 from control.api.inference_limits import INFERENCE_LIMIT_ROUTES
@@ -64,6 +65,7 @@ def route_handlers(settings: Settings) -> list[Any]:
         PreviewController,
         *SNAPSHOT_ROUTES,
     ]
+    sandboxes = [EnvironmentController]
     databases = [DatabaseController, BackupController, LinkController, *DATABASE_LIMIT_ROUTES, *STORAGE_LIMIT_ROUTES]
     inference = [*NODE_ROUTES, *GATEWAY_ROUTES, *USAGE_ROUTES, *INFERENCE_LIMIT_ROUTES]
-    return [*platform, *identity, *apps, *databases, *inference]
+    return [*platform, *identity, *apps, *sandboxes, *databases, *inference]

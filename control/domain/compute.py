@@ -1,4 +1,4 @@
-"""Per-tenant compute quotas: apps, replicas, CPU, memory and build minutes per day.
+"""Per-tenant compute quotas: apps, replicas, CPU, memory, environments and build minutes per day.
 
 An app holds compute from the moment a deployment of it is accepted until it is deleted:
 ``replicas`` containers, each with the CPU and memory limits Docker gives every app
@@ -6,6 +6,11 @@ container (``ComputeConfig.container_*``, the very numbers the runtime passes to
 An app that was never deployed holds none. Build minutes are the time a tenant's
 deployments spent ``building`` today (UTC), and a deploy that needs a build is refused once
 they reach the limit; rollbacks build nothing and always go.
+
+An environment (a sandbox) holds the CPU and memory it was created with from its create
+until its row goes (deleted, or its lease ran out); a tenant has at most ``max_environments``
+at once. Apps' and environments' CPU and memory count together against ``max_cpu`` and
+``max_memory_mb``.
 
 Each check runs in the caller's write transaction, beside the insert or update it guards:
 two requests at once cannot both fit, and a refused one leaves nothing. A lower limit never
@@ -39,6 +44,7 @@ class ComputeConfig:
     max_millicpus: int = 8000
     max_memory_mb: int = 16384
     build_minutes_per_day: int = 600
+    max_environments: int = 10
     container_millicpus: int = 500
     container_memory_mb: int = 256
 
@@ -51,6 +57,9 @@ class ComputeUsage:
     memory_mb: int = 0
     build_minutes_today: float = 0.0
     running: tuple[tuple[str, int], ...] = ()  # (app name, replicas) of each app holding compute
+    environments: int = 0
+    environment_millicpus: int = 0  # included in millicpus
+    environment_memory_mb: int = 0  # included in memory_mb
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,7 @@ class ComputeLimits:
     max_millicpus: int
     max_memory_mb: int
     build_minutes_per_day: int
+    max_environments: int
     overrides: ComputeOverrides
     usage: ComputeUsage
     container_millicpus: int
@@ -138,12 +148,17 @@ class ComputeQuota:
         others = {i: a for i, a in ComputeUsageRepository(session, tenant_id).running_apps().items() if i != app_id}
         total = sum(a.replicas for a in others.values()) + replicas
         running = ", ".join(f"{a.name} ({a.replicas})" for a in others.values()) or "no other app"
+        u = limits.usage
+        if u.environments:
+            running += (
+                f"; {u.environments} environment(s) holding {cpus(u.environment_millicpus)} CPU and {u.environment_memory_mb} MiB"
+            )
         what = f"app '{app_name}' running {replicas} replica(s)"
         c = self.config
         checks = (
             ("max_replicas", total, limits.max_replicas, str, "replica(s)"),
-            ("max_cpu", total * c.container_millicpus, limits.max_millicpus, cpus, "CPU"),
-            ("max_memory_mb", total * c.container_memory_mb, limits.max_memory_mb, str, "MiB"),
+            ("max_cpu", total * c.container_millicpus + u.environment_millicpus, limits.max_millicpus, cpus, "CPU"),
+            ("max_memory_mb", total * c.container_memory_mb + u.environment_memory_mb, limits.max_memory_mb, str, "MiB"),
         )
         for name, wanted, limit, show, unit in checks:
             if wanted > limit:
@@ -152,6 +167,28 @@ class ComputeQuota:
                     f"over its limit of {show(limit)} {unit} (each container gets {cpus(c.container_millicpus)} CPU and "
                     f"{c.container_memory_mb} MiB; running now: {running}). Ask for fewer replicas, scale down or delete "
                     f"another app, {_raise_hint(tenant_id)}. Nothing was changed."
+                )
+
+    def check_new_environment(self, session: Session, tenant_id: str, millicpus: int, memory_mb: int) -> None:
+        """One more environment of this size must fit max_environments, max_cpu and max_memory_mb."""
+        limits = self._limits(session, tenant_id, with_builds=False)
+        u = limits.usage
+        what = f"a new environment ({cpus(millicpus)} CPU, {memory_mb} MiB)"
+        hint = f"Delete one (DELETE /v1/environments/{{env}}), ask for less, {_raise_hint(tenant_id)}. Nothing was created."
+        if u.environments + 1 > limits.max_environments:
+            raise QuotaExceeded(
+                f"Quota exceeded (max_environments): this tenant may have {limits.max_environments} environment(s) at once "
+                f"and has {u.environments}. {hint}"
+            )
+        checks = (
+            ("max_cpu", u.millicpus + millicpus, limits.max_millicpus, cpus, "CPU"),
+            ("max_memory_mb", u.memory_mb + memory_mb, limits.max_memory_mb, str, "MiB"),
+        )
+        for name, wanted, limit, show, unit in checks:
+            if wanted > limit:
+                raise QuotaExceeded(
+                    f"Quota exceeded ({name}): {what} would make {show(wanted)} {unit} across the tenant's running apps and "
+                    f"environments, over its limit of {show(limit)} {unit}. {hint}"
                 )
 
     def check_build_minutes(self, session: Session, tenant_id: str) -> None:
@@ -176,6 +213,7 @@ class ComputeQuota:
         usage_repo = ComputeUsageRepository(session, tenant_id)
         running: dict[str, RunningApp] = usage_repo.running_apps()
         replicas = sum(a.replicas for a in running.values())
+        environments, env_millicpus, env_memory_mb = usage_repo.environments()
         minutes = 0.0
         if with_builds:
             since, now = self._midnight(), self.clock()
@@ -186,14 +224,18 @@ class ComputeQuota:
             max_millicpus=c.max_millicpus if o.max_millicpus is None else o.max_millicpus,
             max_memory_mb=c.max_memory_mb if o.max_memory_mb is None else o.max_memory_mb,
             build_minutes_per_day=c.build_minutes_per_day if o.build_minutes_per_day is None else o.build_minutes_per_day,
+            max_environments=c.max_environments if o.max_environments is None else o.max_environments,
             overrides=o,
             usage=ComputeUsage(
                 apps=usage_repo.app_count(),
                 replicas=replicas,
-                millicpus=replicas * c.container_millicpus,
-                memory_mb=replicas * c.container_memory_mb,
+                millicpus=replicas * c.container_millicpus + env_millicpus,
+                memory_mb=replicas * c.container_memory_mb + env_memory_mb,
                 build_minutes_today=round(minutes, 2),
                 running=tuple((a.name, a.replicas) for a in running.values()),
+                environments=environments,
+                environment_millicpus=env_millicpus,
+                environment_memory_mb=env_memory_mb,
             ),
             container_millicpus=c.container_millicpus,
             container_memory_mb=c.container_memory_mb,

@@ -101,3 +101,16 @@ RULE = DNS_LABEL.rule  # kept for callers that quote the DNS label rule
 
 def check_dns_label(field: str, value: str) -> str:
     return DNS_LABEL.check(field, value)
+
+
+# Host objects the platform makes for no tenant (the environment pool's containers) carry a
+# tenant label of this form, so no tenant may be named so.
+RESERVED_TENANT_PREFIX = "moorage-"
+
+
+def check_tenant_name(field: str, value: str) -> str:
+    check_dns_label(field, value)
+    if value.startswith(RESERVED_TENANT_PREFIX):
+        message = f"must not start with '{RESERVED_TENANT_PREFIX}': the platform names its own objects so"
+        raise Invalid(f"'{field}' {message}; pick another name.", errors=[{"field": field, "message": message}])
+    return value

@@ -171,6 +171,7 @@ class ComputeOverrides:
     max_millicpus: int | None = None
     max_memory_mb: int | None = None
     build_minutes_per_day: int | None = None
+    max_environments: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -521,5 +522,26 @@ class Domain:
     verify_until: datetime | None
     checked_at: datetime | None
     verified_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+# -- environments (sandboxes) --------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Environment:
+    """A leased sandbox container a tenant execs commands in."""
+
+    id: str
+    tenant_id: str
+    app_id: str | None  # the app it was made from (from_app), while that app exists
+    image: str
+    release_id: str | None
+    with_app_env: bool
+    status: str  # starting | ready
+    container_id: str | None
+    millicpus: int
+    memory_mb: int
+    lease_expires_at: datetime
+    lifetime_ends_at: datetime
     created_at: datetime
     updated_at: datetime

@@ -23,7 +23,7 @@ from control.domain.inference_limits import check_overrides as check_inference_l
 from control.domain.keys import IssuedKey
 from control.domain.limits import LimitsService
 from control.domain.limits import check_overrides as check_rate_limits
-from control.domain.names import DISPLAY_NAME, KEY_NAME, check_dns_label
+from control.domain.names import DISPLAY_NAME, KEY_NAME, check_tenant_name
 from control.domain.records import Page, Tenant
 from control.domain.registration_records import DefaultLimits, RegistrationToken
 from control.domain.volumes import VolumeService
@@ -140,7 +140,7 @@ class RegistrationService:
 
     # -- anyone with a token ----------------------------------------------------------------
     def register(self, tenant_name: str, token: str, *, display_name: str = "") -> Registered:
-        check_dns_label("tenant_name", tenant_name)
+        check_tenant_name("tenant_name", tenant_name)
         DISPLAY_NAME.check("display_name", display_name)
         token_id = REGISTRATION_TOKEN.parse_id(token)
         if token_id is None:  # not even shaped like one: nothing to look up

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from control.domain.errors import Conflict, NotFound
-from control.domain.names import DISPLAY_NAME, check_dns_label
+from control.domain.names import DISPLAY_NAME, check_tenant_name
 from control.domain.recent_keys import recent_keys
 from control.domain.records import Page, Tenant
 from control.domain.teardown import Teardown
@@ -20,7 +20,7 @@ class TenantService:
         self._names: dict[str, str] = {}
 
     def create(self, name: str, display_name: str = "") -> Tenant:
-        check_dns_label("name", name)
+        check_tenant_name("name", name)
         DISPLAY_NAME.check("display_name", display_name)
         with self.db.write() as session:
             tenants = TenantRepository(session)

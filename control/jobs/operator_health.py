@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from control.clock import utcnow
 from control.domain.inference import Inference
+from control.jobs.environment_pool import PoolStatus
 from control.jobs.queue import JobQueue
 from control.settings import Settings
 from runtime.operator_probes import (
@@ -75,6 +76,7 @@ class OperatorHealth:
         inference: Inference,
         last_pass: Callable[[], PassRecord | None],
         *,
+        pool: Callable[[], PoolStatus] | None = None,
         started_at: float | None = None,
     ) -> None:
         self.settings = settings
@@ -82,6 +84,7 @@ class OperatorHealth:
         self.breakers = breakers
         self.inference = inference
         self.last_pass = last_pass
+        self.pool = pool
         self.started_at = time.time() if started_at is None else started_at
         self._smoke_lock = threading.Lock()
         self._smoke: tuple[float, ComponentHealth] | None = None  # (monotonic time, result)
@@ -103,6 +106,7 @@ class OperatorHealth:
             self._queue(),
             self._reconciler(),
             self._nodes(),
+            self._environment_pool(),
             self._breakers(),
         ]
         return HealthReport(worst([c.status for c in components]), utcnow().isoformat(), components)
@@ -285,6 +289,23 @@ class OperatorHealth:
         return ComponentHealth(
             "inference_nodes", level, figure, float(healthy), "GET /v1/nodes/{node} says why each one is not healthy"
         )
+
+    def _environment_pool(self) -> ComponentHealth:
+        pool = self.pool() if self.pool is not None else None
+        if pool is None or not pool.sizes:
+            return ComponentHealth("environment_pool", "ok", "no warm pool (MOORAGE_ENVIRONMENT_POOL is empty)", 0.0)
+        ready = sum(pool.ready.get(image, 0) for image in pool.sizes)
+        each = "; ".join(f"{image}: {pool.ready.get(image, 0)} of {size} ready" for image, size in pool.sizes.items())
+        figure = f"{each}; {pool.claims} environments served from it, {pool.misses} found it empty"
+        if pool.last_failure is not None:
+            return ComponentHealth(
+                "environment_pool",
+                "warn",
+                f"{figure}; the last refill failed: {pool.last_failure}",
+                float(ready),
+                "check that each pooled image exists (deploy/host-setup.sh builds the base images) and Docker answers",
+            )
+        return ComponentHealth("environment_pool", "ok", figure, float(ready))
 
     def _breakers(self) -> ComponentHealth:
         snaps = self.breakers.snapshot()

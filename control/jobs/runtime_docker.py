@@ -29,7 +29,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import cached_property
@@ -39,14 +39,20 @@ import docker.errors
 import structlog
 
 from control.domain.build_policy import LINEAGE_LABEL
+from control.jobs import docker_environments
 from control.jobs.build import TENANT_IMAGES, tenant_repository
+from control.jobs.docker_environment_pool import DockerPool, claimed_label, environment_container, environment_role, run_idling
 from control.jobs.docker_runs import run_in_container
+from control.jobs.environment_names import ENVIRONMENT_ROLE, POOL_ROLE, environment_container_name, environment_label
 from control.jobs.runtime_metering import container_usage, database_volume_bytes
 from control.jobs.runtime_port import (
     VOLUME_ARCHIVE_ROOT,
     AppContainer,
     BuildLayer,
     ContainerUsage,
+    EnvironmentSpec,
+    ExecOutcome,
+    PooledEnvironment,
     RemovalRefused,
     Route,
     RunOutcome,
@@ -330,7 +336,7 @@ class DockerAppRuntime:
 
     # -- metering -------------------------------------------------------------------------
     def container_usage(self) -> list[ContainerUsage]:
-        return container_usage(self.containers, INSTANCE_LABEL, self.instance)
+        return container_usage(self.containers, INSTANCE_LABEL, self.instance, self.environment_pool)
 
     def database_volume_bytes(self) -> dict[str, int]:
         return database_volume_bytes(self.engine, INSTANCE_LABEL, self.instance, self._database_mountpoints)
@@ -383,7 +389,92 @@ class DockerAppRuntime:
         found = self.containers.find(role=RUN_ROLE, **labels)
         return [self._app_container(c) for c in found if c.labels.get(INSTANCE_LABEL) == instance]
 
+    # -- environments (sandboxes) ---------------------------------------------------------
+    def start_environment(self, spec: EnvironmentSpec) -> AppContainer:
+        network = self.networks.ensure(spec.tenant).name
+        name = environment_container_name(spec.environment_id)
+        self.containers.remove(name, force=True)  # a retried create's leftover
+        container, policy = environment_container(
+            tenant=spec.tenant,
+            app=environment_label(spec.environment_id),
+            name=name,
+            image=spec.image,
+            network=network,
+            role=ENVIRONMENT_ROLE,
+            millicpus=spec.millicpus,
+            memory_mb=spec.memory_mb,
+            pids=self.settings.environment_pids,
+            env=dict(spec.env),
+            instance_labels={INSTANCE_LABEL: self.instance},
+            policy=self.policy,
+            rt=self.rt,
+        )
+        return self._app_container(run_idling(self.containers, container, policy))
+
+    @cached_property
+    def environment_pool(self) -> DockerPool:
+        return DockerPool(
+            self.containers,
+            self.networks,
+            instance_labels=lambda: {INSTANCE_LABEL: self.instance},
+            policy=lambda: self.policy,
+            rt=self.rt,
+            pids=self.settings.environment_pids,
+        )
+
+    def start_pooled_environment(self, image: str, millicpus: int, memory_mb: int) -> PooledEnvironment:
+        return self.environment_pool.start(image, millicpus, memory_mb)
+
+    def pooled_environments(self) -> list[PooledEnvironment]:
+        if not self.ever_started_anything():
+            return []  # no instance id yet: nothing of ours can be there (and no reason to call the engine)
+        return self.environment_pool.idle()
+
+    def claim_pooled_environment(self, pooled: PooledEnvironment, spec: EnvironmentSpec) -> AppContainer | None:
+        claimed = self.environment_pool.claim(pooled, spec)
+        return None if claimed is None else self._app_container(claimed)
+
+    def exec_in(
+        self,
+        container_id: str,
+        command: Sequence[str],
+        *,
+        stdin: bytes | None,
+        workdir: str | None,
+        env: Mapping[str, str],
+        timeout: float,
+        on_output: Callable[[str, bytes], None],
+        cancelled: Callable[[], bool],
+    ) -> ExecOutcome:
+        return docker_environments.exec_in_container(
+            self.containers,
+            container_id,
+            command,
+            stdin=stdin,
+            workdir=workdir,
+            env=env,
+            timeout=timeout,
+            on_output=on_output,
+            cancelled=cancelled,
+        )
+
+    def put_files(self, container_id: str, path: str, tar: bytes) -> None:
+        docker_environments.put_files(self.containers, container_id, path, tar)
+
+    def get_files(self, container_id: str, path: str, max_bytes: int) -> bytes:
+        return docker_environments.get_files(self.containers, container_id, path, max_bytes)
+
+    def owned_environments(self) -> list[AppContainer]:
+        instance = self.instance
+        found = self.containers.find(role=ENVIRONMENT_ROLE)
+        made = [self._app_container(c) for c in found if c.labels.get(INSTANCE_LABEL) == instance]
+        return made + [self._app_container(c) for c in self.environment_pool.claimed()]
+
     def _app_container(self, info: ContainerInfo) -> AppContainer:
+        if info.labels.get(L.ROLE) == POOL_ROLE and environment_role(info):
+            info = replace(
+                info, labels=info.labels | {L.TENANT: self.environment_pool.tenant_of(info), L.APP: claimed_label(info)}
+            )
         tenant = info.labels.get(L.TENANT, "")
         ip = info.ip_addresses.get(self.networks.name_for(tenant)) if L.is_dns_label(tenant) else None
         volumes = tuple(vid for name in self._mounted_volumes(info) if (vid := volume_id_of(name)))

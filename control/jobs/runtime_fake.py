@@ -37,12 +37,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from control.jobs.build import TENANT_IMAGES, tenant_repository
+from control.jobs.runtime_fake_environments import FakeEnvironments
 from control.jobs.runtime_port import (
     VOLUME_ARCHIVE_ROOT,
     AppContainer,
     AppRuntime,
     BuildLayer,
     ContainerUsage,
+    EnvironmentRuntime,
     RemovalRefused,
     Route,
     RunOutcome,
@@ -143,10 +145,11 @@ class FakeVolume:
         return sum(len(text.encode()) for text in self.files.values())
 
 
-class InMemoryAppRuntime:
+class InMemoryAppRuntime(FakeEnvironments):
     """The app runtime port's fake for tests: in-memory state, scripted failures, no Docker."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.images: dict[str, str] = {}  # image id -> tag
         self.layers: dict[str, BuildLayer] = {}  # untagged build layers (a failed build's steps) by id
         self.containers: dict[str, FakeContainer] = {}  # app containers by id
@@ -504,7 +507,11 @@ class InMemoryAppRuntime:
 
     def remove(self, container_id: str) -> bool:
         self._enter("remove")
-        existed = (self.containers.pop(container_id, None) or self.run_containers.pop(container_id, None)) is not None
+        existed = (
+            self.containers.pop(container_id, None)
+            or self.run_containers.pop(container_id, None)
+            or self.environments.pop(container_id, None)
+        ) is not None or self.remove_pooled(container_id)
         self._leave("remove")
         return existed
 
@@ -801,3 +808,4 @@ def _crash(what: str) -> Callable[[], None]:
 
 if TYPE_CHECKING:  # mypy checks here that the fake has every method of the port, typed alike
     _conforms: AppRuntime = InMemoryAppRuntime()
+    _conforms_environments: EnvironmentRuntime = InMemoryAppRuntime()

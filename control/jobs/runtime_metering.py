@@ -6,7 +6,7 @@ the control plane beside dockerd, the usual install), else from the engine's sta
 (``runtime.stats``), which costs about a second of the daemon's time per container.
 
 Only containers with this control plane's instance label are read (never another
-installation's), and only those of the roles it meters: apps, one-off runs, databases.
+installation's), and only those of the roles it meters: apps, one-off runs, databases, environments.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import Any
 
 import docker.errors
 
+from control.jobs.docker_environment_pool import DockerPool, environment_role
+from control.jobs.environment_names import ENVIRONMENT_ROLE, POOL_ROLE
 from control.jobs.runtime_port import ContainerUsage
 from runtime import cgroups
 from runtime import labels as L
@@ -25,13 +27,15 @@ from runtime.docker_engine import DockerEngine
 from runtime.stats import counters
 from runtime.volume_usage import each_volume_bytes
 
-METERED_ROLES = frozenset({"app", "run", DATABASE_ROLE})
+METERED_ROLES = frozenset({"app", "run", DATABASE_ROLE, ENVIRONMENT_ROLE})
 
 
-def container_usage(containers: Containers, instance_label: str, instance: str) -> list[ContainerUsage]:
+def container_usage(containers: Containers, instance_label: str, instance: str, pool: DockerPool) -> list[ContainerUsage]:
     found = []
     for info in containers.find():
-        role = info.labels.get(L.ROLE, "")
+        role = environment_role(info) or info.labels.get(L.ROLE, "")
+        # A claimed pooled container's labels are the pool's: its tenant is the network it is on.
+        tenant = pool.tenant_of(info) if info.labels.get(L.ROLE) == POOL_ROLE else info.labels.get(L.TENANT, "")
         if info.status != "running" or role not in METERED_ROLES or info.labels.get(instance_label) != instance:
             continue
         state = info.attrs.get("State") or {}
@@ -47,7 +51,7 @@ def container_usage(containers: Containers, instance_label: str, instance: str) 
         found.append(
             ContainerUsage(
                 container_id=info.id,
-                tenant=info.labels.get(L.TENANT, ""),
+                tenant=tenant,
                 role=role,
                 started_at=str(state.get("StartedAt", "")),
                 cpu_seconds=c.cpu_seconds,

@@ -16,8 +16,8 @@ own failures with ``control.jobs.workers.as_outage``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -147,6 +147,119 @@ class RunRefused(RuntimeError):
 class RemovalRefused(RuntimeError):
     """The engine would not stop or remove a container (already gone, or its removal is
     under way); the message is the engine's status code."""
+
+
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    """What an environment's container is made from. A base-image environment has no ``env``
+    (each exec passes its own), so a container started ahead of time can serve it."""
+
+    environment_id: str
+    tenant: str  # the tenant's name: its network and labels
+    image: str
+    millicpus: int
+    memory_mb: int
+    env: Mapping[str, str] = field(default_factory=dict)  # from_app with with_app_env only; never logged
+
+
+@dataclass(frozen=True)
+class ExecOutcome:
+    """How a command in an environment ended: its exit code, or killed (past its timeout,
+    or once ``cancelled()`` said so), or cut off by its container going away."""
+
+    exit_code: int | None  # None when it was killed or cut off
+    duration_ms: int
+    timed_out: bool = False
+    cancelled: bool = False
+    gone: bool = False  # the container went away (removed, stopped) while it ran
+
+
+class ExecRefused(RuntimeError):
+    """The engine would not start the command (the container is gone or not running); the
+    message is for the tenant."""
+
+
+class FilesTooLarge(RuntimeError):
+    """A download would be larger than its bound."""
+
+
+@dataclass(frozen=True)
+class PooledEnvironment:
+    """A container started ahead of time for environments of one image and size (a warm
+    pool's), idling on the pool's own network (no egress, no tenant) until one claims it."""
+
+    container_id: str
+    name: str
+    image: str
+    millicpus: int
+    memory_mb: int
+    running: bool
+
+
+class EnvironmentRuntime(Protocol):
+    """Environments (sandboxes): containers that idle until a command is exec'd into them."""
+
+    def start_environment(self, spec: EnvironmentSpec) -> AppContainer:
+        """Start ``spec.image`` sandboxed on the tenant's network (no route, no DNS name) with
+        the spec's CPU and memory limits, idling (a long sleep) with ``/workspace`` as its
+        working directory, replacing any container of that environment. Returns it running.
+        Raises ``ExecRefused`` when the image cannot idle (no ``sleep`` in it, say)."""
+        ...
+
+    def exec_in(
+        self,
+        container_id: str,
+        command: Sequence[str],
+        *,
+        stdin: bytes | None,
+        workdir: str | None,
+        env: Mapping[str, str],
+        timeout: float,
+        on_output: Callable[[str, bytes], None],
+        cancelled: Callable[[], bool],
+    ) -> ExecOutcome:
+        """Run ``command`` (an argv, no shell) in the container, passing each chunk it writes
+        to ``on_output("stdout" | "stderr", data)`` as it comes. Blocks until it exits; kills
+        it and every process it started once ``timeout`` seconds have passed or once
+        ``cancelled()`` (asked about twice a second) says so. Concurrent calls on one
+        container are fine. Raises ``ExecRefused`` when it cannot start."""
+        ...
+
+    def put_files(self, container_id: str, path: str, tar: bytes) -> None:
+        """Unpack ``tar`` (uncompressed, already checked: regular files and directories
+        only, relative names) into ``path`` in the container, made if missing. ``ExecRefused``
+        when the container refuses it (``path`` is a file, say)."""
+        ...
+
+    def get_files(self, container_id: str, path: str, max_bytes: int) -> bytes:
+        """``path`` (a file or a directory) as a tar.gz; ``FileNotFoundError`` when it is
+        not there, ``FilesTooLarge`` past ``max_bytes``."""
+        ...
+
+    def owned_environments(self) -> list[AppContainer]:
+        """The environment containers this control plane started (``app`` holds the
+        environment id); ``remove`` takes one away."""
+        ...
+
+    # -- the warm pool ------------------------------------------------------------------
+    def start_pooled_environment(self, image: str, millicpus: int, memory_mb: int) -> PooledEnvironment:
+        """Start an environment container ahead of time, as ``start_environment`` would (same
+        sandbox, limits, idle command and working directory) but for no tenant: on the pool's
+        network, which has no egress, under a name of its own."""
+        ...
+
+    def pooled_environments(self) -> list[PooledEnvironment]:
+        """The pool's containers that no environment has claimed yet (stopped ones too)."""
+        ...
+
+    def claim_pooled_environment(self, pooled: PooledEnvironment, spec: EnvironmentSpec) -> AppContainer | None:
+        """Make a pooled container ``spec``'s environment: renamed as ``start_environment``
+        names it (the claim: None when another caller claimed it first), moved from the
+        pool's network onto the tenant's. ``spec.env`` must be empty: a running container's
+        env cannot change. Removes the container and raises when the move fails."""
+        ...
+
+    def remove(self, container_id: str) -> bool: ...
 
 
 class AppRuntime(Protocol):

@@ -558,6 +558,7 @@ class TenantComputeLimitsRow(Base):
     max_millicpus: Mapped[int | None] = mapped_column(Integer)  # the API speaks CPUs (max_cpu); stored exact
     max_memory_mb: Mapped[int | None] = mapped_column(Integer)
     build_minutes_per_day: Mapped[int | None] = mapped_column(Integer)
+    max_environments: Mapped[int | None] = mapped_column(Integer)  # sandboxes at once
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
@@ -674,3 +675,26 @@ class SnapshotForkRow(Base):
     deployment_id: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# -- environments (sandboxes) --------------------------------------------------------------
+class EnvironmentRow(Timestamps, Base):
+    """A leased sandbox container a tenant execs commands in. ``starting`` while its
+    container is being made, then ``ready``; the row goes (and its container with it) on
+    DELETE or once ``lease_expires_at`` has passed. The container is named from the id."""
+
+    __tablename__ = "environments"
+    __table_args__ = (Index("ix_environments_tenant", "tenant_id", "id"), Index("ix_environments_lease", "lease_expires_at"))
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    app_id: Mapped[str | None] = mapped_column(ForeignKey("apps.id", ondelete="SET NULL"))  # from_app: the app it came from
+    image: Mapped[str] = mapped_column(String(200))  # a base image's name, or the app release's image id
+    release_id: Mapped[str | None] = mapped_column(String(40))  # from_app: the release whose image it runs
+    with_app_env: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16))  # starting | ready
+    container_id: Mapped[str | None] = mapped_column(String(80))
+    millicpus: Mapped[int] = mapped_column(Integer)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    lease_expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    lifetime_ends_at: Mapped[datetime] = mapped_column(UTCDateTime)  # no renewal goes past it

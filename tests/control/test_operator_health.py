@@ -76,6 +76,7 @@ def test_all_ok(tmp_path: Path, migrated_database: Path, traefik: TraefikProcess
         "job_queue",
         "reconciler",
         "inference_nodes",
+        "environment_pool",
         "breakers",
     }
     assert str(settings.data_dir) in c["data_disk"]["figure"] and c["data_disk"]["value"] > 15

@@ -12,7 +12,11 @@ the default sandbox policy): what an attacker who owns the app's process can rea
 * no other tenant's container; no metadata-style address (169.254.169.254:80 fails fast:
   an expected failure on this host, see the test);
 * no capabilities (CapEff 0), no-new-privileges set, and a read-only root filesystem
-  when the policy asks for one (only the bounded /tmp is writable).
+  when the policy asks for one (only the bounded /tmp is writable);
+* the same from inside an environment (a sandbox), started and exec'd into through the
+  Docker adapter as ``POST /v1/environments/{env}/exec`` runs commands: no Docker socket, no
+  control-plane port (a listener on loopback and one on all interfaces, as ``moorage serve``
+  binds), no metadata address, no other tenant's container, no capabilities.
 """
 
 from __future__ import annotations
@@ -89,6 +93,7 @@ class Setup:
     other_gateway: str
     loopback_port: int
     wildcard_port: int
+    tenant: str = ""
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +120,7 @@ def setup(engine: DockerEngine, containers: Containers, networks: TenantNetworks
             other_gateway=other_gateway,
             loopback_port=loopback.port,
             wildcard_port=wildcard.port,
+            tenant=a,
         )
     finally:
         loopback.close()
@@ -212,3 +218,56 @@ def test_read_only_root_when_the_policy_asks(setup: Setup, containers: Container
     assert not read_only["root_writable"] and not read_only["etc_writable"], read_only
     assert read_only["tmp_writable"], read_only  # the bounded tmpfs
     assert int(read_only["cap_eff"], 16) == 0 and read_only["sockets"] == writable["sockets"]
+
+
+# -- from inside an environment (a sandbox) -------------------------------------------------
+@pytest.fixture(scope="module")
+def environment_seen(setup: Setup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    from control.ids import new_id
+    from control.jobs.runtime_docker import DockerAppRuntime
+    from control.jobs.runtime_port import EnvironmentSpec
+    from control.settings import Settings
+    from runtime.resilience import BreakerRegistry
+
+    runtime = DockerAppRuntime(Settings(data_dir=tmp_path_factory.mktemp("escape-env")), BreakerRegistry())
+    sandbox = runtime.start_environment(EnvironmentSpec(new_id("env"), setup.tenant, PYTHON, 500, 256))
+    targets = {
+        "control-plane-via-gateway": (setup.gateway, setup.loopback_port),
+        "control-plane-own-loopback": ("127.0.0.1", setup.loopback_port),
+        "other-tenant": (setup.other.ip_on(setup.other_net), 8080),
+        "metadata": ("169.254.169.254", 80),
+        "metadata-ecs": ("169.254.170.2", 80),
+        **wildcard_targets(setup),
+    }
+    out: list[bytes] = []
+    try:
+        outcome = runtime.exec_in(
+            sandbox.id,
+            ["python3", "-c", PROBE, json.dumps(targets)],
+            stdin=None,
+            workdir=None,
+            env={},
+            timeout=60,
+            on_output=lambda stream, data: out.append(data) if stream == "stdout" else None,
+            cancelled=lambda: False,
+        )
+        assert outcome.exit_code == 0, (outcome, b"".join(out))
+        yield json.loads(b"".join(out).decode().strip().splitlines()[-1]) | {"container": sandbox.id}
+    finally:
+        runtime.remove(sandbox.id)
+
+
+def test_from_an_environment_no_socket_no_control_plane_no_metadata_no_other_tenant(environment_seen: dict, setup: Setup) -> None:
+    seen = environment_seen
+    assert seen["sockets"] == {"/var/run/docker.sock": False, "/run/docker.sock": False}
+    reached = {name: probe for name, probe in seen["connect"].items() if probe["reached"]}
+    assert not reached, seen["connect"]
+    assert len(seen["connect"]) >= 8, seen["connect"]
+    assert int(seen["cap_eff"], 16) == 0 and int(seen["cap_bnd"], 16) == 0 and seen["prctl_no_new_privs"] == 1, seen
+
+
+def test_an_environment_runs_under_runsc_with_its_limits(environment_seen: dict, engine: DockerEngine) -> None:  # noqa: F811
+    host_config = engine.client.containers.get(environment_seen["container"]).attrs["HostConfig"]
+    assert host_config.get("Runtime") == "runsc" and host_config.get("CapDrop") == ["ALL"], host_config
+    assert "no-new-privileges:true" in (host_config.get("SecurityOpt") or [])
+    assert host_config["NanoCpus"] == 500_000_000 and host_config["Memory"] == 256 * 2**20

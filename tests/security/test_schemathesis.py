@@ -42,6 +42,7 @@ from schemathesis.checks import (
 
 from control.api.auth import PUBLIC_PATHS
 from control.app import create_app
+from control.jobs.runtime_fake import InMemoryAppRuntime
 from control.security.scopes import TENANT_SCOPES, alternatives
 from control.settings import Settings
 from tests.live_server import free_port, serving
@@ -81,6 +82,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, migrated_database: Path) -> I
         traefik_dynamic_dir=data_dir / "traefik",
     )
     with serving(settings) as (base_url, app):
+        app.state.services.environments.runtime = InMemoryAppRuntime()  # a fuzzed create must start no container
         operator = app.state.services.keys.bootstrap_operator("schemathesis-operator").token
         with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {operator}"}) as client:
             tenant = client.post("/v1/tenants", json={"name": "fuzz"}).json()

@@ -309,3 +309,32 @@ def test_the_reconciler_removes_what_no_live_app_or_database_accounts_for(arena:
                 rt.containers.remove(leftover.id, force=True)
         for name in ("app_0000000000foreign00000000000.yml", f"z{RUN_ID}-nobody--x.yml"):
             (dynamic / name).unlink(missing_ok=True)
+
+
+def test_another_tenant_can_neither_exec_in_read_renew_nor_delete_an_environment(arena: Arena) -> None:
+    victim, attacker = arena.callers[DB_VICTIM], arena.callers[DB_ATTACKER]
+    created = victim.post("/v1/environments", json={"image": PYTHON, "cpu": 0.25, "memory_mb": 128, "lease_s": 300})
+    assert created.status_code == 201, created.text
+    env = created.json()
+    base = f"/v1/environments/{env['id']}"
+    marker = ["sh", "-c", "echo attacker > /workspace/pwned"]
+    archive = tar_gz({"pwned": "attacker"})
+    answers = {
+        "get": attacker.get(base),
+        "exec": attacker.post(f"{base}/exec", json={"command": marker}),
+        "exec-stream": attacker.post(f"{base}/exec?stream=true", json={"command": marker}),
+        "renew": attacker.post(f"{base}/renew", json={"lease_s": 3600}),
+        "pull": attacker.get(f"{base}/files?path=/workspace"),
+        "push": attacker.request("PUT", f"{base}/files", content=archive, headers={"Content-Type": "application/gzip"}),
+        "delete": attacker.delete(base),
+    }
+    assert {name: r.status_code for name, r in answers.items()} == dict.fromkeys(answers, 404)
+    assert attacker.get("/v1/environments").json()["items"] == []
+    after = victim.get(base).json()
+    assert after["lease_expires_at"] == env["lease_expires_at"]
+    # (python, not ls: this host's runsc answers coreutils' statx with EINVAL)
+    listing = victim.post(
+        f"{base}/exec", json={"command": ["python3", "-c", "import os; print(os.listdir('/workspace'))"]}
+    ).json()
+    assert listing["exit_code"] == 0 and listing["stdout"] == "[]\n", listing  # no exec, no push reached it
+    assert victim.delete(base).status_code == 204

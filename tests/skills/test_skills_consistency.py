@@ -25,8 +25,21 @@ EXPECTED_SKILLS = {
     "moorage-onboarding",
     "moorage-previews",
     "moorage-snapshots",
+    "moorage-sandbox",
 }
-EXPECTED_COMMANDS = {"deploy", "status", "logs", "env-set", "db-create", "rollback", "chat", "run", "domain-add", "preview"}
+EXPECTED_COMMANDS = {
+    "deploy",
+    "status",
+    "logs",
+    "env-set",
+    "db-create",
+    "rollback",
+    "chat",
+    "run",
+    "domain-add",
+    "preview",
+    "sandbox-test",
+}
 
 
 @pytest.fixture(scope="module")

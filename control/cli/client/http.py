@@ -147,7 +147,7 @@ class ApiClient:
         return response.json()
 
     @contextmanager
-    def stream(self, path: str, *, method: str = "GET", json: Any = None, **params: Any) -> Iterator[httpx.Response]:
+    def stream(self, endpoint: str, *, method: str = "GET", json: Any = None, **params: Any) -> Iterator[httpx.Response]:
         """A long answer (SSE): opening it is retried; the body has no read timeout
         because the server sends its own keep-alives. A streamed POST carries no
         Idempotency-Key (the server would buffer the whole answer to store it), so it is
@@ -161,7 +161,7 @@ class ApiClient:
             retry=retry_if_exception(retryable), wait=self._wait, stop=stop_after_delay(self.retry_for_s), reraise=True
         )
         try:
-            response = retrying(self._open, method, path, query, json)
+            response = retrying(self._open, method, endpoint, query, json)  # `endpoint`: a query may be named `path`
         except _Retryable as exc:
             raise exc.error from None
         try:

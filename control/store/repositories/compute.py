@@ -9,9 +9,9 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from control.domain.records import ACTIVE_STATUSES, ComputeOverrides, RunningApp
-from control.store.models import AppRow, AppRuntimeRow, DeploymentRow, TenantComputeLimitsRow
+from control.store.models import AppRow, AppRuntimeRow, DeploymentRow, EnvironmentRow, TenantComputeLimitsRow
 
-_FIELDS = ("max_apps", "max_replicas", "max_millicpus", "max_memory_mb", "build_minutes_per_day")
+_FIELDS = ("max_apps", "max_replicas", "max_millicpus", "max_memory_mb", "build_minutes_per_day", "max_environments")
 
 
 class ComputeLimitsRepository:
@@ -58,6 +58,16 @@ class ComputeUsageRepository:
             .order_by(AppRow.name)
         )
         return {app_id: RunningApp(name, int(replicas)) for app_id, name, replicas in self.session.execute(query)}
+
+    def environments(self) -> tuple[int, int, int]:
+        """(environments, millicpus, memory MiB) the tenant's environments hold now."""
+        query = select(
+            func.count(),
+            func.coalesce(func.sum(EnvironmentRow.millicpus), 0),
+            func.coalesce(func.sum(EnvironmentRow.memory_mb), 0),
+        ).where(EnvironmentRow.tenant_id == self.tenant_id)
+        count, millicpus, memory_mb = self.session.execute(query).one()
+        return int(count), int(millicpus), int(memory_mb)
 
     def build_transitions_since(self, since: datetime) -> list[list[dict[str, str]]]:
         """The state histories of the tenant's deployments that changed since ``since`` or

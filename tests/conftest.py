@@ -120,6 +120,35 @@ def tenant_maker(operator: Caller):
     return make
 
 
+def environment_without_container(alpha: Caller) -> str:
+    """An environment of alpha as the API records it while it starts: exec and files answer 409
+    before any call to Docker."""
+    from datetime import timedelta
+
+    from control.clock import utcnow
+    from control.ids import new_id
+    from control.store.models import EnvironmentRow
+    from control.store.repositories.environments import EnvironmentRepository
+
+    services = alpha.client.app.state.services
+    env_id, now = new_id("env"), utcnow()
+    with services.db.write() as session:
+        EnvironmentRepository(session, alpha.tenant_id).add(
+            EnvironmentRow(
+                id=env_id,
+                tenant_id=alpha.tenant_id,
+                image="moorage/busybox:latest",
+                with_app_env=False,
+                status="starting",
+                millicpus=100,
+                memory_mb=64,
+                lease_expires_at=now + timedelta(days=1),
+                lifetime_ends_at=now + timedelta(days=1),
+            )
+        )
+    return env_id
+
+
 @dataclass(frozen=True)
 class WorldSnapshot:
     """A world some tests share, made once through the API: its data directory (database,

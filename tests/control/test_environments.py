@@ -259,7 +259,13 @@ def test_exec_past_its_timeout_is_killed_and_says_so(tenant: Caller, fake: InMem
 
 def test_ten_concurrent_execs_in_one_environment_run_at_once(tenant: Caller, fake: InMemoryAppRuntime) -> None:
     env = create(tenant)
-    fake.on_exec = lambda call: ExecScript(stdout=call.command[1].encode(), duration_s=0.5)
+    all_in = threading.Barrier(10, timeout=30)  # each waits for the other nine: broken unless all ten run at once
+
+    def script(call: FakeExec) -> ExecScript:
+        all_in.wait()
+        return ExecScript(stdout=call.command[1].encode(), duration_s=0.5)
+
+    fake.on_exec = script
     with ThreadPoolExecutor(10) as pool:
         results = list(pool.map(lambda i: run(tenant, env["id"], ["echo", str(i)]), range(10)))
     assert [r["stdout"] for r in results] == [str(i) for i in range(10)]

@@ -24,7 +24,7 @@ from control.ids import new_id
 from control.security.scopes import TENANT_SCOPES
 from control.settings import Settings
 from control.store.repositories.volumes import VolumeRepository
-from tests.conftest import Caller, WorldSnapshot, shared_world
+from tests.conftest import Caller, WorldSnapshot, environment_without_container, shared_world
 
 _PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")
 
@@ -45,6 +45,7 @@ SAMPLE_BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/apps/{app}/domains"): {"hostname": "from-b.example.com"},
     ("PATCH", "/v1/databases/{db}"): {"backup_retention": 1},
     ("POST", "/v1/snapshots/{snapshot}/fork"): {"name": "from-b"},
+    ("POST", "/v1/environments/{env}/exec"): {"command": ["cat", "/workspace/secret"]},
 }
 
 
@@ -153,6 +154,7 @@ def _build_tenants(
         "preview": [preview.json()["id"], preview.json()["name"]],
         "snapshot": [snapshot.json()["id"]],
         "fork": [fork.id],
+        "env": [environment_without_container(alpha)],
     }
     return alpha, beta, values
 

@@ -43,7 +43,7 @@ from control.security.scopes import (
     effective,
 )
 from control.settings import Settings
-from tests.conftest import Caller, WorldSnapshot, shared_world
+from tests.conftest import Caller, WorldSnapshot, environment_without_container, shared_world
 
 _PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")
 PUBLIC = "public"  # no access declared: a route under PUBLIC_PATHS (health, OpenAPI)
@@ -192,38 +192,9 @@ def _build_world(
         "preview": preview.json()["id"],
         "snapshot": snapshot.json()["id"],
         "fork": fork,
-        "env": _environment_without_container(alpha),
+        "env": environment_without_container(alpha),
     }
     return callers, values
-
-
-def _environment_without_container(alpha: Caller) -> str:
-    """An environment of alpha as the API records it while it starts: exec and files answer 409
-    before any call to Docker."""
-    from datetime import timedelta
-
-    from control.clock import utcnow
-    from control.ids import new_id
-    from control.store.models import EnvironmentRow
-    from control.store.repositories.environments import EnvironmentRepository
-
-    services = alpha.client.app.state.services
-    env_id, now = new_id("env"), utcnow()
-    with services.db.write() as session:
-        EnvironmentRepository(session, alpha.tenant_id).add(
-            EnvironmentRow(
-                id=env_id,
-                tenant_id=alpha.tenant_id,
-                image="moorage/busybox:latest",
-                with_app_env=False,
-                status="starting",
-                millicpus=100,
-                memory_mb=64,
-                lease_expires_at=now + timedelta(days=1),
-                lifetime_ends_at=now + timedelta(days=1),
-            )
-        )
-    return env_id
 
 
 def _volume_without_storage(alpha: Caller, app_id: str) -> str:

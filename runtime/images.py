@@ -286,10 +286,12 @@ class Images:
         """Remove moorage-built images no container (running or stopped) uses, except `keep`
         (ids or tags, e.g. the current and previous release for rollback). Returns removed ids."""
         client = self.engine.client
-        in_use = {c.attrs.get("Image") for c in client.containers.list(all=True)}
+        # Summaries, not docker-py's lists: those inspect each item after listing and fail
+        # on one removed in between (a teardown or another prune running meanwhile).
+        in_use = {c.get("ImageID") for c in client.api.containers(all=True)}
         removed: list[str] = []
-        for img in client.images.list(filters={"label": L.selector(**labels)}):
-            img_id = str(img.id)
+        for img in self._summaries({"label": L.selector(**labels)}):
+            img_id = img.id
             if img_id in in_use or img_id in keep or keep.intersection(img.tags):
                 continue
             try:

@@ -73,6 +73,12 @@ class DomainRoute:
     hsts: bool = False
 
 
+# A replica that has just died (or an address the route still names) would otherwise hold a
+# request for the kernel's neighbour timeouts, 8 s and more on a bridge. A connect on the
+# host's own bridge takes well under a millisecond, so 1 s only ever cuts off a dead backend;
+# Traefik's retry, which acts only where no connection was made, then tries the next one.
+DIAL_TIMEOUT = "1s"
+RETRY_ATTEMPTS = 3
 VERIFY_KEY = "moorage_verify"
 VERIFY_PATH_RULE = r"PathRegexp(`^/\.well-known/moorage-verify/[A-Za-z0-9_-]{16,64}$`)"
 HSTS_SECONDS = 31536000
@@ -89,6 +95,11 @@ def route_key(key: str) -> str:
     if not _ROUTE_KEY.fullmatch(key):
         raise ValueError(f"route key {key!r} must be an id (a-z, 0-9, '_'; no '-', '.' or '/')")
     return key
+
+
+def retry_middleware(key: str) -> str:
+    """The name of the retry middleware an app's route file defines, for its domains' routers too."""
+    return f"{route_key(key)}_retry"
 
 
 def _is_hostname(host: str) -> bool:
@@ -142,15 +153,25 @@ class Router:
             "rule": " || ".join(f"Host(`{h}`)" for h in hosts),
             "service": key,
             "entryPoints": list(self.settings.traefik_entrypoints),
+            "middlewares": [retry_middleware(key), *route.middlewares],
         }
-        if route.middlewares:
-            router["middlewares"] = list(route.middlewares)
-        lb: dict[str, Any] = {"servers": [{"url": b.url} for b in route.backends], "passHostHeader": True}
+        lb: dict[str, Any] = {
+            "servers": [{"url": b.url} for b in route.backends],
+            "passHostHeader": True,
+            "serversTransport": key,
+        }
         if route.health_path:
             # A replica that dies leaves the balance within a second or two, before the
             # reconciler has even noticed it.
             lb["healthCheck"] = {"path": route.health_path, "interval": "1s", "timeout": "1s"}
-        return {"http": {"routers": {key: router, **self._secure_twin(key, router)}, "services": {key: {"loadBalancer": lb}}}}
+        return {
+            "http": {
+                "routers": {key: router, **self._secure_twin(key, router)},
+                "services": {key: {"loadBalancer": lb}},
+                "middlewares": {retry_middleware(key): {"retry": {"attempts": RETRY_ATTEMPTS}}},
+                "serversTransports": {key: {"forwardingTimeouts": {"dialTimeout": DIAL_TIMEOUT}}},
+            }
+        }
 
     def _secure_twin(self, key: str, router: dict[str, Any]) -> dict[str, Any]:
         """The same router on the HTTPS entrypoint, where the platform's hostnames have TLS."""
@@ -161,7 +182,10 @@ class Router:
             tls = {}  # Traefik's default certificate: the operator's wildcard
         if tls is None:
             return {}
-        return {f"{key}_tls": {**router, "entryPoints": [self.settings.websecure_entrypoint], "tls": tls}}
+        twin = {**router, "entryPoints": [self.settings.websecure_entrypoint], "tls": tls}
+        if "middlewares" in router:  # a list of its own: a shared one would be written as a YAML alias
+            twin["middlewares"] = list(router["middlewares"])
+        return {f"{key}_tls": twin}
 
     @staticmethod
     def render_platform_tls(cert_file: Path, key_file: Path) -> dict[str, Any]:
@@ -176,18 +200,20 @@ class Router:
         if not _is_hostname(route.hostname):
             raise ValueError(f"invalid hostname {route.hostname!r}")
         key, service, rule = route_key(route.key), route_key(route.service), f"Host(`{route.hostname}`)"
+        retry = retry_middleware(route.service)  # defined in the app's own route file
         if cert_resolver is None:
-            return {"http": {"routers": {key: {"rule": rule, "service": service, "entryPoints": [web]}}}}
+            return {"http": {"routers": {key: {"rule": rule, "service": service, "entryPoints": [web], "middlewares": [retry]}}}}
         secure: dict[str, Any] = {
             "rule": rule,
             "service": service,
             "entryPoints": [websecure],
             "tls": {"certResolver": cert_resolver, "domains": [{"main": route.hostname}]},
+            "middlewares": [retry],
         }
         middlewares: dict[str, Any] = {f"{key}_https": {"redirectScheme": {"scheme": "https", "permanent": True}}}
         if route.hsts:
             middlewares[f"{key}_hsts"] = {"headers": {"stsSeconds": HSTS_SECONDS}}
-            secure["middlewares"] = [f"{key}_hsts"]
+            secure["middlewares"].append(f"{key}_hsts")
         redirect = {"rule": rule, "service": service, "entryPoints": [web], "middlewares": [f"{key}_https"]}
         return {"http": {"routers": {key: secure, f"{key}_http": redirect}, "middlewares": middlewares}}
 

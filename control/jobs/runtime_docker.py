@@ -562,8 +562,9 @@ class DockerAppRuntime:
         doc = self.router.render(AppRoute(route.tenant, route.app, backends, key=route.app_id, health_path=route.health_path))
         # A response header naming the release: how the swap *sees* that Traefik serves it.
         middleware = f"{route.app_id}-release"
-        doc["http"]["middlewares"] = {middleware: {"headers": {"customResponseHeaders": {RELEASE_HEADER: route.release}}}}
-        doc["http"]["routers"][route.app_id]["middlewares"] = [middleware]
+        doc["http"]["middlewares"][middleware] = {"headers": {"customResponseHeaders": {RELEASE_HEADER: route.release}}}
+        plain = doc["http"]["routers"][route.app_id]
+        plain["middlewares"] = [*plain["middlewares"], middleware]
         return self.router.file_body(doc, owner=self.instance)
 
     def write_route(self, route: Route) -> None:

@@ -95,7 +95,9 @@ def _images_of(deployment_id: str) -> list[str]:
     """Tags of the images built for ``deployment_id`` (its id is in each tag)."""
     client = docker.from_env()
     try:
-        return [tag for image in client.images.list() for tag in image.tags if deployment_id in tag]
+        # Summaries: docker-py's images.list() inspects each image and fails on one the
+        # reconciler removed in between.
+        return [tag for image in client.api.images() for tag in image.get("RepoTags") or [] if deployment_id in tag]
     finally:
         client.close()
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from runtime.resilience import BreakerRegistry
-from runtime.router import AppRoute, Backend, Router, atomic_write, legacy_owners
+from runtime.router import AppRoute, Backend, DomainRoute, Router, atomic_write, legacy_owners
 from runtime.settings import RuntimeSettings
 from runtime.traefik import TraefikStaticOptions, render_static_config, static_config
 
@@ -96,6 +96,25 @@ def test_with_a_wildcard_certificate_the_https_router_uses_the_default_certifica
     assert r.render_platform_tls(Path(pair["certFile"]), Path(pair["keyFile"])) == {
         "tls": {"certificates": [pair], "stores": {"default": {"defaultCertificate": pair}}}
     }
+
+
+def test_a_dead_backend_costs_a_one_second_dial_and_a_retry_on_the_next_not_a_hung_request(tmp_path: Path) -> None:
+    r = router(tmp_path, tls_cert_resolver="letsencrypt")
+    route = AppRoute("acme", "web", [Backend("10.0.0.2", 80), Backend("10.0.0.3", 80)], key="app_1", middlewares=["app_1_limit"])
+    cfg = yaml.safe_load(r.write(route).read_text())["http"]
+    assert cfg["serversTransports"] == {"app_1": {"forwardingTimeouts": {"dialTimeout": "1s"}}}
+    assert cfg["services"]["app_1"]["loadBalancer"]["serversTransport"] == "app_1"
+    assert cfg["middlewares"] == {"app_1_retry": {"retry": {"attempts": 3}}}
+    # On both routers, and before the app's own middlewares, so a retry passes through them once.
+    assert cfg["routers"]["app_1"]["middlewares"] == cfg["routers"]["app_1_tls"]["middlewares"] == ["app_1_retry", "app_1_limit"]
+    domain = r.render_domain(
+        DomainRoute("dom_1", "shop.example.com", "app_1", hsts=True), cert_resolver="le", web="web", websecure="websecure"
+    )
+    assert domain["http"]["routers"]["dom_1"]["middlewares"] == ["app_1_retry", "dom_1_hsts"]
+    plain = r.render_domain(
+        DomainRoute("dom_1", "shop.example.com", "app_1"), cert_resolver=None, web="web", websecure="websecure"
+    )
+    assert plain["http"]["routers"]["dom_1"]["middlewares"] == ["app_1_retry"]
 
 
 def test_without_tls_settings_there_is_no_https_router(tmp_path: Path) -> None:

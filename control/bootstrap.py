@@ -24,6 +24,7 @@ from control.domain.deployments import DEPLOY_JOB, DeploymentService
 from control.domain.domains import DomainConfig, DomainService
 from control.domain.env import EnvService
 from control.domain.environments import EnvironmentConfig, EnvironmentService
+from control.domain.events import EventService
 from control.domain.gateway_routing import NodeRouter
 from control.domain.idempotency import IdempotencyService
 from control.domain.inference import Inference
@@ -128,6 +129,7 @@ class Services:
     keyring: ReloadingKeyring  # loads lazily: commands that never touch secrets never create a key
     env_vars: EnvService
     audit: AuditService
+    events: EventService  # what happened to tenants' resources: the stream, long polls and webhooks read them
     deploys: Deploys  # deployments, releases, job workers, reconciler
     retention: Retention  # the sweep that trims expired keys, old audit events, finished jobs
     inference: Inference  # nodes, gateway routing, quotas, usage
@@ -162,6 +164,7 @@ class Services:
         "deployments": "deploys.deployments",
         "releases": "deploys.releases",
         "audit": "audit",
+        "events": "events",
         "settings": "settings",
         "store": "db",
         "breakers": "breakers",
@@ -284,6 +287,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
     """Build every service of one process; nothing starts (workers, the reconciler) until
     the app's startup hooks run."""
     db = Store(settings.database_url)
+    events = EventService(db)  # first: every service that changes state publishes through it
     registry = default_registry if breakers is None else breakers
     keyring = ReloadingKeyring(KeySource.of(settings))
     runtime = DockerAppRuntime(settings, registry)  # adapters made on first use: building this needs no Docker
@@ -562,6 +566,7 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
         keyring=keyring,
         env_vars=env_vars,
         audit=audit,
+        events=events,
         retention=Retention(
             idempotency,
             audit,
@@ -572,6 +577,8 @@ def bootstrap(settings: Settings, *, breakers: BreakerRegistry | None = None) ->
             runs=runs,
             runs_kept=settings.runs_kept_per_app,
             recovery=recovery,
+            events=events,
+            events_for=timedelta(seconds=settings.event_retention_s) if settings.event_retention_s else None,
         ),
         deploys=Deploys(deployments, releases, queue, runtime, workers, reconciler, teardown),
         inference=inference,

@@ -47,6 +47,7 @@ class Settings:
     idempotency_lease_s: int = 60  # in-flight lock; after it lapses (a crash) a retry takes over
     retention_sweep_interval_s: int = 300  # how often expired keys, old audit events and finished jobs go (0: never)
     audit_retention_s: int = 90 * 86400  # audit events older than this are removed (0 keeps them all)
+    event_retention_s: int = 7 * 86400  # stream and webhook events older than this are removed (0 keeps them all)
     job_retention_s: int = 7 * 86400  # finished jobs older than this are removed
     jobs_kept: int = 1000  # and at most this many finished jobs are kept, the newest
     rate_limit_window_s: int = 60  # the `w` of every rate-limit policy

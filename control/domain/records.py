@@ -72,6 +72,19 @@ class Page(Generic[T]):
 
 
 @dataclass(frozen=True, slots=True)
+class Event:
+    """Something that happened to a tenant's resource (see ``control.domain.events``)."""
+
+    seq: int  # the cursor: increasing in commit order
+    id: str
+    tenant_id: str
+    type: str
+    subject: str
+    created_at: datetime
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class AuditEvent:
     id: str
     tenant_id: str | None

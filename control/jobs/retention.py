@@ -24,6 +24,7 @@ import structlog
 
 from control.clock import utcnow
 from control.domain.audit import AuditService
+from control.domain.events import EventService
 from control.domain.idempotency import IdempotencyService
 from control.domain.recovery import RecoveryService
 from control.domain.runs import RunService
@@ -43,6 +44,8 @@ class Retention:
     runs: RunService | None = None
     runs_kept: int = 200
     recovery: RecoveryService | None = None
+    events: EventService | None = None
+    events_for: timedelta | None = None  # None: kept for good
 
     def sweep(self) -> dict[str, int]:
         """One pass; what it removed, by kind. One kind failing does not stop the others."""
@@ -53,6 +56,7 @@ class Retention:
             "jobs": lambda: self.jobs.prune_finished(retention=self.jobs_for, keep=self.jobs_kept),
             "runs": lambda: self.runs.prune(self.runs_kept) if self.runs is not None else 0,
             "recovery_attempts": lambda: self.recovery.purge_stale() if self.recovery is not None else 0,
+            "events": self._old_events,
         }
         for kind, step in steps.items():
             try:
@@ -62,6 +66,11 @@ class Retention:
         if any(removed.values()):
             log.info("retention_swept", **{kind: n for kind, n in removed.items() if n})
         return removed
+
+    def _old_events(self) -> int:
+        if self.events is None or self.events_for is None:
+            return 0
+        return self.events.purge_before(utcnow() - self.events_for)
 
     def _old_audit_events(self) -> int:
         return self.audit.purge_before(utcnow() - self.audit_for) if self.audit_for is not None else 0

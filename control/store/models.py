@@ -698,3 +698,23 @@ class EnvironmentRow(Timestamps, Base):
     memory_mb: Mapped[int] = mapped_column(Integer)
     lease_expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     lifetime_ends_at: Mapped[datetime] = mapped_column(UTCDateTime)  # no renewal goes past it
+
+
+# --- events ----------------------------------------------------------------------
+
+
+class EventRow(Base):
+    """What happened to a tenant's resources, in commit order. ``seq`` is the cursor clients
+    resume from: AUTOINCREMENT, so a number is never given out twice, not even after the
+    retention pass has removed every row."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_tenant_seq", "tenant_id", "seq"), {"sqlite_autoincrement": True})
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)  # evt_...: a webhook delivery's id
+    tenant_id: Mapped[str] = mapped_column(String(40), ForeignKey("tenants.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(200))  # the id of the resource it is about
+    data: Mapped[str] = mapped_column(Text, default="{}")  # JSON object: ids and states, never secrets
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
